@@ -1,0 +1,254 @@
+//! Training-time augmentation with the semantics of Keras' `ImageDataGenerator.random_transform`
+//! (the tutorial's generator): one affine map = rotation x shift x shear x zoom about the image
+//! centre, sampled bilinearly (Keras' `interpolation_order=1`) with `fill_mode='nearest'`
+//! (clamp to the edge), then random flips.
+
+use crate::rng::Rng;
+use image::{Rgb, RgbImage};
+
+/// The tutorial's augmentation settings, in Keras' units.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Augment {
+    /// Rotation range in degrees: angle ~ U(-r, r).
+    pub rotation: f64,
+    /// Zoom range: each axis scaled by ~ U(1 - z, 1 + z).
+    pub zoom: f64,
+    /// Horizontal shift as a fraction of the width.
+    pub width_shift: f64,
+    /// Vertical shift as a fraction of the height.
+    pub height_shift: f64,
+    /// Shear angle range in degrees (Keras 2 semantics).
+    pub shear: f64,
+    pub horizontal_flip: bool,
+    pub vertical_flip: bool,
+    /// How pixels outside the image are filled; only `nearest` (Keras' default and the tutorial's).
+    pub fill_mode: FillMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FillMode {
+    Nearest,
+}
+
+impl Default for Augment {
+    fn default() -> Self {
+        Augment {
+            rotation: 20.0,
+            zoom: 0.05,
+            width_shift: 0.1,
+            height_shift: 0.1,
+            shear: 0.05,
+            horizontal_flip: true,
+            vertical_flip: true,
+            fill_mode: FillMode::Nearest,
+        }
+    }
+}
+
+impl Augment {
+    /// No augmentation at all.
+    pub fn none() -> Self {
+        Augment {
+            rotation: 0.0,
+            zoom: 0.0,
+            width_shift: 0.0,
+            height_shift: 0.0,
+            shear: 0.0,
+            horizontal_flip: false,
+            vertical_flip: false,
+            fill_mode: FillMode::Nearest,
+        }
+    }
+
+    /// Names the first out-of-range setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let checks = [
+            ("rotation", self.rotation, 0.0, 180.0),
+            ("zoom", self.zoom, 0.0, 0.99),
+            ("width_shift", self.width_shift, 0.0, 1.0),
+            ("height_shift", self.height_shift, 0.0, 1.0),
+            ("shear", self.shear, 0.0, 89.0),
+        ];
+        for (key, v, lo, hi) in checks {
+            if !(lo..=hi).contains(&v) {
+                return Err(format!("augment.{key} = {v} is out of range [{lo}, {hi}]"));
+            }
+        }
+        Ok(())
+    }
+
+    /// A randomly transformed copy of `img`, drawing the same numbers in the same order as Keras.
+    pub fn apply(&self, img: &RgbImage, rng: &mut Rng) -> RgbImage {
+        let (w, h) = (img.width() as f64, img.height() as f64);
+        let sym = |rng: &mut Rng, r: f64| if r > 0.0 { rng.range(-r, r) } else { 0.0 };
+        let theta = sym(rng, self.rotation).to_radians();
+        // Keras: tx shifts rows (height), ty shifts columns (width), both in pixels.
+        let tx = sym(rng, self.height_shift) * h;
+        let ty = sym(rng, self.width_shift) * w;
+        let shear = sym(rng, self.shear).to_radians();
+        let (zx, zy) = if self.zoom > 0.0 {
+            (
+                rng.range(1.0 - self.zoom, 1.0 + self.zoom),
+                rng.range(1.0 - self.zoom, 1.0 + self.zoom),
+            )
+        } else {
+            (1.0, 1.0)
+        };
+        let flip_h = self.horizontal_flip && rng.bool(0.5);
+        let flip_v = self.vertical_flip && rng.bool(0.5);
+
+        // M = rotation . shift . shear . zoom, in (row, col) coordinates; it maps an output pixel
+        // to the input position it samples (scipy.ndimage.affine_transform's convention).
+        let (c, s) = (theta.cos(), theta.sin());
+        let rot = [[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]];
+        let shift = [[1.0, 0.0, tx], [0.0, 1.0, ty], [0.0, 0.0, 1.0]];
+        let shr = [
+            [1.0, -shear.sin(), 0.0],
+            [0.0, shear.cos(), 0.0],
+            [0.0, 0.0, 1.0],
+        ];
+        let zoom = [[zx, 0.0, 0.0], [0.0, zy, 0.0], [0.0, 0.0, 1.0]];
+        let m = mul(&mul(&mul(&rot, &shift), &shr), &zoom);
+        // Keras' transform_matrix_offset_center: o = size / 2 + 0.5.
+        let (or, oc) = (h / 2.0 + 0.5, w / 2.0 + 0.5);
+        let m = mul(
+            &mul(&[[1.0, 0.0, or], [0.0, 1.0, oc], [0.0, 0.0, 1.0]], &m),
+            &[[1.0, 0.0, -or], [0.0, 1.0, -oc], [0.0, 0.0, 1.0]],
+        );
+
+        let identity = m == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
+        let mut out = if identity {
+            img.clone()
+        } else {
+            RgbImage::from_fn(img.width(), img.height(), |col, row| {
+                let (r, cc) = (row as f64, col as f64);
+                let sr = m[0][0] * r + m[0][1] * cc + m[0][2];
+                let sc = m[1][0] * r + m[1][1] * cc + m[1][2];
+                bilinear_clamped(img, sr, sc)
+            })
+        };
+        if flip_h {
+            image::imageops::flip_horizontal_in_place(&mut out);
+        }
+        if flip_v {
+            image::imageops::flip_vertical_in_place(&mut out);
+        }
+        out
+    }
+}
+
+fn mul(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
+    let mut o = [[0.0; 3]; 3];
+    for i in 0..3 {
+        for j in 0..3 {
+            o[i][j] = (0..3).map(|k| a[i][k] * b[k][j]).sum();
+        }
+    }
+    o
+}
+
+/// Bilinear sample at (row, col), clamping coordinates to the image (fill_mode='nearest').
+fn bilinear_clamped(img: &RgbImage, row: f64, col: f64) -> Rgb<u8> {
+    let (w, h) = (img.width() as f64 - 1.0, img.height() as f64 - 1.0);
+    let (row, col) = (row.clamp(0.0, h), col.clamp(0.0, w));
+    let (r0, c0) = (row.floor(), col.floor());
+    let (fr, fc) = (row - r0, col - c0);
+    let (r0, c0) = (r0 as u32, c0 as u32);
+    let (r1, c1) = ((r0 + 1).min(h as u32), (c0 + 1).min(w as u32));
+    let p = |r: u32, c: u32| img.get_pixel(c, r).0;
+    let (a, b, c, d) = (p(r0, c0), p(r0, c1), p(r1, c0), p(r1, c1));
+    let mut out = [0u8; 3];
+    for k in 0..3 {
+        let top = a[k] as f64 * (1.0 - fc) + b[k] as f64 * fc;
+        let bottom = c[k] as f64 * (1.0 - fc) + d[k] as f64 * fc;
+        out[k] = (top * (1.0 - fr) + bottom * fr).round() as u8;
+    }
+    Rgb(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient() -> RgbImage {
+        RgbImage::from_fn(48, 48, |x, y| Rgb([(x * 5) as u8, (y * 5) as u8, 128]))
+    }
+
+    #[test]
+    fn no_augmentation_is_identity() {
+        let img = gradient();
+        assert_eq!(Augment::none().apply(&img, &mut Rng::new(1)), img);
+    }
+
+    #[test]
+    fn flips_only() {
+        let img = gradient();
+        let aug = Augment {
+            horizontal_flip: true,
+            vertical_flip: true,
+            ..Augment::none()
+        };
+        let mut rng = Rng::new(3);
+        let mut saw_flip = false;
+        for _ in 0..8 {
+            let out = aug.apply(&img, &mut rng);
+            let (mut h, mut v) = (false, false);
+            if out.get_pixel(0, 0)[0] != img.get_pixel(0, 0)[0] {
+                h = true;
+            }
+            if out.get_pixel(0, 0)[1] != img.get_pixel(0, 0)[1] {
+                v = true;
+            }
+            let mut back = out.clone();
+            if h {
+                image::imageops::flip_horizontal_in_place(&mut back);
+            }
+            if v {
+                image::imageops::flip_vertical_in_place(&mut back);
+            }
+            assert_eq!(back, img);
+            saw_flip |= h || v;
+        }
+        assert!(saw_flip);
+    }
+
+    #[test]
+    fn small_vertical_shift_moves_rows_only() {
+        let img = gradient();
+        let aug = Augment {
+            height_shift: 1.0 / 48.0,
+            ..Augment::none()
+        };
+        let mut rng = Rng::new(5);
+        let out = aug.apply(&img, &mut rng);
+        // The sampled shift is in (-1, 1) pixels: every pixel moves by less than one row.
+        for (a, b) in out.pixels().zip(img.pixels()) {
+            assert!((a[1] as i32 - b[1] as i32).abs() <= 5);
+            assert_eq!(a[0], b[0]);
+        }
+    }
+
+    #[test]
+    fn default_augmentation_is_seeded_and_keeps_colours_in_range() {
+        let img = gradient();
+        let a = Augment::default().apply(&img, &mut Rng::new(9));
+        let b = Augment::default().apply(&img, &mut Rng::new(9));
+        assert_eq!(a, b);
+        assert_ne!(a, img);
+        // Nearest fill: no black corners appear from outside the image.
+        assert!(a.pixels().all(|p| p[2] == 128));
+    }
+
+    #[test]
+    fn validation_names_the_key() {
+        let err = Augment {
+            zoom: 2.0,
+            ..Augment::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(err.contains("augment.zoom"), "{err}");
+    }
+}

@@ -1,0 +1,207 @@
+//! `datasets build`: the tutorial's `build_dataset.py`, done right. Hard links (or copies) the
+//! scanned patches into `<out>/{training,validation,testing}/{0,1}`, writes `manifest.csv`, and
+//! swaps the finished tree into place with one rename, so an interrupted build leaves nothing
+//! half-made and the originals are never touched.
+
+use crate::fsutil::{link_or_copy, remove_stale_siblings, temp_sibling};
+use crate::manifest::{self, Row};
+use crate::scan::Scan;
+use crate::split::SplitConfig;
+use crate::{CLASS_NAMES, SPLITS};
+use anyhow::{Context, Result, bail};
+use rayon::prelude::*;
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub source: PathBuf,
+    pub out: PathBuf,
+    pub split: SplitConfig,
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Built,
+    /// The output already holds exactly this split: nothing was written.
+    UpToDate,
+}
+
+#[derive(Debug)]
+pub struct BuildReport {
+    pub outcome: Outcome,
+    /// [split][class] patch counts.
+    pub counts: [[usize; 2]; 3],
+    pub patients: [usize; 3],
+    pub linked: usize,
+    pub copied: usize,
+    pub scan: Scan,
+}
+
+pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
+    opts.split.validate()?;
+    let scan = Scan::dir(&opts.source)?;
+    if scan.patches.is_empty() {
+        bail!(
+            "no patches found under {} ({} files skipped): expected <patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png",
+            opts.source.display(),
+            scan.problems.len()
+        );
+    }
+    let assignment = opts.split.assign(&scan.patches);
+    let mut rows: Vec<(Row, &Path)> = scan
+        .patches
+        .iter()
+        .zip(&assignment)
+        .map(|(p, &s)| (Row::new(s, &p.name, p.label), p.path.as_path()))
+        .collect();
+    rows.sort_by(|a, b| (split_rank(&a.0), &a.0).cmp(&(split_rank(&b.0), &b.0)));
+    let manifest_rows: Vec<Row> = rows.iter().map(|(r, _)| r.clone()).collect();
+    let csv = manifest::to_csv(&manifest_rows)?;
+
+    let mut counts = [[0usize; 2]; 3];
+    let mut patients: [BTreeSet<&str>; 3] = Default::default();
+    for (r, _) in &rows {
+        let s = split_rank(r);
+        counts[s][r.class as usize] += 1;
+        patients[s].insert(&r.patient);
+    }
+    let patients = patients.map(|p| p.len());
+
+    let existing = opts.out.join(manifest::FILE_NAME);
+    if opts.out.exists() {
+        let same = std::fs::read(&existing).is_ok_and(|old| old == csv);
+        if same {
+            return Ok(BuildReport {
+                outcome: Outcome::UpToDate,
+                counts,
+                patients,
+                linked: 0,
+                copied: 0,
+                scan,
+            });
+        }
+        if !opts.force {
+            bail!(
+                "{} already holds a different split ({}); pass --force to replace it \
+                 (the originals under {} are never touched)",
+                opts.out.display(),
+                if existing.exists() {
+                    "its manifest.csv differs"
+                } else {
+                    "it has no manifest.csv"
+                },
+                opts.source.display()
+            );
+        }
+    }
+
+    remove_stale_siblings(&opts.out, "building")?;
+    let tmp = temp_sibling(&opts.out, "building");
+    for split in SPLITS {
+        for class in 0..2 {
+            let dir = tmp.join(split).join(class.to_string());
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+    }
+    let linked = AtomicUsize::new(0);
+    let result = rows.par_iter().try_for_each(|(row, src)| -> Result<()> {
+        if link_or_copy(src, &tmp.join(&row.path))? {
+            linked.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    });
+    let finish = result.and_then(|()| {
+        crate::fsutil::write_atomic(&tmp.join(manifest::FILE_NAME), &csv)?;
+        swap_into_place(&tmp, &opts.out)
+    });
+    if let Err(e) = finish {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let linked = linked.into_inner();
+    Ok(BuildReport {
+        outcome: Outcome::Built,
+        counts,
+        patients,
+        linked,
+        copied: rows.len() - linked,
+        scan,
+    })
+}
+
+fn split_rank(row: &Row) -> usize {
+    SPLITS
+        .iter()
+        .position(|s| *s == row.split)
+        .unwrap_or(SPLITS.len())
+}
+
+/// Moves a finished tree to `out`, replacing an old one only after the new one is complete.
+fn swap_into_place(tmp: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        remove_stale_siblings(out, "old")?;
+        let old = temp_sibling(out, "old");
+        std::fs::rename(out, &old)
+            .with_context(|| format!("cannot move old {} aside", out.display()))?;
+        std::fs::rename(tmp, out)
+            .with_context(|| format!("cannot move new split to {}", out.display()))?;
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("cannot remove old split {}", old.display()))?;
+    } else {
+        std::fs::rename(tmp, out)
+            .with_context(|| format!("cannot move new split to {}", out.display()))?;
+    }
+    Ok(())
+}
+
+impl fmt::Display for BuildReport {
+    /// The per-split, per-class table (the tutorial shows `tree` output here).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{:<12}{:>10}{:>10}{:>10}{:>11}{:>10}",
+            "split",
+            format!("0 ({})", CLASS_NAMES[0]),
+            format!("1 ({})", CLASS_NAMES[1]),
+            "total",
+            "IDC share",
+            "patients"
+        )?;
+        let mut all = [0usize; 2];
+        for (s, name) in SPLITS.iter().enumerate() {
+            let [c0, c1] = self.counts[s];
+            all[0] += c0;
+            all[1] += c1;
+            writeln!(
+                f,
+                "{name:<12}{c0:>10}{c1:>10}{:>10}{:>10.1}%{:>10}",
+                c0 + c1,
+                pct(c1, c0 + c1),
+                self.patients[s]
+            )?;
+        }
+        let t = all[0] + all[1];
+        write!(
+            f,
+            "{:<12}{:>10}{:>10}{t:>10}{:>10.1}%{:>10}",
+            "all",
+            all[0],
+            all[1],
+            pct(all[1], t),
+            self.patients.iter().sum::<usize>()
+        )
+    }
+}
+
+fn pct(a: usize, b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        100.0 * a as f64 / b as f64
+    }
+}

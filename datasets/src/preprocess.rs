@@ -1,0 +1,362 @@
+//! The one preprocessing path shared by training and inference: decode any PNG/JPEG to RGB8,
+//! resize to the model's input size with a named filter, scale to [0, 1] floats, lay out as CHW.
+//! The exporter writes these settings into the ONNX metadata and the runtime reads them back
+//! (`to_metadata` / `from_metadata`), so both sides agree by construction.
+
+use anyhow::{Context, Result, bail};
+use image::{ImageReader, Limits, RgbImage};
+use std::collections::HashMap;
+use std::io::Cursor;
+use std::path::Path;
+
+/// Files larger than this are refused before reading (a 50x50 patch is ~5 KB).
+pub const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Images with more pixels than this are refused before decoding (decompression bombs).
+pub const MAX_PIXELS: u64 = 64 << 20;
+
+/// Resize filter. `nearest` is what Keras' `load_img(target_size=...)` (the tutorial) uses.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Filter {
+    Nearest,
+    Bilinear,
+    Bicubic,
+    Lanczos3,
+}
+
+impl Filter {
+    pub fn name(self) -> &'static str {
+        match self {
+            Filter::Nearest => "nearest",
+            Filter::Bilinear => "bilinear",
+            Filter::Bicubic => "bicubic",
+            Filter::Lanczos3 => "lanczos3",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Filter> {
+        [
+            Filter::Nearest,
+            Filter::Bilinear,
+            Filter::Bicubic,
+            Filter::Lanczos3,
+        ]
+        .into_iter()
+        .find(|f| f.name() == name)
+    }
+}
+
+/// Why an image could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("cannot read file: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("empty file (0 bytes)")]
+    Empty,
+    #[error("file is {0} bytes, over the {MAX_FILE_BYTES}-byte limit for a patch")]
+    FileTooLarge(u64),
+    #[error("image is {0}x{1}, over the {MAX_PIXELS}-pixel limit (a decompression bomb?)")]
+    TooManyPixels(u32, u32),
+    #[error("image has zero width or height ({0}x{1})")]
+    ZeroSized(u32, u32),
+    #[error("not a decodable PNG/JPEG: {0}")]
+    Decode(String),
+}
+
+/// Decodes image bytes of any colour type (RGB, RGBA, grey, 16-bit) to RGB8.
+pub fn decode_rgb8(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+    if bytes.is_empty() {
+        return Err(DecodeError::Empty);
+    }
+    let reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
+    let (w, h) = reader
+        .into_dimensions()
+        .map_err(|e| DecodeError::Decode(e.to_string()))?;
+    if w == 0 || h == 0 {
+        return Err(DecodeError::ZeroSized(w, h));
+    }
+    if w as u64 * h as u64 > MAX_PIXELS {
+        return Err(DecodeError::TooManyPixels(w, h));
+    }
+    let mut reader = ImageReader::new(Cursor::new(bytes)).with_guessed_format()?;
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(MAX_PIXELS * 8 + (1 << 20));
+    reader.limits(limits);
+    let img = reader
+        .decode()
+        .map_err(|e| DecodeError::Decode(e.to_string()))?;
+    Ok(img.into_rgb8())
+}
+
+/// Reads and decodes a file to RGB8, refusing oversized files before reading them.
+pub fn read_rgb8(path: &Path) -> Result<RgbImage, DecodeError> {
+    let len = std::fs::metadata(path)?.len();
+    if len > MAX_FILE_BYTES {
+        return Err(DecodeError::FileTooLarge(len));
+    }
+    decode_rgb8(&std::fs::read(path)?)
+}
+
+/// How an image becomes the model's input tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Preprocess {
+    /// Square input side in pixels (the tutorial's `target_size` is 48).
+    pub size: u32,
+    pub filter: Filter,
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Preprocess {
+            size: 48,
+            filter: Filter::Nearest,
+        }
+    }
+}
+
+/// Metadata keys, as written into the ONNX file.
+pub mod keys {
+    pub const SIZE: &str = "preprocess.input_size";
+    pub const FILTER: &str = "preprocess.resize_filter";
+    pub const LAYOUT: &str = "preprocess.layout";
+    pub const COLOUR: &str = "preprocess.colour_order";
+    pub const SCALE: &str = "preprocess.scaling";
+}
+
+impl Preprocess {
+    pub const LAYOUT: &'static str = "NCHW";
+    pub const COLOUR: &'static str = "RGB";
+    pub const SCALE: &'static str = "x / 255 (float32 in [0, 1]), no mean/std normalisation";
+
+    /// Number of floats per image.
+    pub fn len(&self) -> usize {
+        3 * (self.size * self.size) as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.size == 0
+    }
+
+    /// Resizes to `size` x `size` (no copy when already that size).
+    pub fn resize(&self, img: RgbImage) -> RgbImage {
+        let s = self.size;
+        if img.width() == s && img.height() == s {
+            return img;
+        }
+        match self.filter {
+            Filter::Nearest => resize_nearest(&img, s, s),
+            Filter::Bilinear => {
+                image::imageops::resize(&img, s, s, image::imageops::FilterType::Triangle)
+            }
+            Filter::Bicubic => {
+                image::imageops::resize(&img, s, s, image::imageops::FilterType::CatmullRom)
+            }
+            Filter::Lanczos3 => {
+                image::imageops::resize(&img, s, s, image::imageops::FilterType::Lanczos3)
+            }
+        }
+    }
+
+    /// Writes the scaled CHW floats of an already-resized image into `out` (`self.len()` floats).
+    pub fn to_chw(&self, img: &RgbImage, out: &mut [f32]) {
+        let plane = (self.size * self.size) as usize;
+        assert_eq!(img.width(), self.size, "image must be resized first");
+        assert_eq!(out.len(), 3 * plane);
+        for (i, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = px[c] as f32 * (1.0 / 255.0);
+            }
+        }
+    }
+
+    /// Decode + resize a file (the part of preprocessing before augmentation).
+    pub fn load_resized(&self, path: &Path) -> Result<RgbImage, DecodeError> {
+        Ok(self.resize(read_rgb8(path)?))
+    }
+
+    /// The whole path for inference: file to `self.len()` floats in `out`.
+    pub fn load_into(&self, path: &Path, out: &mut [f32]) -> Result<(), DecodeError> {
+        let img = self.load_resized(path)?;
+        self.to_chw(&img, out);
+        Ok(())
+    }
+
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        vec![
+            (keys::SIZE.into(), self.size.to_string()),
+            (keys::FILTER.into(), self.filter.name().into()),
+            (keys::LAYOUT.into(), Self::LAYOUT.into()),
+            (keys::COLOUR.into(), Self::COLOUR.into()),
+            (keys::SCALE.into(), Self::SCALE.into()),
+        ]
+    }
+
+    /// Reads the settings back from model metadata; fails naming the missing or unknown key.
+    pub fn from_metadata(meta: &HashMap<String, String>) -> Result<Preprocess> {
+        let get = |k: &str| {
+            meta.get(k)
+                .with_context(|| format!("model metadata has no {k:?}"))
+        };
+        let size: u32 = get(keys::SIZE)?
+            .parse()
+            .with_context(|| format!("bad {}", keys::SIZE))?;
+        let filter_name = get(keys::FILTER)?;
+        let filter = Filter::from_name(filter_name)
+            .with_context(|| format!("unknown resize filter {filter_name:?}"))?;
+        for (k, want) in [
+            (keys::LAYOUT, Self::LAYOUT),
+            (keys::COLOUR, Self::COLOUR),
+            (keys::SCALE, Self::SCALE),
+        ] {
+            if get(k)? != want {
+                bail!(
+                    "model metadata {k} = {:?}, but this runtime only does {want:?}",
+                    get(k)?
+                );
+            }
+        }
+        Ok(Preprocess { size, filter })
+    }
+}
+
+/// Nearest-neighbour resize with pixel-centre mapping, as PIL's `NEAREST` (and so Keras) does it:
+/// source index = floor((dst + 0.5) * src / dst).
+pub fn resize_nearest(img: &RgbImage, w: u32, h: u32) -> RgbImage {
+    let (sw, sh) = img.dimensions();
+    let map = |d: u32, src: u32, dst: u32| {
+        (((d as u64 * 2 + 1) * src as u64) / (dst as u64 * 2)).min(src as u64 - 1) as u32
+    };
+    let xs: Vec<u32> = (0..w).map(|x| map(x, sw, w)).collect();
+    RgbImage::from_fn(w, h, |x, y| *img.get_pixel(xs[x as usize], map(y, sh, h)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{DynamicImage, ImageFormat, Rgb};
+
+    fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut buf = Cursor::new(Vec::new());
+        img.write_to(&mut buf, format).unwrap();
+        buf.into_inner()
+    }
+
+    #[test]
+    fn every_colour_type_decodes_to_rgb8() {
+        let rgb = RgbImage::from_fn(50, 50, |x, y| Rgb([x as u8 * 5, y as u8 * 5, 200]));
+        let dynamic = DynamicImage::ImageRgb8(rgb.clone());
+        for img in [
+            dynamic.clone(),
+            DynamicImage::ImageRgba8(dynamic.to_rgba8()),
+            DynamicImage::ImageLuma8(dynamic.to_luma8()),
+            DynamicImage::ImageRgb16(dynamic.to_rgb16()),
+            DynamicImage::ImageLuma16(dynamic.to_luma16()),
+        ] {
+            let decoded = decode_rgb8(&encode(img.clone(), ImageFormat::Png)).unwrap();
+            assert_eq!(decoded.dimensions(), (50, 50));
+            if matches!(
+                img,
+                DynamicImage::ImageRgb8(_)
+                    | DynamicImage::ImageRgba8(_)
+                    | DynamicImage::ImageRgb16(_)
+            ) {
+                assert_eq!(decoded, rgb, "{:?}", img.color());
+            }
+        }
+        let jpeg = decode_rgb8(&encode(dynamic, ImageFormat::Jpeg)).unwrap();
+        assert_eq!(jpeg.dimensions(), (50, 50));
+    }
+
+    #[test]
+    fn bad_bytes_are_clear_errors() {
+        assert!(matches!(decode_rgb8(b""), Err(DecodeError::Empty)));
+        assert!(matches!(
+            decode_rgb8(b"not an image at all"),
+            Err(DecodeError::Decode(_))
+        ));
+        let png = encode(
+            DynamicImage::ImageRgb8(RgbImage::new(50, 50)),
+            ImageFormat::Png,
+        );
+        assert!(matches!(
+            decode_rgb8(&png[..png.len() / 2]),
+            Err(DecodeError::Decode(_))
+        ));
+    }
+
+    #[test]
+    fn decompression_bomb_is_refused_before_decoding() {
+        // A valid PNG header claiming 100000 x 100000 pixels, with no pixel data behind it.
+        let png = encode(
+            DynamicImage::ImageLuma8(image::GrayImage::new(1, 1)),
+            ImageFormat::Png,
+        );
+        let mut bomb = png.clone();
+        bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        // Fix the IHDR CRC so the header itself is valid.
+        let crc = crc32(&bomb[12..29]);
+        bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+        assert!(matches!(
+            decode_rgb8(&bomb),
+            Err(DecodeError::TooManyPixels(100_000, 100_000))
+        ));
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut crc = 0xFFFF_FFFFu32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    #[test]
+    fn nearest_matches_pil_centre_mapping() {
+        // 50 -> 48: PIL's NEAREST takes source columns floor((x + .5) * 50 / 48).
+        let img = RgbImage::from_fn(50, 1, |x, _| Rgb([x as u8, 0, 0]));
+        let small = resize_nearest(&img, 48, 1);
+        let got: Vec<u8> = small.pixels().map(|p| p[0]).collect();
+        let want: Vec<u8> = (0..48)
+            .map(|x| ((x as f64 + 0.5) * 50.0 / 48.0).floor() as u8)
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn chw_layout_and_scaling() {
+        let pre = Preprocess {
+            size: 2,
+            filter: Filter::Nearest,
+        };
+        let img = RgbImage::from_fn(2, 2, |x, y| Rgb([(x + 2 * y) as u8, 255, 0]));
+        let mut out = vec![0.0; pre.len()];
+        pre.to_chw(&img, &mut out);
+        let s = 1.0f32 / 255.0; // Keras multiplies by rescale = 1/255
+        assert_eq!(&out[..4], &[0.0, s, 2.0 * s, 3.0 * s]);
+        assert!(out[4..8].iter().all(|&v| v == 1.0));
+        assert!(out[8..].iter().all(|&v| v == 0.0));
+    }
+
+    #[test]
+    fn metadata_round_trip() {
+        let pre = Preprocess {
+            size: 64,
+            filter: Filter::Bilinear,
+        };
+        let meta: HashMap<String, String> = pre.to_metadata().into_iter().collect();
+        assert_eq!(Preprocess::from_metadata(&meta).unwrap(), pre);
+        let mut bad = meta.clone();
+        bad.insert(keys::LAYOUT.into(), "NHWC".into());
+        assert!(Preprocess::from_metadata(&bad).is_err());
+    }
+}

@@ -1,0 +1,476 @@
+//! `datasets synth`: an IDC-like dataset made offline, in the Kaggle layout and naming
+//! (`<out>/<patient>/<class>/<patient>_idx5_x<X>_y<Y>_class<C>.png`).
+//!
+//! Each patient is a slide: a tissue mask on a 50-pixel grid with one to three IDC regions.
+//! Patches are rendered as H&E by Beer-Lambert stain mixing (pink eosin stroma, purple
+//! hematoxylin nuclei) with per-patient stain variation. IDC patches have more, larger, darker,
+//! irregular, clustered nuclei and less fat; the look blends across region borders and a few
+//! patches are look-alikes of the other class (lymphocyte-rich stroma, low-grade IDC), so a CNN
+//! learns the signal well but not perfectly. Tiles cut by the slide edge are smaller than 50x50.
+
+use crate::fsutil::{remove_stale_siblings, temp_sibling, write_atomic};
+use crate::patch::PatchName;
+use crate::rng::Rng;
+use anyhow::{Context, Result, bail};
+use image::RgbImage;
+use image::codecs::png::{CompressionType, FilterType, PngEncoder};
+use rayon::prelude::*;
+use std::path::{Path, PathBuf};
+
+/// Marker written into a synthetic tree: what made it (so a rerun can reuse it).
+pub const MARKER: &str = ".synth.json";
+pub const PATCH: u32 = 50;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SynthOptions {
+    pub patients: usize,
+    pub seed: u64,
+    /// Mean patches per patient (the Kaggle set has 277,524 / 279 = 995).
+    pub mean_patches: f64,
+    #[serde(skip)]
+    pub out: PathBuf,
+    #[serde(skip)]
+    pub force: bool,
+}
+
+impl Default for SynthOptions {
+    fn default() -> Self {
+        SynthOptions {
+            patients: 20,
+            seed: 42,
+            mean_patches: 995.0,
+            out: PathBuf::from("datasets/orig"),
+            force: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Made,
+    UpToDate,
+}
+
+#[derive(Debug, Clone)]
+pub struct SynthReport {
+    pub outcome: Outcome,
+    pub patients: usize,
+    pub patches: usize,
+    pub idc: usize,
+    pub edge_crops: usize,
+}
+
+/// One tile of a slide.
+#[derive(Debug, Clone)]
+pub struct Tile {
+    pub name: PatchName,
+    pub width: u32,
+    pub height: u32,
+    /// How IDC-like the tissue looks, 0..1 (blends across region borders).
+    pub look: f64,
+}
+
+/// A patient's slide: stain and tiles, fully determined by (seed, patient index).
+#[derive(Debug, Clone)]
+pub struct Slide {
+    pub patient: String,
+    pub stain: Stain,
+    pub tiles: Vec<Tile>,
+}
+
+/// Optical densities per unit stain (RGB) and strengths, jittered per patient.
+#[derive(Debug, Clone, Copy)]
+pub struct Stain {
+    pub hematoxylin: [f32; 3],
+    pub eosin: [f32; 3],
+    pub h_strength: f32,
+    pub e_strength: f32,
+}
+
+impl Slide {
+    pub fn plan(seed: u64, index: usize, mean_patches: f64) -> Slide {
+        let mut rng = Rng::derive(seed, index as u64);
+        let patient = (8900 + 28 * index).to_string();
+        let jitter = |rng: &mut Rng, v: [f32; 3]| v.map(|c| c * rng.range(0.85, 1.15) as f32);
+        let stain = Stain {
+            hematoxylin: jitter(&mut rng, [0.65, 0.70, 0.29]),
+            eosin: jitter(&mut rng, [0.07, 0.99, 0.11]),
+            h_strength: rng.range(0.75, 1.25) as f32,
+            e_strength: rng.range(0.7, 1.3) as f32,
+        };
+        let n = (mean_patches * (1.0 + 0.35 * rng.normal()))
+            .clamp(mean_patches * 0.15, mean_patches * 2.5);
+        let aspect = rng.range(0.7, 1.4);
+        let cols = ((n / 0.85 * aspect).sqrt().round() as i64).max(3);
+        let rows = ((n / 0.85 / cols as f64).round() as i64).max(3);
+        // IDC share varies by patient around the dataset's ~28%; some patients have almost none.
+        let share = if rng.bool(0.1) {
+            rng.range(0.0, 0.05)
+        } else {
+            (0.33 + 0.15 * rng.normal()).clamp(0.03, 0.75)
+        };
+        let blobs = 1 + rng.below(3) as usize;
+        let area = share * n / blobs as f64;
+        let radius = (area / std::f64::consts::PI).sqrt();
+        let centres: Vec<(f64, f64, f64)> = (0..blobs)
+            .map(|_| {
+                (
+                    rng.range(0.2, 0.8) * cols as f64,
+                    rng.range(0.2, 0.8) * rows as f64,
+                    radius * rng.range(0.8, 1.2),
+                )
+            })
+            .collect();
+        let wobble = (rng.range(0.0, std::f64::consts::TAU), rng.range(0.05, 0.15));
+        // Most slides end on a tile boundary; some cut their last column or row short.
+        let mut cut = || {
+            if rng.bool(0.3) {
+                1 + rng.below(49) as u32
+            } else {
+                0
+            }
+        };
+        let (cut_x, cut_y) = (cut(), cut());
+        let mut tiles = Vec::new();
+        for r in 0..rows {
+            for c in 0..cols {
+                // Tissue: a wobbly ellipse that touches the slide's right and bottom edges.
+                let (dx, dy) = (
+                    (c as f64 + 0.5) / cols as f64 * 2.0 - 1.0,
+                    (r as f64 + 0.5) / rows as f64 * 2.0 - 1.0,
+                );
+                let angle = dy.atan2(dx);
+                if (dx * dx + dy * dy).sqrt() > 1.08 + wobble.1 * (3.0 * angle + wobble.0).sin() {
+                    continue;
+                }
+                // Distance inside the nearest IDC region, in radii (> 0 inside).
+                let depth = centres
+                    .iter()
+                    .map(|&(bx, by, br)| {
+                        1.0 - ((c as f64 - bx).powi(2) + (r as f64 - by).powi(2)).sqrt() / br
+                    })
+                    .fold(f64::NEG_INFINITY, f64::max);
+                let class = u8::from(depth > 0.0);
+                let mut look = 1.0 / (1.0 + (-depth * 5.0).exp()) + 0.12 * rng.normal();
+                // Look-alikes of the other class: lymphocyte-rich stroma, low-grade IDC.
+                if rng.bool(0.06) {
+                    look = if class == 1 {
+                        rng.range(0.15, 0.4)
+                    } else {
+                        rng.range(0.6, 0.85)
+                    };
+                }
+                let width = if c == cols - 1 { PATCH - cut_x } else { PATCH };
+                let height = if r == rows - 1 { PATCH - cut_y } else { PATCH };
+                let name = PatchName {
+                    patient: patient.clone(),
+                    x: c as u32 * PATCH + 1,
+                    y: r as u32 * PATCH + 1,
+                    class,
+                };
+                tiles.push(Tile {
+                    name,
+                    width,
+                    height,
+                    look: look.clamp(0.0, 1.0),
+                });
+            }
+        }
+        Slide {
+            patient,
+            stain,
+            tiles,
+        }
+    }
+}
+
+/// Renders one tile as an H&E-like RGB image.
+pub fn render(tile: &Tile, stain: &Stain, rng: &mut Rng) -> RgbImage {
+    let (w, h) = (tile.width as usize, tile.height as usize);
+    let a = tile.look;
+    let lerp = |lo: f64, hi: f64| lo + (hi - lo) * a;
+    let mut hema = vec![0f32; w * h];
+    let mut eos = vec![0f32; w * h];
+    // Stroma: eosin with fibres along a random direction.
+    let (dir, freq, phase) = (
+        rng.range(0.0, std::f64::consts::PI),
+        rng.range(0.15, 0.45),
+        rng.range(0.0, std::f64::consts::TAU),
+    );
+    let (kx, ky) = ((dir.cos() * freq) as f32, (dir.sin() * freq) as f32);
+    let e0 = lerp(0.32, 0.22) as f32 * stain.e_strength;
+    // Cytoplasm: tumour tissue has a purple cast.
+    hema.fill(lerp(0.03, 0.22) as f32 * stain.h_strength);
+    for y in 0..h {
+        for x in 0..w {
+            let fibre = 0.5 + 0.5 * (kx * x as f32 + ky * y as f32 + phase as f32).sin();
+            eos[y * w + x] = e0 * (0.35 + 0.65 * fibre * fibre);
+        }
+    }
+    // Fat: white holes, mostly in healthy tissue.
+    let holes = (lerp(4.0, 0.2) * rng.range(0.0, 2.0)) as usize;
+    for _ in 0..holes {
+        let (cx, cy, r) = (
+            rng.range(0.0, w as f64),
+            rng.range(0.0, h as f64),
+            rng.range(4.0, 12.0),
+        );
+        stamp(
+            &mut [&mut hema, &mut eos],
+            w,
+            h,
+            (cx, cy, r, r, 0.0),
+            |_| 0.0,
+            true,
+        );
+    }
+    // Nuclei: IDC has more, larger, darker, irregular and clustered ones.
+    let count = (lerp(7.0, 42.0) * rng.range(0.75, 1.25)) as usize;
+    let clusters: Vec<(f64, f64)> = (0..3)
+        .map(|_| (rng.range(0.0, w as f64), rng.range(0.0, h as f64)))
+        .collect();
+    for _ in 0..count {
+        let (cx, cy) = if rng.bool(a * 0.7) {
+            let (px, py) = clusters[rng.below(3) as usize];
+            (px + 6.0 * rng.normal(), py + 6.0 * rng.normal())
+        } else {
+            (
+                rng.range(-2.0, w as f64 + 2.0),
+                rng.range(-2.0, h as f64 + 2.0),
+            )
+        };
+        let size = lerp(1.8, 3.6) * rng.range(0.7, 1.3);
+        let elong = 1.0 + lerp(0.1, 0.6) * rng.f64();
+        let dark = (lerp(0.55, 0.85) * rng.range(0.85, 1.15)) as f32 * stain.h_strength;
+        let shape = (cx, cy, size * elong, size / elong, rng.range(0.0, std::f64::consts::PI));
+        stamp(
+            &mut [&mut hema],
+            w,
+            h,
+            shape,
+            |d2| dark * (1.0 - 0.35 * d2 as f32),
+            false,
+        );
+    }
+    let mut img = RgbImage::new(tile.width, tile.height);
+    for (i, px) in img.pixels_mut().enumerate() {
+        let noise = 0.04 * rng.normal() as f32;
+        for ch in 0..3 {
+            let od = hema[i] * stain.hematoxylin[ch] + (eos[i] + noise).max(0.0) * stain.eosin[ch];
+            px[ch] = (245.0 * (-od * 1.6).exp()).round() as u8;
+        }
+    }
+    img
+}
+
+/// Draws an ellipse (cx, cy, rx, ry, angle) into the density planes: `value(d2)` at normalised
+/// squared distance d2 < 1, added (or, with `clear`, zeroing the planes).
+fn stamp(
+    planes: &mut [&mut Vec<f32>],
+    w: usize,
+    h: usize,
+    (cx, cy, rx, ry, angle): (f64, f64, f64, f64, f64),
+    value: impl Fn(f64) -> f32,
+    clear: bool,
+) {
+    let (c, s) = (angle.cos(), angle.sin());
+    let reach = rx.max(ry).ceil() as i64 + 1;
+    let (x0, x1) = (
+        (cx as i64 - reach).max(0),
+        (cx as i64 + reach).min(w as i64 - 1),
+    );
+    let (y0, y1) = (
+        (cy as i64 - reach).max(0),
+        (cy as i64 + reach).min(h as i64 - 1),
+    );
+    for y in y0..=y1 {
+        for x in x0..=x1 {
+            let (dx, dy) = (x as f64 + 0.5 - cx, y as f64 + 0.5 - cy);
+            let (u, v) = ((dx * c + dy * s) / rx, (-dx * s + dy * c) / ry);
+            let d2 = u * u + v * v;
+            if d2 < 1.0 {
+                let i = y as usize * w + x as usize;
+                for p in planes.iter_mut() {
+                    p[i] = if clear { 0.0 } else { p[i] + value(d2) };
+                }
+            }
+        }
+    }
+}
+
+/// PNG bytes of an image, fast compression.
+pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(8 << 10);
+    let enc = PngEncoder::new_with_quality(&mut buf, CompressionType::Fast, FilterType::Adaptive);
+    img.write_with_encoder(enc)?;
+    Ok(buf)
+}
+
+/// Makes the tree at `opts.out`, or reuses it when it was made with the same settings.
+pub fn synth(opts: &SynthOptions, progress: &indicatif::ProgressBar) -> Result<SynthReport> {
+    if opts.patients == 0 {
+        bail!("--patients must be at least 1");
+    }
+    let marker = serde_json_string(opts);
+    let slides: Vec<Slide> = (0..opts.patients)
+        .into_par_iter()
+        .map(|i| Slide::plan(opts.seed, i, opts.mean_patches))
+        .collect();
+    let count = |f: &dyn Fn(&Tile) -> bool| {
+        slides
+            .iter()
+            .flat_map(|s| &s.tiles)
+            .filter(|t| f(t))
+            .count()
+    };
+    let report = |outcome| SynthReport {
+        outcome,
+        patients: slides.len(),
+        patches: count(&|_| true),
+        idc: count(&|t| t.name.class == 1),
+        edge_crops: count(&|t| t.width < PATCH || t.height < PATCH),
+    };
+    if opts.out.exists() {
+        match std::fs::read_to_string(opts.out.join(MARKER)) {
+            Ok(old) if old == marker => return Ok(report(Outcome::UpToDate)),
+            Ok(_) if opts.force => {}
+            Ok(_) => bail!(
+                "{} holds a synthetic set made with other settings; pass --force to replace it",
+                opts.out.display()
+            ),
+            Err(_) => bail!(
+                "{} exists and was not made by `datasets synth` (no {MARKER}); it is left untouched: choose another --out",
+                opts.out.display()
+            ),
+        }
+    }
+    remove_stale_siblings(&opts.out, "synth")?;
+    let tmp = temp_sibling(&opts.out, "synth");
+    progress.set_length(report(Outcome::Made).patches as u64);
+    let result = slides
+        .par_iter()
+        .enumerate()
+        .try_for_each(|(i, slide)| write_slide(&tmp, opts.seed, i, slide, progress));
+    let result = result
+        .and_then(|()| write_atomic(&tmp.join(MARKER), marker.as_bytes()))
+        .and_then(|()| replace_dir(&tmp, &opts.out));
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    progress.finish_and_clear();
+    Ok(report(Outcome::Made))
+}
+
+fn write_slide(
+    root: &Path,
+    seed: u64,
+    index: usize,
+    slide: &Slide,
+    progress: &indicatif::ProgressBar,
+) -> Result<()> {
+    for class in 0..2 {
+        let dir = root.join(&slide.patient).join(class.to_string());
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    // One stream per patient for pixels, separate from the plan's, so plans stay cheap.
+    let mut rng = Rng::derive(seed ^ 0x5EED_F00D, index as u64);
+    for tile in &slide.tiles {
+        let img = render(tile, &slide.stain, &mut rng);
+        let path = root
+            .join(&slide.patient)
+            .join(tile.name.class.to_string())
+            .join(tile.name.to_string());
+        std::fs::write(&path, encode_png(&img)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        progress.inc(1);
+    }
+    Ok(())
+}
+
+fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
+    if out.exists() {
+        std::fs::remove_dir_all(out)
+            .with_context(|| format!("cannot remove old {}", out.display()))?;
+    }
+    std::fs::rename(tmp, out)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))
+}
+
+fn serde_json_string(opts: &SynthOptions) -> String {
+    format!(
+        "{{\"generator\":\"idc-onnx datasets synth v2\",\"patients\":{},\"seed\":{},\"mean_patches\":{}}}\n",
+        opts.patients, opts.seed, opts.mean_patches
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_is_deterministic_and_idc_like() {
+        let a = Slide::plan(42, 3, 995.0);
+        let b = Slide::plan(42, 3, 995.0);
+        assert_eq!(a.tiles.len(), b.tiles.len());
+        let shares: Vec<f64> = (0..40)
+            .map(|i| {
+                let s = Slide::plan(42, i, 995.0);
+                s.tiles.iter().filter(|t| t.name.class == 1).count() as f64 / s.tiles.len() as f64
+            })
+            .collect();
+        let total: usize = (0..40).map(|i| Slide::plan(42, i, 995.0).tiles.len()).sum();
+        let mean_share = shares.iter().sum::<f64>() / shares.len() as f64;
+        assert!(
+            (0.18..0.4).contains(&mean_share),
+            "mean IDC share {mean_share}"
+        );
+        assert!(
+            shares.iter().cloned().fold(0.0, f64::max) - shares.iter().cloned().fold(1.0, f64::min)
+                > 0.2
+        );
+        assert!(
+            (700..1300).contains(&(total / 40)),
+            "mean patches per patient {}",
+            total / 40
+        );
+    }
+
+    #[test]
+    fn edge_tiles_are_cropped() {
+        let s = Slide::plan(1, 0, 995.0);
+        let edges: Vec<&Tile> = s
+            .tiles
+            .iter()
+            .filter(|t| t.width < PATCH || t.height < PATCH)
+            .collect();
+        assert!(!edges.is_empty());
+        let img = render(edges[0], &s.stain, &mut Rng::new(0));
+        assert_eq!(img.dimensions(), (edges[0].width, edges[0].height));
+    }
+
+    #[test]
+    fn idc_tiles_are_darker_on_average() {
+        let s = Slide::plan(7, 2, 995.0);
+        let mut rng = Rng::new(1);
+        let mut mean = [(0.0, 0usize); 2];
+        for t in s.tiles.iter().take(400) {
+            let img = render(t, &s.stain, &mut rng);
+            let m = img
+                .pixels()
+                .map(|p| p[0] as f64 + p[1] as f64 + p[2] as f64)
+                .sum::<f64>()
+                / img.len() as f64;
+            mean[t.name.class as usize].0 += m;
+            mean[t.name.class as usize].1 += 1;
+        }
+        let avg = |k: usize| mean[k].0 / mean[k].1.max(1) as f64;
+        assert!(
+            mean[1].1 > 0 && avg(1) < avg(0),
+            "IDC {} vs healthy {}",
+            avg(1),
+            avg(0)
+        );
+    }
+}
