@@ -1,1 +1,234 @@
+//! CancerNet, the tutorial's depthwise-separable CNN for 50x50 IDC patches, as a burn module.
+//!
+//! Layer for layer the Keras model of the tutorial: SeparableConv2D(k) is a depthwise 3x3 conv
+//! (one filter per input channel, 'same' padding, no bias) then a pointwise 1x1 conv with bias.
+//! Blocks of [SepConv ReLU BN] x depth, MaxPool 2, Dropout; then Dense ReLU BN Dropout Dense.
+//! `forward` returns logits; softmax is applied by the loss, the metrics and the ONNX graph.
 
+use burn::module::Param;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::*;
+use burn::tensor::activation::{relu, softmax};
+
+/// Everything that shapes the network. Saved as JSON beside the weights, so the exporter and a
+/// resumed run rebuild exactly this model.
+#[derive(Config, Debug, PartialEq)]
+pub struct CancerNetConfig {
+    /// Square input side (the tutorial resizes 50x50 patches to 48x48).
+    #[config(default = 48)]
+    pub input_size: usize,
+    #[config(default = 3)]
+    pub channels: usize,
+    #[config(default = 2)]
+    pub classes: usize,
+    /// Output channels of each block's separable convolutions.
+    #[config(default = "vec![32, 64, 128]")]
+    pub widths: Vec<usize>,
+    /// Number of [SepConv ReLU BN] units per block.
+    #[config(default = "vec![1, 2, 3]")]
+    pub depths: Vec<usize>,
+    /// Width of the hidden dense layer.
+    #[config(default = 256)]
+    pub dense: usize,
+    #[config(default = 0.25)]
+    pub conv_dropout: f64,
+    #[config(default = 0.5)]
+    pub dense_dropout: f64,
+    /// BatchNorm momentum in Keras' sense: the weight of the old running average (burn's
+    /// momentum, the weight of the new batch statistic, is 1 - this).
+    #[config(default = 0.99)]
+    pub bn_momentum: f64,
+    /// BatchNorm epsilon (Keras' default).
+    #[config(default = 1e-3)]
+    pub bn_epsilon: f64,
+}
+
+impl CancerNetConfig {
+    /// Checks that the sizes fit together; the error names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.widths.is_empty() || self.widths.len() != self.depths.len() {
+            return Err(format!("model.widths ({:?}) and model.depths ({:?}) must be non-empty and the same length", self.widths, self.depths));
+        }
+        if self.widths.contains(&0) || self.depths.contains(&0) || self.dense == 0 || self.classes < 2 || self.channels == 0 {
+            return Err("model widths, depths, dense and channels must be positive, classes >= 2".into());
+        }
+        if self.feature_side() == 0 {
+            return Err(format!("model.input_size {} is too small for {} pooling blocks", self.input_size, self.widths.len()));
+        }
+        for (key, p) in [("conv_dropout", self.conv_dropout), ("dense_dropout", self.dense_dropout)] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(format!("model.{key} = {p} must be in [0, 1)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Side of the feature map entering the classifier (each block halves it, flooring).
+    pub fn feature_side(&self) -> usize {
+        self.widths.iter().fold(self.input_size, |s, _| s / 2)
+    }
+
+    /// Inputs of the hidden dense layer (6 x 6 x 128 = 4608 for the tutorial's model).
+    pub fn flat_features(&self) -> usize {
+        self.feature_side().pow(2) * self.widths.last().copied().unwrap_or(0)
+    }
+
+    pub fn init<B: Backend>(&self, device: &B::Device) -> CancerNet<B> {
+        let mut in_ch = self.channels;
+        let blocks = self
+            .widths
+            .iter()
+            .zip(&self.depths)
+            .map(|(&width, &depth)| {
+                let units = (0..depth)
+                    .map(|_| {
+                        let unit = ConvUnit {
+                            sepconv: SepConv::new(in_ch, width, device),
+                            bn: BatchNormConfig::new(width)
+                                .with_momentum(1.0 - self.bn_momentum)
+                                .with_epsilon(self.bn_epsilon)
+                                .init(device),
+                        };
+                        in_ch = width;
+                        unit
+                    })
+                    .collect();
+                Block { units }
+            })
+            .collect();
+        CancerNet {
+            blocks,
+            pool: MaxPool2dConfig::new([2, 2]).init(),
+            conv_dropout: DropoutConfig::new(self.conv_dropout).init(),
+            dense: dense_layer(self.flat_features(), self.dense, device),
+            dense_bn: BatchNormConfig::new(self.dense)
+                .with_momentum(1.0 - self.bn_momentum)
+                .with_epsilon(self.bn_epsilon)
+                .init(device),
+            dense_dropout: DropoutConfig::new(self.dense_dropout).init(),
+            head: dense_layer(self.dense, self.classes, device),
+        }
+    }
+}
+
+/// Keras' SeparableConv2D: depthwise 3x3 ('same', no bias) then pointwise 1x1 with bias.
+#[derive(Module, Debug)]
+pub struct SepConv<B: Backend> {
+    pub depthwise: Conv2d<B>,
+    pub pointwise: Conv2d<B>,
+}
+
+impl<B: Backend> SepConv<B> {
+    fn new(in_ch: usize, out_ch: usize, device: &B::Device) -> Self {
+        let glorot = Initializer::XavierUniform { gain: 1.0 };
+        let depthwise = Conv2dConfig::new([in_ch, in_ch], [3, 3])
+            .with_groups(in_ch)
+            .with_padding(PaddingConfig2d::Same)
+            .with_bias(false)
+            .with_initializer(glorot.clone())
+            .init(device);
+        let mut pointwise = Conv2dConfig::new([in_ch, out_ch], [1, 1]).with_initializer(glorot).init(device);
+        pointwise.bias = Some(Param::from_tensor(Tensor::zeros([out_ch], device)));
+        SepConv { depthwise, pointwise }
+    }
+
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.pointwise.forward(self.depthwise.forward(x))
+    }
+}
+
+/// SepConv, ReLU, BatchNorm (the tutorial's order: activation before normalisation).
+#[derive(Module, Debug)]
+pub struct ConvUnit<B: Backend> {
+    pub sepconv: SepConv<B>,
+    pub bn: BatchNorm<B>,
+}
+
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    pub units: Vec<ConvUnit<B>>,
+}
+
+#[derive(Module, Debug)]
+pub struct CancerNet<B: Backend> {
+    pub blocks: Vec<Block<B>>,
+    pub pool: MaxPool2d,
+    pub conv_dropout: Dropout,
+    pub dense: Linear<B>,
+    pub dense_bn: BatchNorm<B>,
+    pub dense_dropout: Dropout,
+    pub head: Linear<B>,
+}
+
+fn dense_layer<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
+    let mut layer = LinearConfig::new(d_in, d_out).with_initializer(Initializer::XavierUniform { gain: 1.0 }).init(device);
+    layer.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
+    layer
+}
+
+impl<B: Backend> CancerNet<B> {
+    /// Logits `[batch, classes]` for images `[batch, channels, size, size]` scaled to [0, 1].
+    /// Dropout and batch statistics apply only on an autodiff backend (training).
+    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let mut x = x;
+        for block in &self.blocks {
+            for unit in &block.units {
+                x = unit.bn.forward(relu(unit.sepconv.forward(x)));
+            }
+            x = self.conv_dropout.forward(self.pool.forward(x));
+        }
+        // Flatten in NCHW order (c, h, w), as ONNX's Flatten does.
+        let x: Tensor<B, 2> = x.flatten(1, 3);
+        let x = self.dense_bn.forward(relu(self.dense.forward(x)));
+        self.head.forward(self.dense_dropout.forward(x))
+    }
+
+    /// Class probabilities `[batch, classes]`.
+    pub fn probabilities(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        softmax(self.forward(x), 1)
+    }
+}
+
+/// (all, trainable) parameter counts as Keras reports them: BatchNorm's running mean and
+/// variance count in `all` but are not trainable.
+pub fn parameter_counts<B: Backend>(model: &CancerNet<B>) -> (usize, usize) {
+    let all = model.num_params();
+    let bn_features: usize = model.blocks.iter().flat_map(|b| &b.units).map(|u| u.bn.gamma.dims()[0]).sum::<usize>()
+        + model.dense_bn.gamma.dims()[0];
+    (all, all - 2 * bn_features)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn parameter_count_matches_keras() {
+        let model = CancerNetConfig::new().init::<Flex>(&Default::default());
+        assert_eq!(parameter_counts(&model), (1_235_133, 1_233_533));
+    }
+
+    #[test]
+    fn output_shape_and_probabilities() {
+        let cfg = CancerNetConfig::new().with_input_size(32).with_widths(vec![8, 16]).with_depths(vec![1, 1]).with_dense(16);
+        assert_eq!(cfg.flat_features(), 8 * 8 * 16);
+        let model = cfg.init::<Flex>(&Default::default());
+        let x = Tensor::<Flex, 4>::ones([3, 3, 32, 32], &Default::default());
+        let p = model.probabilities(x);
+        assert_eq!(p.dims(), [3, 2]);
+        let sums: Vec<f32> = p.sum_dim(1).into_data().to_vec().unwrap();
+        assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5));
+    }
+
+    #[test]
+    fn config_validation_names_the_field() {
+        assert!(CancerNetConfig::new().validate().is_ok());
+        let err = CancerNetConfig::new().with_input_size(4).validate().unwrap_err();
+        assert!(err.contains("input_size"), "{err}");
+        let err = CancerNetConfig::new().with_depths(vec![1]).validate().unwrap_err();
+        assert!(err.contains("depths"), "{err}");
+    }
+}

@@ -1,0 +1,228 @@
+//! The classification report shared by `trainer` (validation, testing) and `runtime eval`:
+//! scikit-learn's `classification_report`, the confusion matrix, and with IDC as the positive
+//! class sensitivity (IDC recall) and specificity (healthy recall) the right way round, balanced
+//! accuracy, F1 of IDC, ROC AUC and PR AUC (average precision).
+
+use crate::CLASS_NAMES;
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct ClassStats {
+    pub precision: f64,
+    pub recall: f64,
+    pub f1: f64,
+    pub support: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Report {
+    /// Probability of IDC at or above which a patch is called IDC.
+    pub threshold: f64,
+    /// `confusion[true][predicted]`.
+    pub confusion: [[usize; 2]; 2],
+    pub classes: [ClassStats; 2],
+    pub accuracy: f64,
+    pub macro_avg: ClassStats,
+    pub weighted_avg: ClassStats,
+    /// IDC recall: TP / (TP + FN).
+    pub sensitivity: f64,
+    /// Healthy recall: TN / (TN + FP).
+    pub specificity: f64,
+    pub balanced_accuracy: f64,
+    pub f1_idc: f64,
+    /// `None` when only one class is present.
+    pub roc_auc: Option<f64>,
+    /// Average precision; `None` without IDC patches.
+    pub pr_auc: Option<f64>,
+}
+
+fn ratio(a: usize, b: usize) -> f64 {
+    if b == 0 { 0.0 } else { a as f64 / b as f64 }
+}
+
+fn f1(p: f64, r: f64) -> f64 {
+    if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) }
+}
+
+impl Report {
+    /// `labels[i]` in {0, 1}, `probs[i]` = probability of IDC.
+    pub fn new(labels: &[u8], probs: &[f32], threshold: f64) -> Report {
+        assert_eq!(labels.len(), probs.len());
+        let mut confusion = [[0usize; 2]; 2];
+        for (&y, &p) in labels.iter().zip(probs) {
+            confusion[y as usize][usize::from(p as f64 >= threshold)] += 1;
+        }
+        let n: usize = confusion.iter().flatten().sum();
+        let classes = [0, 1].map(|c| {
+            let tp = confusion[c][c];
+            let predicted = confusion[0][c] + confusion[1][c];
+            let support = confusion[c][0] + confusion[c][1];
+            let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
+            ClassStats { precision, recall, f1: f1(precision, recall), support }
+        });
+        let avg = |w: &dyn Fn(&ClassStats) -> f64| {
+            let total: f64 = classes.iter().map(w).sum();
+            let mean = |f: fn(&ClassStats) -> f64| {
+                if total == 0.0 { 0.0 } else { classes.iter().map(|c| f(c) * w(c)).sum::<f64>() / total }
+            };
+            ClassStats { precision: mean(|c| c.precision), recall: mean(|c| c.recall), f1: mean(|c| c.f1), support: n }
+        };
+        let (sensitivity, specificity) = (classes[1].recall, classes[0].recall);
+        Report {
+            threshold,
+            confusion,
+            classes,
+            accuracy: ratio(confusion[0][0] + confusion[1][1], n),
+            macro_avg: avg(&|_| 1.0),
+            weighted_avg: avg(&|c| c.support as f64),
+            sensitivity,
+            specificity,
+            balanced_accuracy: (sensitivity + specificity) / 2.0,
+            f1_idc: classes[1].f1,
+            roc_auc: roc_auc(labels, probs),
+            pr_auc: average_precision(labels, probs),
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.confusion.iter().flatten().sum()
+    }
+}
+
+/// ROC AUC as the Mann-Whitney statistic with tied scores counted half.
+pub fn roc_auc(labels: &[u8], probs: &[f32]) -> Option<f64> {
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by(|&a, &b| probs[a].total_cmp(&probs[b]));
+    let (mut rank_sum_pos, mut i) = (0.0, 0);
+    while i < order.len() {
+        let mut j = i;
+        while j < order.len() && probs[order[j]] == probs[order[i]] {
+            j += 1;
+        }
+        let avg_rank = (i + 1 + j) as f64 / 2.0; // ranks i+1 ..= j
+        rank_sum_pos += avg_rank * order[i..j].iter().filter(|&&k| labels[k] == 1).count() as f64;
+        i = j;
+    }
+    let pos = labels.iter().filter(|&&y| y == 1).count() as f64;
+    let neg = labels.len() as f64 - pos;
+    (pos > 0.0 && neg > 0.0).then(|| (rank_sum_pos - pos * (pos + 1.0) / 2.0) / (pos * neg))
+}
+
+/// Average precision (scikit-learn's definition): sum over score thresholds, highest first, of
+/// (recall gained) x precision.
+pub fn average_precision(labels: &[u8], probs: &[f32]) -> Option<f64> {
+    let pos = labels.iter().filter(|&&y| y == 1).count();
+    if pos == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let (mut tp, mut fp, mut ap, mut last_recall, mut i) = (0usize, 0usize, 0.0, 0.0, 0);
+    while i < order.len() {
+        let score = probs[order[i]];
+        while i < order.len() && probs[order[i]] == score {
+            if labels[order[i]] == 1 { tp += 1 } else { fp += 1 }
+            i += 1;
+        }
+        let recall = tp as f64 / pos as f64;
+        ap += (recall - last_recall) * tp as f64 / (tp + fp) as f64;
+        last_recall = recall;
+    }
+    Some(ap)
+}
+
+/// Points (false positive rate, true positive rate) of the ROC curve, from (0,0) to (1,1).
+pub fn roc_curve(labels: &[u8], probs: &[f32]) -> Vec<(f64, f64)> {
+    let pos = labels.iter().filter(|&&y| y == 1).count().max(1) as f64;
+    let neg = (labels.len() as f64 - labels.iter().filter(|&&y| y == 1).count() as f64).max(1.0);
+    let mut order: Vec<usize> = (0..labels.len()).collect();
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+    let (mut tp, mut fp, mut i) = (0.0, 0.0, 0);
+    let mut points = vec![(0.0, 0.0)];
+    while i < order.len() {
+        let score = probs[order[i]];
+        while i < order.len() && probs[order[i]] == score {
+            if labels[order[i]] == 1 { tp += 1.0 } else { fp += 1.0 }
+            i += 1;
+        }
+        points.push((fp / neg, tp / pos));
+    }
+    points
+}
+
+fn opt(v: Option<f64>) -> String {
+    v.map_or("n/a (one class only)".into(), |v| format!("{v:.4}"))
+}
+
+impl fmt::Display for Report {
+    /// Laid out like scikit-learn's `classification_report(digits=4)`, then the IDC summary.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:>14}{:>11}{:>10}{:>10}{:>10}\n", "", "precision", "recall", "f1-score", "support")?;
+        for (name, c) in CLASS_NAMES.iter().zip(&self.classes) {
+            writeln!(f, "{name:>14}{:>11.4}{:>10.4}{:>10.4}{:>10}", c.precision, c.recall, c.f1, c.support)?;
+        }
+        writeln!(f)?;
+        writeln!(f, "{:>14}{:>11}{:>10}{:>10.4}{:>10}", "accuracy", "", "", self.accuracy, self.total())?;
+        for (name, c) in [("macro avg", &self.macro_avg), ("weighted avg", &self.weighted_avg)] {
+            writeln!(f, "{name:>14}{:>11.4}{:>10.4}{:>10.4}{:>10}", c.precision, c.recall, c.f1, c.support)?;
+        }
+        let m = &self.confusion;
+        writeln!(f, "\nconfusion matrix (rows: true, columns: predicted; threshold {})", self.threshold)?;
+        writeln!(f, "{:>14}{:>10}{:>10}", "", "no IDC", "IDC")?;
+        writeln!(f, "{:>14}{:>10}{:>10}", "no IDC", m[0][0], m[0][1])?;
+        writeln!(f, "{:>14}{:>10}{:>10}", "IDC", m[1][0], m[1][1])?;
+        writeln!(f, "\nIDC is the positive class")?;
+        writeln!(f, "  sensitivity (IDC recall)      {:.4}", self.sensitivity)?;
+        writeln!(f, "  specificity (healthy recall)  {:.4}", self.specificity)?;
+        writeln!(f, "  balanced accuracy             {:.4}", self.balanced_accuracy)?;
+        writeln!(f, "  F1 (IDC)                      {:.4}", self.f1_idc)?;
+        writeln!(f, "  ROC AUC                       {}", opt(self.roc_auc))?;
+        write!(f, "  PR AUC (average precision)    {}", opt(self.pr_auc))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_computed_confusion_matrix() {
+        // true:  0 0 0 0 1 1 1   probs chosen so that TN=3 FP=1 FN=1 TP=2 at 0.5
+        let labels = [0, 0, 0, 0, 1, 1, 1];
+        let probs = [0.1, 0.2, 0.3, 0.7, 0.4, 0.8, 0.9];
+        let r = Report::new(&labels, &probs, 0.5);
+        assert_eq!(r.confusion, [[3, 1], [1, 2]]);
+        assert!((r.sensitivity - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.specificity - 3.0 / 4.0).abs() < 1e-12);
+        assert!((r.classes[1].precision - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.classes[0].precision - 3.0 / 4.0).abs() < 1e-12);
+        assert!((r.accuracy - 5.0 / 7.0).abs() < 1e-12);
+        // Pairs (pos, neg) ranked right: 0.4 beats 3 of 4 negatives, 0.8 and 0.9 beat all 4.
+        assert!((r.roc_auc.unwrap() - 11.0 / 12.0).abs() < 1e-12);
+        // AP: ranks 0.9(+) 0.8(+) 0.7(-) 0.4(+): 1/3*1 + 1/3*1 + 1/3*3/4.
+        assert!((r.pr_auc.unwrap() - (1.0 + 1.0 + 0.75) / 3.0).abs() < 1e-12);
+        let text = r.to_string();
+        assert!(text.contains("sensitivity (IDC recall)      0.6667"), "{text}");
+        assert!(text.contains("weighted avg"));
+    }
+
+    #[test]
+    fn one_class_set_is_well_defined() {
+        let r = Report::new(&[0, 0, 0], &[0.1, 0.9, 0.2], 0.5);
+        assert_eq!(r.confusion, [[2, 1], [0, 0]]);
+        assert_eq!(r.roc_auc, None);
+        assert_eq!(r.pr_auc, None);
+        assert_eq!(r.sensitivity, 0.0);
+        assert!((r.specificity - 2.0 / 3.0).abs() < 1e-12);
+        assert!(r.to_string().contains("n/a"));
+    }
+
+    #[test]
+    fn ties_count_half_and_threshold_moves() {
+        assert_eq!(roc_auc(&[0, 1], &[0.5, 0.5]), Some(0.5));
+        let r = Report::new(&[0, 1], &[0.3, 0.6], 0.7);
+        assert_eq!(r.confusion, [[1, 0], [1, 0]]);
+        let curve = roc_curve(&[0, 1], &[0.3, 0.6]);
+        assert_eq!(curve, vec![(0.0, 0.0), (0.0, 1.0), (1.0, 1.0)]);
+    }
+}

@@ -1,0 +1,169 @@
+//! The run folder: resolved config, provenance, per-epoch checkpoints (model + optimizer +
+//! state), the best checkpoint by validation loss, metrics.csv. Every file lands atomically:
+//! checkpoints are written into a hidden temp folder and renamed into place.
+
+use anyhow::{Context, Result};
+use burn::module::Module;
+use burn::optim::Optimizer;
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::AutodiffBackend;
+use datasets::fsutil::{link_or_copy, remove_stale_siblings, temp_sibling, write_atomic};
+use models::CancerNet;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+pub const MODEL_FILE: &str = "model.mpk";
+pub const OPTIM_FILE: &str = "optim.mpk";
+pub const STATE_FILE: &str = "state.json";
+pub const RUN_FILE: &str = "run.json";
+pub const MODEL_CONFIG_FILE: &str = "model.json";
+pub const CONFIG_FILE: &str = "config.yaml";
+pub const METRICS_FILE: &str = "metrics.csv";
+
+pub fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
+    NamedMpkFileRecorder::new()
+}
+
+/// Where the run is after an epoch: enough to resume it exactly.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub epoch: usize,
+    pub step: usize,
+    pub best_epoch: usize,
+    pub best_val_loss: f64,
+    pub epochs_without_improvement: usize,
+    pub finished: bool,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+}
+
+/// One row of metrics.csv.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    pub epoch: usize,
+    pub step: usize,
+    pub learning_rate: f64,
+    pub train_loss: f64,
+    pub train_accuracy: f64,
+    pub val_loss: f64,
+    pub val_accuracy: f64,
+    pub val_sensitivity: f64,
+    pub val_specificity: f64,
+    pub val_roc_auc: f64,
+    pub seconds: f64,
+    pub train_images_per_second: f64,
+    pub skipped_images: usize,
+}
+
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoints")
+    }
+
+    pub fn epoch_dir(&self, epoch: usize) -> PathBuf {
+        self.checkpoints().join(format!("epoch-{epoch:03}"))
+    }
+
+    pub fn best_dir(&self) -> PathBuf {
+        self.checkpoints().join("best")
+    }
+
+    /// The newest complete epoch checkpoint, if any.
+    pub fn latest(&self) -> Option<(usize, PathBuf)> {
+        let entries = std::fs::read_dir(self.checkpoints()).ok()?;
+        entries
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let n: usize = e.file_name().to_str()?.strip_prefix("epoch-")?.parse().ok()?;
+                e.path().join(STATE_FILE).is_file().then(|| (n, e.path()))
+            })
+            .max_by_key(|(n, _)| *n)
+    }
+
+    pub fn save_epoch<B, O>(&self, model: &CancerNet<B>, optim: &O, state: &State) -> Result<PathBuf>
+    where
+        B: AutodiffBackend,
+        O: Optimizer<CancerNet<B>, B>,
+    {
+        let dir = self.epoch_dir(state.epoch);
+        std::fs::create_dir_all(self.checkpoints())?;
+        remove_stale_siblings(&dir, "saving")?;
+        let tmp = temp_sibling(&dir, "saving");
+        std::fs::create_dir_all(&tmp)?;
+        let rec = recorder();
+        model.clone().save_file(tmp.join("model"), &rec).context("cannot save model checkpoint")?;
+        rec.record(optim.to_record(), tmp.join("optim")).context("cannot save optimizer state")?;
+        write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?.as_bytes())?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move checkpoint to {}", dir.display()))?;
+        Ok(dir)
+    }
+
+    /// Makes `best/` a copy (hard links) of an epoch checkpoint's model and state.
+    pub fn mark_best(&self, epoch_dir: &Path) -> Result<()> {
+        let best = self.best_dir();
+        remove_stale_siblings(&best, "saving")?;
+        let tmp = temp_sibling(&best, "saving");
+        std::fs::create_dir_all(&tmp)?;
+        for f in [MODEL_FILE, STATE_FILE] {
+            link_or_copy(&epoch_dir.join(f), &tmp.join(f))?;
+        }
+        if best.exists() {
+            std::fs::remove_dir_all(&best)?;
+        }
+        std::fs::rename(&tmp, &best)?;
+        Ok(())
+    }
+
+    pub fn load_model<B: burn::tensor::backend::Backend>(
+        &self,
+        model: CancerNet<B>,
+        checkpoint: &Path,
+        device: &B::Device,
+    ) -> Result<CancerNet<B>> {
+        let path = checkpoint.join(MODEL_FILE);
+        model
+            .load_file(checkpoint.join("model"), &recorder(), device)
+            .with_context(|| format!("cannot load model checkpoint {} (was it trained with another model config?)", path.display()))
+    }
+
+    pub fn load_optim<B, O>(&self, optim: O, checkpoint: &Path, device: &B::Device) -> Result<O>
+    where
+        B: AutodiffBackend,
+        O: Optimizer<CancerNet<B>, B>,
+    {
+        let record = recorder()
+            .load(checkpoint.join("optim"), device)
+            .with_context(|| format!("cannot load optimizer state {}", checkpoint.join(OPTIM_FILE).display()))?;
+        Ok(optim.load_record(record))
+    }
+
+    pub fn read_state(checkpoint: &Path) -> Result<State> {
+        let path = checkpoint.join(STATE_FILE);
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
+    }
+
+    pub fn write_metrics(&self, rows: &[EpochMetrics]) -> Result<()> {
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for r in rows {
+            w.serialize(r)?;
+        }
+        write_atomic(&self.root.join(METRICS_FILE), &w.into_inner()?)
+    }
+
+    pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>> {
+        let path = self.root.join(METRICS_FILE);
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let mut r = csv::Reader::from_path(&path)?;
+        r.deserialize().collect::<Result<_, _>>().with_context(|| format!("malformed {}", path.display()))
+    }
+}

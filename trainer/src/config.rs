@@ -1,0 +1,270 @@
+//! The trainer's YAML config: every knob, defaults = the tutorial. Unknown keys and out-of-range
+//! values are rejected with the key's name.
+
+use anyhow::{Context, Result, bail};
+use datasets::augment::Augment;
+use datasets::preprocess::{Filter, Preprocess};
+use models::CancerNetConfig;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub data: DataConfig,
+    pub model: ModelConfig,
+    pub train: TrainSection,
+    pub augment: Augment,
+    /// `cpu` (burn's flex backend) or `cuda` (needs a build with `--features cuda`).
+    pub device: Device,
+    /// Where the run's config, checkpoints, metrics.csv and plot.png go.
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Holds training/, validation/, testing/ (from `datasets build`).
+    pub root: PathBuf,
+    /// Keep decoded patches in memory (48x48 RGB8: ~7 KB each) instead of streaming from disk.
+    pub cache: bool,
+    /// Threads decoding and augmenting patches (0 = one per core).
+    pub workers: usize,
+    pub resize_filter: Filter,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    pub input_size: usize,
+    pub widths: Vec<usize>,
+    pub depths: Vec<usize>,
+    pub dense: usize,
+    pub conv_dropout: f64,
+    pub dense_dropout: f64,
+    /// Keras' BatchNormalization momentum (weight of the old running average).
+    pub bn_momentum: f64,
+    pub bn_epsilon: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Adagrad's initial learning rate.
+    pub learning_rate: f64,
+    /// Keras' legacy per-step decay, lr_t = lr / (1 + decay * t); default lr / epochs.
+    pub decay: Option<f64>,
+    /// Adagrad's initial accumulator (Keras: 0.1) and epsilon (Keras: 1e-7).
+    pub initial_accumulator: f64,
+    pub epsilon: f64,
+    /// `auto` = max(count) / count per class from the training split, or two explicit weights.
+    pub class_weights: ClassWeights,
+    /// Stop when validation loss has not improved for this many epochs (off when absent).
+    pub early_stopping: Option<usize>,
+    /// Cap on batches per epoch (for quick runs and tests; absent = the whole split).
+    pub max_steps_per_epoch: Option<usize>,
+    pub seed: u64,
+    /// Compute threads for the CPU backend (0 = one per core).
+    pub threads: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClassWeights {
+    Auto(AutoWeights),
+    Fixed([f64; 2]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AutoWeights {
+    Auto,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    Cpu,
+    Cuda,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainSection::default(),
+            augment: Augment::default(),
+            device: Device::Cpu,
+            output: PathBuf::from("models/cancernet"),
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig { root: PathBuf::from("datasets/idc"), cache: false, workers: 0, resize_filter: Filter::Nearest }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        let m = CancerNetConfig::new();
+        ModelConfig {
+            input_size: m.input_size,
+            widths: m.widths,
+            depths: m.depths,
+            dense: m.dense,
+            conv_dropout: m.conv_dropout,
+            dense_dropout: m.dense_dropout,
+            bn_momentum: m.bn_momentum,
+            bn_epsilon: m.bn_epsilon,
+        }
+    }
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        TrainSection {
+            epochs: 40,
+            batch_size: 32,
+            learning_rate: 1e-2,
+            decay: None,
+            initial_accumulator: 0.1,
+            epsilon: 1e-7,
+            class_weights: ClassWeights::Auto(AutoWeights::Auto),
+            early_stopping: None,
+            max_steps_per_epoch: None,
+            seed: 42,
+            threads: 0,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn load(path: &Path) -> Result<TrainConfig> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        let cfg: TrainConfig = yaml_serde::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        Ok(cfg)
+    }
+
+    pub fn to_yaml(&self) -> Result<String> {
+        Ok(yaml_serde::to_string(self)?)
+    }
+
+    /// Checks every range; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        let t = &self.train;
+        let positive = [("train.epochs", t.epochs), ("train.batch_size", t.batch_size)];
+        for (key, v) in positive {
+            if v == 0 {
+                bail!("{key} must be at least 1");
+            }
+        }
+        if t.max_steps_per_epoch == Some(0) {
+            bail!("train.max_steps_per_epoch must be at least 1 (or absent)");
+        }
+        if t.early_stopping == Some(0) {
+            bail!("train.early_stopping must be at least 1 (or absent)");
+        }
+        let ranges = [
+            ("train.learning_rate", t.learning_rate, 1e-9, 10.0),
+            ("train.decay", t.decay.unwrap_or(0.0), 0.0, 1.0),
+            ("train.initial_accumulator", t.initial_accumulator, 0.0, 1e3),
+            ("train.epsilon", t.epsilon, 0.0, 1.0),
+            ("model.bn_momentum", self.model.bn_momentum, 0.0, 1.0),
+            ("model.bn_epsilon", self.model.bn_epsilon, 1e-12, 1.0),
+        ];
+        for (key, v, lo, hi) in ranges {
+            if !(lo..=hi).contains(&v) || v.is_nan() {
+                bail!("{key} = {v} is out of range [{lo}, {hi}]");
+            }
+        }
+        if let ClassWeights::Fixed(w) = &t.class_weights
+            && w.iter().any(|&x| x <= 0.0 || !x.is_finite())
+        {
+            bail!("train.class_weights must be `auto`, `none` or two positive numbers, got {w:?}");
+        }
+        self.augment.validate().map_err(anyhow::Error::msg)?;
+        self.model_config().validate().map_err(anyhow::Error::msg)?;
+        Ok(())
+    }
+
+    pub fn model_config(&self) -> CancerNetConfig {
+        let m = &self.model;
+        CancerNetConfig::new()
+            .with_input_size(m.input_size)
+            .with_widths(m.widths.clone())
+            .with_depths(m.depths.clone())
+            .with_dense(m.dense)
+            .with_conv_dropout(m.conv_dropout)
+            .with_dense_dropout(m.dense_dropout)
+            .with_bn_momentum(m.bn_momentum)
+            .with_bn_epsilon(m.bn_epsilon)
+    }
+
+    pub fn preprocess(&self) -> Preprocess {
+        Preprocess { size: self.model.input_size as u32, filter: self.data.resize_filter }
+    }
+
+    /// Keras' legacy decay per step (the tutorial: lr / epochs).
+    pub fn decay(&self) -> f64 {
+        self.train.decay.unwrap_or(self.train.learning_rate / self.train.epochs as f64)
+    }
+
+    /// Learning rate of step `t` (0-based), as Keras' legacy `decay` computes it.
+    pub fn learning_rate_at(&self, t: usize) -> f64 {
+        self.train.learning_rate / (1.0 + self.decay() * t as f64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_config_is_the_default() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cancernet.yaml");
+        let cfg = TrainConfig::load(&path).unwrap();
+        assert_eq!(cfg, TrainConfig::default());
+        cfg.validate().unwrap();
+        assert_eq!(cfg.model_config(), CancerNetConfig::new());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = format!("{:#}", yaml_serde::from_str::<TrainConfig>("train:\n  epoch: 3\n").unwrap_err());
+        assert!(err.contains("epoch"), "{err}");
+        let err = format!("{:#}", yaml_serde::from_str::<TrainConfig>("augment:\n  rotate: 3\n").unwrap_err());
+        assert!(err.contains("rotate"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_key() {
+        let cases = [
+            ("train:\n  epochs: 0\n", "train.epochs"),
+            ("train:\n  learning_rate: -1\n", "train.learning_rate"),
+            ("augment:\n  zoom: 3\n", "augment.zoom"),
+            ("model:\n  input_size: 4\n", "input_size"),
+            ("train:\n  class_weights: [1, -2]\n", "train.class_weights"),
+        ];
+        for (yaml, key) in cases {
+            let cfg: TrainConfig = yaml_serde::from_str(yaml).unwrap();
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains(key), "{yaml:?}: {err}");
+        }
+        let cfg: TrainConfig = yaml_serde::from_str("train:\n  class_weights: none\n").unwrap();
+        assert_eq!(cfg.train.class_weights, ClassWeights::Auto(AutoWeights::None));
+    }
+
+    #[test]
+    fn keras_legacy_decay() {
+        let cfg = TrainConfig::default();
+        assert_eq!(cfg.learning_rate_at(0), 1e-2);
+        let t = 1000;
+        assert!((cfg.learning_rate_at(t) - 1e-2 / (1.0 + 1e-2 / 40.0 * t as f64)).abs() < 1e-15);
+    }
+}

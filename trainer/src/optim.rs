@@ -1,0 +1,77 @@
+//! Adagrad as Keras implements it (the tutorial's optimizer): the accumulator starts at
+//! `initial_accumulator` (0.1), `acc += g^2`, `p -= lr * g / (sqrt(acc) + epsilon)`. burn's own
+//! AdaGrad starts the accumulator at zero, which makes the first step lr * sign(g) for every
+//! weight. The learning rate of each step (Keras' legacy decay) is passed in by the loop.
+
+use burn::module::AutodiffModule;
+use burn::optim::SimpleOptimizer;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::prelude::*;
+use burn::record::Record;
+use burn::tensor::backend::AutodiffBackend;
+
+#[derive(Clone, Debug)]
+pub struct KerasAdagrad {
+    pub initial_accumulator: f64,
+    pub epsilon: f64,
+}
+
+#[derive(Record, Clone)]
+pub struct AdagradState<B: Backend, const D: usize> {
+    pub accumulator: Tensor<B, D>,
+}
+
+impl<B: Backend> SimpleOptimizer<B> for KerasAdagrad {
+    type State<const D: usize> = AdagradState<B, D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: f64,
+        tensor: Tensor<B, D>,
+        grad: Tensor<B, D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<B, D>, Option<Self::State<D>>) {
+        let acc = match state {
+            Some(s) => s.accumulator,
+            None => grad.zeros_like().add_scalar(self.initial_accumulator),
+        } + grad.clone().powi_scalar(2);
+        let update = grad.div(acc.clone().sqrt().add_scalar(self.epsilon)).mul_scalar(lr);
+        (tensor - update, Some(AdagradState { accumulator: acc }))
+    }
+
+    fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
+        AdagradState { accumulator: state.accumulator.to_device(device) }
+    }
+}
+
+impl KerasAdagrad {
+    pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(self) -> OptimizerAdaptor<Self, M, B> {
+        OptimizerAdaptor::from(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn matches_the_keras_formula() {
+        let opt = KerasAdagrad { initial_accumulator: 0.1, epsilon: 1e-7 };
+        let dev = Default::default();
+        let p = Tensor::<Flex, 1>::from_floats([1.0, -2.0], &dev);
+        let g = Tensor::<Flex, 1>::from_floats([0.5, -1.0], &dev);
+        let (p1, s) = opt.step(0.01, p, g.clone(), None);
+        let (p2, _) = opt.step(0.01, p1.clone(), g, s);
+        let p1: Vec<f32> = p1.into_data().to_vec().unwrap();
+        let p2: Vec<f32> = p2.into_data().to_vec().unwrap();
+        for (i, (p0, g)) in [(1.0f64, 0.5f64), (-2.0, -1.0)].into_iter().enumerate() {
+            let acc1 = 0.1 + g * g;
+            let want1 = p0 - 0.01 * g / (acc1.sqrt() + 1e-7);
+            let acc2 = acc1 + g * g;
+            let want2 = want1 - 0.01 * g / (acc2.sqrt() + 1e-7);
+            assert!((p1[i] as f64 - want1).abs() < 1e-6, "{} vs {want1}", p1[i]);
+            assert!((p2[i] as f64 - want2).abs() < 1e-6, "{} vs {want2}", p2[i]);
+        }
+    }
+}
