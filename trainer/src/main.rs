@@ -1,15 +1,10 @@
 //! `trainer --config configs/cancernet.yaml`: fit CancerNet with burn (CPU, or CUDA when built
 //! with `--features cuda`).
 
-mod checkpoint;
-mod config;
-mod data;
-mod optim;
-mod train;
-
 use anyhow::{Result, bail};
 use clap::Parser;
-use config::{Device, TrainConfig};
+use trainer::config::{Device, TrainConfig};
+use trainer::train;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
