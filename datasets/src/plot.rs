@@ -40,7 +40,14 @@ pub struct Series<'a> {
 }
 
 /// A line chart with a legend, written to `path` (PNG, written atomically).
-pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[Series], y_range: Option<(f64, f64)>) -> Result<()> {
+pub fn line_chart(
+    path: &Path,
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    y_range: Option<(f64, f64)>,
+) -> Result<()> {
     let text = have_font();
     let (w, h) = (900u32, 600u32);
     let mut buf = vec![0u8; (w * h * 3) as usize];
@@ -50,16 +57,30 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         let all = series.iter().flat_map(|s| &s.points);
         let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
         let (y_lo, y_hi) = y_range.unwrap_or_else(|| {
-            let hi = all.clone().map(|p| p.1).filter(|v| v.is_finite()).fold(1.0, f64::max);
+            let hi = all
+                .clone()
+                .map(|p| p.1)
+                .filter(|v| v.is_finite())
+                .fold(1.0, f64::max);
             (0.0, hi * 1.05)
         });
         let mut builder = ChartBuilder::on(&root);
-        builder.margin(20).x_label_area_size(45).y_label_area_size(60);
+        builder
+            .margin(20)
+            .x_label_area_size(45)
+            .y_label_area_size(60);
         if text {
             builder.caption(title, ("sans-serif", 24));
         }
-        let x_min = series.iter().flat_map(|s| &s.points).map(|p| p.0).fold(x_max, f64::min).min(0.0);
-        let mut chart = builder.build_cartesian_2d(x_min..x_max, y_lo..y_hi).map_err(|e| anyhow!("{e}"))?;
+        let x_min = series
+            .iter()
+            .flat_map(|s| &s.points)
+            .map(|p| p.0)
+            .fold(x_max, f64::min)
+            .min(0.0);
+        let mut chart = builder
+            .build_cartesian_2d(x_min..x_max, y_lo..y_hi)
+            .map_err(|e| anyhow!("{e}"))?;
         let mut mesh = chart.configure_mesh();
         if text {
             mesh.x_desc(x_label).y_desc(y_label);
@@ -70,10 +91,15 @@ pub fn line_chart(path: &Path, title: &str, x_label: &str, y_label: &str, series
         for s in series {
             let color = s.color;
             let drawn = chart
-                .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))
+                .draw_series(LineSeries::new(
+                    s.points.iter().copied(),
+                    color.stroke_width(2),
+                ))
                 .map_err(|e| anyhow!("{e}"))?;
             if text {
-                drawn.label(s.name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+                drawn.label(s.name).legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+                });
             }
         }
         if text {
@@ -103,8 +129,16 @@ pub fn roc_chart(path: &Path, points: &[(f64, f64)], auc: Option<f64>) -> Result
         "false positive rate (1 - specificity)",
         "true positive rate (sensitivity)",
         &[
-            Series { name: "model", points: points.to_vec(), color: RED },
-            Series { name: "chance", points: vec![(0.0, 0.0), (1.0, 1.0)], color: RGBColor(150, 150, 150) },
+            Series {
+                name: "model",
+                points: points.to_vec(),
+                color: RED,
+            },
+            Series {
+                name: "chance",
+                points: vec![(0.0, 0.0), (1.0, 1.0)],
+                color: RGBColor(150, 150, 150),
+            },
         ],
         Some((0.0, 1.0)),
     )

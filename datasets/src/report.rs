@@ -41,7 +41,11 @@ fn ratio(a: usize, b: usize) -> f64 {
 }
 
 fn f1(p: f64, r: f64) -> f64 {
-    if p + r == 0.0 { 0.0 } else { 2.0 * p * r / (p + r) }
+    if p + r == 0.0 {
+        0.0
+    } else {
+        2.0 * p * r / (p + r)
+    }
 }
 
 impl Report {
@@ -58,14 +62,28 @@ impl Report {
             let predicted = confusion[0][c] + confusion[1][c];
             let support = confusion[c][0] + confusion[c][1];
             let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
-            ClassStats { precision, recall, f1: f1(precision, recall), support }
+            ClassStats {
+                precision,
+                recall,
+                f1: f1(precision, recall),
+                support,
+            }
         });
         let avg = |w: &dyn Fn(&ClassStats) -> f64| {
             let total: f64 = classes.iter().map(w).sum();
             let mean = |f: fn(&ClassStats) -> f64| {
-                if total == 0.0 { 0.0 } else { classes.iter().map(|c| f(c) * w(c)).sum::<f64>() / total }
+                if total == 0.0 {
+                    0.0
+                } else {
+                    classes.iter().map(|c| f(c) * w(c)).sum::<f64>() / total
+                }
             };
-            ClassStats { precision: mean(|c| c.precision), recall: mean(|c| c.recall), f1: mean(|c| c.f1), support: n }
+            ClassStats {
+                precision: mean(|c| c.precision),
+                recall: mean(|c| c.recall),
+                f1: mean(|c| c.f1),
+                support: n,
+            }
         };
         let (sensitivity, specificity) = (classes[1].recall, classes[0].recall);
         Report {
@@ -121,7 +139,11 @@ pub fn average_precision(labels: &[u8], probs: &[f32]) -> Option<f64> {
     while i < order.len() {
         let score = probs[order[i]];
         while i < order.len() && probs[order[i]] == score {
-            if labels[order[i]] == 1 { tp += 1 } else { fp += 1 }
+            if labels[order[i]] == 1 {
+                tp += 1
+            } else {
+                fp += 1
+            }
             i += 1;
         }
         let recall = tp as f64 / pos as f64;
@@ -142,7 +164,11 @@ pub fn roc_curve(labels: &[u8], probs: &[f32]) -> Vec<(f64, f64)> {
     while i < order.len() {
         let score = probs[order[i]];
         while i < order.len() && probs[order[i]] == score {
-            if labels[order[i]] == 1 { tp += 1.0 } else { fp += 1.0 }
+            if labels[order[i]] == 1 {
+                tp += 1.0
+            } else {
+                fp += 1.0
+            }
             i += 1;
         }
         points.push((fp / neg, tp / pos));
@@ -157,24 +183,55 @@ fn opt(v: Option<f64>) -> String {
 impl fmt::Display for Report {
     /// Laid out like scikit-learn's `classification_report(digits=4)`, then the IDC summary.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "{:>14}{:>11}{:>10}{:>10}{:>10}\n", "", "precision", "recall", "f1-score", "support")?;
+        writeln!(
+            f,
+            "{:>14}{:>11}{:>10}{:>10}{:>10}\n",
+            "", "precision", "recall", "f1-score", "support"
+        )?;
         for (name, c) in CLASS_NAMES.iter().zip(&self.classes) {
-            writeln!(f, "{name:>14}{:>11.4}{:>10.4}{:>10.4}{:>10}", c.precision, c.recall, c.f1, c.support)?;
+            writeln!(
+                f,
+                "{name:>14}{:>11.4}{:>10.4}{:>10.4}{:>10}",
+                c.precision, c.recall, c.f1, c.support
+            )?;
         }
         writeln!(f)?;
-        writeln!(f, "{:>14}{:>11}{:>10}{:>10.4}{:>10}", "accuracy", "", "", self.accuracy, self.total())?;
-        for (name, c) in [("macro avg", &self.macro_avg), ("weighted avg", &self.weighted_avg)] {
-            writeln!(f, "{name:>14}{:>11.4}{:>10.4}{:>10.4}{:>10}", c.precision, c.recall, c.f1, c.support)?;
+        writeln!(
+            f,
+            "{:>14}{:>11}{:>10}{:>10.4}{:>10}",
+            "accuracy",
+            "",
+            "",
+            self.accuracy,
+            self.total()
+        )?;
+        for (name, c) in [
+            ("macro avg", &self.macro_avg),
+            ("weighted avg", &self.weighted_avg),
+        ] {
+            writeln!(
+                f,
+                "{name:>14}{:>11.4}{:>10.4}{:>10.4}{:>10}",
+                c.precision, c.recall, c.f1, c.support
+            )?;
         }
         let m = &self.confusion;
-        writeln!(f, "\nconfusion matrix (rows: true, columns: predicted; threshold {})", self.threshold)?;
+        writeln!(
+            f,
+            "\nconfusion matrix (rows: true, columns: predicted; threshold {})",
+            self.threshold
+        )?;
         writeln!(f, "{:>14}{:>10}{:>10}", "", "no IDC", "IDC")?;
         writeln!(f, "{:>14}{:>10}{:>10}", "no IDC", m[0][0], m[0][1])?;
         writeln!(f, "{:>14}{:>10}{:>10}", "IDC", m[1][0], m[1][1])?;
         writeln!(f, "\nIDC is the positive class")?;
         writeln!(f, "  sensitivity (IDC recall)      {:.4}", self.sensitivity)?;
         writeln!(f, "  specificity (healthy recall)  {:.4}", self.specificity)?;
-        writeln!(f, "  balanced accuracy             {:.4}", self.balanced_accuracy)?;
+        writeln!(
+            f,
+            "  balanced accuracy             {:.4}",
+            self.balanced_accuracy
+        )?;
         writeln!(f, "  F1 (IDC)                      {:.4}", self.f1_idc)?;
         writeln!(f, "  ROC AUC                       {}", opt(self.roc_auc))?;
         write!(f, "  PR AUC (average precision)    {}", opt(self.pr_auc))
@@ -202,7 +259,10 @@ mod tests {
         // AP: ranks 0.9(+) 0.8(+) 0.7(-) 0.4(+): 1/3*1 + 1/3*1 + 1/3*3/4.
         assert!((r.pr_auc.unwrap() - (1.0 + 1.0 + 0.75) / 3.0).abs() < 1e-12);
         let text = r.to_string();
-        assert!(text.contains("sensitivity (IDC recall)      0.6667"), "{text}");
+        assert!(
+            text.contains("sensitivity (IDC recall)      0.6667"),
+            "{text}"
+        );
         assert!(text.contains("weighted avg"));
     }
 

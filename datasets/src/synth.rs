@@ -242,7 +242,13 @@ pub fn render(tile: &Tile, stain: &Stain, rng: &mut Rng) -> RgbImage {
         let size = lerp(1.8, 3.6) * rng.range(0.7, 1.3);
         let elong = 1.0 + lerp(0.1, 0.6) * rng.f64();
         let dark = (lerp(0.55, 0.85) * rng.range(0.85, 1.15)) as f32 * stain.h_strength;
-        let shape = (cx, cy, size * elong, size / elong, rng.range(0.0, std::f64::consts::PI));
+        let shape = (
+            cx,
+            cy,
+            size * elong,
+            size / elong,
+            rng.range(0.0, std::f64::consts::PI),
+        );
         stamp(
             &mut [&mut hema],
             w,

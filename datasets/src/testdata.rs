@@ -12,7 +12,10 @@ pub fn shared_data(name: &str) -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("SKIPPED: {} is absent (real IDC patches; set IDC_SHARED_DATA to point elsewhere)", dir.display());
+        eprintln!(
+            "SKIPPED: {} is absent (real IDC patches; set IDC_SHARED_DATA to point elsewhere)",
+            dir.display()
+        );
         None
     }
 }

@@ -9,12 +9,18 @@ use std::collections::{HashMap, HashSet};
 
 #[test]
 fn every_real_file_name_parses_and_agrees_with_its_folder() {
-    let Some(root) = shared_data("idc-real") else { return };
+    let Some(root) = shared_data("idc-real") else {
+        return;
+    };
     let scan = Scan::dir(&root).unwrap();
     assert!(scan.problems.is_empty(), "{}", scan.warnings(10));
     assert_eq!(scan.patches.len(), 4526);
     assert_eq!(scan.class_counts(), [4526 - 1544, 1544]);
-    let patients: HashSet<&str> = scan.patches.iter().map(|p| p.name.patient.as_str()).collect();
+    let patients: HashSet<&str> = scan
+        .patches
+        .iter()
+        .map(|p| p.name.patient.as_str())
+        .collect();
     assert_eq!(patients.len(), 10);
     for p in &scan.patches {
         let name = p.path.file_name().unwrap().to_str().unwrap();
@@ -24,7 +30,9 @@ fn every_real_file_name_parses_and_agrees_with_its_folder() {
 
 #[test]
 fn real_patient_split_keeps_each_patient_in_one_split() {
-    let Some(root) = shared_data("idc-real") else { return };
+    let Some(root) = shared_data("idc-real") else {
+        return;
+    };
     let scan = Scan::dir(&root).unwrap();
     let split = SplitConfig::default().assign(&scan.patches);
     let mut seen: HashMap<&str, HashSet<usize>> = HashMap::new();
@@ -33,7 +41,13 @@ fn real_patient_split_keeps_each_patient_in_one_split() {
     }
     assert!(seen.values().all(|s| s.len() == 1), "{seen:?}");
     for s in 0..3 {
-        let labels: HashSet<u8> = scan.patches.iter().zip(&split).filter(|(_, x)| **x == s).map(|(p, _)| p.label).collect();
+        let labels: HashSet<u8> = scan
+            .patches
+            .iter()
+            .zip(&split)
+            .filter(|(_, x)| **x == s)
+            .map(|(p, _)| p.label)
+            .collect();
         assert_eq!(labels.len(), 2, "split {s} lacks a class");
     }
 }
@@ -44,13 +58,19 @@ fn every_real_patch_and_edge_crop_decodes_to_the_input_size() {
     let mut out = vec![0f32; pre.len()];
     let mut edges = 0;
     for name in ["idc-real-edges", "idc-real"] {
-        let Some(root) = shared_data(name) else { return };
+        let Some(root) = shared_data(name) else {
+            return;
+        };
         let scan = Scan::dir(&root).unwrap();
         assert!(scan.problems.is_empty(), "{}", scan.warnings(10));
         for p in &scan.patches {
             let img = read_rgb8(&p.path).unwrap_or_else(|e| panic!("{}: {e}", p.path.display()));
             if name == "idc-real-edges" {
-                assert!(img.width() < 50 || img.height() < 50, "{} is not an edge crop", p.path.display());
+                assert!(
+                    img.width() < 50 || img.height() < 50,
+                    "{} is not an edge crop",
+                    p.path.display()
+                );
                 edges += 1;
             }
             pre.load_into(&p.path, &mut out).unwrap();
@@ -62,10 +82,17 @@ fn every_real_patch_and_edge_crop_decodes_to_the_input_size() {
 
 #[test]
 fn real_build_links_without_touching_originals_and_is_idempotent() {
-    let Some(root) = shared_data("idc-real") else { return };
+    let Some(root) = shared_data("idc-real") else {
+        return;
+    };
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("idc");
-    let opts = BuildOptions { source: root.clone(), out: out.clone(), split: SplitConfig::default(), force: false };
+    let opts = BuildOptions {
+        source: root.clone(),
+        out: out.clone(),
+        split: SplitConfig::default(),
+        force: false,
+    };
     let report = build(&opts).unwrap();
     assert_eq!(report.outcome, Outcome::Built);
     assert_eq!(report.counts.iter().flatten().sum::<usize>(), 4526);

@@ -8,7 +8,12 @@ use std::path::Path;
 use std::process::Command;
 
 fn small_synth(out: &Path, patients: usize) -> datasets::synth::SynthReport {
-    let opts = SynthOptions { patients, mean_patches: 60.0, out: out.to_path_buf(), ..Default::default() };
+    let opts = SynthOptions {
+        patients,
+        mean_patches: 60.0,
+        out: out.to_path_buf(),
+        ..Default::default()
+    };
     synth(&opts, &indicatif::ProgressBar::hidden()).unwrap()
 }
 
@@ -30,16 +35,28 @@ fn synth_makes_the_kaggle_layout_and_reuses_it() {
     let again = small_synth(&out, 6);
     assert_eq!(again.outcome, datasets::synth::Outcome::UpToDate);
     // Different settings without --force: refused; a folder synth did not make: never replaced.
-    let other = SynthOptions { patients: 7, mean_patches: 60.0, out: out.clone(), ..Default::default() };
+    let other = SynthOptions {
+        patients: 7,
+        mean_patches: 60.0,
+        out: out.clone(),
+        ..Default::default()
+    };
     assert!(synth(&other, &indicatif::ProgressBar::hidden()).is_err());
     let foreign = tmp.path().join("kaggle");
     std::fs::create_dir_all(&foreign).unwrap();
     let err = synth(
-        &SynthOptions { out: foreign.clone(), force: true, ..Default::default() },
+        &SynthOptions {
+            out: foreign.clone(),
+            force: true,
+            ..Default::default()
+        },
         &indicatif::ProgressBar::hidden(),
     )
     .unwrap_err();
-    assert!(err.to_string().contains("not made by `datasets synth`"), "{err}");
+    assert!(
+        err.to_string().contains("not made by `datasets synth`"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -50,7 +67,10 @@ fn scan_reports_every_bad_file_and_skips_kaggle_duplicates() {
     let good = Scan::dir(&root).unwrap().patches;
     let first = &good[0];
     // Kaggle's second copy of a patient.
-    let dup = root.join("IDC_regular_ps50_idx5").join(&first.name.patient).join(first.label.to_string());
+    let dup = root
+        .join("IDC_regular_ps50_idx5")
+        .join(&first.name.patient)
+        .join(first.label.to_string());
     std::fs::create_dir_all(&dup).unwrap();
     std::fs::copy(&first.path, dup.join(first.path.file_name().unwrap())).unwrap();
     // Bad files of every kind.
@@ -65,7 +85,13 @@ fn scan_reports_every_bad_file_and_skips_kaggle_duplicates() {
     assert_eq!(scan.duplicates, 1);
     assert_eq!(scan.problems.len(), 4, "{:?}", scan.problems);
     let reasons = scan.warnings(10);
-    for needle in ["label disagreement", "missing _idx5_", "not an image", "empty file", "IDC_regular_ps50_idx5"] {
+    for needle in [
+        "label disagreement",
+        "missing _idx5_",
+        "not an image",
+        "empty file",
+        "IDC_regular_ps50_idx5",
+    ] {
         assert!(reasons.contains(needle), "{needle} not in {reasons}");
     }
 }
@@ -75,14 +101,33 @@ fn build_refuses_a_different_split_unless_forced_and_leaves_no_temp() {
     let tmp = tempfile::tempdir().unwrap();
     let (src, out) = (tmp.path().join("orig"), tmp.path().join("idc"));
     small_synth(&src, 8);
-    let opts = BuildOptions { source: src.clone(), out: out.clone(), split: SplitConfig::default(), force: false };
+    let opts = BuildOptions {
+        source: src.clone(),
+        out: out.clone(),
+        split: SplitConfig::default(),
+        force: false,
+    };
     assert_eq!(build(&opts).unwrap().outcome, Outcome::Built);
     let first = std::fs::read(out.join(manifest::FILE_NAME)).unwrap();
-    let image_split = BuildOptions { split: SplitConfig { by: SplitBy::Image, ..Default::default() }, ..opts.clone() };
+    let image_split = BuildOptions {
+        split: SplitConfig {
+            by: SplitBy::Image,
+            ..Default::default()
+        },
+        ..opts.clone()
+    };
     let err = build(&image_split).unwrap_err().to_string();
     assert!(err.contains("--force"), "{err}");
-    assert_eq!(std::fs::read(out.join(manifest::FILE_NAME)).unwrap(), first, "refused build changed the output");
-    let forced = build(&BuildOptions { force: true, ..image_split }).unwrap();
+    assert_eq!(
+        std::fs::read(out.join(manifest::FILE_NAME)).unwrap(),
+        first,
+        "refused build changed the output"
+    );
+    let forced = build(&BuildOptions {
+        force: true,
+        ..image_split
+    })
+    .unwrap();
     assert_eq!(forced.outcome, Outcome::Built);
     assert_ne!(std::fs::read(out.join(manifest::FILE_NAME)).unwrap(), first);
     let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
@@ -93,21 +138,41 @@ fn build_refuses_a_different_split_unless_forced_and_leaves_no_temp() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // An interrupted earlier build's temp folder is cleaned up by the next build.
     std::fs::create_dir_all(tmp.path().join(format!(".idc.building-{}", u32::MAX))).unwrap();
-    build(&BuildOptions { force: true, ..opts }).unwrap();
-    assert!(!tmp.path().join(format!(".idc.building-{}", u32::MAX)).exists());
+    build(&BuildOptions {
+        force: true,
+        ..opts
+    })
+    .unwrap();
+    assert!(
+        !tmp.path()
+            .join(format!(".idc.building-{}", u32::MAX))
+            .exists()
+    );
 }
 
 #[test]
 fn cli_synth_then_build() {
     let tmp = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_datasets");
-    let run = |args: &[&str]| Command::new(bin).args(args).current_dir(tmp.path()).output().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(bin)
+            .args(args)
+            .current_dir(tmp.path())
+            .output()
+            .unwrap()
+    };
     let o = run(&["synth", "--patients", "5", "--mean-patches", "40"]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let o = run(&["build"]);
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for word in ["training", "validation", "testing", "IDC share", "hard links"] {
+    for word in [
+        "training",
+        "validation",
+        "testing",
+        "IDC share",
+        "hard links",
+    ] {
         assert!(stdout.contains(word), "{word} missing from\n{stdout}");
     }
     assert!(tmp.path().join("datasets/idc/manifest.csv").is_file());

@@ -8,7 +8,10 @@
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{
+    BatchNorm, BatchNormConfig, Dropout, DropoutConfig, Initializer, Linear, LinearConfig,
+    PaddingConfig2d,
+};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
 
@@ -49,15 +52,32 @@ impl CancerNetConfig {
     /// Checks that the sizes fit together; the error names the field.
     pub fn validate(&self) -> Result<(), String> {
         if self.widths.is_empty() || self.widths.len() != self.depths.len() {
-            return Err(format!("model.widths ({:?}) and model.depths ({:?}) must be non-empty and the same length", self.widths, self.depths));
+            return Err(format!(
+                "model.widths ({:?}) and model.depths ({:?}) must be non-empty and the same length",
+                self.widths, self.depths
+            ));
         }
-        if self.widths.contains(&0) || self.depths.contains(&0) || self.dense == 0 || self.classes < 2 || self.channels == 0 {
-            return Err("model widths, depths, dense and channels must be positive, classes >= 2".into());
+        if self.widths.contains(&0)
+            || self.depths.contains(&0)
+            || self.dense == 0
+            || self.classes < 2
+            || self.channels == 0
+        {
+            return Err(
+                "model widths, depths, dense and channels must be positive, classes >= 2".into(),
+            );
         }
         if self.feature_side() == 0 {
-            return Err(format!("model.input_size {} is too small for {} pooling blocks", self.input_size, self.widths.len()));
+            return Err(format!(
+                "model.input_size {} is too small for {} pooling blocks",
+                self.input_size,
+                self.widths.len()
+            ));
         }
-        for (key, p) in [("conv_dropout", self.conv_dropout), ("dense_dropout", self.dense_dropout)] {
+        for (key, p) in [
+            ("conv_dropout", self.conv_dropout),
+            ("dense_dropout", self.dense_dropout),
+        ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(format!("model.{key} = {p} must be in [0, 1)"));
             }
@@ -129,9 +149,14 @@ impl<B: Backend> SepConv<B> {
             .with_bias(false)
             .with_initializer(glorot.clone())
             .init(device);
-        let mut pointwise = Conv2dConfig::new([in_ch, out_ch], [1, 1]).with_initializer(glorot).init(device);
+        let mut pointwise = Conv2dConfig::new([in_ch, out_ch], [1, 1])
+            .with_initializer(glorot)
+            .init(device);
         pointwise.bias = Some(Param::from_tensor(Tensor::zeros([out_ch], device)));
-        SepConv { depthwise, pointwise }
+        SepConv {
+            depthwise,
+            pointwise,
+        }
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
@@ -163,7 +188,9 @@ pub struct CancerNet<B: Backend> {
 }
 
 fn dense_layer<B: Backend>(d_in: usize, d_out: usize, device: &B::Device) -> Linear<B> {
-    let mut layer = LinearConfig::new(d_in, d_out).with_initializer(Initializer::XavierUniform { gain: 1.0 }).init(device);
+    let mut layer = LinearConfig::new(d_in, d_out)
+        .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+        .init(device);
     layer.bias = Some(Param::from_tensor(Tensor::zeros([d_out], device)));
     layer
 }
@@ -201,15 +228,23 @@ pub fn batch_norm_nchw<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor
     let x2 = x.reshape([n * c, h * w]);
     // A per-channel vector [C] as a column [N*C, 1] matching x2's rows.
     let per_row = |v: Tensor<B, 1>| v.reshape([1, c]).repeat_dim(0, n).reshape([n * c, 1]);
-    let per_channel_mean = |t: Tensor<B, 2>| t.sum_dim(1).reshape([n, c]).sum_dim(0).reshape([c]).div_scalar((n * h * w) as f32);
+    let per_channel_mean = |t: Tensor<B, 2>| {
+        t.sum_dim(1)
+            .reshape([n, c])
+            .sum_dim(0)
+            .reshape([c])
+            .div_scalar((n * h * w) as f32)
+    };
     let (gamma, beta) = (bn.gamma.val(), bn.beta.val());
     let y = if B::ad_enabled(&x2.device()) {
         let mean = per_channel_mean(x2.clone());
         let centred = x2 - per_row(mean.clone());
         let var = per_channel_mean(centred.clone().square());
         let m = bn.momentum;
-        let running_mean = bn.running_mean.value_sync().mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
-        let running_var = bn.running_var.value_sync().mul_scalar(1.0 - m) + var.clone().detach().mul_scalar(m);
+        let running_mean =
+            bn.running_mean.value_sync().mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
+        let running_var =
+            bn.running_var.value_sync().mul_scalar(1.0 - m) + var.clone().detach().mul_scalar(m);
         bn.running_mean.update(running_mean.detach());
         bn.running_var.update(running_var.detach());
         let scale = gamma / var.add_scalar(bn.epsilon).sqrt();
@@ -226,7 +261,12 @@ pub fn batch_norm_nchw<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor
 /// variance count in `all` but are not trainable.
 pub fn parameter_counts<B: Backend>(model: &CancerNet<B>) -> (usize, usize) {
     let all = model.num_params();
-    let bn_features: usize = model.blocks.iter().flat_map(|b| &b.units).map(|u| u.bn.gamma.dims()[0]).sum::<usize>()
+    let bn_features: usize = model
+        .blocks
+        .iter()
+        .flat_map(|b| &b.units)
+        .map(|u| u.bn.gamma.dims()[0])
+        .sum::<usize>()
         + model.dense_bn.gamma.dims()[0];
     (all, all - 2 * bn_features)
 }
@@ -244,7 +284,11 @@ mod tests {
 
     #[test]
     fn output_shape_and_probabilities() {
-        let cfg = CancerNetConfig::new().with_input_size(32).with_widths(vec![8, 16]).with_depths(vec![1, 1]).with_dense(16);
+        let cfg = CancerNetConfig::new()
+            .with_input_size(32)
+            .with_widths(vec![8, 16])
+            .with_depths(vec![1, 1])
+            .with_dense(16);
         assert_eq!(cfg.flat_features(), 8 * 8 * 16);
         let model = cfg.init::<Flex>(&Default::default());
         let x = Tensor::<Flex, 4>::ones([3, 3, 32, 32], &Default::default());
@@ -262,7 +306,12 @@ mod tests {
         let dev = Default::default();
         let bn = BatchNormConfig::new(5).with_momentum(0.1).init::<A>(&dev);
         let bn_ref = bn.clone();
-        let x = Tensor::<A, 4>::random([4, 5, 6, 7], burn::tensor::Distribution::Normal(1.0, 2.0), &dev).require_grad();
+        let x = Tensor::<A, 4>::random(
+            [4, 5, 6, 7],
+            burn::tensor::Distribution::Normal(1.0, 2.0),
+            &dev,
+        )
+        .require_grad();
         let close = |a: Tensor<Flex, 4>, b: Tensor<Flex, 4>| {
             let d: f32 = (a - b).abs().max().into_scalar();
             assert!(d < 1e-4, "max diff {d}");
@@ -274,7 +323,10 @@ mod tests {
         let g = (y * w.clone()).sum().backward();
         let g_ref = (y_ref * w).sum().backward();
         close(x.grad(&g).unwrap(), x.grad(&g_ref).unwrap());
-        let gamma_diff: f32 = (bn.gamma.grad(&g).unwrap() - bn_ref.gamma.grad(&g_ref).unwrap()).abs().max().into_scalar();
+        let gamma_diff: f32 = (bn.gamma.grad(&g).unwrap() - bn_ref.gamma.grad(&g_ref).unwrap())
+            .abs()
+            .max()
+            .into_scalar();
         assert!(gamma_diff < 1e-3, "gamma grad diff {gamma_diff}");
         // Eval mode with the updated running statistics.
         let (e, e_ref) = (bn.valid(), bn_ref.valid());
@@ -285,9 +337,15 @@ mod tests {
     #[test]
     fn config_validation_names_the_field() {
         assert!(CancerNetConfig::new().validate().is_ok());
-        let err = CancerNetConfig::new().with_input_size(4).validate().unwrap_err();
+        let err = CancerNetConfig::new()
+            .with_input_size(4)
+            .validate()
+            .unwrap_err();
         assert!(err.contains("input_size"), "{err}");
-        let err = CancerNetConfig::new().with_depths(vec![1]).validate().unwrap_err();
+        let err = CancerNetConfig::new()
+            .with_depths(vec![1])
+            .validate()
+            .unwrap_err();
         assert!(err.contains("depths"), "{err}");
     }
 }

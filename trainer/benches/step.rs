@@ -19,21 +19,45 @@ fn time<F: FnMut()>(label: &str, images: usize, reps: usize, mut f: F) -> f64 {
         f();
     }
     let secs = t.elapsed().as_secs_f64() / reps as f64;
-    println!("{label:<44} {:>9.2} ms {:>9.1} img/s", secs * 1e3, images as f64 / secs);
+    println!(
+        "{label:<44} {:>9.2} ms {:>9.1} img/s",
+        secs * 1e3,
+        images as f64 / secs
+    );
     secs
 }
 
 fn main() {
     let batch = 32;
     let dev = Default::default();
-    let reps = std::env::var("REPS").ok().and_then(|s| s.parse().ok()).unwrap_or(5);
+    let reps = std::env::var("REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let cfg = CancerNetConfig::new();
     let mut model = cfg.init::<B>(&dev);
-    let x = Tensor::<B, 4>::random([batch, 3, 48, 48], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
-    let y = Tensor::<B, 1, Int>::from_data(TensorData::new((0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(), [batch]), &dev);
+    let x = Tensor::<B, 4>::random(
+        [batch, 3, 48, 48],
+        burn::tensor::Distribution::Uniform(0.0, 1.0),
+        &dev,
+    );
+    let y = Tensor::<B, 1, Int>::from_data(
+        TensorData::new(
+            (0..batch as i64).map(|i| i % 2).collect::<Vec<_>>(),
+            [batch],
+        ),
+        &dev,
+    );
     let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&dev);
-    let mut optim = KerasAdagrad { initial_accumulator: 0.1, epsilon: 1e-7 }.init::<B, models::CancerNet<B>>();
-    println!("CancerNet, batch {batch}, burn flex, {} rayon threads", rayon::current_num_threads());
+    let mut optim = KerasAdagrad {
+        initial_accumulator: 0.1,
+        epsilon: 1e-7,
+    }
+    .init::<B, models::CancerNet<B>>();
+    println!(
+        "CancerNet, batch {batch}, burn flex, {} rayon threads",
+        rayon::current_num_threads()
+    );
     let inner = model.valid();
     let xi = x.clone().inner();
     time("inference forward (eval mode)", batch, reps, || {
@@ -46,13 +70,23 @@ fn main() {
         let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
         let _ = loss.backward();
     });
-    time("full step (forward + backward + Adagrad)", batch, reps, || {
-        let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = optim.step(1e-2, model.clone(), grads);
-    });
+    time(
+        "full step (forward + backward + Adagrad)",
+        batch,
+        reps,
+        || {
+            let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-2, model.clone(), grads);
+        },
+    );
     // Per layer kind, forward + backward on the shapes of CancerNet's first block.
-    let d = Tensor::<B, 4>::random([batch, 32, 48, 48], burn::tensor::Distribution::Default, &dev).require_grad();
+    let d = Tensor::<B, 4>::random(
+        [batch, 32, 48, 48],
+        burn::tensor::Distribution::Default,
+        &dev,
+    )
+    .require_grad();
     let dw = burn::nn::conv::Conv2dConfig::new([32, 32], [3, 3])
         .with_groups(32)
         .with_padding(burn::nn::PaddingConfig2d::Same)
@@ -63,16 +97,38 @@ fn main() {
     time("  depthwise 3x3, 32ch 48x48: fwd+bwd", batch, reps, || {
         let _ = dw.forward(d.clone()).sum().backward();
     });
-    time("  pointwise 1x1, 32->32 48x48: fwd+bwd", batch, reps, || {
-        let _ = pw.forward(d.clone()).sum().backward();
-    });
-    time("  relu + batchnorm (burn), 32ch 48x48: fwd+bwd", batch, reps, || {
-        let _ = bn.forward(burn::tensor::activation::relu(d.clone())).sum().backward();
-    });
-    time("  relu + batchnorm (ours), 32ch 48x48: fwd+bwd", batch, reps, || {
-        let _ = models::batch_norm_nchw(&bn, burn::tensor::activation::relu(d.clone())).sum().backward();
-    });
+    time(
+        "  pointwise 1x1, 32->32 48x48: fwd+bwd",
+        batch,
+        reps,
+        || {
+            let _ = pw.forward(d.clone()).sum().backward();
+        },
+    );
+    time(
+        "  relu + batchnorm (burn), 32ch 48x48: fwd+bwd",
+        batch,
+        reps,
+        || {
+            let _ = bn
+                .forward(burn::tensor::activation::relu(d.clone()))
+                .sum()
+                .backward();
+        },
+    );
+    time(
+        "  relu + batchnorm (ours), 32ch 48x48: fwd+bwd",
+        batch,
+        reps,
+        || {
+            let _ = models::batch_norm_nchw(&bn, burn::tensor::activation::relu(d.clone()))
+                .sum()
+                .backward();
+        },
+    );
     time("  maxpool 2, 32ch 48x48: fwd+bwd", batch, reps, || {
-        let _ = burn::tensor::module::max_pool2d(d.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false).sum().backward();
+        let _ = burn::tensor::module::max_pool2d(d.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false)
+            .sum()
+            .backward();
     });
 }

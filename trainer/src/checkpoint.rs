@@ -78,13 +78,23 @@ impl RunDir {
         entries
             .filter_map(|e| {
                 let e = e.ok()?;
-                let n: usize = e.file_name().to_str()?.strip_prefix("epoch-")?.parse().ok()?;
+                let n: usize = e
+                    .file_name()
+                    .to_str()?
+                    .strip_prefix("epoch-")?
+                    .parse()
+                    .ok()?;
                 e.path().join(STATE_FILE).is_file().then(|| (n, e.path()))
             })
             .max_by_key(|(n, _)| *n)
     }
 
-    pub fn save_epoch<B, O>(&self, model: &CancerNet<B>, optim: &O, state: &State) -> Result<PathBuf>
+    pub fn save_epoch<B, O>(
+        &self,
+        model: &CancerNet<B>,
+        optim: &O,
+        state: &State,
+    ) -> Result<PathBuf>
     where
         B: AutodiffBackend,
         O: Optimizer<CancerNet<B>, B>,
@@ -95,13 +105,21 @@ impl RunDir {
         let tmp = temp_sibling(&dir, "saving");
         std::fs::create_dir_all(&tmp)?;
         let rec = recorder();
-        model.clone().save_file(tmp.join("model"), &rec).context("cannot save model checkpoint")?;
-        rec.record(optim.to_record(), tmp.join("optim")).context("cannot save optimizer state")?;
-        write_atomic(&tmp.join(STATE_FILE), serde_json::to_string_pretty(state)?.as_bytes())?;
+        model
+            .clone()
+            .save_file(tmp.join("model"), &rec)
+            .context("cannot save model checkpoint")?;
+        rec.record(optim.to_record(), tmp.join("optim"))
+            .context("cannot save optimizer state")?;
+        write_atomic(
+            &tmp.join(STATE_FILE),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )?;
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
-        std::fs::rename(&tmp, &dir).with_context(|| format!("cannot move checkpoint to {}", dir.display()))?;
+        std::fs::rename(&tmp, &dir)
+            .with_context(|| format!("cannot move checkpoint to {}", dir.display()))?;
         Ok(dir)
     }
 
@@ -130,7 +148,12 @@ impl RunDir {
         let path = checkpoint.join(MODEL_FILE);
         model
             .load_file(checkpoint.join("model"), &recorder(), device)
-            .with_context(|| format!("cannot load model checkpoint {} (was it trained with another model config?)", path.display()))
+            .with_context(|| {
+                format!(
+                    "cannot load model checkpoint {} (was it trained with another model config?)",
+                    path.display()
+                )
+            })
     }
 
     pub fn load_optim<B, O>(&self, optim: O, checkpoint: &Path, device: &B::Device) -> Result<O>
@@ -140,13 +163,19 @@ impl RunDir {
     {
         let record = recorder()
             .load(checkpoint.join("optim"), device)
-            .with_context(|| format!("cannot load optimizer state {}", checkpoint.join(OPTIM_FILE).display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot load optimizer state {}",
+                    checkpoint.join(OPTIM_FILE).display()
+                )
+            })?;
         Ok(optim.load_record(record))
     }
 
     pub fn read_state(checkpoint: &Path) -> Result<State> {
         let path = checkpoint.join(STATE_FILE);
-        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
     }
 
@@ -164,6 +193,8 @@ impl RunDir {
             return Ok(Vec::new());
         }
         let mut r = csv::Reader::from_path(&path)?;
-        r.deserialize().collect::<Result<_, _>>().with_context(|| format!("malformed {}", path.display()))
+        r.deserialize()
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("malformed {}", path.display()))
     }
 }

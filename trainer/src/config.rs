@@ -106,7 +106,12 @@ impl Default for TrainConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { root: PathBuf::from("datasets/idc"), cache: false, workers: 0, resize_filter: Filter::Nearest }
+        DataConfig {
+            root: PathBuf::from("datasets/idc"),
+            cache: false,
+            workers: 0,
+            resize_filter: Filter::Nearest,
+        }
     }
 }
 
@@ -146,8 +151,10 @@ impl Default for TrainSection {
 
 impl TrainConfig {
     pub fn load(path: &Path) -> Result<TrainConfig> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
-        let cfg: TrainConfig = yaml_serde::from_str(&text).with_context(|| format!("invalid config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        let cfg: TrainConfig = yaml_serde::from_str(&text)
+            .with_context(|| format!("invalid config {}", path.display()))?;
         Ok(cfg)
     }
 
@@ -158,7 +165,10 @@ impl TrainConfig {
     /// Checks every range; the error names the key.
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
-        let positive = [("train.epochs", t.epochs), ("train.batch_size", t.batch_size)];
+        let positive = [
+            ("train.epochs", t.epochs),
+            ("train.batch_size", t.batch_size),
+        ];
         for (key, v) in positive {
             if v == 0 {
                 bail!("{key} must be at least 1");
@@ -207,12 +217,17 @@ impl TrainConfig {
     }
 
     pub fn preprocess(&self) -> Preprocess {
-        Preprocess { size: self.model.input_size as u32, filter: self.data.resize_filter }
+        Preprocess {
+            size: self.model.input_size as u32,
+            filter: self.data.resize_filter,
+        }
     }
 
     /// Keras' legacy decay per step (the tutorial: lr / epochs).
     pub fn decay(&self) -> f64 {
-        self.train.decay.unwrap_or(self.train.learning_rate / self.train.epochs as f64)
+        self.train
+            .decay
+            .unwrap_or(self.train.learning_rate / self.train.epochs as f64)
     }
 
     /// Learning rate of step `t` (0-based), as Keras' legacy `decay` computes it.
@@ -236,9 +251,15 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_by_name() {
-        let err = format!("{:#}", yaml_serde::from_str::<TrainConfig>("train:\n  epoch: 3\n").unwrap_err());
+        let err = format!(
+            "{:#}",
+            yaml_serde::from_str::<TrainConfig>("train:\n  epoch: 3\n").unwrap_err()
+        );
         assert!(err.contains("epoch"), "{err}");
-        let err = format!("{:#}", yaml_serde::from_str::<TrainConfig>("augment:\n  rotate: 3\n").unwrap_err());
+        let err = format!(
+            "{:#}",
+            yaml_serde::from_str::<TrainConfig>("augment:\n  rotate: 3\n").unwrap_err()
+        );
         assert!(err.contains("rotate"), "{err}");
     }
 
@@ -257,7 +278,10 @@ mod tests {
             assert!(err.contains(key), "{yaml:?}: {err}");
         }
         let cfg: TrainConfig = yaml_serde::from_str("train:\n  class_weights: none\n").unwrap();
-        assert_eq!(cfg.train.class_weights, ClassWeights::Auto(AutoWeights::None));
+        assert_eq!(
+            cfg.train.class_weights,
+            ClassWeights::Auto(AutoWeights::None)
+        );
     }
 
     #[test]

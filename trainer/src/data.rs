@@ -30,11 +30,18 @@ impl Split {
     pub fn open(root: &Path, name: &str, require_both_classes: bool) -> Result<Split> {
         let dir = root.join(name);
         if !dir.is_dir() {
-            bail!("split folder {} is missing: run `datasets build` first (or set data.root)", dir.display());
+            bail!(
+                "split folder {} is missing: run `datasets build` first (or set data.root)",
+                dir.display()
+            );
         }
         let scan = Scan::dir(&dir)?;
         if scan.patches.is_empty() {
-            bail!("split folder {} holds no patches ({} files skipped)", dir.display(), scan.problems.len());
+            bail!(
+                "split folder {} holds no patches ({} files skipped)",
+                dir.display(),
+                scan.problems.len()
+            );
         }
         let counts = scan.class_counts();
         if require_both_classes && counts.contains(&0) {
@@ -60,6 +67,10 @@ impl Split {
         self.labels.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
     pub fn class_counts(&self) -> [usize; 2] {
         let ones = self.labels.iter().filter(|&&l| l == 1).count();
         [self.len() - ones, ones]
@@ -67,7 +78,12 @@ impl Split {
 
     /// Decodes every patch once, in parallel, and keeps them in memory.
     pub fn fill_cache(&mut self, pre: &Preprocess, pool: &rayon::ThreadPool) {
-        let images: Vec<Option<RgbImage>> = pool.install(|| self.paths.par_iter().map(|p| pre.load_resized(p).ok()).collect());
+        let images: Vec<Option<RgbImage>> = pool.install(|| {
+            self.paths
+                .par_iter()
+                .map(|p| pre.load_resized(p).ok())
+                .collect()
+        });
         self.cache = Some(images);
     }
 }
@@ -101,7 +117,11 @@ impl Loader {
             .num_threads(workers)
             .thread_name(|i| format!("loader-{i}"))
             .build()?;
-        Ok(Loader { pre, batch_size, pool: Arc::new(pool) })
+        Ok(Loader {
+            pre,
+            batch_size,
+            pool: Arc::new(pool),
+        })
     }
 
     /// The batches of one pass over `split`, in `order`, each image augmented with its own
@@ -115,7 +135,10 @@ impl Loader {
         max_batches: Option<usize>,
     ) -> Receiver<Batch> {
         let bs = self.batch_size;
-        let n_batches = order.len().div_ceil(bs).min(max_batches.unwrap_or(usize::MAX));
+        let n_batches = order
+            .len()
+            .div_ceil(bs)
+            .min(max_batches.unwrap_or(usize::MAX));
         // Two chunks in flight at most: one being consumed, one being made.
         let chunk = self.pool.current_num_threads().max(1) * 2;
         let (tx, rx) = sync_channel::<Batch>(chunk);
@@ -143,18 +166,34 @@ impl Loader {
     }
 }
 
-fn make_batch(split: &Split, pre: &Preprocess, idx: &[usize], offset: usize, augment: Option<&Augment>, seed: u64) -> Batch {
+fn make_batch(
+    split: &Split,
+    pre: &Preprocess,
+    idx: &[usize],
+    offset: usize,
+    augment: Option<&Augment>,
+    seed: u64,
+) -> Batch {
     let per = pre.len();
-    let mut batch = Batch { images: Vec::with_capacity(idx.len() * per), labels: Vec::with_capacity(idx.len()), failed: Vec::new() };
+    let mut batch = Batch {
+        images: Vec::with_capacity(idx.len() * per),
+        labels: Vec::with_capacity(idx.len()),
+        failed: Vec::new(),
+    };
     for (k, &i) in idx.iter().enumerate() {
         let img = match &split.cache {
-            Some(cache) => cache[i].clone().ok_or_else(|| "could not be decoded when cached".to_string()),
+            Some(cache) => cache[i]
+                .clone()
+                .ok_or_else(|| "could not be decoded when cached".to_string()),
             None => pre.load_resized(&split.paths[i]).map_err(|e| e.to_string()),
         };
         let img = match img {
             Ok(img) => img,
             Err(reason) => {
-                batch.failed.push(Problem { path: split.paths[i].clone(), reason });
+                batch.failed.push(Problem {
+                    path: split.paths[i].clone(),
+                    reason,
+                });
                 continue;
             }
         };

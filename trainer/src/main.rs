@@ -3,10 +3,10 @@
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use trainer::config::{Device, TrainConfig};
-use trainer::train;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use trainer::config::{Device, TrainConfig};
+use trainer::train;
 
 /// Fit CancerNet on datasets/idc from a YAML config; flags override single keys.
 #[derive(Parser)]
@@ -48,6 +48,9 @@ struct Args {
     /// Continue an interrupted run from its last checkpoint (optimizer state included).
     #[arg(long)]
     resume: bool,
+    /// Stop after this many epochs in this session; continue later with --resume.
+    #[arg(long)]
+    stop_after: Option<usize>,
     /// Start over in an output folder that holds another run.
     #[arg(long)]
     force: bool,
@@ -75,17 +78,40 @@ fn run(args: Args) -> Result<()> {
     cfg.output = args.output.unwrap_or(cfg.output);
     cfg.validate()?;
     if cfg.train.threads > 0 {
-        rayon::ThreadPoolBuilder::new().num_threads(cfg.train.threads).build_global()?;
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.train.threads)
+            .build_global()?;
     }
-    let opts = train::Options { resume: args.resume, force: args.force, quiet: args.quiet };
+    let opts = train::Options {
+        resume: args.resume,
+        force: args.force,
+        quiet: args.quiet,
+        stop_after: args.stop_after,
+    };
     let outcome = match cfg.device {
-        Device::Cpu => train::run::<burn::backend::Autodiff<burn::backend::Flex>>(&cfg, Default::default(), &opts)?,
+        Device::Cpu => train::run::<burn::backend::Autodiff<burn::backend::Flex>>(
+            &cfg,
+            Default::default(),
+            &opts,
+        )?,
         Device::Cuda => cuda::run(&cfg, &opts)?,
     };
     if outcome.already_done {
-        println!("{}: this run is already complete (same config); nothing to do. Use --force to train again.", cfg.output.display());
+        println!(
+            "{}: this run is already complete (same config); nothing to do. Use --force to train again.",
+            cfg.output.display()
+        );
+    } else if outcome.interrupted {
+        println!(
+            "stopped after {} epochs as asked; continue with --resume",
+            outcome.epochs_run
+        );
     } else {
-        println!("trained {} epochs; model, checkpoints, metrics.csv and plot.png in {}", outcome.epochs_run, cfg.output.display());
+        println!(
+            "trained {} epochs; model, checkpoints, metrics.csv and plot.png in {}",
+            outcome.epochs_run,
+            cfg.output.display()
+        );
     }
     Ok(())
 }
@@ -125,6 +151,8 @@ mod cuda {
     use super::*;
 
     pub fn run(_: &TrainConfig, _: &train::Options) -> Result<train::Outcome> {
-        bail!("device: cuda was asked for, but this trainer was built without CUDA: rebuild with `cargo build --release --features cuda` (or use --device cpu)")
+        bail!(
+            "device: cuda was asked for, but this trainer was built without CUDA: rebuild with `cargo build --release --features cuda` (or use --device cpu)"
+        )
     }
 }

@@ -35,12 +35,16 @@ impl<B: Backend> SimpleOptimizer<B> for KerasAdagrad {
             Some(s) => s.accumulator,
             None => grad.zeros_like().add_scalar(self.initial_accumulator),
         } + grad.clone().powi_scalar(2);
-        let update = grad.div(acc.clone().sqrt().add_scalar(self.epsilon)).mul_scalar(lr);
+        let update = grad
+            .div(acc.clone().sqrt().add_scalar(self.epsilon))
+            .mul_scalar(lr);
         (tensor - update, Some(AdagradState { accumulator: acc }))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {
-        AdagradState { accumulator: state.accumulator.to_device(device) }
+        AdagradState {
+            accumulator: state.accumulator.to_device(device),
+        }
     }
 }
 
@@ -57,7 +61,10 @@ mod tests {
 
     #[test]
     fn matches_the_keras_formula() {
-        let opt = KerasAdagrad { initial_accumulator: 0.1, epsilon: 1e-7 };
+        let opt = KerasAdagrad {
+            initial_accumulator: 0.1,
+            epsilon: 1e-7,
+        };
         let dev = Default::default();
         let p = Tensor::<Flex, 1>::from_floats([1.0, -2.0], &dev);
         let g = Tensor::<Flex, 1>::from_floats([0.5, -1.0], &dev);

@@ -24,6 +24,8 @@ use std::time::Instant;
 
 /// How a run ended.
 pub struct Outcome {
+    /// Stopped by `stop_after` before the last epoch.
+    pub interrupted: bool,
     pub epochs_run: usize,
     pub already_done: bool,
 }
@@ -32,6 +34,8 @@ pub struct Options {
     pub resume: bool,
     pub force: bool,
     pub quiet: bool,
+    /// Stop after this many epochs in this session (the run can be resumed).
+    pub stop_after: Option<usize>,
 }
 
 /// Class weights: max(count) / count per class (the tutorial's), or fixed ones.
@@ -46,19 +50,30 @@ pub fn class_weights(cfg: &TrainConfig, counts: [usize; 2]) -> [f64; 2] {
     }
 }
 
-fn images_tensor<B: Backend>(batch: &Batch, size: usize, device: &B::Device) -> Tensor<B, 4> {
-    Tensor::from_data(TensorData::new(batch.images.clone(), [batch.len(), 3, size, size]), device)
+pub fn images_tensor<B: Backend>(batch: &Batch, size: usize, device: &B::Device) -> Tensor<B, 4> {
+    Tensor::from_data(
+        TensorData::new(batch.images.clone(), [batch.len(), 3, size, size]),
+        device,
+    )
 }
 
 /// Mean over the batch of -w[y] * log p[y] (Keras' class_weight with sum-over-batch-size).
-fn weighted_loss<B: Backend>(logits: Tensor<B, 2>, labels: &[u8], weights: [f64; 2], device: &B::Device) -> Tensor<B, 1> {
+pub fn weighted_loss<B: Backend>(
+    logits: Tensor<B, 2>,
+    labels: &[u8],
+    weights: [f64; 2],
+    device: &B::Device,
+) -> Tensor<B, 1> {
     let n = labels.len();
     let mut target = vec![0f32; n * 2];
     for (i, &y) in labels.iter().enumerate() {
         target[i * 2 + y as usize] = weights[y as usize] as f32;
     }
     let target = Tensor::<B, 2>::from_data(TensorData::new(target, [n, 2]), device);
-    (log_softmax(logits, 1) * target).sum().neg().div_scalar(n as f32)
+    (log_softmax(logits, 1) * target)
+        .sum()
+        .neg()
+        .div_scalar(n as f32)
 }
 
 /// Probabilities of IDC and the mean unweighted cross-entropy over a split (model in eval mode).
@@ -77,7 +92,11 @@ pub fn evaluate<B: Backend>(
             continue;
         }
         let p = softmax(model.forward(images_tensor::<B>(&batch, size, device)), 1);
-        let p: Vec<f32> = p.into_data().convert::<f32>().into_vec().expect("f32 probabilities");
+        let p: Vec<f32> = p
+            .into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("f32 probabilities");
         for (i, &y) in batch.labels.iter().enumerate() {
             loss -= (p[i * 2 + y as usize] as f64).max(1e-7).ln();
             probs.push(p[i * 2 + 1]);
@@ -88,14 +107,21 @@ pub fn evaluate<B: Backend>(
     (labels, probs, loss / n)
 }
 
-pub fn run<B: AutodiffBackend>(cfg: &TrainConfig, device: B::Device, opts: &Options) -> Result<Outcome> {
+pub fn run<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: B::Device,
+    opts: &Options,
+) -> Result<Outcome> {
     cfg.validate()?;
-    let run = RunDir { root: cfg.output.clone() };
+    let run = RunDir {
+        root: cfg.output.clone(),
+    };
     let config_yaml = cfg.to_yaml()?;
     let latest = run.latest();
     let mut start_epoch = 1;
     if let Some((epoch, dir)) = &latest {
-        let old_config = std::fs::read_to_string(run.root.join(checkpoint::CONFIG_FILE)).unwrap_or_default();
+        let old_config =
+            std::fs::read_to_string(run.root.join(checkpoint::CONFIG_FILE)).unwrap_or_default();
         let state = RunDir::read_state(dir)?;
         if opts.force {
             std::fs::remove_dir_all(run.checkpoints())?;
@@ -105,7 +131,11 @@ pub fn run<B: AutodiffBackend>(cfg: &TrainConfig, device: B::Device, opts: &Opti
                 run.root.display()
             );
         } else if state.finished {
-            return Ok(Outcome { epochs_run: 0, already_done: true });
+            return Ok(Outcome {
+                interrupted: false,
+                epochs_run: 0,
+                already_done: true,
+            });
         } else if !opts.resume {
             bail!(
                 "{} holds an unfinished run (last checkpoint: epoch {epoch}); pass --resume to continue it or --force to start over",
@@ -115,18 +145,30 @@ pub fn run<B: AutodiffBackend>(cfg: &TrainConfig, device: B::Device, opts: &Opti
             start_epoch = epoch + 1;
         }
     } else if opts.resume {
-        eprintln!("note: nothing to resume in {}; starting from epoch 1", run.root.display());
+        eprintln!(
+            "note: nothing to resume in {}; starting from epoch 1",
+            run.root.display()
+        );
     }
 
     let pre = cfg.preprocess();
-    let workers = if cfg.data.workers == 0 { num_cores() } else { cfg.data.workers };
+    let workers = if cfg.data.workers == 0 {
+        num_cores()
+    } else {
+        cfg.data.workers
+    };
     let loader = Loader::new(pre, cfg.train.batch_size, workers)?;
     let mut train = Split::open(&cfg.data.root, "training", true)?;
     let mut val = Split::open(&cfg.data.root, "validation", false)?;
     let mut test = Split::open(&cfg.data.root, "testing", false)?;
     for s in [&train, &val, &test] {
         if !s.problems.is_empty() {
-            eprintln!("warning: {}: {} files skipped, e.g. {}", s.name, s.problems.len(), s.problems[0]);
+            eprintln!(
+                "warning: {}: {} files skipped, e.g. {}",
+                s.name,
+                s.problems.len(),
+                s.problems[0]
+            );
         }
     }
     if cfg.data.cache {
@@ -134,16 +176,33 @@ pub fn run<B: AutodiffBackend>(cfg: &TrainConfig, device: B::Device, opts: &Opti
         for s in [&mut train, &mut val, &mut test] {
             s.fill_cache(&pre, &loader.pool);
         }
-        println!("cached {} patches in memory in {:.1}s", train.len() + val.len() + test.len(), t.elapsed().as_secs_f64());
+        println!(
+            "cached {} patches in memory in {:.1}s",
+            train.len() + val.len() + test.len(),
+            t.elapsed().as_secs_f64()
+        );
     }
     let weights = class_weights(cfg, train.class_counts());
     let (train, val, test) = (Arc::new(train), Arc::new(val), Arc::new(test));
 
-    std::fs::create_dir_all(&run.root).with_context(|| format!("cannot create {}", run.root.display()))?;
-    write_atomic(&run.root.join(checkpoint::CONFIG_FILE), config_yaml.as_bytes())?;
+    std::fs::create_dir_all(&run.root)
+        .with_context(|| format!("cannot create {}", run.root.display()))?;
+    write_atomic(
+        &run.root.join(checkpoint::CONFIG_FILE),
+        config_yaml.as_bytes(),
+    )?;
     let model_cfg = cfg.model_config();
-    write_atomic(&run.root.join(checkpoint::MODEL_CONFIG_FILE), model_cfg.to_string().as_bytes())?;
-    write_provenance(cfg, &run, &config_yaml, weights, [train.len(), val.len(), test.len()])?;
+    write_atomic(
+        &run.root.join(checkpoint::MODEL_CONFIG_FILE),
+        model_cfg.to_string().as_bytes(),
+    )?;
+    write_provenance(
+        cfg,
+        &run,
+        &config_yaml,
+        weights,
+        [train.len(), val.len(), test.len()],
+    )?;
     let [c0, c1] = train.class_counts();
     println!(
         "training on {} patches ({c0} no IDC, {c1} IDC; class weights {:.3} / {:.3}), validating on {}, testing on {}; device {:?}",
@@ -157,8 +216,11 @@ pub fn run<B: AutodiffBackend>(cfg: &TrainConfig, device: B::Device, opts: &Opti
 
     B::seed(&device, cfg.train.seed);
     let mut model: CancerNet<B> = model_cfg.init(&device);
-    let mut optim = KerasAdagrad { initial_accumulator: cfg.train.initial_accumulator, epsilon: cfg.train.epsilon }
-        .init::<B, CancerNet<B>>();
+    let mut optim = KerasAdagrad {
+        initial_accumulator: cfg.train.initial_accumulator,
+        epsilon: cfg.train.epsilon,
+    }
+    .init::<B, CancerNet<B>>();
     let mut history = Vec::new();
     let mut state = State {
         epoch: 0,
@@ -181,19 +243,39 @@ pub fn run<B: AutodiffBackend>(cfg: &TrainConfig, device: B::Device, opts: &Opti
     }
 
     let size = pre.size as usize;
-    let steps_per_epoch = train.len().div_ceil(cfg.train.batch_size).min(cfg.train.max_steps_per_epoch.unwrap_or(usize::MAX));
+    let steps_per_epoch = train
+        .len()
+        .div_ceil(cfg.train.batch_size)
+        .min(cfg.train.max_steps_per_epoch.unwrap_or(usize::MAX));
     let mut epochs_run = 0;
     for epoch in start_epoch..=cfg.train.epochs {
         let started = Instant::now();
         // Every epoch draws from its own seeds, so a resumed run repeats an uninterrupted one.
-        B::seed(&device, cfg.train.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9));
+        B::seed(
+            &device,
+            cfg.train.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
+        );
         let mut order: Vec<usize> = (0..train.len()).collect();
         Rng::derive(cfg.train.seed, epoch as u64).shuffle(&mut order);
-        let bar = progress(steps_per_epoch as u64, &format!("epoch {epoch}/{}", cfg.train.epochs), opts.quiet);
+        let bar = progress(
+            steps_per_epoch as u64,
+            &format!("epoch {epoch}/{}", cfg.train.epochs),
+            opts.quiet,
+        );
         let (mut loss_sum, mut correct, mut seen, mut skipped) = (0.0, 0usize, 0usize, Vec::new());
         let aug_seed = cfg.train.seed ^ 0xA06 ^ (epoch as u64) << 32;
         let mut lr = cfg.learning_rate_at(state.step);
-        for (k, batch) in loader.batches(&train, order, Some(cfg.augment), aug_seed, Some(steps_per_epoch)).into_iter().enumerate() {
+        for (k, batch) in loader
+            .batches(
+                &train,
+                order,
+                Some(cfg.augment),
+                aug_seed,
+                Some(steps_per_epoch),
+            )
+            .into_iter()
+            .enumerate()
+        {
             skipped.extend(batch.failed.iter().cloned());
             if batch.is_empty() {
                 continue;
@@ -202,14 +284,26 @@ pub fn run<B: AutodiffBackend>(cfg: &TrainConfig, device: B::Device, opts: &Opti
             let loss = weighted_loss(logits.clone(), &batch.labels, weights, &device);
             let loss_value: f64 = loss.clone().into_scalar().elem();
             if !loss_value.is_finite() {
-                bail!("loss became {loss_value} at epoch {epoch}, step {} (batch {k}); lower train.learning_rate", state.step);
+                bail!(
+                    "loss became {loss_value} at epoch {epoch}, step {} (batch {k}); lower train.learning_rate",
+                    state.step
+                );
             }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             lr = cfg.learning_rate_at(state.step);
             model = optim.step(lr, model, grads);
             state.step += 1;
-            let pred: Vec<i64> = logits.argmax(1).into_data().convert::<i64>().into_vec().expect("argmax");
-            correct += pred.iter().zip(&batch.labels).filter(|(p, y)| **p == **y as i64).count();
+            let pred: Vec<i64> = logits
+                .argmax(1)
+                .into_data()
+                .convert::<i64>()
+                .into_vec()
+                .expect("argmax");
+            correct += pred
+                .iter()
+                .zip(&batch.labels)
+                .filter(|(p, y)| **p == **y as i64)
+                .count();
             loss_sum += loss_value * batch.len() as f64;
             seen += batch.len();
             bar.set_message(format!(
@@ -267,7 +361,10 @@ pub fn run<B: AutodiffBackend>(cfg: &TrainConfig, device: B::Device, opts: &Opti
         state.epoch = epoch;
         state.val_loss = val_loss;
         state.val_accuracy = report.accuracy;
-        let stop_early = cfg.train.early_stopping.is_some_and(|p| state.epochs_without_improvement >= p);
+        let stop_early = cfg
+            .train
+            .early_stopping
+            .is_some_and(|p| state.epochs_without_improvement >= p);
         state.finished = epoch == cfg.train.epochs || stop_early;
         history.push(metrics);
         let dir = run.save_epoch(&model, &optim, &state)?;
@@ -278,28 +375,57 @@ pub fn run<B: AutodiffBackend>(cfg: &TrainConfig, device: B::Device, opts: &Opti
         plot_history(&run, &history)?;
         epochs_run += 1;
         if stop_early {
-            println!("early stopping: no validation improvement for {} epochs", state.epochs_without_improvement);
+            println!(
+                "early stopping: no validation improvement for {} epochs",
+                state.epochs_without_improvement
+            );
             break;
+        }
+        if opts.stop_after == Some(epochs_run) && !state.finished {
+            return Ok(Outcome {
+                interrupted: true,
+                epochs_run,
+                already_done: false,
+            });
         }
     }
 
     // The final report, with the best checkpoint, on held-out patients.
-    let best = run.load_model(model_cfg.init::<B>(&device), &run.best_dir(), &device)?.valid();
+    let best = run
+        .load_model(model_cfg.init::<B>(&device), &run.best_dir(), &device)?
+        .valid();
     let mut skipped = Vec::new();
     let (labels, probs, test_loss) = evaluate(&best, &test, &loader, &device, &mut skipped);
     let report = Report::new(&labels, &probs, 0.5);
-    println!("\ntesting split, best checkpoint (epoch {}), loss {test_loss:.4}:\n{report}", state.best_epoch);
+    println!(
+        "\ntesting split, best checkpoint (epoch {}), loss {test_loss:.4}:\n{report}",
+        state.best_epoch
+    );
     if !skipped.is_empty() {
         println!("skipped {} unreadable test images", skipped.len());
     }
     let json = serde_json::json!({ "split": "testing", "checkpoint_epoch": state.best_epoch, "loss": test_loss, "report": report, "skipped": skipped.len() });
-    write_atomic(&run.root.join("test_report.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
-    Ok(Outcome { epochs_run, already_done: false })
+    write_atomic(
+        &run.root.join("test_report.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    Ok(Outcome {
+        interrupted: false,
+        epochs_run,
+        already_done: false,
+    })
 }
 
-fn write_provenance(cfg: &TrainConfig, run: &RunDir, config_yaml: &str, weights: [f64; 2], sizes: [usize; 3]) -> Result<()> {
+fn write_provenance(
+    cfg: &TrainConfig,
+    run: &RunDir,
+    config_yaml: &str,
+    weights: [f64; 2],
+    sizes: [usize; 3],
+) -> Result<()> {
     let manifest_path = cfg.data.root.join(manifest::FILE_NAME);
-    let manifest_sha = manifest::sha256_file(&manifest_path).unwrap_or_else(|_| "unknown (no manifest.csv)".into());
+    let manifest_sha = manifest::sha256_file(&manifest_path)
+        .unwrap_or_else(|_| "unknown (no manifest.csv)".into());
     let json = serde_json::json!({
         "trainer": env!("CARGO_PKG_VERSION"),
         "burn": "0.21.0",
@@ -311,21 +437,45 @@ fn write_provenance(cfg: &TrainConfig, run: &RunDir, config_yaml: &str, weights:
         "preprocess": cfg.preprocess(),
         "epochs": cfg.train.epochs,
     });
-    write_atomic(&run.root.join(checkpoint::RUN_FILE), serde_json::to_string_pretty(&json)?.as_bytes())
+    write_atomic(
+        &run.root.join(checkpoint::RUN_FILE),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )
 }
 
 fn plot_history(run: &RunDir, history: &[EpochMetrics]) -> Result<()> {
-    let pts = |f: fn(&EpochMetrics) -> f64| history.iter().map(|m| (m.epoch as f64, f(m))).collect::<Vec<_>>();
+    let pts = |f: fn(&EpochMetrics) -> f64| {
+        history
+            .iter()
+            .map(|m| (m.epoch as f64, f(m)))
+            .collect::<Vec<_>>()
+    };
     line_chart(
         &run.root.join("plot.png"),
         "Training loss and accuracy on the IDC dataset",
         "epoch",
         "loss / accuracy",
         &[
-            Series { name: "train_loss", points: pts(|m| m.train_loss), color: RGBColor(31, 119, 180) },
-            Series { name: "val_loss", points: pts(|m| m.val_loss), color: RGBColor(255, 127, 14) },
-            Series { name: "train_acc", points: pts(|m| m.train_accuracy), color: RGBColor(44, 160, 44) },
-            Series { name: "val_acc", points: pts(|m| m.val_accuracy), color: RGBColor(214, 39, 40) },
+            Series {
+                name: "train_loss",
+                points: pts(|m| m.train_loss),
+                color: RGBColor(31, 119, 180),
+            },
+            Series {
+                name: "val_loss",
+                points: pts(|m| m.val_loss),
+                color: RGBColor(255, 127, 14),
+            },
+            Series {
+                name: "train_acc",
+                points: pts(|m| m.train_accuracy),
+                color: RGBColor(44, 160, 44),
+            },
+            Series {
+                name: "val_acc",
+                points: pts(|m| m.val_accuracy),
+                color: RGBColor(214, 39, 40),
+            },
         ],
         None,
     )
@@ -337,12 +487,16 @@ fn progress(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
     }
     let bar = indicatif::ProgressBar::new(len);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!("{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"))
-            .expect("valid template"),
+        indicatif::ProgressStyle::with_template(&format!(
+            "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"
+        ))
+        .expect("valid template"),
     );
     bar
 }
 
 pub fn num_cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
