@@ -1,1 +1,68 @@
-fn main() {}
+//! `exporter --out models/cancernet.onnx`: the trainer's model as a verified ONNX file.
+
+use anyhow::Result;
+use clap::Parser;
+use exporter::export::{Checkpoint, Options, export};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Serialize a trained CancerNet to ONNX (opset 17) and verify it against burn with ONNX Runtime.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    /// The trainer's output folder.
+    #[arg(long, default_value = "models/cancernet")]
+    model: PathBuf,
+    /// best (lowest validation loss), last, or an epoch number.
+    #[arg(long, default_value = "best")]
+    checkpoint: Checkpoint,
+    /// The ONNX file to write (atomically; an existing file is replaced only by a verified one).
+    #[arg(long, default_value = "models/cancernet.onnx")]
+    out: PathBuf,
+    /// Fold the classifier's BatchNorm into the following Gemm (exact; the conv BatchNorms stay).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fold_bn: bool,
+    /// Skip the check that ONNX Runtime and burn agree on a batch of patches.
+    #[arg(long)]
+    no_verify: bool,
+    /// Patches to verify with (default: the run's testing split, else synthetic patches).
+    #[arg(long)]
+    verify_data: Option<PathBuf>,
+    /// The ONNX Runtime library (default: $ORT_DYLIB_PATH, the project's .venv, python's onnxruntime).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    datasets::cli::exit_code(run(Args::parse()))
+}
+
+fn run(args: Args) -> Result<()> {
+    let start = Instant::now();
+    let opts = Options {
+        model_dir: args.model,
+        checkpoint: args.checkpoint,
+        out: args.out,
+        fold_bn: args.fold_bn,
+        verify: !args.no_verify,
+        ort_lib: args.ort_lib,
+        verify_data: args.verify_data,
+    };
+    let report = export(&opts)?;
+    println!(
+        "{}: {} bytes, {} nodes, opset 17",
+        opts.out.display(),
+        report.bytes,
+        report.nodes
+    );
+    match report.verification {
+        Some(v) => println!(
+            "verified with ONNX Runtime on {}: max |burn - onnxruntime| = {:.2e}, argmax identical",
+            v.source, v.max_abs_diff
+        ),
+        None => println!("not verified (--no-verify)"),
+    }
+    println!("done in {:.1}s", start.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,1 +1,349 @@
-fn main() {}
+//! `runtime eval|predict|heatmap|bench`: CancerNet over folders of patches with ONNX Runtime.
+
+use anyhow::{Result, bail};
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use datasets::cli::{exit_code, progress_bar};
+use datasets::preprocess::{Filter, Preprocess};
+use runtime::evaluate::{self, RunInfo};
+use runtime::pipeline::{self, Item, Pipeline};
+use runtime::session::{Ep, Model, Options};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+/// Batch inference over IDC patches with ONNX Runtime (CPU or CUDA).
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(ClapArgs, Clone)]
+struct ModelArgs {
+    /// The ONNX model (from `exporter`).
+    #[arg(long, default_value = "models/cancernet.onnx")]
+    model: PathBuf,
+    /// Execution provider: auto tries CUDA then CPU; cuda fails loudly when it cannot run.
+    #[arg(long, value_enum, default_value_t = Ep::Auto)]
+    ep: Ep,
+    /// Images per inference batch.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// ONNX Runtime intra-op threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Decode threads (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    decode_threads: usize,
+    /// The ONNX Runtime library (default: $ORT_DYLIB_PATH, the project's .venv, python's onnxruntime).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+    /// Input side, for a model without the exporter's metadata.
+    #[arg(long)]
+    input_size: Option<u32>,
+    /// Resize filter, for a model without the exporter's metadata.
+    #[arg(long, value_enum)]
+    resize_filter: Option<Filter>,
+}
+
+#[derive(ClapArgs)]
+struct OutputArgs {
+    /// Probability of IDC at or above which a patch is called IDC.
+    #[arg(long, default_value_t = 0.5)]
+    threshold: f64,
+    /// Add per-patient rows (patches, IDC share true vs predicted, accuracy).
+    #[arg(long)]
+    patients: bool,
+    /// Write the whole report as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Write one CSV row per image (path, patient, x, y, label, probability, prediction).
+    #[arg(long)]
+    predictions: Option<PathBuf>,
+    /// Exit non-zero when any file was skipped.
+    #[arg(long)]
+    strict: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Classify every patch under DIR and print the classification report (labels from 0/ 1/
+    /// folders or the file names' class<C>).
+    Eval {
+        dir: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+        /// Plot the ROC curve to this PNG.
+        #[arg(long)]
+        roc: Option<PathBuf>,
+    },
+    /// Classify every image under DIR (no labels needed); prints a summary, --predictions has the rows.
+    Predict {
+        dir: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        out: OutputArgs,
+    },
+    /// Put every patch back on its slide and write, per patient, tissue | predicted IDC | true IDC.
+    Heatmap {
+        dir: PathBuf,
+        /// Folder for heatmap_<patient>.png.
+        #[arg(long, default_value = "reports/heatmaps")]
+        out: PathBuf,
+        /// Pixels per patch / 50.
+        #[arg(long, default_value_t = 0.5)]
+        scale: f32,
+        /// Only these patients (default: all).
+        #[arg(long = "patient")]
+        only: Vec<String>,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Measure decode, pure inference and end-to-end images/s over DIR, and peak memory.
+    Bench {
+        dir: PathBuf,
+        #[command(flatten)]
+        model: ModelArgs,
+        /// Write the numbers as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    exit_code(run(Args::parse()))
+}
+
+fn open(args: &ModelArgs) -> Result<Model> {
+    let preprocess = args.input_size.map(|size| Preprocess {
+        size,
+        filter: args.resize_filter.unwrap_or(Filter::Nearest),
+    });
+    Model::open(
+        &args.model,
+        &Options {
+            ep: args.ep,
+            threads: args.threads,
+            ort_lib: args.ort_lib.as_deref(),
+            preprocess,
+        },
+    )
+}
+
+fn pipeline_of(args: &ModelArgs) -> Pipeline {
+    Pipeline {
+        batch_size: args.batch_size,
+        decode_threads: args.decode_threads,
+    }
+}
+
+fn classify(dir: &Path, args: &ModelArgs) -> Result<(Vec<Item>, pipeline::Outcome, RunInfo)> {
+    let (items, mut problems) = pipeline::list(dir)?;
+    let mut model = open(args)?;
+    let mut outcome = pipeline_of(args).run(
+        &mut model,
+        &items,
+        &progress_bar(items.len() as u64, "classify"),
+    )?;
+    problems.append(&mut outcome.problems);
+    outcome.problems = problems;
+    let info = RunInfo::new(&args.model, &model, args.batch_size, &outcome);
+    Ok((items, outcome, info))
+}
+
+fn finish(
+    items: &[Item],
+    outcome: &pipeline::Outcome,
+    info: &RunInfo,
+    out: &OutputArgs,
+    labelled: bool,
+) -> Result<()> {
+    let report = if labelled {
+        evaluate::report(items, &outcome.probs, out.threshold)
+    } else {
+        None
+    };
+    let patients = evaluate::patient_rows(items, &outcome.probs, out.threshold);
+    println!("{}", info.header());
+    match &report {
+        Some(r) => println!("\n{r}"),
+        None if labelled => println!(
+            "\nno labelled images (labels come from 0/ 1/ folders or class<C> in the file name)"
+        ),
+        None => {
+            let idc = outcome
+                .probs
+                .iter()
+                .flatten()
+                .filter(|&&p| p as f64 >= out.threshold)
+                .count();
+            println!(
+                "\n{} images: {idc} predicted IDC, {} predicted no IDC (threshold {})",
+                info.images,
+                info.images - idc,
+                out.threshold
+            );
+        }
+    }
+    if out.patients {
+        print!("{}", evaluate::patient_table(&patients));
+    }
+    print!("{}", evaluate::problems_text(&outcome.problems, 20));
+    if let Some(path) = &out.json {
+        evaluate::write_json(path, info, report.as_ref(), &patients, &outcome.problems)?;
+    }
+    if let Some(path) = &out.predictions {
+        evaluate::write_predictions(path, items, &outcome.probs, out.threshold)?;
+    }
+    if out.strict && !outcome.problems.is_empty() {
+        bail!(
+            "{} files could not be used (--strict)",
+            outcome.problems.len()
+        );
+    }
+    Ok(())
+}
+
+fn run(args: Args) -> Result<()> {
+    match args.command {
+        Command::Eval {
+            dir,
+            model,
+            out,
+            roc,
+        } => {
+            let (items, outcome, info) = classify(&dir, &model)?;
+            if let Some(path) = &roc {
+                evaluate::write_roc(path, &items, &outcome.probs)?;
+            }
+            finish(&items, &outcome, &info, &out, true)
+        }
+        Command::Predict { dir, model, out } => {
+            let (items, outcome, info) = classify(&dir, &model)?;
+            finish(&items, &outcome, &info, &out, false)
+        }
+        Command::Heatmap {
+            dir,
+            out,
+            scale,
+            only,
+            model,
+        } => {
+            let (mut items, problems) = pipeline::list(&dir)?;
+            items.retain(|i| {
+                i.name
+                    .as_ref()
+                    .is_some_and(|n| only.is_empty() || only.contains(&n.patient))
+            });
+            if items.is_empty() {
+                bail!(
+                    "no patches named <patient>_idx5_x<X>_y<Y>_class<C>.png under {} for the patients asked",
+                    dir.display()
+                );
+            }
+            let mut m = open(&model)?;
+            let outcome = pipeline_of(&model).run(
+                &mut m,
+                &items,
+                &progress_bar(items.len() as u64, "heatmap"),
+            )?;
+            let files = runtime::heatmap::write(&items, &outcome.probs, &out, scale)?;
+            for f in &files {
+                println!("{}", f.display());
+            }
+            let skipped = problems.len() + outcome.problems.len();
+            println!(
+                "{} heatmaps (tissue | predicted IDC probability | true IDC) in {}; {skipped} files skipped",
+                files.len(),
+                out.display()
+            );
+            Ok(())
+        }
+        Command::Bench { dir, model, json } => bench(&dir, &model, json.as_deref()),
+    }
+}
+
+/// Decode alone, inference alone, then both together, on the same images.
+fn bench(dir: &Path, args: &ModelArgs, json: Option<&Path>) -> Result<()> {
+    let (items, _) = pipeline::list(dir)?;
+    let mut model = open(args)?;
+    let pre = model.preprocess;
+    let n = items.len();
+    let t = Instant::now();
+    {
+        use rayon::prelude::*;
+        let threads = if args.decode_threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            args.decode_threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        pool.install(|| {
+            items.par_chunks(args.batch_size).for_each(|chunk| {
+                let mut out = vec![0f32; pre.len()];
+                for i in chunk {
+                    let _ = pre.load_into(&i.path, &mut out);
+                }
+            })
+        });
+    }
+    let decode = n as f64 / t.elapsed().as_secs_f64();
+    let bs = args.batch_size;
+    let batch: Vec<f32> = (0..bs * pre.len())
+        .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+        .collect();
+    model.predict(&batch, bs)?; // warm-up
+    let t = Instant::now();
+    let mut done = 0;
+    while done < n.max(bs * 4) {
+        model.predict(&batch, bs)?;
+        done += bs;
+    }
+    let infer = done as f64 / t.elapsed().as_secs_f64();
+    let outcome = pipeline_of(args).run(&mut model, &items, &indicatif::ProgressBar::hidden())?;
+    let e2e = n as f64 / outcome.seconds;
+    let bound = 1.0 / (1.0 / decode + 1.0 / infer);
+    let rss = peak_rss_kib();
+    println!(
+        "runtime bench: {n} images under {}, batch {bs}, {} on ONNX Runtime {}, {} threads",
+        dir.display(),
+        model.provider,
+        model.ort_version,
+        model.threads
+    );
+    println!("  decode + resize only          {decode:>9.0} img/s");
+    println!("  pure inference (batch {bs:>4})   {infer:>9.0} img/s");
+    println!("  end-to-end eval               {e2e:>9.0} img/s");
+    println!(
+        "  bound (decode, inference share the cores)  {bound:>6.0} img/s -> end-to-end at {:.0}% of it",
+        100.0 * e2e / bound
+    );
+    println!(
+        "  peak RSS                      {:>9} KiB",
+        rss.map_or("n/a".into(), |r| r.to_string())
+    );
+    if let Some(path) = json {
+        let j = serde_json::json!({ "images": n, "batch_size": bs, "provider": model.provider, "onnx_runtime": model.ort_version,
+            "decode_per_s": decode, "inference_per_s": infer, "end_to_end_per_s": e2e, "bound_per_s": bound, "peak_rss_kib": rss });
+        datasets::fsutil::write_atomic(path, serde_json::to_string_pretty(&j)?.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}

@@ -1,7 +1,7 @@
 //! `trainer --config configs/cancernet.yaml`: fit CancerNet with burn (CPU, or CUDA when built
 //! with `--features cuda`).
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 use clap::Parser;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,6 +149,7 @@ mod cuda {
 #[cfg(not(feature = "cuda"))]
 mod cuda {
     use super::*;
+    use anyhow::bail;
 
     pub fn run(_: &TrainConfig, _: &train::Options) -> Result<train::Outcome> {
         bail!(

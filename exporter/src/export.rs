@@ -1,0 +1,335 @@
+//! Reading a trainer run, writing the ONNX file atomically, and verifying it against burn with
+//! ONNX Runtime before it reaches `--out`.
+
+use crate::graph::{self, graph};
+use crate::onnx_proto::{
+    IR_VERSION, ModelProto, OPSET_VERSION, OperatorSetIdProto, StringStringEntryProto,
+};
+use anyhow::{Context, Result, bail};
+use burn::backend::Flex;
+use burn::prelude::*;
+use datasets::fsutil::{temp_sibling, write_atomic};
+use datasets::preprocess::Preprocess;
+use datasets::{CLASS_NAMES, Scan};
+use models::{CancerNet, CancerNetConfig};
+use prost::Message;
+use std::path::{Path, PathBuf};
+use trainer::checkpoint::{self, RunDir};
+use trainer::config::TrainConfig;
+
+type B = Flex;
+
+/// Which checkpoint of a run to export.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    Best,
+    Last,
+    Epoch(usize),
+}
+
+impl std::str::FromStr for Checkpoint {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "best" => Ok(Checkpoint::Best),
+            "last" => Ok(Checkpoint::Last),
+            n => n
+                .parse()
+                .map(Checkpoint::Epoch)
+                .map_err(|_| format!("expected best, last or an epoch number, got {n:?}")),
+        }
+    }
+}
+
+pub struct Options {
+    pub model_dir: PathBuf,
+    pub checkpoint: Checkpoint,
+    pub out: PathBuf,
+    pub fold_bn: bool,
+    pub verify: bool,
+    pub ort_lib: Option<PathBuf>,
+    /// Patches to verify with (default: the run's testing split when present, else synthetic).
+    pub verify_data: Option<PathBuf>,
+}
+
+/// A trained model as the exporter sees it.
+pub struct Loaded {
+    pub model: CancerNet<B>,
+    pub config: CancerNetConfig,
+    pub preprocess: Preprocess,
+    pub metadata: Vec<(String, String)>,
+    pub data_root: Option<PathBuf>,
+}
+
+pub struct Verification {
+    pub images: usize,
+    pub source: String,
+    pub max_abs_diff: f32,
+}
+
+pub struct Report {
+    pub bytes: usize,
+    pub nodes: usize,
+    pub verification: Option<Verification>,
+}
+
+/// Loads the run's model config, preprocessing, provenance and the chosen checkpoint.
+pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
+    if !dir.is_dir() {
+        bail!(
+            "model folder {} does not exist: train first (`trainer --config configs/cancernet.yaml`) or pass --model",
+            dir.display()
+        );
+    }
+    let run = RunDir {
+        root: dir.to_path_buf(),
+    };
+    let cfg_path = dir.join(checkpoint::MODEL_CONFIG_FILE);
+    let config = CancerNetConfig::load(&cfg_path)
+        .with_context(|| format!("cannot read the model config {}", cfg_path.display()))?;
+    let ckpt = match which {
+        Checkpoint::Best => run.best_dir(),
+        Checkpoint::Last => run
+            .latest()
+            .map(|(_, d)| d)
+            .with_context(|| format!("{} has no checkpoints", run.checkpoints().display()))?,
+        Checkpoint::Epoch(n) => run.epoch_dir(n),
+    };
+    if !ckpt.join(checkpoint::MODEL_FILE).is_file() {
+        let have = run.latest().map_or("none".to_string(), |(n, _)| {
+            format!("epochs 1..={n} (some may be missing), best")
+        });
+        bail!(
+            "checkpoint {} does not exist (available: {have})",
+            ckpt.join(checkpoint::MODEL_FILE).display()
+        );
+    }
+    let state = RunDir::read_state(&ckpt)?;
+    let device = Default::default();
+    let model = run.load_model(config.init::<B>(&device), &ckpt, &device)?;
+    let train_cfg = TrainConfig::load(&dir.join(checkpoint::CONFIG_FILE)).ok();
+    let preprocess = train_cfg.as_ref().map_or(
+        Preprocess {
+            size: config.input_size as u32,
+            ..Preprocess::default()
+        },
+        |c| c.preprocess(),
+    );
+    let run_json: serde_json::Value = std::fs::read_to_string(dir.join(checkpoint::RUN_FILE))
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let field = |k: &str| {
+        run_json.get(k).map_or("unknown".to_string(), |v| {
+            v.as_str().map_or(v.to_string(), str::to_string)
+        })
+    };
+    let mut metadata = vec![
+        (
+            "classes".into(),
+            CLASS_NAMES
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("{i}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ),
+        ("positive_class".into(), format!("1 ({})", CLASS_NAMES[1])),
+        (
+            "input".into(),
+            format!(
+                "{}: float32 [batch, 3, {s}, {s}]",
+                graph::INPUT,
+                s = preprocess.size
+            ),
+        ),
+        (
+            "outputs".into(),
+            format!(
+                "{}: softmax [batch, 2]; {}: [batch, 2]",
+                graph::PROBABILITIES,
+                graph::LOGITS
+            ),
+        ),
+    ];
+    metadata.extend(preprocess.to_metadata());
+    metadata.extend([
+        (
+            "model.config".into(),
+            config
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        (
+            "train.checkpoint".into(),
+            format!("{} (epoch {})", checkpoint_name(which), state.epoch),
+        ),
+        ("train.epochs".into(), state.epoch.to_string()),
+        ("train.config_sha256".into(), field("config_sha256")),
+        (
+            "train.dataset_manifest_sha256".into(),
+            field("dataset_manifest_sha256"),
+        ),
+        ("train.val_loss".into(), format!("{:.6}", state.val_loss)),
+        (
+            "train.val_accuracy".into(),
+            format!("{:.6}", state.val_accuracy),
+        ),
+        (
+            "toolchain".into(),
+            format!("burn 0.21.0, {}", env!("IDC_RUSTC_VERSION")),
+        ),
+    ]);
+    Ok(Loaded {
+        model,
+        config,
+        preprocess,
+        metadata,
+        data_root: train_cfg.map(|c| c.data.root),
+    })
+}
+
+fn checkpoint_name(c: Checkpoint) -> String {
+    match c {
+        Checkpoint::Best => "best".into(),
+        Checkpoint::Last => "last".into(),
+        Checkpoint::Epoch(n) => format!("epoch {n}"),
+    }
+}
+
+/// The serialized model. Deterministic: the same checkpoint gives the same bytes.
+pub fn to_onnx(loaded: &Loaded, fold_bn: bool) -> Result<Vec<u8>> {
+    let proto = ModelProto {
+        ir_version: Some(IR_VERSION),
+        opset_import: vec![OperatorSetIdProto::onnx(OPSET_VERSION)],
+        producer_name: Some("idc-onnx exporter".into()),
+        producer_version: Some(env!("CARGO_PKG_VERSION").into()),
+        domain: Some("org.idc-onnx".into()),
+        model_version: Some(1),
+        doc_string: Some("CancerNet: invasive ductal carcinoma (IDC) vs healthy tissue in breast histology patches".into()),
+        graph: Some(graph(&loaded.model, &loaded.config, fold_bn)?),
+        metadata_props: loaded
+            .metadata
+            .iter()
+            .map(|(k, v)| StringStringEntryProto { key: Some(k.clone()), value: Some(v.clone()) })
+            .collect(),
+    };
+    Ok(proto.encode_to_vec())
+}
+
+pub fn export(opts: &Options) -> Result<Report> {
+    let loaded = load(&opts.model_dir, opts.checkpoint)?;
+    let bytes = to_onnx(&loaded, opts.fold_bn)?;
+    let nodes = ModelProto::decode(bytes.as_slice())?
+        .graph
+        .map_or(0, |g| g.node.len());
+    // Verify a temp copy beside --out; only a verified file is renamed onto --out.
+    let staged = temp_sibling(&opts.out, "verify");
+    write_atomic(&staged, &bytes)?;
+    let verification = if opts.verify {
+        let checked = verify(&loaded, &staged, opts);
+        if checked.is_err() {
+            let _ = std::fs::remove_file(&staged);
+        }
+        Some(checked?)
+    } else {
+        None
+    };
+    std::fs::rename(&staged, &opts.out)
+        .with_context(|| format!("cannot write {}", opts.out.display()))?;
+    Ok(Report {
+        bytes: bytes.len(),
+        nodes,
+        verification,
+    })
+}
+
+/// Up to `n` patches for verification: real ones from `dir` when it has any, else synthetic.
+fn verification_batch(
+    dir: Option<&Path>,
+    pre: &Preprocess,
+    n: usize,
+) -> Result<(Vec<f32>, usize, String)> {
+    let per = pre.len();
+    if let Some(dir) = dir.filter(|d| d.is_dir())
+        && let Ok(scan) = Scan::dir(dir)
+        && !scan.patches.is_empty()
+    {
+        let mut patches = scan.patches;
+        patches.sort_by(|a, b| a.path.cmp(&b.path));
+        let step = (patches.len() / n).max(1);
+        let mut images = Vec::new();
+        for p in patches.iter().step_by(step).take(n) {
+            let start = images.len();
+            images.resize(start + per, 0.0);
+            pre.load_into(&p.path, &mut images[start..])
+                .with_context(|| format!("cannot read {}", p.path.display()))?;
+        }
+        let count = images.len() / per;
+        return Ok((
+            images,
+            count,
+            format!("{count} patches from {}", dir.display()),
+        ));
+    }
+    let slide = datasets::synth::Slide::plan(7, 0, 200.0);
+    let mut rng = datasets::rng::Rng::new(7);
+    let mut images = vec![0.0; n * per];
+    for (i, tile) in slide.tiles.iter().cycle().take(n).enumerate() {
+        let img = pre.resize(datasets::synth::render(tile, &slide.stain, &mut rng));
+        pre.to_chw(&img, &mut images[i * per..(i + 1) * per]);
+    }
+    Ok((images, n, format!("{n} synthetic patches")))
+}
+
+/// Runs the same batch through burn and ONNX Runtime (CPU); fails with the numbers when they differ.
+pub fn verify(loaded: &Loaded, onnx: &Path, opts: &Options) -> Result<Verification> {
+    let pre = loaded.preprocess;
+    let dir = opts
+        .verify_data
+        .clone()
+        .or_else(|| loaded.data_root.as_ref().map(|r| r.join("testing")));
+    let (images, n, source) = verification_batch(dir.as_deref(), &pre, 64)?;
+    let s = pre.size as usize;
+    let x = Tensor::<B, 4>::from_data(
+        TensorData::new(images.clone(), [n, 3, s, s]),
+        &Default::default(),
+    );
+    let burn_probs: Vec<f32> = loaded
+        .model
+        .probabilities(x)
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32");
+    let session_opts = runtime::session::Options {
+        ep: runtime::session::Ep::Cpu,
+        threads: 0,
+        ort_lib: opts.ort_lib.as_deref(),
+        preprocess: None,
+    };
+    let mut model = runtime::session::Model::open(onnx, &session_opts)
+        .context("verification: ONNX Runtime cannot load the exported file")?;
+    let ort_idc = model.predict(&images, n)?;
+    let mut max_abs_diff = 0f32;
+    let mut disagree = 0;
+    for i in 0..n {
+        let burn_idc = burn_probs[i * 2 + 1];
+        max_abs_diff = max_abs_diff.max((burn_idc - ort_idc[i]).abs());
+        disagree +=
+            usize::from((burn_idc >= burn_probs[i * 2]) != (ort_idc[i] >= 1.0 - ort_idc[i]));
+    }
+    if max_abs_diff > 1e-4 || disagree > 0 {
+        bail!(
+            "verification failed on {source}: max |burn - onnxruntime| = {max_abs_diff:.3e} (limit 1e-4), {disagree} of {n} argmax disagree; {} not written",
+            opts.out.display()
+        );
+    }
+    Ok(Verification {
+        images: n,
+        source,
+        max_abs_diff,
+    })
+}

@@ -1,0 +1,300 @@
+//! CancerNet as an ONNX graph of standard ops (opset 17): Conv (depthwise: group = channels; then
+//! pointwise 1x1), Relu, BatchNormalization, MaxPool, Flatten, Gemm, Softmax. Dropout is left out
+//! (inference). Nodes and initializers are named after the layers (`block2.sepconv1.depthwise.weight`).
+//!
+//! `fold_bn` folds the classifier's BatchNorm into the Gemm after it, which is exact. The conv
+//! blocks' BatchNorms stay as nodes: each follows a ReLU, so it cannot fold into the conv before
+//! it, and folding it into the next (zero-padded) conv would change the border pixels.
+
+use crate::onnx_proto::tensor_proto::DataType;
+use crate::onnx_proto::tensor_shape_proto::Dimension;
+use crate::onnx_proto::*;
+use anyhow::{Result, bail};
+use burn::nn::BatchNorm;
+use burn::nn::Linear;
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use models::{CancerNet, CancerNetConfig};
+
+pub const INPUT: &str = "image";
+pub const PROBABILITIES: &str = "probabilities";
+pub const LOGITS: &str = "logits";
+pub const BATCH_DIM: &str = "batch";
+
+/// A tensor's values and shape.
+type Values = (Vec<f32>, Vec<i64>);
+
+/// A tensor's values and shape, read from burn.
+fn values<B: Backend, const D: usize>(t: Tensor<B, D>) -> Values {
+    let dims = t.dims().iter().map(|&d| d as i64).collect();
+    (
+        t.into_data()
+            .convert::<f32>()
+            .into_vec()
+            .expect("f32 tensor"),
+        dims,
+    )
+}
+
+struct Builder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+impl Builder {
+    fn init(&mut self, name: &str, (data, dims): Values, expected: &[i64]) -> Result<String> {
+        if dims != expected {
+            bail!(
+                "checkpoint tensor {name} has shape {dims:?}, but the model config says {expected:?}: was it trained with another model config?"
+            );
+        }
+        self.initializers
+            .push(TensorProto::from_f32_raw(name, dims, &data));
+        Ok(name.to_string())
+    }
+
+    fn node(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: Vec<String>,
+        attributes: Vec<AttributeProto>,
+    ) -> String {
+        self.nodes.push(NodeProto {
+            input: inputs,
+            output: vec![name.to_string()],
+            name: Some(name.to_string()),
+            op_type: Some(op.to_string()),
+            domain: None,
+            attribute: attributes,
+            doc_string: None,
+        });
+        name.to_string()
+    }
+
+    fn conv<B: Backend>(
+        &mut self,
+        name: &str,
+        x: String,
+        conv: &Conv2d<B>,
+        shape: [i64; 4],
+        group: i64,
+    ) -> Result<String> {
+        let w = self.init(&format!("{name}.weight"), values(conv.weight.val()), &shape)?;
+        let mut inputs = vec![x, w];
+        if let Some(b) = &conv.bias {
+            inputs.push(self.init(&format!("{name}.bias"), values(b.val()), &[shape[0]])?);
+        }
+        let (k, pad) = (shape[2], (shape[2] - 1) / 2);
+        let attrs = vec![
+            AttributeProto::from_ints("kernel_shape", vec![k, k]),
+            AttributeProto::from_ints(
+                "pads",
+                vec![pad, pad, shape[2] - 1 - pad, shape[2] - 1 - pad],
+            ),
+            AttributeProto::from_ints("strides", vec![1, 1]),
+            AttributeProto::from_int("group", group),
+        ];
+        Ok(self.node("Conv", name, inputs, attrs))
+    }
+
+    fn batch_norm<B: Backend>(
+        &mut self,
+        name: &str,
+        x: String,
+        bn: &BatchNorm<B>,
+        c: i64,
+    ) -> Result<String> {
+        let inputs = vec![
+            x,
+            self.init(&format!("{name}.scale"), values(bn.gamma.val()), &[c])?,
+            self.init(&format!("{name}.bias"), values(bn.beta.val()), &[c])?,
+            self.init(
+                &format!("{name}.running_mean"),
+                values(bn.running_mean.value()),
+                &[c],
+            )?,
+            self.init(
+                &format!("{name}.running_var"),
+                values(bn.running_var.value()),
+                &[c],
+            )?,
+        ];
+        Ok(self.node(
+            "BatchNormalization",
+            name,
+            inputs,
+            vec![AttributeProto::from_float("epsilon", bn.epsilon as f32)],
+        ))
+    }
+
+    fn gemm(
+        &mut self,
+        name: &str,
+        x: String,
+        (w, wd): (Vec<f32>, Vec<i64>),
+        (b, bd): (Vec<f32>, Vec<i64>),
+        shape: [i64; 2],
+    ) -> Result<String> {
+        let w = self.init(&format!("{name}.weight"), (w, wd), &shape)?;
+        let b = self.init(&format!("{name}.bias"), (b, bd), &[shape[1]])?;
+        Ok(self.node("Gemm", name, vec![x, w, b], vec![]))
+    }
+}
+
+fn linear<B: Backend>(l: &Linear<B>) -> (Values, Values) {
+    (
+        values(l.weight.val()),
+        values(l.bias.as_ref().expect("dense layers have a bias").val()),
+    )
+}
+
+/// The head Gemm with the preceding BatchNorm folded in: for bn(x) = x * s + t,
+/// head(bn(x)) = x (diag(s) W) + (t W + c).
+fn fold_bn_into<B: Backend>(bn: &BatchNorm<B>, head: &Linear<B>) -> (Values, Values) {
+    let ((w, wd), (c, cd)) = linear(head);
+    let f = |t: Tensor<B, 1>| -> Vec<f64> { values(t).0.into_iter().map(f64::from).collect() };
+    let (gamma, beta, mean, var) = (
+        f(bn.gamma.val()),
+        f(bn.beta.val()),
+        f(bn.running_mean.value()),
+        f(bn.running_var.value()),
+    );
+    let (k, n) = (wd[0] as usize, wd[1] as usize);
+    let s: Vec<f64> = (0..k)
+        .map(|i| gamma[i] / (var[i] + bn.epsilon).sqrt())
+        .collect();
+    let t: Vec<f64> = (0..k).map(|i| beta[i] - mean[i] * s[i]).collect();
+    let w2: Vec<f32> = (0..k * n)
+        .map(|ij| (s[ij / n] * w[ij] as f64) as f32)
+        .collect();
+    let c2: Vec<f32> = (0..n)
+        .map(|j| (c[j] as f64 + (0..k).map(|i| t[i] * w[i * n + j] as f64).sum::<f64>()) as f32)
+        .collect();
+    ((w2, wd), (c2, cd))
+}
+
+/// The graph of a model (eval-mode weights) and its config.
+pub fn graph<B: Backend>(
+    model: &CancerNet<B>,
+    cfg: &CancerNetConfig,
+    fold_bn: bool,
+) -> Result<GraphProto> {
+    if model.blocks.len() != cfg.widths.len() {
+        bail!(
+            "checkpoint has {} blocks, the model config {}: was it trained with another model config?",
+            model.blocks.len(),
+            cfg.widths.len()
+        );
+    }
+    let mut g = Builder {
+        nodes: Vec::new(),
+        initializers: Vec::new(),
+    };
+    let mut x = INPUT.to_string();
+    let mut c_in = cfg.channels as i64;
+    for (b, (block, (&width, &depth))) in model
+        .blocks
+        .iter()
+        .zip(cfg.widths.iter().zip(&cfg.depths))
+        .enumerate()
+    {
+        if block.units.len() != depth {
+            bail!(
+                "checkpoint block {} has {} units, the model config {depth}",
+                b + 1,
+                block.units.len()
+            );
+        }
+        let w = width as i64;
+        for (u, unit) in block.units.iter().enumerate() {
+            let p = format!("block{}.sepconv{}", b + 1, u + 1);
+            x = g.conv(
+                &format!("{p}.depthwise"),
+                x,
+                &unit.sepconv.depthwise,
+                [c_in, 1, 3, 3],
+                c_in,
+            )?;
+            x = g.conv(
+                &format!("{p}.pointwise"),
+                x,
+                &unit.sepconv.pointwise,
+                [w, c_in, 1, 1],
+                1,
+            )?;
+            x = g.node("Relu", &format!("{p}.relu"), vec![x], vec![]);
+            x = g.batch_norm(&format!("block{}.bn{}", b + 1, u + 1), x, &unit.bn, w)?;
+            c_in = w;
+        }
+        let pool = vec![
+            AttributeProto::from_ints("kernel_shape", vec![2, 2]),
+            AttributeProto::from_ints("strides", vec![2, 2]),
+        ];
+        x = g.node("MaxPool", &format!("block{}.maxpool", b + 1), vec![x], pool);
+    }
+    x = g.node(
+        "Flatten",
+        "flatten",
+        vec![x],
+        vec![AttributeProto::from_int("axis", 1)],
+    );
+    let (flat, dense, classes) = (
+        cfg.flat_features() as i64,
+        cfg.dense as i64,
+        cfg.classes as i64,
+    );
+    let (w, bias) = linear(&model.dense);
+    x = g.gemm("dense", x, w, bias, [flat, dense])?;
+    x = g.node("Relu", "dense.relu", vec![x], vec![]);
+    let (w, bias) = if fold_bn {
+        fold_bn_into(&model.dense_bn, &model.head)
+    } else {
+        x = g.batch_norm("dense_bn", x, &model.dense_bn, dense)?;
+        linear(&model.head)
+    };
+    let logits = g.gemm("head", x, w, bias, [dense, classes])?;
+    let out = g.node(
+        "Softmax",
+        "softmax",
+        vec![logits.clone()],
+        vec![AttributeProto::from_int("axis", 1)],
+    );
+    // Name the graph's outputs: rename the last nodes' outputs.
+    rename_output(&mut g.nodes, &logits, LOGITS);
+    rename_output(&mut g.nodes, &out, PROBABILITIES);
+
+    let side = cfg.input_size as i64;
+    let image_dims = vec![
+        Dimension::symbolic(BATCH_DIM),
+        Dimension::fixed(cfg.channels as i64),
+        Dimension::fixed(side),
+        Dimension::fixed(side),
+    ];
+    let out_dims = || vec![Dimension::symbolic(BATCH_DIM), Dimension::fixed(classes)];
+    Ok(GraphProto {
+        node: g.nodes,
+        name: Some("CancerNet".into()),
+        initializer: g.initializers,
+        doc_string: Some(
+            "CancerNet (depthwise-separable CNN) for IDC vs healthy 50x50 breast histology patches"
+                .into(),
+        ),
+        input: vec![ValueInfoProto::tensor(INPUT, DataType::Float, image_dims)],
+        output: vec![
+            ValueInfoProto::tensor(PROBABILITIES, DataType::Float, out_dims()),
+            ValueInfoProto::tensor(LOGITS, DataType::Float, out_dims()),
+        ],
+        value_info: vec![],
+    })
+}
+
+fn rename_output(nodes: &mut [NodeProto], from: &str, to: &str) {
+    for n in nodes.iter_mut() {
+        for v in n.input.iter_mut().chain(n.output.iter_mut()) {
+            if v == from {
+                *v = to.to_string();
+            }
+        }
+    }
+}

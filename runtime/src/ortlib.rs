@@ -1,0 +1,166 @@
+//! Finding and loading the ONNX Runtime shared library (ort's `load-dynamic`): the library comes
+//! from the `onnxruntime` (CPU) or `onnxruntime-gpu` (CUDA) wheel on PyPI. Search order:
+//! `--ort-lib`, `$ORT_DYLIB_PATH`, the project's `.venv`, then an `onnxruntime` package that
+//! `python3` can import. Loaded once per process.
+
+use anyhow::{Context, Result, anyhow, bail};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// What to tell a user who has no library.
+pub const INSTALL_HINT: &str = "install it with `make venv` (the project's .venv gets the `onnxruntime` wheel), \
+     or `pip install onnxruntime` (CPU) / `pip install onnxruntime-gpu` (CUDA), or point --ort-lib / \
+     ORT_DYLIB_PATH at libonnxruntime.so.<version>";
+
+/// The loaded library: its path, version and the ort environment built on it.
+pub struct OrtLib {
+    pub path: PathBuf,
+    pub version: String,
+    pub env: ort::environment::Environment,
+}
+
+static LOADED: OnceLock<OrtLib> = OnceLock::new();
+
+/// Loads the library once (later calls return the first one, whatever `explicit` says).
+pub fn load(explicit: Option<&Path>) -> Result<&'static OrtLib> {
+    if let Some(lib) = LOADED.get() {
+        return Ok(lib);
+    }
+    let path = find(explicit)?;
+    let version = version_of(&path)?;
+    let env = ort::init_from(&path)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| {
+            format!(
+                "cannot use ONNX Runtime library {}; {INSTALL_HINT}",
+                path.display()
+            )
+        })?
+        .with_name("idc-onnx")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| anyhow!("cannot create the ONNX Runtime environment: {e}"))?;
+    Ok(LOADED.get_or_init(|| OrtLib { path, version, env }))
+}
+
+/// The library path, by the search order above.
+pub fn find(explicit: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        return existing(p, "--ort-lib");
+    }
+    if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
+        return existing(Path::new(&p), "ORT_DYLIB_PATH");
+    }
+    for venv in venv_candidates() {
+        if let Some(p) = lib_in_site_packages(&venv.join("lib")) {
+            return Ok(p);
+        }
+    }
+    if let Some(p) = from_python() {
+        return Ok(p);
+    }
+    bail!("no ONNX Runtime library found; {INSTALL_HINT}")
+}
+
+fn existing(p: &Path, source: &str) -> Result<PathBuf> {
+    if p.is_file() {
+        Ok(p.to_path_buf())
+    } else {
+        bail!(
+            "{source} points to {}, which does not exist; {INSTALL_HINT}",
+            p.display()
+        )
+    }
+}
+
+/// `.venv` in the current folder and beside the executable's workspace (target/release/..).
+fn venv_candidates() -> Vec<PathBuf> {
+    let mut v = vec![PathBuf::from(".venv")];
+    if let Ok(exe) = std::env::current_exe() {
+        v.extend(exe.ancestors().skip(1).take(4).map(|a| a.join(".venv")));
+    }
+    v
+}
+
+/// `<lib>/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.*` (newest version first).
+fn lib_in_site_packages(lib: &Path) -> Option<PathBuf> {
+    let pythons = std::fs::read_dir(lib).ok()?;
+    let mut found: Vec<PathBuf> = pythons
+        .filter_map(|e| e.ok())
+        .filter_map(|e| capi_lib(&e.path().join("site-packages/onnxruntime/capi")))
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn capi_lib(capi: &Path) -> Option<PathBuf> {
+    let mut libs: Vec<PathBuf> = std::fs::read_dir(capi)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            name.starts_with("libonnxruntime.so")
+                || name == "libonnxruntime.dylib"
+                || name == "onnxruntime.dll"
+        })
+        .collect();
+    libs.sort();
+    libs.pop()
+}
+
+fn from_python() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let dir = String::from_utf8(out.stdout).ok()?;
+    capi_lib(&Path::new(dir.trim()).join("capi"))
+}
+
+/// The library's own version string (`OrtGetApiBase()->GetVersionString()`); ort exposes none.
+pub fn version_of(path: &Path) -> Result<String> {
+    type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
+    // SAFETY: loading the library runs its initialisers, as ort's own loading does; the symbol
+    // has the C signature above in every ONNX Runtime release, and the returned string is static.
+    unsafe {
+        let lib = libloading::Library::new(path).with_context(|| {
+            format!(
+                "cannot load {} as a shared library; {INSTALL_HINT}",
+                path.display()
+            )
+        })?;
+        let get: libloading::Symbol<GetApiBase> = lib.get(b"OrtGetApiBase").with_context(|| {
+            format!(
+                "{} is not an ONNX Runtime library (no OrtGetApiBase); {INSTALL_HINT}",
+                path.display()
+            )
+        })?;
+        let base = get();
+        if base.is_null() {
+            bail!("{} returned no API base", path.display());
+        }
+        let version = std::ffi::CStr::from_ptr(((*base).GetVersionString)())
+            .to_string_lossy()
+            .into_owned();
+        let minor: u32 = version
+            .split('.')
+            .nth(1)
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(0);
+        if minor < ort::MINOR_VERSION {
+            bail!(
+                "ONNX Runtime {version} at {} is too old: this build of ort {} needs 1.{} or newer; {INSTALL_HINT}",
+                path.display(),
+                "2.0.0-rc.15",
+                ort::MINOR_VERSION
+            );
+        }
+        std::mem::forget(lib); // keep it loaded: ort loads the same library next
+        Ok(version)
+    }
+}

@@ -1,0 +1,212 @@
+//! The one place that decides the execution provider, then an ONNX Runtime session that takes
+//! image batches and returns IDC probabilities.
+
+use crate::ortlib::{self, OrtLib};
+use anyhow::{Context, Result, anyhow, bail};
+use datasets::preprocess::Preprocess;
+use ort::ep::{self, ExecutionProvider};
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{TensorRef, ValueType};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Which execution provider to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ep {
+    /// CUDA when it can be used, else CPU (the report says which ran).
+    Auto,
+    Cpu,
+    /// CUDA or a clear error (never a silent CPU run).
+    Cuda,
+}
+
+/// A loaded model: the session, what it expects, and where it runs.
+pub struct Model {
+    pub session: Session,
+    pub input: String,
+    pub output: String,
+    pub preprocess: Preprocess,
+    pub metadata: HashMap<String, String>,
+    /// "CPUExecutionProvider" or "CUDAExecutionProvider".
+    pub provider: &'static str,
+    pub ort_version: String,
+    pub threads: usize,
+}
+
+pub struct Options<'a> {
+    pub ep: Ep,
+    /// Intra-op threads (0 = ONNX Runtime's default, one per core).
+    pub threads: usize,
+    pub ort_lib: Option<&'a Path>,
+    /// Preprocessing for a model without the exporter's metadata.
+    pub preprocess: Option<Preprocess>,
+}
+
+impl Model {
+    pub fn open(path: &Path, opts: &Options) -> Result<Model> {
+        if !path.is_file() {
+            bail!(
+                "model {} does not exist: run `exporter --out {}` first (or pass --model)",
+                path.display(),
+                path.display()
+            );
+        }
+        let lib = ortlib::load(opts.ort_lib)?;
+        let (session, provider) = match opts.ep {
+            Ep::Cpu => (
+                build(lib, path, opts.threads, false)?,
+                "CPUExecutionProvider",
+            ),
+            Ep::Cuda => (
+                build(lib, path, opts.threads, true).map_err(|e| cuda_error(lib, e))?,
+                "CUDAExecutionProvider",
+            ),
+            Ep::Auto => match build(lib, path, opts.threads, true) {
+                Ok(s) => (s, "CUDAExecutionProvider"),
+                Err(_) => (
+                    build(lib, path, opts.threads, false)?,
+                    "CPUExecutionProvider",
+                ),
+            },
+        };
+        let input = image_input(&session, path)?;
+        let output = probabilities_output(&session, path)?;
+        let metadata = metadata(&session)?;
+        let preprocess = match (Preprocess::from_metadata(&metadata), opts.preprocess) {
+            (Ok(p), _) => p,
+            (Err(_), Some(p)) => p,
+            (Err(e), None) => bail!(
+                "{} has no usable preprocessing metadata ({e:#}); export it with `exporter`, or pass --input-size and --resize-filter",
+                path.display()
+            ),
+        };
+        let side = input_side(&session);
+        if side.is_some_and(|s| s != preprocess.size as i64) {
+            bail!(
+                "{}: input is {}x{} but preprocessing says {}",
+                path.display(),
+                side.unwrap(),
+                side.unwrap(),
+                preprocess.size
+            );
+        }
+        let threads = if opts.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            opts.threads
+        };
+        Ok(Model {
+            session,
+            input,
+            output,
+            preprocess,
+            metadata,
+            provider,
+            ort_version: lib.version.clone(),
+            threads,
+        })
+    }
+
+    /// IDC probabilities for `n` images laid out as `[n, 3, size, size]`.
+    pub fn predict(&mut self, images: &[f32], n: usize) -> Result<Vec<f32>> {
+        let s = self.preprocess.size as usize;
+        let input =
+            TensorRef::from_array_view(([n, 3, s, s], images)).map_err(|e| anyhow!("{e}"))?;
+        let outputs = self
+            .session
+            .run(ort::inputs![self.input.as_str() => input])
+            .map_err(|e| anyhow!("inference failed: {e}"))?;
+        let (shape, probs) = outputs[self.output.as_str()]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| anyhow!("{e}"))?;
+        let classes = shape.last().copied().unwrap_or(0) as usize;
+        if classes < 2 || probs.len() != n * classes {
+            bail!(
+                "model output {} has shape {:?}, expected [{n}, 2]",
+                self.output,
+                &**shape
+            );
+        }
+        Ok(probs.chunks(classes).map(|p| p[1]).collect())
+    }
+}
+
+fn build(lib: &OrtLib, path: &Path, threads: usize, cuda: bool) -> ort::Result<Session> {
+    let mut b =
+        Session::builder(&lib.env)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
+    if threads > 0 {
+        b = b.with_intra_threads(threads)?;
+    }
+    if cuda {
+        b = b.with_execution_providers([ep::CUDA::default().build().error_on_failure()])?;
+    }
+    b.commit_from_file(path)
+}
+
+fn cuda_error(lib: &OrtLib, e: ort::Error) -> anyhow::Error {
+    let compiled_in = ep::CUDA::is_available().unwrap_or(false);
+    let why = if compiled_in {
+        "the CUDA provider is in this ONNX Runtime but could not start (no GPU or driver, or the CUDA 12/13 and cuDNN 9 \
+         runtime libraries are not on LD_LIBRARY_PATH: `pip install onnxruntime-gpu[cuda,cudnn]`)"
+    } else {
+        "this ONNX Runtime library has no CUDA provider: install the `onnxruntime-gpu` wheel and point --ort-lib at its \
+         onnxruntime/capi/libonnxruntime.so.*"
+    };
+    anyhow!(
+        "--ep cuda cannot be used with {} (ONNX Runtime {}): {why}; details: {e}",
+        lib.path.display(),
+        lib.version
+    )
+}
+
+fn image_input(session: &Session, path: &Path) -> Result<String> {
+    let inputs = session.inputs();
+    let [input] = inputs else {
+        bail!(
+            "{} has {} inputs; an image classifier has one ([batch, 3, H, W] float32)",
+            path.display(),
+            inputs.len()
+        )
+    };
+    match input.dtype() {
+        ValueType::Tensor {
+            ty: ort::value::TensorElementType::Float32,
+            shape,
+            ..
+        } if shape.len() == 4 && (shape[1] == 3 || shape[1] == -1) => Ok(input.name().to_string()),
+        other => bail!(
+            "{}: input {:?} is {other}, not an image tensor [batch, 3, H, W] of float32",
+            path.display(),
+            input.name()
+        ),
+    }
+}
+
+fn input_side(session: &Session) -> Option<i64> {
+    match session.inputs()[0].dtype() {
+        ValueType::Tensor { shape, .. } if shape[2] > 0 => Some(shape[2]),
+        _ => None,
+    }
+}
+
+fn probabilities_output(session: &Session, path: &Path) -> Result<String> {
+    let outputs = session.outputs();
+    outputs
+        .iter()
+        .find(|o| o.name() == "probabilities")
+        .or_else(|| outputs.first())
+        .map(|o| o.name().to_string())
+        .with_context(|| format!("{} has no outputs", path.display()))
+}
+
+fn metadata(session: &Session) -> Result<HashMap<String, String>> {
+    let md = session.metadata().map_err(|e| anyhow!("{e}"))?;
+    let mut map = HashMap::new();
+    for key in md.custom_keys().map_err(|e| anyhow!("{e}"))? {
+        if let Some(v) = md.custom(&key) {
+            map.insert(key, v);
+        }
+    }
+    Ok(map)
+}
