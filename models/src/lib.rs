@@ -257,6 +257,22 @@ pub fn batch_norm_nchw<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor
     y.reshape([n, c, h, w])
 }
 
+/// Runs `f`, turning a panic into `Err(message)` without printing it. burn reports some
+/// conditions only by panicking (a record that does not fit the module, a CUDA device that
+/// cannot start); callers turn them into clear errors.
+pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into())
+    })
+}
+
 /// (all, trainable) parameter counts as Keras reports them: BatchNorm's running mean and
 /// variance count in `all` but are not trainable.
 pub fn parameter_counts<B: Backend>(model: &CancerNet<B>) -> (usize, usize) {

@@ -146,14 +146,11 @@ impl RunDir {
         device: &B::Device,
     ) -> Result<CancerNet<B>> {
         let path = checkpoint.join(MODEL_FILE);
-        model
-            .load_file(checkpoint.join("model"), &recorder(), device)
-            .with_context(|| {
-                format!(
-                    "cannot load model checkpoint {} (was it trained with another model config?)",
-                    path.display()
-                )
-            })
+        // burn panics when a record does not fit the module: make that an error naming the file.
+        let loaded = models::catch_quietly(|| model.load_file(checkpoint.join("model"), &recorder(), device)).map_err(|why| {
+            anyhow::anyhow!("checkpoint {} does not fit the model config beside it (was it trained with another model config?): {why}", path.display())
+        })?;
+        loaded.with_context(|| format!("cannot load model checkpoint {}", path.display()))
     }
 
     pub fn load_optim<B, O>(&self, optim: O, checkpoint: &Path, device: &B::Device) -> Result<O>

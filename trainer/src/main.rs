@@ -124,19 +124,10 @@ mod cuda {
     /// burn's CUDA backend panics on first use without a driver or GPU; probe it first so the
     /// user gets an error, never a crash or a silent CPU run.
     fn probe(device: &CudaDevice) -> Result<()> {
-        let hook = std::panic::take_hook();
-        std::panic::set_hook(Box::new(|_| {}));
-        let result = std::panic::catch_unwind(|| {
+        models::catch_quietly(|| {
             burn::tensor::Tensor::<Cuda, 1>::zeros([1], device).into_data();
-        });
-        std::panic::set_hook(hook);
-        result.map_err(|e| {
-            let why = e.downcast_ref::<String>().cloned().or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()));
-            anyhow::anyhow!(
-                "device: cuda was asked for but CUDA cannot be used here ({}); install the NVIDIA driver, or use --device cpu",
-                why.unwrap_or_else(|| "no usable GPU".into())
-            )
         })
+        .map_err(|why| anyhow::anyhow!("device: cuda was asked for but CUDA cannot be used here ({why}); install the NVIDIA driver, or use --device cpu"))
     }
 
     pub fn run(cfg: &TrainConfig, opts: &train::Options) -> Result<train::Outcome> {

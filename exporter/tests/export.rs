@@ -1,0 +1,234 @@
+//! The exporter on models it makes: deterministic bytes, graph shape and names, verification,
+//! the reference checker and Python onnxruntime, a non-default config, and bad input.
+
+use burn::backend::Flex;
+use burn::module::Module;
+use burn::prelude::*;
+use exporter::export::{Checkpoint, Options, export, load, to_onnx};
+use exporter::onnx_proto::ModelProto;
+use models::CancerNetConfig;
+use prost::Message;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use trainer::checkpoint::{self, RunDir, State};
+
+/// A run folder holding a randomly initialized model of `cfg` as its best checkpoint.
+fn random_run(dir: &Path, cfg: &CancerNetConfig, seed: u64) {
+    let device = Default::default();
+    Flex::seed(&device, seed);
+    let model = cfg.init::<Flex>(&device);
+    let run = RunDir {
+        root: dir.to_path_buf(),
+    };
+    std::fs::create_dir_all(run.best_dir()).unwrap();
+    cfg.save(dir.join(checkpoint::MODEL_CONFIG_FILE)).unwrap();
+    model
+        .save_file(run.best_dir().join("model"), &checkpoint::recorder())
+        .unwrap();
+    let state = State {
+        epoch: 1,
+        step: 1,
+        best_epoch: 1,
+        best_val_loss: 0.5,
+        epochs_without_improvement: 0,
+        finished: true,
+        val_loss: 0.5,
+        val_accuracy: 0.8,
+    };
+    std::fs::write(
+        run.best_dir().join(checkpoint::STATE_FILE),
+        serde_json::to_string(&state).unwrap(),
+    )
+    .unwrap();
+}
+
+fn opts(model_dir: &Path, out: &Path) -> Options {
+    Options {
+        model_dir: model_dir.into(),
+        checkpoint: Checkpoint::Best,
+        out: out.into(),
+        fold_bn: true,
+        verify: true,
+        ort_lib: None,
+        verify_data: None,
+    }
+}
+
+fn small() -> CancerNetConfig {
+    CancerNetConfig::new()
+        .with_input_size(32)
+        .with_widths(vec![8, 16])
+        .with_depths(vec![2, 1])
+        .with_dense(24)
+}
+
+#[test]
+fn same_checkpoint_gives_identical_bytes_and_a_named_standard_graph() {
+    let tmp = tempfile::tempdir().unwrap();
+    random_run(tmp.path(), &CancerNetConfig::new(), 1);
+    let loaded = load(tmp.path(), Checkpoint::Best).unwrap();
+    let a = to_onnx(&loaded, true).unwrap();
+    let b = to_onnx(&load(tmp.path(), Checkpoint::Best).unwrap(), true).unwrap();
+    assert_eq!(a, b, "export is not deterministic");
+    let model = ModelProto::decode(a.as_slice()).unwrap();
+    assert_eq!(model.opset_import[0].version, Some(17));
+    let graph = model.graph.unwrap();
+    let ops: std::collections::BTreeSet<_> = graph
+        .node
+        .iter()
+        .map(|n| n.op_type.clone().unwrap())
+        .collect();
+    let want = [
+        "BatchNormalization",
+        "Conv",
+        "Flatten",
+        "Gemm",
+        "MaxPool",
+        "Relu",
+        "Softmax",
+    ];
+    assert_eq!(ops, want.iter().map(|s| s.to_string()).collect());
+    let names: Vec<_> = graph
+        .initializer
+        .iter()
+        .map(|t| t.name.clone().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"block2.sepconv1.depthwise.weight".to_string()),
+        "{names:?}"
+    );
+    assert!(names.contains(&"block3.bn3.running_var".to_string()));
+    let params: usize = graph
+        .initializer
+        .iter()
+        .map(|t| t.dims.iter().product::<i64>() as usize)
+        .sum();
+    // Folding removes dense_bn's 4 x 256 values and adds nothing (the head keeps its shape).
+    assert_eq!(params, 1_235_133 - 4 * 256);
+    let meta: std::collections::HashMap<_, _> = model
+        .metadata_props
+        .iter()
+        .map(|e| (e.key.clone().unwrap(), e.value.clone().unwrap()))
+        .collect();
+    for key in [
+        "classes",
+        "positive_class",
+        "preprocess.input_size",
+        "preprocess.resize_filter",
+        "preprocess.layout",
+        "preprocess.colour_order",
+        "preprocess.scaling",
+        "train.config_sha256",
+        "train.val_accuracy",
+        "toolchain",
+    ] {
+        assert!(meta.contains_key(key), "metadata lacks {key}");
+    }
+    assert_eq!(meta["classes"], "0: no IDC, 1: IDC");
+    let dims = &graph.input[0];
+    assert_eq!(dims.name.as_deref(), Some("image"));
+}
+
+#[test]
+fn verified_export_of_a_non_default_config_and_three_opinions_agree() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = small();
+    random_run(tmp.path(), &cfg, 2);
+    for fold in [true, false] {
+        let out = tmp.path().join(format!("small-{fold}.onnx"));
+        let report = export(&Options {
+            fold_bn: fold,
+            ..opts(tmp.path(), &out)
+        })
+        .unwrap();
+        let v = report.verification.unwrap();
+        assert!(v.max_abs_diff <= 1e-4, "{}", v.max_abs_diff);
+        assert!(v.source.contains("synthetic"), "{}", v.source);
+        assert!(out.is_file());
+    }
+    // The reference checker and Python onnxruntime, on the same random batch burn sees.
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    if !python.exists() {
+        panic!(
+            "{} is missing: run `make venv` (the README's `make test` does)",
+            python.display()
+        );
+    }
+    let n = 5;
+    let x: Vec<f32> = (0..n * 3 * 32 * 32)
+        .map(|i| ((i * 37) % 101) as f32 / 100.0)
+        .collect();
+    let raw = tmp.path().join("x.f32");
+    std::fs::write(
+        &raw,
+        x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )
+    .unwrap();
+    let out = tmp.path().join("small-true.onnx");
+    let o = Command::new(&python)
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_model.py"))
+        .args([out.as_os_str(), raw.as_os_str()])
+        .args([n.to_string(), "32".into()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let py: Vec<f32> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    let loaded = load(tmp.path(), Checkpoint::Best).unwrap();
+    let t = Tensor::<Flex, 4>::from_data(TensorData::new(x, [n, 3, 32, 32]), &Default::default());
+    let burn: Vec<f32> = loaded.model.probabilities(t).into_data().to_vec().unwrap();
+    for i in 0..n {
+        assert!(
+            (burn[i * 2 + 1] - py[i]).abs() <= 1e-4,
+            "image {i}: burn {} python onnxruntime {}",
+            burn[i * 2 + 1],
+            py[i]
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_leaves_no_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("m.onnx");
+    let err = |o: Options| format!("{:#}", export(&o).err().expect("should fail"));
+    let e = err(opts(&tmp.path().join("nowhere"), &out));
+    assert!(e.contains("does not exist") && e.contains("nowhere"), "{e}");
+    let run = tmp.path().join("run");
+    random_run(&run, &small(), 3);
+    let e = err(Options {
+        checkpoint: Checkpoint::Epoch(7),
+        ..opts(&run, &out)
+    });
+    assert!(e.contains("epoch-007"), "{e}");
+    // A checkpoint of another model config.
+    CancerNetConfig::new()
+        .save(run.join(checkpoint::MODEL_CONFIG_FILE))
+        .unwrap();
+    let e = err(opts(&run, &out));
+    assert!(e.contains("another model config"), "{e}");
+    small()
+        .save(run.join(checkpoint::MODEL_CONFIG_FILE))
+        .unwrap();
+    // An unwritable output path.
+    let e = err(opts(&run, Path::new("/proc/no/such/dir/m.onnx")));
+    assert!(e.contains("/proc/no/such/dir"), "{e}");
+    assert!(!out.exists());
+    // A failed verification (a broken ONNX Runtime library path) leaves the old file untouched.
+    std::fs::write(&out, b"old").unwrap();
+    let bad_lib = Options {
+        ort_lib: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
+        ..opts(&run, &out)
+    };
+    let e = err(bad_lib);
+    assert!(e.contains("/nonexistent/libonnxruntime.so"), "{e}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"old");
+    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
