@@ -19,3 +19,33 @@ pub fn shared_data(name: &str) -> Option<PathBuf> {
         None
     }
 }
+
+/// A valid PNG that claims `w` x `h` pixels and holds none of them: a decompression bomb's
+/// header, for tests of the pixel cap.
+pub fn png_bomb(w: u32, h: u32) -> Vec<u8> {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::ImageLuma8(image::GrayImage::new(1, 1))
+        .write_to(&mut png, image::ImageFormat::Png)
+        .expect("encode");
+    let mut bomb = png.into_inner();
+    bomb[16..20].copy_from_slice(&w.to_be_bytes());
+    bomb[20..24].copy_from_slice(&h.to_be_bytes());
+    let crc = crc32(&bomb[12..29]); // IHDR type + data
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    bomb
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}

@@ -2,7 +2,6 @@
 //! the reference checker and Python onnxruntime, a non-default config, and bad input.
 
 use burn::backend::Flex;
-use burn::module::Module;
 use burn::prelude::*;
 use exporter::export::{Checkpoint, Options, export, load, to_onnx};
 use exporter::onnx_proto::ModelProto;
@@ -10,36 +9,10 @@ use models::CancerNetConfig;
 use prost::Message;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use trainer::checkpoint::{self, RunDir, State};
+use trainer::checkpoint;
 
-/// A run folder holding a randomly initialized model of `cfg` as its best checkpoint.
 fn random_run(dir: &Path, cfg: &CancerNetConfig, seed: u64) {
-    let device = Default::default();
-    Flex::seed(&device, seed);
-    let model = cfg.init::<Flex>(&device);
-    let run = RunDir {
-        root: dir.to_path_buf(),
-    };
-    std::fs::create_dir_all(run.best_dir()).unwrap();
-    cfg.save(dir.join(checkpoint::MODEL_CONFIG_FILE)).unwrap();
-    model
-        .save_file(run.best_dir().join("model"), &checkpoint::recorder())
-        .unwrap();
-    let state = State {
-        epoch: 1,
-        step: 1,
-        best_epoch: 1,
-        best_val_loss: 0.5,
-        epochs_without_improvement: 0,
-        finished: true,
-        val_loss: 0.5,
-        val_accuracy: 0.8,
-    };
-    std::fs::write(
-        run.best_dir().join(checkpoint::STATE_FILE),
-        serde_json::to_string(&state).unwrap(),
-    )
-    .unwrap();
+    checkpoint::write_random_run(dir, cfg, seed).unwrap();
 }
 
 fn opts(model_dir: &Path, out: &Path) -> Options {

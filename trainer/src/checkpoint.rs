@@ -195,3 +195,34 @@ impl RunDir {
             .with_context(|| format!("malformed {}", path.display()))
     }
 }
+
+/// A run folder whose best checkpoint is a randomly initialized model of `cfg` (seeded): for
+/// tests and smoke checks of the exporter and runtime without training.
+pub fn write_random_run(dir: &Path, cfg: &models::CancerNetConfig, seed: u64) -> Result<()> {
+    use burn::backend::Flex;
+    use burn::prelude::Config;
+    use burn::tensor::backend::Backend;
+    let device = Default::default();
+    Flex::seed(&device, seed);
+    let model = cfg.init::<Flex>(&device);
+    let run = RunDir {
+        root: dir.to_path_buf(),
+    };
+    std::fs::create_dir_all(run.best_dir())?;
+    cfg.save(dir.join(MODEL_CONFIG_FILE))?;
+    model.save_file(run.best_dir().join("model"), &recorder())?;
+    let state = State {
+        epoch: 0,
+        step: 0,
+        best_epoch: 0,
+        best_val_loss: 0.0,
+        epochs_without_improvement: 0,
+        finished: true,
+        val_loss: 0.0,
+        val_accuracy: 0.0,
+    };
+    write_atomic(
+        &run.best_dir().join(STATE_FILE),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+    )
+}
