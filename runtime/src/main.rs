@@ -100,6 +100,9 @@ enum Command {
         /// Only these patients (default: all).
         #[arg(long = "patient")]
         only: Vec<String>,
+        /// At most this many patients (the first by patient id).
+        #[arg(long)]
+        max_patients: Option<usize>,
         #[command(flatten)]
         model: ModelArgs,
     },
@@ -231,6 +234,7 @@ fn run(args: Args) -> Result<()> {
             out,
             scale,
             only,
+            max_patients,
             model,
         } => {
             let (mut items, problems) = pipeline::list(&dir)?;
@@ -239,6 +243,20 @@ fn run(args: Args) -> Result<()> {
                     .as_ref()
                     .is_some_and(|n| only.is_empty() || only.contains(&n.patient))
             });
+            if let Some(max) = max_patients {
+                let mut patients: Vec<String> = items
+                    .iter()
+                    .filter_map(|i| i.name.as_ref().map(|n| n.patient.clone()))
+                    .collect();
+                patients.sort();
+                patients.dedup();
+                patients.truncate(max);
+                items.retain(|i| {
+                    i.name
+                        .as_ref()
+                        .is_some_and(|n| patients.contains(&n.patient))
+                });
+            }
             if items.is_empty() {
                 bail!(
                     "no patches named <patient>_idx5_x<X>_y<Y>_class<C>.png under {} for the patients asked",

@@ -1,0 +1,103 @@
+//! The demo's chain through the real binaries, small: synth -> build -> trainer (1 epoch) ->
+//! exporter -> runtime eval + heatmap, asserting on what a user reads.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A workspace binary beside this test's own (target/<profile>/).
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built: run the workspace's tests (`make test`)",
+        path.display()
+    );
+    path
+}
+
+fn run(dir: &Path, name: &str, args: &[&str]) -> String {
+    let o = Command::new(bin(name))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        o.status.success(),
+        "{name} {args:?} failed:\n{out}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    out
+}
+
+#[test]
+fn demo_chain_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("e2e.yaml"),
+        "model:\n  bn_momentum: 0.9\ntrain:\n  epochs: 1\n  max_steps_per_epoch: 25\n",
+    )
+    .unwrap();
+    run(
+        dir,
+        "datasets",
+        &["synth", "--patients", "6", "--mean-patches", "120"],
+    );
+    let table = run(dir, "datasets", &["build"]);
+    assert!(
+        table.contains("testing") && table.contains("patients"),
+        "{table}"
+    );
+    let train = run(dir, "trainer", &["--config", "e2e.yaml", "--quiet"]);
+    assert!(
+        train.contains("epoch 1/1") && train.contains("testing split"),
+        "{train}"
+    );
+    assert!(dir.join("models/cancernet/plot.png").is_file());
+    let export = run(dir, "exporter", &[]);
+    assert!(export.contains("verified with ONNX Runtime"), "{export}");
+    let eval = run(
+        dir,
+        "runtime",
+        &[
+            "eval",
+            "datasets/idc/testing",
+            "--json",
+            "reports/eval.json",
+            "--roc",
+            "reports/roc.png",
+            "--patients",
+        ],
+    );
+    for needle in [
+        "CPUExecutionProvider",
+        "precision",
+        "accuracy",
+        "specificity (healthy recall)",
+        "ROC AUC",
+        "patient",
+    ] {
+        assert!(eval.contains(needle), "{needle} missing from\n{eval}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("reports/eval.json")).unwrap())
+            .unwrap();
+    let n = report["run"]["images"].as_u64().unwrap();
+    let manifest = std::fs::read_to_string(dir.join("datasets/idc/manifest.csv")).unwrap();
+    assert_eq!(
+        n as usize,
+        manifest
+            .lines()
+            .filter(|l| l.starts_with("testing,"))
+            .count()
+    );
+    let heat = run(
+        dir,
+        "runtime",
+        &["heatmap", "datasets/idc/testing", "--max-patients", "1"],
+    );
+    assert!(heat.contains("1 heatmaps"), "{heat}");
+    assert!(dir.join("reports/roc.png").is_file());
+}
