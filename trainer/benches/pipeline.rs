@@ -17,29 +17,63 @@ use trainer::train::{images_tensor, weighted_loss};
 type B = Autodiff<Flex>;
 
 fn main() {
-    let steps: usize = std::env::var("STEPS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let steps: usize = std::env::var("STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
     let bs = 32;
     let tmp = tempfile::tempdir().unwrap();
     let orig = tmp.path().join("orig");
-    synth(&SynthOptions { patients: 12, mean_patches: 150.0, out: orig.clone(), ..Default::default() }, &indicatif::ProgressBar::hidden()).unwrap();
+    synth(
+        &SynthOptions {
+            patients: 12,
+            mean_patches: 150.0,
+            out: orig.clone(),
+            ..Default::default()
+        },
+        &indicatif::ProgressBar::hidden(),
+    )
+    .unwrap();
     let split = Arc::new(Split::open(tmp.path(), "orig", true).unwrap());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let loader = Loader::new(Preprocess::default(), bs, cores).unwrap();
     let order = || (0..split.len()).collect::<Vec<_>>();
-    println!("{} patches, batch {bs}, {steps} steps, {cores} cores, {} compute threads", split.len(), rayon::current_num_threads());
+    println!(
+        "{} patches, batch {bs}, {steps} steps, {cores} cores, {} compute threads",
+        split.len(),
+        rayon::current_num_threads()
+    );
 
     let t = Instant::now();
-    let n: usize = loader.batches(&split, order(), Some(Augment::default()), 1, Some(steps)).into_iter().map(|b| b.len()).sum();
+    let n: usize = loader
+        .batches(&split, order(), Some(Augment::default()), 1, Some(steps))
+        .into_iter()
+        .map(|b| b.len())
+        .sum();
     let loader_rate = n as f64 / t.elapsed().as_secs_f64();
     println!("loader alone (decode + augment, {cores} workers)   {loader_rate:>8.0} img/s");
 
     let dev = Default::default();
     let step = |model: CancerNet<B>, optim: &mut _, b: &Batch| -> CancerNet<B> {
-        let loss = weighted_loss(model.forward(images_tensor(b, 48, &dev)), &b.labels, [1.0, 2.5], &dev);
+        let loss = weighted_loss(
+            model.forward(images_tensor(b, 48, &dev)),
+            &b.labels,
+            [1.0, 2.5],
+            &dev,
+        );
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         Optimizer::<CancerNet<B>, B>::step(optim, 1e-2, model, grads)
     };
-    let fresh = || (CancerNetConfig::new().init::<B>(&dev), KerasAdagrad { initial_accumulator: 0.1, epsilon: 1e-7 }.init::<B, CancerNet<B>>());
+    let fresh = || {
+        (
+            CancerNetConfig::new().init::<B>(&dev),
+            KerasAdagrad {
+                initial_accumulator: 0.1,
+                epsilon: 1e-7,
+            }
+            .init::<B, CancerNet<B>>(),
+        )
+    };
 
     let (mut model, mut optim) = fresh();
     let t = Instant::now();
@@ -50,7 +84,10 @@ fn main() {
     }
     let streaming = seen as f64 / t.elapsed().as_secs_f64();
 
-    let batches: Vec<Batch> = loader.batches(&split, order(), None, 3, Some(4)).into_iter().collect();
+    let batches: Vec<Batch> = loader
+        .batches(&split, order(), None, 3, Some(4))
+        .into_iter()
+        .collect();
     let (mut model, mut optim) = fresh();
     let t = Instant::now();
     for k in 0..steps {
@@ -59,6 +96,12 @@ fn main() {
     let memory = (steps * bs) as f64 / t.elapsed().as_secs_f64();
     println!("(a) training, streaming augmented PNGs  {streaming:>8.1} img/s");
     println!("(b) training, in-memory tensors         {memory:>8.1} img/s");
-    println!("streaming / in-memory                   {:>8.2}", streaming / memory);
-    println!("CancerNet costs ~71 MFLOP per trained image: (b) = {:.1} GFLOP/s", memory * 0.071);
+    println!(
+        "streaming / in-memory                   {:>8.2}",
+        streaming / memory
+    );
+    println!(
+        "CancerNet costs ~71 MFLOP per trained image: (b) = {:.1} GFLOP/s",
+        memory * 0.071
+    );
 }
