@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt
 	touch $@
 
 build:
-	$(CARGO) build --release --workspace
+	$(CARGO) build --release -p datasets -p trainer -p exporter -p runtime
 
 # Synthetic IDC patches -> patient split -> CancerNet (configs/demo.yaml) -> ONNX -> report,
 # ROC plot and the heatmap of one patient. ~5 minutes of work after the build on 2 cores.

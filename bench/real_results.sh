@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 real=${IDC_SHARED_DATA:-../shared/data}/idc-real
 [ -d "$real" ] || { echo "no real patches at $real (set IDC_SHARED_DATA)"; exit 2; }
 make -s venv
-cargo build --release -q --workspace
+cargo build --release -q -p datasets -p trainer -p exporter -p runtime
 bin=target/release
 work=${1:-$(mktemp -d)}
 $bin/datasets build --source "$real" --out "$work/idc"

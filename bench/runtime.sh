@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s venv
-cargo build --release -q --workspace
+cargo build --release -q -p datasets -p trainer -p exporter -p runtime
 bin=target/release
 work=${2:-$(mktemp -d)}
 model=${1:-}
