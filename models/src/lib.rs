@@ -160,8 +160,32 @@ impl<B: Backend> SepConv<B> {
     }
 
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.pointwise.forward(self.depthwise.forward(x))
+        pointwise_matmul(&self.pointwise, self.depthwise.forward(x))
     }
+}
+
+/// A 1x1 convolution as one batched matrix product, `W [Co, Ci] x X [N, Ci, H*W]`, plus bias: the
+/// same arithmetic as `Conv2d::forward` for a 1x1 kernel with stride 1, through burn's GEMM
+/// (which uses both cores) instead of its general convolution path.
+pub fn pointwise_matmul<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [n, ci, h, w] = x.dims();
+    let co = conv.weight.dims()[0];
+    let weight: Tensor<B, 3> = conv.weight.val().reshape([1, co, ci]);
+    let y = weight
+        .matmul(x.reshape([n, ci, h * w]))
+        .reshape([n * co, h * w]);
+    // The bias as a [N*Co, 1] column: flex broadcasts columns fast, [1, Co, 1] slowly.
+    let y = match &conv.bias {
+        Some(bias) => {
+            y + bias
+                .val()
+                .reshape([1, co])
+                .repeat_dim(0, n)
+                .reshape([n * co, 1])
+        }
+        None => y,
+    };
+    y.reshape([n, co, h, w])
 }
 
 /// SepConv, ReLU, BatchNorm (the tutorial's order: activation before normalisation).
@@ -348,6 +372,33 @@ mod tests {
         let (e, e_ref) = (bn.valid(), bn_ref.valid());
         let xi = x.inner();
         close(batch_norm_nchw(&e, xi.clone()), e_ref.forward(xi));
+    }
+
+    #[test]
+    fn pointwise_matmul_matches_conv2d() {
+        use burn::backend::Autodiff;
+        type A = Autodiff<Flex>;
+        let dev = Default::default();
+        let conv = Conv2dConfig::new([6, 5], [1, 1]).init::<A>(&dev);
+        let x = Tensor::<A, 4>::random([3, 6, 7, 4], burn::tensor::Distribution::Default, &dev)
+            .require_grad();
+        let (a, b) = (pointwise_matmul(&conv, x.clone()), conv.forward(x.clone()));
+        let d: f32 = (a.clone().inner() - b.clone().inner())
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(d < 1e-5, "forward diff {d}");
+        let ga = a.sum().backward();
+        let gb = b.sum().backward();
+        let dx: f32 = (x.grad(&ga).unwrap() - x.grad(&gb).unwrap())
+            .abs()
+            .max()
+            .into_scalar();
+        let dw: f32 = (conv.weight.grad(&ga).unwrap() - conv.weight.grad(&gb).unwrap())
+            .abs()
+            .max()
+            .into_scalar();
+        assert!(dx < 1e-4 && dw < 1e-3, "grad diffs {dx} {dw}");
     }
 
     #[test]

@@ -66,6 +66,13 @@ fn main() {
     time("train forward", batch, reps, || {
         model.forward(x.clone()).into_data();
     });
+    let no_dropout = CancerNetConfig::new()
+        .with_conv_dropout(0.0)
+        .with_dense_dropout(0.0)
+        .init::<B>(&dev);
+    time("train forward without dropout", batch, reps, || {
+        no_dropout.forward(x.clone()).into_data();
+    });
     time("train forward + backward", batch, reps, || {
         let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
         let _ = loss.backward();
@@ -98,11 +105,19 @@ fn main() {
         let _ = dw.forward(d.clone()).sum().backward();
     });
     time(
-        "  pointwise 1x1, 32->32 48x48: fwd+bwd",
+        "  pointwise 1x1 (burn conv), 32->32 48x48: fwd+bwd",
         batch,
         reps,
         || {
             let _ = pw.forward(d.clone()).sum().backward();
+        },
+    );
+    time(
+        "  pointwise 1x1 (ours, matmul), 32->32 48x48: fwd+bwd",
+        batch,
+        reps,
+        || {
+            let _ = models::pointwise_matmul(&pw, d.clone()).sum().backward();
         },
     );
     time(
