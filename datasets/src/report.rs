@@ -126,16 +126,12 @@ pub fn roc_auc(labels: &[u8], probs: &[f32]) -> Option<f64> {
     (pos > 0.0 && neg > 0.0).then(|| (rank_sum_pos - pos * (pos + 1.0) / 2.0) / (pos * neg))
 }
 
-/// Average precision (scikit-learn's definition): sum over score thresholds, highest first, of
-/// (recall gained) x precision.
-pub fn average_precision(labels: &[u8], probs: &[f32]) -> Option<f64> {
-    let pos = labels.iter().filter(|&&y| y == 1).count();
-    if pos == 0 {
-        return None;
-    }
+/// Cumulative (true positives, false positives) at each distinct score, highest score first: the
+/// points a threshold sweep passes through.
+fn sweep(labels: &[u8], probs: &[f32]) -> Vec<(usize, usize)> {
     let mut order: Vec<usize> = (0..labels.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    let (mut tp, mut fp, mut ap, mut last_recall, mut i) = (0usize, 0usize, 0.0, 0.0, 0);
+    let (mut tp, mut fp, mut i, mut points) = (0, 0, 0, Vec::new());
     while i < order.len() {
         let score = probs[order[i]];
         while i < order.len() && probs[order[i]] == score {
@@ -146,6 +142,20 @@ pub fn average_precision(labels: &[u8], probs: &[f32]) -> Option<f64> {
             }
             i += 1;
         }
+        points.push((tp, fp));
+    }
+    points
+}
+
+/// Average precision (scikit-learn's definition): sum over score thresholds, highest first, of
+/// (recall gained) x precision.
+pub fn average_precision(labels: &[u8], probs: &[f32]) -> Option<f64> {
+    let pos = labels.iter().filter(|&&y| y == 1).count();
+    if pos == 0 {
+        return None;
+    }
+    let (mut ap, mut last_recall) = (0.0, 0.0);
+    for (tp, fp) in sweep(labels, probs) {
         let recall = tp as f64 / pos as f64;
         ap += (recall - last_recall) * tp as f64 / (tp + fp) as f64;
         last_recall = recall;
@@ -155,24 +165,14 @@ pub fn average_precision(labels: &[u8], probs: &[f32]) -> Option<f64> {
 
 /// Points (false positive rate, true positive rate) of the ROC curve, from (0,0) to (1,1).
 pub fn roc_curve(labels: &[u8], probs: &[f32]) -> Vec<(f64, f64)> {
-    let pos = labels.iter().filter(|&&y| y == 1).count().max(1) as f64;
-    let neg = (labels.len() as f64 - labels.iter().filter(|&&y| y == 1).count() as f64).max(1.0);
-    let mut order: Vec<usize> = (0..labels.len()).collect();
-    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
-    let (mut tp, mut fp, mut i) = (0.0, 0.0, 0);
+    let pos = labels.iter().filter(|&&y| y == 1).count();
+    let (pos, neg) = (pos.max(1) as f64, (labels.len() - pos).max(1) as f64);
     let mut points = vec![(0.0, 0.0)];
-    while i < order.len() {
-        let score = probs[order[i]];
-        while i < order.len() && probs[order[i]] == score {
-            if labels[order[i]] == 1 {
-                tp += 1.0
-            } else {
-                fp += 1.0
-            }
-            i += 1;
-        }
-        points.push((fp / neg, tp / pos));
-    }
+    points.extend(
+        sweep(labels, probs)
+            .into_iter()
+            .map(|(tp, fp)| (fp as f64 / neg, tp as f64 / pos)),
+    );
     points
 }
 

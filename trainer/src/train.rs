@@ -450,32 +450,21 @@ fn plot_history(run: &RunDir, history: &[EpochMetrics]) -> Result<()> {
             .map(|m| (m.epoch as f64, f(m)))
             .collect::<Vec<_>>()
     };
+    let series = |name, f: fn(&EpochMetrics) -> f64, (r, g, b)| Series {
+        name,
+        points: pts(f),
+        color: RGBColor(r, g, b),
+    };
     line_chart(
         &run.root.join("plot.png"),
         "Training loss and accuracy on the IDC dataset",
         "epoch",
         "loss / accuracy",
         &[
-            Series {
-                name: "train_loss",
-                points: pts(|m| m.train_loss),
-                color: RGBColor(31, 119, 180),
-            },
-            Series {
-                name: "val_loss",
-                points: pts(|m| m.val_loss),
-                color: RGBColor(255, 127, 14),
-            },
-            Series {
-                name: "train_acc",
-                points: pts(|m| m.train_accuracy),
-                color: RGBColor(44, 160, 44),
-            },
-            Series {
-                name: "val_acc",
-                points: pts(|m| m.val_accuracy),
-                color: RGBColor(214, 39, 40),
-            },
+            series("train_loss", |m| m.train_loss, (31, 119, 180)),
+            series("val_loss", |m| m.val_loss, (255, 127, 14)),
+            series("train_acc", |m| m.train_accuracy, (44, 160, 44)),
+            series("val_acc", |m| m.val_accuracy, (214, 39, 40)),
         ],
         None,
     )
