@@ -294,14 +294,7 @@ fn bench(dir: &Path, args: &ModelArgs, json: Option<&Path>) -> Result<()> {
     let t = Instant::now();
     {
         use rayon::prelude::*;
-        let threads = if args.decode_threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            args.decode_threads
-        };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()?;
+        let pool = pipeline_of(args).decode_pool()?;
         pool.install(|| {
             items.par_chunks(args.batch_size).for_each(|chunk| {
                 let mut out = vec![0f32; pre.len()];

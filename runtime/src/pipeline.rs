@@ -68,6 +68,14 @@ pub struct Outcome {
 }
 
 impl Pipeline {
+    /// The decode workers (`decode_threads`, or one per core).
+    pub fn decode_pool(&self) -> Result<rayon::ThreadPool> {
+        Ok(rayon::ThreadPoolBuilder::new()
+            .num_threads(datasets::cli::threads_or_cores(self.decode_threads))
+            .thread_name(|i| format!("decode-{i}"))
+            .build()?)
+    }
+
     pub fn run(
         &self,
         model: &mut Model,
@@ -76,15 +84,7 @@ impl Pipeline {
     ) -> Result<Outcome> {
         let start = Instant::now();
         let pre = model.preprocess;
-        let threads = if self.decode_threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            self.decode_threads
-        };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("decode-{i}"))
-            .build()?;
+        let pool = self.decode_pool()?;
         let bs = self.batch_size.max(1);
         let (tx, rx) = sync_channel::<Decoded>(2);
         let mut probs = vec![None; items.len()];

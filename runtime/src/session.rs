@@ -91,11 +91,7 @@ impl Model {
                 preprocess.size
             );
         }
-        let threads = if opts.threads == 0 {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        } else {
-            opts.threads
-        };
+        let threads = datasets::cli::threads_or_cores(opts.threads);
         Ok(Model {
             session,
             input,

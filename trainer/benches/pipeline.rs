@@ -35,7 +35,7 @@ fn main() {
     )
     .unwrap();
     let split = Arc::new(Split::open(tmp.path(), "orig", true).unwrap());
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = datasets::cli::cores();
     let loader = Loader::new(Preprocess::default(), bs, cores).unwrap();
     let order = || (0..split.len()).collect::<Vec<_>>();
     println!(

@@ -152,11 +152,7 @@ pub fn run<B: AutodiffBackend>(
     }
 
     let pre = cfg.preprocess();
-    let workers = if cfg.data.workers == 0 {
-        num_cores()
-    } else {
-        cfg.data.workers
-    };
+    let workers = datasets::cli::threads_or_cores(cfg.data.workers);
     let loader = Loader::new(pre, cfg.train.batch_size, workers)?;
     let mut train = Split::open(&cfg.data.root, "training", true)?;
     let mut val = Split::open(&cfg.data.root, "validation", false)?;
@@ -472,20 +468,8 @@ fn plot_history(run: &RunDir, history: &[EpochMetrics]) -> Result<()> {
 
 fn progress(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
     if quiet {
-        return indicatif::ProgressBar::hidden();
+        indicatif::ProgressBar::hidden()
+    } else {
+        datasets::cli::progress_bar(len, what)
     }
-    let bar = indicatif::ProgressBar::new(len);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(&format!(
-            "{what} {{bar:30}} {{pos}}/{{len}} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"
-        ))
-        .expect("valid template"),
-    );
-    bar
-}
-
-pub fn num_cores() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }
