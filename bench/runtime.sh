@@ -27,6 +27,8 @@ $bin/runtime bench "$work/idc/testing" --model "$model" --ep cpu --batch-size 25
 echo "== peak memory, 1k vs all patches"
 mkdir -p "$work/small"
 { find "$work/orig" -name '*.png' | sort | head -1000 || true; } | xargs -I{} ln -sf {} "$work/small/"
-$bin/runtime bench "$work/small" --model "$model" --ep cpu | grep -E "images under|peak RSS"
-$bin/runtime bench "$work/orig" --model "$model" --ep cpu | grep -E "images under|peak RSS"
+for dir in "$work/small" "$work/orig"; do
+  /usr/bin/time -f "  peak RSS of runtime eval over $(find -L "$dir" -name '*.png' | wc -l) patches: %M KiB" \
+    $bin/runtime eval "$dir" --model "$model" --ep cpu >/dev/null
+done
 [ -n "${2:-}" ] || rm -rf "$work"

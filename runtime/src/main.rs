@@ -118,7 +118,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    limit_heap_growth();
     exit_code(run(Args::parse()))
+}
+
+/// glibc raises its mmap threshold after large blocks are freed, after which every batch buffer
+/// comes from the heap and fragments it: peak memory then creeps up with the number of batches.
+/// A fixed threshold keeps batch-sized buffers in mmap, so memory stays flat however many images.
+fn limit_heap_growth() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
 }
 
 fn open(args: &ModelArgs) -> Result<Model> {

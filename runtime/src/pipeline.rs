@@ -127,31 +127,32 @@ struct Decoded {
     skipped: usize,
 }
 
-/// Decodes a chunk in parallel; keeps the order of the chunk.
+/// Decodes a chunk in parallel straight into one batch buffer, then closes the gaps left by
+/// files that failed; keeps the order of the chunk.
 fn decode(chunk: &[Item], offset: usize, pre: &Preprocess) -> Decoded {
     let per = pre.len();
-    let results: Vec<Result<Vec<f32>, String>> = chunk
-        .par_iter()
-        .map(|item| {
-            let mut out = vec![0f32; per];
-            pre.load_into(&item.path, &mut out)
-                .map(|()| out)
-                .map_err(|e| e.to_string())
-        })
+    let mut images = vec![0f32; chunk.len() * per];
+    let errors: Vec<Option<String>> = images
+        .par_chunks_mut(per)
+        .zip(chunk.par_iter())
+        .map(|(out, item)| pre.load_into(&item.path, out).err().map(|e| e.to_string()))
         .collect();
     let mut d = Decoded {
-        indices: Vec::new(),
-        images: Vec::with_capacity(chunk.len() * per),
+        indices: Vec::with_capacity(chunk.len()),
+        images: Vec::new(),
         failed: Vec::new(),
         skipped: 0,
     };
-    for (k, r) in results.into_iter().enumerate() {
-        match r {
-            Ok(img) => {
+    for (k, error) in errors.into_iter().enumerate() {
+        match error {
+            None => {
+                let w = d.indices.len();
+                if w != k {
+                    images.copy_within(k * per..(k + 1) * per, w * per);
+                }
                 d.indices.push(offset + k);
-                d.images.extend_from_slice(&img);
             }
-            Err(reason) => {
+            Some(reason) => {
                 d.failed.push(Problem {
                     path: chunk[k].path.clone(),
                     reason,
@@ -160,5 +161,7 @@ fn decode(chunk: &[Item], offset: usize, pre: &Preprocess) -> Decoded {
             }
         }
     }
+    images.truncate(d.indices.len() * per);
+    d.images = images;
     d
 }

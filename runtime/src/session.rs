@@ -129,8 +129,11 @@ impl Model {
 }
 
 fn build(lib: &OrtLib, path: &Path, threads: usize, cuda: bool) -> ort::Result<Session> {
-    let mut b =
-        Session::builder(&lib.env)?.with_optimization_level(GraphOptimizationLevel::Level3)?;
+    let mut b = Session::builder(&lib.env)?
+        .with_optimization_level(GraphOptimizationLevel::Level3)?
+        // Memory patterns are planned per input shape; with many batches (and a smaller last one)
+        // they made peak memory creep up with the number of images.
+        .with_memory_pattern(false)?;
     if threads > 0 {
         b = b.with_intra_threads(threads)?;
     }
