@@ -122,6 +122,23 @@ fn from_python() -> Option<PathBuf> {
     capi_lib(&Path::new(dir.trim()).join("capi"))
 }
 
+/// Refuses a library older than the ONNX Runtime API this build of ort uses, naming both versions.
+pub fn check_version(version: &str, path: &Path) -> Result<()> {
+    let minor: u32 = version
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    if minor < ort::MINOR_VERSION {
+        bail!(
+            "ONNX Runtime {version} at {} is too old: this build (ort 2.0.0-rc.15) needs ONNX Runtime 1.{} or newer; {INSTALL_HINT}",
+            path.display(),
+            ort::MINOR_VERSION
+        );
+    }
+    Ok(())
+}
+
 /// The library's own version string (`OrtGetApiBase()->GetVersionString()`); ort exposes none.
 pub fn version_of(path: &Path) -> Result<String> {
     type GetApiBase = unsafe extern "C" fn() -> *const ort::sys::OrtApiBase;
@@ -147,20 +164,25 @@ pub fn version_of(path: &Path) -> Result<String> {
         let version = std::ffi::CStr::from_ptr(((*base).GetVersionString)())
             .to_string_lossy()
             .into_owned();
-        let minor: u32 = version
-            .split('.')
-            .nth(1)
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(0);
-        if minor < ort::MINOR_VERSION {
-            bail!(
-                "ONNX Runtime {version} at {} is too old: this build of ort {} needs 1.{} or newer; {INSTALL_HINT}",
-                path.display(),
-                "2.0.0-rc.15",
-                ort::MINOR_VERSION
-            );
-        }
+        check_version(&version, path)?;
         std::mem::forget(lib); // keep it loaded: ort loads the same library next
         Ok(version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn old_libraries_are_refused_naming_both_versions() {
+        let path = Path::new("/x/libonnxruntime.so.1.16.3");
+        let err = check_version("1.16.3", path).unwrap_err().to_string();
+        assert!(
+            err.contains("1.16.3") && err.contains(&format!("1.{}", ort::MINOR_VERSION)),
+            "{err}"
+        );
+        assert!(check_version("1.32.0", path).is_ok());
+        assert!(check_version("garbage", path).is_err());
     }
 }
