@@ -96,8 +96,9 @@ impl Augment {
         } else {
             (1.0, 1.0)
         };
-        let flip_h = self.horizontal_flip && rng.bool(0.5);
-        let flip_v = self.vertical_flip && rng.bool(0.5);
+        // Keras draws both flips whether or not they are enabled.
+        let flip_h = rng.bool(0.5) && self.horizontal_flip;
+        let flip_v = rng.bool(0.5) && self.vertical_flip;
 
         // M = rotation . shift . shear . zoom, in (row, col) coordinates; it maps an output pixel
         // to the input position it samples (scipy.ndimage.affine_transform's convention).
@@ -111,8 +112,8 @@ impl Augment {
         ];
         let zoom = [[zx, 0.0, 0.0], [0.0, zy, 0.0], [0.0, 0.0, 1.0]];
         let m = mul(&mul(&mul(&rot, &shift), &shr), &zoom);
-        // Keras' transform_matrix_offset_center: o = size / 2 + 0.5.
-        let (or, oc) = (h / 2.0 + 0.5, w / 2.0 + 0.5);
+        // Keras' transform_matrix_offset_center: o = size / 2 - 0.5, the image's centre.
+        let (or, oc) = (h / 2.0 - 0.5, w / 2.0 - 0.5);
         let m = mul(
             &mul(&[[1.0, 0.0, or], [0.0, 1.0, oc], [0.0, 0.0, 1.0]], &m),
             &[[1.0, 0.0, -or], [0.0, 1.0, -oc], [0.0, 0.0, 1.0]],

@@ -148,10 +148,15 @@ fn swap_into_place(tmp: &Path, out: &Path) -> Result<()> {
         let old = temp_sibling(out, "old");
         std::fs::rename(out, &old)
             .with_context(|| format!("cannot move old {} aside", out.display()))?;
-        std::fs::rename(tmp, out)
-            .with_context(|| format!("cannot move new split to {}", out.display()))?;
-        std::fs::remove_dir_all(&old)
-            .with_context(|| format!("cannot remove old split {}", old.display()))?;
+        if let Err(e) = std::fs::rename(tmp, out) {
+            // Put the old split back: never leave the user with none.
+            let _ = std::fs::rename(&old, out);
+            return Err(e).with_context(|| format!("cannot move new split to {}", out.display()));
+        }
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            // The new split is in place; the next build removes the leftover.
+            eprintln!("warning: cannot remove old split {}: {e}", old.display());
+        }
     } else {
         std::fs::rename(tmp, out)
             .with_context(|| format!("cannot move new split to {}", out.display()))?;

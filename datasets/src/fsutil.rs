@@ -4,6 +4,13 @@ use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+/// The folder holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
 /// A sibling temp path of `path` (same folder, so a rename onto `path` is atomic).
 pub fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
     let name = path.file_name().unwrap_or_default().to_string_lossy();
@@ -13,10 +20,7 @@ pub fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
 /// Writes `bytes` to `path` atomically: a temp file in the same folder, fsync, then rename.
 /// A reader sees the old file or the new one, never half of one.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create folder {}", dir.display()))?;
     let tmp = temp_sibling(path, "tmp");
@@ -47,9 +51,10 @@ pub fn link_or_copy(src: &Path, dst: &Path) -> Result<bool> {
 
 /// Removes leftovers of interrupted runs: siblings of `path` named `.<name>.<tag>-<pid>`.
 pub fn remove_stale_siblings(path: &Path, tag: &str) -> Result<()> {
-    let Some(dir) = path.parent().filter(|d| d.is_dir()) else {
+    let dir = parent_dir(path);
+    if !dir.is_dir() {
         return Ok(());
-    };
+    }
     let prefix = format!(
         ".{}.{tag}-",
         path.file_name().unwrap_or_default().to_string_lossy()

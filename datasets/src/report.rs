@@ -114,7 +114,7 @@ pub fn roc_auc(labels: &[u8], probs: &[f32]) -> Option<f64> {
     let (mut rank_sum_pos, mut i) = (0.0, 0);
     while i < order.len() {
         let mut j = i;
-        while j < order.len() && probs[order[j]] == probs[order[i]] {
+        while j < order.len() && probs[order[j]].total_cmp(&probs[order[i]]).is_eq() {
             j += 1;
         }
         let avg_rank = (i + 1 + j) as f64 / 2.0; // ranks i+1 ..= j
@@ -134,7 +134,7 @@ fn sweep(labels: &[u8], probs: &[f32]) -> Vec<(usize, usize)> {
     let (mut tp, mut fp, mut i, mut points) = (0, 0, 0, Vec::new());
     while i < order.len() {
         let score = probs[order[i]];
-        while i < order.len() && probs[order[i]] == score {
+        while i < order.len() && probs[order[i]].total_cmp(&score).is_eq() {
             if labels[order[i]] == 1 {
                 tp += 1
             } else {

@@ -22,6 +22,9 @@ use plotters::style::RGBColor;
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The final report on the testing split; its presence marks a complete run.
+pub const TEST_REPORT: &str = "test_report.json";
+
 /// How a run ended.
 pub struct Outcome {
     /// Stopped by `stop_after` before the last epoch.
@@ -122,7 +125,6 @@ pub fn run<B: AutodiffBackend>(
     if let Some((epoch, dir)) = &latest {
         let old_config =
             std::fs::read_to_string(run.root.join(checkpoint::CONFIG_FILE)).unwrap_or_default();
-        let state = RunDir::read_state(dir)?;
         if opts.force {
             std::fs::remove_dir_all(run.checkpoints())?;
         } else if old_config != config_yaml {
@@ -130,12 +132,16 @@ pub fn run<B: AutodiffBackend>(
                 "{} holds a run with a different config; pass --force to start over there, or choose another output",
                 run.root.display()
             );
-        } else if state.finished {
-            return Ok(Outcome {
-                interrupted: false,
-                epochs_run: 0,
-                already_done: true,
-            });
+        } else if RunDir::read_state(dir)?.finished {
+            if run.root.join(TEST_REPORT).is_file() {
+                return Ok(Outcome {
+                    interrupted: false,
+                    epochs_run: 0,
+                    already_done: true,
+                });
+            }
+            // Trained, but stopped before the final report: do just that.
+            start_epoch = epoch + 1;
         } else if !opts.resume {
             bail!(
                 "{} holds an unfinished run (last checkpoint: epoch {epoch}); pass --resume to continue it or --force to start over",
@@ -235,6 +241,11 @@ pub fn run<B: AutodiffBackend>(
         state = RunDir::read_state(&dir)?;
         history = run.read_metrics()?;
         history.retain(|m: &EpochMetrics| m.epoch <= epoch);
+        // A stop between an epoch's checkpoint and its `best/` copy leaves `best/` behind.
+        let best_on_disk = RunDir::read_state(&run.best_dir()).map(|s| s.epoch).ok();
+        if state.best_epoch > 0 && best_on_disk != Some(state.best_epoch) {
+            run.mark_best(&run.epoch_dir(state.best_epoch))?;
+        }
         println!("resuming after epoch {epoch} (step {})", state.step);
     }
 
@@ -245,6 +256,9 @@ pub fn run<B: AutodiffBackend>(
         .min(cfg.train.max_steps_per_epoch.unwrap_or(usize::MAX));
     let mut epochs_run = 0;
     for epoch in start_epoch..=cfg.train.epochs {
+        if state.finished {
+            break; // stopped early before; only the final report is left
+        }
         let started = Instant::now();
         // Every epoch draws from its own seeds, so a resumed run repeats an uninterrupted one.
         B::seed(
@@ -402,7 +416,7 @@ pub fn run<B: AutodiffBackend>(
     }
     let json = serde_json::json!({ "split": "testing", "checkpoint_epoch": state.best_epoch, "loss": test_loss, "report": report, "skipped": skipped.len() });
     write_atomic(
-        &run.root.join("test_report.json"),
+        &run.root.join(TEST_REPORT),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     Ok(Outcome {

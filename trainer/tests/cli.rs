@@ -134,6 +134,15 @@ fn trains_writes_every_artifact_and_resumes_exactly() {
     // A finished run with the same config is reused.
     let out = ok(&trainer(&["--config", cfg, "--output", r, "--quiet"]));
     assert!(out.contains("already complete"), "{out}");
+    // Finished but stopped before the final report: only the report is made, the same one.
+    let before = report(&resumed);
+    std::fs::remove_file(resumed.join("test_report.json")).unwrap();
+    let out = ok(&trainer(&["--config", cfg, "--output", r, "--quiet"]));
+    assert!(
+        out.contains("testing split") && !out.contains("epoch 1/"),
+        "{out}"
+    );
+    assert_eq!(report(&resumed), before);
 }
 
 #[test]
