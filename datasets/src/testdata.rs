@@ -1,6 +1,6 @@
 //! Where tests and benchmarks find the real patches (`../shared/data` beside the repository).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// `../shared/data/<name>` from the workspace root, or `$IDC_SHARED_DATA/<name>`; `None` (with a
 /// message on stderr saying the test is skipped) when absent.
@@ -48,4 +48,15 @@ fn crc32(data: &[u8]) -> u32 {
         }
     }
     !crc
+}
+
+/// A small synthetic Kaggle-layout tree at `out` (seed 42), for tests and benchmarks.
+pub fn small_synth(out: &Path, patients: usize, mean_patches: f64) -> crate::synth::SynthReport {
+    let opts = crate::synth::SynthOptions {
+        patients,
+        mean_patches,
+        out: out.to_path_buf(),
+        ..Default::default()
+    };
+    crate::synth::synth(&opts, &indicatif::ProgressBar::hidden()).expect("synthesize a test tree")
 }

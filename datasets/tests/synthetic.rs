@@ -8,13 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 fn small_synth(out: &Path, patients: usize) -> datasets::synth::SynthReport {
-    let opts = SynthOptions {
-        patients,
-        mean_patches: 60.0,
-        out: out.to_path_buf(),
-        ..Default::default()
-    };
-    synth(&opts, &indicatif::ProgressBar::hidden()).unwrap()
+    datasets::testdata::small_synth(out, patients, 60.0)
 }
 
 #[test]

@@ -11,10 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use trainer::checkpoint;
 
-fn random_run(dir: &Path, cfg: &CancerNetConfig, seed: u64) {
-    checkpoint::write_random_run(dir, cfg, seed).unwrap();
-}
-
 fn opts(model_dir: &Path, out: &Path) -> Options {
     Options {
         model_dir: model_dir.into(),
@@ -38,7 +34,7 @@ fn small() -> CancerNetConfig {
 #[test]
 fn same_checkpoint_gives_identical_bytes_and_a_named_standard_graph() {
     let tmp = tempfile::tempdir().unwrap();
-    random_run(tmp.path(), &CancerNetConfig::new(), 1);
+    checkpoint::write_random_run(tmp.path(), &CancerNetConfig::new(), 1).unwrap();
     let loaded = load(tmp.path(), Checkpoint::Best).unwrap();
     let a = to_onnx(&loaded, true).unwrap();
     let b = to_onnx(&load(tmp.path(), Checkpoint::Best).unwrap(), true).unwrap();
@@ -106,7 +102,7 @@ fn same_checkpoint_gives_identical_bytes_and_a_named_standard_graph() {
 fn verified_export_of_a_non_default_config_and_three_opinions_agree() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = small();
-    random_run(tmp.path(), &cfg, 2);
+    checkpoint::write_random_run(tmp.path(), &cfg, 2).unwrap();
     for fold in [true, false] {
         let out = tmp.path().join(format!("small-{fold}.onnx"));
         let report = export(&Options {
@@ -170,7 +166,7 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
     let e = err(opts(&tmp.path().join("nowhere"), &out));
     assert!(e.contains("does not exist") && e.contains("nowhere"), "{e}");
     let run = tmp.path().join("run");
-    random_run(&run, &small(), 3);
+    checkpoint::write_random_run(&run, &small(), 3).unwrap();
     let e = err(Options {
         checkpoint: Checkpoint::Epoch(7),
         ..opts(&run, &out)

@@ -4,7 +4,6 @@
 use burn::backend::Flex;
 use burn::prelude::*;
 use datasets::preprocess::Preprocess;
-use datasets::synth::{SynthOptions, synth};
 use datasets::testdata::shared_data;
 use exporter::export::{Checkpoint, Options, export, load};
 use models::CancerNetConfig;
@@ -48,16 +47,7 @@ fn stdout_ok(o: &Output) -> String {
 
 fn small_synth(dir: &Path) -> PathBuf {
     let out = dir.join("orig");
-    synth(
-        &SynthOptions {
-            patients: 3,
-            mean_patches: 40.0,
-            out: out.clone(),
-            ..Default::default()
-        },
-        &indicatif::ProgressBar::hidden(),
-    )
-    .unwrap();
+    datasets::testdata::small_synth(&out, 3, 40.0);
     out
 }
 

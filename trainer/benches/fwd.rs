@@ -4,50 +4,39 @@
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
-use std::time::Instant;
+
+mod common;
 type B = Autodiff<Flex>;
-fn t<F: FnMut()>(label: &str, mut f: F) {
-    f();
-    let s = Instant::now();
-    for _ in 0..10 {
-        f();
-    }
-    println!("{label:<50} {:>8.2} ms", s.elapsed().as_secs_f64() * 100.0);
-}
 fn main() {
     let dev = Default::default();
     let x = Tensor::<B, 4>::random([32, 32, 48, 48], burn::tensor::Distribution::Default, &dev)
         .require_grad();
     let bn = burn::nn::BatchNormConfig::new(32).init::<B>(&dev);
-    let dw = burn::nn::conv::Conv2dConfig::new([32, 32], [3, 3])
-        .with_groups(32)
-        .with_padding(burn::nn::PaddingConfig2d::Same)
-        .with_bias(false)
-        .init::<B>(&dev);
+    let dw = common::depthwise::<B>(32, &dev);
     let pw = burn::nn::conv::Conv2dConfig::new([32, 32], [1, 1]).init::<B>(&dev);
     let drop = burn::nn::DropoutConfig::new(0.25).init();
-    t("bn train fwd", || {
+    common::time("bn train fwd", 0, 10, || {
         models::batch_norm_nchw(&bn, x.clone()).into_data();
     });
-    t("relu fwd", || {
+    common::time("relu fwd", 0, 10, || {
         burn::tensor::activation::relu(x.clone()).into_data();
     });
-    t("depthwise fwd", || {
+    common::time("depthwise fwd", 0, 10, || {
         dw.forward(x.clone()).into_data();
     });
-    t("pointwise fwd", || {
+    common::time("pointwise fwd", 0, 10, || {
         models::pointwise_matmul(&pw, x.clone()).into_data();
     });
-    t("dropout fwd", || {
+    common::time("dropout fwd", 0, 10, || {
         drop.forward(x.clone()).into_data();
     });
-    t("maxpool fwd", || {
+    common::time("maxpool fwd", 0, 10, || {
         burn::tensor::module::max_pool2d(x.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false)
             .into_data();
     });
     let xi = x.clone().inner();
     let dwi = dw.valid();
-    t("depthwise fwd (inner)", || {
+    common::time("depthwise fwd (inner)", 0, 10, || {
         dwi.forward(xi.clone()).into_data();
     });
 }

@@ -6,7 +6,6 @@ use burn::backend::{Autodiff, Flex};
 use burn::optim::{GradientsParams, Optimizer};
 use datasets::augment::Augment;
 use datasets::preprocess::Preprocess;
-use datasets::synth::{SynthOptions, synth};
 use models::{CancerNet, CancerNetConfig};
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,16 +23,7 @@ fn main() {
     let bs = 32;
     let tmp = tempfile::tempdir().unwrap();
     let orig = tmp.path().join("orig");
-    synth(
-        &SynthOptions {
-            patients: 12,
-            mean_patches: 150.0,
-            out: orig.clone(),
-            ..Default::default()
-        },
-        &indicatif::ProgressBar::hidden(),
-    )
-    .unwrap();
+    datasets::testdata::small_synth(&orig, 12, 150.0);
     let split = Arc::new(Split::open(tmp.path(), "orig", true).unwrap());
     let cores = datasets::cli::cores();
     let loader = Loader::new(Preprocess::default(), bs, cores).unwrap();

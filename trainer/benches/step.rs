@@ -7,25 +7,12 @@ use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use models::CancerNetConfig;
-use std::time::Instant;
 use trainer::optim::KerasAdagrad;
 
-type B = Autodiff<Flex>;
+mod common;
+use common::time;
 
-fn time<F: FnMut()>(label: &str, images: usize, reps: usize, mut f: F) -> f64 {
-    f(); // warm up
-    let t = Instant::now();
-    for _ in 0..reps {
-        f();
-    }
-    let secs = t.elapsed().as_secs_f64() / reps as f64;
-    println!(
-        "{label:<44} {:>9.2} ms {:>9.1} img/s",
-        secs * 1e3,
-        images as f64 / secs
-    );
-    secs
-}
+type B = Autodiff<Flex>;
 
 fn main() {
     let batch = 32;
@@ -94,11 +81,7 @@ fn main() {
         &dev,
     )
     .require_grad();
-    let dw = burn::nn::conv::Conv2dConfig::new([32, 32], [3, 3])
-        .with_groups(32)
-        .with_padding(burn::nn::PaddingConfig2d::Same)
-        .with_bias(false)
-        .init::<B>(&dev);
+    let dw = common::depthwise::<B>(32, &dev);
     let pw = burn::nn::conv::Conv2dConfig::new([32, 32], [1, 1]).init::<B>(&dev);
     let bn = burn::nn::BatchNormConfig::new(32).init::<B>(&dev);
     time("  depthwise 3x3, 32ch 48x48: fwd+bwd", batch, reps, || {

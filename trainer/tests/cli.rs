@@ -2,20 +2,13 @@
 
 use datasets::build::{BuildOptions, build};
 use datasets::split::SplitConfig;
-use datasets::synth::{SynthOptions, synth};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// A small synthetic split and a config for a small CancerNet (same code path, fewer FLOPs).
 fn setup(tmp: &Path) -> PathBuf {
     let orig = tmp.join("orig");
-    let opts = SynthOptions {
-        patients: 8,
-        mean_patches: 50.0,
-        out: orig.clone(),
-        ..Default::default()
-    };
-    synth(&opts, &indicatif::ProgressBar::hidden()).unwrap();
+    datasets::testdata::small_synth(&orig, 8, 50.0);
     build(&BuildOptions {
         source: orig,
         out: tmp.join("idc"),

@@ -6,7 +6,6 @@ use burn::optim::{GradientsParams, Optimizer};
 use datasets::build::{BuildOptions, build};
 use datasets::preprocess::Preprocess;
 use datasets::split::SplitConfig;
-use datasets::synth::{SynthOptions, synth};
 use datasets::testdata::shared_data;
 use models::{CancerNet, CancerNetConfig};
 use std::process::Command;
@@ -21,16 +20,7 @@ type B = Autodiff<Flex>;
 fn a_few_steps_lower_the_loss_on_synthetic_patches() {
     let tmp = tempfile::tempdir().unwrap();
     let orig = tmp.path().join("orig");
-    synth(
-        &SynthOptions {
-            patients: 6,
-            mean_patches: 40.0,
-            out: orig.clone(),
-            ..Default::default()
-        },
-        &indicatif::ProgressBar::hidden(),
-    )
-    .unwrap();
+    datasets::testdata::small_synth(&orig, 6, 40.0);
     let split = Arc::new(Split::open(tmp.path(), "orig", true).unwrap());
     let loader = Loader::new(Preprocess::default(), 32, 2).unwrap();
     let batches: Vec<_> = loader
