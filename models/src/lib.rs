@@ -13,7 +13,11 @@ use burn::nn::{
     PaddingConfig2d,
 };
 use burn::prelude::*;
-use burn::tensor::activation::{relu, softmax};
+use burn::tensor::activation::softmax;
+
+pub mod fast_ops;
+pub mod kernels;
+pub use fast_ops::Kernels;
 
 /// Everything that shapes the network. Saved as JSON beside the weights, so the exporter and a
 /// resumed run rebuild exactly this model.
@@ -159,8 +163,9 @@ impl<B: Backend> SepConv<B> {
         }
     }
 
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        pointwise_matmul(&self.pointwise, self.depthwise.forward(x))
+    pub fn forward(&self, x: Tensor<B, 4>, kernels: Kernels) -> Tensor<B, 4> {
+        let x = fast_ops::depthwise3x3(&self.depthwise, x, kernels);
+        pointwise_matmul(&self.pointwise, x)
     }
 }
 
@@ -223,16 +228,23 @@ impl<B: Backend> CancerNet<B> {
     /// Logits `[batch, classes]` for images `[batch, channels, size, size]` scaled to [0, 1].
     /// Dropout and batch statistics apply only on an autodiff backend (training).
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        self.forward_with(x, Kernels::Fast)
+    }
+
+    /// `forward` with a choice of layer implementations: `Kernels::Burn` composes burn's own
+    /// ops (the reference the fast CPU kernels are tested against).
+    pub fn forward_with(&self, x: Tensor<B, 4>, kernels: Kernels) -> Tensor<B, 2> {
         let mut x = x;
         for block in &self.blocks {
             for unit in &block.units {
-                x = batch_norm_nchw(&unit.bn, relu(unit.sepconv.forward(x)));
+                let z = unit.sepconv.forward(x, kernels);
+                x = fast_ops::relu_batch_norm(&unit.bn, z, kernels);
             }
-            x = self.conv_dropout.forward(self.pool.forward(x));
+            x = fast_ops::max_pool2_dropout(x, self.conv_dropout.prob, kernels);
         }
         // Flatten in NCHW order (c, h, w), as ONNX's Flatten does.
         let x: Tensor<B, 2> = x.flatten(1, 3);
-        let x = self.dense_bn.forward(relu(self.dense.forward(x)));
+        let x = self.dense_bn.forward(burn::tensor::activation::relu(self.dense.forward(x)));
         self.head.forward(self.dense_dropout.forward(x))
     }
 
@@ -264,13 +276,7 @@ pub fn batch_norm_nchw<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor
         let mean = per_channel_mean(x2.clone());
         let centred = x2 - per_row(mean.clone());
         let var = per_channel_mean(centred.clone().square());
-        let m = bn.momentum;
-        let running_mean =
-            bn.running_mean.value_sync().mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
-        let running_var =
-            bn.running_var.value_sync().mul_scalar(1.0 - m) + var.clone().detach().mul_scalar(m);
-        bn.running_mean.update(running_mean.detach());
-        bn.running_var.update(running_var.detach());
+        update_running_stats(bn, mean, var.clone());
         let scale = gamma / var.add_scalar(bn.epsilon).sqrt();
         centred * per_row(scale) + per_row(beta)
     } else {
@@ -279,6 +285,15 @@ pub fn batch_norm_nchw<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor
         x2 * per_row(scale) + per_row(shift)
     };
     y.reshape([n, c, h, w])
+}
+
+/// Moves BatchNorm's running averages towards a batch's mean and (biased) variance, as burn does.
+pub(crate) fn update_running_stats<B: Backend>(bn: &BatchNorm<B>, mean: Tensor<B, 1>, var: Tensor<B, 1>) {
+    let m = bn.momentum;
+    let running_mean = bn.running_mean.value_sync().mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
+    let running_var = bn.running_var.value_sync().mul_scalar(1.0 - m) + var.detach().mul_scalar(m);
+    bn.running_mean.update(running_mean.detach());
+    bn.running_var.update(running_var.detach());
 }
 
 /// Runs `f`, turning a panic into `Err(message)` without printing it. burn reports some

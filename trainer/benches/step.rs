@@ -74,6 +74,22 @@ fn main() {
             model = optim.step(1e-2, model.clone(), grads);
         },
     );
+    // The same step on burn's own ops (the reference path, before the fast kernels).
+    let mut reference = cfg.init::<B>(&dev);
+    time(
+        "full step, burn's ops (models::Kernels::Burn)",
+        batch,
+        reps,
+        || {
+            let logits = reference.forward_with(x.clone(), models::Kernels::Burn);
+            let loss = loss_fn.forward(logits, y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &reference);
+            reference = optim.step(1e-2, reference.clone(), grads);
+        },
+    );
+    if std::env::var_os("STEP_ONLY").is_some() {
+        return; // profiling the full step alone
+    }
     // Per layer kind, forward + backward on the shapes of CancerNet's first block.
     let d = Tensor::<B, 4>::random(
         [batch, 32, 48, 48],

@@ -1,0 +1,409 @@
+//! CancerNet's layers as single burn operations with their own backward, for burn's flex CPU
+//! backend: depthwise 3x3 convolution, ReLU + BatchNorm, and max-pool + dropout. On flex with
+//! autodiff (training) they run the `kernels` forward and backward; on plain flex (inference)
+//! their forward; on any other backend (CUDA) the same functions compose burn's own ops, which
+//! is also the reference the tests compare against.
+//!
+//! Why: composed from burn's generic ops, these layers cost ~4x a training step's useful work on
+//! a CPU (broadcasts through strided iterators, one full-size temporary per op, a grouped
+//! convolution's backward through a transposed convolution). See docs/performance.md.
+
+use crate::kernels::{self, BatchStats, Nchw};
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::{Autodiff, Flex};
+use burn::nn::BatchNorm;
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorPrimitive};
+use burn::tensor::activation::relu;
+use burn::tensor::module::max_pool2d;
+use burn_flex::FlexTensor;
+use std::any::Any;
+use std::sync::Arc;
+
+/// The training backend the kernels serve.
+type Ad = Autodiff<Flex>;
+
+/// Which implementation of the layers a forward pass uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// The fused CPU kernels where the backend is flex, burn's ops elsewhere.
+    Fast,
+    /// burn's own ops everywhere (the reference).
+    Burn,
+}
+
+/// `value` as a `U` when `T` is `U`, else `value` back: picks the kernels for the backends they
+/// serve while the model stays generic over burn's `Backend`.
+fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+    let boxed: Box<dyn Any> = Box::new(value);
+    boxed
+        .downcast::<U>()
+        .map(|u| *u)
+        .map_err(|b| *b.downcast::<T>().expect("the value's own type"))
+}
+
+/// The cast back after `cast` succeeded (`T` is `U`).
+fn same<T: 'static, U: 'static>(value: T) -> U {
+    cast(value).unwrap_or_else(|_| unreachable!("cast back to the type cast from"))
+}
+
+fn shape(t: &FlexTensor) -> Nchw {
+    let [n, c, h, w] = t.layout().shape().dims::<4>();
+    Nchw { n, c, h, w }
+}
+
+/// A contiguous copy-on-need of `t`, to read as one f32 slice.
+fn contiguous(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn f32s(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>()
+        .expect("the fast CancerNet kernels work on contiguous f32 tensors")
+}
+
+fn flex<const D: usize>(data: Vec<f32>, dims: [usize; D]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, dims))
+}
+
+fn dims(s: Nchw) -> [usize; 4] {
+    [s.n, s.c, s.h, s.w]
+}
+
+fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
+    t.into_primitive().tensor()
+}
+
+fn tensor<B: Backend, const D: usize>(t: B::FloatTensorPrimitive) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(t))
+}
+
+// ---- Depthwise 3x3 convolution ----
+
+/// CancerNet's depthwise convolution (3x3, one filter per channel, 'same' padding, no bias).
+pub fn depthwise3x3<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, kernels: Kernels) -> Tensor<B, 4> {
+    if kernels == Kernels::Burn {
+        return conv.forward(x);
+    }
+    let w = conv.weight.val();
+    match cast::<_, (Tensor<Ad, 4>, Tensor<Ad, 4>)>((x, w)) {
+        Ok((x, w)) => same(depthwise_autodiff(x, w)),
+        Err((x, w)) => match cast::<_, (Tensor<Flex, 4>, Tensor<Flex, 4>)>((x, w)) {
+            Ok((x, w)) => same(tensor::<Flex, 4>(depthwise_forward(&float(x), &float(w)))),
+            Err((x, _)) => conv.forward(x),
+        },
+    }
+}
+
+fn depthwise_forward(x: &FlexTensor, w: &FlexTensor) -> FlexTensor {
+    let s = shape(x);
+    let (x, w) = (contiguous(x), contiguous(w));
+    flex(kernels::depthwise3x3(f32s(&x), f32s(&w), s), dims(s))
+}
+
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+impl Backward<Flex, 2> for DepthwiseBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (x, w) = ops.state;
+        let s = shape(&x);
+        let [x_node, w_node] = ops.parents;
+        if let Some(node) = x_node {
+            let w = contiguous(&w);
+            let dx = kernels::depthwise3x3_input_grad(f32s(&w), f32s(&dy), s);
+            grads.register::<Flex>(node.id, flex(dx, dims(s)));
+        }
+        if let Some(node) = w_node {
+            let x = contiguous(&x);
+            let dw = kernels::depthwise3x3_weight_grad(f32s(&x), f32s(&dy), s);
+            grads.register::<Flex>(node.id, flex(dw, [s.c, 1, 3, 3]));
+        }
+    }
+}
+
+fn depthwise_autodiff(x: Tensor<Ad, 4>, w: Tensor<Ad, 4>) -> Tensor<Ad, 4> {
+    let (x, w) = (float(x), float(w));
+    let y = depthwise_forward(&x.primitive, &w.primitive);
+    let prep = DepthwiseBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone()])
+        .compute_bound()
+        .stateful();
+    tensor(match prep {
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    })
+}
+
+// ---- ReLU + BatchNorm ----
+
+/// `BatchNorm(ReLU(z))`, the tutorial's order. Training mode (batch statistics, running
+/// averages updated) on an autodiff backend, running statistics otherwise.
+pub fn relu_batch_norm<B: Backend>(bn: &BatchNorm<B>, z: Tensor<B, 4>, kernels: Kernels) -> Tensor<B, 4> {
+    if kernels == Kernels::Burn {
+        return crate::batch_norm_nchw(bn, relu(z));
+    }
+    let (gamma, beta) = (bn.gamma.val(), bn.beta.val());
+    let eps = bn.epsilon as f32;
+    match cast::<_, (Tensor<Ad, 4>, Tensor<Ad, 1>, Tensor<Ad, 1>)>((z, gamma, beta)) {
+        Ok((z, gamma, beta)) => {
+            let device = z.device();
+            let (y, stats) = relu_batch_norm_autodiff(z, gamma, beta, eps);
+            let c = stats.mean.len();
+            let column = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &same(device.clone()));
+            crate::update_running_stats(bn, column(stats.mean), column(stats.var));
+            same(y)
+        }
+        Err((z, ..)) => match cast::<_, Tensor<Flex, 4>>(z) {
+            Ok(z) => {
+                let values = |t: Tensor<B, 1>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+                let (gamma, beta) = (values(bn.gamma.val()), values(bn.beta.val()));
+                let (mean, var) = (values(bn.running_mean.value()), values(bn.running_var.value()));
+                let scale: Vec<f32> = (0..gamma.len()).map(|c| gamma[c] / (var[c] + eps).sqrt()).collect();
+                let shift: Vec<f32> = (0..gamma.len()).map(|c| beta[c] - mean[c] * scale[c]).collect();
+                let z = contiguous(&float(z));
+                let s = shape(&z);
+                same(tensor::<Flex, 4>(flex(kernels::relu_affine(f32s(&z), &scale, &shift, s), dims(s))))
+            }
+            Err(z) => crate::batch_norm_nchw(bn, relu(z)),
+        },
+    }
+}
+
+#[derive(Debug)]
+struct ReluBatchNormBackward;
+
+impl Backward<Flex, 3> for ReluBatchNormBackward {
+    type State = (FlexTensor, FlexTensor, Arc<BatchStats>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (z, gamma, stats, eps) = ops.state;
+        let (z, gamma) = (contiguous(&z), contiguous(&gamma));
+        let s = shape(&z);
+        let (dz, dgamma, dbeta) =
+            kernels::relu_batch_norm_backward(f32s(&z), f32s(&gamma), &stats, eps, f32s(&dy), s);
+        let [z_node, gamma_node, beta_node] = ops.parents;
+        for (node, grad, d) in [(z_node, dz, dims(s).to_vec()), (gamma_node, dgamma, vec![s.c]), (beta_node, dbeta, vec![s.c])] {
+            if let Some(node) = node {
+                grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(grad, d)));
+            }
+        }
+    }
+}
+
+fn relu_batch_norm_autodiff(
+    z: Tensor<Ad, 4>,
+    gamma: Tensor<Ad, 1>,
+    beta: Tensor<Ad, 1>,
+    eps: f32,
+) -> (Tensor<Ad, 4>, BatchStats) {
+    let (z, gamma, beta) = (float(z), float(gamma), float(beta));
+    let (zc, g, b) = (contiguous(&z.primitive), contiguous(&gamma.primitive), contiguous(&beta.primitive));
+    let s = shape(&zc);
+    let (y, stats) = kernels::relu_batch_norm(f32s(&zc), f32s(&g), f32s(&b), eps, s);
+    let y = flex(y, dims(s));
+    let prep = ReluBatchNormBackward
+        .prepare::<NoCheckpointing>([z.node.clone(), gamma.node.clone(), beta.node.clone()])
+        .compute_bound()
+        .stateful();
+    let y = match prep {
+        OpsKind::Tracked(prep) => prep.finish((zc, g, Arc::new(stats.clone()), eps), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    (tensor(y), stats)
+}
+
+// ---- Max-pool 2 + dropout ----
+
+/// 2x2 max-pool (stride 2), then dropout with probability `p` on an autodiff backend (training).
+pub fn max_pool2_dropout<B: Backend>(x: Tensor<B, 4>, p: f64, kernels: Kernels) -> Tensor<B, 4> {
+    let burn_ops = |x: Tensor<B, 4>| {
+        let y = max_pool2d(x, [2, 2], [2, 2], [0, 0], [1, 1], false);
+        burn::nn::DropoutConfig::new(p).init().forward(y)
+    };
+    if kernels == Kernels::Burn {
+        return burn_ops(x);
+    }
+    match cast::<_, Tensor<Ad, 4>>(x) {
+        Ok(x) => {
+            let seed = dropout_seed(&x.device());
+            same(pool_dropout_autodiff(x, p as f32, seed))
+        }
+        Err(x) => match cast::<_, Tensor<Flex, 4>>(x) {
+            Ok(x) => {
+                let x = contiguous(&float(x));
+                let s = shape(&x);
+                let (y, _) = kernels::max_pool2_dropout(f32s(&x), s, None);
+                same(tensor::<Flex, 4>(flex(y, [s.n, s.c, s.h / 2, s.w / 2])))
+            }
+            Err(x) => burn_ops(x),
+        },
+    }
+}
+
+/// A seed for one dropout mask, drawn from the backend's generator, so that `Backend::seed`
+/// makes a run reproducible as it does for burn's own `Dropout`.
+fn dropout_seed(device: &burn::tensor::Device<Ad>) -> u64 {
+    // Two 30-bit draws (the backend's integers may be 32-bit signed).
+    let draw = Tensor::<Ad, 1, Int>::random([2], Distribution::Uniform(0.0, (1u64 << 30) as f64), device);
+    let v: Vec<i64> = draw.into_data().convert::<i64>().to_vec().expect("i64");
+    ((v[0] as u64) << 30) ^ (v[1] as u64)
+}
+
+#[derive(Debug)]
+struct PoolDropoutBackward;
+
+impl Backward<Flex, 1> for PoolDropoutBackward {
+    type State = (Arc<Vec<u8>>, Nchw, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (code, s, scale) = ops.state;
+        let [x_node] = ops.parents;
+        if let Some(node) = x_node {
+            let dx = kernels::max_pool2_dropout_backward(f32s(&dy), &code, s, scale);
+            grads.register::<Flex>(node.id, flex(dx, dims(s)));
+        }
+    }
+}
+
+fn pool_dropout_autodiff(x: Tensor<Ad, 4>, p: f32, seed: u64) -> Tensor<Ad, 4> {
+    let x = float(x);
+    let xc = contiguous(&x.primitive);
+    let s = shape(&xc);
+    let (y, code) = kernels::max_pool2_dropout(f32s(&xc), s, (p > 0.0).then_some((p, seed)));
+    let y = flex(y, [s.n, s.c, s.h / 2, s.w / 2]);
+    let prep = PoolDropoutBackward
+        .prepare::<NoCheckpointing>([x.node.clone()])
+        .compute_bound()
+        .stateful();
+    tensor(match prep {
+        OpsKind::Tracked(prep) => prep.finish((Arc::new(code), s, 1.0 / (1.0 - p)), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::module::AutodiffModule;
+    use burn::nn::BatchNormConfig;
+
+    fn max_diff<const D: usize>(a: Tensor<Flex, D>, b: Tensor<Flex, D>) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        (a - b).abs().max().into_scalar()
+    }
+
+    fn input(dims: [usize; 4]) -> Tensor<Ad, 4> {
+        Tensor::random(dims, Distribution::Normal(0.2, 1.0), &Default::default()).require_grad()
+    }
+
+    /// Runs `f` on both implementations with the same input and output weights; returns the
+    /// outputs' and the input gradients' largest differences.
+    fn compare(
+        x: Tensor<Ad, 4>,
+        f: impl Fn(Tensor<Ad, 4>, Kernels) -> Tensor<Ad, 4>,
+    ) -> (f32, f32, Gradients, Gradients) {
+        let (fast, reference) = (f(x.clone(), Kernels::Fast), f(x.clone(), Kernels::Burn));
+        let w = Tensor::<Ad, 4>::random(fast.dims(), Distribution::Default, &x.device());
+        let out = max_diff(fast.clone().inner(), reference.clone().inner());
+        let (gf, gr) = ((fast * w.clone()).sum().backward(), (reference * w).sum().backward());
+        let dx = max_diff(x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
+        (out, dx, gf, gr)
+    }
+
+    #[test]
+    fn depthwise_matches_burns_grouped_conv() {
+        for dims in [[3, 4, 9, 7], [2, 3, 1, 1], [2, 2, 5, 1]] {
+            let conv = burn::nn::conv::Conv2dConfig::new([dims[1], dims[1]], [3, 3])
+                .with_groups(dims[1])
+                .with_padding(burn::nn::PaddingConfig2d::Same)
+                .with_bias(false)
+                .init::<Ad>(&Default::default());
+            let (out, dx, gf, gr) = compare(input(dims), |x, k| depthwise3x3(&conv, x, k));
+            let dw = max_diff(conv.weight.grad(&gf).unwrap(), conv.weight.grad(&gr).unwrap());
+            assert!(out < 1e-5 && dx < 1e-5 && dw < 1e-4, "{dims:?}: {out} {dx} {dw}");
+            // Inference (no autodiff) takes the same kernels.
+            let (c, x) = (conv.valid(), input(dims).inner());
+            let eval = max_diff(
+                depthwise3x3(&c, x.clone(), Kernels::Fast),
+                depthwise3x3(&c, x, Kernels::Burn),
+            );
+            assert!(eval < 1e-5, "{dims:?} eval {eval}");
+        }
+    }
+
+    #[test]
+    fn relu_batch_norm_matches_burns_ops() {
+        let dims = [4, 3, 6, 5];
+        let bn = BatchNormConfig::new(3).with_momentum(0.1).init::<Ad>(&Default::default());
+        // Non-trivial gamma and beta, shared by both paths.
+        let bn = BatchNorm {
+            gamma: bn.gamma.map(|g| g.mul_scalar(1.5).add_scalar(0.25).detach().require_grad()),
+            beta: bn.beta.map(|b| b.add_scalar(-0.5).detach().require_grad()),
+            ..bn
+        };
+        let reference = bn.clone();
+        let x = input(dims);
+        let (fast, slow) = (
+            relu_batch_norm(&bn, x.clone(), Kernels::Fast),
+            relu_batch_norm(&reference, x.clone(), Kernels::Burn),
+        );
+        assert!(max_diff(fast.clone().inner(), slow.clone().inner()) < 1e-5);
+        let w = Tensor::<Ad, 4>::random(dims, Distribution::Default, &x.device());
+        let (gf, gr) = ((fast * w.clone()).sum().backward(), (slow * w).sum().backward());
+        let dx = max_diff(x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
+        let dg = max_diff(bn.gamma.grad(&gf).unwrap(), reference.gamma.grad(&gr).unwrap());
+        let db = max_diff(bn.beta.grad(&gf).unwrap(), reference.beta.grad(&gr).unwrap());
+        assert!(dx < 1e-4 && dg < 1e-4 && db < 1e-4, "{dx} {dg} {db}");
+        // Running statistics moved the same way; eval mode uses them alike.
+        let (e, r) = (bn.valid(), reference.valid());
+        let running = max_diff(e.running_var.value(), r.running_var.value())
+            + max_diff(e.running_mean.value(), r.running_mean.value());
+        assert!(running < 1e-5, "running stats {running}");
+        let xi = input(dims).inner();
+        let eval = max_diff(
+            relu_batch_norm(&e, xi.clone(), Kernels::Fast),
+            relu_batch_norm(&r, xi, Kernels::Burn),
+        );
+        assert!(eval < 1e-5, "eval {eval}");
+    }
+
+    #[test]
+    fn max_pool_matches_burns_and_drops_by_seed() {
+        // Odd sides: the trailing row and column are dropped, as burn does.
+        for dims in [[2, 3, 8, 6], [2, 2, 7, 5]] {
+            let (out, dx, ..) = compare(input(dims), |x, k| max_pool2_dropout(x, 0.0, k));
+            assert!(out < 1e-6 && dx < 1e-6, "{dims:?}: {out} {dx}");
+        }
+        // With dropout: the kept outputs are the scaled maxima, gradients flow only through
+        // them, the mask follows the backend's seed.
+        let x = input([4, 8, 16, 16]);
+        let run = |seed| {
+            Ad::seed(&Default::default(), seed);
+            let y = max_pool2_dropout(x.clone(), 0.25, Kernels::Fast);
+            let g = y.clone().sum().backward();
+            (y.inner(), x.grad(&g).unwrap())
+        };
+        let (y, dx) = run(3);
+        let plain = max_pool2_dropout(x.clone().inner(), 0.0, Kernels::Fast);
+        let kept = y.clone().not_equal_elem(0.0);
+        let share = kept.clone().int().sum().into_scalar() as f64 / y.shape().num_elements() as f64;
+        assert!((share - 0.75).abs() < 0.05, "kept {share}");
+        let expected = plain.div_scalar(0.75).mask_fill(kept.bool_not(), 0.0);
+        assert!(max_diff(y.clone(), expected) < 1e-5);
+        let grad_sum: f32 = dx.sum().into_scalar();
+        let kept_count = y.clone().not_equal_elem(0.0).int().sum().into_scalar() as f32;
+        assert!((grad_sum - kept_count / 0.75).abs() < 1e-2, "{grad_sum} vs {kept_count}");
+        assert_eq!(run(3).0.into_data(), y.clone().into_data());
+        assert_ne!(run(4).0.into_data(), y.into_data());
+    }
+}
