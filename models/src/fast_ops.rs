@@ -142,6 +142,72 @@ fn depthwise_autodiff(x: Tensor<Ad, 4>, w: Tensor<Ad, 4>) -> Tensor<Ad, 4> {
     })
 }
 
+// ---- Pointwise (1x1) convolution ----
+
+/// CancerNet's pointwise convolution (1x1, stride 1, with bias).
+pub fn pointwise<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, kernels: Kernels) -> Tensor<B, 4> {
+    let bias = conv.bias.as_ref().map(|b| b.val());
+    if kernels == Kernels::Burn || bias.is_none() {
+        return crate::pointwise_matmul(conv, x);
+    }
+    let params = (x, conv.weight.val(), bias.expect("checked above"));
+    match cast::<_, (Tensor<Ad, 4>, Tensor<Ad, 4>, Tensor<Ad, 1>)>(params) {
+        Ok((x, w, b)) => same(pointwise_autodiff(x, w, b)),
+        Err(params) => match cast::<_, (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 1>)>(params) {
+            Ok((x, w, b)) => same(tensor::<Flex, 4>(pointwise_forward(&float(x), &float(w), &float(b)))),
+            Err((x, ..)) => crate::pointwise_matmul(conv, x),
+        },
+    }
+}
+
+fn pointwise_forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTensor {
+    let s = shape(x);
+    let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
+    let co = f32s(&b).len();
+    flex(kernels::pointwise(f32s(&x), f32s(&w), f32s(&b), s), [s.n, co, s.h, s.w])
+}
+
+#[derive(Debug)]
+struct PointwiseBackward;
+
+impl Backward<Flex, 3> for PointwiseBackward {
+    type State = (FlexTensor, FlexTensor);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
+        let (x, w) = (contiguous(&ops.state.0), contiguous(&ops.state.1));
+        let s = shape(&x);
+        let co = shape(&dy).c;
+        let [x_node, w_node, b_node] = ops.parents;
+        if let Some(node) = x_node {
+            let dx = kernels::pointwise_input_grad(f32s(&w), f32s(&dy), co, s);
+            grads.register::<Flex>(node.id, flex(dx, dims(s)));
+        }
+        if w_node.is_some() || b_node.is_some() {
+            let (dw, db) = kernels::pointwise_param_grads(f32s(&x), f32s(&dy), co, s);
+            if let Some(node) = w_node {
+                grads.register::<Flex>(node.id, flex(dw, [co, s.c, 1, 1]));
+            }
+            if let Some(node) = b_node {
+                grads.register::<Flex>(node.id, flex(db, [co]));
+            }
+        }
+    }
+}
+
+fn pointwise_autodiff(x: Tensor<Ad, 4>, w: Tensor<Ad, 4>, b: Tensor<Ad, 1>) -> Tensor<Ad, 4> {
+    let (x, w, b) = (float(x), float(w), float(b));
+    let y = pointwise_forward(&x.primitive, &w.primitive, &b.primitive);
+    let prep = PointwiseBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), w.node.clone(), b.node.clone()])
+        .compute_bound()
+        .stateful();
+    tensor(match prep {
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, w.primitive), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    })
+}
+
 // ---- ReLU + BatchNorm ----
 
 /// `BatchNorm(ReLU(z))`, the tutorial's order. Training mode (batch statistics, running
@@ -337,6 +403,24 @@ mod tests {
                 depthwise3x3(&c, x.clone(), Kernels::Fast),
                 depthwise3x3(&c, x, Kernels::Burn),
             );
+            assert!(eval < 1e-5, "{dims:?} eval {eval}");
+        }
+    }
+
+    #[test]
+    fn pointwise_matches_burns_conv() {
+        for dims in [[3, 5, 4, 6], [2, 3, 1, 1]] {
+            let conv = burn::nn::conv::Conv2dConfig::new([dims[1], 7], [1, 1]).init::<Ad>(&Default::default());
+            let (out, dx, gf, gr) = compare(input(dims), |x, k| match k {
+                Kernels::Fast => pointwise(&conv, x, k),
+                Kernels::Burn => conv.forward(x),
+            });
+            let dw = max_diff(conv.weight.grad(&gf).unwrap(), conv.weight.grad(&gr).unwrap());
+            let bias = conv.bias.as_ref().unwrap();
+            let db = max_diff(bias.grad(&gf).unwrap(), bias.grad(&gr).unwrap());
+            assert!(out < 1e-5 && dx < 1e-5 && dw < 1e-4 && db < 1e-4, "{dims:?}: {out} {dx} {dw} {db}");
+            let (c, x) = (conv.valid(), input(dims).inner());
+            let eval = max_diff(pointwise(&c, x.clone(), Kernels::Fast), c.forward(x));
             assert!(eval < 1e-5, "{dims:?} eval {eval}");
         }
     }

@@ -132,6 +132,108 @@ pub fn depthwise3x3_weight_grad(x: &[f32], dy: &[f32], s: Nchw) -> Vec<f32> {
     dw.into_iter().map(|v| v as f32).collect()
 }
 
+/// `out[m x n] (+)= lhs[m x k] * rhs[k x n]` on one thread; strides are (column, row) in elements.
+#[allow(clippy::too_many_arguments)]
+fn gemm1(
+    (m, n, k): (usize, usize, usize),
+    out: &mut [f32],
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_cs, lhs_rs): (isize, isize),
+    rhs: &[f32],
+    (rhs_cs, rhs_rs): (isize, isize),
+) {
+    assert!(out.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    // SAFETY: the asserts and strides keep every access inside the slices; out does not alias.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs,
+            lhs_rs,
+            rhs.as_ptr(),
+            rhs_cs,
+            rhs_rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Pointwise (1x1) convolution with bias: `y[n] = W x[n] + b` for `W [Co, Ci]`, one GEMM per
+/// sample, the samples in parallel. `s` is the input's shape; the output is `[N, Co, H, W]`.
+pub fn pointwise(x: &[f32], weight: &[f32], bias: &[f32], s: Nchw) -> Vec<f32> {
+    let (co, hw) = (bias.len(), s.plane());
+    let mut y = vec![0f32; s.n * co * hw];
+    if y.is_empty() {
+        return y;
+    }
+    y.par_chunks_mut(co * hw)
+        .zip(x.par_chunks(s.c * hw))
+        .for_each(|(y, x)| {
+            for (row, b) in y.chunks_exact_mut(hw).zip(bias) {
+                row.fill(*b);
+            }
+            let (ci, hw_) = (s.c as isize, hw as isize);
+            gemm1((co, hw, s.c), y, true, weight, (1, ci), x, (1, hw_));
+        });
+    y
+}
+
+/// Gradient of `pointwise` with respect to its input: `dx[n] = W^T dy[n]`.
+pub fn pointwise_input_grad(weight: &[f32], dy: &[f32], co: usize, s: Nchw) -> Vec<f32> {
+    let hw = s.plane();
+    let mut dx = vec![0f32; s.len()];
+    if dx.is_empty() {
+        return dx;
+    }
+    dx.par_chunks_mut(s.c * hw)
+        .zip(dy.par_chunks(co * hw))
+        .for_each(|(dx, dy)| {
+            let (ci, hw_) = (s.c as isize, hw as isize);
+            gemm1((s.c, hw, co), dx, false, weight, (ci, 1), dy, (1, hw_));
+        });
+    dx
+}
+
+/// Gradients of `pointwise` with respect to its weight, `sum over n of dy[n] x[n]^T`, and its
+/// bias, the sum of `dy` per output channel.
+pub fn pointwise_param_grads(x: &[f32], dy: &[f32], co: usize, s: Nchw) -> (Vec<f32>, Vec<f32>) {
+    let hw = s.plane();
+    let zero = || (vec![0f32; co * s.c], vec![0f64; co]);
+    if s.is_empty() {
+        let (dw, db) = zero();
+        return (dw, db.into_iter().map(|v| v as f32).collect());
+    }
+    let (dw, db) = x
+        .par_chunks(s.c * hw)
+        .zip(dy.par_chunks(co * hw))
+        .fold(zero, |(mut dw, mut db), (x, dy)| {
+            let hw_ = hw as isize;
+            gemm1((co, s.c, hw), &mut dw, true, dy, (1, hw_), x, (hw_, 1));
+            for (b, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
+                *b += sum_map(row, |v| v) as f64;
+            }
+            (dw, db)
+        })
+        .reduce(zero, |(mut a, mut b), (c, d)| {
+            a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
+            b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
+            (a, b)
+        });
+    (dw, db.into_iter().map(|v| v as f32).collect())
+}
+
 /// Per-channel sums over every plane of that channel: `f(plane) -> (a, b)` summed in f64.
 fn channel_sums(
     s: Nchw,

@@ -165,7 +165,7 @@ impl<B: Backend> SepConv<B> {
 
     pub fn forward(&self, x: Tensor<B, 4>, kernels: Kernels) -> Tensor<B, 4> {
         let x = fast_ops::depthwise3x3(&self.depthwise, x, kernels);
-        pointwise_matmul(&self.pointwise, x)
+        fast_ops::pointwise(&self.pointwise, x, kernels)
     }
 }
 

@@ -16,6 +16,7 @@ use trainer::train::{images_tensor, weighted_loss};
 type B = Autodiff<Flex>;
 
 fn main() {
+    trainer::alloc::keep_freed_buffers(); // as the trainer binary does
     let steps: usize = std::env::var("STEPS")
         .ok()
         .and_then(|s| s.parse().ok())

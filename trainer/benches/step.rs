@@ -6,7 +6,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
-use models::CancerNetConfig;
+use models::{CancerNetConfig, Kernels, fast_ops};
 use trainer::optim::KerasAdagrad;
 
 mod common;
@@ -15,6 +15,7 @@ use common::time;
 type B = Autodiff<Flex>;
 
 fn main() {
+    trainer::alloc::keep_freed_buffers(); // as the trainer binary does
     let batch = 32;
     let dev = Default::default();
     let reps = std::env::var("REPS")
@@ -45,6 +46,15 @@ fn main() {
         "CancerNet, batch {batch}, burn flex, {} rayon threads",
         rayon::current_num_threads()
     );
+    if std::env::var_os("PROFILE_STEP").is_some() {
+        // For a profiler: full steps of the fast path only.
+        for _ in 0..reps {
+            let loss = loss_fn.forward(model.forward(x.clone()), y.clone());
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(1e-2, model.clone(), grads);
+        }
+        return;
+    }
     let inner = model.valid();
     let xi = x.clone().inner();
     time("inference forward (eval mode)", batch, reps, || {
@@ -90,7 +100,8 @@ fn main() {
     if std::env::var_os("STEP_ONLY").is_some() {
         return; // profiling the full step alone
     }
-    // Per layer kind, forward + backward on the shapes of CancerNet's first block.
+    // Per layer kind, forward + backward on the shapes of CancerNet's first block, with burn's
+    // ops and with the fast kernels.
     let d = Tensor::<B, 4>::random(
         [batch, 32, 48, 48],
         burn::tensor::Distribution::Default,
@@ -100,8 +111,15 @@ fn main() {
     let dw = common::depthwise::<B>(32, &dev);
     let pw = burn::nn::conv::Conv2dConfig::new([32, 32], [1, 1]).init::<B>(&dev);
     let bn = burn::nn::BatchNormConfig::new(32).init::<B>(&dev);
-    time("  depthwise 3x3, 32ch 48x48: fwd+bwd", batch, reps, || {
-        let _ = dw.forward(d.clone()).sum().backward();
+    let layer = |label: &str, f: &dyn Fn(Kernels) -> Tensor<B, 4>| {
+        for (kernels, name) in [(Kernels::Burn, "burn"), (Kernels::Fast, "fast")] {
+            time(&format!("  {label}, {name}: fwd+bwd"), batch, reps, || {
+                let _ = f(kernels).sum().backward();
+            });
+        }
+    };
+    layer("depthwise 3x3, 32ch 48x48", &|k| {
+        fast_ops::depthwise3x3(&dw, d.clone(), k)
     });
     time(
         "  pointwise 1x1 (burn conv), 32->32 48x48: fwd+bwd",
@@ -112,7 +130,7 @@ fn main() {
         },
     );
     time(
-        "  pointwise 1x1 (ours, matmul), 32->32 48x48: fwd+bwd",
+        "  pointwise 1x1 (batched matmul), 32->32 48x48: fwd+bwd",
         batch,
         reps,
         || {
@@ -120,7 +138,15 @@ fn main() {
         },
     );
     time(
-        "  relu + batchnorm (burn), 32ch 48x48: fwd+bwd",
+        "  pointwise 1x1 (fast), 32->32 48x48: fwd+bwd",
+        batch,
+        reps,
+        || {
+            let _ = fast_ops::pointwise(&pw, d.clone(), Kernels::Fast).sum().backward();
+        },
+    );
+    time(
+        "  relu + batchnorm, burn's BatchNorm: fwd+bwd",
         batch,
         reps,
         || {
@@ -130,19 +156,10 @@ fn main() {
                 .backward();
         },
     );
-    time(
-        "  relu + batchnorm (ours), 32ch 48x48: fwd+bwd",
-        batch,
-        reps,
-        || {
-            let _ = models::batch_norm_nchw(&bn, burn::tensor::activation::relu(d.clone()))
-                .sum()
-                .backward();
-        },
-    );
-    time("  maxpool 2, 32ch 48x48: fwd+bwd", batch, reps, || {
-        let _ = burn::tensor::module::max_pool2d(d.clone(), [2, 2], [2, 2], [0, 0], [1, 1], false)
-            .sum()
-            .backward();
+    layer("relu + batchnorm, 32ch 48x48", &|k| {
+        fast_ops::relu_batch_norm(&bn, d.clone(), k)
+    });
+    layer("maxpool 2 + dropout 0.25, 32ch 48x48", &|k| {
+        fast_ops::max_pool2_dropout(d.clone(), 0.25, k)
     });
 }

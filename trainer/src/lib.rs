@@ -1,6 +1,7 @@
 //! Training CancerNet with burn: the YAML config, the data loader, Keras-style Adagrad, the
 //! training loop with checkpoints and resume. The `trainer` binary is a thin CLI over this.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

@@ -60,6 +60,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    trainer::alloc::keep_freed_buffers();
     datasets::cli::exit_code(run(Args::parse()))
 }
 
