@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: demo test venv build bench clean-demo
+.PHONY: demo test venv build bench bench-peers clean-demo
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -42,6 +42,14 @@ bench: venv
 	bench/datasets.sh
 	bench/runtime.sh
 	$(CARGO) bench -p trainer --bench step
+
+# CancerNet against PyTorch (training step, ONNX graphs): installs PyTorch (~5 GB) into .venv-torch.
+bench-peers: venv .venv-torch/.installed
+	bench/peers.sh
+.venv-torch/.installed: bench/requirements-torch.txt
+	python3 -m venv .venv-torch
+	.venv-torch/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements-torch.txt
+	touch $@
 
 clean-demo:
 	rm -rf datasets/orig datasets/idc models/cancernet models/cancernet.onnx reports

@@ -17,9 +17,9 @@ use burn::backend::{Autodiff, Flex};
 use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use burn::tensor::{Distribution, TensorPrimitive};
 use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
+use burn::tensor::{Distribution, TensorPrimitive};
 use burn_flex::FlexTensor;
 use std::any::Any;
 use std::sync::Arc;
@@ -85,7 +85,11 @@ fn tensor<B: Backend, const D: usize>(t: B::FloatTensorPrimitive) -> Tensor<B, D
 // ---- Depthwise 3x3 convolution ----
 
 /// CancerNet's depthwise convolution (3x3, one filter per channel, 'same' padding, no bias).
-pub fn depthwise3x3<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, kernels: Kernels) -> Tensor<B, 4> {
+pub fn depthwise3x3<B: Backend>(
+    conv: &Conv2d<B>,
+    x: Tensor<B, 4>,
+    kernels: Kernels,
+) -> Tensor<B, 4> {
     if kernels == Kernels::Burn {
         return conv.forward(x);
     }
@@ -153,8 +157,13 @@ pub fn pointwise<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, kernels: Kernels
     let params = (x, conv.weight.val(), bias.expect("checked above"));
     match cast::<_, (Tensor<Ad, 4>, Tensor<Ad, 4>, Tensor<Ad, 1>)>(params) {
         Ok((x, w, b)) => same(pointwise_autodiff(x, w, b)),
-        Err(params) => match cast::<_, (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 1>)>(params) {
-            Ok((x, w, b)) => same(tensor::<Flex, 4>(pointwise_forward(&float(x), &float(w), &float(b)))),
+        Err(params) => match cast::<_, (Tensor<Flex, 4>, Tensor<Flex, 4>, Tensor<Flex, 1>)>(params)
+        {
+            Ok((x, w, b)) => same(tensor::<Flex, 4>(pointwise_forward(
+                &float(x),
+                &float(w),
+                &float(b),
+            ))),
             Err((x, ..)) => crate::pointwise_matmul(conv, x),
         },
     }
@@ -164,7 +173,10 @@ fn pointwise_forward(x: &FlexTensor, w: &FlexTensor, b: &FlexTensor) -> FlexTens
     let s = shape(x);
     let (x, w, b) = (contiguous(x), contiguous(w), contiguous(b));
     let co = f32s(&b).len();
-    flex(kernels::pointwise(f32s(&x), f32s(&w), f32s(&b), s), [s.n, co, s.h, s.w])
+    flex(
+        kernels::pointwise(f32s(&x), f32s(&w), f32s(&b), s),
+        [s.n, co, s.h, s.w],
+    )
 }
 
 #[derive(Debug)]
@@ -212,7 +224,11 @@ fn pointwise_autodiff(x: Tensor<Ad, 4>, w: Tensor<Ad, 4>, b: Tensor<Ad, 1>) -> T
 
 /// `BatchNorm(ReLU(z))`, the tutorial's order. Training mode (batch statistics, running
 /// averages updated) on an autodiff backend, running statistics otherwise.
-pub fn relu_batch_norm<B: Backend>(bn: &BatchNorm<B>, z: Tensor<B, 4>, kernels: Kernels) -> Tensor<B, 4> {
+pub fn relu_batch_norm<B: Backend>(
+    bn: &BatchNorm<B>,
+    z: Tensor<B, 4>,
+    kernels: Kernels,
+) -> Tensor<B, 4> {
     if kernels == Kernels::Burn {
         return crate::batch_norm_nchw(bn, relu(z));
     }
@@ -223,20 +239,32 @@ pub fn relu_batch_norm<B: Backend>(bn: &BatchNorm<B>, z: Tensor<B, 4>, kernels: 
             let device = z.device();
             let (y, stats) = relu_batch_norm_autodiff(z, gamma, beta, eps);
             let c = stats.mean.len();
-            let column = |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &same(device.clone()));
+            let column =
+                |v: Vec<f32>| Tensor::<B, 1>::from_data(TensorData::new(v, [c]), &same(device));
             crate::update_running_stats(bn, column(stats.mean), column(stats.var));
             same(y)
         }
         Err((z, ..)) => match cast::<_, Tensor<Flex, 4>>(z) {
             Ok(z) => {
-                let values = |t: Tensor<B, 1>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+                let values =
+                    |t: Tensor<B, 1>| t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
                 let (gamma, beta) = (values(bn.gamma.val()), values(bn.beta.val()));
-                let (mean, var) = (values(bn.running_mean.value()), values(bn.running_var.value()));
-                let scale: Vec<f32> = (0..gamma.len()).map(|c| gamma[c] / (var[c] + eps).sqrt()).collect();
-                let shift: Vec<f32> = (0..gamma.len()).map(|c| beta[c] - mean[c] * scale[c]).collect();
+                let (mean, var) = (
+                    values(bn.running_mean.value()),
+                    values(bn.running_var.value()),
+                );
+                let scale: Vec<f32> = (0..gamma.len())
+                    .map(|c| gamma[c] / (var[c] + eps).sqrt())
+                    .collect();
+                let shift: Vec<f32> = (0..gamma.len())
+                    .map(|c| beta[c] - mean[c] * scale[c])
+                    .collect();
                 let z = contiguous(&float(z));
                 let s = shape(&z);
-                same(tensor::<Flex, 4>(flex(kernels::relu_affine(f32s(&z), &scale, &shift, s), dims(s))))
+                same(tensor::<Flex, 4>(flex(
+                    kernels::relu_affine(f32s(&z), &scale, &shift, s),
+                    dims(s),
+                )))
             }
             Err(z) => crate::batch_norm_nchw(bn, relu(z)),
         },
@@ -257,7 +285,11 @@ impl Backward<Flex, 3> for ReluBatchNormBackward {
         let (dz, dgamma, dbeta) =
             kernels::relu_batch_norm_backward(f32s(&z), f32s(&gamma), &stats, eps, f32s(&dy), s);
         let [z_node, gamma_node, beta_node] = ops.parents;
-        for (node, grad, d) in [(z_node, dz, dims(s).to_vec()), (gamma_node, dgamma, vec![s.c]), (beta_node, dbeta, vec![s.c])] {
+        for (node, grad, d) in [
+            (z_node, dz, dims(s).to_vec()),
+            (gamma_node, dgamma, vec![s.c]),
+            (beta_node, dbeta, vec![s.c]),
+        ] {
             if let Some(node) = node {
                 grads.register::<Flex>(node.id, FlexTensor::from_data(TensorData::new(grad, d)));
             }
@@ -272,7 +304,11 @@ fn relu_batch_norm_autodiff(
     eps: f32,
 ) -> (Tensor<Ad, 4>, BatchStats) {
     let (z, gamma, beta) = (float(z), float(gamma), float(beta));
-    let (zc, g, b) = (contiguous(&z.primitive), contiguous(&gamma.primitive), contiguous(&beta.primitive));
+    let (zc, g, b) = (
+        contiguous(&z.primitive),
+        contiguous(&gamma.primitive),
+        contiguous(&beta.primitive),
+    );
     let s = shape(&zc);
     let (y, stats) = kernels::relu_batch_norm(f32s(&zc), f32s(&g), f32s(&b), eps, s);
     let y = flex(y, dims(s));
@@ -319,7 +355,8 @@ pub fn max_pool2_dropout<B: Backend>(x: Tensor<B, 4>, p: f64, kernels: Kernels) 
 /// makes a run reproducible as it does for burn's own `Dropout`.
 fn dropout_seed(device: &burn::tensor::Device<Ad>) -> u64 {
     // Two 30-bit draws (the backend's integers may be 32-bit signed).
-    let draw = Tensor::<Ad, 1, Int>::random([2], Distribution::Uniform(0.0, (1u64 << 30) as f64), device);
+    let draw =
+        Tensor::<Ad, 1, Int>::random([2], Distribution::Uniform(0.0, (1u64 << 30) as f64), device);
     let v: Vec<i64> = draw.into_data().convert::<i64>().to_vec().expect("i64");
     ((v[0] as u64) << 30) ^ (v[1] as u64)
 }
@@ -381,7 +418,10 @@ mod tests {
         let (fast, reference) = (f(x.clone(), Kernels::Fast), f(x.clone(), Kernels::Burn));
         let w = Tensor::<Ad, 4>::random(fast.dims(), Distribution::Default, &x.device());
         let out = max_diff(fast.clone().inner(), reference.clone().inner());
-        let (gf, gr) = ((fast * w.clone()).sum().backward(), (reference * w).sum().backward());
+        let (gf, gr) = (
+            (fast * w.clone()).sum().backward(),
+            (reference * w).sum().backward(),
+        );
         let dx = max_diff(x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
         (out, dx, gf, gr)
     }
@@ -395,8 +435,14 @@ mod tests {
                 .with_bias(false)
                 .init::<Ad>(&Default::default());
             let (out, dx, gf, gr) = compare(input(dims), |x, k| depthwise3x3(&conv, x, k));
-            let dw = max_diff(conv.weight.grad(&gf).unwrap(), conv.weight.grad(&gr).unwrap());
-            assert!(out < 1e-5 && dx < 1e-5 && dw < 1e-4, "{dims:?}: {out} {dx} {dw}");
+            let dw = max_diff(
+                conv.weight.grad(&gf).unwrap(),
+                conv.weight.grad(&gr).unwrap(),
+            );
+            assert!(
+                out < 1e-5 && dx < 1e-5 && dw < 1e-4,
+                "{dims:?}: {out} {dx} {dw}"
+            );
             // Inference (no autodiff) takes the same kernels.
             let (c, x) = (conv.valid(), input(dims).inner());
             let eval = max_diff(
@@ -410,15 +456,22 @@ mod tests {
     #[test]
     fn pointwise_matches_burns_conv() {
         for dims in [[3, 5, 4, 6], [2, 3, 1, 1]] {
-            let conv = burn::nn::conv::Conv2dConfig::new([dims[1], 7], [1, 1]).init::<Ad>(&Default::default());
+            let conv = burn::nn::conv::Conv2dConfig::new([dims[1], 7], [1, 1])
+                .init::<Ad>(&Default::default());
             let (out, dx, gf, gr) = compare(input(dims), |x, k| match k {
                 Kernels::Fast => pointwise(&conv, x, k),
                 Kernels::Burn => conv.forward(x),
             });
-            let dw = max_diff(conv.weight.grad(&gf).unwrap(), conv.weight.grad(&gr).unwrap());
+            let dw = max_diff(
+                conv.weight.grad(&gf).unwrap(),
+                conv.weight.grad(&gr).unwrap(),
+            );
             let bias = conv.bias.as_ref().unwrap();
             let db = max_diff(bias.grad(&gf).unwrap(), bias.grad(&gr).unwrap());
-            assert!(out < 1e-5 && dx < 1e-5 && dw < 1e-4 && db < 1e-4, "{dims:?}: {out} {dx} {dw} {db}");
+            assert!(
+                out < 1e-5 && dx < 1e-5 && dw < 1e-4 && db < 1e-4,
+                "{dims:?}: {out} {dx} {dw} {db}"
+            );
             let (c, x) = (conv.valid(), input(dims).inner());
             let eval = max_diff(pointwise(&c, x.clone(), Kernels::Fast), c.forward(x));
             assert!(eval < 1e-5, "{dims:?} eval {eval}");
@@ -428,10 +481,14 @@ mod tests {
     #[test]
     fn relu_batch_norm_matches_burns_ops() {
         let dims = [4, 3, 6, 5];
-        let bn = BatchNormConfig::new(3).with_momentum(0.1).init::<Ad>(&Default::default());
+        let bn = BatchNormConfig::new(3)
+            .with_momentum(0.1)
+            .init::<Ad>(&Default::default());
         // Non-trivial gamma and beta, shared by both paths.
         let bn = BatchNorm {
-            gamma: bn.gamma.map(|g| g.mul_scalar(1.5).add_scalar(0.25).detach().require_grad()),
+            gamma: bn
+                .gamma
+                .map(|g| g.mul_scalar(1.5).add_scalar(0.25).detach().require_grad()),
             beta: bn.beta.map(|b| b.add_scalar(-0.5).detach().require_grad()),
             ..bn
         };
@@ -443,10 +500,19 @@ mod tests {
         );
         assert!(max_diff(fast.clone().inner(), slow.clone().inner()) < 1e-5);
         let w = Tensor::<Ad, 4>::random(dims, Distribution::Default, &x.device());
-        let (gf, gr) = ((fast * w.clone()).sum().backward(), (slow * w).sum().backward());
+        let (gf, gr) = (
+            (fast * w.clone()).sum().backward(),
+            (slow * w).sum().backward(),
+        );
         let dx = max_diff(x.grad(&gf).unwrap(), x.grad(&gr).unwrap());
-        let dg = max_diff(bn.gamma.grad(&gf).unwrap(), reference.gamma.grad(&gr).unwrap());
-        let db = max_diff(bn.beta.grad(&gf).unwrap(), reference.beta.grad(&gr).unwrap());
+        let dg = max_diff(
+            bn.gamma.grad(&gf).unwrap(),
+            reference.gamma.grad(&gr).unwrap(),
+        );
+        let db = max_diff(
+            bn.beta.grad(&gf).unwrap(),
+            reference.beta.grad(&gr).unwrap(),
+        );
         assert!(dx < 1e-4 && dg < 1e-4 && db < 1e-4, "{dx} {dg} {db}");
         // Running statistics moved the same way; eval mode uses them alike.
         let (e, r) = (bn.valid(), reference.valid());
@@ -486,7 +552,10 @@ mod tests {
         assert!(max_diff(y.clone(), expected) < 1e-5);
         let grad_sum: f32 = dx.sum().into_scalar();
         let kept_count = y.clone().not_equal_elem(0.0).int().sum().into_scalar() as f32;
-        assert!((grad_sum - kept_count / 0.75).abs() < 1e-2, "{grad_sum} vs {kept_count}");
+        assert!(
+            (grad_sum - kept_count / 0.75).abs() < 1e-2,
+            "{grad_sum} vs {kept_count}"
+        );
         assert_eq!(run(3).0.into_data(), y.clone().into_data());
         assert_ne!(run(4).0.into_data(), y.into_data());
     }

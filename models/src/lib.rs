@@ -244,7 +244,9 @@ impl<B: Backend> CancerNet<B> {
         }
         // Flatten in NCHW order (c, h, w), as ONNX's Flatten does.
         let x: Tensor<B, 2> = x.flatten(1, 3);
-        let x = self.dense_bn.forward(burn::tensor::activation::relu(self.dense.forward(x)));
+        let x = self
+            .dense_bn
+            .forward(burn::tensor::activation::relu(self.dense.forward(x)));
         self.head.forward(self.dense_dropout.forward(x))
     }
 
@@ -288,9 +290,14 @@ pub fn batch_norm_nchw<B: Backend>(bn: &BatchNorm<B>, x: Tensor<B, 4>) -> Tensor
 }
 
 /// Moves BatchNorm's running averages towards a batch's mean and (biased) variance, as burn does.
-pub(crate) fn update_running_stats<B: Backend>(bn: &BatchNorm<B>, mean: Tensor<B, 1>, var: Tensor<B, 1>) {
+pub(crate) fn update_running_stats<B: Backend>(
+    bn: &BatchNorm<B>,
+    mean: Tensor<B, 1>,
+    var: Tensor<B, 1>,
+) {
     let m = bn.momentum;
-    let running_mean = bn.running_mean.value_sync().mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
+    let running_mean =
+        bn.running_mean.value_sync().mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
     let running_var = bn.running_var.value_sync().mul_scalar(1.0 - m) + var.detach().mul_scalar(m);
     bn.running_mean.update(running_mean.detach());
     bn.running_var.update(running_var.detach());

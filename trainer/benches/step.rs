@@ -142,7 +142,9 @@ fn main() {
         batch,
         reps,
         || {
-            let _ = fast_ops::pointwise(&pw, d.clone(), Kernels::Fast).sum().backward();
+            let _ = fast_ops::pointwise(&pw, d.clone(), Kernels::Fast)
+                .sum()
+                .backward();
         },
     );
     time(

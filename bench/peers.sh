@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# CancerNet against PyTorch on this machine, in one run (ratios only mean something side by side):
+#   1. training step, batch 32, in-memory tensors: `cargo bench --bench step` against
+#      bench/train_pytorch.py (same model, Adagrad, as many threads as cores);
+#   2. inference graphs: the ONNX file `exporter` writes against PyTorch's own export of the same
+#      model with the same weights (bench/compare_graphs.py), then `runtime bench` on both files.
+# Usage: bench/peers.sh [WORKDIR]   (needs .venv-torch: `make bench-peers` sets it up)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=.venv-torch/bin/python
+cargo build --release -q -p datasets -p trainer -p exporter -p runtime
+cargo bench -q -p trainer --bench step --no-run 2>/dev/null
+work=${1:-$(mktemp -d)}
+bin=target/release
+echo "== training step, batch 32, $(nproc) cores"
+for round in 1 2; do
+  STEP_ONLY=1 REPS=20 cargo bench -q -p trainer --bench step 2>/dev/null | grep -E "full step"
+  $py bench/train_pytorch.py 40 | tail -1 | sed 's/^/  pytorch: /'
+done
+echo "== inference graphs"
+$bin/datasets synth --patients 3 --mean-patches 50 --out "$work/tiny" >/dev/null
+$bin/datasets build --source "$work/tiny" --out "$work/tiny-idc" >/dev/null
+printf 'train:\n  epochs: 1\n  max_steps_per_epoch: 2\n' > "$work/two-steps.yaml"
+$bin/trainer --config "$work/two-steps.yaml" --data "$work/tiny-idc" --output "$work/run" --quiet >/dev/null
+$bin/exporter --model "$work/run" --out "$work/ours.onnx" >/dev/null
+(cd bench && ../$py compare_graphs.py "$work/ours.onnx" "$work/pytorch.onnx" 256 32) 2>&1 | grep -v -i warn
+$bin/datasets synth --patients 20 --out "$work/orig" >/dev/null
+for model in ours pytorch; do
+  echo "-- runtime bench, $model.onnx"
+  $bin/runtime bench "$work/orig" --model "$work/$model.onnx" --ep cpu --batch-size 256
+done
+[ -n "${1:-}" ] || rm -rf "$work"
