@@ -134,35 +134,14 @@ pub fn depthwise3x3_input_grad(weight: &[f32], dy: &[f32], s: Nchw) -> Vec<f32> 
 /// `dw[c, a, b] = sum over n, i, j of dy[n, c, i, j] * x[n, c, i + a - 1, j + b - 1]`.
 pub fn depthwise3x3_weight_grad(x: &[f32], dy: &[f32], s: Nchw) -> Vec<f32> {
     let (h, w) = (s.h, s.w);
-    let planes = s.n * s.c;
-    // Per plane, the nine sums, accumulated column-wise (one row of partial sums per tap, so
-    // the inner loop is plain vertical multiply-adds) and reduced once at the end.
-    let per_plane: Vec<[f64; 9]> = (0..planes)
+    let per_plane: Vec<[f64; 9]> = (0..s.n * s.c)
         .into_par_iter()
         .map(|p| {
             simd(|| {
                 PADDED.with_borrow_mut(|pad| {
                     padded(&x[p * h * w..(p + 1) * h * w], h, w, pad);
-                    let pw = w + 2;
-                    let mut acc = vec![0f32; 9 * w];
-                    for i in 0..h {
-                        let d = &dy[p * h * w + i * w..p * h * w + (i + 1) * w];
-                        for a in 0..3 {
-                            let row = &pad[(i + a) * pw..(i + a + 1) * pw];
-                            for b in 0..3 {
-                                let acc = &mut acc[(3 * a + b) * w..(3 * a + b + 1) * w];
-                                let src = &row[b..b + w];
-                                for j in 0..w {
-                                    acc[j] += d[j] * src[j];
-                                }
-                            }
-                        }
-                    }
-                    let mut g = [0f64; 9];
-                    for t in 0..9 {
-                        g[t] = acc[t * w..(t + 1) * w].iter().map(|&v| v as f64).sum();
-                    }
-                    g
+                    let dy = &dy[p * h * w..(p + 1) * h * w];
+                    tap_sums(pad, dy, h, w)
                 })
             })
         })
@@ -175,6 +154,47 @@ pub fn depthwise3x3_weight_grad(x: &[f32], dy: &[f32], s: Nchw) -> Vec<f32> {
         }
     }
     dw.into_iter().map(|v| v as f32).collect()
+}
+
+/// The nine sums `sum over i, j of dy[i, j] * pad[i + a, j + b]` of one padded plane. Eight
+/// columns at a time, the nine partial sums stay in vector registers for the whole plane.
+#[inline(always)]
+fn tap_sums(pad: &[f32], dy: &[f32], h: usize, w: usize) -> [f64; 9] {
+    let pw = w + 2;
+    let mut acc = [[0f32; 8]; 9];
+    let mut tail = [0f32; 9];
+    for i in 0..h {
+        let d = &dy[i * w..(i + 1) * w];
+        let rows = [
+            &pad[i * pw..(i + 1) * pw],
+            &pad[(i + 1) * pw..(i + 2) * pw],
+            &pad[(i + 2) * pw..(i + 3) * pw],
+        ];
+        let full = w / 8 * 8;
+        for j in (0..full).step_by(8) {
+            let d8: &[f32; 8] = d[j..j + 8].try_into().expect("8 columns");
+            for a in 0..3 {
+                for b in 0..3 {
+                    let src: &[f32; 8] = rows[a][j + b..j + b + 8].try_into().expect("8 columns");
+                    for l in 0..8 {
+                        acc[3 * a + b][l] += d8[l] * src[l];
+                    }
+                }
+            }
+        }
+        for j in full..w {
+            for a in 0..3 {
+                for b in 0..3 {
+                    tail[3 * a + b] += d[j] * rows[a][j + b];
+                }
+            }
+        }
+    }
+    let mut g = [0f64; 9];
+    for t in 0..9 {
+        g[t] = acc[t].iter().map(|&v| v as f64).sum::<f64>() + tail[t] as f64;
+    }
+    g
 }
 
 /// `out[m x n] (+)= lhs[m x k] * rhs[k x n]` on one thread; strides are (column, row) in elements.
@@ -433,22 +453,26 @@ pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Ve
         .enumerate()
         .for_each(|(plane, ((y, code), x))| {
             simd(|| {
-                // One independent stream per plane: the mask does not depend on thread scheduling.
+                // One stream per plane: the mask does not depend on thread scheduling.
                 let mut rng = SplitMix64(seed ^ (plane as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 for i in 0..ho {
-                    let (top, bottom) = (&x[2 * i * s.w..], &x[(2 * i + 1) * s.w..]);
+                    let top = &x[2 * i * s.w..2 * i * s.w + 2 * wo];
+                    let bottom = &x[(2 * i + 1) * s.w..(2 * i + 1) * s.w + 2 * wo];
+                    let (y, code) = (
+                        &mut y[i * wo..(i + 1) * wo],
+                        &mut code[i * wo..(i + 1) * wo],
+                    );
                     for j in 0..wo {
-                        let window = [top[2 * j], top[2 * j + 1], bottom[2 * j], bottom[2 * j + 1]];
-                        let mut arg = 0;
-                        for t in 1..4 {
-                            if window[t] > window[arg] {
-                                arg = t;
-                            }
-                        }
+                        // The first maximum in window order (top-left, top-right, bottom-left,
+                        // bottom-right), as burn picks it.
+                        let (a, b) = (top[2 * j], top[2 * j + 1]);
+                        let (c, d) = (bottom[2 * j], bottom[2 * j + 1]);
+                        let (m1, i1) = if b > a { (b, 1) } else { (a, 0) };
+                        let (m2, i2) = if d > c { (d, 3) } else { (c, 2) };
+                        let (m, arg) = if m2 > m1 { (m2, i2) } else { (m1, i1) };
                         let keep = dropout.is_none() || (rng.next() >> 32) < threshold;
-                        let o = i * wo + j;
-                        y[o] = if keep { window[arg] * scale } else { 0.0 };
-                        code[o] = arg as u8 | if keep { 4 } else { 0 };
+                        y[j] = if keep { m * scale } else { 0.0 };
+                        code[j] = arg | if keep { 4 } else { 0 };
                     }
                 }
             })
@@ -458,31 +482,32 @@ pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Ve
 
 /// Gradient of `max_pool2_dropout` with respect to its input.
 pub fn max_pool2_dropout_backward(dy: &[f32], code: &[u8], s: Nchw, scale: f32) -> Vec<f32> {
-    let (ho, wo) = (s.h / 2, s.w / 2);
+    let (ho, wo, w) = (s.h / 2, s.w / 2, s.w);
     new_planes(s.len(), s.plane(), |p, dx| {
-        // Zero first only the trailing odd row and column, which no window covers.
-        for i in 0..s.h {
-            for j in (if i < 2 * ho { 2 * wo } else { 0 })..s.w {
-                dx[i * s.w + j].write(0.0);
-            }
-        }
         let (dy, code) = (
             &dy[p * ho * wo..(p + 1) * ho * wo],
             &code[p * ho * wo..(p + 1) * ho * wo],
         );
         for i in 0..ho {
+            let (top, bottom) = dx[2 * i * w..(2 * i + 2) * w].split_at_mut(w);
+            let (dy, code) = (&dy[i * wo..(i + 1) * wo], &code[i * wo..(i + 1) * wo]);
             for j in 0..wo {
-                let c = code[i * wo + j];
-                let g = if c & 4 != 0 {
-                    dy[i * wo + j] * scale
-                } else {
-                    0.0
-                };
-                for t in 0..4u8 {
-                    let at = (2 * i + t as usize / 2) * s.w + 2 * j + (t & 1) as usize;
-                    dx[at].write(if c & 3 == t { g } else { 0.0 });
-                }
+                let c = code[j];
+                let g = if c & 4 != 0 { dy[j] * scale } else { 0.0 };
+                let at = |t: u8| if c & 3 == t { g } else { 0.0 };
+                top[2 * j].write(at(0));
+                top[2 * j + 1].write(at(1));
+                bottom[2 * j].write(at(2));
+                bottom[2 * j + 1].write(at(3));
             }
+            // An odd width's last column is in no window.
+            for v in top[2 * wo..].iter_mut().chain(bottom[2 * wo..].iter_mut()) {
+                v.write(0.0);
+            }
+        }
+        // Nor is an odd height's last row.
+        for v in dx[2 * ho * w..].iter_mut() {
+            v.write(0.0);
         }
     })
 }
