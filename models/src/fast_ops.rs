@@ -38,7 +38,7 @@ pub enum Kernels {
 
 /// `value` as a `U` when `T` is `U`, else `value` back: picks the kernels for the backends they
 /// serve while the model stays generic over burn's `Backend`.
-fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
+pub fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
     let boxed: Box<dyn Any> = Box::new(value);
     boxed
         .downcast::<U>()
@@ -47,7 +47,7 @@ fn cast<T: 'static, U: 'static>(value: T) -> Result<U, T> {
 }
 
 /// The cast back after `cast` succeeded (`T` is `U`).
-fn same<T: 'static, U: 'static>(value: T) -> U {
+pub fn same<T: 'static, U: 'static>(value: T) -> U {
     cast(value).unwrap_or_else(|_| unreachable!("cast back to the type cast from"))
 }
 

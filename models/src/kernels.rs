@@ -433,8 +433,9 @@ pub fn relu_batch_norm_backward(
 
 /// 2x2 max-pool, stride 2 (a trailing odd row or column is dropped, as burn and Keras do),
 /// followed by inverted dropout: each output is kept with probability `1 - p` and then scaled
-/// by `1 / (1 - p)`, using a mask drawn from `seed` (None: no dropout). Returns the output and,
-/// per output, the window position of the maximum (0..4) plus 4 when the output was kept.
+/// by `1 / (1 - p)`, using a mask drawn from `seed` (None: no dropout; `p` is rounded to a
+/// multiple of 2^-16, the draws being 16-bit). Returns the output and, per output, the window
+/// position of the maximum (0..4) plus 4 when the output was kept.
 pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Vec<f32>, Vec<u8>) {
     let (ho, wo) = (s.h / 2, s.w / 2);
     let out_plane = ho * wo;
@@ -445,8 +446,8 @@ pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Ve
     }
     let (p, seed) = dropout.unwrap_or((0.0, 0));
     let scale = 1.0 / (1.0 - p);
-    // Keep when a 32-bit draw is below (1 - p) * 2^32.
-    let threshold = ((1.0 - p as f64) * 4294967296.0) as u64;
+    // Keep when a 16-bit draw is below (1 - p) * 2^16; one 64-bit number gives four draws.
+    let threshold = ((1.0 - p as f64) * 65536.0).round() as u64;
     y.par_chunks_mut(out_plane)
         .zip(code.par_chunks_mut(out_plane))
         .zip(x.par_chunks(s.plane()))
@@ -455,6 +456,7 @@ pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Ve
             simd(|| {
                 // One stream per plane: the mask does not depend on thread scheduling.
                 let mut rng = SplitMix64(seed ^ (plane as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+                let (mut bits, mut left) = (0u64, 0);
                 for i in 0..ho {
                     let top = &x[2 * i * s.w..2 * i * s.w + 2 * wo];
                     let bottom = &x[(2 * i + 1) * s.w..(2 * i + 1) * s.w + 2 * wo];
@@ -470,7 +472,14 @@ pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Ve
                         let (m1, i1) = if b > a { (b, 1) } else { (a, 0) };
                         let (m2, i2) = if d > c { (d, 3) } else { (c, 2) };
                         let (m, arg) = if m2 > m1 { (m2, i2) } else { (m1, i1) };
-                        let keep = dropout.is_none() || (rng.next() >> 32) < threshold;
+                        let keep = dropout.is_none() || {
+                            if left == 0 {
+                                (bits, left) = (rng.next(), 4);
+                            }
+                            let draw = bits & 0xFFFF;
+                            (bits, left) = (bits >> 16, left - 1);
+                            draw < threshold
+                        };
                         y[j] = if keep { m * scale } else { 0.0 };
                         code[j] = arg | if keep { 4 } else { 0 };
                     }
@@ -488,26 +497,19 @@ pub fn max_pool2_dropout_backward(dy: &[f32], code: &[u8], s: Nchw, scale: f32) 
             &dy[p * ho * wo..(p + 1) * ho * wo],
             &code[p * ho * wo..(p + 1) * ho * wo],
         );
+        // Zeros everywhere (an odd side's last row or column is in no window), then each
+        // window's gradient at its maximum: the two rows of a window row are one slice.
+        for v in dx.iter_mut() {
+            v.write(0.0);
+        }
         for i in 0..ho {
-            let (top, bottom) = dx[2 * i * w..(2 * i + 2) * w].split_at_mut(w);
+            let rows = &mut dx[2 * i * w..(2 * i + 2) * w];
             let (dy, code) = (&dy[i * wo..(i + 1) * wo], &code[i * wo..(i + 1) * wo]);
             for j in 0..wo {
-                let c = code[j];
+                let c = code[j] as usize;
                 let g = if c & 4 != 0 { dy[j] * scale } else { 0.0 };
-                let at = |t: u8| if c & 3 == t { g } else { 0.0 };
-                top[2 * j].write(at(0));
-                top[2 * j + 1].write(at(1));
-                bottom[2 * j].write(at(2));
-                bottom[2 * j + 1].write(at(3));
+                rows[(c >> 1 & 1) * w + 2 * j + (c & 1)].write(g);
             }
-            // An odd width's last column is in no window.
-            for v in top[2 * wo..].iter_mut().chain(bottom[2 * wo..].iter_mut()) {
-                v.write(0.0);
-            }
-        }
-        // Nor is an odd height's last row.
-        for v in dx[2 * ho * w..].iter_mut() {
-            v.write(0.0);
         }
     })
 }
