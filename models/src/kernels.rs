@@ -107,7 +107,7 @@ fn correlate3x3(p: &[f32], k: &[f32], y: &mut [MaybeUninit<f32>], h: usize, w: u
 pub fn depthwise3x3(x: &[f32], weight: &[f32], s: Nchw) -> Vec<f32> {
     let (h, w) = (s.h, s.w);
     new_planes(s.len(), s.plane(), |p, y| {
-        PADDED.with_borrow_mut(|pad| {
+        SCRATCH.with_borrow_mut(|pad| {
             padded(&x[p * h * w..(p + 1) * h * w], h, w, pad);
             let ch = p % s.c;
             correlate3x3(pad, &weight[9 * ch..9 * ch + 9], y, h, w);
@@ -116,8 +116,8 @@ pub fn depthwise3x3(x: &[f32], weight: &[f32], s: Nchw) -> Vec<f32> {
 }
 
 thread_local! {
-    /// Each worker's padded-plane scratch buffer.
-    static PADDED: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Each worker's scratch plane (a padded plane, an expanded gradient), kept in cache.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Gradient of `depthwise3x3` with respect to its input: the correlation of the output's
@@ -138,7 +138,7 @@ pub fn depthwise3x3_weight_grad(x: &[f32], dy: &[f32], s: Nchw) -> Vec<f32> {
         .into_par_iter()
         .map(|p| {
             simd(|| {
-                PADDED.with_borrow_mut(|pad| {
+                SCRATCH.with_borrow_mut(|pad| {
                     padded(&x[p * h * w..(p + 1) * h * w], h, w, pad);
                     let dy = &dy[p * h * w..(p + 1) * h * w];
                     tap_sums(pad, dy, h, w)
@@ -283,7 +283,7 @@ pub fn pointwise_param_grads(x: &[f32], dy: &[f32], co: usize, s: Nchw) -> (Vec<
             let hw_ = hw as isize;
             gemm1((co, s.c, hw), &mut dw, true, dy, (1, hw_), x, (hw_, 1));
             for (b, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
-                *b += sum_map(row, |v| v) as f64;
+                *b += sum_map2(row, row, |v, _| v) as f64;
             }
             (dw, db)
         })
@@ -295,22 +295,12 @@ pub fn pointwise_param_grads(x: &[f32], dy: &[f32], co: usize, s: Nchw) -> (Vec<
     (dw, db.into_iter().map(|v| v as f32).collect())
 }
 
-/// Per-channel sums over every plane of that channel: `f(plane) -> (a, b)` summed in f64.
-fn channel_sums(
-    s: Nchw,
-    data: &[f32],
-    other: &[f32],
-    f: impl Fn(usize, &[f32], &[f32]) -> (f32, f32) + Sync,
-) -> Vec<(f64, f64)> {
-    let per_plane: Vec<(f32, f32)> = if s.is_empty() {
-        Vec::new()
-    } else {
-        data.par_chunks(s.plane())
-            .zip(other.par_chunks(s.plane()))
-            .enumerate()
-            .map(|(p, (d, o))| simd(|| f(p % s.c, d, o)))
-            .collect()
-    };
+/// Per-channel sums of `f(plane index, channel) -> (a, b)` over every plane, in f64.
+fn channel_sums(s: Nchw, f: impl Fn(usize, usize) -> (f32, f32) + Sync) -> Vec<(f64, f64)> {
+    let per_plane: Vec<(f32, f32)> = (0..s.n * s.c)
+        .into_par_iter()
+        .map(|p| simd(|| f(p, p % s.c)))
+        .collect();
     let mut sums = vec![(0f64, 0f64); s.c];
     for (p, (a, b)) in per_plane.into_iter().enumerate() {
         sums[p % s.c].0 += a as f64;
@@ -319,41 +309,47 @@ fn channel_sums(
     sums
 }
 
-/// Sum of `f(x)` with eight accumulators (vectorizable).
+/// Sum of `f(a[i], b[i])` with eight accumulators (vectorizable).
 #[inline(always)]
-fn sum_map(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
+fn sum_map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f32 {
     let mut acc = [0f32; 8];
-    let chunks = x.chunks_exact(8);
-    let tail: f32 = chunks.remainder().iter().map(|&v| f(v)).sum();
-    for c in chunks {
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(&x, &y)| f(x, y))
+        .sum();
+    for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            acc[l] += f(c[l]);
+            acc[l] += f(x[l], y[l]);
         }
     }
     acc.iter().sum::<f32>() + tail
 }
 
-/// What the forward pass of `relu_batch_norm` keeps for the backward pass and the running
-/// statistics: per channel, the batch mean and (biased) variance of `relu(z)`.
+/// What the forward pass of a training-mode BatchNorm(ReLU) keeps for the backward pass and the
+/// running statistics: per channel, the batch mean and (biased) variance of `relu(z)`.
 #[derive(Clone, Debug)]
 pub struct BatchStats {
     pub mean: Vec<f32>,
     pub var: Vec<f32>,
 }
 
-/// Training-mode `BatchNorm(ReLU(z))` with batch statistics, in two passes over `z`.
-pub fn relu_batch_norm(
+/// The batch statistics of `relu(z)`, and the per-channel scale and shift that normalize it.
+fn batch_stats(
     z: &[f32],
     gamma: &[f32],
     beta: &[f32],
     eps: f32,
     s: Nchw,
-) -> (Vec<f32>, BatchStats) {
-    let count = (s.n * s.plane()) as f64;
-    let sums = channel_sums(s, z, z, |_, z, _| {
+) -> (BatchStats, Vec<f32>, Vec<f32>) {
+    let (count, plane) = ((s.n * s.plane()) as f64, s.plane());
+    let sums = channel_sums(s, |p, _| {
+        let z = &z[p * plane..(p + 1) * plane];
         (
-            sum_map(z, |v| v.max(0.0)),
-            sum_map(z, |v| v.max(0.0).powi(2)),
+            sum_map2(z, z, |v, _| v.max(0.0)),
+            sum_map2(z, z, |v, _| v.max(0.0).powi(2)),
         )
     });
     let (mut mean, mut var) = (Vec::with_capacity(s.c), Vec::with_capacity(s.c));
@@ -366,7 +362,34 @@ pub fn relu_batch_norm(
         .map(|ch| gamma[ch] / (var[ch] + eps).sqrt())
         .collect();
     let shift: Vec<f32> = (0..s.c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
-    (relu_affine(z, &scale, &shift, s), BatchStats { mean, var })
+    (BatchStats { mean, var }, scale, shift)
+}
+
+/// Training-mode `BatchNorm(ReLU(z))` with batch statistics, in two passes over `z`.
+pub fn relu_batch_norm(
+    z: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    s: Nchw,
+) -> (Vec<f32>, BatchStats) {
+    let (stats, scale, shift) = batch_stats(z, gamma, beta, eps, s);
+    (relu_affine(z, &scale, &shift, s), stats)
+}
+
+/// `relu_batch_norm` then `max_pool2_dropout`, without storing the normalized tensor: a block's
+/// last layer in one pass over `z` after the statistics.
+pub fn relu_batch_norm_pool(
+    z: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    eps: f32,
+    s: Nchw,
+    dropout: Option<(f32, u64)>,
+) -> (Vec<f32>, Vec<u8>, BatchStats) {
+    let (stats, scale, shift) = batch_stats(z, gamma, beta, eps, s);
+    let (y, code) = pool(z, s, dropout, |ch, v| v.max(0.0) * scale[ch] + shift[ch]);
+    (y, code, stats)
 }
 
 /// `relu(z) * scale[c] + shift[c]`: BatchNorm(ReLU) once the statistics are known (the eval-mode
@@ -381,52 +404,78 @@ pub fn relu_affine(z: &[f32], scale: &[f32], shift: &[f32], s: Nchw) -> Vec<f32>
     })
 }
 
-/// Gradients of `relu_batch_norm` with respect to `z`, `gamma` and `beta`.
+/// The gradient reaching a BatchNorm(ReLU)'s output.
+#[derive(Clone, Copy)]
+pub enum OutputGrad<'a> {
+    /// Dense, shaped like the input.
+    Dense(&'a [f32]),
+    /// That of a following `max_pool2_dropout`'s output, with its window codes and scale.
+    Pooled {
+        dy: &'a [f32],
+        code: &'a [u8],
+        scale: f32,
+    },
+}
+
+impl OutputGrad<'_> {
+    /// Plane `p` of the dense gradient: a slice of it, or the pooled one expanded into `scratch`.
+    #[inline(always)]
+    fn plane<'a>(&'a self, p: usize, s: Nchw, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        match *self {
+            OutputGrad::Dense(dy) => &dy[p * s.plane()..(p + 1) * s.plane()],
+            OutputGrad::Pooled { dy, code, scale } => {
+                scratch.clear();
+                scratch.resize(s.plane(), 0.0);
+                // SAFETY: a `[f32]` viewed as `[MaybeUninit<f32>]`, written with floats only.
+                let out = unsafe {
+                    &mut *(scratch.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>])
+                };
+                unpool_plane(dy, code, scale, p, s, out);
+                scratch
+            }
+        }
+    }
+}
+
+/// Gradients of a training-mode BatchNorm(ReLU(z)) with respect to `z`, `gamma` and `beta`.
 pub fn relu_batch_norm_backward(
     z: &[f32],
     gamma: &[f32],
     stats: &BatchStats,
     eps: f32,
-    dy: &[f32],
+    grad: OutputGrad,
     s: Nchw,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let inv_std: Vec<f32> = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let mean = &stats.mean;
+    let (mean, plane) = (&stats.mean, s.plane());
     // Per channel: sum of dy (beta's gradient) and of dy * x_hat (gamma's gradient).
-    let sums = channel_sums(s, dy, z, |ch, dy, z| {
-        let (m, k) = (mean[ch], inv_std[ch]);
-        let mut acc = [0f32; 8];
-        let (cd, cz) = (dy.chunks_exact(8), z.chunks_exact(8));
-        let tail: f32 = cd
-            .remainder()
-            .iter()
-            .zip(cz.remainder())
-            .map(|(d, z)| d * (z.max(0.0) - m) * k)
-            .sum();
-        for (d, z) in cd.zip(cz) {
-            for l in 0..8 {
-                acc[l] += d[l] * (z[l].max(0.0) - m) * k;
-            }
-        }
-        (sum_map(dy, |v| v), acc.iter().sum::<f32>() + tail)
+    let sums = channel_sums(s, |p, ch| {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let dy = grad.plane(p, s, scratch);
+            let z = &z[p * plane..(p + 1) * plane];
+            let (m, k) = (mean[ch], inv_std[ch]);
+            (
+                sum_map2(dy, dy, |d, _| d),
+                sum_map2(dy, z, |d, z| d * (z.max(0.0) - m) * k),
+            )
+        })
     });
     let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
     let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
-    let (count, plane) = ((s.n * s.plane()) as f32, s.plane());
+    let count = (s.n * plane) as f32;
     let dz = new_planes(s.len(), plane, |p, dz| {
-        let ch = p % s.c;
-        let (m, k) = (mean[ch], inv_std[ch]);
-        let g = gamma[ch] * k;
-        let (mean_dy, mean_dyx) = (dbeta[ch] / count, dgamma[ch] / count);
-        let (dy, z) = (
-            &dy[p * plane..(p + 1) * plane],
-            &z[p * plane..(p + 1) * plane],
-        );
-        for ((dz, &d), &z) in dz.iter_mut().zip(dy).zip(z) {
-            let x_hat = (z.max(0.0) - m) * k;
-            let grad = g * (d - mean_dy - x_hat * mean_dyx);
-            dz.write(if z > 0.0 { grad } else { 0.0 });
-        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            let dy = grad.plane(p, s, scratch);
+            let ch = p % s.c;
+            let (m, k) = (mean[ch], inv_std[ch]);
+            let g = gamma[ch] * k;
+            let (mean_dy, mean_dyx) = (dbeta[ch] / count, dgamma[ch] / count);
+            for ((dz, &d), &z) in dz.iter_mut().zip(dy).zip(&z[p * plane..(p + 1) * plane]) {
+                let x_hat = (z.max(0.0) - m) * k;
+                let grad = g * (d - mean_dy - x_hat * mean_dyx);
+                dz.write(if z > 0.0 { grad } else { 0.0 });
+            }
+        })
     });
     (dz, dgamma, dbeta)
 }
@@ -437,6 +486,17 @@ pub fn relu_batch_norm_backward(
 /// multiple of 2^-16, the draws being 16-bit). Returns the output and, per output, the window
 /// position of the maximum (0..4) plus 4 when the output was kept.
 pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Vec<f32>, Vec<u8>) {
+    pool(x, s, dropout, |_, v| v)
+}
+
+/// `max_pool2_dropout` of `f(channel, x)`.
+#[inline(always)]
+fn pool(
+    x: &[f32],
+    s: Nchw,
+    dropout: Option<(f32, u64)>,
+    f: impl Fn(usize, f32) -> f32 + Sync,
+) -> (Vec<f32>, Vec<u8>) {
     let (ho, wo) = (s.h / 2, s.w / 2);
     let out_plane = ho * wo;
     let mut y = vec![0f32; s.n * s.c * out_plane];
@@ -454,6 +514,7 @@ pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Ve
         .enumerate()
         .for_each(|(plane, ((y, code), x))| {
             simd(|| {
+                let ch = plane % s.c;
                 // One stream per plane: the mask does not depend on thread scheduling.
                 let mut rng = SplitMix64(seed ^ (plane as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
                 let (mut bits, mut left) = (0u64, 0);
@@ -467,8 +528,8 @@ pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Ve
                     for j in 0..wo {
                         // The first maximum in window order (top-left, top-right, bottom-left,
                         // bottom-right), as burn picks it.
-                        let (a, b) = (top[2 * j], top[2 * j + 1]);
-                        let (c, d) = (bottom[2 * j], bottom[2 * j + 1]);
+                        let (a, b) = (f(ch, top[2 * j]), f(ch, top[2 * j + 1]));
+                        let (c, d) = (f(ch, bottom[2 * j]), f(ch, bottom[2 * j + 1]));
                         let (m1, i1) = if b > a { (b, 1) } else { (a, 0) };
                         let (m2, i2) = if d > c { (d, 3) } else { (c, 2) };
                         let (m, arg) = if m2 > m1 { (m2, i2) } else { (m1, i1) };
@@ -491,27 +552,40 @@ pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Ve
 
 /// Gradient of `max_pool2_dropout` with respect to its input.
 pub fn max_pool2_dropout_backward(dy: &[f32], code: &[u8], s: Nchw, scale: f32) -> Vec<f32> {
-    let (ho, wo, w) = (s.h / 2, s.w / 2, s.w);
     new_planes(s.len(), s.plane(), |p, dx| {
-        let (dy, code) = (
-            &dy[p * ho * wo..(p + 1) * ho * wo],
-            &code[p * ho * wo..(p + 1) * ho * wo],
-        );
-        // Zeros everywhere (an odd side's last row or column is in no window), then each
-        // window's gradient at its maximum: the two rows of a window row are one slice.
-        for v in dx.iter_mut() {
-            v.write(0.0);
-        }
-        for i in 0..ho {
-            let rows = &mut dx[2 * i * w..(2 * i + 2) * w];
-            let (dy, code) = (&dy[i * wo..(i + 1) * wo], &code[i * wo..(i + 1) * wo]);
-            for j in 0..wo {
-                let c = code[j] as usize;
-                let g = if c & 4 != 0 { dy[j] * scale } else { 0.0 };
-                rows[(c >> 1 & 1) * w + 2 * j + (c & 1)].write(g);
-            }
-        }
+        unpool_plane(dy, code, scale, p, s, dx)
     })
+}
+
+/// Plane `p` of the gradient of `max_pool2_dropout`'s input, written to `dx`.
+#[inline(always)]
+fn unpool_plane(
+    dy: &[f32],
+    code: &[u8],
+    scale: f32,
+    p: usize,
+    s: Nchw,
+    dx: &mut [MaybeUninit<f32>],
+) {
+    let (ho, wo, w) = (s.h / 2, s.w / 2, s.w);
+    let (dy, code) = (
+        &dy[p * ho * wo..(p + 1) * ho * wo],
+        &code[p * ho * wo..(p + 1) * ho * wo],
+    );
+    // Zeros everywhere (an odd side's last row or column is in no window), then each window's
+    // gradient at its maximum: the two rows of a window row are one slice.
+    for v in dx.iter_mut() {
+        v.write(0.0);
+    }
+    for i in 0..ho {
+        let rows = &mut dx[2 * i * w..(2 * i + 2) * w];
+        let (dy, code) = (&dy[i * wo..(i + 1) * wo], &code[i * wo..(i + 1) * wo]);
+        for j in 0..wo {
+            let c = code[j] as usize;
+            let g = if c & 4 != 0 { dy[j] * scale } else { 0.0 };
+            rows[(c >> 1 & 1) * w + 2 * j + (c & 1)].write(g);
+        }
+    }
 }
 
 /// SplitMix64 (Steele, Lea and Flood 2014): the dropout masks' generator.

@@ -236,11 +236,13 @@ impl<B: Backend> CancerNet<B> {
     pub fn forward_with(&self, x: Tensor<B, 4>, kernels: Kernels) -> Tensor<B, 2> {
         let mut x = x;
         for block in &self.blocks {
-            for unit in &block.units {
+            let (last, units) = block.units.split_last().expect("validated: depth >= 1");
+            for unit in units {
                 let z = unit.sepconv.forward(x, kernels);
                 x = fast_ops::relu_batch_norm(&unit.bn, z, kernels);
             }
-            x = fast_ops::max_pool2_dropout(x, self.conv_dropout.prob, kernels);
+            let z = last.sepconv.forward(x, kernels);
+            x = fast_ops::relu_batch_norm_pool(&last.bn, z, self.conv_dropout.prob, kernels);
         }
         // Flatten in NCHW order (c, h, w), as ONNX's Flatten does.
         let x: Tensor<B, 2> = x.flatten(1, 3);
