@@ -471,7 +471,14 @@ mod tests {
 
     #[test]
     fn depthwise_matches_burns_grouped_conv() {
-        for dims in [[3, 4, 9, 7], [2, 3, 1, 1], [2, 2, 5, 1]] {
+        // Narrow planes (edge columns only), one and several vector blocks, single rows.
+        for dims in [
+            [3, 4, 9, 7],
+            [2, 3, 6, 21],
+            [1, 2, 3, 70],
+            [2, 3, 1, 1],
+            [2, 2, 5, 1],
+        ] {
             let conv = burn::nn::conv::Conv2dConfig::new([dims[1], dims[1]], [3, 3])
                 .with_groups(dims[1])
                 .with_padding(burn::nn::PaddingConfig2d::Same)

@@ -69,11 +69,16 @@ fn new_planes(
 /// `plane` (h x w) with a border of one zero on every side: `(h + 2) x (w + 2)`.
 #[inline(always)]
 fn padded(plane: &[f32], h: usize, w: usize, out: &mut Vec<f32>) {
-    out.clear();
-    out.resize((h + 2) * (w + 2), 0.0);
+    let pw = w + 2;
+    out.resize((h + 2) * pw, 0.0);
+    // Only the border needs zeroing: the buffer is reused and every other cell is overwritten.
+    out[..pw].fill(0.0);
+    out[(h + 1) * pw..].fill(0.0);
     for i in 0..h {
-        out[(i + 1) * (w + 2) + 1..(i + 1) * (w + 2) + 1 + w]
-            .copy_from_slice(&plane[i * w..(i + 1) * w]);
+        let row = &mut out[(i + 1) * pw..(i + 2) * pw];
+        row[0] = 0.0;
+        row[1..=w].copy_from_slice(&plane[i * w..(i + 1) * w]);
+        row[w + 1] = 0.0;
     }
 }
 
