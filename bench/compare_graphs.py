@@ -38,10 +38,12 @@ with torch.no_grad():
         bn.running_mean.copy_(torch.from_numpy(weights[f"{b}.running_mean"]))
         bn.running_var.copy_(torch.from_numpy(weights[f"{b}.running_var"]))
     dense, dense_bn, head = net.classifier[1], net.classifier[3], net.classifier[5]
-    # Gemm weights are stored [in, out]; PyTorch's Linear holds [out, in].
-    dense.weight.copy_(torch.from_numpy(weights["dense.weight"].T))
+    # PyTorch's Linear holds [out, in], as the Gemm with transB = 1 does; [in, out] without it.
+    trans_b = {n.name: any(a.name == "transB" and a.i == 1 for a in n.attribute) for n in ours.graph.node}
+    for name, layer in [("dense", dense), ("head", head)]:
+        w = weights[f"{name}.weight"]
+        layer.weight.copy_(torch.from_numpy(w if trans_b[name] else w.T.copy()))
     dense.bias.copy_(torch.from_numpy(weights["dense.bias"]))
-    head.weight.copy_(torch.from_numpy(weights["head.weight"].T))
     head.bias.copy_(torch.from_numpy(weights["head.bias"]))
     if "dense_bn.scale" in weights:
         dense_bn.weight.copy_(torch.from_numpy(weights["dense_bn.scale"]))

@@ -42,15 +42,21 @@ struct Builder {
 }
 
 impl Builder {
-    fn init(&mut self, name: &str, (data, dims): Values, expected: &[i64]) -> Result<String> {
+    fn init(&mut self, name: &str, values: Values, expected: &[i64]) -> Result<String> {
+        let (data, dims) = self.check(name, values, expected)?;
+        self.initializers
+            .push(TensorProto::from_f32_raw(name, dims, &data));
+        Ok(name.to_string())
+    }
+
+    /// `values`, when their shape is the one the model config implies.
+    fn check(&self, name: &str, (data, dims): Values, expected: &[i64]) -> Result<Values> {
         if dims != expected {
             bail!(
                 "checkpoint tensor {name} has shape {dims:?}, but the model config says {expected:?}: was it trained with another model config?"
             );
         }
-        self.initializers
-            .push(TensorProto::from_f32_raw(name, dims, &data));
-        Ok(name.to_string())
+        Ok((data, dims))
     }
 
     fn node(
@@ -136,9 +142,23 @@ impl Builder {
         (b, bd): (Vec<f32>, Vec<i64>),
         shape: [i64; 2],
     ) -> Result<String> {
-        let w = self.init(&format!("{name}.weight"), (w, wd), &shape)?;
+        // burn holds the weight as [in, out]; the graph stores [out, in] with transB = 1, the
+        // layout PyTorch's export uses (ONNX Runtime runs both alike; measured in
+        // bench/compare_graphs.py).
+        let (w, wd) = self.check(&format!("{name}.weight"), (w, wd), &shape)?;
+        let (rows, cols) = (wd[0] as usize, wd[1] as usize);
+        let transposed: Vec<f32> = (0..cols)
+            .flat_map(|c| (0..rows).map(move |r| (r, c)))
+            .map(|(r, c)| w[r * cols + c])
+            .collect();
+        let w = self.init(
+            &format!("{name}.weight"),
+            (transposed, vec![wd[1], wd[0]]),
+            &[shape[1], shape[0]],
+        )?;
         let b = self.init(&format!("{name}.bias"), (b, bd), &[shape[1]])?;
-        Ok(self.node("Gemm", name, vec![x, w, b], vec![]))
+        let trans_b = AttributeProto::from_int("transB", 1);
+        Ok(self.node("Gemm", name, vec![x, w, b], vec![trans_b]))
     }
 }
 
