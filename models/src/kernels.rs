@@ -285,11 +285,23 @@ pub fn pointwise_param_grads(x: &[f32], dy: &[f32], co: usize, s: Nchw) -> (Vec<
         .par_chunks(s.c * hw)
         .zip(dy.par_chunks(co * hw))
         .fold(zero, |(mut dw, mut db), (x, dy)| {
-            let hw_ = hw as isize;
-            gemm1((co, s.c, hw), &mut dw, true, dy, (1, hw_), x, (hw_, 1));
-            for (b, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
-                *b += sum_map2(row, row, |v, _| v) as f64;
-            }
+            simd(|| {
+                if s.c <= 4 {
+                    // A few input channels (the image's three): plain dot products read dy
+                    // once, where the GEMM would first copy (pack) all of it.
+                    for (c, row) in dy.chunks_exact(hw).enumerate() {
+                        for (i, plane) in x.chunks_exact(hw).enumerate() {
+                            dw[c * s.c + i] += sum_map2(row, plane, |a, b| a * b);
+                        }
+                    }
+                } else {
+                    let hw_ = hw as isize;
+                    gemm1((co, s.c, hw), &mut dw, true, dy, (1, hw_), x, (hw_, 1));
+                }
+                for (b, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
+                    *b += sum_map2(row, row, |v, _| v) as f64;
+                }
+            });
             (dw, db)
         })
         .reduce(zero, |(mut a, mut b), (c, d)| {
