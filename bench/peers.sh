@@ -13,7 +13,7 @@ cargo bench -q -p trainer --bench step --no-run 2>/dev/null
 work=${1:-$(mktemp -d)}
 bin=target/release
 echo "== training step, batch 32, $(nproc) cores"
-for round in 1 2; do
+for round in 1 2 3; do
   STEP_ONLY=1 REPS=20 cargo bench -q -p trainer --bench step 2>/dev/null | grep -E "full step"
   $py bench/train_pytorch.py 40 | tail -1 | sed 's/^/  pytorch: /'
 done
