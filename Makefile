@@ -43,12 +43,13 @@ bench: venv
 	bench/runtime.sh
 	$(CARGO) bench -p trainer --bench step
 
-# CancerNet against PyTorch (training step, ONNX graphs): installs PyTorch (~5 GB) into .venv-torch.
-bench-peers: venv .venv-torch/.installed
+# CancerNet against PyTorch and the tutorial's Keras (training, ONNX graphs): installs PyTorch
+# (~5 GB) into .venv-torch and TensorFlow (~1.7 GB) into .venv-keras.
+bench-peers: venv .venv-torch/.installed .venv-keras/.installed
 	bench/peers.sh
-.venv-torch/.installed: bench/requirements-torch.txt
-	python3 -m venv .venv-torch
-	.venv-torch/bin/python -m pip install --quiet --disable-pip-version-check -r bench/requirements-torch.txt
+.venv-%/.installed: bench/requirements-%.txt
+	python3 -m venv .venv-$*
+	.venv-$*/bin/python -m pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
 clean-demo:
