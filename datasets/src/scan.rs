@@ -109,37 +109,78 @@ fn under_duplicate_dir(path: &Path) -> bool {
         .any(|c| c.as_os_str() == KAGGLE_DUPLICATE_DIR)
 }
 
-/// Every regular file below `root`, recursively, in no particular order. Hidden entries (names
+/// Every regular file below `root`, recursively, in sorted path order. Hidden entries (names
 /// starting with `.`: marker files, interrupted builds, macOS metadata) are never patches and are
 /// not listed.
 pub fn walk_files(root: &Path) -> Result<Vec<PathBuf>> {
-    if !root.is_dir() {
-        bail!(
-            "{} is not a folder: point to a dataset root (e.g. datasets/orig from the Kaggle zip, \
-             or make one with `datasets synth`)",
-            root.display()
-        );
+    SortedWalk::new(root)?.collect()
+}
+
+/// `walk_files` one folder listing at a time: the files come in sorted path order (each folder's
+/// entries sorted, subfolders entered where they sort), and memory follows the largest folder,
+/// not the whole tree.
+pub struct SortedWalk {
+    /// Per open folder, its remaining entries: (path, is a folder).
+    stack: Vec<std::vec::IntoIter<(PathBuf, bool)>>,
+}
+
+impl SortedWalk {
+    pub fn new(root: &Path) -> Result<SortedWalk> {
+        if !root.is_dir() {
+            bail!(
+                "{} is not a folder: point to a dataset root (e.g. datasets/orig from the Kaggle zip, \
+                 or make one with `datasets synth`)",
+                root.display()
+            );
+        }
+        Ok(SortedWalk {
+            stack: vec![listing(root)?.into_iter()],
+        })
     }
-    let mut files = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let entries = std::fs::read_dir(&dir)
-            .with_context(|| format!("cannot read folder {}", dir.display()))?;
-        for entry in entries {
-            let entry = entry.with_context(|| format!("cannot read folder {}", dir.display()))?;
-            if entry.file_name().to_string_lossy().starts_with('.') {
-                continue;
+}
+
+/// A folder's visible entries, sorted by name: (path, is a folder); file symlinks count as files.
+fn listing(dir: &Path) -> Result<Vec<(PathBuf, bool)>> {
+    let context = || format!("cannot read folder {}", dir.display());
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(context)? {
+        let entry = entry.with_context(context)?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let file_type = entry.file_type().with_context(context)?;
+        let path = entry.path();
+        if file_type.is_dir() {
+            entries.push((path, true));
+        } else if file_type.is_file() || (file_type.is_symlink() && path.is_file()) {
+            entries.push((path, false));
+        }
+    }
+    entries.sort();
+    Ok(entries)
+}
+
+impl Iterator for SortedWalk {
+    type Item = Result<PathBuf>;
+
+    fn next(&mut self) -> Option<Result<PathBuf>> {
+        loop {
+            let (path, is_dir) = match self.stack.last_mut()?.next() {
+                Some(entry) => entry,
+                None => {
+                    self.stack.pop();
+                    continue;
+                }
+            };
+            if !is_dir {
+                return Some(Ok(path));
             }
-            let file_type = entry.file_type()?;
-            let path = entry.path();
-            if file_type.is_dir() {
-                stack.push(path);
-            } else if file_type.is_file() || (file_type.is_symlink() && path.is_file()) {
-                files.push(path);
+            match listing(&path) {
+                Ok(entries) => self.stack.push(entries.into_iter()),
+                Err(e) => return Some(Err(e)),
             }
         }
     }
-    Ok(files)
 }
 
 /// Whether a path has an image extension (png, jpg, jpeg).
@@ -188,4 +229,43 @@ fn classify(path: &Path) -> Result<Patch, Problem> {
         name,
         label,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_walk_lists_in_path_order_and_skips_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in [
+            "b/2.png",
+            "b/10.png",
+            "a.png",
+            "b.png",
+            "c/x/y.png",
+            ".hidden/z.png",
+            "c/.dot",
+        ] {
+            let path = dir.path().join(f);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "").unwrap();
+        }
+        let walked: Vec<PathBuf> = SortedWalk::new(dir.path())
+            .unwrap()
+            .map(|p| p.unwrap())
+            .collect();
+        let mut sorted = walked.clone();
+        sorted.sort();
+        assert_eq!(walked, sorted);
+        let names: Vec<String> = walked
+            .iter()
+            .map(|p| p.strip_prefix(dir.path()).unwrap().display().to_string())
+            .collect();
+        assert_eq!(
+            names,
+            ["a.png", "b/10.png", "b/2.png", "b.png", "c/x/y.png"]
+        );
+        assert!(SortedWalk::new(&dir.path().join("a.png")).is_err());
+    }
 }

@@ -1,11 +1,11 @@
 //! `runtime eval` and `runtime predict`: the classification report over labelled patches, the
 //! per-patient table, and the JSON, CSV and ROC outputs.
 
-use crate::pipeline::{Item, Outcome};
+use crate::pipeline::Item;
 use crate::session::Model;
 use anyhow::Result;
 use datasets::Problem;
-use datasets::fsutil::write_atomic;
+use datasets::fsutil::{AtomicFile, write_atomic};
 use datasets::report::{Report, roc_curve};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -26,8 +26,12 @@ pub struct RunInfo {
 }
 
 impl RunInfo {
-    pub fn new(model_path: &Path, model: &Model, batch_size: usize, outcome: &Outcome) -> RunInfo {
-        let images = outcome.probs.iter().filter(|p| p.is_some()).count();
+    pub fn new(
+        model_path: &Path,
+        model: &Model,
+        batch_size: usize,
+        (images, skipped, seconds): (usize, usize, f64),
+    ) -> RunInfo {
         RunInfo {
             model: model_path.display().to_string(),
             provider: model.provider.to_string(),
@@ -35,9 +39,9 @@ impl RunInfo {
             threads: model.threads,
             batch_size,
             images,
-            skipped: outcome.problems.len(),
-            seconds: outcome.seconds,
-            images_per_second: (images + outcome.problems.len()) as f64 / outcome.seconds.max(1e-9),
+            skipped,
+            seconds,
+            images_per_second: (images + skipped) as f64 / seconds.max(1e-9),
         }
     }
 
@@ -67,34 +71,136 @@ pub struct PatientRow {
     pub accuracy: Option<f64>,
 }
 
-pub fn patient_rows(items: &[Item], probs: &[Option<f32>], threshold: f64) -> Vec<PatientRow> {
-    let mut by: BTreeMap<String, Vec<(Option<u8>, bool)>> = BTreeMap::new();
-    for (item, p) in items.iter().zip(probs) {
-        if let Some(p) = p {
-            let patient = item
-                .name
-                .as_ref()
-                .map_or("(unnamed)".to_string(), |n| n.patient.clone());
-            by.entry(patient)
-                .or_default()
-                .push((item.label, *p as f64 >= threshold));
-        }
-    }
-    by.into_iter()
-        .map(|(patient, v)| {
-            let n = v.len() as f64;
-            let labelled = v.iter().all(|(l, _)| l.is_some());
-            PatientRow {
-                patient,
-                patches: v.len(),
-                true_idc_share: labelled
-                    .then(|| v.iter().filter(|(l, _)| *l == Some(1)).count() as f64 / n),
-                predicted_idc_share: v.iter().filter(|(_, p)| *p).count() as f64 / n,
-                accuracy: labelled
-                    .then(|| v.iter().filter(|(l, p)| *l == Some(u8::from(*p))).count() as f64 / n),
+/// What `eval` and `predict` keep while the images stream past: the labelled (label,
+/// probability) pairs for the report and the ROC curve (5 bytes an image), counts per patient,
+/// and the predictions CSV, written row by row.
+pub struct Tally {
+    threshold: f64,
+    pub images: usize,
+    pub predicted_idc: usize,
+    pub labels: Vec<u8>,
+    pub probs: Vec<f32>,
+    patients: BTreeMap<String, Counts>,
+    predictions: Option<csv::Writer<AtomicFile>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    patches: usize,
+    labelled: usize,
+    true_idc: usize,
+    predicted_idc: usize,
+    correct: usize,
+}
+
+impl Tally {
+    /// A tally at `threshold`, writing the CSV of one row per image to `predictions` if given.
+    pub fn new(threshold: f64, predictions: Option<&Path>) -> Result<Tally> {
+        let predictions = match predictions {
+            Some(path) => {
+                let mut w = csv::Writer::from_writer(AtomicFile::create(path)?);
+                w.write_record([
+                    "path",
+                    "patient",
+                    "x",
+                    "y",
+                    "label",
+                    "probability",
+                    "prediction",
+                ])?;
+                Some(w)
             }
+            None => None,
+        };
+        Ok(Tally {
+            threshold,
+            images: 0,
+            predicted_idc: 0,
+            labels: Vec::new(),
+            probs: Vec::new(),
+            patients: BTreeMap::new(),
+            predictions,
         })
-        .collect()
+    }
+
+    pub fn add(&mut self, item: &Item, p: f32) -> Result<()> {
+        let idc = p as f64 >= self.threshold;
+        self.images += 1;
+        self.predicted_idc += usize::from(idc);
+        if let Some(label) = item.label {
+            self.labels.push(label);
+            self.probs.push(p);
+        }
+        let patient = item
+            .name
+            .as_ref()
+            .map_or("(unnamed)", |n| n.patient.as_str());
+        if !self.patients.contains_key(patient) {
+            self.patients.insert(patient.to_string(), Counts::default());
+        }
+        let c = self.patients.get_mut(patient).expect("just inserted");
+        c.patches += 1;
+        c.predicted_idc += usize::from(idc);
+        if let Some(label) = item.label {
+            c.labelled += 1;
+            c.true_idc += usize::from(label == 1);
+            c.correct += usize::from(label == u8::from(idc));
+        }
+        if let Some(w) = &mut self.predictions {
+            let opt = |v: Option<String>| v.unwrap_or_default();
+            w.write_record([
+                item.path.display().to_string(),
+                opt(item.name.as_ref().map(|n| n.patient.clone())),
+                opt(item.name.as_ref().map(|n| n.x.to_string())),
+                opt(item.name.as_ref().map(|n| n.y.to_string())),
+                opt(item.label.map(|l| l.to_string())),
+                format!("{p:.6}"),
+                u8::from(idc).to_string(),
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// The classification report over the labelled images, if any.
+    pub fn report(&self) -> Option<Report> {
+        (!self.labels.is_empty()).then(|| Report::new(&self.labels, &self.probs, self.threshold))
+    }
+
+    /// One row per patient (true share and accuracy only where every patch is labelled).
+    pub fn patient_rows(&self) -> Vec<PatientRow> {
+        self.patients
+            .iter()
+            .map(|(patient, c)| {
+                let n = c.patches as f64;
+                let labelled = c.labelled == c.patches;
+                PatientRow {
+                    patient: patient.clone(),
+                    patches: c.patches,
+                    true_idc_share: labelled.then(|| c.true_idc as f64 / n),
+                    predicted_idc_share: c.predicted_idc as f64 / n,
+                    accuracy: labelled.then(|| c.correct as f64 / n),
+                }
+            })
+            .collect()
+    }
+
+    /// Puts the predictions CSV in place (it is written to a temp file until then).
+    pub fn finish(&mut self) -> Result<()> {
+        if let Some(w) = self.predictions.take() {
+            w.into_inner()
+                .map_err(|e| anyhow::anyhow!("{}", e.error()))?
+                .commit()?;
+        }
+        Ok(())
+    }
+
+    pub fn write_roc(&self, path: &Path) -> Result<()> {
+        datasets::plot::roc_chart(
+            path,
+            &roc_curve(&self.labels, &self.probs),
+            datasets::report::roc_auc(&self.labels, &self.probs),
+        )
+    }
 }
 
 pub fn patient_table(rows: &[PatientRow]) -> String {
@@ -135,20 +241,6 @@ pub fn problems_text(problems: &[Problem], max: usize) -> String {
     s
 }
 
-/// The labelled subset: (labels, probabilities).
-pub fn labelled(items: &[Item], probs: &[Option<f32>]) -> (Vec<u8>, Vec<f32>) {
-    items
-        .iter()
-        .zip(probs)
-        .filter_map(|(i, p)| Some((i.label?, (*p)?)))
-        .unzip()
-}
-
-pub fn report(items: &[Item], probs: &[Option<f32>], threshold: f64) -> Option<Report> {
-    let (labels, p) = labelled(items, probs);
-    (!labels.is_empty()).then(|| Report::new(&labels, &p, threshold))
-}
-
 pub fn write_json(
     path: &Path,
     info: &RunInfo,
@@ -162,45 +254,4 @@ pub fn write_json(
         .collect();
     let json = serde_json::json!({ "run": info, "report": report, "patients": patients, "skipped": skipped });
     write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
-}
-
-pub fn write_predictions(
-    path: &Path,
-    items: &[Item],
-    probs: &[Option<f32>],
-    threshold: f64,
-) -> Result<()> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "path",
-        "patient",
-        "x",
-        "y",
-        "label",
-        "probability",
-        "prediction",
-    ])?;
-    for (item, p) in items.iter().zip(probs) {
-        let Some(p) = p else { continue };
-        let opt = |v: Option<String>| v.unwrap_or_default();
-        w.write_record([
-            item.path.display().to_string(),
-            opt(item.name.as_ref().map(|n| n.patient.clone())),
-            opt(item.name.as_ref().map(|n| n.x.to_string())),
-            opt(item.name.as_ref().map(|n| n.y.to_string())),
-            opt(item.label.map(|l| l.to_string())),
-            format!("{p:.6}"),
-            u8::from(*p as f64 >= threshold).to_string(),
-        ])?;
-    }
-    write_atomic(path, &w.into_inner()?)
-}
-
-pub fn write_roc(path: &Path, items: &[Item], probs: &[Option<f32>]) -> Result<()> {
-    let (labels, p) = labelled(items, probs);
-    datasets::plot::roc_chart(
-        path,
-        &roc_curve(&labels, &p),
-        datasets::report::roc_auc(&labels, &p),
-    )
 }

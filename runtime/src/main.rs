@@ -4,8 +4,8 @@ use anyhow::{Result, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use datasets::cli::{exit_code, progress_bar};
 use datasets::preprocess::{Filter, Preprocess};
-use runtime::evaluate::{self, RunInfo};
-use runtime::pipeline::{self, Item, Pipeline};
+use runtime::evaluate::{self, RunInfo, Tally};
+use runtime::pipeline::{self, Pipeline};
 use runtime::session::{Ep, Model, Options};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -156,69 +156,63 @@ fn pipeline_of(args: &ModelArgs) -> Pipeline {
     }
 }
 
-fn classify(dir: &Path, args: &ModelArgs) -> Result<(Vec<Item>, pipeline::Outcome, RunInfo)> {
-    let (items, mut problems) = pipeline::list(dir)?;
+/// Streams every image under `dir` through the model into a `Tally` (predictions CSV included).
+fn classify(
+    dir: &Path,
+    args: &ModelArgs,
+    out: &OutputArgs,
+) -> Result<(Tally, Vec<datasets::Problem>, RunInfo)> {
+    let total = pipeline::count(dir)?;
     let mut model = open(args)?;
-    let mut outcome = pipeline_of(args).run(
+    let mut tally = Tally::new(out.threshold, out.predictions.as_deref())?;
+    let (problems, seconds) = pipeline_of(args).stream(
         &mut model,
-        &items,
-        &progress_bar(items.len() as u64, "classify"),
+        pipeline::items(dir)?,
+        &progress_bar(total as u64, "classify"),
+        |_, item, p| tally.add(item, p),
     )?;
-    problems.append(&mut outcome.problems);
-    outcome.problems = problems;
-    let info = RunInfo::new(&args.model, &model, args.batch_size, &outcome);
-    Ok((items, outcome, info))
+    let info = RunInfo::new(
+        &args.model,
+        &model,
+        args.batch_size,
+        (tally.images, problems.len(), seconds),
+    );
+    Ok((tally, problems, info))
 }
 
 fn finish(
-    items: &[Item],
-    outcome: &pipeline::Outcome,
+    mut tally: Tally,
+    problems: &[datasets::Problem],
     info: &RunInfo,
     out: &OutputArgs,
     labelled: bool,
 ) -> Result<()> {
-    let report = if labelled {
-        evaluate::report(items, &outcome.probs, out.threshold)
-    } else {
-        None
-    };
-    let patients = evaluate::patient_rows(items, &outcome.probs, out.threshold);
+    let report = if labelled { tally.report() } else { None };
+    let patients = tally.patient_rows();
     println!("{}", info.header());
     match &report {
         Some(r) => println!("\n{r}"),
         None if labelled => println!(
             "\nno labelled images (labels come from 0/ 1/ folders or class<C> in the file name)"
         ),
-        None => {
-            let idc = outcome
-                .probs
-                .iter()
-                .flatten()
-                .filter(|&&p| p as f64 >= out.threshold)
-                .count();
-            println!(
-                "\n{} images: {idc} predicted IDC, {} predicted no IDC (threshold {})",
-                info.images,
-                info.images - idc,
-                out.threshold
-            );
-        }
+        None => println!(
+            "\n{} images: {} predicted IDC, {} predicted no IDC (threshold {})",
+            info.images,
+            tally.predicted_idc,
+            info.images - tally.predicted_idc,
+            out.threshold
+        ),
     }
     if out.patients {
         print!("{}", evaluate::patient_table(&patients));
     }
-    print!("{}", evaluate::problems_text(&outcome.problems, 20));
+    print!("{}", evaluate::problems_text(problems, 20));
     if let Some(path) = &out.json {
-        evaluate::write_json(path, info, report.as_ref(), &patients, &outcome.problems)?;
+        evaluate::write_json(path, info, report.as_ref(), &patients, problems)?;
     }
-    if let Some(path) = &out.predictions {
-        evaluate::write_predictions(path, items, &outcome.probs, out.threshold)?;
-    }
-    if out.strict && !outcome.problems.is_empty() {
-        bail!(
-            "{} files could not be used (--strict)",
-            outcome.problems.len()
-        );
+    tally.finish()?;
+    if out.strict && !problems.is_empty() {
+        bail!("{} files could not be used (--strict)", problems.len());
     }
     Ok(())
 }
@@ -231,15 +225,15 @@ fn run(args: Args) -> Result<()> {
             out,
             roc,
         } => {
-            let (items, outcome, info) = classify(&dir, &model)?;
+            let (tally, problems, info) = classify(&dir, &model, &out)?;
             if let Some(path) = &roc {
-                evaluate::write_roc(path, &items, &outcome.probs)?;
+                tally.write_roc(path)?;
             }
-            finish(&items, &outcome, &info, &out, true)
+            finish(tally, &problems, &info, &out, true)
         }
         Command::Predict { dir, model, out } => {
-            let (items, outcome, info) = classify(&dir, &model)?;
-            finish(&items, &outcome, &info, &out, false)
+            let (tally, problems, info) = classify(&dir, &model, &out)?;
+            finish(tally, &problems, &info, &out, false)
         }
         Command::Heatmap {
             dir,

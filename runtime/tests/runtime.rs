@@ -123,6 +123,12 @@ fn eval_matches_burn_and_skips_every_kind_of_bad_file() {
     let mut rows = csv::Reader::from_path(&preds).unwrap();
     let rows: Vec<csv::StringRecord> = rows.records().map(|r| r.unwrap()).collect();
     assert_eq!(rows.len(), good.len());
+    // Streamed one folder at a time, yet in sorted path order.
+    let paths: Vec<PathBuf> = rows.iter().map(|r| PathBuf::from(&r[0])).collect();
+    assert!(
+        paths.windows(2).all(|w| w[0] < w[1]),
+        "rows not in path order"
+    );
     let sample: Vec<&csv::StringRecord> = rows.iter().step_by(7).collect();
     let mut x = vec![0f32; sample.len() * pre.len()];
     for (i, r) in sample.iter().enumerate() {
