@@ -191,18 +191,16 @@ impl Backward<Flex, 3> for PointwiseBackward {
         let s = shape(&x);
         let co = shape(&dy).c;
         let [x_node, w_node, b_node] = ops.parents;
-        if let Some(node) = x_node {
-            let dx = kernels::pointwise_input_grad(f32s(&w), f32s(&dy), co, s);
+        let (dx, dw, db) =
+            kernels::pointwise_backward(f32s(&x), f32s(&w), f32s(&dy), co, s, x_node.is_some());
+        if let (Some(node), Some(dx)) = (x_node, dx) {
             grads.register::<Flex>(node.id, flex(dx, dims(s)));
         }
-        if w_node.is_some() || b_node.is_some() {
-            let (dw, db) = kernels::pointwise_param_grads(f32s(&x), f32s(&dy), co, s);
-            if let Some(node) = w_node {
-                grads.register::<Flex>(node.id, flex(dw, [co, s.c, 1, 1]));
-            }
-            if let Some(node) = b_node {
-                grads.register::<Flex>(node.id, flex(db, [co]));
-            }
+        if let Some(node) = w_node {
+            grads.register::<Flex>(node.id, flex(dw, [co, s.c, 1, 1]));
+        }
+        if let Some(node) = b_node {
+            grads.register::<Flex>(node.id, flex(db, [co]));
         }
     }
 }

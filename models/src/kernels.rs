@@ -256,47 +256,54 @@ pub fn pointwise(x: &[f32], weight: &[f32], bias: &[f32], s: Nchw) -> Vec<f32> {
     })
 }
 
-/// Gradient of `pointwise` with respect to its input: `dx[n] = W^T dy[n]`.
-pub fn pointwise_input_grad(weight: &[f32], dy: &[f32], co: usize, s: Nchw) -> Vec<f32> {
-    let hw = s.plane();
-    let mut dx = vec![0f32; s.len()];
-    if dx.is_empty() {
-        return dx;
-    }
-    dx.par_chunks_mut(s.c * hw)
-        .zip(dy.par_chunks(co * hw))
-        .for_each(|(dx, dy)| {
-            let (ci, hw_) = (s.c as isize, hw as isize);
-            gemm1((s.c, hw, co), dx, false, weight, (ci, 1), dy, (1, hw_));
-        });
-    dx
-}
-
-/// Gradients of `pointwise` with respect to its weight, `sum over n of dy[n] x[n]^T`, and its
-/// bias, the sum of `dy` per output channel.
-pub fn pointwise_param_grads(x: &[f32], dy: &[f32], co: usize, s: Nchw) -> (Vec<f32>, Vec<f32>) {
-    let hw = s.plane();
-    let zero = || (vec![0f32; co * s.c], vec![0f64; co]);
-    if s.is_empty() {
-        let (dw, db) = zero();
-        return (dw, db.into_iter().map(|v| v as f32).collect());
-    }
-    let (dw, db) = x
-        .par_chunks(s.c * hw)
-        .zip(dy.par_chunks(co * hw))
-        .fold(zero, |(mut dw, mut db), (x, dy)| {
+/// Gradients of `pointwise`: with respect to its input, `dx[n] = W^T dy[n]` (when `input_grad`),
+/// its weight, `sum over n of dy[n] x[n]^T`, and its bias, the sum of `dy` per output channel. One
+/// task per sample does all three while `dy[n]` is in cache.
+pub fn pointwise_backward(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    co: usize,
+    s: Nchw,
+    input_grad: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let (hw, ci) = (s.plane(), s.c);
+    let mut dx = vec![0f32; if input_grad { s.len() } else { 0 }];
+    let dx_chunks: Vec<&mut [f32]> = if input_grad && !dx.is_empty() {
+        dx.chunks_mut(ci * hw).collect()
+    } else {
+        (0..s.n).map(|_| &mut [] as &mut [f32]).collect()
+    };
+    let zero = || (vec![0f32; co * ci], vec![0f64; co]);
+    let (dw, db) = dx_chunks
+        .into_par_iter()
+        .enumerate()
+        .fold(zero, |(mut dw, mut db), (n, dxn)| {
+            let x = &x[n * ci * hw..(n + 1) * ci * hw];
+            let dy = &dy[n * co * hw..(n + 1) * co * hw];
+            let hw_ = hw as isize;
+            if !dxn.is_empty() {
+                gemm1(
+                    (ci, hw, co),
+                    dxn,
+                    false,
+                    weight,
+                    (ci as isize, 1),
+                    dy,
+                    (1, hw_),
+                );
+            }
             simd(|| {
-                if s.c <= 4 {
+                if ci <= 4 {
                     // A few input channels (the image's three): plain dot products read dy
                     // once, where the GEMM would first copy (pack) all of it.
                     for (c, row) in dy.chunks_exact(hw).enumerate() {
                         for (i, plane) in x.chunks_exact(hw).enumerate() {
-                            dw[c * s.c + i] += sum_map2(row, plane, |a, b| a * b);
+                            dw[c * ci + i] += sum_map2(row, plane, |a, b| a * b);
                         }
                     }
                 } else {
-                    let hw_ = hw as isize;
-                    gemm1((co, s.c, hw), &mut dw, true, dy, (1, hw_), x, (hw_, 1));
+                    gemm1((co, ci, hw), &mut dw, true, dy, (1, hw_), x, (hw_, 1));
                 }
                 for (b, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
                     *b += sum_map2(row, row, |v, _| v) as f64;
@@ -309,7 +316,8 @@ pub fn pointwise_param_grads(x: &[f32], dy: &[f32], co: usize, s: Nchw) -> (Vec<
             b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
             (a, b)
         });
-    (dw, db.into_iter().map(|v| v as f32).collect())
+    let db = db.into_iter().map(|v| v as f32).collect();
+    (input_grad.then_some(dx), dw, db)
 }
 
 /// Per-channel sums of `f(plane index, channel) -> (a, b)` over every plane, in f64.
