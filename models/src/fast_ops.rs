@@ -241,13 +241,8 @@ pub fn relu_batch_norm<B: Backend>(
                     values(bn.running_mean.value()),
                     values(bn.running_var.value()),
                 );
-                let eps = bn.epsilon as f32;
-                let scale: Vec<f32> = (0..gamma.len())
-                    .map(|c| gamma[c] / (var[c] + eps).sqrt())
-                    .collect();
-                let shift: Vec<f32> = (0..gamma.len())
-                    .map(|c| beta[c] - mean[c] * scale[c])
-                    .collect();
+                let (scale, shift) =
+                    kernels::bn_affine(&gamma, &beta, &mean, &var, bn.epsilon as f32);
                 let z = contiguous(&float(z));
                 let s = shape(&z);
                 same(tensor::<Flex, 4>(flex(

@@ -383,11 +383,25 @@ fn batch_stats(
         mean.push(m as f32);
         var.push((sum_sq / count - m * m).max(0.0) as f32);
     }
-    let scale: Vec<f32> = (0..s.c)
-        .map(|ch| gamma[ch] / (var[ch] + eps).sqrt())
-        .collect();
-    let shift: Vec<f32> = (0..s.c).map(|ch| beta[ch] - mean[ch] * scale[ch]).collect();
+    let (scale, shift) = bn_affine(gamma, beta, &mean, &var, eps);
     (BatchStats { mean, var }, scale, shift)
+}
+
+/// BatchNorm with given statistics as a per-channel affine map `x * scale + shift`.
+pub fn bn_affine(
+    gamma: &[f32],
+    beta: &[f32],
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = (0..gamma.len())
+        .map(|c| gamma[c] / (var[c] + eps).sqrt())
+        .collect();
+    let shift = (0..gamma.len())
+        .map(|c| beta[c] - mean[c] * scale[c])
+        .collect();
+    (scale, shift)
 }
 
 /// Training-mode `BatchNorm(ReLU(z))` with batch statistics, in two passes over `z`.

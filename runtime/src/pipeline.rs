@@ -4,7 +4,7 @@
 //! recorded with the reason and skipped; it never stops the run.
 
 use crate::session::Model;
-use anyhow::{Result, bail};
+use anyhow::Result;
 use datasets::preprocess::Preprocess;
 use datasets::scan::{SortedWalk, folder_label, has_image_extension};
 use datasets::{PatchName, Problem};
@@ -57,10 +57,7 @@ pub fn count(dir: &Path) -> Result<usize> {
         }
     }
     if images == 0 {
-        bail!(
-            "no images under {} ({others} other files): point to a folder of .png/.jpg patches",
-            dir.display()
-        );
+        return Err(no_images(dir, others));
     }
     Ok(images)
 }
@@ -68,7 +65,6 @@ pub fn count(dir: &Path) -> Result<usize> {
 /// Every image under `dir`, and the files that are not images (in memory: for the commands that
 /// need them all at once, such as `heatmap` and `bench`).
 pub fn list(dir: &Path) -> Result<(Vec<Item>, Vec<Problem>)> {
-    count(dir)?;
     let (mut images, mut problems) = (Vec::new(), Vec::new());
     for item in items(dir)? {
         match item {
@@ -76,7 +72,17 @@ pub fn list(dir: &Path) -> Result<(Vec<Item>, Vec<Problem>)> {
             Err(problem) => problems.push(problem),
         }
     }
+    if images.is_empty() {
+        return Err(no_images(dir, problems.len()));
+    }
     Ok((images, problems))
+}
+
+fn no_images(dir: &Path, others: usize) -> anyhow::Error {
+    anyhow::anyhow!(
+        "no images under {} ({others} other files): point to a folder of .png/.jpg patches",
+        dir.display()
+    )
 }
 
 #[derive(Debug, Clone, Copy)]
