@@ -3,7 +3,12 @@
 //! Each works plane by plane (one `h x w` image of one channel of one sample), in parallel over
 //! the planes with rayon, and writes its result into a fresh buffer. `fast_ops` wraps them as burn
 //! operations with their own backward; its tests check values and gradients against burn's ops.
+//!
+//! The public kernels are compiled twice, for AVX2 + FMA and for baseline x86-64, and pick one
+//! at run time (`multiversion`). Closures defined inside a kernel inherit its target features,
+//! so the per-plane loops that rayon runs are 8 floats wide where the CPU allows.
 
+use multiversion::multiversion;
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
@@ -28,24 +33,6 @@ impl Nchw {
     }
 }
 
-/// Runs `f` compiled for AVX2 when the CPU has it (the kernels' loops then run 8 floats wide),
-/// else for baseline x86-64 (4 wide). `f` and what it calls must be inlined into it.
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
-}
-
 /// A new buffer of `len` floats whose chunks of `plane` floats `f(index, chunk)` fills in
 /// parallel. Every kernel here writes the whole of each chunk it is given, so the buffer is
 /// not zero-filled first (that memset was ~8% of a training step).
@@ -59,11 +46,49 @@ fn new_planes(
         v.spare_capacity_mut()[..len]
             .par_chunks_mut(plane)
             .enumerate()
-            .for_each(|(p, chunk)| simd(|| f(p, chunk)));
+            .for_each(|(p, chunk)| f(p, chunk));
     }
     // SAFETY: every element of 0..len was written by `f` (see above).
     unsafe { v.set_len(len) };
     v
+}
+
+/// `buf` cut into planes of `plane` elements, grouped by channel: group `ch` holds channel
+/// `ch`'s plane of every sample, in sample order (in NCHW, plane `p` belongs to channel `p % c`).
+fn channel_groups<T>(buf: &mut [T], plane: usize, c: usize) -> Vec<Vec<&mut [T]>> {
+    let mut groups: Vec<Vec<&mut [T]>> = (0..c).map(|_| Vec::new()).collect();
+    if plane > 0 {
+        for (p, chunk) in buf.chunks_mut(plane).enumerate() {
+            groups[p % c].push(chunk);
+        }
+    }
+    groups
+}
+
+/// Channel `ch`'s plane of every sample of `x` (shaped `s`), in sample order.
+#[inline(always)]
+fn channel_planes(x: &[f32], ch: usize, s: Nchw) -> impl Iterator<Item = &[f32]> {
+    let plane = s.plane();
+    (0..s.n).map(move |n| &x[(n * s.c + ch) * plane..(n * s.c + ch + 1) * plane])
+}
+
+/// A new buffer shaped `s` written one channel at a time, the channels in parallel: `f(ch,
+/// planes)` writes every element of channel `ch`'s planes and returns a per-channel result.
+/// BatchNorm works per channel: its second pass over a channel's planes (~300 KB for
+/// CancerNet's first block) then reads them from the core's cache, not from memory.
+fn new_by_channel<R: Send>(
+    s: Nchw,
+    f: impl Fn(usize, &mut [&mut [MaybeUninit<f32>]]) -> R + Sync,
+) -> (Vec<f32>, Vec<R>) {
+    let mut v = Vec::with_capacity(s.len());
+    let results = channel_groups(&mut v.spare_capacity_mut()[..s.len()], s.plane(), s.c)
+        .into_par_iter()
+        .enumerate()
+        .map(|(ch, mut planes)| f(ch, &mut planes))
+        .collect();
+    // SAFETY: `f` wrote every element of every plane, and the planes cover 0..len.
+    unsafe { v.set_len(s.len()) };
+    (v, results)
 }
 
 /// `plane` (h x w) with a border of one zero on every side: `(h + 2) x (w + 2)`.
@@ -109,6 +134,7 @@ fn correlate3x3(p: &[f32], k: &[f32], y: &mut [MaybeUninit<f32>], h: usize, w: u
 }
 
 /// Depthwise 3x3 convolution, 'same' padding, stride 1, no bias: `weight` is `[C, 1, 3, 3]`.
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn depthwise3x3(x: &[f32], weight: &[f32], s: Nchw) -> Vec<f32> {
     let (h, w) = (s.h, s.w);
     new_planes(s.len(), s.plane(), |p, y| {
@@ -121,7 +147,7 @@ pub fn depthwise3x3(x: &[f32], weight: &[f32], s: Nchw) -> Vec<f32> {
 }
 
 thread_local! {
-    /// Each worker's scratch plane (a padded plane, an expanded gradient), kept in cache.
+    /// Each worker's scratch buffer (a padded plane, a channel's expanded gradient), kept in cache.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
@@ -142,12 +168,10 @@ pub fn depthwise3x3_weight_grad(x: &[f32], dy: &[f32], s: Nchw) -> Vec<f32> {
     let per_plane: Vec<[f64; 9]> = (0..s.n * s.c)
         .into_par_iter()
         .map(|p| {
-            simd(|| {
-                SCRATCH.with_borrow_mut(|pad| {
-                    padded(&x[p * h * w..(p + 1) * h * w], h, w, pad);
-                    let dy = &dy[p * h * w..(p + 1) * h * w];
-                    tap_sums(pad, dy, h, w)
-                })
+            SCRATCH.with_borrow_mut(|pad| {
+                padded(&x[p * h * w..(p + 1) * h * w], h, w, pad);
+                let dy = &dy[p * h * w..(p + 1) * h * w];
+                tap_sums(pad, dy, h, w)
             })
         })
         .collect();
@@ -259,6 +283,7 @@ pub fn pointwise(x: &[f32], weight: &[f32], bias: &[f32], s: Nchw) -> Vec<f32> {
 /// Gradients of `pointwise`: with respect to its input, `dx[n] = W^T dy[n]` (when `input_grad`),
 /// its weight, `sum over n of dy[n] x[n]^T`, and its bias, the sum of `dy` per output channel. One
 /// task per sample does all three while `dy[n]` is in cache.
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn pointwise_backward(
     x: &[f32],
     weight: &[f32],
@@ -293,22 +318,20 @@ pub fn pointwise_backward(
                     (1, hw_),
                 );
             }
-            simd(|| {
-                if ci <= 4 {
-                    // A few input channels (the image's three): plain dot products read dy
-                    // once, where the GEMM would first copy (pack) all of it.
-                    for (c, row) in dy.chunks_exact(hw).enumerate() {
-                        for (i, plane) in x.chunks_exact(hw).enumerate() {
-                            dw[c * ci + i] += sum_map2(row, plane, |a, b| a * b);
-                        }
+            if ci <= 4 {
+                // A few input channels (the image's three): plain dot products read dy
+                // once, where the GEMM would first copy (pack) all of it.
+                for (c, row) in dy.chunks_exact(hw).enumerate() {
+                    for (i, plane) in x.chunks_exact(hw).enumerate() {
+                        dw[c * ci + i] += sum_map2(row, plane, |a, b| a * b);
                     }
-                } else {
-                    gemm1((co, ci, hw), &mut dw, true, dy, (1, hw_), x, (hw_, 1));
                 }
-                for (b, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
-                    *b += sum_map2(row, row, |v, _| v) as f64;
-                }
-            });
+            } else {
+                gemm1((co, ci, hw), &mut dw, true, dy, (1, hw_), x, (hw_, 1));
+            }
+            for (b, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
+                *b += sum_map2(row, row, |v, _| v) as f64;
+            }
             (dw, db)
         })
         .reduce(zero, |(mut a, mut b), (c, d)| {
@@ -318,20 +341,6 @@ pub fn pointwise_backward(
         });
     let db = db.into_iter().map(|v| v as f32).collect();
     (input_grad.then_some(dx), dw, db)
-}
-
-/// Per-channel sums of `f(plane index, channel) -> (a, b)` over every plane, in f64.
-fn channel_sums(s: Nchw, f: impl Fn(usize, usize) -> (f32, f32) + Sync) -> Vec<(f64, f64)> {
-    let per_plane: Vec<(f32, f32)> = (0..s.n * s.c)
-        .into_par_iter()
-        .map(|p| simd(|| f(p, p % s.c)))
-        .collect();
-    let mut sums = vec![(0f64, 0f64); s.c];
-    for (p, (a, b)) in per_plane.into_iter().enumerate() {
-        sums[p % s.c].0 += a as f64;
-        sums[p % s.c].1 += b as f64;
-    }
-    sums
 }
 
 /// Sum of `f(a[i], b[i])` with eight accumulators (vectorizable).
@@ -361,33 +370,28 @@ pub struct BatchStats {
     pub var: Vec<f32>,
 }
 
-/// The batch statistics of `relu(z)`, and the per-channel scale and shift that normalize it.
-fn batch_stats(
-    z: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    eps: f32,
-    s: Nchw,
-) -> (BatchStats, Vec<f32>, Vec<f32>) {
-    let (count, plane) = ((s.n * s.plane()) as f64, s.plane());
-    let sums = channel_sums(s, |p, _| {
-        let z = &z[p * plane..(p + 1) * plane];
-        (
-            sum_map2(z, z, |v, _| v.max(0.0)),
-            sum_map2(z, z, |v, _| v.max(0.0).powi(2)),
-        )
-    });
-    let (mut mean, mut var) = (Vec::with_capacity(s.c), Vec::with_capacity(s.c));
-    for (sum, sum_sq) in sums {
-        let m = sum / count;
-        mean.push(m as f32);
-        var.push((sum_sq / count - m * m).max(0.0) as f32);
+/// Mean and (biased) variance of `relu(z)` over one channel's planes: f32 sums per plane, f64
+/// across planes.
+#[inline(always)]
+fn relu_moments<'a>(planes: impl Iterator<Item = &'a [f32]>, s: Nchw) -> (f32, f32) {
+    let (mut sum, mut sum_sq) = (0f64, 0f64);
+    for z in planes {
+        sum += sum_map2(z, z, |v, _| v.max(0.0)) as f64;
+        sum_sq += sum_map2(z, z, |v, _| v.max(0.0).powi(2)) as f64;
     }
-    let (scale, shift) = bn_affine(gamma, beta, &mean, &var, eps);
-    (BatchStats { mean, var }, scale, shift)
+    let count = (s.n * s.plane()) as f64;
+    let m = sum / count;
+    (m as f32, (sum_sq / count - m * m).max(0.0) as f32)
 }
 
-/// BatchNorm with given statistics as a per-channel affine map `x * scale + shift`.
+/// One channel of BatchNorm with given statistics, as the affine map `x * scale + shift`.
+#[inline(always)]
+fn affine(gamma: f32, beta: f32, mean: f32, var: f32, eps: f32) -> (f32, f32) {
+    let scale = gamma / (var + eps).sqrt();
+    (scale, beta - mean * scale)
+}
+
+/// BatchNorm with given statistics as per-channel `(scale, shift)` vectors.
 pub fn bn_affine(
     gamma: &[f32],
     beta: &[f32],
@@ -395,16 +399,20 @@ pub fn bn_affine(
     var: &[f32],
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    let scale: Vec<f32> = (0..gamma.len())
-        .map(|c| gamma[c] / (var[c] + eps).sqrt())
-        .collect();
-    let shift = (0..gamma.len())
-        .map(|c| beta[c] - mean[c] * scale[c])
-        .collect();
-    (scale, shift)
+    (0..gamma.len())
+        .map(|c| affine(gamma[c], beta[c], mean[c], var[c], eps))
+        .unzip()
 }
 
-/// Training-mode `BatchNorm(ReLU(z))` with batch statistics, in two passes over `z`.
+/// Per-channel results `(mean, var)` as `BatchStats`.
+fn batch_stats(per_channel: Vec<(f32, f32)>) -> BatchStats {
+    let (mean, var) = per_channel.into_iter().unzip();
+    BatchStats { mean, var }
+}
+
+/// Training-mode `BatchNorm(ReLU(z))` with batch statistics: per channel, the statistics,
+/// then the normalized planes (read again from cache).
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn relu_batch_norm(
     z: &[f32],
     gamma: &[f32],
@@ -412,12 +420,20 @@ pub fn relu_batch_norm(
     eps: f32,
     s: Nchw,
 ) -> (Vec<f32>, BatchStats) {
-    let (stats, scale, shift) = batch_stats(z, gamma, beta, eps, s);
-    (relu_affine(z, &scale, &shift, s), stats)
+    let (y, per_channel) = new_by_channel(s, |ch, ys| {
+        let (mean, var) = relu_moments(channel_planes(z, ch, s), s);
+        let (a, b) = affine(gamma[ch], beta[ch], mean, var, eps);
+        for (y, z) in ys.iter_mut().zip(channel_planes(z, ch, s)) {
+            relu_affine_plane(z, a, b, y);
+        }
+        (mean, var)
+    });
+    (y, batch_stats(per_channel))
 }
 
 /// `relu_batch_norm` then `max_pool2_dropout`, without storing the normalized tensor: a block's
-/// last layer in one pass over `z` after the statistics.
+/// last layer, per channel the statistics then one pass that normalizes and pools.
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn relu_batch_norm_pool(
     z: &[f32],
     gamma: &[f32],
@@ -426,21 +442,51 @@ pub fn relu_batch_norm_pool(
     s: Nchw,
     dropout: Option<(f32, u64)>,
 ) -> (Vec<f32>, Vec<u8>, BatchStats) {
-    let (stats, scale, shift) = batch_stats(z, gamma, beta, eps, s);
-    let (y, code) = pool(z, s, dropout, |ch, v| v.max(0.0) * scale[ch] + shift[ch]);
-    (y, code, stats)
+    let out_plane = (s.h / 2) * (s.w / 2);
+    let mut y = Vec::with_capacity(s.n * s.c * out_plane);
+    let mut code = vec![0u8; s.n * s.c * out_plane];
+    let ys = channel_groups(&mut y.spare_capacity_mut()[..code.len()], out_plane, s.c);
+    let codes = channel_groups(&mut code, out_plane, s.c);
+    let per_channel: Vec<(f32, f32)> = ys
+        .into_par_iter()
+        .zip(codes)
+        .enumerate()
+        .map(|(ch, (ys, codes))| {
+            let (mean, var) = relu_moments(channel_planes(z, ch, s), s);
+            let (a, b) = affine(gamma[ch], beta[ch], mean, var, eps);
+            for (n, ((y, code), z)) in ys
+                .into_iter()
+                .zip(codes)
+                .zip(channel_planes(z, ch, s))
+                .enumerate()
+            {
+                pool_plane(z, y, code, n * s.c + ch, s, dropout, |v| v.max(0.0) * a + b);
+            }
+            (mean, var)
+        })
+        .collect();
+    // SAFETY: `pool_plane` wrote every element of every output plane.
+    unsafe { y.set_len(code.len()) };
+    (y, code, batch_stats(per_channel))
 }
 
 /// `relu(z) * scale[c] + shift[c]`: BatchNorm(ReLU) once the statistics are known (the eval-mode
 /// forward, and the second pass of the training one).
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn relu_affine(z: &[f32], scale: &[f32], shift: &[f32], s: Nchw) -> Vec<f32> {
     let plane = s.plane();
     new_planes(s.len(), plane, |p, y| {
         let (a, b) = (scale[p % s.c], shift[p % s.c]);
-        for (y, z) in y.iter_mut().zip(&z[p * plane..(p + 1) * plane]) {
-            y.write(z.max(0.0) * a + b);
-        }
+        relu_affine_plane(&z[p * plane..(p + 1) * plane], a, b, y)
     })
+}
+
+/// `y = relu(z) * a + b` over one plane.
+#[inline(always)]
+fn relu_affine_plane(z: &[f32], a: f32, b: f32, y: &mut [MaybeUninit<f32>]) {
+    for (y, z) in y.iter_mut().zip(z) {
+        y.write(z.max(0.0) * a + b);
+    }
 }
 
 /// The gradient reaching a BatchNorm(ReLU)'s output.
@@ -457,26 +503,30 @@ pub enum OutputGrad<'a> {
 }
 
 impl OutputGrad<'_> {
-    /// Plane `p` of the dense gradient: a slice of it, or the pooled one expanded into `scratch`.
+    /// Channel `ch`'s planes of the dense gradient, one per sample: slices of it, or the pooled
+    /// one expanded into `scratch` (once, for both passes of the backward).
     #[inline(always)]
-    fn plane<'a>(&'a self, p: usize, s: Nchw, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+    fn channel<'a>(&'a self, ch: usize, s: Nchw, scratch: &'a mut Vec<f32>) -> Vec<&'a [f32]> {
         match *self {
-            OutputGrad::Dense(dy) => &dy[p * s.plane()..(p + 1) * s.plane()],
+            OutputGrad::Dense(dy) => channel_planes(dy, ch, s).collect(),
             OutputGrad::Pooled { dy, code, scale } => {
+                let plane = s.plane();
                 scratch.clear();
-                scratch.resize(s.plane(), 0.0);
-                // SAFETY: a `[f32]` viewed as `[MaybeUninit<f32>]`, written with floats only.
-                let out = unsafe {
-                    &mut *(scratch.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>])
-                };
-                unpool_plane(dy, code, scale, p, s, out);
-                scratch
+                scratch.resize(s.n * plane, 0.0);
+                for (n, out) in scratch.chunks_exact_mut(plane).enumerate() {
+                    // SAFETY: a `[f32]` viewed as `[MaybeUninit<f32>]`, written with floats only.
+                    let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+                    unpool_plane(dy, code, scale, n * s.c + ch, s, out);
+                }
+                scratch.chunks_exact(plane).collect()
             }
         }
     }
 }
 
-/// Gradients of a training-mode BatchNorm(ReLU(z)) with respect to `z`, `gamma` and `beta`.
+/// Gradients of a training-mode BatchNorm(ReLU(z)) with respect to `z`, `gamma` and `beta`,
+/// one channel at a time: the sums, then `dz` from the same planes, still in cache.
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn relu_batch_norm_backward(
     z: &[f32],
     gamma: &[f32],
@@ -485,37 +535,31 @@ pub fn relu_batch_norm_backward(
     grad: OutputGrad,
     s: Nchw,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let inv_std: Vec<f32> = stats.var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-    let (mean, plane) = (&stats.mean, s.plane());
-    // Per channel: sum of dy (beta's gradient) and of dy * x_hat (gamma's gradient).
-    let sums = channel_sums(s, |p, ch| {
+    let count = (s.n * s.plane()) as f32;
+    let (dz, sums) = new_by_channel(s, |ch, dzs| {
         SCRATCH.with_borrow_mut(|scratch| {
-            let dy = grad.plane(p, s, scratch);
-            let z = &z[p * plane..(p + 1) * plane];
-            let (m, k) = (mean[ch], inv_std[ch]);
-            (
-                sum_map2(dy, dy, |d, _| d),
-                sum_map2(dy, z, |d, z| d * (z.max(0.0) - m) * k),
-            )
-        })
-    });
-    let dbeta: Vec<f32> = sums.iter().map(|s| s.0 as f32).collect();
-    let dgamma: Vec<f32> = sums.iter().map(|s| s.1 as f32).collect();
-    let count = (s.n * plane) as f32;
-    let dz = new_planes(s.len(), plane, |p, dz| {
-        SCRATCH.with_borrow_mut(|scratch| {
-            let dy = grad.plane(p, s, scratch);
-            let ch = p % s.c;
-            let (m, k) = (mean[ch], inv_std[ch]);
-            let g = gamma[ch] * k;
-            let (mean_dy, mean_dyx) = (dbeta[ch] / count, dgamma[ch] / count);
-            for ((dz, &d), &z) in dz.iter_mut().zip(dy).zip(&z[p * plane..(p + 1) * plane]) {
-                let x_hat = (z.max(0.0) - m) * k;
-                let grad = g * (d - mean_dy - x_hat * mean_dyx);
-                dz.write(if z > 0.0 { grad } else { 0.0 });
+            let dys = grad.channel(ch, s, scratch);
+            let (m, k) = (stats.mean[ch], 1.0 / (stats.var[ch] + eps).sqrt());
+            // beta's gradient (sum of dy) and gamma's (sum of dy * x_hat).
+            let (mut dbeta, mut dgamma) = (0f64, 0f64);
+            for (dy, z) in dys.iter().zip(channel_planes(z, ch, s)) {
+                dbeta += sum_map2(dy, dy, |d, _| d) as f64;
+                dgamma += sum_map2(dy, z, |d, z| d * (z.max(0.0) - m) * k) as f64;
             }
+            let (dbeta, dgamma) = (dbeta as f32, dgamma as f32);
+            let g = gamma[ch] * k;
+            let (mean_dy, mean_dyx) = (dbeta / count, dgamma / count);
+            for ((dz, dy), z) in dzs.iter_mut().zip(&dys).zip(channel_planes(z, ch, s)) {
+                for ((dz, &d), &z) in dz.iter_mut().zip(*dy).zip(z) {
+                    let x_hat = (z.max(0.0) - m) * k;
+                    let grad = g * (d - mean_dy - x_hat * mean_dyx);
+                    dz.write(if z > 0.0 { grad } else { 0.0 });
+                }
+            }
+            (dgamma, dbeta)
         })
     });
+    let (dgamma, dbeta) = sums.into_iter().unzip();
     (dz, dgamma, dbeta)
 }
 
@@ -524,72 +568,76 @@ pub fn relu_batch_norm_backward(
 /// by `1 / (1 - p)`, using a mask drawn from `seed` (None: no dropout; `p` is rounded to a
 /// multiple of 2^-16, the draws being 16-bit). Returns the output and, per output, the window
 /// position of the maximum (0..4) plus 4 when the output was kept.
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn max_pool2_dropout(x: &[f32], s: Nchw, dropout: Option<(f32, u64)>) -> (Vec<f32>, Vec<u8>) {
-    pool(x, s, dropout, |_, v| v)
-}
-
-/// `max_pool2_dropout` of `f(channel, x)`.
-#[inline(always)]
-fn pool(
-    x: &[f32],
-    s: Nchw,
-    dropout: Option<(f32, u64)>,
-    f: impl Fn(usize, f32) -> f32 + Sync,
-) -> (Vec<f32>, Vec<u8>) {
-    let (ho, wo) = (s.h / 2, s.w / 2);
-    let out_plane = ho * wo;
-    let mut y = vec![0f32; s.n * s.c * out_plane];
-    let mut code = vec![0u8; y.len()];
-    if y.is_empty() {
-        return (y, code);
+    let out_plane = (s.h / 2) * (s.w / 2);
+    let mut code = vec![0u8; s.n * s.c * out_plane];
+    if code.is_empty() {
+        return (Vec::new(), code);
     }
-    let (p, seed) = dropout.unwrap_or((0.0, 0));
-    let scale = 1.0 / (1.0 - p);
-    // Keep when a 16-bit draw is below (1 - p) * 2^16; one 64-bit number gives four draws.
-    let threshold = ((1.0 - p as f64) * 65536.0).round() as u64;
-    y.par_chunks_mut(out_plane)
+    let mut y = Vec::with_capacity(code.len());
+    y.spare_capacity_mut()[..code.len()]
+        .par_chunks_mut(out_plane)
         .zip(code.par_chunks_mut(out_plane))
         .zip(x.par_chunks(s.plane()))
         .enumerate()
-        .for_each(|(plane, ((y, code), x))| {
-            simd(|| {
-                let ch = plane % s.c;
-                // One stream per plane: the mask does not depend on thread scheduling.
-                let mut rng = SplitMix64(seed ^ (plane as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-                let (mut bits, mut left) = (0u64, 0);
-                for i in 0..ho {
-                    let top = &x[2 * i * s.w..2 * i * s.w + 2 * wo];
-                    let bottom = &x[(2 * i + 1) * s.w..(2 * i + 1) * s.w + 2 * wo];
-                    let (y, code) = (
-                        &mut y[i * wo..(i + 1) * wo],
-                        &mut code[i * wo..(i + 1) * wo],
-                    );
-                    for j in 0..wo {
-                        // The first maximum in window order (top-left, top-right, bottom-left,
-                        // bottom-right), as burn picks it.
-                        let (a, b) = (f(ch, top[2 * j]), f(ch, top[2 * j + 1]));
-                        let (c, d) = (f(ch, bottom[2 * j]), f(ch, bottom[2 * j + 1]));
-                        let (m1, i1) = if b > a { (b, 1) } else { (a, 0) };
-                        let (m2, i2) = if d > c { (d, 3) } else { (c, 2) };
-                        let (m, arg) = if m2 > m1 { (m2, i2) } else { (m1, i1) };
-                        let keep = dropout.is_none() || {
-                            if left == 0 {
-                                (bits, left) = (rng.next(), 4);
-                            }
-                            let draw = bits & 0xFFFF;
-                            (bits, left) = (bits >> 16, left - 1);
-                            draw < threshold
-                        };
-                        y[j] = if keep { m * scale } else { 0.0 };
-                        code[j] = arg | if keep { 4 } else { 0 };
-                    }
-                }
-            })
-        });
+        .for_each(|(p, ((y, code), x))| pool_plane(x, y, code, p, s, dropout, |v| v));
+    // SAFETY: `pool_plane` wrote every element of every output plane.
+    unsafe { y.set_len(code.len()) };
     (y, code)
 }
 
+/// Plane `p` of `max_pool2_dropout` of `f(x)`: `x` is the input plane, `y` and `code` the output
+/// plane and its window codes.
+#[inline(always)]
+fn pool_plane(
+    x: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    code: &mut [u8],
+    p: usize,
+    s: Nchw,
+    dropout: Option<(f32, u64)>,
+    f: impl Fn(f32) -> f32,
+) {
+    let (ho, wo) = (s.h / 2, s.w / 2);
+    let (drop, seed) = dropout.unwrap_or((0.0, 0));
+    let scale = 1.0 / (1.0 - drop);
+    // Keep when a 16-bit draw is below (1 - p) * 2^16; one 64-bit number gives four draws.
+    let threshold = ((1.0 - drop as f64) * 65536.0).round() as u64;
+    // One stream per plane: the mask does not depend on thread scheduling.
+    let mut rng = SplitMix64(seed ^ (p as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let (mut bits, mut left) = (0u64, 0);
+    for i in 0..ho {
+        let top = &x[2 * i * s.w..2 * i * s.w + 2 * wo];
+        let bottom = &x[(2 * i + 1) * s.w..(2 * i + 1) * s.w + 2 * wo];
+        let (y, code) = (
+            &mut y[i * wo..(i + 1) * wo],
+            &mut code[i * wo..(i + 1) * wo],
+        );
+        for j in 0..wo {
+            // The first maximum in window order (top-left, top-right, bottom-left,
+            // bottom-right), as burn picks it.
+            let (a, b) = (f(top[2 * j]), f(top[2 * j + 1]));
+            let (c, d) = (f(bottom[2 * j]), f(bottom[2 * j + 1]));
+            let (m1, i1) = if b > a { (b, 1) } else { (a, 0) };
+            let (m2, i2) = if d > c { (d, 3) } else { (c, 2) };
+            let (m, arg) = if m2 > m1 { (m2, i2) } else { (m1, i1) };
+            let keep = dropout.is_none() || {
+                if left == 0 {
+                    (bits, left) = (rng.next(), 4);
+                }
+                let draw = bits & 0xFFFF;
+                (bits, left) = (bits >> 16, left - 1);
+                draw < threshold
+            };
+            y[j].write(if keep { m * scale } else { 0.0 });
+            code[j] = arg | if keep { 4 } else { 0 };
+        }
+    }
+}
+
 /// Gradient of `max_pool2_dropout` with respect to its input.
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn max_pool2_dropout_backward(dy: &[f32], code: &[u8], s: Nchw, scale: f32) -> Vec<f32> {
     new_planes(s.len(), s.plane(), |p, dx| {
         unpool_plane(dy, code, scale, p, s, dx)
