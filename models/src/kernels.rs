@@ -53,6 +53,24 @@ fn new_planes(
     v
 }
 
+/// A written buffer as one to be written.
+///
+/// # Safety
+/// Only initialized values may be written through the result.
+unsafe fn as_uninit(v: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: same layout; the caller writes initialized values only.
+    unsafe { &mut *(v as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// A buffer once every element has been written.
+///
+/// # Safety
+/// Every element of `v` must be initialized.
+unsafe fn assume_init(v: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: same layout; the caller guarantees initialization.
+    unsafe { &mut *(v as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
 /// `buf` cut into planes of `plane` elements, grouped by channel: group `ch` holds channel
 /// `ch`'s plane of every sample, in sample order (in NCHW, plane `p` belongs to channel `p % c`).
 fn channel_groups<T>(buf: &mut [T], plane: usize, c: usize) -> Vec<Vec<&mut [T]>> {
@@ -227,10 +245,11 @@ fn tap_sums(pad: &[f32], dy: &[f32], h: usize, w: usize) -> [f64; 9] {
 }
 
 /// `out[m x n] (+)= lhs[m x k] * rhs[k x n]` on one thread; strides are (column, row) in elements.
+/// `out` may be uninitialized unless `accumulate` (gemm then only writes it).
 #[allow(clippy::too_many_arguments)]
 fn gemm1(
     (m, n, k): (usize, usize, usize),
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     accumulate: bool,
     lhs: &[f32],
     (lhs_cs, lhs_rs): (isize, isize),
@@ -244,7 +263,7 @@ fn gemm1(
             m,
             n,
             k,
-            out.as_mut_ptr(),
+            out.as_mut_ptr().cast::<f32>(),
             1,
             n as isize,
             accumulate,
@@ -266,17 +285,19 @@ fn gemm1(
 
 /// Pointwise (1x1) convolution with bias: `y[n] = W x[n] + b` for `W [Co, Ci]`, one GEMM per
 /// sample, the samples in parallel. `s` is the input's shape; the output is `[N, Co, H, W]`.
+#[multiversion(targets("x86_64+avx2+fma"))]
 pub fn pointwise(x: &[f32], weight: &[f32], bias: &[f32], s: Nchw) -> Vec<f32> {
     let (co, hw) = (bias.len(), s.plane());
     new_planes(s.n * co * hw, co * hw, |n, y| {
-        for (row, b) in y.chunks_exact_mut(hw).zip(bias) {
-            row.fill(MaybeUninit::new(*b));
-        }
-        // SAFETY: every element was just written (the bias rows cover the chunk).
-        let y = unsafe { &mut *(y as *mut [MaybeUninit<f32>] as *mut [f32]) };
         let x = &x[n * s.c * hw..(n + 1) * s.c * hw];
         let (ci, hw_) = (s.c as isize, hw as isize);
-        gemm1((co, hw, s.c), y, true, weight, (1, ci), x, (1, hw_));
+        gemm1((co, hw, s.c), y, false, weight, (1, ci), x, (1, hw_));
+        // SAFETY: the GEMM wrote every element. The bias is added while the sample's output
+        // is in cache (filling it in first cost a pass over cold memory).
+        let y = unsafe { assume_init(y) };
+        for (row, b) in y.chunks_exact_mut(hw).zip(bias) {
+            row.iter_mut().for_each(|v| *v += b);
+        }
     })
 }
 
@@ -293,11 +314,16 @@ pub fn pointwise_backward(
     input_grad: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (hw, ci) = (s.plane(), s.c);
-    let mut dx = vec![0f32; if input_grad { s.len() } else { 0 }];
-    let dx_chunks: Vec<&mut [f32]> = if input_grad && !dx.is_empty() {
-        dx.chunks_mut(ci * hw).collect()
+    // Not zero-filled: the GEMM writes every element of dx.
+    let mut dx = Vec::with_capacity(if input_grad { s.len() } else { 0 });
+    let dx_chunks: Vec<&mut [MaybeUninit<f32>]> = if input_grad && !s.is_empty() {
+        dx.spare_capacity_mut()[..s.len()]
+            .chunks_mut(ci * hw)
+            .collect()
     } else {
-        (0..s.n).map(|_| &mut [] as &mut [f32]).collect()
+        (0..s.n)
+            .map(|_| &mut [] as &mut [MaybeUninit<f32>])
+            .collect()
     };
     let zero = || (vec![0f32; co * ci], vec![0f64; co]);
     let (dw, db) = dx_chunks
@@ -327,7 +353,9 @@ pub fn pointwise_backward(
                     }
                 }
             } else {
-                gemm1((co, ci, hw), &mut dw, true, dy, (1, hw_), x, (hw_, 1));
+                // SAFETY: dw is initialized; the GEMM reads it and writes floats.
+                let dw = unsafe { as_uninit(&mut dw) };
+                gemm1((co, ci, hw), dw, true, dy, (1, hw_), x, (hw_, 1));
             }
             for (b, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
                 *b += sum_map2(row, row, |v, _| v) as f64;
@@ -339,6 +367,10 @@ pub fn pointwise_backward(
             b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
             (a, b)
         });
+    if input_grad {
+        // SAFETY: every sample's GEMM wrote its whole chunk of dx.
+        unsafe { dx.set_len(s.len()) };
+    }
     let db = db.into_iter().map(|v| v as f32).collect();
     (input_grad.then_some(dx), dw, db)
 }
@@ -514,8 +546,8 @@ impl OutputGrad<'_> {
                 scratch.clear();
                 scratch.resize(s.n * plane, 0.0);
                 for (n, out) in scratch.chunks_exact_mut(plane).enumerate() {
-                    // SAFETY: a `[f32]` viewed as `[MaybeUninit<f32>]`, written with floats only.
-                    let out = unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) };
+                    // SAFETY: written with floats only.
+                    let out = unsafe { as_uninit(out) };
                     unpool_plane(dy, code, scale, n * s.c + ch, s, out);
                 }
                 scratch.chunks_exact(plane).collect()
