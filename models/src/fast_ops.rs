@@ -120,14 +120,13 @@ impl Backward<Flex, 2> for DepthwiseBackward {
         let (x, w) = ops.state;
         let s = shape(&x);
         let [x_node, w_node] = ops.parents;
-        if let Some(node) = x_node {
-            let w = contiguous(&w);
-            let dx = kernels::depthwise3x3_input_grad(f32s(&w), f32s(&dy), s);
+        let (x, w) = (contiguous(&x), contiguous(&w));
+        let (dx, dw) =
+            kernels::depthwise3x3_backward(f32s(&x), f32s(&w), f32s(&dy), s, x_node.is_some());
+        if let (Some(node), Some(dx)) = (x_node, dx) {
             grads.register::<Flex>(node.id, flex(dx, dims(s)));
         }
         if let Some(node) = w_node {
-            let x = contiguous(&x);
-            let dw = kernels::depthwise3x3_weight_grad(f32s(&x), f32s(&dy), s);
             grads.register::<Flex>(node.id, flex(dw, [s.c, 1, 3, 3]));
         }
     }
@@ -464,10 +463,12 @@ mod tests {
 
     #[test]
     fn depthwise_matches_burns_grouped_conv() {
-        // Narrow planes (edge columns only), one and several vector blocks, single rows.
+        // Narrow planes (edge columns only), one and several vector blocks (the last one
+        // overlapping), single rows.
         for dims in [
             [3, 4, 9, 7],
             [2, 3, 6, 21],
+            [2, 3, 5, 12],
             [1, 2, 3, 70],
             [2, 3, 1, 1],
             [2, 2, 5, 1],

@@ -109,11 +109,11 @@ fn new_by_channel<R: Send>(
     (v, results)
 }
 
-/// `plane` (h x w) with a border of one zero on every side: `(h + 2) x (w + 2)`.
+/// `plane` (h x w) with a border of one zero on every side, `(h + 2) x (w + 2)`, written to
+/// `out`, which has exactly that size.
 #[inline(always)]
-fn padded(plane: &[f32], h: usize, w: usize, out: &mut Vec<f32>) {
+fn padded(plane: &[f32], h: usize, w: usize, out: &mut [f32]) {
     let pw = w + 2;
-    out.resize((h + 2) * pw, 0.0);
     // Only the border needs zeroing: the buffer is reused and every other cell is overwritten.
     out[..pw].fill(0.0);
     out[(h + 1) * pw..].fill(0.0);
@@ -129,24 +129,34 @@ fn padded(plane: &[f32], h: usize, w: usize, out: &mut Vec<f32>) {
 #[inline(always)]
 fn correlate3x3(p: &[f32], k: &[f32], y: &mut [MaybeUninit<f32>], h: usize, w: usize) {
     let pw = w + 2;
+    let k: &[f32; 9] = k.try_into().expect("nine taps");
+    // Outputs j..j + L of one row from the three padded rows, L = 1 or 8 (one vector).
+    #[inline(always)]
+    fn taps<const L: usize>(k: &[f32; 9], rows: [&[f32]; 3], j: usize) -> [f32; L] {
+        let mut v = [0f32; L];
+        for (a, row) in rows.iter().enumerate() {
+            let r = &row[j..j + L + 2];
+            for l in 0..L {
+                v[l] += k[3 * a] * r[l] + k[3 * a + 1] * r[l + 1] + k[3 * a + 2] * r[l + 2];
+            }
+        }
+        v
+    }
     for i in 0..h {
-        let (r0, r1, r2) = (
-            &p[i * pw..(i + 1) * pw],
-            &p[(i + 1) * pw..(i + 2) * pw],
-            &p[(i + 2) * pw..(i + 3) * pw],
-        );
+        let rows = [0, 1, 2].map(|a| &p[(i + a) * pw..(i + a + 1) * pw]);
         let out = &mut y[i * w..(i + 1) * w];
-        for j in 0..w {
-            let v = k[0] * r0[j]
-                + k[1] * r0[j + 1]
-                + k[2] * r0[j + 2]
-                + k[3] * r1[j]
-                + k[4] * r1[j + 1]
-                + k[5] * r1[j + 2]
-                + k[6] * r2[j]
-                + k[7] * r2[j + 1]
-                + k[8] * r2[j + 2];
-            out[j].write(v);
+        if w < 8 {
+            for j in 0..w {
+                out[j].write(taps::<1>(k, rows, j)[0]);
+            }
+            continue;
+        }
+        // Eight outputs at a time; the last eight start at w - 8 and may overlap the group
+        // before (writing the same values again) instead of a scalar tail.
+        for j in (0..w).step_by(8).map(|j| j.min(w - 8)) {
+            for (o, v) in out[j..j + 8].iter_mut().zip(taps::<8>(k, rows, j)) {
+                o.write(v);
+            }
         }
     }
 }
@@ -157,6 +167,7 @@ pub fn depthwise3x3(x: &[f32], weight: &[f32], s: Nchw) -> Vec<f32> {
     let (h, w) = (s.h, s.w);
     new_planes(s.len(), s.plane(), |p, y| {
         SCRATCH.with_borrow_mut(|pad| {
+            pad.resize((h + 2) * (w + 2), 0.0);
             padded(&x[p * h * w..(p + 1) * h * w], h, w, pad);
             let ch = p % s.c;
             correlate3x3(pad, &weight[9 * ch..9 * ch + 9], y, h, w);
@@ -165,83 +176,85 @@ pub fn depthwise3x3(x: &[f32], weight: &[f32], s: Nchw) -> Vec<f32> {
 }
 
 thread_local! {
-    /// Each worker's scratch buffer (a padded plane, a channel's expanded gradient), kept in cache.
+    /// Each worker's scratch buffer (padded planes, a channel's expanded gradient), kept in cache.
     static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Gradient of `depthwise3x3` with respect to its input: the correlation of the output's
-/// gradient with each kernel turned by 180 degrees.
-pub fn depthwise3x3_input_grad(weight: &[f32], dy: &[f32], s: Nchw) -> Vec<f32> {
+/// Gradients of `depthwise3x3`: with respect to its input when `input_grad` (the correlation of
+/// the output's gradient with each kernel turned by 180 degrees), and to its `[C, 1, 3, 3]`
+/// weight, `dw[c, a, b] = sum over n, i, j of dy[n, c, i, j] * x[n, c, i + a - 1, j + b - 1]`.
+/// One pass per plane: the padded `dy` serves both.
+#[multiversion(targets("x86_64+avx2+fma"))]
+pub fn depthwise3x3_backward(
+    x: &[f32],
+    weight: &[f32],
+    dy: &[f32],
+    s: Nchw,
+    input_grad: bool,
+) -> (Option<Vec<f32>>, Vec<f32>) {
+    let (h, w, plane) = (s.h, s.w, s.plane());
     let flipped: Vec<f32> = weight
         .chunks_exact(9)
         .flat_map(|k| k.iter().rev().copied())
         .collect();
-    depthwise3x3(dy, &flipped, s)
-}
-
-/// Gradient of `depthwise3x3` with respect to its `[C, 1, 3, 3]` weight:
-/// `dw[c, a, b] = sum over n, i, j of dy[n, c, i, j] * x[n, c, i + a - 1, j + b - 1]`.
-pub fn depthwise3x3_weight_grad(x: &[f32], dy: &[f32], s: Nchw) -> Vec<f32> {
-    let (h, w) = (s.h, s.w);
-    let per_plane: Vec<[f64; 9]> = (0..s.n * s.c)
+    let mut dx = Vec::with_capacity(if input_grad { s.len() } else { 0 });
+    let dx_planes: Vec<&mut [MaybeUninit<f32>]> = if input_grad && !s.is_empty() {
+        dx.spare_capacity_mut()[..s.len()]
+            .chunks_mut(plane)
+            .collect()
+    } else {
+        (0..s.n * s.c)
+            .map(|_| &mut [] as &mut [MaybeUninit<f32>])
+            .collect()
+    };
+    let per_plane: Vec<[f32; 9]> = dx_planes
         .into_par_iter()
-        .map(|p| {
-            SCRATCH.with_borrow_mut(|pad| {
-                padded(&x[p * h * w..(p + 1) * h * w], h, w, pad);
-                let dy = &dy[p * h * w..(p + 1) * h * w];
-                tap_sums(pad, dy, h, w)
+        .enumerate()
+        .map(|(p, dx)| {
+            SCRATCH.with_borrow_mut(|buf| {
+                let padded_len = (h + 2) * (w + 2);
+                buf.resize(2 * padded_len, 0.0);
+                let (pad_dy, pad_x) = buf.split_at_mut(padded_len);
+                padded(&dy[p * plane..(p + 1) * plane], h, w, pad_dy);
+                padded(&x[p * plane..(p + 1) * plane], h, w, pad_x);
+                if !dx.is_empty() {
+                    let ch = p % s.c;
+                    correlate3x3(pad_dy, &flipped[9 * ch..9 * ch + 9], dx, h, w);
+                }
+                tap_sums(pad_x, pad_dy, h, w)
             })
         })
         .collect();
+    if input_grad {
+        // SAFETY: `correlate3x3` wrote every element of every plane of dx.
+        unsafe { dx.set_len(s.len()) };
+    }
     let mut dw = vec![0f64; 9 * s.c];
     for (p, g) in per_plane.iter().enumerate() {
         let ch = p % s.c;
         for t in 0..9 {
-            dw[9 * ch + t] += g[t];
+            dw[9 * ch + t] += g[t] as f64;
         }
     }
-    dw.into_iter().map(|v| v as f32).collect()
+    (
+        input_grad.then_some(dx),
+        dw.into_iter().map(|v| v as f32).collect(),
+    )
 }
 
-/// The nine sums `sum over i, j of dy[i, j] * pad[i + a, j + b]` of one padded plane. Eight
-/// columns at a time, the nine partial sums stay in vector registers for the whole plane.
+/// The nine sums `sum over i, j of dy[i, j] * pad_x[i + a, j + b]` of one plane, from the padded
+/// planes of x and dy. Seen from its first inner cell at the padded row stride, `pad_dy` is dy
+/// with two zero columns after each row, so each sum is one dot product over flat memory: the
+/// zeros cancel the terms that wrap from one row into the next.
 #[inline(always)]
-fn tap_sums(pad: &[f32], dy: &[f32], h: usize, w: usize) -> [f64; 9] {
+fn tap_sums(pad_x: &[f32], pad_dy: &[f32], h: usize, w: usize) -> [f32; 9] {
     let pw = w + 2;
-    let mut acc = [[0f32; 8]; 9];
-    let mut tail = [0f32; 9];
-    for i in 0..h {
-        let d = &dy[i * w..(i + 1) * w];
-        let rows = [
-            &pad[i * pw..(i + 1) * pw],
-            &pad[(i + 1) * pw..(i + 2) * pw],
-            &pad[(i + 2) * pw..(i + 3) * pw],
-        ];
-        let full = w / 8 * 8;
-        for j in (0..full).step_by(8) {
-            let d8: &[f32; 8] = d[j..j + 8].try_into().expect("8 columns");
-            for a in 0..3 {
-                for b in 0..3 {
-                    let src: &[f32; 8] = rows[a][j + b..j + b + 8].try_into().expect("8 columns");
-                    for l in 0..8 {
-                        acc[3 * a + b][l] += d8[l] * src[l];
-                    }
-                }
-            }
-        }
-        for j in full..w {
-            for a in 0..3 {
-                for b in 0..3 {
-                    tail[3 * a + b] += d[j] * rows[a][j + b];
-                }
-            }
-        }
-    }
-    let mut g = [0f64; 9];
-    for t in 0..9 {
-        g[t] = acc[t].iter().map(|&v| v as f64).sum::<f64>() + tail[t] as f64;
-    }
-    g
+    let len = h * pw - 2; // up to dy's last cell
+    let d = &pad_dy[pw + 1..pw + 1 + len];
+    std::array::from_fn(|t| {
+        let (a, b) = (t / 3, t % 3);
+        sum_map2(d, &pad_x[a * pw + b..a * pw + b + len], |d, x| d * x)
+    })
 }
 
 /// `out[m x n] (+)= lhs[m x k] * rhs[k x n]` on one thread; strides are (column, row) in elements.
