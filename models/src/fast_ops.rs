@@ -574,7 +574,8 @@ mod tests {
     #[test]
     fn fused_block_end_matches_its_parts() {
         let dev = Default::default();
-        for dims in [[3, 4, 8, 6], [2, 3, 7, 5]] {
+        // Odd sides, and a row of more than eight windows (one vector group and a tail).
+        for dims in [[3, 4, 8, 6], [2, 3, 7, 5], [2, 3, 5, 21]] {
             let bn = BatchNormConfig::new(dims[1])
                 .with_momentum(0.1)
                 .init::<Ad>(&dev);
@@ -625,8 +626,9 @@ mod tests {
 
     #[test]
     fn max_pool_matches_burns_and_drops_by_seed() {
-        // Odd sides: the trailing row and column are dropped, as burn does.
-        for dims in [[2, 3, 8, 6], [2, 2, 7, 5]] {
+        // Odd sides: the trailing row and column are dropped, as burn does. More than eight
+        // windows a row: one vector group and a tail.
+        for dims in [[2, 3, 8, 6], [2, 2, 7, 5], [2, 3, 5, 21]] {
             let (out, dx, ..) = compare(input(dims), |x, k| max_pool2_dropout(x, 0.0, k));
             assert!(out < 1e-6 && dx < 1e-6, "{dims:?}: {out} {dx}");
         }

@@ -652,6 +652,16 @@ fn pool_plane(
     // One stream per plane: the mask does not depend on thread scheduling.
     let mut rng = SplitMix64(seed ^ (p as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let (mut bits, mut left) = (0u64, 0);
+    let mut keep = || {
+        dropout.is_none() || {
+            if left == 0 {
+                (bits, left) = (rng.next(), 4);
+            }
+            let draw = bits & 0xFFFF;
+            (bits, left) = (bits >> 16, left - 1);
+            draw < threshold
+        }
+    };
     for i in 0..ho {
         let top = &x[2 * i * s.w..2 * i * s.w + 2 * wo];
         let bottom = &x[(2 * i + 1) * s.w..(2 * i + 1) * s.w + 2 * wo];
@@ -659,25 +669,45 @@ fn pool_plane(
             &mut y[i * wo..(i + 1) * wo],
             &mut code[i * wo..(i + 1) * wo],
         );
-        for j in 0..wo {
-            // The first maximum in window order (top-left, top-right, bottom-left,
-            // bottom-right), as burn picks it.
-            let (a, b) = (f(top[2 * j]), f(top[2 * j + 1]));
-            let (c, d) = (f(bottom[2 * j]), f(bottom[2 * j + 1]));
-            let (m1, i1) = if b > a { (b, 1) } else { (a, 0) };
-            let (m2, i2) = if d > c { (d, 3) } else { (c, 2) };
-            let (m, arg) = if m2 > m1 { (m2, i2) } else { (m1, i1) };
-            let keep = dropout.is_none() || {
-                if left == 0 {
-                    (bits, left) = (rng.next(), 4);
-                }
-                let draw = bits & 0xFFFF;
-                (bits, left) = (bits >> 16, left - 1);
-                draw < threshold
-            };
-            y[j].write(if keep { m * scale } else { 0.0 });
-            code[j] = arg | if keep { 4 } else { 0 };
+        // Eight windows at a time (their draws first, so the pooling vectorizes), then one.
+        let mut j = 0;
+        while j + 8 <= wo {
+            let kept: [bool; 8] = std::array::from_fn(|_| keep());
+            let (t, b) = (&top[2 * j..2 * j + 16], &bottom[2 * j..2 * j + 16]);
+            pool_windows(t, b, kept, scale, &f, &mut y[j..j + 8], &mut code[j..j + 8]);
+            j += 8;
         }
+        for j in j..wo {
+            let (t, b) = (&top[2 * j..2 * j + 2], &bottom[2 * j..2 * j + 2]);
+            pool_windows(t, b, [keep()], scale, &f, &mut y[j..=j], &mut code[j..=j]);
+        }
+    }
+}
+
+/// `L` neighbouring 2x2 windows: their rows' cells in `top` and `bottom`, whether each is kept
+/// by dropout; writes the outputs and window codes.
+#[inline(always)]
+fn pool_windows<const L: usize>(
+    top: &[f32],
+    bottom: &[f32],
+    kept: [bool; L],
+    scale: f32,
+    f: &impl Fn(f32) -> f32,
+    y: &mut [MaybeUninit<f32>],
+    code: &mut [u8],
+) {
+    let (top, bottom) = (&top[..2 * L], &bottom[..2 * L]);
+    let (y, code) = (&mut y[..L], &mut code[..L]);
+    for l in 0..L {
+        // The first maximum in window order (top-left, top-right, bottom-left, bottom-right),
+        // as burn picks it.
+        let (a, b) = (f(top[2 * l]), f(top[2 * l + 1]));
+        let (c, d) = (f(bottom[2 * l]), f(bottom[2 * l + 1]));
+        let (m1, i1) = if b > a { (b, 1) } else { (a, 0) };
+        let (m2, i2) = if d > c { (d, 3) } else { (c, 2) };
+        let (m, arg) = if m2 > m1 { (m2, i2) } else { (m1, i1) };
+        y[l].write(if kept[l] { m * scale } else { 0.0 });
+        code[l] = arg | if kept[l] { 4 } else { 0 };
     }
 }
 
