@@ -1,6 +1,6 @@
 //! Training throughput, batch 32, one run: (a) the full pipeline streaming augmented PNGs from
 //! disk, (b) in-memory tensors, and the loader alone (decode + augment), which must outrun (a).
-//! Run: cargo bench -p trainer --bench pipeline   (STEPS=n to change the 30 measured steps)
+//! Run: cargo bench -p trainer --bench pipeline   (STEPS=n to change the 60 measured steps)
 
 use burn::backend::{Autodiff, Flex};
 use burn::optim::{GradientsParams, Optimizer};
@@ -20,7 +20,7 @@ fn main() {
     let steps: usize = std::env::var("STEPS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+        .unwrap_or(60);
     let bs = 32;
     let tmp = tempfile::tempdir().unwrap();
     let orig = tmp.path().join("orig");
@@ -66,7 +66,19 @@ fn main() {
         )
     };
 
-    let (mut model, mut optim) = fresh();
+    let batches: Vec<Batch> = loader
+        .batches(&split, order(), None, 3, Some(4))
+        .into_iter()
+        .collect();
+    // Steady state for both: a few untimed steps first (the first ones also grow the heap).
+    let warm = |(mut model, mut optim): (CancerNet<B>, _)| {
+        for b in &batches {
+            model = step(model, &mut optim, b);
+        }
+        (model, optim)
+    };
+
+    let (mut model, mut optim) = warm(fresh());
     let t = Instant::now();
     let mut seen = 0;
     for b in loader.batches(&split, order(), Some(Augment::default()), 2, Some(steps)) {
@@ -75,11 +87,7 @@ fn main() {
     }
     let streaming = seen as f64 / t.elapsed().as_secs_f64();
 
-    let batches: Vec<Batch> = loader
-        .batches(&split, order(), None, 3, Some(4))
-        .into_iter()
-        .collect();
-    let (mut model, mut optim) = fresh();
+    let (mut model, mut optim) = warm(fresh());
     let t = Instant::now();
     for k in 0..steps {
         model = step(model, &mut optim, &batches[k % batches.len()]);
