@@ -120,16 +120,7 @@ impl Augment {
         );
 
         let identity = m == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]];
-        let mut out = if identity {
-            img.clone()
-        } else {
-            RgbImage::from_fn(img.width(), img.height(), |col, row| {
-                let (r, cc) = (row as f64, col as f64);
-                let sr = m[0][0] * r + m[0][1] * cc + m[0][2];
-                let sc = m[1][0] * r + m[1][1] * cc + m[1][2];
-                bilinear_clamped(img, sr, sc)
-            })
-        };
+        let mut out = if identity { img.clone() } else { warp(img, &m) };
         if flip_h {
             image::imageops::flip_horizontal_in_place(&mut out);
         }
@@ -150,7 +141,20 @@ fn mul(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
     o
 }
 
+/// `img` resampled through `m` (output pixel to input position). Compiled for AVX2 as well:
+/// there `floor` and `round` are instructions, not calls into libm (half the loader's time).
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
+fn warp(img: &RgbImage, m: &[[f64; 3]; 3]) -> RgbImage {
+    RgbImage::from_fn(img.width(), img.height(), |col, row| {
+        let (r, cc) = (row as f64, col as f64);
+        let sr = m[0][0] * r + m[0][1] * cc + m[0][2];
+        let sc = m[1][0] * r + m[1][1] * cc + m[1][2];
+        bilinear_clamped(img, sr, sc)
+    })
+}
+
 /// Bilinear sample at (row, col), clamping coordinates to the image (fill_mode='nearest').
+#[inline(always)]
 fn bilinear_clamped(img: &RgbImage, row: f64, col: f64) -> Rgb<u8> {
     let (w, h) = (img.width() as f64 - 1.0, img.height() as f64 - 1.0);
     let (row, col) = (row.clamp(0.0, h), col.clamp(0.0, w));
