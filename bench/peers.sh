@@ -3,7 +3,7 @@
 #   1. training step, batch 32, in-memory tensors: `cargo bench --bench step` against
 #      bench/train_pytorch.py (same model, Adagrad, as many threads as cores), three rounds;
 #      then training that streams augmented PNGs (`cargo bench --bench pipeline`) against the
-#      tutorial's Keras pipeline (bench/train_keras.py, ImageDataGenerator.flow_from_directory);
+#      tutorial's Keras pipeline, three rounds (bench/train_keras.py, ImageDataGenerator.flow_from_directory);
 #   2. inference graphs: the ONNX file `exporter` writes against PyTorch's own export of the same
 #      model with the same weights (bench/compare_graphs.py), then `runtime bench` on both files.
 # Usage: bench/peers.sh [WORKDIR]   (needs .venv-torch and .venv-keras: `make bench-peers`)
@@ -22,8 +22,10 @@ done
 echo "== training, streaming augmented PNGs from disk, against the tutorial's Keras pipeline"
 $bin/datasets synth --patients 12 --mean-patches 150 --out "$work/stream-orig" >/dev/null
 $bin/datasets build --source "$work/stream-orig" --out "$work/stream" >/dev/null
-cargo bench -q -p trainer --bench pipeline 2>/dev/null | grep -E "^\((a|b)\)|streaming /"
-.venv-keras/bin/python bench/train_keras.py "$work/stream/training" 30 2>/dev/null | grep -E "keras|\((a|b)\)"
+for round in 1 2 3; do
+  cargo bench -q -p trainer --bench pipeline 2>/dev/null | grep -E "^\((a|b)\)|streaming /"
+  .venv-keras/bin/python bench/train_keras.py "$work/stream/training" 30 2>/dev/null | grep -E "keras|\((a|b)\)"
+done
 echo "== inference graphs"
 $bin/datasets synth --patients 3 --mean-patches 50 --out "$work/tiny" >/dev/null
 $bin/datasets build --source "$work/tiny" --out "$work/tiny-idc" >/dev/null
