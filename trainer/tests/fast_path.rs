@@ -54,10 +54,13 @@ fn losses(kernels: Kernels) -> Vec<f32> {
 #[test]
 fn fast_kernels_follow_the_reference_loss_curve_for_50_steps() {
     let (fast, reference) = (losses(Kernels::Fast), losses(Kernels::Burn));
-    // The two sum in different orders: ~1e-6 apart at first, and training amplifies that
-    // (measured: up to ~3e-4 by step 50). A wrong gradient shows up at once, far above.
+    // The two sum in different orders: ~1e-6 apart over the first steps; training amplifies
+    // that, in jumps (measured: 6.7e-5 at step 6, then back to ~1e-5; likely a max-pool window
+    // whose near-equal values swap) and up to ~1.2e-4 by step 50. A wrong gradient shows up at once,
+    // far above: dropping the last eight terms of each plane's depthwise weight-gradient taps
+    // makes step 1 differ by 2e-2.
     for (step, (f, r)) in fast.iter().zip(&reference).enumerate() {
-        let tolerance = if step < 10 { 2e-5 } else { 1e-3 };
+        let tolerance = if step < 5 { 2e-5 } else { 1e-3 };
         assert!(
             (f - r).abs() <= tolerance * r.abs().max(1.0),
             "step {step}: fast {f} vs reference {r}"
