@@ -72,6 +72,27 @@ unsafe fn assume_init(v: &mut [MaybeUninit<f32>]) -> &mut [f32] {
     unsafe { &mut *(v as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
+/// A backward pass's input gradient of `len` floats, cut into `tasks` equal chunks that the
+/// tasks write whole (so `buf` is not zero-filled); when the gradient is not `wanted`, `tasks`
+/// empty chunks, which the tasks skip. The caller sets `buf`'s length once they are written.
+fn input_grad_chunks(
+    buf: &mut Vec<f32>,
+    wanted: bool,
+    len: usize,
+    tasks: usize,
+) -> Vec<&mut [MaybeUninit<f32>]> {
+    if wanted && len > 0 {
+        buf.reserve_exact(len);
+        buf.spare_capacity_mut()[..len]
+            .chunks_mut(len / tasks)
+            .collect()
+    } else {
+        (0..tasks)
+            .map(|_| &mut [] as &mut [MaybeUninit<f32>])
+            .collect()
+    }
+}
+
 /// `buf` cut into planes of `plane` elements, grouped by channel: group `ch` holds channel
 /// `ch`'s plane of every sample, in sample order (in NCHW, plane `p` belongs to channel `p % c`).
 fn channel_groups<T>(buf: &mut [T], plane: usize, c: usize) -> Vec<Vec<&mut [T]>> {
@@ -198,16 +219,8 @@ pub fn depthwise3x3_backward(
         .chunks_exact(9)
         .flat_map(|k| k.iter().rev().copied())
         .collect();
-    let mut dx = Vec::with_capacity(if input_grad { s.len() } else { 0 });
-    let dx_planes: Vec<&mut [MaybeUninit<f32>]> = if input_grad && !s.is_empty() {
-        dx.spare_capacity_mut()[..s.len()]
-            .chunks_mut(plane)
-            .collect()
-    } else {
-        (0..s.n * s.c)
-            .map(|_| &mut [] as &mut [MaybeUninit<f32>])
-            .collect()
-    };
+    let mut dx = Vec::new();
+    let dx_planes = input_grad_chunks(&mut dx, input_grad, s.len(), s.n * s.c);
     let per_plane: Vec<[f32; 9]> = dx_planes
         .into_par_iter()
         .enumerate()
@@ -328,17 +341,8 @@ pub fn pointwise_backward(
     input_grad: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (hw, ci) = (s.plane(), s.c);
-    // Not zero-filled: the GEMM writes every element of dx.
-    let mut dx = Vec::with_capacity(if input_grad { s.len() } else { 0 });
-    let dx_chunks: Vec<&mut [MaybeUninit<f32>]> = if input_grad && !s.is_empty() {
-        dx.spare_capacity_mut()[..s.len()]
-            .chunks_mut(ci * hw)
-            .collect()
-    } else {
-        (0..s.n)
-            .map(|_| &mut [] as &mut [MaybeUninit<f32>])
-            .collect()
-    };
+    let mut dx = Vec::new();
+    let dx_chunks = input_grad_chunks(&mut dx, input_grad, s.len(), s.n);
     let zero = || (vec![0f32; co * ci], vec![0f64; co]);
     let (dw, db) = dx_chunks
         .into_par_iter()
