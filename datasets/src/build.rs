@@ -5,12 +5,13 @@
 
 use crate::fsutil::{link_or_copy, remove_stale_siblings, temp_sibling};
 use crate::manifest::{self, Row};
-use crate::scan::Scan;
+use crate::scan::{Scan, listed};
 use crate::split::SplitConfig;
+use crate::text::Shown;
 use crate::{CLASS_NAMES, SPLITS};
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +22,34 @@ pub struct BuildOptions {
     pub out: PathBuf,
     pub split: SplitConfig,
     pub force: bool,
+    /// What to do with two files that name the same patch.
+    pub on_collision: OnCollision,
+    /// Any skipped file (problem, collision, Kaggle duplicate) is an error.
+    pub strict: bool,
+}
+
+impl Default for BuildOptions {
+    /// The command's defaults: `datasets/orig` into `datasets/idc`, the tutorial's split.
+    fn default() -> Self {
+        BuildOptions {
+            source: PathBuf::from("datasets/orig"),
+            out: PathBuf::from("datasets/idc"),
+            split: SplitConfig::default(),
+            force: false,
+            on_collision: OnCollision::Error,
+            strict: false,
+        }
+    }
+}
+
+/// Two source files naming the same patch (patient, x, y): `x1` and `x01`, `X.png` and `X.PNG`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum OnCollision {
+    /// Stop before anything is written, naming both files (default).
+    #[default]
+    Error,
+    /// Use the first in path order, list the others as skipped.
+    KeepFirst,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +73,24 @@ pub struct BuildReport {
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     opts.split.validate()?;
     let scan = Scan::dir(&opts.source)?;
+    if opts.strict {
+        scan.strict(&opts.source)?;
+    }
+    if !scan.collisions.is_empty() && opts.on_collision == OnCollision::Error {
+        bail!(
+            "{} files under {} name a patch that another file already names; nothing was written. \
+             Remove or rename one of each pair, or pass --on-collision keep-first to use the first \
+             in path order:\n{}",
+            scan.collisions.len(),
+            opts.source.shown(),
+            listed(&scan.collisions, 20).trim_end()
+        );
+    }
     if scan.patches.is_empty() {
         bail!(
             "no patches found under {} ({} files skipped): expected <patient>/<0|1>/<patient>_idx5_x<X>_y<Y>_class<C>.png",
-            opts.source.display(),
-            scan.problems.len()
+            opts.source.shown(),
+            scan.skipped()
         );
     }
     let assignment = opts.split.assign(&scan.patches);
@@ -56,8 +98,26 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         .patches
         .iter()
         .zip(&assignment)
-        .map(|(p, &s)| (Row::new(s, &p.name, p.label), p.path.as_path()))
+        .map(|(p, &s)| {
+            (
+                Row::new(s, &p.name, p.label, &extension(&p.path)),
+                p.path.as_path(),
+            )
+        })
         .collect();
+    // One row per file: every destination is new and unique (the same-patch rule above makes
+    // them so; checked here because a duplicate would make a link fail half-way).
+    let mut destinations = HashSet::with_capacity(rows.len());
+    if let Some((row, src)) = rows
+        .iter()
+        .find(|(r, _)| !destinations.insert(r.path.as_str()))
+    {
+        bail!(
+            "two files would land on {} (one is {}); nothing was written",
+            row.path,
+            src.shown()
+        );
+    }
     rows.sort_by(|a, b| (split_rank(&a.0), &a.0).cmp(&(split_rank(&b.0), &b.0)));
     let manifest_rows: Vec<Row> = rows.iter().map(|(r, _)| r.clone()).collect();
     let csv = manifest::to_csv(&manifest_rows)?;
@@ -88,13 +148,13 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             bail!(
                 "{} already holds a different split ({}); pass --force to replace it \
                  (the originals under {} are never touched)",
-                opts.out.display(),
+                opts.out.shown(),
                 if existing.exists() {
                     "its manifest.csv differs"
                 } else {
                     "it has no manifest.csv"
                 },
-                opts.source.display()
+                opts.source.shown()
             );
         }
     }
@@ -105,7 +165,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         for class in 0..2 {
             let dir = tmp.join(split).join(class.to_string());
             std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+                .with_context(|| format!("cannot create {}", dir.shown()))?;
         }
     }
     let linked = AtomicUsize::new(0);
@@ -134,6 +194,12 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     })
 }
 
+/// The source's extension, lower case (`png`, `jpg`, `jpeg`): a JPEG stays `.jpg` in the split.
+fn extension(path: &Path) -> String {
+    path.extension()
+        .map_or("png".into(), |e| e.to_string_lossy().to_ascii_lowercase())
+}
+
 fn split_rank(row: &Row) -> usize {
     SPLITS
         .iter()
@@ -147,19 +213,19 @@ fn swap_into_place(tmp: &Path, out: &Path) -> Result<()> {
         remove_stale_siblings(out, "old")?;
         let old = temp_sibling(out, "old");
         std::fs::rename(out, &old)
-            .with_context(|| format!("cannot move old {} aside", out.display()))?;
+            .with_context(|| format!("cannot move old {} aside", out.shown()))?;
         if let Err(e) = std::fs::rename(tmp, out) {
             // Put the old split back: never leave the user with none.
             let _ = std::fs::rename(&old, out);
-            return Err(e).with_context(|| format!("cannot move new split to {}", out.display()));
+            return Err(e).with_context(|| format!("cannot move new split to {}", out.shown()));
         }
         if let Err(e) = std::fs::remove_dir_all(&old) {
             // The new split is in place; the next build removes the leftover.
-            eprintln!("warning: cannot remove old split {}: {e}", old.display());
+            eprintln!("warning: cannot remove old split {}: {e}", old.shown());
         }
     } else {
         std::fs::rename(tmp, out)
-            .with_context(|| format!("cannot move new split to {}", out.display()))?;
+            .with_context(|| format!("cannot move new split to {}", out.shown()))?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! File-system helpers: atomic writes and link-or-copy.
 
+use crate::text::Shown;
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -22,7 +23,7 @@ pub fn temp_sibling(path: &Path, tag: &str) -> PathBuf {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = parent_dir(path);
     std::fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create folder {}", dir.display()))?;
+        .with_context(|| format!("cannot create folder {}", dir.shown()))?;
     let tmp = temp_sibling(path, "tmp");
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
@@ -33,7 +34,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.with_context(|| format!("cannot write {}", path.display()))
+    result.with_context(|| format!("cannot write {}", path.shown()))
 }
 
 /// A file written in pieces and put in place atomically: it is written to a temp sibling, and
@@ -49,10 +50,10 @@ impl AtomicFile {
     pub fn create(path: &Path) -> Result<AtomicFile> {
         let dir = parent_dir(path);
         std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create folder {}", dir.display()))?;
+            .with_context(|| format!("cannot create folder {}", dir.shown()))?;
         let tmp = temp_sibling(path, "tmp");
         let file = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+            .with_context(|| format!("cannot write {}", path.shown()))?;
         Ok(AtomicFile {
             path: path.to_path_buf(),
             tmp,
@@ -68,7 +69,7 @@ impl AtomicFile {
             file.sync_all()?;
             std::fs::rename(&self.tmp, &self.path)
         })();
-        result.with_context(|| format!("cannot write {}", self.path.display()))
+        result.with_context(|| format!("cannot write {}", self.path.shown()))
     }
 }
 
@@ -88,17 +89,40 @@ impl Drop for AtomicFile {
     }
 }
 
-/// Hard-links `src` to `dst`, copying instead when a link is impossible (another file system,
-/// or a file system without hard links). Returns true when it linked.
+/// Hard-links `src` to the new path `dst`, or copies it into a new file where a link is
+/// impossible (another file system, or one without hard links). A symlinked `src` is resolved
+/// first, so the link is to the file itself (a relative symlink would point nowhere from `dst`).
+/// Never opens an existing file: when `dst` exists this is an error (before, a copy fallback
+/// wrote through an existing hard link into an original). Returns true when it linked.
 pub fn link_or_copy(src: &Path, dst: &Path) -> Result<bool> {
-    match std::fs::hard_link(src, dst) {
+    let target =
+        std::fs::canonicalize(src).with_context(|| format!("cannot resolve {}", src.shown()))?;
+    match std::fs::hard_link(&target, dst) {
         Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(e).with_context(|| {
+            format!(
+                "cannot link {} to {}: the destination exists (nothing was overwritten)",
+                src.shown(),
+                dst.shown()
+            )
+        }),
         Err(_) => {
-            std::fs::copy(src, dst)
-                .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+            copy_new(&target, dst)
+                .with_context(|| format!("cannot copy {} to {}", src.shown(), dst.shown()))?;
             Ok(false)
         }
     }
+}
+
+/// Copies `src` into `dst`, which must not exist yet (`create_new`).
+fn copy_new(src: &Path, dst: &Path) -> std::io::Result<()> {
+    let mut from = std::fs::File::open(src)?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(dst)?;
+    std::io::copy(&mut from, &mut to)?;
+    Ok(())
 }
 
 /// Removes leftovers of interrupted runs: siblings of `path` named `.<name>.<tag>-<pid>`.
@@ -120,7 +144,7 @@ pub fn remove_stale_siblings(path: &Path, tag: &str) -> Result<()> {
             } else {
                 std::fs::remove_file(&p)
             }
-            .with_context(|| format!("cannot remove leftover {}", p.display()))?;
+            .with_context(|| format!("cannot remove leftover {}", p.shown()))?;
         }
     }
     Ok(())

@@ -16,10 +16,12 @@ pub mod scan;
 pub mod split;
 pub mod synth;
 pub mod testdata;
+pub mod text;
 
 pub use patch::{Label, PatchName};
 pub use preprocess::{Filter, Preprocess};
 pub use scan::{Patch, Problem, Scan};
+pub use text::Shown;
 
 /// Split folder names, in the tutorial's order.
 pub const SPLITS: [&str; 3] = ["training", "validation", "testing"];

@@ -1,7 +1,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use datasets::build::{BuildOptions, Outcome, build};
-use datasets::cli::{exit_code, progress_bar};
+use datasets::Shown;
+use datasets::build::{BuildOptions, OnCollision, Outcome, build};
+use datasets::cli::{exit_code, float_in, int_in, progress_bar};
 use datasets::split::{SplitBy, SplitConfig};
 use datasets::synth::{self, SynthOptions};
 use datasets::{Scan, manifest};
@@ -21,13 +22,13 @@ struct Args {
 enum Command {
     /// Make an IDC-like dataset offline, in the Kaggle layout and naming.
     Synth {
-        /// Number of patients (the Kaggle set has 279).
-        #[arg(long, default_value_t = 20)]
+        /// Number of patients (the Kaggle set has 279), 1 to 100000.
+        #[arg(long, default_value_t = 20, value_parser = int_in::<1, 100_000>)]
         patients: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// Mean patches per patient (Kaggle: 995).
-        #[arg(long, default_value_t = 995.0)]
+        /// Mean patches per patient (Kaggle: 995), above 0 and at most 100000.
+        #[arg(long, default_value_t = 995.0, value_parser = mean_patches)]
         mean_patches: f64,
         #[arg(long, default_value = "datasets/orig")]
         out: PathBuf,
@@ -45,11 +46,11 @@ enum Command {
         /// Keep patients whole (default) or split images at random like the tutorial.
         #[arg(long, value_enum, default_value_t = SplitBy::Patient)]
         split_by: SplitBy,
-        /// Share of all patches for testing (tutorial: 0.2).
-        #[arg(long, default_value_t = 0.2)]
+        /// Share of all patches for testing (tutorial: 0.2), in [0, 1).
+        #[arg(long, default_value_t = 0.2, value_parser = fraction)]
         test_fraction: f64,
-        /// Share of the remaining patches for validation (tutorial: 0.1).
-        #[arg(long, default_value_t = 0.1)]
+        /// Share of the remaining patches for validation (tutorial: 0.1), in [0, 1).
+        #[arg(long, default_value_t = 0.1, value_parser = fraction)]
         val_fraction: f64,
         /// Seed of the project's SplitMix64 generator (tutorial: 42).
         #[arg(long, default_value_t = 42)]
@@ -57,6 +58,13 @@ enum Command {
         /// Replace an existing, different split.
         #[arg(long)]
         force: bool,
+        /// Two files naming the same patch (x1 and x01, X.png and X.PNG): stop (error), or use
+        /// the first in path order (keep-first).
+        #[arg(long, value_enum, default_value_t = OnCollision::Error)]
+        on_collision: OnCollision,
+        /// Make any skipped file (unusable, colliding, Kaggle duplicate) an error.
+        #[arg(long)]
+        strict: bool,
     },
     /// Scan a folder and report patches, classes, patients and every problem file.
     Scan {
@@ -65,7 +73,23 @@ enum Command {
         /// List at most this many problem files.
         #[arg(long, default_value_t = 20)]
         max_listed: usize,
+        /// Exit with an error when any file would be skipped.
+        #[arg(long)]
+        strict: bool,
     },
+}
+
+fn mean_patches(s: &str) -> Result<f64, String> {
+    float_in(s, 0.0, 100_000.0, true)
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    let v = float_in(s, 0.0, 1.0, false)?;
+    if v < 1.0 {
+        Ok(v)
+    } else {
+        Err("must be below 1".into())
+    }
 }
 
 fn main() -> ExitCode {
@@ -97,7 +121,7 @@ fn run(args: Args) -> Result<()> {
             };
             println!(
                 "{}: {verb}: {} patients, {} patches ({:.1}% IDC, {} edge crops) in {:.1}s",
-                opts.out.display(),
+                opts.out.shown(),
                 report.patients,
                 report.patches,
                 100.0 * report.idc as f64 / report.patches as f64,
@@ -113,6 +137,8 @@ fn run(args: Args) -> Result<()> {
             val_fraction,
             seed,
             force,
+            on_collision,
+            strict,
         } => {
             let start = Instant::now();
             let split = SplitConfig {
@@ -126,25 +152,30 @@ fn run(args: Args) -> Result<()> {
                 out: out.clone(),
                 split,
                 force,
+                on_collision,
+                strict,
             })?;
             eprint!("{}", report.scan.warnings(20));
             println!("{report}");
             match report.outcome {
-                Outcome::UpToDate => println!(
-                    "{}: already holds this split; nothing written",
-                    out.display()
-                ),
+                Outcome::UpToDate => {
+                    println!("{}: already holds this split; nothing written", out.shown())
+                }
                 Outcome::Built => println!(
                     "{}: {} hard links, {} copies, manifest {} in {:.1}s",
-                    out.display(),
+                    out.shown(),
                     report.linked,
                     report.copied,
-                    out.join(manifest::FILE_NAME).display(),
+                    out.join(manifest::FILE_NAME).shown(),
                     start.elapsed().as_secs_f64()
                 ),
             }
         }
-        Command::Scan { dir, max_listed } => {
+        Command::Scan {
+            dir,
+            max_listed,
+            strict,
+        } => {
             let scan = Scan::dir(&dir)?;
             let [c0, c1] = scan.class_counts();
             let patients: std::collections::BTreeSet<&str> = scan
@@ -153,14 +184,18 @@ fn run(args: Args) -> Result<()> {
                 .map(|p| p.name.patient.as_str())
                 .collect();
             println!(
-                "{}: {} patches ({c0} class 0, {c1} class 1), {} patients, {} problem files, {} duplicates",
-                dir.display(),
+                "{}: {} patches ({c0} class 0, {c1} class 1), {} patients, {} problem files, {} collisions, {} duplicates",
+                dir.shown(),
                 c0 + c1,
                 patients.len(),
                 scan.problems.len(),
+                scan.collisions.len(),
                 scan.duplicates
             );
             eprint!("{}", scan.warnings(max_listed));
+            if strict {
+                scan.strict(&dir)?;
+            }
         }
     }
     Ok(())

@@ -2,6 +2,7 @@
 
 use crate::SPLITS;
 use crate::patch::PatchName;
+use crate::text::Shown;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -20,14 +21,18 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(split: usize, name: &PatchName, label: u8) -> Row {
+    /// The row of a patch in `SPLITS[split]`; its file keeps the source's extension `ext`.
+    pub fn new(split: usize, name: &PatchName, label: u8, ext: &str) -> Row {
         Row {
             split: SPLITS[split].to_string(),
             patient: name.patient.clone(),
             class: label,
             x: name.x,
             y: name.y,
-            path: format!("{}/{}/{}", SPLITS[split], label, name),
+            path: format!(
+                "{}/{}/{}_idx5_x{}_y{}_class{}.{ext}",
+                SPLITS[split], label, name.patient, name.x, name.y, name.class
+            ),
         }
     }
 }
@@ -43,15 +48,15 @@ pub fn to_csv(rows: &[Row]) -> Result<Vec<u8>> {
 
 pub fn read(path: &Path) -> Result<Vec<Row>> {
     let mut r =
-        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.shown()))?;
     r.deserialize()
         .collect::<Result<_, _>>()
-        .with_context(|| format!("malformed manifest {}", path.display()))
+        .with_context(|| format!("malformed manifest {}", path.shown()))
 }
 
 /// Hex SHA-256 of a file's bytes (provenance: which split a model was trained on).
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.shown()))?;
     Ok(sha256_hex(&bytes))
 }
 

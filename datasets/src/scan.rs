@@ -1,6 +1,9 @@
-//! Walking a dataset tree: every patch found, every problem reported with its path.
+//! Walking a dataset tree: every patch found, every problem reported with its path. The walk,
+//! the label rule and the same-patch rule here are the only ones: `datasets`, `trainer` and
+//! `runtime` all see a tree the same way.
 
 use crate::patch::{Label, PatchName, is_image_extension};
+use crate::text::Shown;
 use anyhow::{Context, Result, bail};
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -18,16 +21,49 @@ pub struct Patch {
     pub label: Label,
 }
 
-/// A file that was found but cannot be used, and why.
+/// A file or folder that was found but cannot be used, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub path: PathBuf,
     pub reason: String,
 }
 
+impl Problem {
+    pub fn new(path: &Path, reason: impl Into<String>) -> Problem {
+        Problem {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The path and the reason as JSON (the path losslessly escaped: it may not be UTF-8).
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({ "path": self.path.shown(), "reason": self.reason })
+    }
+}
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.reason)
+        write!(f, "{}: {}", self.path.shown(), self.reason)
+    }
+}
+
+/// Two files that name the same patch (patient, x, y): `x1` and `x01`, `X.png` and `X.PNG`,
+/// `X.png` and `X.jpg`. Only the first (in path order) is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Collision {
+    pub kept: PathBuf,
+    pub other: PathBuf,
+}
+
+impl fmt::Display for Collision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} and {} are the same patch (patient, x, y)",
+            self.kept.shown(),
+            self.other.shown()
+        )
     }
 }
 
@@ -35,40 +71,42 @@ impl fmt::Display for Problem {
 #[derive(Debug, Default)]
 pub struct Scan {
     pub patches: Vec<Patch>,
+    /// Files and folders that cannot be used, with the reason (collisions not included).
     pub problems: Vec<Problem>,
-    /// Patches skipped because a file of the same name was already found (Kaggle's second copy).
+    /// Later files naming a patch already found, outside Kaggle's duplicate copy.
+    pub collisions: Vec<Collision>,
+    /// Patches skipped because Kaggle's second copy under `IDC_regular_ps50_idx5/` holds them twice.
     pub duplicates: usize,
 }
 
 impl Scan {
-    /// Scans `root` recursively. Fails only when the root itself cannot be read; every bad file
-    /// below it is recorded in `problems` instead.
+    /// Scans `root` recursively. Fails only when the root itself cannot be read; every bad file or
+    /// folder below it is recorded in `problems` instead.
     pub fn dir(root: &Path) -> Result<Scan> {
-        let mut files = walk_files(root)?;
+        let (mut files, problems) = walk_files(root)?;
         // Originals before Kaggle's duplicate copy, then by path: the kept copy is deterministic.
         files.sort_by_cached_key(|p| (under_duplicate_dir(p), p.clone()));
         let classified: Vec<Result<Patch, Problem>> =
             files.par_iter().map(|p| classify(p)).collect();
-        let mut scan = Scan::default();
-        let mut seen: HashMap<String, ()> = HashMap::with_capacity(classified.len());
+        let mut scan = Scan {
+            problems,
+            ..Scan::default()
+        };
+        let mut seen = SamePatch::default();
         for item in classified {
             match item {
-                Ok(patch) => {
-                    let key = patch
-                        .path
-                        .file_name()
-                        .unwrap_or_default()
-                        .to_string_lossy()
-                        .into_owned();
-                    if seen.insert(key, ()).is_some() {
-                        scan.duplicates += 1;
-                    } else {
-                        scan.patches.push(patch);
-                    }
-                }
+                Ok(patch) => match seen.check(&patch.name, &patch.path, patch.path.clone()) {
+                    Repeat::New => scan.patches.push(patch),
+                    Repeat::KaggleCopy(_) => scan.duplicates += 1,
+                    Repeat::Collision(kept) => scan.collisions.push(Collision {
+                        kept: kept.clone(),
+                        other: patch.path,
+                    }),
+                },
                 Err(problem) => scan.problems.push(problem),
             }
         }
+        scan.problems.sort_by(|a, b| a.path.cmp(&b.path));
         Ok(scan)
     }
 
@@ -81,27 +119,64 @@ impl Scan {
         counts
     }
 
-    /// A one-paragraph summary of problems and duplicates, for the user (empty when clean).
+    /// Files that were found and not used: problems, collisions, Kaggle duplicates.
+    pub fn skipped(&self) -> usize {
+        self.problems.len() + self.collisions.len() + self.duplicates
+    }
+
+    /// An error naming what was skipped, for `--strict`; `Ok` when nothing was.
+    pub fn strict(&self, what: &Path) -> Result<()> {
+        if self.skipped() > 0 {
+            bail!(
+                "{}: {} files skipped (--strict makes that an error):\n{}",
+                what.shown(),
+                self.skipped(),
+                self.warnings(usize::MAX).trim_end()
+            );
+        }
+        Ok(())
+    }
+
+    /// A summary of problems, collisions and duplicates, for the user (empty when clean); lists
+    /// at most `max_listed` of each.
     pub fn warnings(&self, max_listed: usize) -> String {
         let mut out = String::new();
         if self.duplicates > 0 {
+            out += &format!("warning: {}\n", kaggle_duplicates_text(self.duplicates));
+        }
+        if !self.collisions.is_empty() {
             out += &format!(
-                "warning: skipped {} duplicate patches (same file name seen twice; the Kaggle zip \
-                 unpacks a second copy under {KAGGLE_DUPLICATE_DIR}/ -- delete that folder to silence this)\n",
-                self.duplicates
+                "warning: {} files name a patch that an earlier file already names; the earlier one is used:\n",
+                self.collisions.len()
             );
+            out += &listed(&self.collisions, max_listed);
         }
         if !self.problems.is_empty() {
             out += &format!("warning: {} files skipped:\n", self.problems.len());
-            for p in self.problems.iter().take(max_listed) {
-                out += &format!("  {p}\n");
-            }
-            if self.problems.len() > max_listed {
-                out += &format!("  ... and {} more\n", self.problems.len() - max_listed);
-            }
+            out += &listed(&self.problems, max_listed);
         }
         out
     }
+}
+
+/// What the Kaggle duplicate warning says, in every command.
+pub fn kaggle_duplicates_text(n: usize) -> String {
+    format!(
+        "skipped {n} duplicate patches (the Kaggle zip unpacks a second copy of every patient under \
+         {KAGGLE_DUPLICATE_DIR}/; the first copy is used -- delete that folder to silence this)"
+    )
+}
+
+/// Up to `max` items, one per indented line, then how many more.
+pub fn listed<T: fmt::Display>(items: &[T], max: usize) -> String {
+    let mut out = String::new();
+    for p in items.iter().take(max) {
+        out += &format!("  {p}\n");
+    }
+    if items.len() > max {
+        out += &format!("  ... and {} more\n", items.len() - max);
+    }
+    out
 }
 
 fn under_duplicate_dir(path: &Path) -> bool {
@@ -109,75 +184,214 @@ fn under_duplicate_dir(path: &Path) -> bool {
         .any(|c| c.as_os_str() == KAGGLE_DUPLICATE_DIR)
 }
 
-/// Every regular file below `root`, recursively, in sorted path order. Hidden entries (names
-/// starting with `.`: marker files, interrupted builds, macOS metadata) are never patches and are
-/// not listed.
-pub fn walk_files(root: &Path) -> Result<Vec<PathBuf>> {
-    SortedWalk::new(root)?.collect()
+/// The same-patch rule, for trees walked in path order: a patch is (patient, x, y); a second
+/// file for it is Kaggle's duplicate copy when either file is under `IDC_regular_ps50_idx5/`, a
+/// collision otherwise. `V` is what is kept of the first file (its path, or nothing when memory
+/// must stay small: 8 bytes a patch plus the map's overhead).
+#[derive(Debug)]
+pub struct SamePatch<V> {
+    seen: HashMap<String, HashMap<(u32, u32), (V, bool)>>,
+}
+
+impl<V> Default for SamePatch<V> {
+    fn default() -> Self {
+        SamePatch {
+            seen: HashMap::new(),
+        }
+    }
+}
+
+/// What `SamePatch::check` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Repeat<'a, V> {
+    New,
+    /// Kaggle's second copy of the patch whose first file left this.
+    KaggleCopy(&'a V),
+    /// Another file for the patch whose first file left this.
+    Collision(&'a V),
+}
+
+impl<V> SamePatch<V> {
+    pub fn check(&mut self, name: &PatchName, path: &Path, keep: V) -> Repeat<'_, V> {
+        let copy = under_duplicate_dir(path);
+        if !self.seen.contains_key(name.patient.as_str()) {
+            self.seen.insert(name.patient.clone(), HashMap::new());
+        }
+        let by_xy = self.seen.get_mut(name.patient.as_str()).expect("inserted");
+        match by_xy.entry((name.x, name.y)) {
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((keep, copy));
+                Repeat::New
+            }
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let (first, first_copy) = e.into_mut();
+                if copy || *first_copy {
+                    Repeat::KaggleCopy(first)
+                } else {
+                    Repeat::Collision(first)
+                }
+            }
+        }
+    }
+}
+
+/// Every file below `root`, recursively, in sorted path order, and the entries that could not be
+/// used as files (unreadable folders, dangling symlinks, symlink loops, symlinks to folders).
+/// Hidden entries (names starting with `.`: marker files, interrupted builds, macOS metadata) are
+/// never patches and are not listed.
+pub fn walk_files(root: &Path) -> Result<(Vec<PathBuf>, Vec<Problem>)> {
+    let (mut files, mut problems) = (Vec::new(), Vec::new());
+    for entry in SortedWalk::new(root)? {
+        match entry {
+            Ok(path) => files.push(path),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    Ok((files, problems))
 }
 
 /// `walk_files` one folder listing at a time: the files come in sorted path order (each folder's
 /// entries sorted, subfolders entered where they sort), and memory follows the largest folder,
-/// not the whole tree.
+/// not the whole tree. Entries that cannot be walked come as `Err(Problem)`, in their place.
 pub struct SortedWalk {
-    /// Per open folder, its remaining entries: (path, is a folder).
-    stack: Vec<std::vec::IntoIter<(PathBuf, bool)>>,
+    /// Per open folder, its remaining entries.
+    stack: Vec<std::vec::IntoIter<Entry>>,
+}
+
+enum Entry {
+    File(PathBuf),
+    Dir(PathBuf),
+    Bad(Problem),
 }
 
 impl SortedWalk {
+    /// Fails when `root` is not a folder or cannot be listed.
     pub fn new(root: &Path) -> Result<SortedWalk> {
         if !root.is_dir() {
             bail!(
                 "{} is not a folder: point to a dataset root (e.g. datasets/orig from the Kaggle zip, \
                  or make one with `datasets synth`)",
-                root.display()
+                root.shown()
             );
         }
+        let entries =
+            listing(root).with_context(|| format!("cannot read folder {}", root.shown()))?;
         Ok(SortedWalk {
-            stack: vec![listing(root)?.into_iter()],
+            stack: vec![entries.into_iter()],
         })
     }
 }
 
-/// A folder's visible entries, sorted by name: (path, is a folder); file symlinks count as files.
-fn listing(dir: &Path) -> Result<Vec<(PathBuf, bool)>> {
-    let context = || format!("cannot read folder {}", dir.display());
+/// A folder's visible entries, sorted by name. Symlinks to files count as files; every other
+/// symlink is a problem, named (folders are not followed: a link to an ancestor would never end).
+fn listing(dir: &Path) -> std::io::Result<Vec<Entry>> {
     let mut entries = Vec::new();
-    for entry in std::fs::read_dir(dir).with_context(context)? {
-        let entry = entry.with_context(context)?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = match entry {
+            Ok(e) => e,
+            Err(e) => {
+                entries.push(Entry::Bad(Problem::new(
+                    dir,
+                    format!("cannot list folder: {e}"),
+                )));
+                continue;
+            }
+        };
+        if entry.file_name().as_encoded_bytes().starts_with(b".") {
             continue;
         }
-        let file_type = entry.file_type().with_context(context)?;
         let path = entry.path();
-        if file_type.is_dir() {
-            entries.push((path, true));
-        } else if file_type.is_file() || (file_type.is_symlink() && path.is_file()) {
-            entries.push((path, false));
-        }
+        let kind = match entry.file_type() {
+            Ok(t) => t,
+            Err(e) => {
+                entries.push(Entry::Bad(Problem::new(&path, format!("cannot read: {e}"))));
+                continue;
+            }
+        };
+        entries.push(if kind.is_dir() {
+            Entry::Dir(path)
+        } else if kind.is_file() {
+            Entry::File(path)
+        } else if kind.is_symlink() {
+            symlink_entry(path)
+        } else {
+            Entry::Bad(Problem::new(
+                &path,
+                "not a regular file (a device, socket or pipe)",
+            ))
+        });
     }
-    entries.sort();
+    entries.sort_by(|a, b| a.path().cmp(b.path()));
     Ok(entries)
 }
 
-impl Iterator for SortedWalk {
-    type Item = Result<PathBuf>;
+fn symlink_entry(path: PathBuf) -> Entry {
+    let target = std::fs::read_link(&path)
+        .map(|t| t.shown())
+        .unwrap_or_else(|_| "?".into());
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Entry::File(path),
+        Ok(m) if m.is_dir() => Entry::Bad(Problem::new(
+            &path,
+            format!(
+                "symlink to a folder ({target}), not followed: link the files, or copy the folder (cp -al)"
+            ),
+        )),
+        Ok(_) => Entry::Bad(Problem::new(
+            &path,
+            format!("symlink to something that is not a file ({target})"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Entry::Bad(Problem::new(
+            &path,
+            format!("dangling symlink: {target} does not exist"),
+        )),
+        Err(e) if e.raw_os_error() == Some(libc_eloop()) => Entry::Bad(Problem::new(
+            &path,
+            format!("symlink loop ({target} leads back to itself)"),
+        )),
+        Err(e) => Entry::Bad(Problem::new(
+            &path,
+            format!("cannot follow symlink to {target}: {e}"),
+        )),
+    }
+}
 
-    fn next(&mut self) -> Option<Result<PathBuf>> {
+/// ELOOP ("too many levels of symbolic links") on Linux and the BSDs/macOS.
+fn libc_eloop() -> i32 {
+    if cfg!(target_os = "linux") { 40 } else { 62 }
+}
+
+impl Entry {
+    fn path(&self) -> &Path {
+        match self {
+            Entry::File(p) | Entry::Dir(p) => p,
+            Entry::Bad(problem) => &problem.path,
+        }
+    }
+}
+
+impl Iterator for SortedWalk {
+    type Item = Result<PathBuf, Problem>;
+
+    fn next(&mut self) -> Option<Result<PathBuf, Problem>> {
         loop {
-            let (path, is_dir) = match self.stack.last_mut()?.next() {
+            let entry = match self.stack.last_mut()?.next() {
                 Some(entry) => entry,
                 None => {
                     self.stack.pop();
                     continue;
                 }
             };
-            if !is_dir {
-                return Some(Ok(path));
-            }
-            match listing(&path) {
-                Ok(entries) => self.stack.push(entries.into_iter()),
-                Err(e) => return Some(Err(e)),
+            match entry {
+                Entry::File(path) => return Some(Ok(path)),
+                Entry::Bad(problem) => return Some(Err(problem)),
+                Entry::Dir(path) => match listing(&path) {
+                    Ok(entries) => self.stack.push(entries.into_iter()),
+                    // One unreadable folder (permissions, I/O) is reported; the rest is walked.
+                    Err(e) => {
+                        return Some(Err(Problem::new(&path, format!("cannot read folder: {e}"))));
+                    }
+                },
             }
         }
     }
@@ -199,26 +413,36 @@ pub fn folder_label(path: &Path) -> Option<Label> {
     }
 }
 
-fn classify(path: &Path) -> Result<Patch, Problem> {
-    let problem = |reason: String| Problem {
-        path: path.to_path_buf(),
-        reason,
+/// The one label rule: the `0/` or `1/` folder, else the file name's `class<C>`; when both are
+/// there they must agree (a `0/` folder holding a `class1` file is an error, never a guess).
+pub fn label_of(path: &Path, name: Option<&PatchName>) -> Result<Option<Label>, String> {
+    match (folder_label(path), name.map(|n| n.class)) {
+        (Some(folder), Some(class)) if folder != class => Err(format!(
+            "label disagreement: folder {folder}/ but file name says class{class}"
+        )),
+        (folder, class) => Ok(folder.or(class)),
+    }
+}
+
+/// The file name parsed as a Kaggle patch name (`None` with the reason when it is not one).
+pub fn patch_name(path: &Path) -> Result<PatchName, String> {
+    let file_name = path.file_name().unwrap_or_default();
+    let Some(file_name) = file_name.to_str() else {
+        return Err(
+            "file name is not valid UTF-8, so it is not <patient>_idx5_x<X>_y<Y>_class<C>.png"
+                .into(),
+        );
     };
+    PatchName::parse(file_name).map_err(|e| e.to_string())
+}
+
+fn classify(path: &Path) -> Result<Patch, Problem> {
+    let problem = |reason: String| Problem::new(path, reason);
     if !has_image_extension(path) {
         return Err(problem("not an image file (expected .png/.jpg)".into()));
     }
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let name = PatchName::parse(&file_name).map_err(|e| problem(e.to_string()))?;
-    let label = match folder_label(path) {
-        Some(folder) if folder != name.class => {
-            return Err(problem(format!(
-                "label disagreement: folder {folder}/ but file name says class{}",
-                name.class
-            )));
-        }
-        Some(folder) => folder,
-        None => name.class,
-    };
+    let name = patch_name(path).map_err(problem)?;
+    let label = label_of(path, Some(&name)).map_err(problem)?;
     match std::fs::metadata(path) {
         Err(e) => return Err(problem(format!("unreadable: {e}"))),
         Ok(m) if m.len() == 0 => return Err(problem("empty file (0 bytes)".into())),
@@ -226,8 +450,8 @@ fn classify(path: &Path) -> Result<Patch, Problem> {
     }
     Ok(Patch {
         path: path.to_path_buf(),
+        label: label.unwrap_or(name.class),
         name,
-        label,
     })
 }
 

@@ -11,6 +11,7 @@
 use crate::fsutil::{remove_stale_siblings, temp_sibling, write_atomic};
 use crate::patch::PatchName;
 use crate::rng::Rng;
+use crate::text::Shown;
 use anyhow::{Context, Result, bail};
 use image::RgbImage;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
@@ -342,11 +343,11 @@ pub fn synth(opts: &SynthOptions, progress: &indicatif::ProgressBar) -> Result<S
             Ok(_) if opts.force => {}
             Ok(_) => bail!(
                 "{} holds a synthetic set made with other settings; pass --force to replace it",
-                opts.out.display()
+                opts.out.shown()
             ),
             Err(_) => bail!(
                 "{} exists and was not made by `datasets synth` (no {MARKER}); it is left untouched: choose another --out",
-                opts.out.display()
+                opts.out.shown()
             ),
         }
     }
@@ -377,8 +378,7 @@ fn write_slide(
 ) -> Result<()> {
     for class in 0..2 {
         let dir = root.join(&slide.patient).join(class.to_string());
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.shown()))?;
     }
     // One stream per patient for pixels, separate from the plan's, so plans stay cheap.
     let mut rng = Rng::derive(seed ^ 0x5EED_F00D, index as u64);
@@ -389,7 +389,7 @@ fn write_slide(
             .join(tile.name.class.to_string())
             .join(tile.name.to_string());
         std::fs::write(&path, encode_png(&img)?)
-            .with_context(|| format!("cannot write {}", path.display()))?;
+            .with_context(|| format!("cannot write {}", path.shown()))?;
         progress.inc(1);
     }
     Ok(())
@@ -398,10 +398,10 @@ fn write_slide(
 fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
     if out.exists() {
         std::fs::remove_dir_all(out)
-            .with_context(|| format!("cannot remove old {}", out.display()))?;
+            .with_context(|| format!("cannot remove old {}", out.shown()))?;
     }
     std::fs::rename(tmp, out)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), out.display()))
+        .with_context(|| format!("cannot move {} to {}", tmp.shown(), out.shown()))
 }
 
 fn serde_json_string(opts: &SynthOptions) -> String {

@@ -2,8 +2,26 @@
 
 use std::path::{Path, PathBuf};
 
+/// Set (to anything but empty or `0`) by `.ci/run`: a test that needs something absent fails
+/// instead of skipping, so CI cannot go green without the real-data and GPU-path checks.
+pub const REQUIRE_VAR: &str = "IDC_REQUIRE_ALL";
+
+/// Whether `REQUIRE_VAR` is set.
+pub fn required() -> bool {
+    std::env::var(REQUIRE_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// A test's precondition is missing: prints `SKIPPED: <why>` and returns, or panics with the
+/// same words when `REQUIRE_VAR` is set (CI).
+pub fn skip(why: &str) {
+    if required() {
+        panic!("{REQUIRE_VAR} is set, and this test cannot run: {why}");
+    }
+    eprintln!("SKIPPED: {why}");
+}
+
 /// `../shared/data/<name>` from the workspace root, or `$IDC_SHARED_DATA/<name>`; `None` (with a
-/// message on stderr saying the test is skipped) when absent.
+/// message on stderr saying the test is skipped) when absent, a panic under `REQUIRE_VAR`.
 pub fn shared_data(name: &str) -> Option<PathBuf> {
     let base = std::env::var_os("IDC_SHARED_DATA")
         .map(PathBuf::from)
@@ -12,10 +30,10 @@ pub fn shared_data(name: &str) -> Option<PathBuf> {
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!(
-            "SKIPPED: {} is absent (real IDC patches; set IDC_SHARED_DATA to point elsewhere)",
+        skip(&format!(
+            "{} is absent (real IDC patches; set IDC_SHARED_DATA to point elsewhere)",
             dir.display()
-        );
+        ));
         None
     }
 }

@@ -92,6 +92,7 @@ fn real_build_links_without_touching_originals_and_is_idempotent() {
         out: out.clone(),
         split: SplitConfig::default(),
         force: false,
+        ..Default::default()
     };
     let report = build(&opts).unwrap();
     assert_eq!(report.outcome, Outcome::Built);

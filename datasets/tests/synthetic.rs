@@ -100,6 +100,7 @@ fn build_refuses_a_different_split_unless_forced_and_leaves_no_temp() {
         out: out.clone(),
         split: SplitConfig::default(),
         force: false,
+        ..Default::default()
     };
     assert_eq!(build(&opts).unwrap().outcome, Outcome::Built);
     let first = std::fs::read(out.join(manifest::FILE_NAME)).unwrap();

@@ -8,6 +8,7 @@ use crate::onnx_proto::{
 use anyhow::{Context, Result, bail};
 use burn::backend::Flex;
 use burn::prelude::*;
+use datasets::Shown;
 use datasets::fsutil::{temp_sibling, write_atomic};
 use datasets::preprocess::Preprocess;
 use datasets::{CLASS_NAMES, Scan};
@@ -78,7 +79,7 @@ pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
     if !dir.is_dir() {
         bail!(
             "model folder {} does not exist: train first (`trainer --config configs/cancernet.yaml`) or pass --model",
-            dir.display()
+            dir.shown()
         );
     }
     let run = RunDir {
@@ -86,13 +87,13 @@ pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
     };
     let cfg_path = dir.join(checkpoint::MODEL_CONFIG_FILE);
     let config = CancerNetConfig::load(&cfg_path)
-        .with_context(|| format!("cannot read the model config {}", cfg_path.display()))?;
+        .with_context(|| format!("cannot read the model config {}", cfg_path.shown()))?;
     let ckpt = match which {
         Checkpoint::Best => run.best_dir(),
         Checkpoint::Last => run
             .latest()
             .map(|(_, d)| d)
-            .with_context(|| format!("{} has no checkpoints", run.checkpoints().display()))?,
+            .with_context(|| format!("{} has no checkpoints", run.checkpoints().shown()))?,
         Checkpoint::Epoch(n) => run.epoch_dir(n),
     };
     if !ckpt.join(checkpoint::MODEL_FILE).is_file() {
@@ -101,7 +102,7 @@ pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
         });
         bail!(
             "checkpoint {} does not exist (available: {have})",
-            ckpt.join(checkpoint::MODEL_FILE).display()
+            ckpt.join(checkpoint::MODEL_FILE).shown()
         );
     }
     let state = RunDir::read_state(&ckpt)?;
@@ -238,7 +239,7 @@ pub fn export(opts: &Options) -> Result<Report> {
         None
     };
     std::fs::rename(&staged, &opts.out)
-        .with_context(|| format!("cannot write {}", opts.out.display()))?;
+        .with_context(|| format!("cannot write {}", opts.out.shown()))?;
     Ok(Report {
         bytes: bytes.len(),
         nodes,
@@ -265,13 +266,13 @@ fn verification_batch(
             let start = images.len();
             images.resize(start + per, 0.0);
             pre.load_into(&p.path, &mut images[start..])
-                .with_context(|| format!("cannot read {}", p.path.display()))?;
+                .with_context(|| format!("cannot read {}", p.path.shown()))?;
         }
         let count = images.len() / per;
         return Ok((
             images,
             count,
-            format!("{count} patches from {}", dir.display()),
+            format!("{count} patches from {}", dir.shown()),
         ));
     }
     let slide = datasets::synth::Slide::plan(7, 0, 200.0);
@@ -324,7 +325,7 @@ pub fn verify(loaded: &Loaded, onnx: &Path, opts: &Options) -> Result<Verificati
     if max_abs_diff > 1e-4 || disagree > 0 {
         bail!(
             "verification failed on {source}: max |burn - onnxruntime| = {max_abs_diff:.3e} (limit 1e-4), {disagree} of {n} argmax disagree; {} not written",
-            opts.out.display()
+            opts.out.shown()
         );
     }
     Ok(Verification {

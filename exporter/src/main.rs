@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use clap::Parser;
+use datasets::Shown;
 use exporter::export::{Checkpoint, Options, export};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,7 +53,7 @@ fn run(args: Args) -> Result<()> {
     let report = export(&opts)?;
     println!(
         "{}: {} bytes, {} nodes, opset 17",
-        opts.out.display(),
+        opts.out.shown(),
         report.bytes,
         report.nodes
     );

@@ -328,9 +328,15 @@ pub fn pointwise(x: &[f32], weight: &[f32], bias: &[f32], s: Nchw) -> Vec<f32> {
     })
 }
 
+/// Samples per task in `pointwise_backward`: the weight and bias gradients are summed within a
+/// group in sample order, then over the groups in group order. The groups do not depend on the
+/// thread count or on how rayon splits the work, so the sums (and training) are the same bits
+/// on every run (a rayon `fold`/`reduce` here made each run differ in the last bits).
+const SAMPLES_PER_TASK: usize = 4;
+
 /// Gradients of `pointwise`: with respect to its input, `dx[n] = W^T dy[n]` (when `input_grad`),
 /// its weight, `sum over n of dy[n] x[n]^T`, and its bias, the sum of `dy` per output channel. One
-/// task per sample does all three while `dy[n]` is in cache.
+/// task per group of samples does all three while each `dy[n]` is in cache.
 #[multiversion(targets("x86_64+avx2+fma"))]
 pub fn pointwise_backward(
     x: &[f32],
@@ -343,48 +349,60 @@ pub fn pointwise_backward(
     let (hw, ci) = (s.plane(), s.c);
     let mut dx = Vec::new();
     let dx_chunks = input_grad_chunks(&mut dx, input_grad, s.len(), s.n);
-    let zero = || (vec![0f32; co * ci], vec![0f64; co]);
-    let (dw, db) = dx_chunks
+    let mut groups: Vec<Vec<(usize, &mut [MaybeUninit<f32>])>> = Vec::new();
+    for (n, chunk) in dx_chunks.into_iter().enumerate() {
+        if n % SAMPLES_PER_TASK == 0 {
+            groups.push(Vec::with_capacity(SAMPLES_PER_TASK));
+        }
+        groups.last_mut().expect("pushed").push((n, chunk));
+    }
+    let partial: Vec<(Vec<f32>, Vec<f64>)> = groups
         .into_par_iter()
-        .enumerate()
-        .fold(zero, |(mut dw, mut db), (n, dxn)| {
-            let x = &x[n * ci * hw..(n + 1) * ci * hw];
-            let dy = &dy[n * co * hw..(n + 1) * co * hw];
-            let hw_ = hw as isize;
-            if !dxn.is_empty() {
-                gemm1(
-                    (ci, hw, co),
-                    dxn,
-                    false,
-                    weight,
-                    (ci as isize, 1),
-                    dy,
-                    (1, hw_),
-                );
-            }
-            if ci <= 4 {
-                // A few input channels (the image's three): plain dot products read dy
-                // once, where the GEMM would first copy (pack) all of it.
-                for (c, row) in dy.chunks_exact(hw).enumerate() {
-                    for (i, plane) in x.chunks_exact(hw).enumerate() {
-                        dw[c * ci + i] += sum_map2(row, plane, |a, b| a * b);
-                    }
+        .map(|group| {
+            let (mut dw, mut db) = (vec![0f32; co * ci], vec![0f64; co]);
+            for (n, dxn) in group {
+                let x = &x[n * ci * hw..(n + 1) * ci * hw];
+                let dy = &dy[n * co * hw..(n + 1) * co * hw];
+                let hw_ = hw as isize;
+                if !dxn.is_empty() {
+                    gemm1(
+                        (ci, hw, co),
+                        dxn,
+                        false,
+                        weight,
+                        (ci as isize, 1),
+                        dy,
+                        (1, hw_),
+                    );
                 }
-            } else {
-                // SAFETY: dw is initialized; the GEMM reads it and writes floats.
-                let dw = unsafe { as_uninit(&mut dw) };
-                gemm1((co, ci, hw), dw, true, dy, (1, hw_), x, (hw_, 1));
-            }
-            for (b, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
-                *b += sum_map2(row, row, |v, _| v) as f64;
+                if ci <= 4 {
+                    // A few input channels (the image's three): plain dot products read dy
+                    // once, where the GEMM would first copy (pack) all of it.
+                    for (c, row) in dy.chunks_exact(hw).enumerate() {
+                        for (i, plane) in x.chunks_exact(hw).enumerate() {
+                            dw[c * ci + i] += sum_map2(row, plane, |a, b| a * b);
+                        }
+                    }
+                } else {
+                    // SAFETY: dw is initialized; the GEMM reads it and writes floats.
+                    let dw = unsafe { as_uninit(&mut dw) };
+                    gemm1((co, ci, hw), dw, true, dy, (1, hw_), x, (hw_, 1));
+                }
+                for (b, row) in db.iter_mut().zip(dy.chunks_exact(hw)) {
+                    *b += sum_map2(row, row, |v, _| v) as f64;
+                }
             }
             (dw, db)
         })
-        .reduce(zero, |(mut a, mut b), (c, d)| {
-            a.iter_mut().zip(c).for_each(|(a, c)| *a += c);
-            b.iter_mut().zip(d).for_each(|(b, d)| *b += d);
-            (a, b)
-        });
+        .collect();
+    let mut parts = partial.into_iter();
+    let (mut dw, mut db) = parts
+        .next()
+        .unwrap_or_else(|| (vec![0f32; co * ci], vec![0f64; co]));
+    for (w, b) in parts {
+        dw.iter_mut().zip(w).for_each(|(a, c)| *a += c);
+        db.iter_mut().zip(b).for_each(|(a, c)| *a += c);
+    }
     if input_grad {
         // SAFETY: every sample's GEMM wrote its whole chunk of dx.
         unsafe { dx.set_len(s.len()) };

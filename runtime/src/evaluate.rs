@@ -1,12 +1,13 @@
 //! `runtime eval` and `runtime predict`: the classification report over labelled patches, the
 //! per-patient table, and the JSON, CSV and ROC outputs.
 
-use crate::pipeline::Item;
+use crate::pipeline::{Item, Streamed};
 use crate::session::Model;
 use anyhow::Result;
-use datasets::Problem;
 use datasets::fsutil::{AtomicFile, write_atomic};
 use datasets::report::{Report, roc_curve};
+use datasets::scan::{kaggle_duplicates_text, listed};
+use datasets::{Problem, Shown};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -20,7 +21,9 @@ pub struct RunInfo {
     pub threads: usize,
     pub batch_size: usize,
     pub images: usize,
+    /// Files skipped: problems plus Kaggle duplicates.
     pub skipped: usize,
+    pub kaggle_duplicates: usize,
     pub seconds: f64,
     pub images_per_second: f64,
 }
@@ -30,18 +33,21 @@ impl RunInfo {
         model_path: &Path,
         model: &Model,
         batch_size: usize,
-        (images, skipped, seconds): (usize, usize, f64),
+        images: usize,
+        streamed: &Streamed,
     ) -> RunInfo {
+        let skipped = streamed.skipped();
         RunInfo {
-            model: model_path.display().to_string(),
+            model: model_path.shown(),
             provider: model.provider.to_string(),
             onnx_runtime: model.ort_version.clone(),
             threads: model.threads,
             batch_size,
             images,
             skipped,
-            seconds,
-            images_per_second: (images + skipped) as f64 / seconds.max(1e-9),
+            kaggle_duplicates: streamed.kaggle_copies,
+            seconds: streamed.seconds,
+            images_per_second: (images + skipped) as f64 / streamed.seconds.max(1e-9),
         }
     }
 
@@ -149,8 +155,8 @@ impl Tally {
         if let Some(w) = &mut self.predictions {
             let opt = |v: Option<String>| v.unwrap_or_default();
             w.write_record([
-                item.path.display().to_string(),
-                opt(item.name.as_ref().map(|n| n.patient.clone())),
+                item.path.shown(),
+                opt(item.name.as_ref().map(|n| n.patient.shown())),
                 opt(item.name.as_ref().map(|n| n.x.to_string())),
                 opt(item.name.as_ref().map(|n| n.y.to_string())),
                 opt(item.label.map(|l| l.to_string())),
@@ -213,7 +219,7 @@ pub fn patient_table(rows: &[PatientRow]) -> String {
         let _ = writeln!(
             s,
             "{:>10}{:>9}{:>12}{:>12}{:>10}",
-            r.patient,
+            r.patient.shown(),
             r.patches,
             pct(r.true_idc_share),
             pct(Some(r.predicted_idc_share)),
@@ -223,19 +229,23 @@ pub fn patient_table(rows: &[PatientRow]) -> String {
     s
 }
 
-pub fn problems_text(problems: &[Problem], max: usize) -> String {
+/// The files a stream skipped: Kaggle's duplicates as a count, every other file named (at most
+/// `max` here; all of them in `--json`).
+pub fn skipped_text(streamed: &Streamed, max: usize) -> String {
     let mut s = String::new();
+    if streamed.kaggle_copies > 0 {
+        let _ = writeln!(
+            s,
+            "\nwarning: {}",
+            kaggle_duplicates_text(streamed.kaggle_copies)
+        );
+    }
+    let problems = &streamed.problems;
     if !problems.is_empty() {
         let _ = writeln!(s, "\nskipped {} files:", problems.len());
-        for p in problems.iter().take(max) {
-            let _ = writeln!(s, "  {p}");
-        }
+        s += &listed(problems, max);
         if problems.len() > max {
-            let _ = writeln!(
-                s,
-                "  ... and {} more (all are in --json)",
-                problems.len() - max
-            );
+            s = s.trim_end().to_string() + " (all are in --json)\n";
         }
     }
     s
@@ -246,11 +256,16 @@ pub fn write_json(
     info: &RunInfo,
     report: Option<&Report>,
     patients: &[PatientRow],
-    problems: &[Problem],
+    streamed: &Streamed,
 ) -> Result<()> {
-    let skipped: Vec<_> = problems
+    let skipped: Vec<_> = streamed.problems.iter().map(Problem::to_json).collect();
+    let patients: Vec<_> = patients
         .iter()
-        .map(|p| serde_json::json!({ "path": p.path, "reason": p.reason }))
+        .map(|p| {
+            let mut row = serde_json::to_value(p).expect("plain fields");
+            row["patient"] = p.patient.shown().into();
+            row
+        })
         .collect();
     let json = serde_json::json!({ "run": info, "report": report, "patients": patients, "skipped": skipped });
     write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())

@@ -5,6 +5,7 @@
 use crate::pipeline::Item;
 use anyhow::{Context, Result};
 use datasets::fsutil::write_atomic;
+use datasets::{Problem, Shown};
 use image::{Rgb, RgbImage};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,15 +34,19 @@ fn colour(p: f32) -> Rgb<u8> {
     }
 }
 
-/// Writes `heatmap_<patient>.png` into `out` for every patient; returns the files written.
+/// Most pixels a heatmap may have (~190 MB of RGB): a real slide at the default scale is ~8M.
+pub const MAX_PIXELS: u64 = 64 << 20;
+
+/// Writes `heatmap_<patient>.png` into `out` for every patient; returns the files written and the
+/// patients refused (with the reason: coordinates that would make an image over `MAX_PIXELS`).
 /// `scale` shrinks each 50-pixel patch to `50 * scale` pixels.
 pub fn write(
     items: &[Item],
     probs: &[Option<f32>],
     out: &Path,
     scale: f32,
-) -> Result<Vec<PathBuf>> {
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+) -> Result<(Vec<PathBuf>, Vec<Problem>)> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.shown()))?;
     let mut by: BTreeMap<&str, Vec<(&Item, f32)>> = BTreeMap::new();
     for (item, p) in items.iter().zip(probs) {
         if let (Some(name), Some(p)) = (&item.name, p) {
@@ -51,46 +56,104 @@ pub fn write(
         }
     }
     let cell = ((STEP as f32 * scale).round() as u32).max(2);
-    let mut written = Vec::new();
+    let (mut written, mut refused) = (Vec::new(), Vec::new());
     for (patient, patches) in by {
-        let (max_x, max_y) = patches.iter().fold((0, 0), |(mx, my), (i, _)| {
-            let n = i.name.as_ref().expect("named");
-            (mx.max(n.x / STEP), my.max(n.y / STEP))
-        });
-        let (w, h) = ((max_x + 1) * cell, (max_y + 1) * cell);
+        let path = out.join(format!("heatmap_{patient}.png"));
         let labelled = patches.iter().all(|(i, _)| i.label.is_some());
-        let panels = if labelled { 3 } else { 2 };
-        let gap = cell;
-        let mut canvas =
-            RgbImage::from_pixel(panels * w + (panels - 1) * gap, h, Rgb([255, 255, 255]));
+        let layout = match Layout::new(&patches, cell, if labelled { 3 } else { 2 }) {
+            Ok(layout) => layout,
+            Err(why) => {
+                refused.push(Problem::new(
+                    &path,
+                    format!("patient {}: {why}", patient.shown()),
+                ));
+                continue;
+            }
+        };
+        let mut canvas = RgbImage::from_pixel(layout.width, layout.height, Rgb([255, 255, 255]));
         for (item, p) in &patches {
-            let n = item.name.as_ref().expect("named");
-            let (x0, y0) = ((n.x / STEP) * cell, (n.y / STEP) * cell);
+            let (x0, y0) = layout.origin(item);
             if let Ok(tile) = datasets::preprocess::read_rgb8(&item.path) {
                 // Keep edge crops their true relative size.
                 let (tw, th) = (
-                    ((tile.width() * cell).div_ceil(STEP)).max(1),
-                    ((tile.height() * cell).div_ceil(STEP)).max(1),
+                    ((tile.width().min(STEP) * cell).div_ceil(STEP)).max(1),
+                    ((tile.height().min(STEP) * cell).div_ceil(STEP)).max(1),
                 );
                 let small =
                     image::imageops::resize(&tile, tw, th, image::imageops::FilterType::Triangle);
                 image::imageops::replace(&mut canvas, &small, x0 as i64, y0 as i64);
             }
-            fill(&mut canvas, w + gap + x0, y0, cell, colour(*p));
+            fill(&mut canvas, layout.panel + x0, y0, cell, colour(*p));
             if labelled {
                 let truth = if item.label == Some(1) {
                     Rgb([200, 20, 30])
                 } else {
                     Rgb([215, 215, 215])
                 };
-                fill(&mut canvas, 2 * (w + gap) + x0, y0, cell, truth);
+                fill(&mut canvas, 2 * layout.panel + x0, y0, cell, truth);
             }
         }
-        let path = out.join(format!("heatmap_{patient}.png"));
         write_atomic(&path, &datasets::synth::encode_png(&canvas)?)?;
         written.push(path);
     }
-    Ok(written)
+    Ok((written, refused))
+}
+
+/// Where a patient's patches go: the grid cells between the smallest and largest x, y of its
+/// file names, side by side in `panels` panels.
+struct Layout {
+    min: (u32, u32),
+    cell: u32,
+    /// A panel's width plus the gap after it.
+    panel: u32,
+    width: u32,
+    height: u32,
+}
+
+impl Layout {
+    fn new(patches: &[(&Item, f32)], cell: u32, panels: u64) -> Result<Layout, String> {
+        let grid = |i: &Item| {
+            let n = i.name.as_ref().expect("named");
+            (n.x / STEP, n.y / STEP)
+        };
+        let (mut lo, mut hi) = ((u32::MAX, u32::MAX), (0, 0));
+        for (item, _) in patches {
+            let (x, y) = grid(item);
+            lo = (lo.0.min(x), lo.1.min(y));
+            hi = (hi.0.max(x), hi.1.max(y));
+        }
+        // In u64: file names may hold any u32 coordinates.
+        let cell64 = u64::from(cell);
+        let w = (u64::from(hi.0 - lo.0) + 1) * cell64;
+        let h = (u64::from(hi.1 - lo.1) + 1) * cell64;
+        let width = panels * w + (panels - 1) * cell64;
+        if width.saturating_mul(h) > MAX_PIXELS || width > u64::from(u32::MAX) / 2 {
+            return Err(format!(
+                "its patches span x {}..{} and y {}..{} (from the file names), which would make a {width}x{h} \
+                 image, over the {MAX_PIXELS}-pixel limit; lower --scale, or check those file names",
+                u64::from(lo.0) * u64::from(STEP),
+                u64::from(hi.0) * u64::from(STEP),
+                u64::from(lo.1) * u64::from(STEP),
+                u64::from(hi.1) * u64::from(STEP),
+            ));
+        }
+        Ok(Layout {
+            min: lo,
+            cell,
+            panel: (w + cell64) as u32,
+            width: width as u32,
+            height: h as u32,
+        })
+    }
+
+    /// The top-left pixel of an item's cell in the first panel.
+    fn origin(&self, item: &Item) -> (u32, u32) {
+        let n = item.name.as_ref().expect("named");
+        (
+            (n.x / STEP - self.min.0) * self.cell,
+            (n.y / STEP - self.min.1) * self.cell,
+        )
+    }
 }
 
 fn fill(img: &mut RgbImage, x0: u32, y0: u32, size: u32, c: Rgb<u8>) {

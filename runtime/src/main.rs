@@ -2,10 +2,11 @@
 
 use anyhow::{Result, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use datasets::cli::{exit_code, progress_bar};
+use datasets::Shown;
+use datasets::cli::{MAX_THREADS, exit_code, float_in, int_in, probability, progress_bar};
 use datasets::preprocess::{Filter, Preprocess};
 use runtime::evaluate::{self, RunInfo, Tally};
-use runtime::pipeline::{self, Pipeline};
+use runtime::pipeline::{self, Pipeline, Streamed};
 use runtime::session::{Ep, Model, Options};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -27,20 +28,20 @@ struct ModelArgs {
     /// Execution provider: auto tries CUDA then CPU; cuda fails loudly when it cannot run.
     #[arg(long, value_enum, default_value_t = Ep::Auto)]
     ep: Ep,
-    /// Images per inference batch.
-    #[arg(long, default_value_t = 256)]
+    /// Images per inference batch (1 to 65536).
+    #[arg(long, default_value_t = 256, value_parser = int_in::<1, 65536>)]
     batch_size: usize,
     /// ONNX Runtime intra-op threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = int_in::<0, MAX_THREADS>)]
     threads: usize,
     /// Decode threads (0 = one per core).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = int_in::<0, MAX_THREADS>)]
     decode_threads: usize,
     /// The ONNX Runtime library (default: $ORT_DYLIB_PATH, the project's .venv, python's onnxruntime).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
-    /// Input side, for a model without the exporter's metadata.
-    #[arg(long)]
+    /// Input side, for a model without the exporter's metadata (8 to 1024).
+    #[arg(long, value_parser = input_size)]
     input_size: Option<u32>,
     /// Resize filter, for a model without the exporter's metadata.
     #[arg(long, value_enum)]
@@ -49,8 +50,8 @@ struct ModelArgs {
 
 #[derive(ClapArgs)]
 struct OutputArgs {
-    /// Probability of IDC at or above which a patch is called IDC.
-    #[arg(long, default_value_t = 0.5)]
+    /// Probability of IDC at or above which a patch is called IDC, in [0, 1].
+    #[arg(long, default_value_t = 0.5, value_parser = probability)]
     threshold: f64,
     /// Add per-patient rows (patches, IDC share true vs predicted, accuracy).
     #[arg(long)]
@@ -61,7 +62,7 @@ struct OutputArgs {
     /// Write one CSV row per image (path, patient, x, y, label, probability, prediction).
     #[arg(long)]
     predictions: Option<PathBuf>,
-    /// Exit non-zero when any file was skipped.
+    /// Exit with an error when any file was skipped (unusable, colliding, Kaggle duplicate).
     #[arg(long)]
     strict: bool,
 }
@@ -94,17 +95,20 @@ enum Command {
         /// Folder for heatmap_<patient>.png.
         #[arg(long, default_value = "reports/heatmaps")]
         out: PathBuf,
-        /// Pixels per patch / 50.
-        #[arg(long, default_value_t = 0.5)]
+        /// Pixels per patch / 50, above 0 and at most 4.
+        #[arg(long, default_value_t = 0.5, value_parser = scale)]
         scale: f32,
         /// Only these patients (default: all).
         #[arg(long = "patient")]
         only: Vec<String>,
         /// At most this many patients (the first by patient id).
-        #[arg(long)]
+        #[arg(long, value_parser = int_in::<1, { usize::MAX }>)]
         max_patients: Option<usize>,
         #[command(flatten)]
         model: ModelArgs,
+        /// Exit with an error when any file or patient was skipped.
+        #[arg(long)]
+        strict: bool,
     },
     /// Measure decode, pure inference and end-to-end images/s over DIR, and peak memory.
     Bench {
@@ -115,6 +119,14 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+}
+
+fn input_size(s: &str) -> Result<u32, String> {
+    int_in::<8, 1024>(s).map(|v| v as u32)
+}
+
+fn scale(s: &str) -> Result<f32, String> {
+    float_in(s, 0.0, 4.0, true).map(|v| v as f32)
 }
 
 fn main() -> ExitCode {
@@ -157,15 +169,11 @@ fn pipeline_of(args: &ModelArgs) -> Pipeline {
 }
 
 /// Streams every image under `dir` through the model into a `Tally` (predictions CSV included).
-fn classify(
-    dir: &Path,
-    args: &ModelArgs,
-    out: &OutputArgs,
-) -> Result<(Tally, Vec<datasets::Problem>, RunInfo)> {
+fn classify(dir: &Path, args: &ModelArgs, out: &OutputArgs) -> Result<(Tally, Streamed, RunInfo)> {
     let total = pipeline::count(dir)?;
     let mut model = open(args)?;
     let mut tally = Tally::new(out.threshold, out.predictions.as_deref())?;
-    let (problems, seconds) = pipeline_of(args).stream(
+    let streamed = pipeline_of(args).stream(
         &mut model,
         pipeline::items(dir)?,
         &progress_bar(total as u64, "classify"),
@@ -175,14 +183,15 @@ fn classify(
         &args.model,
         &model,
         args.batch_size,
-        (tally.images, problems.len(), seconds),
+        tally.images,
+        &streamed,
     );
-    Ok((tally, problems, info))
+    Ok((tally, streamed, info))
 }
 
 fn finish(
     mut tally: Tally,
-    problems: &[datasets::Problem],
+    streamed: &Streamed,
     info: &RunInfo,
     out: &OutputArgs,
     labelled: bool,
@@ -206,14 +215,18 @@ fn finish(
     if out.patients {
         print!("{}", evaluate::patient_table(&patients));
     }
-    print!("{}", evaluate::problems_text(problems, 20));
+    print!("{}", evaluate::skipped_text(streamed, 20));
     if let Some(path) = &out.json {
-        evaluate::write_json(path, info, report.as_ref(), &patients, problems)?;
+        evaluate::write_json(path, info, report.as_ref(), &patients, streamed)?;
+    }
+    if out.strict && streamed.skipped() > 0 {
+        // The predictions CSV is not put in place: a strict run that skipped is a failed run.
+        bail!(
+            "{} files could not be used (--strict); they are listed above",
+            streamed.skipped()
+        );
     }
     tally.finish()?;
-    if out.strict && !problems.is_empty() {
-        bail!("{} files could not be used (--strict)", problems.len());
-    }
     Ok(())
 }
 
@@ -225,15 +238,15 @@ fn run(args: Args) -> Result<()> {
             out,
             roc,
         } => {
-            let (tally, problems, info) = classify(&dir, &model, &out)?;
+            let (tally, streamed, info) = classify(&dir, &model, &out)?;
             if let Some(path) = &roc {
                 tally.write_roc(path)?;
             }
-            finish(tally, &problems, &info, &out, true)
+            finish(tally, &streamed, &info, &out, true)
         }
         Command::Predict { dir, model, out } => {
-            let (tally, problems, info) = classify(&dir, &model, &out)?;
-            finish(tally, &problems, &info, &out, false)
+            let (tally, streamed, info) = classify(&dir, &model, &out)?;
+            finish(tally, &streamed, &info, &out, false)
         }
         Command::Heatmap {
             dir,
@@ -242,8 +255,10 @@ fn run(args: Args) -> Result<()> {
             only,
             max_patients,
             model,
+            strict,
         } => {
-            let (mut items, problems) = pipeline::list(&dir)?;
+            let listed = pipeline::list(&dir)?;
+            let mut items = listed.images;
             items.retain(|i| {
                 i.name
                     .as_ref()
@@ -266,7 +281,7 @@ fn run(args: Args) -> Result<()> {
             if items.is_empty() {
                 bail!(
                     "no patches named <patient>_idx5_x<X>_y<Y>_class<C>.png under {} for the patients asked",
-                    dir.display()
+                    dir.shown()
                 );
             }
             let mut m = open(&model)?;
@@ -275,16 +290,32 @@ fn run(args: Args) -> Result<()> {
                 &items,
                 &progress_bar(items.len() as u64, "heatmap"),
             )?;
-            let files = runtime::heatmap::write(&items, &outcome.probs, &out, scale)?;
+            let (files, refused) = runtime::heatmap::write(&items, &outcome.probs, &out, scale)?;
             for f in &files {
-                println!("{}", f.display());
+                println!("{}", f.shown());
             }
-            let skipped = problems.len() + outcome.problems.len();
+            let streamed = Streamed {
+                problems: [listed.problems, outcome.streamed.problems, refused.clone()].concat(),
+                kaggle_copies: listed.kaggle_copies,
+                seconds: outcome.streamed.seconds,
+            };
+            print!("{}", evaluate::skipped_text(&streamed, 20));
             println!(
-                "{} heatmaps (tissue | predicted IDC probability | true IDC) in {}; {skipped} files skipped",
+                "{} heatmaps (tissue | predicted IDC probability | true IDC) in {}; {} files skipped, {} patients refused",
                 files.len(),
-                out.display()
+                out.shown(),
+                streamed.skipped() - refused.len(),
+                refused.len()
             );
+            if strict && streamed.skipped() > 0 {
+                bail!(
+                    "{} files or patients were skipped (--strict); they are listed above",
+                    streamed.skipped()
+                );
+            }
+            if files.is_empty() {
+                bail!("no heatmap could be made; the reasons are listed above");
+            }
             Ok(())
         }
         Command::Bench { dir, model, json } => bench(&dir, &model, json.as_deref()),
@@ -293,7 +324,7 @@ fn run(args: Args) -> Result<()> {
 
 /// Decode alone, inference alone, then both together, on the same images.
 fn bench(dir: &Path, args: &ModelArgs, json: Option<&Path>) -> Result<()> {
-    let (items, _) = pipeline::list(dir)?;
+    let items = pipeline::list(dir)?.images;
     let mut model = open(args)?;
     let pre = model.preprocess;
     let n = items.len();
@@ -324,12 +355,12 @@ fn bench(dir: &Path, args: &ModelArgs, json: Option<&Path>) -> Result<()> {
     }
     let infer = done as f64 / t.elapsed().as_secs_f64();
     let outcome = pipeline_of(args).run(&mut model, &items, &indicatif::ProgressBar::hidden())?;
-    let e2e = n as f64 / outcome.seconds;
+    let e2e = n as f64 / outcome.streamed.seconds;
     let bound = 1.0 / (1.0 / decode + 1.0 / infer);
     let rss = peak_rss_kib();
     println!(
         "runtime bench: {n} images under {}, batch {bs}, {} on ONNX Runtime {}, {} threads",
-        dir.display(),
+        dir.shown(),
         model.provider,
         model.ort_version,
         model.threads

@@ -4,6 +4,7 @@
 //! `python3` can import. Loaded once per process.
 
 use anyhow::{Context, Result, anyhow, bail};
+use datasets::Shown;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -33,7 +34,7 @@ pub fn load(explicit: Option<&Path>) -> Result<&'static OrtLib> {
         .with_context(|| {
             format!(
                 "cannot use ONNX Runtime library {}; {INSTALL_HINT}",
-                path.display()
+                path.shown()
             )
         })?
         .with_name("idc-onnx")
@@ -68,7 +69,7 @@ fn existing(p: &Path, source: &str) -> Result<PathBuf> {
     } else {
         bail!(
             "{source} points to {}, which does not exist; {INSTALL_HINT}",
-            p.display()
+            p.shown()
         )
     }
 }
@@ -132,7 +133,7 @@ pub fn check_version(version: &str, path: &Path) -> Result<()> {
     if minor < ort::MINOR_VERSION {
         bail!(
             "ONNX Runtime {version} at {} is too old: this build (ort 2.0.0-rc.15) needs ONNX Runtime 1.{} or newer; {INSTALL_HINT}",
-            path.display(),
+            path.shown(),
             ort::MINOR_VERSION
         );
     }
@@ -148,18 +149,18 @@ pub fn version_of(path: &Path) -> Result<String> {
         let lib = libloading::Library::new(path).with_context(|| {
             format!(
                 "cannot load {} as a shared library; {INSTALL_HINT}",
-                path.display()
+                path.shown()
             )
         })?;
         let get: libloading::Symbol<GetApiBase> = lib.get(b"OrtGetApiBase").with_context(|| {
             format!(
                 "{} is not an ONNX Runtime library (no OrtGetApiBase); {INSTALL_HINT}",
-                path.display()
+                path.shown()
             )
         })?;
         let base = get();
         if base.is_null() {
-            bail!("{} returned no API base", path.display());
+            bail!("{} returned no API base", path.shown());
         }
         let version = std::ffi::CStr::from_ptr(((*base).GetVersionString)())
             .to_string_lossy()

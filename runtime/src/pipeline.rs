@@ -6,8 +6,8 @@
 use crate::session::Model;
 use anyhow::Result;
 use datasets::preprocess::Preprocess;
-use datasets::scan::{SortedWalk, folder_label, has_image_extension};
-use datasets::{PatchName, Problem};
+use datasets::scan::{Repeat, SamePatch, SortedWalk, has_image_extension, label_of, patch_name};
+use datasets::{PatchName, Problem, Shown};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -17,43 +17,70 @@ use std::time::Instant;
 #[derive(Debug, Clone)]
 pub struct Item {
     pub path: PathBuf,
-    /// From the `0/`/`1/` folder, else the file name's `class<C>`.
+    /// From the `0/`/`1/` folder, else the file name's `class<C>` (they must agree).
     pub label: Option<u8>,
     pub name: Option<PatchName>,
 }
 
-/// The files under `dir` in sorted path order, lazily (one folder listing at a time): an image
-/// becomes an `Item`, anything else a `Problem`.
-pub fn items(dir: &Path) -> Result<impl Iterator<Item = Result<Item, Problem>> + Send + use<>> {
-    let walk = SortedWalk::new(dir)?;
-    Ok(walk.map(|path| {
-        let path = path.map_err(|e| Problem {
-            path: PathBuf::new(),
-            reason: format!("{e:#}"),
-        })?;
+/// What the walk finds: an image, a file that cannot be used, or Kaggle's duplicate copy of a
+/// patch already seen (counted, like `datasets` does).
+#[derive(Debug)]
+pub enum Found {
+    Image(Item),
+    Problem(Problem),
+    KaggleCopy,
+}
+
+/// The files under `dir` in sorted path order, lazily (one folder listing at a time), by the
+/// rules `datasets` uses: the same walk, the same label rule (folder and file name must agree),
+/// the same-patch rule (a second file for a patient's x, y is skipped and reported). Only the
+/// (x, y) of each named patch is remembered: 8 bytes an image.
+pub fn items(dir: &Path) -> Result<impl Iterator<Item = Found> + Send + use<>> {
+    let mut seen = SamePatch::<()>::default();
+    Ok(SortedWalk::new(dir)?.map(move |path| {
+        let path = match path {
+            Ok(path) => path,
+            Err(problem) => return Found::Problem(problem),
+        };
         if !has_image_extension(&path) {
-            return Err(Problem {
-                path,
-                reason: "not an image file (expected .png/.jpg)".into(),
-            });
+            return Found::Problem(Problem::new(
+                &path,
+                "not an image file (expected .png/.jpg)",
+            ));
         }
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| PatchName::parse(n).ok());
-        let label = folder_label(&path).or(name.as_ref().map(|n| n.class));
-        Ok(Item { path, label, name })
+        let name = patch_name(&path).ok();
+        let label = match label_of(&path, name.as_ref()) {
+            Ok(label) => label,
+            Err(reason) => return Found::Problem(Problem::new(&path, reason)),
+        };
+        if let Some(n) = &name {
+            match seen.check(n, &path, ()) {
+                Repeat::New => {}
+                Repeat::KaggleCopy(()) => return Found::KaggleCopy,
+                Repeat::Collision(()) => {
+                    return Found::Problem(Problem::new(
+                        &path,
+                        format!(
+                            "same patch as an earlier file (patient {}, x {}, y {}); only the first is used",
+                            n.patient.shown(),
+                            n.x,
+                            n.y
+                        ),
+                    ));
+                }
+            }
+        }
+        Found::Image(Item { path, label, name })
     }))
 }
 
-/// How many images `items` will yield (for the progress bar); an error when there are none.
+/// How many images `items` will yield at most (for the progress bar); an error when there are none.
 pub fn count(dir: &Path) -> Result<usize> {
     let (mut images, mut others) = (0, 0);
     for path in SortedWalk::new(dir)? {
-        if has_image_extension(&path?) {
-            images += 1;
-        } else {
-            others += 1;
+        match path {
+            Ok(path) if has_image_extension(&path) => images += 1,
+            _ => others += 1,
         }
     }
     if images == 0 {
@@ -62,26 +89,35 @@ pub fn count(dir: &Path) -> Result<usize> {
     Ok(images)
 }
 
-/// Every image under `dir`, and the files that are not images (in memory: for the commands that
-/// need them all at once, such as `heatmap` and `bench`).
-pub fn list(dir: &Path) -> Result<(Vec<Item>, Vec<Problem>)> {
-    let (mut images, mut problems) = (Vec::new(), Vec::new());
-    for item in items(dir)? {
-        match item {
-            Ok(item) => images.push(item),
-            Err(problem) => problems.push(problem),
+/// Every image under `dir`, the problems, and the number of Kaggle duplicates (in memory: for
+/// the commands that need them all at once, such as `heatmap` and `bench`).
+pub fn list(dir: &Path) -> Result<Listed> {
+    let mut listed = Listed::default();
+    for found in items(dir)? {
+        match found {
+            Found::Image(item) => listed.images.push(item),
+            Found::Problem(problem) => listed.problems.push(problem),
+            Found::KaggleCopy => listed.kaggle_copies += 1,
         }
     }
-    if images.is_empty() {
-        return Err(no_images(dir, problems.len()));
+    if listed.images.is_empty() {
+        return Err(no_images(dir, listed.problems.len()));
     }
-    Ok((images, problems))
+    Ok(listed)
+}
+
+/// What `list` found.
+#[derive(Debug, Default)]
+pub struct Listed {
+    pub images: Vec<Item>,
+    pub problems: Vec<Problem>,
+    pub kaggle_copies: usize,
 }
 
 fn no_images(dir: &Path, others: usize) -> anyhow::Error {
     anyhow::anyhow!(
         "no images under {} ({others} other files): point to a folder of .png/.jpg patches",
-        dir.display()
+        dir.shown()
     )
 }
 
@@ -95,8 +131,23 @@ pub struct Pipeline {
 /// IDC probabilities per item (`None` where the file could not be used), the problems, and timing.
 pub struct Outcome {
     pub probs: Vec<Option<f32>>,
+    pub streamed: Streamed,
+}
+
+/// What a stream skipped, and how long it took.
+#[derive(Debug, Default)]
+pub struct Streamed {
+    /// Files that are not images, could not be decoded, or break the label or same-patch rule.
     pub problems: Vec<Problem>,
+    /// Kaggle's duplicate copies of patches already classified.
+    pub kaggle_copies: usize,
     pub seconds: f64,
+}
+
+impl Streamed {
+    pub fn skipped(&self) -> usize {
+        self.problems.len() + self.kaggle_copies
+    }
 }
 
 impl Pipeline {
@@ -110,17 +161,17 @@ impl Pipeline {
 
     /// Classifies `items` in order; `on_result(index, item, probability)` is called per image as
     /// its batch comes back, `index` counting the items taken from the iterator. Nothing is kept
-    /// per image here: memory stays flat however many there are. Returns the problems (files that
-    /// are not images, or could not be decoded) and the seconds taken.
+    /// per image here: memory stays flat however many there are. Returns what was skipped and
+    /// the seconds taken.
     pub fn stream<I, F>(
         &self,
         model: &mut Model,
         items: I,
         progress: &indicatif::ProgressBar,
         mut on_result: F,
-    ) -> Result<(Vec<Problem>, f64)>
+    ) -> Result<Streamed>
     where
-        I: Iterator<Item = Result<Item, Problem>> + Send,
+        I: Iterator<Item = Found> + Send,
         F: FnMut(usize, &Item, f32) -> Result<()>,
     {
         let start = Instant::now();
@@ -128,22 +179,24 @@ impl Pipeline {
         let pool = self.decode_pool()?;
         let bs = self.batch_size.max(1);
         let (tx, rx) = sync_channel::<Decoded>(2);
-        let mut problems = Vec::new();
+        let mut streamed = Streamed::default();
         std::thread::scope(|scope| -> Result<()> {
             scope.spawn(move || {
-                let (mut chunk, mut not_images, mut taken) =
-                    (Vec::with_capacity(bs), Vec::new(), 0);
+                let (mut chunk, mut not_images, mut copies, mut taken) =
+                    (Vec::with_capacity(bs), Vec::new(), 0, 0);
                 let mut items = items.peekable();
-                while let Some(item) = items.next() {
-                    match item {
-                        Ok(item) => chunk.push(item),
-                        Err(problem) => not_images.push(problem),
+                while let Some(found) = items.next() {
+                    match found {
+                        Found::Image(item) => chunk.push(item),
+                        Found::Problem(problem) => not_images.push(problem),
+                        Found::KaggleCopy => copies += 1,
                     }
                     if chunk.len() == bs || items.peek().is_none() {
                         let mut decoded =
                             pool.install(|| decode(std::mem::take(&mut chunk), taken, &pre));
                         taken += decoded.items.len() + decoded.failed.len();
-                        decoded.skipped += not_images.len();
+                        decoded.skipped += not_images.len() + copies;
+                        decoded.kaggle_copies = std::mem::take(&mut copies);
                         decoded.failed.append(&mut not_images);
                         if tx.send(decoded).is_err() {
                             return;
@@ -153,7 +206,8 @@ impl Pipeline {
             });
             let mut full_batch_seen = false;
             for mut batch in rx {
-                problems.extend(batch.failed);
+                streamed.problems.extend(batch.failed);
+                streamed.kaggle_copies += batch.kaggle_copies;
                 let n = batch.items.len();
                 if n > 0 {
                     // A short batch after full ones (the last, or one with skipped files) is
@@ -172,7 +226,8 @@ impl Pipeline {
             Ok(())
         })?;
         progress.finish_and_clear();
-        Ok((problems, start.elapsed().as_secs_f64()))
+        streamed.seconds = start.elapsed().as_secs_f64();
+        Ok(streamed)
     }
 
     /// `stream` over a list, collecting the probabilities by position.
@@ -183,16 +238,16 @@ impl Pipeline {
         progress: &indicatif::ProgressBar,
     ) -> Result<Outcome> {
         let mut probs = vec![None; items.len()];
-        let (problems, seconds) =
-            self.stream(model, items.iter().cloned().map(Ok), progress, |i, _, p| {
+        let streamed = self.stream(
+            model,
+            items.iter().cloned().map(Found::Image),
+            progress,
+            |i, _, p| {
                 probs[i] = Some(p);
                 Ok(())
-            })?;
-        Ok(Outcome {
-            probs,
-            problems,
-            seconds,
-        })
+            },
+        )?;
+        Ok(Outcome { probs, streamed })
     }
 }
 
@@ -203,6 +258,7 @@ struct Decoded {
     images: Vec<f32>,
     failed: Vec<Problem>,
     skipped: usize,
+    kaggle_copies: usize,
 }
 
 /// Decodes a chunk in parallel straight into one batch buffer, then closes the gaps left by
@@ -221,6 +277,7 @@ fn decode(chunk: Vec<Item>, offset: usize, pre: &Preprocess) -> Decoded {
         images: Vec::new(),
         failed: Vec::new(),
         skipped: 0,
+        kaggle_copies: 0,
     };
     for (k, (item, error)) in chunk.into_iter().zip(errors).enumerate() {
         match error {

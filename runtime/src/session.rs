@@ -3,6 +3,7 @@
 
 use crate::ortlib::{self, OrtLib};
 use anyhow::{Context, Result, anyhow, bail};
+use datasets::Shown;
 use datasets::preprocess::Preprocess;
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
@@ -48,8 +49,8 @@ impl Model {
         if !path.is_file() {
             bail!(
                 "model {} does not exist: run `exporter --out {}` first (or pass --model)",
-                path.display(),
-                path.display()
+                path.shown(),
+                path.shown()
             );
         }
         let lib = ortlib::load(opts.ort_lib)?;
@@ -78,14 +79,14 @@ impl Model {
             (Err(_), Some(p)) => p,
             (Err(e), None) => bail!(
                 "{} has no usable preprocessing metadata ({e:#}); export it with `exporter`, or pass --input-size and --resize-filter",
-                path.display()
+                path.shown()
             ),
         };
         let side = input_side(&session);
         if side.is_some_and(|s| s != preprocess.size as i64) {
             bail!(
                 "{}: input is {}x{} but preprocessing says {}",
-                path.display(),
+                path.shown(),
                 side.unwrap(),
                 side.unwrap(),
                 preprocess.size
@@ -154,7 +155,7 @@ fn cuda_error(lib: &OrtLib, e: ort::Error) -> anyhow::Error {
     };
     anyhow!(
         "--ep cuda cannot be used with {} (ONNX Runtime {}): {why}; details: {e}",
-        lib.path.display(),
+        lib.path.shown(),
         lib.version
     )
 }
@@ -164,7 +165,7 @@ fn image_input(session: &Session, path: &Path) -> Result<String> {
     let [input] = inputs else {
         bail!(
             "{} has {} inputs; an image classifier has one ([batch, 3, H, W] float32)",
-            path.display(),
+            path.shown(),
             inputs.len()
         )
     };
@@ -176,7 +177,7 @@ fn image_input(session: &Session, path: &Path) -> Result<String> {
         } if shape.len() == 4 && (shape[1] == 3 || shape[1] == -1) => Ok(input.name().to_string()),
         other => bail!(
             "{}: input {:?} is {other}, not an image tensor [batch, 3, H, W] of float32",
-            path.display(),
+            path.shown(),
             input.name()
         ),
     }
@@ -196,7 +197,7 @@ fn probabilities_output(session: &Session, path: &Path) -> Result<String> {
         .find(|o| o.name() == "probabilities")
         .or_else(|| outputs.first())
         .map(|o| o.name().to_string())
-        .with_context(|| format!("{} has no outputs", path.display()))
+        .with_context(|| format!("{} has no outputs", path.shown()))
 }
 
 fn metadata(session: &Session) -> Result<HashMap<String, String>> {

@@ -7,6 +7,7 @@ use burn::module::Module;
 use burn::optim::Optimizer;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
+use datasets::Shown;
 use datasets::fsutil::{link_or_copy, remove_stale_siblings, temp_sibling, write_atomic};
 use models::CancerNet;
 use serde::{Deserialize, Serialize};
@@ -19,6 +20,7 @@ pub const RUN_FILE: &str = "run.json";
 pub const MODEL_CONFIG_FILE: &str = "model.json";
 pub const CONFIG_FILE: &str = "config.yaml";
 pub const METRICS_FILE: &str = "metrics.csv";
+pub const TIMING_FILE: &str = "timing.csv";
 
 pub fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
@@ -37,7 +39,29 @@ pub struct State {
     pub val_accuracy: f64,
 }
 
-/// One row of metrics.csv.
+impl State {
+    /// Before the first epoch.
+    pub fn new() -> State {
+        State {
+            epoch: 0,
+            step: 0,
+            best_epoch: 0,
+            best_val_loss: f64::INFINITY,
+            epochs_without_improvement: 0,
+            finished: false,
+            val_loss: f64::NAN,
+            val_accuracy: f64::NAN,
+        }
+    }
+}
+
+impl Default for State {
+    fn default() -> Self {
+        State::new()
+    }
+}
+
+/// One row of metrics.csv: what the run computed, the same bytes on every rerun.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EpochMetrics {
     pub epoch: usize,
@@ -50,9 +74,16 @@ pub struct EpochMetrics {
     pub val_sensitivity: f64,
     pub val_specificity: f64,
     pub val_roc_auc: f64,
+    /// Files skipped so far in the run (all named in run.json).
+    pub skipped_images: usize,
+}
+
+/// One row of timing.csv: how long the epoch took (differs between runs, unlike metrics.csv).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EpochTiming {
+    pub epoch: usize,
     pub seconds: f64,
     pub train_images_per_second: f64,
-    pub skipped_images: usize,
 }
 
 pub struct RunDir {
@@ -119,7 +150,7 @@ impl RunDir {
             std::fs::remove_dir_all(&dir)?;
         }
         std::fs::rename(&tmp, &dir)
-            .with_context(|| format!("cannot move checkpoint to {}", dir.display()))?;
+            .with_context(|| format!("cannot move checkpoint to {}", dir.shown()))?;
         Ok(dir)
     }
 
@@ -148,9 +179,9 @@ impl RunDir {
         let path = checkpoint.join(MODEL_FILE);
         // burn panics when a record does not fit the module: make that an error naming the file.
         let loaded = models::catch_quietly(|| model.load_file(checkpoint.join("model"), &recorder(), device)).map_err(|why| {
-            anyhow::anyhow!("checkpoint {} does not fit the model config beside it (was it trained with another model config?): {why}", path.display())
+            anyhow::anyhow!("checkpoint {} does not fit the model config beside it (was it trained with another model config?): {why}", path.shown())
         })?;
-        loaded.with_context(|| format!("cannot load model checkpoint {}", path.display()))
+        loaded.with_context(|| format!("cannot load model checkpoint {}", path.shown()))
     }
 
     pub fn load_optim<B, O>(&self, optim: O, checkpoint: &Path, device: &B::Device) -> Result<O>
@@ -163,7 +194,7 @@ impl RunDir {
             .with_context(|| {
                 format!(
                     "cannot load optimizer state {}",
-                    checkpoint.join(OPTIM_FILE).display()
+                    checkpoint.join(OPTIM_FILE).shown()
                 )
             })?;
         Ok(optim.load_record(record))
@@ -172,28 +203,45 @@ impl RunDir {
     pub fn read_state(checkpoint: &Path) -> Result<State> {
         let path = checkpoint.join(STATE_FILE);
         let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("malformed {}", path.display()))
+            .with_context(|| format!("cannot read {}", path.shown()))?;
+        serde_json::from_str(&text).with_context(|| format!("malformed {}", path.shown()))
     }
 
     pub fn write_metrics(&self, rows: &[EpochMetrics]) -> Result<()> {
-        let mut w = csv::Writer::from_writer(Vec::new());
-        for r in rows {
-            w.serialize(r)?;
-        }
-        write_atomic(&self.root.join(METRICS_FILE), &w.into_inner()?)
+        write_csv(&self.root.join(METRICS_FILE), rows)
     }
 
     pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>> {
-        let path = self.root.join(METRICS_FILE);
-        if !path.exists() {
-            return Ok(Vec::new());
-        }
-        let mut r = csv::Reader::from_path(&path)?;
-        r.deserialize()
-            .collect::<Result<_, _>>()
-            .with_context(|| format!("malformed {}", path.display()))
+        read_csv(&self.root.join(METRICS_FILE))
     }
+
+    pub fn write_timing(&self, rows: &[EpochTiming]) -> Result<()> {
+        write_csv(&self.root.join(TIMING_FILE), rows)
+    }
+
+    pub fn read_timing(&self) -> Result<Vec<EpochTiming>> {
+        read_csv(&self.root.join(TIMING_FILE))
+    }
+}
+
+fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    write_atomic(path, &w.into_inner()?)
+}
+
+/// The rows of a CSV file the run wrote; none when it is absent.
+fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut r =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.shown()))?;
+    r.deserialize()
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("malformed {}", path.shown()))
 }
 
 /// A run folder whose best checkpoint is a randomly initialized model of `cfg` (seeded): for
@@ -212,14 +260,11 @@ pub fn write_random_run(dir: &Path, cfg: &models::CancerNetConfig, seed: u64) ->
     cfg.save(dir.join(MODEL_CONFIG_FILE))?;
     model.save_file(run.best_dir().join("model"), &recorder())?;
     let state = State {
-        epoch: 0,
-        step: 0,
-        best_epoch: 0,
         best_val_loss: 0.0,
-        epochs_without_improvement: 0,
         finished: true,
         val_loss: 0.0,
         val_accuracy: 0.0,
+        ..State::new()
     };
     write_atomic(
         &run.best_dir().join(STATE_FILE),

@@ -2,6 +2,7 @@
 //! values are rejected with the key's name.
 
 use anyhow::{Context, Result, bail};
+use datasets::Shown;
 use datasets::augment::Augment;
 use datasets::preprocess::{Filter, Preprocess};
 use models::CancerNetConfig;
@@ -152,9 +153,9 @@ impl Default for TrainSection {
 impl TrainConfig {
     pub fn load(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
+            .with_context(|| format!("cannot read config {}", path.shown()))?;
         let cfg: TrainConfig = yaml_serde::from_str(&text)
-            .with_context(|| format!("invalid config {}", path.display()))?;
+            .with_context(|| format!("invalid config {}", path.shown()))?;
         Ok(cfg)
     }
 
@@ -165,14 +166,23 @@ impl TrainConfig {
     /// Checks every range; the error names the key.
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
-        let positive = [
-            ("train.epochs", t.epochs),
-            ("train.batch_size", t.batch_size),
+        let m = &self.model;
+        let max_threads = datasets::cli::MAX_THREADS;
+        let counts = [
+            ("train.epochs", t.epochs, 1, 100_000),
+            ("train.batch_size", t.batch_size, 1, 65_536),
+            ("train.threads", t.threads, 0, max_threads),
+            ("data.workers", self.data.workers, 0, max_threads),
+            ("model.input_size", m.input_size, 8, 1024),
+            ("model.dense", m.dense, 1, 65_536),
         ];
-        for (key, v) in positive {
-            if v == 0 {
-                bail!("{key} must be at least 1");
+        for (key, v, lo, hi) in counts {
+            if !(lo..=hi).contains(&v) {
+                bail!("{key} = {v} is out of range [{lo}, {hi}]");
             }
+        }
+        if let Some(w) = m.widths.iter().chain(&m.depths).find(|&&w| w > 4096) {
+            bail!("model.widths and model.depths must be at most 4096, got {w}");
         }
         if t.max_steps_per_epoch == Some(0) {
             bail!("train.max_steps_per_epoch must be at least 1 (or absent)");

@@ -4,10 +4,11 @@
 //! thread made them: each image's augmentation draws from its own seeded stream.
 
 use anyhow::{Result, bail};
+use datasets::Shown;
 use datasets::augment::Augment;
 use datasets::preprocess::Preprocess;
 use datasets::rng::Rng;
-use datasets::{Problem, Scan};
+use datasets::{Patch, Problem, Scan};
 use image::RgbImage;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -32,14 +33,14 @@ impl Split {
         if !dir.is_dir() {
             bail!(
                 "split folder {} is missing: run `datasets build` first (or set data.root)",
-                dir.display()
+                dir.shown()
             );
         }
         let scan = Scan::dir(&dir)?;
         if scan.patches.is_empty() {
             bail!(
                 "split folder {} holds no patches ({} files skipped)",
-                dir.display(),
+                dir.shown(),
                 scan.problems.len()
             );
         }
@@ -47,20 +48,38 @@ impl Split {
         if require_both_classes && counts.contains(&0) {
             bail!(
                 "split {} has one class only ({} no-IDC, {} IDC patches): a classifier needs both; rebuild the split with more patients",
-                dir.display(),
+                dir.shown(),
                 counts[0],
                 counts[1]
             );
         }
-        let mut patches = scan.patches;
+        let mut problems = scan.problems;
+        problems.extend(scan.collisions.iter().map(|c| {
+            Problem::new(
+                &c.other,
+                format!("same patch as {}; only that one is used", c.kept.shown()),
+            )
+        }));
+        if scan.duplicates > 0 {
+            eprintln!(
+                "warning: {}: {}",
+                dir.shown(),
+                datasets::scan::kaggle_duplicates_text(scan.duplicates)
+            );
+        }
+        Ok(Split::from_patches(name, scan.patches, problems))
+    }
+
+    /// A split of the given patches (sorted by path), e.g. one fold of a cross-validation.
+    pub fn from_patches(name: &str, mut patches: Vec<Patch>, problems: Vec<Problem>) -> Split {
         patches.sort_by(|a, b| a.path.cmp(&b.path));
-        Ok(Split {
+        Split {
             name: name.to_string(),
             paths: patches.iter().map(|p| p.path.clone()).collect(),
             labels: patches.iter().map(|p| p.label).collect(),
             cache: None,
-            problems: scan.problems,
-        })
+            problems,
+        }
     }
 
     pub fn len(&self) -> usize {

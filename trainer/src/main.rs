@@ -3,6 +3,8 @@
 
 use anyhow::Result;
 use clap::Parser;
+use datasets::Shown;
+use datasets::cli::{MAX_THREADS, int_in};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use trainer::config::{Device, TrainConfig};
@@ -39,8 +41,8 @@ struct Args {
     /// Override data.cache.
     #[arg(long)]
     cache: Option<bool>,
-    /// Override data.workers.
-    #[arg(long)]
+    /// Override data.workers (0 = one per core).
+    #[arg(long, value_parser = int_in::<0, MAX_THREADS>)]
     workers: Option<usize>,
     /// Override output.
     #[arg(long)]
@@ -49,7 +51,7 @@ struct Args {
     #[arg(long)]
     resume: bool,
     /// Stop after this many epochs in this session; continue later with --resume.
-    #[arg(long)]
+    #[arg(long, value_parser = int_in::<1, { usize::MAX }>)]
     stop_after: Option<usize>,
     /// Start over in an output folder that holds another run.
     #[arg(long)]
@@ -57,6 +59,9 @@ struct Args {
     /// No progress bars (per-epoch lines are still printed).
     #[arg(long)]
     quiet: bool,
+    /// Make any skipped image (unreadable, corrupt, colliding) an error.
+    #[arg(long)]
+    strict: bool,
 }
 
 fn main() -> ExitCode {
@@ -88,6 +93,7 @@ fn run(args: Args) -> Result<()> {
         force: args.force,
         quiet: args.quiet,
         stop_after: args.stop_after,
+        strict: args.strict,
     };
     let outcome = match cfg.device {
         Device::Cpu => train::run::<burn::backend::Autodiff<burn::backend::Flex>>(
@@ -100,7 +106,7 @@ fn run(args: Args) -> Result<()> {
     if outcome.already_done {
         println!(
             "{}: this run is already complete (same config); nothing to do. Use --force to train again.",
-            cfg.output.display()
+            cfg.output.shown()
         );
     } else if outcome.interrupted {
         println!(
@@ -111,7 +117,7 @@ fn run(args: Args) -> Result<()> {
         println!(
             "trained {} epochs; model, checkpoints, metrics.csv and plot.png in {}",
             outcome.epochs_run,
-            cfg.output.display()
+            cfg.output.shown()
         );
     }
     Ok(())

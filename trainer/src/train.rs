@@ -1,17 +1,21 @@
-//! The training loop: epochs of augmented batches through CancerNet with Keras-style Adagrad and
-//! class-weighted cross-entropy, validation after each epoch, checkpoints, metrics, plot, resume,
-//! and a final report on the testing split with the best checkpoint.
+//! The training loop, in named stages: decide where a run starts (`plan_start`), open the data
+//! (`Data`), write the run's files, build or restore the model and optimizer (`Session`), then per
+//! epoch train (`train_epoch`), validate and checkpoint (`end_epoch`), and finally report on the
+//! testing split with the best checkpoint (`final_report`). The device is a type parameter: the
+//! CPU and GPU backends share every line.
 
-use crate::checkpoint::{self, EpochMetrics, RunDir, State};
+use crate::checkpoint::{self, EpochMetrics, EpochTiming, RunDir, State};
 use crate::config::{AutoWeights, ClassWeights, TrainConfig};
 use crate::data::{Batch, Loader, Split};
 use crate::optim::KerasAdagrad;
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
 use burn::tensor::backend::AutodiffBackend;
+use datasets::Shown;
 use datasets::fsutil::write_atomic;
 use datasets::manifest;
 use datasets::plot::{Series, line_chart};
@@ -19,6 +23,8 @@ use datasets::report::Report;
 use datasets::rng::Rng;
 use models::CancerNet;
 use plotters::style::RGBColor;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -31,6 +37,8 @@ pub struct Outcome {
     pub interrupted: bool,
     pub epochs_run: usize,
     pub already_done: bool,
+    /// The testing split's report (absent when interrupted or already done).
+    pub test: Option<Report>,
 }
 
 pub struct Options {
@@ -39,6 +47,8 @@ pub struct Options {
     pub quiet: bool,
     /// Stop after this many epochs in this session (the run can be resumed).
     pub stop_after: Option<usize>,
+    /// Any skipped image (unreadable, corrupt, colliding) is an error.
+    pub strict: bool,
 }
 
 /// Class weights: max(count) / count per class (the tutorial's), or fixed ones.
@@ -110,6 +120,8 @@ pub fn evaluate<B: Backend>(
     (labels, probs, loss / n)
 }
 
+/// Trains the run `cfg` describes on the `training`, `validation` and `testing` folders under
+/// `data.root`.
 pub fn run<B: AutodiffBackend>(
     cfg: &TrainConfig,
     device: B::Device,
@@ -120,319 +132,263 @@ pub fn run<B: AutodiffBackend>(
         root: cfg.output.clone(),
     };
     let config_yaml = cfg.to_yaml()?;
-    let latest = run.latest();
-    let mut start_epoch = 1;
-    if let Some((epoch, dir)) = &latest {
-        let old_config =
-            std::fs::read_to_string(run.root.join(checkpoint::CONFIG_FILE)).unwrap_or_default();
-        if opts.force {
-            std::fs::remove_dir_all(run.checkpoints())?;
-        } else if old_config != config_yaml {
-            bail!(
-                "{} holds a run with a different config; pass --force to start over there, or choose another output",
-                run.root.display()
-            );
-        } else if RunDir::read_state(dir)?.finished {
-            if run.root.join(TEST_REPORT).is_file() {
-                return Ok(Outcome {
-                    interrupted: false,
-                    epochs_run: 0,
-                    already_done: true,
-                });
-            }
-            // Trained, but stopped before the final report: do just that.
-            start_epoch = epoch + 1;
-        } else if !opts.resume {
-            bail!(
-                "{} holds an unfinished run (last checkpoint: epoch {epoch}); pass --resume to continue it or --force to start over",
-                run.root.display()
-            );
-        } else {
-            start_epoch = epoch + 1;
+    let start = match plan_start(&run, &config_yaml, opts)? {
+        Start::AlreadyDone => {
+            return Ok(Outcome {
+                interrupted: false,
+                epochs_run: 0,
+                already_done: true,
+                test: None,
+            });
         }
-    } else if opts.resume {
-        eprintln!(
-            "note: nothing to resume in {}; starting from epoch 1",
-            run.root.display()
-        );
-    }
+        start => start,
+    };
+    let data = Data::open(cfg, opts)?;
+    train_on::<B>(cfg, device, opts, &config_yaml, start, data)
+}
 
-    let pre = cfg.preprocess();
-    let workers = datasets::cli::threads_or_cores(cfg.data.workers);
-    let loader = Loader::new(pre, cfg.train.batch_size, workers)?;
-    let mut train = Split::open(&cfg.data.root, "training", true)?;
-    let mut val = Split::open(&cfg.data.root, "validation", false)?;
-    let mut test = Split::open(&cfg.data.root, "testing", false)?;
-    for s in [&train, &val, &test] {
-        if !s.problems.is_empty() {
+/// Where a run starts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    /// Epoch 1, from freshly initialized weights.
+    Fresh,
+    /// After the checkpoint of this epoch.
+    After(usize, PathBuf),
+    AlreadyDone,
+}
+
+/// Stage 1: what the output folder holds decides where this run starts; a different config, an
+/// unfinished run without `--resume`, and torn checkpoints are dealt with here.
+pub fn plan_start(run: &RunDir, config_yaml: &str, opts: &Options) -> Result<Start> {
+    let Some((epoch, dir)) = run.latest() else {
+        if opts.resume {
             eprintln!(
-                "warning: {}: {} files skipped, e.g. {}",
-                s.name,
-                s.problems.len(),
-                s.problems[0]
+                "note: nothing to resume in {}; starting from epoch 1",
+                run.root.shown()
             );
         }
+        return Ok(Start::Fresh);
+    };
+    let old_config =
+        std::fs::read_to_string(run.root.join(checkpoint::CONFIG_FILE)).unwrap_or_default();
+    if opts.force {
+        std::fs::remove_dir_all(run.checkpoints())
+            .with_context(|| format!("cannot remove {}", run.checkpoints().shown()))?;
+        return Ok(Start::Fresh);
     }
-    if cfg.data.cache {
-        let t = Instant::now();
-        for s in [&mut train, &mut val, &mut test] {
-            s.fill_cache(&pre, &loader.pool);
-        }
-        println!(
-            "cached {} patches in memory in {:.1}s",
-            train.len() + val.len() + test.len(),
-            t.elapsed().as_secs_f64()
+    if old_config != config_yaml {
+        bail!(
+            "{} holds a run with a different config; pass --force to start over there, or choose another output",
+            run.root.shown()
         );
     }
-    let weights = class_weights(cfg, train.class_counts());
-    let (train, val, test) = (Arc::new(train), Arc::new(val), Arc::new(test));
+    if RunDir::read_state(&dir)?.finished {
+        if run.root.join(TEST_REPORT).is_file() {
+            return Ok(Start::AlreadyDone);
+        }
+        // Trained, but stopped before the final report: do just that.
+        return Ok(Start::After(epoch, dir));
+    }
+    if !opts.resume {
+        bail!(
+            "{} holds an unfinished run (last checkpoint: epoch {epoch}); pass --resume to continue it or --force to start over",
+            run.root.shown()
+        );
+    }
+    Ok(Start::After(epoch, dir))
+}
 
-    std::fs::create_dir_all(&run.root)
-        .with_context(|| format!("cannot create {}", run.root.display()))?;
-    write_atomic(
-        &run.root.join(checkpoint::CONFIG_FILE),
-        config_yaml.as_bytes(),
-    )?;
-    let model_cfg = cfg.model_config();
-    write_atomic(
-        &run.root.join(checkpoint::MODEL_CONFIG_FILE),
-        model_cfg.to_string().as_bytes(),
-    )?;
-    write_provenance(
-        cfg,
-        &run,
-        &config_yaml,
-        weights,
-        [train.len(), val.len(), test.len()],
-    )?;
-    let [c0, c1] = train.class_counts();
+/// The three splits, the loader that feeds them, and every file skipped so far.
+pub struct Data {
+    pub loader: Loader,
+    pub train: Arc<Split>,
+    pub val: Arc<Split>,
+    pub test: Arc<Split>,
+    pub skipped: SkipLog,
+    /// Which patients are in which split, when the splits were made from a list (cross-validation).
+    pub provenance: serde_json::Value,
+}
+
+impl Data {
+    /// Stage 2: opens the split folders under `data.root` (and caches them when asked).
+    pub fn open(cfg: &TrainConfig, opts: &Options) -> Result<Data> {
+        let splits = [
+            Split::open(&cfg.data.root, "training", true)?,
+            Split::open(&cfg.data.root, "validation", false)?,
+            Split::open(&cfg.data.root, "testing", false)?,
+        ];
+        Data::new(cfg, opts, splits, serde_json::Value::Null)
+    }
+
+    /// The data of three splits made elsewhere; their scan problems are logged (an error under
+    /// `strict`).
+    pub fn new(
+        cfg: &TrainConfig,
+        opts: &Options,
+        splits: [Split; 3],
+        provenance: serde_json::Value,
+    ) -> Result<Data> {
+        let pre = cfg.preprocess();
+        let workers = datasets::cli::threads_or_cores(cfg.data.workers);
+        let loader = Loader::new(pre, cfg.train.batch_size, workers)?;
+        let mut skipped = SkipLog::new(opts.strict);
+        for s in &splits {
+            skipped.add(&s.name, &s.problems)?;
+        }
+        let [mut train, mut val, mut test] = splits;
+        if cfg.data.cache {
+            let t = Instant::now();
+            for s in [&mut train, &mut val, &mut test] {
+                s.fill_cache(&pre, &loader.pool);
+            }
+            println!(
+                "cached {} patches in memory in {:.1}s",
+                train.len() + val.len() + test.len(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        Ok(Data {
+            loader,
+            train: Arc::new(train),
+            val: Arc::new(val),
+            test: Arc::new(test),
+            skipped,
+            provenance,
+        })
+    }
+}
+
+/// Every file skipped in a run (by its path, once): printed as it is found, and kept for
+/// `run.json` and the final report. Under `strict` the first one is an error.
+#[derive(Debug, Default)]
+pub struct SkipLog {
+    strict: bool,
+    entries: BTreeMap<PathBuf, (String, String)>,
+}
+
+impl SkipLog {
+    pub fn new(strict: bool) -> SkipLog {
+        SkipLog {
+            strict,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    /// Records problems met in `split`; returns whether any was new.
+    pub fn add(&mut self, split: &str, problems: &[datasets::Problem]) -> Result<bool> {
+        let mut new = false;
+        for p in problems {
+            if self.strict {
+                bail!("{split}: cannot use {p} (--strict)");
+            }
+            if !self.entries.contains_key(&p.path) {
+                eprintln!("warning: {split}: skipped {p}");
+                self.entries
+                    .insert(p.path.clone(), (split.to_string(), p.reason.clone()));
+                new = true;
+            }
+        }
+        Ok(new)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every skipped file as JSON: split, path (losslessly escaped), reason.
+    pub fn to_json(&self) -> serde_json::Value {
+        self.entries
+            .iter()
+            .map(|(path, (split, reason))| {
+                serde_json::json!({ "split": split, "path": path.shown(), "reason": reason })
+            })
+            .collect()
+    }
+}
+
+/// Trains from `start` on `data`, with every stage after the data is open.
+pub fn train_on<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: B::Device,
+    opts: &Options,
+    config_yaml: &str,
+    start: Start,
+    mut data: Data,
+) -> Result<Outcome> {
+    let run = RunDir {
+        root: cfg.output.clone(),
+    };
+    let weights = class_weights(cfg, data.train.class_counts());
+    write_run_files(cfg, &run, config_yaml, weights, &data)?;
+    let [c0, c1] = data.train.class_counts();
     println!(
         "training on {} patches ({c0} no IDC, {c1} IDC; class weights {:.3} / {:.3}), validating on {}, testing on {}; device {:?}",
-        train.len(),
+        data.train.len(),
         weights[0],
         weights[1],
-        val.len(),
-        test.len(),
+        data.val.len(),
+        data.test.len(),
         device
     );
-
-    B::seed(&device, cfg.train.seed);
-    let mut model: CancerNet<B> = model_cfg.init(&device);
-    let mut optim = KerasAdagrad {
-        initial_accumulator: cfg.train.initial_accumulator,
-        epsilon: cfg.train.epsilon,
-    }
-    .init::<B, CancerNet<B>>();
-    let mut history = Vec::new();
-    let mut state = State {
-        epoch: 0,
-        step: 0,
-        best_epoch: 0,
-        best_val_loss: f64::INFINITY,
-        epochs_without_improvement: 0,
-        finished: false,
-        val_loss: f64::NAN,
-        val_accuracy: f64::NAN,
-    };
-    if start_epoch > 1 {
-        let (epoch, dir) = latest.clone().expect("checked above");
-        model = run.load_model(model, &dir, &device)?;
-        optim = run.load_optim(optim, &dir, &device)?;
-        state = RunDir::read_state(&dir)?;
-        history = run.read_metrics()?;
-        history.retain(|m: &EpochMetrics| m.epoch <= epoch);
-        // A stop between an epoch's checkpoint and its `best/` copy leaves `best/` behind.
-        let best_on_disk = RunDir::read_state(&run.best_dir()).map(|s| s.epoch).ok();
-        if state.best_epoch > 0 && best_on_disk != Some(state.best_epoch) {
-            run.mark_best(&run.epoch_dir(state.best_epoch))?;
-        }
-        println!("resuming after epoch {epoch} (step {})", state.step);
-    }
-
-    let size = pre.size as usize;
-    let steps_per_epoch = train
-        .len()
-        .div_ceil(cfg.train.batch_size)
-        .min(cfg.train.max_steps_per_epoch.unwrap_or(usize::MAX));
+    let mut session = Session::<B>::start(cfg, &run, &start, &device)?;
     let mut epochs_run = 0;
-    for epoch in start_epoch..=cfg.train.epochs {
-        if state.finished {
+    for epoch in session.state.epoch + 1..=cfg.train.epochs {
+        if session.state.finished {
             break; // stopped early before; only the final report is left
         }
-        let started = Instant::now();
-        // Every epoch draws from its own seeds, so a resumed run repeats an uninterrupted one.
-        B::seed(
-            &device,
-            cfg.train.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
-        );
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        Rng::derive(cfg.train.seed, epoch as u64).shuffle(&mut order);
-        let bar = progress(
-            steps_per_epoch as u64,
-            &format!("epoch {epoch}/{}", cfg.train.epochs),
-            opts.quiet,
-        );
-        let (mut loss_sum, mut correct, mut seen, mut skipped) = (0.0, 0usize, 0usize, Vec::new());
-        let aug_seed = cfg.train.seed ^ 0xA06 ^ (epoch as u64) << 32;
-        let mut lr = cfg.learning_rate_at(state.step);
-        for (k, batch) in loader
-            .batches(
-                &train,
-                order,
-                Some(cfg.augment),
-                aug_seed,
-                Some(steps_per_epoch),
-            )
-            .into_iter()
-            .enumerate()
-        {
-            skipped.extend(batch.failed.iter().cloned());
-            if batch.is_empty() {
-                continue;
-            }
-            let logits = model.forward(images_tensor::<B>(&batch, size, &device));
-            let loss = weighted_loss(logits.clone(), &batch.labels, weights, &device);
-            let loss_value: f64 = loss.clone().into_scalar().elem();
-            if !loss_value.is_finite() {
-                bail!(
-                    "loss became {loss_value} at epoch {epoch}, step {} (batch {k}); lower train.learning_rate",
-                    state.step
-                );
-            }
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            lr = cfg.learning_rate_at(state.step);
-            model = optim.step(lr, model, grads);
-            state.step += 1;
-            let pred: Vec<i64> = logits
-                .argmax(1)
-                .into_data()
-                .convert::<i64>()
-                .into_vec()
-                .expect("argmax");
-            correct += pred
-                .iter()
-                .zip(&batch.labels)
-                .filter(|(p, y)| **p == **y as i64)
-                .count();
-            loss_sum += loss_value * batch.len() as f64;
-            seen += batch.len();
-            bar.set_message(format!(
-                "loss {:.4} acc {:.4} {:.0} img/s",
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64,
-                seen as f64 / started.elapsed().as_secs_f64()
-            ));
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let train_secs = started.elapsed().as_secs_f64();
-        let inner = model.valid();
-        let (labels, probs, val_loss) = evaluate(&inner, &val, &loader, &device, &mut skipped);
-        let report = Report::new(&labels, &probs, 0.5);
-        let metrics = EpochMetrics {
-            epoch,
-            step: state.step,
-            learning_rate: lr,
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_accuracy: correct as f64 / seen.max(1) as f64,
-            val_loss,
-            val_accuracy: report.accuracy,
-            val_sensitivity: report.sensitivity,
-            val_specificity: report.specificity,
-            val_roc_auc: report.roc_auc.unwrap_or(f64::NAN),
-            seconds: started.elapsed().as_secs_f64(),
-            train_images_per_second: seen as f64 / train_secs,
-            skipped_images: skipped.len(),
-        };
-        println!(
-            "epoch {epoch}/{}: loss {:.4} acc {:.4} | val_loss {:.4} val_acc {:.4} sens {:.4} spec {:.4} auc {:.4} | {:.0} img/s, {:.1}s",
-            cfg.train.epochs,
-            metrics.train_loss,
-            metrics.train_accuracy,
-            metrics.val_loss,
-            metrics.val_accuracy,
-            metrics.val_sensitivity,
-            metrics.val_specificity,
-            metrics.val_roc_auc,
-            metrics.train_images_per_second,
-            metrics.seconds
-        );
-        for p in skipped.iter().take(5) {
-            eprintln!("warning: skipped {p}");
-        }
-        let improved = val_loss < state.best_val_loss;
-        if improved {
-            state.best_val_loss = val_loss;
-            state.best_epoch = epoch;
-            state.epochs_without_improvement = 0;
-        } else {
-            state.epochs_without_improvement += 1;
-        }
-        state.epoch = epoch;
-        state.val_loss = val_loss;
-        state.val_accuracy = report.accuracy;
-        let stop_early = cfg
-            .train
-            .early_stopping
-            .is_some_and(|p| state.epochs_without_improvement >= p);
-        state.finished = epoch == cfg.train.epochs || stop_early;
-        history.push(metrics);
-        let dir = run.save_epoch(&model, &optim, &state)?;
-        if improved {
-            run.mark_best(&dir)?;
-        }
-        run.write_metrics(&history)?;
-        plot_history(&run, &history)?;
+        let trained = train_epoch(cfg, &mut session, &mut data, epoch, weights, opts, &device)?;
+        let stop_early = end_epoch(cfg, &run, &mut session, &mut data, trained, &device)?;
+        write_run_files(cfg, &run, config_yaml, weights, &data)?;
         epochs_run += 1;
         if stop_early {
             println!(
                 "early stopping: no validation improvement for {} epochs",
-                state.epochs_without_improvement
+                session.state.epochs_without_improvement
             );
             break;
         }
-        if opts.stop_after == Some(epochs_run) && !state.finished {
+        if opts.stop_after == Some(epochs_run) && !session.state.finished {
             return Ok(Outcome {
                 interrupted: true,
                 epochs_run,
                 already_done: false,
+                test: None,
             });
         }
     }
-
-    // The final report, with the best checkpoint, on held-out patients.
-    let best = run
-        .load_model(model_cfg.init::<B>(&device), &run.best_dir(), &device)?
-        .valid();
-    let mut skipped = Vec::new();
-    let (labels, probs, test_loss) = evaluate(&best, &test, &loader, &device, &mut skipped);
-    let report = Report::new(&labels, &probs, 0.5);
-    println!(
-        "\ntesting split, best checkpoint (epoch {}), loss {test_loss:.4}:\n{report}",
-        state.best_epoch
-    );
-    if !skipped.is_empty() {
-        println!("skipped {} unreadable test images", skipped.len());
-    }
-    let json = serde_json::json!({ "split": "testing", "checkpoint_epoch": state.best_epoch, "loss": test_loss, "report": report, "skipped": skipped.len() });
-    write_atomic(
-        &run.root.join(TEST_REPORT),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
+    let test = final_report::<B>(cfg, &run, &session.state, &mut data, &device)?;
+    write_run_files(cfg, &run, config_yaml, weights, &data)?;
     Ok(Outcome {
         interrupted: false,
         epochs_run,
         already_done: false,
+        test: Some(test),
     })
 }
 
-fn write_provenance(
+/// Stage 3: the resolved config, the model config and the provenance (`run.json`, with every
+/// file skipped so far), all beside the checkpoints.
+fn write_run_files(
     cfg: &TrainConfig,
     run: &RunDir,
     config_yaml: &str,
     weights: [f64; 2],
-    sizes: [usize; 3],
+    data: &Data,
 ) -> Result<()> {
+    std::fs::create_dir_all(&run.root)
+        .with_context(|| format!("cannot create {}", run.root.shown()))?;
+    write_atomic(
+        &run.root.join(checkpoint::CONFIG_FILE),
+        config_yaml.as_bytes(),
+    )?;
+    write_atomic(
+        &run.root.join(checkpoint::MODEL_CONFIG_FILE),
+        cfg.model_config().to_string().as_bytes(),
+    )?;
     let manifest_path = cfg.data.root.join(manifest::FILE_NAME);
     let manifest_sha = manifest::sha256_file(&manifest_path)
         .unwrap_or_else(|_| "unknown (no manifest.csv)".into());
@@ -441,16 +397,278 @@ fn write_provenance(
         "burn": "0.21.0",
         "config_sha256": manifest::sha256_hex(config_yaml.as_bytes()),
         "dataset_manifest_sha256": manifest_sha,
-        "dataset_root": cfg.data.root,
-        "split_sizes": { "training": sizes[0], "validation": sizes[1], "testing": sizes[2] },
+        "dataset_root": cfg.data.root.shown(),
+        "split_sizes": { "training": data.train.len(), "validation": data.val.len(), "testing": data.test.len() },
+        "splits": data.provenance,
         "class_weights": weights,
         "preprocess": cfg.preprocess(),
         "epochs": cfg.train.epochs,
+        "skipped": data.skipped.to_json(),
     });
     write_atomic(
         &run.root.join(checkpoint::RUN_FILE),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )
+}
+
+type Adagrad<B> = OptimizerAdaptor<KerasAdagrad, CancerNet<B>, B>;
+
+/// The model, its optimizer and where the run is: built fresh or restored from a checkpoint.
+pub struct Session<B: AutodiffBackend> {
+    pub model: CancerNet<B>,
+    pub optim: Adagrad<B>,
+    pub state: State,
+    pub history: Vec<EpochMetrics>,
+    pub timing: Vec<EpochTiming>,
+}
+
+impl<B: AutodiffBackend> Session<B> {
+    /// Stage 4: fresh weights from the seed, or the checkpoint `start` names.
+    fn start(cfg: &TrainConfig, run: &RunDir, start: &Start, device: &B::Device) -> Result<Self> {
+        B::seed(device, cfg.train.seed);
+        let mut s = Session {
+            model: cfg.model_config().init(device),
+            optim: KerasAdagrad {
+                initial_accumulator: cfg.train.initial_accumulator,
+                epsilon: cfg.train.epsilon,
+            }
+            .init::<B, CancerNet<B>>(),
+            state: State::new(),
+            history: Vec::new(),
+            timing: Vec::new(),
+        };
+        if let Start::After(epoch, dir) = start {
+            s.model = run.load_model(s.model, dir, device)?;
+            s.optim = run.load_optim(s.optim, dir, device)?;
+            s.state = RunDir::read_state(dir)?;
+            s.history = run.read_metrics()?;
+            s.history.retain(|m| m.epoch <= *epoch);
+            s.timing = run.read_timing()?;
+            s.timing.retain(|m| m.epoch <= *epoch);
+            // A stop between an epoch's checkpoint and its `best/` copy leaves `best/` behind.
+            let best_on_disk = RunDir::read_state(&run.best_dir()).map(|s| s.epoch).ok();
+            if s.state.best_epoch > 0 && best_on_disk != Some(s.state.best_epoch) {
+                run.mark_best(&run.epoch_dir(s.state.best_epoch))?;
+            }
+            println!("resuming after epoch {epoch} (step {})", s.state.step);
+        }
+        Ok(s)
+    }
+}
+
+/// What one epoch of training measured.
+struct Trained {
+    epoch: usize,
+    loss: f64,
+    accuracy: f64,
+    learning_rate: f64,
+    images_per_second: f64,
+    started: Instant,
+}
+
+/// Stage 5: one pass over the training split (augmented, shuffled from the epoch's own seeds).
+fn train_epoch<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    session: &mut Session<B>,
+    data: &mut Data,
+    epoch: usize,
+    weights: [f64; 2],
+    opts: &Options,
+    device: &B::Device,
+) -> Result<Trained> {
+    let started = Instant::now();
+    let size = cfg.model.input_size;
+    let steps = data
+        .train
+        .len()
+        .div_ceil(cfg.train.batch_size)
+        .min(cfg.train.max_steps_per_epoch.unwrap_or(usize::MAX));
+    // Every epoch draws from its own seeds, so a resumed run repeats an uninterrupted one.
+    B::seed(
+        device,
+        cfg.train.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
+    );
+    let mut order: Vec<usize> = (0..data.train.len()).collect();
+    Rng::derive(cfg.train.seed, epoch as u64).shuffle(&mut order);
+    let bar = progress(
+        steps as u64,
+        &format!("epoch {epoch}/{}", cfg.train.epochs),
+        opts.quiet,
+    );
+    let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+    let aug_seed = cfg.train.seed ^ 0xA06 ^ (epoch as u64) << 32;
+    let mut lr = cfg.learning_rate_at(session.state.step);
+    let batches = data
+        .loader
+        .batches(&data.train, order, Some(cfg.augment), aug_seed, Some(steps));
+    for (k, batch) in batches.into_iter().enumerate() {
+        data.skipped.add("training", &batch.failed)?;
+        if batch.is_empty() {
+            continue;
+        }
+        let logits = session
+            .model
+            .forward(images_tensor::<B>(&batch, size, device));
+        let loss = weighted_loss(logits.clone(), &batch.labels, weights, device);
+        let loss_value: f64 = loss.clone().into_scalar().elem();
+        if !loss_value.is_finite() {
+            bail!(
+                "loss became {loss_value} at epoch {epoch}, step {} (batch {k}); lower train.learning_rate",
+                session.state.step
+            );
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &session.model);
+        lr = cfg.learning_rate_at(session.state.step);
+        session.model = session.optim.step(lr, session.model.clone(), grads);
+        session.state.step += 1;
+        let pred: Vec<i64> = logits
+            .argmax(1)
+            .into_data()
+            .convert::<i64>()
+            .into_vec()
+            .expect("argmax");
+        correct += pred
+            .iter()
+            .zip(&batch.labels)
+            .filter(|(p, y)| **p == **y as i64)
+            .count();
+        loss_sum += loss_value * batch.len() as f64;
+        seen += batch.len();
+        bar.set_message(format!(
+            "loss {:.4} acc {:.4} {:.0} img/s",
+            loss_sum / seen as f64,
+            correct as f64 / seen as f64,
+            seen as f64 / started.elapsed().as_secs_f64()
+        ));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(Trained {
+        epoch,
+        loss: loss_sum / seen.max(1) as f64,
+        accuracy: correct as f64 / seen.max(1) as f64,
+        learning_rate: lr,
+        images_per_second: seen as f64 / started.elapsed().as_secs_f64(),
+        started,
+    })
+}
+
+/// Stage 6: validation, the epoch's line, metrics.csv and timing.csv, the plot, the checkpoint
+/// (and `best/` when validation loss improved). Returns whether to stop early.
+fn end_epoch<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    run: &RunDir,
+    session: &mut Session<B>,
+    data: &mut Data,
+    trained: Trained,
+    device: &B::Device,
+) -> Result<bool> {
+    let epoch = trained.epoch;
+    let inner = session.model.valid();
+    let mut failed = Vec::new();
+    let (labels, probs, val_loss) = evaluate(&inner, &data.val, &data.loader, device, &mut failed);
+    data.skipped.add("validation", &failed)?;
+    let report = Report::new(&labels, &probs, 0.5);
+    let metrics = EpochMetrics {
+        epoch,
+        step: session.state.step,
+        learning_rate: trained.learning_rate,
+        train_loss: trained.loss,
+        train_accuracy: trained.accuracy,
+        val_loss,
+        val_accuracy: report.accuracy,
+        val_sensitivity: report.sensitivity,
+        val_specificity: report.specificity,
+        val_roc_auc: report.roc_auc.unwrap_or(f64::NAN),
+        skipped_images: data.skipped.len(),
+    };
+    let timing = EpochTiming {
+        epoch,
+        seconds: trained.started.elapsed().as_secs_f64(),
+        train_images_per_second: trained.images_per_second,
+    };
+    println!(
+        "epoch {epoch}/{}: loss {:.4} acc {:.4} | val_loss {:.4} val_acc {:.4} sens {:.4} spec {:.4} auc {:.4} | {:.0} img/s, {:.1}s",
+        cfg.train.epochs,
+        metrics.train_loss,
+        metrics.train_accuracy,
+        metrics.val_loss,
+        metrics.val_accuracy,
+        metrics.val_sensitivity,
+        metrics.val_specificity,
+        metrics.val_roc_auc,
+        timing.train_images_per_second,
+        timing.seconds
+    );
+    let state = &mut session.state;
+    let improved = val_loss < state.best_val_loss;
+    if improved {
+        state.best_val_loss = val_loss;
+        state.best_epoch = epoch;
+        state.epochs_without_improvement = 0;
+    } else {
+        state.epochs_without_improvement += 1;
+    }
+    state.epoch = epoch;
+    state.val_loss = val_loss;
+    state.val_accuracy = report.accuracy;
+    let stop_early = cfg
+        .train
+        .early_stopping
+        .is_some_and(|p| state.epochs_without_improvement >= p);
+    state.finished = epoch == cfg.train.epochs || stop_early;
+    session.history.push(metrics);
+    session.timing.push(timing);
+    let dir = run.save_epoch(&session.model, &session.optim, &session.state)?;
+    if improved {
+        run.mark_best(&dir)?;
+    }
+    run.write_metrics(&session.history)?;
+    run.write_timing(&session.timing)?;
+    plot_history(run, &session.history)?;
+    Ok(stop_early)
+}
+
+/// Stage 7: the best checkpoint on held-out patients; the same report as `runtime eval`.
+fn final_report<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    run: &RunDir,
+    state: &State,
+    data: &mut Data,
+    device: &B::Device,
+) -> Result<Report> {
+    let best = run
+        .load_model(
+            cfg.model_config().init::<B>(device),
+            &run.best_dir(),
+            device,
+        )?
+        .valid();
+    let mut failed = Vec::new();
+    let (labels, probs, test_loss) = evaluate(&best, &data.test, &data.loader, device, &mut failed);
+    data.skipped.add("testing", &failed)?;
+    let report = Report::new(&labels, &probs, 0.5);
+    println!(
+        "\ntesting split, best checkpoint (epoch {}), loss {test_loss:.4}:\n{report}",
+        state.best_epoch
+    );
+    let test_skipped: Vec<serde_json::Value> = failed
+        .iter()
+        .chain(&data.test.problems)
+        .map(datasets::Problem::to_json)
+        .collect();
+    if !test_skipped.is_empty() {
+        println!(
+            "skipped {} testing images (named above and in {TEST_REPORT})",
+            test_skipped.len()
+        );
+    }
+    let json = serde_json::json!({ "split": "testing", "checkpoint_epoch": state.best_epoch, "loss": test_loss, "report": report, "skipped": test_skipped });
+    write_atomic(
+        &run.root.join(TEST_REPORT),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )?;
+    Ok(report)
 }
 
 fn plot_history(run: &RunDir, history: &[EpochMetrics]) -> Result<()> {

@@ -14,6 +14,7 @@ fn setup(tmp: &Path) -> PathBuf {
         out: tmp.join("idc"),
         split: SplitConfig::default(),
         force: false,
+        ..Default::default()
     })
     .unwrap();
     let config = tmp.join("tiny.yaml");

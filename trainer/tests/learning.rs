@@ -79,6 +79,7 @@ fn short_training_on_real_patients_beats_the_majority_baseline() {
         out: idc.clone(),
         split: SplitConfig::default(),
         force: false,
+        ..Default::default()
     })
     .unwrap();
     // A narrower CancerNet, and BatchNorm momentum 0.9 so that the running statistics settle
