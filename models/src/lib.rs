@@ -5,7 +5,7 @@
 //! Blocks of [SepConv ReLU BN] x depth, MaxPool 2, Dropout; then Dense ReLU BN Dropout Dense.
 //! `forward` returns logits; softmax is applied by the loss, the metrics and the ONNX graph.
 
-use burn::module::Param;
+use burn::module::{ModuleMapper, Param, ParamId, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{
@@ -122,7 +122,7 @@ impl CancerNetConfig {
                 Block { units }
             })
             .collect();
-        CancerNet {
+        let model = CancerNet {
             blocks,
             pool: MaxPool2dConfig::new([2, 2]).init(),
             conv_dropout: DropoutConfig::new(self.conv_dropout).init(),
@@ -133,8 +133,40 @@ impl CancerNetConfig {
                 .init(device),
             dense_dropout: DropoutConfig::new(self.dense_dropout).init(),
             head: dense_layer(self.dense, self.classes, device),
+        };
+        fixed_ids(model)
+    }
+}
+
+/// The model with parameter ids numbered in module order instead of burn's random ones, so that
+/// the same training writes the same checkpoint bytes (the ids are saved with the weights). The
+/// parameters stay lazy: they are still initialized in the order the forward pass first uses them.
+fn fixed_ids<B: Backend>(model: CancerNet<B>) -> CancerNet<B> {
+    struct Numbered(u64);
+    impl<B: Backend> ModuleMapper<B> for Numbered {
+        fn map_float<const D: usize>(
+            &mut self,
+            mut param: Param<Tensor<B, D>>,
+        ) -> Param<Tensor<B, D>> {
+            self.0 += 1;
+            param.id = ParamId::from(self.0);
+            param
         }
     }
+    let mut model = model.map(&mut Numbered(0));
+    // BatchNorm's running statistics are not parameters (the mapper cannot renumber them).
+    let mut next = 1u64 << 32;
+    let mut renumber = |bn: &mut BatchNorm<B>| {
+        for state in [&mut bn.running_mean, &mut bn.running_var] {
+            *state = RunningState::with_id(ParamId::from(next), state.value());
+            next += 1;
+        }
+    };
+    for unit in model.blocks.iter_mut().flat_map(|b| &mut b.units) {
+        renumber(&mut unit.bn);
+    }
+    renumber(&mut model.dense_bn);
+    model
 }
 
 /// Keras' SeparableConv2D: depthwise 3x3 ('same', no bias) then pointwise 1x1 with bias.

@@ -4,7 +4,11 @@
 
 use anyhow::{Context, Result};
 use burn::module::Module;
+use crate::optim::KerasAdagrad;
+use burn::module::ParamId;
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::Optimizer;
+use burn::optim::record::AdaptorRecord;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use datasets::Shown;
@@ -21,6 +25,13 @@ pub const MODEL_CONFIG_FILE: &str = "model.json";
 pub const CONFIG_FILE: &str = "config.yaml";
 pub const METRICS_FILE: &str = "metrics.csv";
 pub const TIMING_FILE: &str = "timing.csv";
+
+/// The optimizer adaptor the trainer uses.
+pub type Adagrad<B> = OptimizerAdaptor<KerasAdagrad, CancerNet<B>, B>;
+
+/// The optimizer state as saved: (parameter id, state) sorted by id. burn's own record is a hash
+/// map, written in an order that differs on every run; this makes checkpoints the same bytes.
+type OptimRecord<B> = Vec<(String, AdaptorRecord<KerasAdagrad, B>)>;
 
 pub fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
@@ -120,16 +131,12 @@ impl RunDir {
             .max_by_key(|(n, _)| *n)
     }
 
-    pub fn save_epoch<B, O>(
+    pub fn save_epoch<B: AutodiffBackend>(
         &self,
         model: &CancerNet<B>,
-        optim: &O,
+        optim: &Adagrad<B>,
         state: &State,
-    ) -> Result<PathBuf>
-    where
-        B: AutodiffBackend,
-        O: Optimizer<CancerNet<B>, B>,
-    {
+    ) -> Result<PathBuf> {
         let dir = self.epoch_dir(state.epoch);
         std::fs::create_dir_all(self.checkpoints())?;
         remove_stale_siblings(&dir, "saving")?;
@@ -140,7 +147,13 @@ impl RunDir {
             .clone()
             .save_file(tmp.join("model"), &rec)
             .context("cannot save model checkpoint")?;
-        rec.record(optim.to_record(), tmp.join("optim"))
+        let mut sorted: OptimRecord<B> = optim
+            .to_record()
+            .into_iter()
+            .map(|(id, r)| (id.val().to_string(), r))
+            .collect();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        rec.record(sorted, tmp.join("optim"))
             .context("cannot save optimizer state")?;
         write_atomic(
             &tmp.join(STATE_FILE),
@@ -184,12 +197,13 @@ impl RunDir {
         loaded.with_context(|| format!("cannot load model checkpoint {}", path.shown()))
     }
 
-    pub fn load_optim<B, O>(&self, optim: O, checkpoint: &Path, device: &B::Device) -> Result<O>
-    where
-        B: AutodiffBackend,
-        O: Optimizer<CancerNet<B>, B>,
-    {
-        let record = recorder()
+    pub fn load_optim<B: AutodiffBackend>(
+        &self,
+        optim: Adagrad<B>,
+        checkpoint: &Path,
+        device: &B::Device,
+    ) -> Result<Adagrad<B>> {
+        let record: OptimRecord<B> = recorder()
             .load(checkpoint.join("optim"), device)
             .with_context(|| {
                 format!(
@@ -197,7 +211,17 @@ impl RunDir {
                     checkpoint.join(OPTIM_FILE).shown()
                 )
             })?;
-        Ok(optim.load_record(record))
+        let by_id = record
+            .into_iter()
+            .map(|(id, r)| Ok((ParamId::from(id.parse::<u64>()?), r)))
+            .collect::<Result<_>>()
+            .with_context(|| {
+                format!(
+                    "malformed optimizer state {}",
+                    checkpoint.join(OPTIM_FILE).shown()
+                )
+            })?;
+        Ok(optim.load_record(by_id))
     }
 
     pub fn read_state(checkpoint: &Path) -> Result<State> {

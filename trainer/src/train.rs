@@ -4,13 +4,12 @@
 //! testing split with the best checkpoint (`final_report`). The device is a type parameter: the
 //! CPU and GPU backends share every line.
 
-use crate::checkpoint::{self, EpochMetrics, EpochTiming, RunDir, State};
+use crate::checkpoint::{self, Adagrad, EpochMetrics, EpochTiming, RunDir, State};
 use crate::config::{AutoWeights, ClassWeights, TrainConfig};
 use crate::data::{Batch, Loader, Split};
 use crate::optim::KerasAdagrad;
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
-use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::activation::{log_softmax, softmax};
@@ -410,8 +409,6 @@ fn write_run_files(
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )
 }
-
-type Adagrad<B> = OptimizerAdaptor<KerasAdagrad, CancerNet<B>, B>;
 
 /// The model, its optimizer and where the run is: built fresh or restored from a checkpoint.
 pub struct Session<B: AutodiffBackend> {
