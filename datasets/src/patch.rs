@@ -39,6 +39,13 @@ impl PatchName {
             .next()
             .filter(|p| !p.is_empty())
             .ok_or_else(|| err("no patient id"))?;
+        // Patient ids name heatmap files and report rows: letters, digits and '-' only.
+        if !patient
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(err("the patient id may hold only letters, digits and '-'"));
+        }
         if parts.next() != Some("idx5") {
             return Err(err("missing _idx5_"));
         }
@@ -121,8 +128,50 @@ mod tests {
             "8916_idx5_x1_y1_class1_copy.png",
             "8916_idx5_x1_y1_class1.txt",
             "README",
+            "\u{1b}[2J_idx5_x1_y1_class1.png",
+            "../x_idx5_x1_y1_class1.png",
+            "8916_idx5_x4294967296_y1_class1.png",
         ] {
             assert!(PatchName::parse(bad).is_err(), "{bad} should not parse");
+        }
+    }
+
+    use proptest::prelude::*;
+
+    fn valid_name() -> impl Strategy<Value = PatchName> {
+        ("[A-Za-z0-9-]{1,12}", any::<u32>(), any::<u32>(), 0u8..2).prop_map(
+            |(patient, x, y, class)| PatchName {
+                patient,
+                x,
+                y,
+                class,
+            },
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Any text, however hostile, is a name or an error: never a panic.
+        #[test]
+        fn arbitrary_names_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let text = String::from_utf8_lossy(&bytes);
+            let _ = PatchName::parse(&text);
+        }
+
+        /// Names near the grammar: mutated valid names parse or fail, never panic.
+        #[test]
+        fn near_names_never_panic(s in "[0-9a-z_-]{0,6}_idx5_x[0-9]{0,12}_y[0-9A]{0,12}_class[0-3]\\.(png|PNG|jpg|txt)") {
+            let _ = PatchName::parse(&s);
+        }
+
+        /// A valid name round-trips through its file name, whatever the extension's case.
+        #[test]
+        fn valid_names_round_trip(name in valid_name(), upper in any::<bool>()) {
+            let file = name.to_string();
+            prop_assert_eq!(PatchName::parse(&file).unwrap(), name.clone());
+            let file = if upper { file.replace(".png", ".PNG") } else { file };
+            prop_assert_eq!(PatchName::parse(&file).unwrap(), name);
         }
     }
 }

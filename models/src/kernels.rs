@@ -838,4 +838,62 @@ mod tests {
         assert_eq!(max_pool2_dropout(&x, s, Some((0.25, 7))).1, code);
         assert_ne!(max_pool2_dropout(&x, s, Some((0.25, 8))).1, code);
     }
+
+    /// Every kernel's output, gradients included, is the same bits whatever the thread count
+    /// (and however rayon splits the work): training repeats byte for byte at the default
+    /// `threads: 0`. The reductions over samples are where this can break.
+    #[test]
+    fn kernels_give_the_same_bits_on_any_thread_count() {
+        let s = Nchw {
+            n: 37,
+            c: 12,
+            h: 6,
+            w: 10,
+        };
+        let co = 9;
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut rand = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    (rng >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+                })
+                .collect()
+        };
+        let (x, dw_in, wp, b) = (rand(s.len()), rand(9 * s.c), rand(co * s.c), rand(co));
+        let dy_p = rand(s.n * co * s.plane());
+        let dy_d = rand(s.len());
+        let all = || {
+            let (dxp, dwp, dbp) = pointwise_backward(&x, &wp, &dy_p, co, s, true);
+            let (dxd, dwd) = depthwise3x3_backward(&x, &dw_in, &dy_d, s, true);
+            let y = pointwise(&x, &wp, &b, s);
+            let gamma: Vec<f32> = (0..s.c).map(|i| 1.0 + i as f32 / 10.0).collect();
+            let stats = relu_batch_norm(&x, &gamma, &vec![0.1; s.c], 1e-3, s);
+            (
+                dxp,
+                dwp,
+                dbp,
+                dxd,
+                dwd,
+                y,
+                stats.0,
+                stats.1.mean,
+                stats.1.var,
+            )
+        };
+        let bits = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let out = pool.install(all);
+            format!("{:?}", out)
+        };
+        let one = bits(1);
+        for threads in [2, 3, 8] {
+            assert!(bits(threads) == one, "{threads} threads differ from 1");
+        }
+    }
 }

@@ -2,9 +2,9 @@
 
 use anyhow::{Result, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use datasets::Shown;
 use datasets::cli::{MAX_THREADS, exit_code, float_in, int_in, probability, progress_bar};
 use datasets::preprocess::{Filter, Preprocess};
+use datasets::{Problem, Shown};
 use runtime::evaluate::{self, RunInfo, Tally};
 use runtime::pipeline::{self, Pipeline, Streamed};
 use runtime::session::{Ep, Model, Options};
@@ -257,8 +257,16 @@ fn run(args: Args) -> Result<()> {
             model,
             strict,
         } => {
-            let listed = pipeline::list(&dir)?;
-            let mut items = listed.images;
+            let mut listed = pipeline::list(&dir)?;
+            // Only a patch name's x, y can place an image on its slide.
+            let (mut items, unnamed): (Vec<_>, Vec<_>) =
+                listed.images.into_iter().partition(|i| i.name.is_some());
+            listed.problems.extend(unnamed.iter().map(|i| {
+                Problem::new(
+                    &i.path,
+                    "not named <patient>_idx5_x<X>_y<Y>_class<C>.png: no place on a slide",
+                )
+            }));
             items.retain(|i| {
                 i.name
                     .as_ref()

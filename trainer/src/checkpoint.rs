@@ -2,12 +2,12 @@
 //! state), the best checkpoint by validation loss, metrics.csv. Every file lands atomically:
 //! checkpoints are written into a hidden temp folder and renamed into place.
 
+use crate::optim::KerasAdagrad;
 use anyhow::{Context, Result};
 use burn::module::Module;
-use crate::optim::KerasAdagrad;
 use burn::module::ParamId;
-use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::Optimizer;
+use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::record::AdaptorRecord;
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;

@@ -21,7 +21,7 @@ fn setup(tmp: &Path) -> PathBuf {
     std::fs::write(
         &config,
         format!(
-            "data:\n  root: {}\nmodel:\n  input_size: 24\n  widths: [8, 16]\n  depths: [1, 1]\n  dense: 16\ntrain:\n  epochs: 3\n  batch_size: 16\n  max_steps_per_epoch: 6\n",
+            "data:\n  root: {}\nmodel:\n  input_size: 24\n  widths: [8, 16]\n  depths: [1, 1]\n  dense: 16\ntrain:\n  epochs: 3\n  batch_size: 16\n  max_steps_per_epoch: 6\n  threads: 2\n",
             tmp.join("idc").display()
         ),
     )
@@ -46,36 +46,61 @@ fn ok(o: &Output) -> String {
     out
 }
 
-/// metrics.csv without the timing columns (seconds, images/s), which differ between runs.
-fn metrics_without_timing(dir: &Path) -> Vec<Vec<String>> {
-    let mut r = csv::Reader::from_path(dir.join("metrics.csv")).unwrap();
-    let headers = r.headers().unwrap().clone();
-    r.records()
-        .map(|rec| {
-            let rec = rec.unwrap();
-            headers
-                .iter()
-                .zip(rec.iter())
-                .filter(|(h, _)| !matches!(*h, "seconds" | "train_images_per_second"))
-                .map(|(_, v)| v.to_string())
-                .collect()
-        })
-        .collect()
+/// The files a run writes that must be the same bytes on a rerun and after a resume.
+const SAME_BYTES: [&str; 7] = [
+    "metrics.csv",
+    "test_report.json",
+    "checkpoints/epoch-003/model.mpk",
+    "checkpoints/epoch-003/optim.mpk",
+    "checkpoints/epoch-003/state.json",
+    "checkpoints/best/model.mpk",
+    "model.json",
+];
+
+fn same_bytes(a: &Path, b: &Path) {
+    for f in SAME_BYTES {
+        let (x, y) = (
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+        );
+        assert!(
+            x == y,
+            "{f} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
 }
 
 #[test]
-fn trains_writes_every_artifact_and_resumes_exactly() {
+fn trains_writes_every_artifact_and_repeats_byte_for_byte() {
     let tmp = tempfile::tempdir().unwrap();
     let config = setup(tmp.path());
     let cfg = config.to_str().unwrap();
-    let straight = tmp.path().join("straight");
-    let out = ok(&trainer(&[
-        "--config",
-        cfg,
-        "--output",
-        straight.to_str().unwrap(),
-        "--quiet",
-    ]));
+    // The same output folder name for both runs (it is part of the resolved config).
+    let run = |name: &str, extra: &[&str]| {
+        let out = tmp.path().join("out");
+        let o = trainer(
+            &[
+                &[
+                    "--config",
+                    cfg,
+                    "--output",
+                    out.to_str().unwrap(),
+                    "--quiet",
+                ],
+                extra,
+            ]
+            .concat(),
+        );
+        let text = ok(&o);
+        let kept = tmp.path().join(name);
+        if !extra.contains(&"--stop-after") {
+            std::fs::rename(&out, &kept).unwrap();
+        }
+        text
+    };
+    let out = run("straight", &[]);
     for word in [
         "epoch 3/3",
         "sensitivity (IDC recall)",
@@ -84,11 +109,13 @@ fn trains_writes_every_artifact_and_resumes_exactly() {
     ] {
         assert!(out.contains(word), "{word} missing from\n{out}");
     }
+    let straight = tmp.path().join("straight");
     for f in [
         "config.yaml",
         "model.json",
         "run.json",
         "metrics.csv",
+        "timing.csv",
         "plot.png",
         "test_report.json",
         "checkpoints/best/model.mpk",
@@ -96,47 +123,141 @@ fn trains_writes_every_artifact_and_resumes_exactly() {
     ] {
         assert!(straight.join(f).is_file(), "{f} missing");
     }
-    assert_eq!(metrics_without_timing(&straight).len(), 3);
+    assert_eq!(
+        csv::Reader::from_path(straight.join("metrics.csv"))
+            .unwrap()
+            .records()
+            .count(),
+        3
+    );
+    // The same config, data and machine at 2 threads: the same bytes.
+    run("again", &[]);
+    same_bytes(&straight, &tmp.path().join("again"));
 
-    // Interrupted after one epoch, then resumed: the same metrics as the straight run.
-    let resumed = tmp.path().join("resumed");
-    let r = resumed.to_str().unwrap();
+    // Interrupted after two epochs, then torn (an epoch folder without its state file, a
+    // leftover temp folder), then resumed: it starts after epoch 2 and ends as the straight run.
+    let out_dir = tmp.path().join("out");
+    let o = run("", &["--stop-after", "2"]);
+    assert!(o.contains("continue with --resume"), "{o}");
+    let again = trainer(&[
+        "--config",
+        cfg,
+        "--output",
+        out_dir.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
+    let ckpt = out_dir.join("checkpoints");
+    std::fs::create_dir_all(ckpt.join("epoch-003")).unwrap();
+    std::fs::write(ckpt.join("epoch-003/model.mpk"), b"torn").unwrap();
+    std::fs::create_dir_all(ckpt.join(".epoch-003.saving-4242")).unwrap();
+    let first = std::fs::metadata(ckpt.join("epoch-001/model.mpk")).unwrap();
     let out = ok(&trainer(&[
         "--config",
         cfg,
         "--output",
-        r,
+        out_dir.to_str().unwrap(),
         "--quiet",
-        "--stop-after",
-        "1",
+        "--resume",
     ]));
-    assert!(out.contains("continue with --resume"), "{out}");
-    let again = trainer(&["--config", cfg, "--output", r, "--quiet"]);
-    assert_eq!(again.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&again.stderr).contains("--resume"));
-    ok(&trainer(&[
-        "--config", cfg, "--output", r, "--quiet", "--resume",
-    ]));
-    assert_eq!(
-        metrics_without_timing(&resumed),
-        metrics_without_timing(&straight)
+    assert!(out.contains("resuming after epoch 2"), "{out}");
+    assert!(
+        !out.contains("epoch 1/3") && !out.contains("epoch 2/3") && out.contains("epoch 3/3"),
+        "{out}"
     );
-    // The final test report (best checkpoint on the testing split) is the same too.
+    let after = std::fs::metadata(ckpt.join("epoch-001/model.mpk")).unwrap();
+    assert_eq!(
+        (
+            first.modified().unwrap(),
+            std::os::unix::fs::MetadataExt::ino(&first)
+        ),
+        (
+            after.modified().unwrap(),
+            std::os::unix::fs::MetadataExt::ino(&after)
+        ),
+        "epoch-001 was rewritten: the resume retrained from the start"
+    );
+    assert!(!ckpt.join(".epoch-003.saving-4242").exists());
+    same_bytes(&straight, &out_dir);
     let report = |d: &Path| std::fs::read_to_string(d.join("test_report.json")).unwrap();
-    assert_eq!(report(&resumed), report(&straight));
 
     // A finished run with the same config is reused.
+    let r = out_dir.to_str().unwrap();
     let out = ok(&trainer(&["--config", cfg, "--output", r, "--quiet"]));
     assert!(out.contains("already complete"), "{out}");
     // Finished but stopped before the final report: only the report is made, the same one.
-    let before = report(&resumed);
-    std::fs::remove_file(resumed.join("test_report.json")).unwrap();
+    let before = report(&out_dir);
+    std::fs::remove_file(out_dir.join("test_report.json")).unwrap();
     let out = ok(&trainer(&["--config", cfg, "--output", r, "--quiet"]));
     assert!(
         out.contains("testing split") && !out.contains("epoch 1/"),
         "{out}"
     );
-    assert_eq!(report(&resumed), before);
+    assert_eq!(report(&out_dir), before);
+}
+
+#[test]
+fn every_skipped_file_is_named_in_the_log_and_the_run_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path());
+    let idc = tmp.path().join("idc");
+    let corrupt = [
+        idc.join("validation/0/900_idx5_x1_y1_class0.png"),
+        idc.join("validation/1/900_idx5_x51_y1_class1.png"),
+        idc.join("testing/0/901_idx5_x1_y1_class0.png"),
+    ];
+    for f in &corrupt {
+        std::fs::write(f, b"\x89PNG\r\n\x1a\nbroken").unwrap();
+    }
+    let out_dir = tmp.path().join("out");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        out_dir.to_str().unwrap(),
+        "--quiet",
+        "--epochs",
+        "1",
+    ];
+    let o = trainer(&args);
+    ok(&o);
+    let log = String::from_utf8_lossy(&o.stderr);
+    for f in &corrupt {
+        let name = f.file_name().unwrap().to_str().unwrap();
+        assert_eq!(
+            log.matches(name).count(),
+            1,
+            "{name} not named once in:\n{log}"
+        );
+    }
+    let run: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("run.json")).unwrap()).unwrap();
+    let skipped = run["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 3, "{skipped:?}");
+    assert_eq!(
+        skipped
+            .iter()
+            .filter(|s| s["split"] == "validation")
+            .count(),
+        2
+    );
+    let test: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("test_report.json")).unwrap())
+            .unwrap();
+    let test_skipped = test["skipped"].as_array().unwrap();
+    assert_eq!(test_skipped.len(), 1);
+    assert!(
+        test_skipped[0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("901_idx5_x1_y1_class0.png")
+    );
+    // --strict: the first of them stops the run, by name.
+    let strict = trainer(&[&args[..], &["--force", "--strict"]].concat());
+    assert_eq!(strict.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&strict.stderr);
+    assert!(err.contains("--strict") && err.contains("idx5_x"), "{err}");
 }
 
 #[test]
