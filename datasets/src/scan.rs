@@ -190,8 +190,11 @@ fn under_duplicate_dir(path: &Path) -> bool {
 /// must stay small: 8 bytes a patch plus the map's overhead).
 #[derive(Debug)]
 pub struct SamePatch<V> {
-    seen: HashMap<String, HashMap<(u32, u32), (V, bool)>>,
+    seen: HashMap<String, HashMap<(u32, u32), First<V>>>,
 }
+
+/// What is kept of a patch's first file: `V`, and whether it was in Kaggle's duplicate copy.
+type First<V> = (V, bool);
 
 impl<V> Default for SamePatch<V> {
     fn default() -> Self {

@@ -349,18 +349,13 @@ pub fn pointwise_backward(
     let (hw, ci) = (s.plane(), s.c);
     let mut dx = Vec::new();
     let dx_chunks = input_grad_chunks(&mut dx, input_grad, s.len(), s.n);
-    let mut groups: Vec<Vec<(usize, &mut [MaybeUninit<f32>])>> = Vec::new();
-    for (n, chunk) in dx_chunks.into_iter().enumerate() {
-        if n % SAMPLES_PER_TASK == 0 {
-            groups.push(Vec::with_capacity(SAMPLES_PER_TASK));
-        }
-        groups.last_mut().expect("pushed").push((n, chunk));
-    }
-    let partial: Vec<(Vec<f32>, Vec<f64>)> = groups
-        .into_par_iter()
+    let mut tasks: Vec<_> = dx_chunks.into_iter().enumerate().collect();
+    let partial: Vec<(Vec<f32>, Vec<f64>)> = tasks
+        .par_chunks_mut(SAMPLES_PER_TASK)
         .map(|group| {
             let (mut dw, mut db) = (vec![0f32; co * ci], vec![0f64; co]);
-            for (n, dxn) in group {
+            for (n, dxn) in group.iter_mut() {
+                let n = *n;
                 let x = &x[n * ci * hw..(n + 1) * ci * hw];
                 let dy = &dy[n * co * hw..(n + 1) * co * hw];
                 let hw_ = hw as isize;
