@@ -334,4 +334,61 @@ mod tests {
         bad.insert(keys::LAYOUT.into(), "NHWC".into());
         assert!(Preprocess::from_metadata(&bad).is_err());
     }
+
+    use proptest::prelude::*;
+
+    fn png_of(w: u32, h: u32) -> Vec<u8> {
+        let img = RgbImage::from_fn(w, h, |x, y| Rgb([(x * 5) as u8, (y * 7) as u8, 90]));
+        encode(DynamicImage::ImageRgb8(img), ImageFormat::Png)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// Arbitrary bytes are an image or an error, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = decode_rgb8(&bytes);
+        }
+
+        /// A real PNG or JPEG with some bytes changed or cut: decoded or refused, never a panic.
+        #[test]
+        fn damaged_images_never_panic(
+            jpeg in any::<bool>(),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..12),
+            cut in any::<usize>(),
+        ) {
+            let mut bytes = if jpeg {
+                encode(DynamicImage::ImageRgb8(RgbImage::from_pixel(50, 50, Rgb([200, 100, 150]))), ImageFormat::Jpeg)
+            } else {
+                png_of(50, 50)
+            };
+            for (at, b) in edits {
+                let i = at % bytes.len();
+                bytes[i] = b;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            let _ = decode_rgb8(&bytes);
+        }
+
+        /// Memory is bounded: a header claiming more than MAX_PIXELS is refused before any pixel
+        /// buffer is allocated, whatever the sides.
+        #[test]
+        fn huge_headers_are_refused_before_decoding(w in 1u32.., h in 1u32..) {
+            let bomb = crate::testdata::png_bomb(w, h);
+            let result = decode_rgb8(&bomb);
+            if w as u64 * h as u64 > MAX_PIXELS {
+                // Refused: by our cap where the header is readable, else by the PNG decoder's
+                // own limit on the sides (also before any pixel buffer).
+                let header = ImageReader::new(Cursor::new(&bomb))
+                    .with_guessed_format()
+                    .unwrap()
+                    .into_dimensions();
+                match header {
+                    Ok(_) => prop_assert!(matches!(result, Err(DecodeError::TooManyPixels(_, _))), "{w}x{h}"),
+                    Err(_) => prop_assert!(matches!(result, Err(DecodeError::Decode(_))), "{w}x{h}"),
+                }
+            }
+        }
+    }
 }

@@ -285,4 +285,63 @@ mod tests {
         let curve = roc_curve(&[0, 1], &[0.3, 0.6]);
         assert_eq!(curve, vec![(0.0, 0.0), (0.0, 1.0), (1.0, 1.0)]);
     }
+
+    use proptest::prelude::*;
+
+    /// Small labelled sets with many tied scores (scores from a coarse grid).
+    fn labelled() -> impl Strategy<Value = (Vec<u8>, Vec<f32>)> {
+        proptest::collection::vec((0u8..2, 0u8..12), 0..60)
+            .prop_map(|v| v.into_iter().map(|(y, s)| (y, s as f32 / 11.0)).unzip())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(500))]
+
+        #[test]
+        fn report_maths_hold((labels, probs) in labelled(), t in 0u8..12) {
+            let threshold = t as f64 / 11.0;
+            let r = Report::new(&labels, &probs, threshold);
+            let n = labels.len();
+            prop_assert_eq!(r.total(), n);
+            // The matrix counts each (truth, call) pair.
+            for y in 0..2u8 {
+                for call in 0..2 {
+                    let want = labels.iter().zip(&probs)
+                        .filter(|&(&l, &p)| l == y && usize::from(p as f64 >= threshold) == call)
+                        .count();
+                    prop_assert_eq!(r.confusion[y as usize][call], want);
+                }
+            }
+            let m = r.confusion;
+            let div = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+            prop_assert_eq!(r.sensitivity, div(m[1][1], m[1][0] + m[1][1]));
+            prop_assert_eq!(r.specificity, div(m[0][0], m[0][0] + m[0][1]));
+            prop_assert_eq!(r.accuracy, div(m[0][0] + m[1][1], n));
+            // ROC AUC: the share of (IDC, healthy) pairs ranked right, ties counting half.
+            let (mut good, mut pairs) = (0.0, 0usize);
+            for (i, _) in labels.iter().enumerate().filter(|(_, l)| **l == 1) {
+                for (j, _) in labels.iter().enumerate().filter(|(_, l)| **l == 0) {
+                    pairs += 1;
+                    good += if probs[i] > probs[j] { 1.0 } else if probs[i] == probs[j] { 0.5 } else { 0.0 };
+                }
+            }
+            match r.roc_auc {
+                Some(auc) => prop_assert!((auc - good / pairs as f64).abs() < 1e-12),
+                None => prop_assert_eq!(pairs, 0),
+            }
+            // Average precision: precision at each IDC patch's score, averaged over IDC patches.
+            let positives: Vec<usize> = (0..n).filter(|&i| labels[i] == 1).collect();
+            match r.pr_auc {
+                Some(ap) => {
+                    let want = positives.iter().map(|&i| {
+                        let at = (0..n).filter(|&j| probs[j] >= probs[i]);
+                        let (tp, all) = at.fold((0, 0), |(tp, all), j| (tp + usize::from(labels[j] == 1), all + 1));
+                        tp as f64 / all as f64
+                    }).sum::<f64>() / positives.len() as f64;
+                    prop_assert!((ap - want).abs() < 1e-9, "{} vs {}", ap, want);
+                }
+                None => prop_assert!(positives.is_empty()),
+            }
+        }
+    }
 }

@@ -301,4 +301,89 @@ mod tests {
         let t = 1000;
         assert!((cfg.learning_rate_at(t) - 1e-2 / (1.0 + 1e-2 / 40.0 * t as f64)).abs() < 1e-15);
     }
+
+    use proptest::prelude::*;
+
+    /// YAML near the config's shape: known and unknown keys, values of every kind (NaN, inf,
+    /// huge, negative, strings, lists, nulls), nested at random.
+    fn yamlish() -> impl Strategy<Value = String> {
+        let key = prop_oneof![
+            Just("data"),
+            Just("model"),
+            Just("train"),
+            Just("augment"),
+            Just("device"),
+            Just("output"),
+            Just("root"),
+            Just("cache"),
+            Just("workers"),
+            Just("input_size"),
+            Just("widths"),
+            Just("depths"),
+            Just("dense"),
+            Just("epochs"),
+            Just("batch_size"),
+            Just("learning_rate"),
+            Just("decay"),
+            Just("class_weights"),
+            Just("threads"),
+            Just("zoom"),
+            Just("rotation"),
+            Just("fill_mode"),
+            Just("bn_momentum"),
+            Just("nope"),
+        ];
+        let value = prop_oneof![
+            Just(".nan".to_string()),
+            Just(".inf".to_string()),
+            Just("-.inf".to_string()),
+            Just("null".to_string()),
+            Just("auto".to_string()),
+            Just("cuda".to_string()),
+            Just("[1, -2]".to_string()),
+            Just("[]".to_string()),
+            Just("[0, 0, 0]".to_string()),
+            Just("1e308".to_string()),
+            Just("18446744073709551616".to_string()),
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| v.to_string()),
+            "[ -~]{0,12}".prop_map(|s| format!("{s:?}")),
+        ];
+        let line = (0usize..3, key, value)
+            .prop_map(|(indent, k, v)| format!("{}{k}: {v}", "  ".repeat(indent)));
+        proptest::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+
+        /// Any text is a config or an error; any config that parses validates or names its
+        /// problem: never a panic.
+        #[test]
+        fn arbitrary_yaml_never_panics(text in yamlish()) {
+            if let Ok(cfg) = yaml_serde::from_str::<TrainConfig>(&text) {
+                if cfg.validate().is_ok() {
+                    let _ = cfg.model_config().flat_features();
+                    let _ = cfg.learning_rate_at(usize::MAX);
+                }
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = yaml_serde::from_str::<TrainConfig>(&String::from_utf8_lossy(&bytes));
+        }
+    }
+
+    #[test]
+    fn loading_from_a_file_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.yaml");
+        std::fs::write(&path, b"train: [unclosed").unwrap();
+        let err = format!("{:#}", TrainConfig::load(&path).unwrap_err());
+        assert!(err.contains("bad.yaml"), "{err}");
+        std::fs::write(&path, b"\xff\xfe").unwrap();
+        let err = format!("{:#}", TrainConfig::load(&path).unwrap_err());
+        assert!(err.contains("bad.yaml"), "{err}");
+    }
 }
