@@ -361,11 +361,11 @@ mod tests {
         /// problem: never a panic.
         #[test]
         fn arbitrary_yaml_never_panics(text in yamlish()) {
-            if let Ok(cfg) = yaml_serde::from_str::<TrainConfig>(&text) {
-                if cfg.validate().is_ok() {
-                    let _ = cfg.model_config().flat_features();
-                    let _ = cfg.learning_rate_at(usize::MAX);
-                }
+            if let Ok(cfg) = yaml_serde::from_str::<TrainConfig>(&text)
+                && cfg.validate().is_ok()
+            {
+                let _ = cfg.model_config().flat_features();
+                let _ = cfg.learning_rate_at(usize::MAX);
             }
         }
 
