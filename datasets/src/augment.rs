@@ -4,6 +4,7 @@
 //! (clamp to the edge), then random flips.
 
 use crate::rng::Rng;
+use crate::stain::StainJitter;
 use image::{Rgb, RgbImage};
 
 /// The tutorial's augmentation settings, in Keras' units.
@@ -24,6 +25,16 @@ pub struct Augment {
     pub vertical_flip: bool,
     /// How pixels outside the image are filled; only `nearest` (Keras' default and the tutorial's).
     pub fill_mode: FillMode,
+    /// HED stain jitter strength s (`stain.rs`; 0.05 "light", 0.2 "strong"); 0 = off.
+    pub hed: f64,
+    /// Brightness factor ~ U(1 - b, 1 + b); 0 = off.
+    pub brightness: f64,
+    /// Contrast factor ~ U(1 - c, 1 + c); 0 = off.
+    pub contrast: f64,
+    /// Saturation factor ~ U(1 - s, 1 + s); 0 = off.
+    pub saturation: f64,
+    /// Hue shift ~ U(-h, h) turns of the colour circle; 0 = off.
+    pub hue: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -43,6 +54,11 @@ impl Default for Augment {
             horizontal_flip: true,
             vertical_flip: true,
             fill_mode: FillMode::Nearest,
+            hed: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+            saturation: 0.0,
+            hue: 0.0,
         }
     }
 }
@@ -58,7 +74,18 @@ impl Augment {
             shear: 0.0,
             horizontal_flip: false,
             vertical_flip: false,
-            fill_mode: FillMode::Nearest,
+            ..Augment::default()
+        }
+    }
+
+    /// The colour part of the augmentation.
+    pub fn stain(&self) -> StainJitter {
+        StainJitter {
+            hed: self.hed,
+            brightness: self.brightness,
+            contrast: self.contrast,
+            saturation: self.saturation,
+            hue: self.hue,
         }
     }
 
@@ -70,6 +97,11 @@ impl Augment {
             ("width_shift", self.width_shift, 0.0, 1.0),
             ("height_shift", self.height_shift, 0.0, 1.0),
             ("shear", self.shear, 0.0, 89.0),
+            ("hed", self.hed, 0.0, 1.0),
+            ("brightness", self.brightness, 0.0, 1.0),
+            ("contrast", self.contrast, 0.0, 1.0),
+            ("saturation", self.saturation, 0.0, 1.0),
+            ("hue", self.hue, 0.0, 0.5),
         ];
         for (key, v, lo, hi) in checks {
             if !(lo..=hi).contains(&v) {
@@ -127,6 +159,9 @@ impl Augment {
         if flip_v {
             image::imageops::flip_vertical_in_place(&mut out);
         }
+        // Colour last, from the same stream: with it off nothing more is drawn, so the
+        // tutorial's augmentation is unchanged.
+        self.stain().apply(&mut out, rng);
         out
     }
 }

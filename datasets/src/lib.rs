@@ -14,6 +14,7 @@ pub mod report;
 pub mod rng;
 pub mod scan;
 pub mod split;
+pub mod stain;
 pub mod synth;
 pub mod testdata;
 pub mod text;

@@ -127,8 +127,8 @@ pub fn roc_auc(labels: &[u8], probs: &[f32]) -> Option<f64> {
 }
 
 /// Cumulative (true positives, false positives) at each distinct score, highest score first: the
-/// points a threshold sweep passes through.
-fn sweep(labels: &[u8], probs: &[f32]) -> Vec<(usize, usize)> {
+/// points a threshold sweep passes through, with the score.
+fn sweep(labels: &[u8], probs: &[f32]) -> Vec<(f32, usize, usize)> {
     let mut order: Vec<usize> = (0..labels.len()).collect();
     order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
     let (mut tp, mut fp, mut i, mut points) = (0, 0, 0, Vec::new());
@@ -142,9 +142,56 @@ fn sweep(labels: &[u8], probs: &[f32]) -> Vec<(usize, usize)> {
             }
             i += 1;
         }
-        points.push((tp, fp));
+        points.push((score, tp, fp));
     }
     points
+}
+
+/// The threshold (`p >= t` is IDC) chosen on labelled predictions by `pick`, which sees each
+/// candidate's (sensitivity, specificity) from the highest threshold down and returns the index
+/// of the one to use. The threshold lies midway between the chosen score and the next lower one,
+/// so it does not sit on a validation patch's own score. `None` without both classes.
+fn pick_threshold(
+    labels: &[u8],
+    probs: &[f32],
+    pick: impl Fn(&[(f64, f64)]) -> Option<usize>,
+) -> Option<f64> {
+    let pos = labels.iter().filter(|&&y| y == 1).count();
+    let neg = labels.len() - pos;
+    if pos == 0 || neg == 0 {
+        return None;
+    }
+    let points = sweep(labels, probs);
+    let rates: Vec<(f64, f64)> = points
+        .iter()
+        .map(|&(_, tp, fp)| (tp as f64 / pos as f64, 1.0 - fp as f64 / neg as f64))
+        .collect();
+    let k = pick(&rates)?;
+    let next = points.get(k + 1).map_or(0.0, |p| p.0 as f64);
+    Some((points[k].0 as f64 + next) / 2.0)
+}
+
+/// The threshold with the highest balanced accuracy (the first, i.e. highest, on ties).
+pub fn threshold_max_bac(labels: &[u8], probs: &[f32]) -> Option<f64> {
+    pick_threshold(labels, probs, |rates| {
+        let bac = |&(sens, spec): &(f64, f64)| (sens + spec) / 2.0;
+        // A tolerance: sensitivity and specificity are ratios of different counts, and equal
+        // balanced accuracies can differ in the last bit.
+        (0..rates.len()).reduce(|best, k| {
+            if bac(&rates[k]) > bac(&rates[best]) + 1e-12 {
+                k
+            } else {
+                best
+            }
+        })
+    })
+}
+
+/// The highest threshold whose sensitivity reaches `target`.
+pub fn threshold_for_sensitivity(labels: &[u8], probs: &[f32], target: f64) -> Option<f64> {
+    pick_threshold(labels, probs, |rates| {
+        rates.iter().position(|&(sens, _)| sens >= target)
+    })
 }
 
 /// Average precision (scikit-learn's definition): sum over score thresholds, highest first, of
@@ -155,7 +202,7 @@ pub fn average_precision(labels: &[u8], probs: &[f32]) -> Option<f64> {
         return None;
     }
     let (mut ap, mut last_recall) = (0.0, 0.0);
-    for (tp, fp) in sweep(labels, probs) {
+    for (_, tp, fp) in sweep(labels, probs) {
         let recall = tp as f64 / pos as f64;
         ap += (recall - last_recall) * tp as f64 / (tp + fp) as f64;
         last_recall = recall;
@@ -171,7 +218,7 @@ pub fn roc_curve(labels: &[u8], probs: &[f32]) -> Vec<(f64, f64)> {
     points.extend(
         sweep(labels, probs)
             .into_iter()
-            .map(|(tp, fp)| (fp as f64 / neg, tp as f64 / pos)),
+            .map(|(_, tp, fp)| (fp as f64 / neg, tp as f64 / pos)),
     );
     points
 }
@@ -286,6 +333,23 @@ mod tests {
         assert_eq!(curve, vec![(0.0, 0.0), (0.0, 1.0), (1.0, 1.0)]);
     }
 
+    #[test]
+    fn thresholds_chosen_on_validation() {
+        // Scores: negatives 0.1 0.2 0.6, positives 0.4 0.7 0.9.
+        let labels = [0, 0, 0, 1, 1, 1];
+        let probs = [0.1, 0.2, 0.6, 0.4, 0.7, 0.9];
+        // Cutting between 0.7 and 0.6 (sensitivity 2/3, specificity 1) and between 0.4 and 0.2
+        // (1 and 2/3) both give the best BAC, 5/6; the higher threshold is chosen.
+        let t = threshold_max_bac(&labels, &probs).unwrap();
+        assert!((t - 0.65).abs() < 1e-6, "{t}");
+        let r = Report::new(&labels, &probs, t);
+        assert!((r.balanced_accuracy - 5.0 / 6.0).abs() < 1e-12);
+        let t = threshold_for_sensitivity(&labels, &probs, 1.0).unwrap();
+        assert!((t - 0.3).abs() < 1e-6, "{t}");
+        assert_eq!(Report::new(&labels, &probs, t).sensitivity, 1.0);
+        assert_eq!(threshold_max_bac(&[1, 1], &[0.2, 0.3]), None);
+    }
+
     use proptest::prelude::*;
 
     /// Small labelled sets with many tied scores (scores from a coarse grid).
@@ -296,6 +360,27 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(500))]
+
+        /// The max-BAC threshold is as good as any other threshold, and the sensitivity one
+        /// reaches its target with the highest such threshold.
+        #[test]
+        fn chosen_thresholds_are_optimal((labels, probs) in labelled(), target in 0.0f64..1.0) {
+            let Some(t) = threshold_max_bac(&labels, &probs) else { return Ok(()); };
+            let best = Report::new(&labels, &probs, t).balanced_accuracy;
+            for k in 0..=12 {
+                let other = Report::new(&labels, &probs, k as f64 / 11.0 - 0.01).balanced_accuracy;
+                prop_assert!(other <= best + 1e-12, "{} beats {} at {}", other, best, t);
+            }
+            let t = threshold_for_sensitivity(&labels, &probs, target).unwrap();
+            prop_assert!(Report::new(&labels, &probs, t).sensitivity >= target);
+            // The next higher cut (just above the lowest score the threshold still calls IDC)
+            // misses the target.
+            let lowest_called = probs.iter().map(|&p| p as f64).filter(|&p| p >= t).fold(f64::INFINITY, f64::min);
+            if lowest_called.is_finite() {
+                let higher = Report::new(&labels, &probs, lowest_called + 1e-9);
+                prop_assert!(higher.sensitivity < target);
+            }
+        }
 
         #[test]
         fn report_maths_hold((labels, probs) in labelled(), t in 0u8..12) {

@@ -88,65 +88,77 @@ impl SplitConfig {
     }
 
     fn assign_patients(&self, patches: &[Patch]) -> Vec<usize> {
-        // patient -> [patches, IDC patches]
-        let mut per_patient: BTreeMap<&str, [usize; 2]> = BTreeMap::new();
-        for p in patches {
-            let c = per_patient.entry(&p.name.patient).or_default();
-            c[0] += 1;
-            c[1] += p.label as usize;
-        }
-        let mut patients: Vec<(&str, [usize; 2])> = per_patient.into_iter().collect();
-        Rng::new(self.seed).shuffle(&mut patients);
-
-        let total = patches.len() as f64;
-        let total_idc = patches.iter().filter(|p| p.label == 1).count() as f64;
-        let shares = self.shares();
-        let wanted: Vec<usize> = (0..3).filter(|&s| shares[s] > 0.0).collect();
-        let mut have = [[0usize; 2]; 3];
-        let mut members = [0usize; 3];
-        let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
-        for (k, (patient, counts)) in patients.iter().enumerate() {
-            let left = patients.len() - k;
-            let empty: Vec<usize> = wanted
-                .iter()
-                .copied()
-                .filter(|&s| members[s] == 0)
-                .collect();
-            // Every wanted split gets at least one patient while patients last.
-            let candidates = if !empty.is_empty() && left <= empty.len() {
-                empty
-            } else {
-                wanted.clone()
-            };
-            let best = candidates
-                .iter()
-                .copied()
-                .min_by(|&a, &b| {
-                    let cost = |s: usize| {
-                        let mut h = have;
-                        h[s][0] += counts[0];
-                        h[s][1] += counts[1];
-                        imbalance(&h, &shares, total, total_idc)
-                    };
-                    cost(a).total_cmp(&cost(b))
-                })
-                .expect("at least one split has a positive share");
-            have[best][0] += counts[0];
-            have[best][1] += counts[1];
-            members[best] += 1;
-            chosen.insert(patient, best);
-        }
-        patches
-            .iter()
-            .map(|p| chosen[p.name.patient.as_str()])
-            .collect()
+        balanced_by_patient(patches, &self.shares(), self.seed)
     }
 }
 
-/// Squared relative distance of each split's patch and IDC counts from their targets.
-fn imbalance(have: &[[usize; 2]; 3], shares: &[f64; 3], total: f64, total_idc: f64) -> f64 {
+/// Patient-level k-fold cross-validation: the fold (0..k) of each patch. Every patient's patches
+/// are in one fold, and the folds are balanced in patch count and IDC count (so in IDC share),
+/// the same way `assign` balances the splits. Seeded and independent of the patches' order.
+pub fn kfold(patches: &[Patch], k: usize, seed: u64) -> Vec<usize> {
+    balanced_by_patient(patches, &vec![1.0 / k as f64; k], seed)
+}
+
+/// Assigns whole patients, in a seeded random order, each to the group (share > 0) that brings
+/// every group's patch and IDC counts closest to `shares` of the totals; every group gets at
+/// least one patient while patients last. Returns each patch's group.
+fn balanced_by_patient(patches: &[Patch], shares: &[f64], seed: u64) -> Vec<usize> {
+    // patient -> [patches, IDC patches]
+    let mut per_patient: BTreeMap<&str, [usize; 2]> = BTreeMap::new();
+    for p in patches {
+        let c = per_patient.entry(&p.name.patient).or_default();
+        c[0] += 1;
+        c[1] += p.label as usize;
+    }
+    let mut patients: Vec<(&str, [usize; 2])> = per_patient.into_iter().collect();
+    Rng::new(seed).shuffle(&mut patients);
+
+    let total = patches.len() as f64;
+    let total_idc = patches.iter().filter(|p| p.label == 1).count() as f64;
+    let wanted: Vec<usize> = (0..shares.len()).filter(|&s| shares[s] > 0.0).collect();
+    let mut have = vec![[0usize; 2]; shares.len()];
+    let mut members = vec![0usize; shares.len()];
+    let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
+    for (k, (patient, counts)) in patients.iter().enumerate() {
+        let left = patients.len() - k;
+        let empty: Vec<usize> = wanted
+            .iter()
+            .copied()
+            .filter(|&s| members[s] == 0)
+            .collect();
+        let candidates = if !empty.is_empty() && left <= empty.len() {
+            empty
+        } else {
+            wanted.clone()
+        };
+        let best = candidates
+            .iter()
+            .copied()
+            .min_by(|&a, &b| {
+                let cost = |s: usize| {
+                    let mut h = have.clone();
+                    h[s][0] += counts[0];
+                    h[s][1] += counts[1];
+                    imbalance(&h, shares, total, total_idc)
+                };
+                cost(a).total_cmp(&cost(b))
+            })
+            .expect("at least one group has a positive share");
+        have[best][0] += counts[0];
+        have[best][1] += counts[1];
+        members[best] += 1;
+        chosen.insert(patient, best);
+    }
+    patches
+        .iter()
+        .map(|p| chosen[p.name.patient.as_str()])
+        .collect()
+}
+
+/// Squared relative distance of each group's patch and IDC counts from their targets.
+fn imbalance(have: &[[usize; 2]], shares: &[f64], total: f64, total_idc: f64) -> f64 {
     let mut cost = 0.0;
-    for s in 0..3 {
+    for s in 0..shares.len() {
         if shares[s] <= 0.0 {
             continue;
         }
@@ -257,5 +269,66 @@ mod tests {
         for s in 0..3 {
             assert!(split.contains(&s), "split {s} is empty");
         }
+    }
+
+    /// The split must not change across versions: the same patches and seed give this
+    /// assignment (a digest of it) on every machine, with every dependency version.
+    #[test]
+    fn golden_assignment() {
+        let patches = fake(60, 100);
+        let digest = |split: &[usize]| {
+            let text: String = split.iter().map(|s| char::from(b'0' + *s as u8)).collect();
+            crate::manifest::sha256_hex(text.as_bytes())
+        };
+        let patient = SplitConfig::default().assign(&patches);
+        let image = SplitConfig {
+            by: SplitBy::Image,
+            ..Default::default()
+        }
+        .assign(&patches);
+        assert_eq!(
+            digest(&patient),
+            "a16f0da80947bf0ebbaa49ea97af0950dffb408733b912e3723ae5d13cfbb913"
+        );
+        assert_eq!(
+            digest(&image),
+            "2d7422f9b5d743a80e9754db40500a880364163bca0f84e8c92f7ffbf0dc1a58"
+        );
+    }
+
+    #[test]
+    fn kfold_keeps_patients_whole_and_balances_the_folds() {
+        let patches = fake(60, 100);
+        let folds = kfold(&patches, 5, 42);
+        let mut where_: HashMap<&str, HashSet<usize>> = HashMap::new();
+        for (p, &f) in patches.iter().zip(&folds) {
+            where_.entry(&p.name.patient).or_default().insert(f);
+        }
+        assert!(
+            where_.values().all(|f| f.len() == 1),
+            "a patient is in two folds"
+        );
+        let idc_all = patches.iter().filter(|p| p.label == 1).count() as f64 / patches.len() as f64;
+        for f in 0..5 {
+            let ps: Vec<&Patch> = patches
+                .iter()
+                .zip(&folds)
+                .filter(|(_, x)| **x == f)
+                .map(|(p, _)| p)
+                .collect();
+            let share = ps.len() as f64 / patches.len() as f64;
+            assert!((share - 0.2).abs() < 0.03, "fold {f} has {share}");
+            let idc = ps.iter().filter(|p| p.label == 1).count() as f64 / ps.len() as f64;
+            assert!(
+                (idc - idc_all).abs() < 0.03,
+                "fold {f} IDC share {idc} vs {idc_all}"
+            );
+        }
+        let mut reversed = patches.clone();
+        reversed.reverse();
+        let mut again = kfold(&reversed, 5, 42);
+        again.reverse();
+        assert_eq!(again, folds, "order-dependent");
+        assert_ne!(kfold(&patches, 5, 7), folds, "seed ignored");
     }
 }

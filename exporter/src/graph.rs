@@ -14,7 +14,7 @@ use burn::nn::BatchNorm;
 use burn::nn::Linear;
 use burn::nn::conv::Conv2d;
 use burn::prelude::*;
-use models::{CancerNet, CancerNetConfig};
+use models::{CancerNet, CancerNetConfig, DIHEDRAL};
 
 pub const INPUT: &str = "image";
 pub const PROBABILITIES: &str = "probabilities";
@@ -134,6 +134,49 @@ impl Builder {
         ))
     }
 
+    fn int64s(&mut self, name: &str, values: Vec<i64>) -> String {
+        let dims = vec![values.len() as i64];
+        self.initializers
+            .push(TensorProto::from_i64(name, dims, values));
+        name.to_string()
+    }
+
+    /// `x` along its last axis (`axis` 3) or its height (`axis` 2) reversed: Slice with step -1.
+    fn flip(&mut self, name: &str, x: String, axis: i64) -> String {
+        let inputs = vec![
+            x,
+            self.int64s(&format!("{name}.starts"), vec![-1]),
+            self.int64s(&format!("{name}.ends"), vec![i64::MIN]),
+            self.int64s(&format!("{name}.axes"), vec![axis]),
+            self.int64s(&format!("{name}.steps"), vec![-1]),
+        ];
+        self.node("Slice", name, inputs, vec![])
+    }
+
+    /// The batch of the eight flips and quarter turns of each image, in `models::dihedral`'s
+    /// order: x, flipped along w, along h, along both, then the same of x transposed.
+    fn dihedral(&mut self, input: &str) -> String {
+        let t = self.node(
+            "Transpose",
+            "tta.transpose",
+            vec![input.to_string()],
+            vec![AttributeProto::from_ints("perm", vec![0, 1, 3, 2])],
+        );
+        let mut views = Vec::new();
+        for (tag, x) in [("", input.to_string()), ("t", t)] {
+            let w = self.flip(&format!("tta.{tag}flip_w"), x.clone(), 3);
+            let h = self.flip(&format!("tta.{tag}flip_h"), x.clone(), 2);
+            let hw = self.flip(&format!("tta.{tag}flip_hw"), w.clone(), 2);
+            views.extend([x, w, h, hw]);
+        }
+        self.node(
+            "Concat",
+            "tta.views",
+            views,
+            vec![AttributeProto::from_int("axis", 0)],
+        )
+    }
+
     fn gemm(
         &mut self,
         name: &str,
@@ -199,6 +242,7 @@ pub fn graph<B: Backend>(
     model: &CancerNet<B>,
     cfg: &CancerNetConfig,
     fold_bn: bool,
+    tta: bool,
 ) -> Result<GraphProto> {
     if model.blocks.len() != cfg.widths.len() {
         bail!(
@@ -211,7 +255,11 @@ pub fn graph<B: Backend>(
         nodes: Vec::new(),
         initializers: Vec::new(),
     };
-    let mut x = INPUT.to_string();
+    let mut x = if tta {
+        g.dihedral(INPUT)
+    } else {
+        INPUT.to_string()
+    };
     let mut c_in = cfg.channels as i64;
     for (b, (block, (&width, &depth))) in model
         .blocks
@@ -273,13 +321,29 @@ pub fn graph<B: Backend>(
         x = g.batch_norm("dense_bn", x, &model.dense_bn, dense)?;
         linear(&model.head)
     };
-    let logits = g.gemm("head", x, w, bias, [dense, classes])?;
-    let out = g.node(
+    let mut logits = g.gemm("head", x, w, bias, [dense, classes])?;
+    let mut out = g.node(
         "Softmax",
         "softmax",
         vec![logits.clone()],
         vec![AttributeProto::from_int("axis", 1)],
     );
+    if tta {
+        // The eight views' probabilities averaged; logits = log(probabilities), so that
+        // softmax(logits) is still the probabilities.
+        let shape = g.int64s("tta.shape", vec![DIHEDRAL, -1, classes]);
+        let grouped = g.node("Reshape", "tta.reshape", vec![out, shape], vec![]);
+        out = g.node(
+            "ReduceMean",
+            "tta.mean",
+            vec![grouped],
+            vec![
+                AttributeProto::from_ints("axes", vec![0]),
+                AttributeProto::from_int("keepdims", 0),
+            ],
+        );
+        logits = g.node("Log", "tta.log", vec![out.clone()], vec![]);
+    }
     // Name the graph's outputs: rename the last nodes' outputs.
     rename_output(&mut g.nodes, &logits, LOGITS);
     rename_output(&mut g.nodes, &out, PROBABILITIES);

@@ -288,6 +288,46 @@ impl<B: Backend> CancerNet<B> {
     pub fn probabilities(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         softmax(self.forward(x), 1)
     }
+
+    /// Class probabilities averaged over the eight flips and quarter turns of each image
+    /// (test-time augmentation; the exporter's `--tta` graph computes the same).
+    pub fn probabilities_tta(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+        let n = x.dims()[0];
+        let p = softmax(self.forward(dihedral(x)), 1);
+        let classes = p.dims()[1];
+        p.reshape([DIHEDRAL as usize, n, classes])
+            .mean_dim(0)
+            .reshape([n, classes])
+    }
+
+    /// `probabilities` or `probabilities_tta`.
+    pub fn predict(&self, x: Tensor<B, 4>, tta: bool) -> Tensor<B, 2> {
+        if tta {
+            self.probabilities_tta(x)
+        } else {
+            self.probabilities(x)
+        }
+    }
+}
+
+/// How many images the dihedral group makes of one.
+pub const DIHEDRAL: i64 = 8;
+
+/// The eight flips and quarter turns of each image of `x` `[n, c, h, w]`, as one batch
+/// `[8n, c, h, w]`: x, x flipped along w, along h, along both, then the same four of x with h and
+/// w swapped (a transpose; with one flip it is a quarter turn).
+pub fn dihedral<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let four = |x: Tensor<B, 4>| {
+        vec![
+            x.clone(),
+            x.clone().flip([3]),
+            x.clone().flip([2]),
+            x.flip([2, 3]),
+        ]
+    };
+    let mut all = four(x.clone());
+    all.extend(four(x.swap_dims(2, 3)));
+    Tensor::cat(all, 0)
 }
 
 /// burn's BatchNorm, computed on a `[batch * channels, height * width]` view of the input: the

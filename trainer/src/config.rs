@@ -20,6 +20,45 @@ pub struct TrainConfig {
     pub device: Device,
     /// Where the run's config, checkpoints, metrics.csv and plot.png go.
     pub output: PathBuf,
+    /// How the final report, and the exported model by default, call a patch IDC.
+    pub eval: EvalConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// A fixed probability (the tutorial: 0.5), or a rule applied to the best checkpoint's
+    /// validation predictions: `max_bac` (highest balanced accuracy) or `sensitivity` (the
+    /// highest threshold whose sensitivity reaches `target_sensitivity`).
+    pub threshold: Threshold,
+    /// The validation sensitivity `threshold: sensitivity` must reach.
+    pub target_sensitivity: f64,
+    /// Average each patch's probabilities over its eight flips and quarter turns.
+    pub tta: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Threshold {
+    Fixed(f64),
+    Rule(ThresholdRule),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdRule {
+    MaxBac,
+    Sensitivity,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            threshold: Threshold::Fixed(0.5),
+            target_sensitivity: 0.9,
+            tta: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,6 +140,7 @@ impl Default for TrainConfig {
             augment: Augment::default(),
             device: Device::Cpu,
             output: PathBuf::from("models/cancernet"),
+            eval: EvalConfig::default(),
         }
     }
 }
@@ -197,6 +237,12 @@ impl TrainConfig {
             ("train.epsilon", t.epsilon, 0.0, 1.0),
             ("model.bn_momentum", self.model.bn_momentum, 0.0, 1.0),
             ("model.bn_epsilon", self.model.bn_epsilon, 1e-12, 1.0),
+            (
+                "eval.target_sensitivity",
+                self.eval.target_sensitivity,
+                0.0,
+                1.0,
+            ),
         ];
         for (key, v, lo, hi) in ranges {
             if !(lo..=hi).contains(&v) || v.is_nan() {
@@ -207,6 +253,11 @@ impl TrainConfig {
             && w.iter().any(|&x| x <= 0.0 || !x.is_finite())
         {
             bail!("train.class_weights must be `auto`, `none` or two positive numbers, got {w:?}");
+        }
+        if let Threshold::Fixed(t) = self.eval.threshold
+            && !(0.0..=1.0).contains(&t)
+        {
+            bail!("eval.threshold = {t} must be in [0, 1], `max_bac` or `sensitivity`");
         }
         self.augment.validate().map_err(anyhow::Error::msg)?;
         self.model_config().validate().map_err(anyhow::Error::msg)?;

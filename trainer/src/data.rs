@@ -20,6 +20,8 @@ pub struct Split {
     pub name: String,
     pub paths: Vec<PathBuf>,
     pub labels: Vec<u8>,
+    /// Each patch's patient id.
+    pub patients: Vec<String>,
     /// Decoded, resized patches when cached (`None` where decoding failed).
     cache: Option<Vec<Option<RgbImage>>>,
     /// Files the scan could not use.
@@ -77,6 +79,7 @@ impl Split {
             name: name.to_string(),
             paths: patches.iter().map(|p| p.path.clone()).collect(),
             labels: patches.iter().map(|p| p.label).collect(),
+            patients: patches.iter().map(|p| p.name.patient.clone()).collect(),
             cache: None,
             problems,
         }
@@ -107,10 +110,12 @@ impl Split {
     }
 }
 
-/// A batch ready for the model: CHW floats, labels, and the files that failed to decode.
+/// A batch ready for the model: CHW floats, labels, the split indices of its images, and the
+/// files that failed to decode.
 pub struct Batch {
     pub images: Vec<f32>,
     pub labels: Vec<u8>,
+    pub indices: Vec<usize>,
     pub failed: Vec<Problem>,
 }
 
@@ -197,6 +202,7 @@ fn make_batch(
     let mut batch = Batch {
         images: Vec::with_capacity(idx.len() * per),
         labels: Vec::with_capacity(idx.len()),
+        indices: Vec::with_capacity(idx.len()),
         failed: Vec::new(),
     };
     for (k, &i) in idx.iter().enumerate() {
@@ -209,10 +215,7 @@ fn make_batch(
         let img = match img {
             Ok(img) => img,
             Err(reason) => {
-                batch.failed.push(Problem {
-                    path: split.paths[i].clone(),
-                    reason,
-                });
+                batch.failed.push(Problem::new(&split.paths[i], reason));
                 continue;
             }
         };
@@ -224,6 +227,7 @@ fn make_batch(
         batch.images.resize(start + per, 0.0);
         pre.to_chw(&img, &mut batch.images[start..]);
         batch.labels.push(split.labels[i]);
+        batch.indices.push(i);
     }
     batch
 }

@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod checkpoint;
 pub mod config;
+pub mod cv;
 pub mod data;
 pub mod optim;
 pub mod train;

@@ -2,12 +2,15 @@
 //! with `--features cuda`).
 
 use anyhow::Result;
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use datasets::Shown;
 use datasets::cli::{MAX_THREADS, int_in};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use trainer::config::{Device, TrainConfig};
+use trainer::cv::CvOptions;
 use trainer::train;
 
 /// Fit CancerNet on datasets/idc from a YAML config; flags override single keys.
@@ -62,6 +65,29 @@ struct Args {
     /// Make any skipped image (unreadable, corrupt, colliding) an error.
     #[arg(long)]
     strict: bool,
+    /// Patient-level K-fold cross-validation instead of one training (2 to 50 folds): each fold
+    /// trained into <output>/fold-<k>/, the summary in <output>/cv.json and cv.csv.
+    #[arg(long, value_parser = int_in::<2, 50>)]
+    folds: Option<usize>,
+    /// A Kaggle-layout tree whose patients join the cross-validation pool (repeatable;
+    /// default: data.root).
+    #[arg(long = "cv-source")]
+    cv_sources: Vec<PathBuf>,
+    /// Seed of the fold assignment and of each fold's training/validation split.
+    #[arg(long, default_value_t = 42)]
+    cv_seed: u64,
+    /// Share of each fold's training patches (whole patients) held out for validation.
+    #[arg(long, default_value_t = 0.1, value_parser = val_fraction)]
+    cv_val_fraction: f64,
+}
+
+fn val_fraction(s: &str) -> Result<f64, String> {
+    let v = datasets::cli::float_in(s, 0.0, 1.0, true)?;
+    if v < 1.0 {
+        Ok(v)
+    } else {
+        Err("must be below 1".into())
+    }
 }
 
 fn main() -> ExitCode {
@@ -94,15 +120,33 @@ fn run(args: Args) -> Result<()> {
         quiet: args.quiet,
         stop_after: args.stop_after,
         strict: args.strict,
+        variants: false,
     };
-    let outcome = match cfg.device {
-        Device::Cpu => train::run::<burn::backend::Autodiff<burn::backend::Flex>>(
-            &cfg,
-            Default::default(),
-            &opts,
-        )?,
-        Device::Cuda => cuda::run(&cfg, &opts)?,
-    };
+    let cv = args.folds.map(|folds| CvOptions {
+        folds,
+        sources: args.cv_sources.clone(),
+        seed: args.cv_seed,
+        val_fraction: args.cv_val_fraction,
+    });
+    match cfg.device {
+        Device::Cpu => go::<Autodiff<Flex>>(&cfg, Default::default(), &opts, cv.as_ref()),
+        Device::Cuda => cuda::go(&cfg, &opts, cv.as_ref()),
+    }
+}
+
+/// One training, or a cross-validation, on backend `B`: the device is a parameter, every line
+/// after it is shared.
+fn go<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    device: B::Device,
+    opts: &train::Options,
+    cv: Option<&CvOptions>,
+) -> Result<()> {
+    if let Some(cv) = cv {
+        trainer::cv::run::<B>(cfg, device, opts, cv)?;
+        return Ok(());
+    }
+    let outcome = train::run::<B>(cfg, device, opts)?;
     if outcome.already_done {
         println!(
             "{}: this run is already complete (same config); nothing to do. Use --force to train again.",
@@ -126,7 +170,7 @@ fn run(args: Args) -> Result<()> {
 #[cfg(feature = "cuda")]
 mod cuda {
     use super::*;
-    use burn::backend::{Autodiff, Cuda, cuda::CudaDevice};
+    use burn::backend::{Cuda, cuda::CudaDevice};
 
     /// burn's CUDA backend panics on first use without a driver or GPU; probe it first so the
     /// user gets an error, never a crash or a silent CPU run.
@@ -137,10 +181,10 @@ mod cuda {
         .map_err(|why| anyhow::anyhow!("device: cuda was asked for but CUDA cannot be used here ({why}); install the NVIDIA driver, or use --device cpu"))
     }
 
-    pub fn run(cfg: &TrainConfig, opts: &train::Options) -> Result<train::Outcome> {
+    pub fn go(cfg: &TrainConfig, opts: &train::Options, cv: Option<&CvOptions>) -> Result<()> {
         let device = CudaDevice::default();
         probe(&device)?;
-        train::run::<Autodiff<Cuda>>(cfg, device, opts)
+        super::go::<Autodiff<Cuda>>(cfg, device, opts, cv)
     }
 }
 
@@ -149,7 +193,7 @@ mod cuda {
     use super::*;
     use anyhow::bail;
 
-    pub fn run(_: &TrainConfig, _: &train::Options) -> Result<train::Outcome> {
+    pub fn go(_: &TrainConfig, _: &train::Options, _: Option<&CvOptions>) -> Result<()> {
         bail!(
             "device: cuda was asked for, but this trainer was built without CUDA: rebuild with `cargo build --release --features cuda` (or use --device cpu)"
         )

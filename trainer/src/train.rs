@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
-use burn::tensor::activation::{log_softmax, softmax};
+use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use datasets::Shown;
 use datasets::fsutil::write_atomic;
@@ -40,6 +40,7 @@ pub struct Outcome {
     pub test: Option<Report>,
 }
 
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     pub resume: bool,
     pub force: bool,
@@ -48,6 +49,8 @@ pub struct Options {
     pub stop_after: Option<usize>,
     /// Any skipped image (unreadable, corrupt, colliding) is an error.
     pub strict: bool,
+    /// The final report also for TTA on/off x threshold 0.5/max-BAC (cross-validation).
+    pub variants: bool,
 }
 
 /// Class weights: max(count) / count per class (the tutorial's), or fixed ones.
@@ -88,35 +91,54 @@ pub fn weighted_loss<B: Backend>(
         .div_scalar(n as f32)
 }
 
-/// Probabilities of IDC and the mean unweighted cross-entropy over a split (model in eval mode).
+/// A model's predictions over a split (eval mode).
+pub struct Evaluated {
+    pub labels: Vec<u8>,
+    /// Probability of IDC per image.
+    pub probs: Vec<f32>,
+    /// Each image's index in the split (files that failed to decode are missing).
+    pub indices: Vec<usize>,
+    /// Mean unweighted cross-entropy.
+    pub loss: f64,
+    pub failed: Vec<datasets::Problem>,
+}
+
+/// Runs `model` over `split`, averaging the eight flips and quarter turns of each patch when `tta`.
 pub fn evaluate<B: Backend>(
     model: &CancerNet<B>,
     split: &Arc<Split>,
     loader: &Loader,
     device: &B::Device,
-    skipped: &mut Vec<datasets::Problem>,
-) -> (Vec<u8>, Vec<f32>, f64) {
+    tta: bool,
+) -> Evaluated {
     let size = loader.pre.size as usize;
-    let (mut labels, mut probs, mut loss) = (Vec::new(), Vec::new(), 0.0);
+    let mut e = Evaluated {
+        labels: Vec::new(),
+        probs: Vec::new(),
+        indices: Vec::new(),
+        loss: 0.0,
+        failed: Vec::new(),
+    };
     for batch in loader.batches(split, (0..split.len()).collect(), None, 0, None) {
-        skipped.extend(batch.failed.iter().cloned());
+        e.failed.extend(batch.failed.iter().cloned());
         if batch.is_empty() {
             continue;
         }
-        let p = softmax(model.forward(images_tensor::<B>(&batch, size, device)), 1);
+        let p = model.predict(images_tensor::<B>(&batch, size, device), tta);
         let p: Vec<f32> = p
             .into_data()
             .convert::<f32>()
             .into_vec()
             .expect("f32 probabilities");
         for (i, &y) in batch.labels.iter().enumerate() {
-            loss -= (p[i * 2 + y as usize] as f64).max(1e-7).ln();
-            probs.push(p[i * 2 + 1]);
+            e.loss -= (p[i * 2 + y as usize] as f64).max(1e-7).ln();
+            e.probs.push(p[i * 2 + 1]);
         }
-        labels.extend_from_slice(&batch.labels);
+        e.labels.extend_from_slice(&batch.labels);
+        e.indices.extend_from_slice(&batch.indices);
     }
-    let n = labels.len().max(1) as f64;
-    (labels, probs, loss / n)
+    e.loss /= e.labels.len().max(1) as f64;
+    e
 }
 
 /// Trains the run `cfg` describes on the `training`, `validation` and `testing` folders under
@@ -359,7 +381,7 @@ pub fn train_on<B: AutodiffBackend>(
             });
         }
     }
-    let test = final_report::<B>(cfg, &run, &session.state, &mut data, &device)?;
+    let test = final_report::<B>(cfg, &run, &session.state, &mut data, &device, opts.variants)?;
     write_run_files(cfg, &run, config_yaml, weights, &data)?;
     Ok(Outcome {
         interrupted: false,
@@ -562,10 +584,10 @@ fn end_epoch<B: AutodiffBackend>(
 ) -> Result<bool> {
     let epoch = trained.epoch;
     let inner = session.model.valid();
-    let mut failed = Vec::new();
-    let (labels, probs, val_loss) = evaluate(&inner, &data.val, &data.loader, device, &mut failed);
-    data.skipped.add("validation", &failed)?;
-    let report = Report::new(&labels, &probs, 0.5);
+    let val = evaluate(&inner, &data.val, &data.loader, device, false);
+    data.skipped.add("validation", &val.failed)?;
+    let report = Report::new(&val.labels, &val.probs, 0.5);
+    let val_loss = val.loss;
     let metrics = EpochMetrics {
         epoch,
         step: session.state.step,
@@ -626,13 +648,18 @@ fn end_epoch<B: AutodiffBackend>(
     Ok(stop_early)
 }
 
-/// Stage 7: the best checkpoint on held-out patients; the same report as `runtime eval`.
+/// Stage 7: the best checkpoint on held-out patients, the same report as `runtime eval`, at the
+/// threshold `eval.threshold` gives (chosen on the validation split for a rule; written to
+/// `threshold.json` for the exporter), with test-time augmentation when `eval.tta`. With
+/// `variants`, also every combination of TTA on/off and threshold 0.5 / max-BAC (for
+/// cross-validation's ablation, from the same trained model).
 fn final_report<B: AutodiffBackend>(
     cfg: &TrainConfig,
     run: &RunDir,
     state: &State,
     data: &mut Data,
     device: &B::Device,
+    variants: bool,
 ) -> Result<Report> {
     let best = run
         .load_model(
@@ -641,15 +668,36 @@ fn final_report<B: AutodiffBackend>(
             device,
         )?
         .valid();
-    let mut failed = Vec::new();
-    let (labels, probs, test_loss) = evaluate(&best, &data.test, &data.loader, device, &mut failed);
-    data.skipped.add("testing", &failed)?;
-    let report = Report::new(&labels, &probs, 0.5);
+    let tta = cfg.eval.tta;
+    let mut runs: BTreeMap<bool, (Evaluated, Evaluated)> = BTreeMap::new();
+    for t in [tta, !tta].into_iter().take(if variants { 2 } else { 1 }) {
+        let val = evaluate(&best, &data.val, &data.loader, device, t);
+        let test = evaluate(&best, &data.test, &data.loader, device, t);
+        data.skipped.add("validation", &val.failed)?;
+        data.skipped.add("testing", &test.failed)?;
+        runs.insert(t, (val, test));
+    }
+    let (val, test) = &runs[&tta];
+    let chosen = choose_threshold(cfg, val);
+    write_atomic(
+        &run.root.join(THRESHOLD_FILE),
+        serde_json::to_string_pretty(&chosen)?.as_bytes(),
+    )?;
+    let report = Report::new(&test.labels, &test.probs, chosen.threshold);
     println!(
-        "\ntesting split, best checkpoint (epoch {}), loss {test_loss:.4}:\n{report}",
-        state.best_epoch
+        "\ntesting split, best checkpoint (epoch {}), loss {:.4}{}, threshold {:.4} ({}):\n{report}",
+        state.best_epoch,
+        test.loss,
+        if tta {
+            ", test-time augmentation (8 views)"
+        } else {
+            ""
+        },
+        chosen.threshold,
+        chosen.source
     );
-    let test_skipped: Vec<serde_json::Value> = failed
+    let test_skipped: Vec<serde_json::Value> = test
+        .failed
         .iter()
         .chain(&data.test.problems)
         .map(datasets::Problem::to_json)
@@ -660,12 +708,110 @@ fn final_report<B: AutodiffBackend>(
             test_skipped.len()
         );
     }
-    let json = serde_json::json!({ "split": "testing", "checkpoint_epoch": state.best_epoch, "loss": test_loss, "report": report, "skipped": test_skipped });
+    let mut json = serde_json::json!({
+        "split": "testing",
+        "checkpoint_epoch": state.best_epoch,
+        "loss": test.loss,
+        "tta": tta,
+        "threshold": chosen,
+        "report": report,
+        "patients": patient_summary(&data.test, test),
+        "skipped": test_skipped,
+    });
+    if variants {
+        let mut all = serde_json::Map::new();
+        for (t, (val, test)) in &runs {
+            let max_bac =
+                datasets::report::threshold_max_bac(&val.labels, &val.probs).unwrap_or(0.5);
+            for (name, threshold) in [("0.5", 0.5), ("max_bac", max_bac)] {
+                let key = format!("{}@{name}", if *t { "tta" } else { "plain" });
+                all.insert(
+                    key,
+                    serde_json::json!({
+                        "threshold": threshold,
+                        "report": Report::new(&test.labels, &test.probs, threshold),
+                        "patients": patient_summary(&data.test, test),
+                    }),
+                );
+            }
+        }
+        json["variants"] = all.into();
+    }
     write_atomic(
         &run.root.join(TEST_REPORT),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     Ok(report)
+}
+
+/// The threshold file of a run: the value the final report used and the exporter writes into
+/// the model.
+pub const THRESHOLD_FILE: &str = "threshold.json";
+
+/// A threshold and where it came from.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ChosenThreshold {
+    pub threshold: f64,
+    pub source: String,
+}
+
+fn choose_threshold(cfg: &TrainConfig, val: &Evaluated) -> ChosenThreshold {
+    use crate::config::{Threshold, ThresholdRule};
+    use datasets::report::{threshold_for_sensitivity, threshold_max_bac};
+    let (patches, tta) = (
+        val.labels.len(),
+        if cfg.eval.tta { ", 8-view TTA" } else { "" },
+    );
+    let (rule, chosen) = match cfg.eval.threshold {
+        Threshold::Fixed(t) => {
+            return ChosenThreshold {
+                threshold: t,
+                source: "fixed in the trainer config (eval.threshold)".into(),
+            };
+        }
+        Threshold::Rule(ThresholdRule::MaxBac) => (
+            "highest balanced accuracy".to_string(),
+            threshold_max_bac(&val.labels, &val.probs),
+        ),
+        Threshold::Rule(ThresholdRule::Sensitivity) => (
+            format!("sensitivity >= {}", cfg.eval.target_sensitivity),
+            threshold_for_sensitivity(&val.labels, &val.probs, cfg.eval.target_sensitivity),
+        ),
+    };
+    match chosen {
+        Some(t) => ChosenThreshold {
+            threshold: t,
+            source: format!("{rule} on the validation split ({patches} patches{tta})"),
+        },
+        None => ChosenThreshold {
+            threshold: 0.5,
+            source: format!(
+                "0.5: the validation split has one class only, so {rule} cannot be chosen"
+            ),
+        },
+    }
+}
+
+/// Per-patient ranking quality: ROC AUC within each patient that has both classes, and the
+/// median of those (the guide's "each patient is ranked well, levels shift between patients").
+fn patient_summary(split: &Split, e: &Evaluated) -> serde_json::Value {
+    let mut by: BTreeMap<&str, (Vec<u8>, Vec<f32>)> = BTreeMap::new();
+    for ((&i, &y), &p) in e.indices.iter().zip(&e.labels).zip(&e.probs) {
+        let entry = by.entry(split.patients[i].as_str()).or_default();
+        entry.0.push(y);
+        entry.1.push(p);
+    }
+    let mut aucs: Vec<f64> = by
+        .values()
+        .filter_map(|(labels, probs)| datasets::report::roc_auc(labels, probs))
+        .collect();
+    aucs.sort_by(f64::total_cmp);
+    let median = match aucs.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(aucs[n / 2]),
+        n => Some((aucs[n / 2 - 1] + aucs[n / 2]) / 2.0),
+    };
+    serde_json::json!({ "patients": by.len(), "with_both_classes": aucs.len(), "median_roc_auc": median })
 }
 
 fn plot_history(run: &RunDir, history: &[EpochMetrics]) -> Result<()> {
