@@ -110,11 +110,12 @@ fn hed_jitter(img: &mut RgbImage, alpha: [f32; 3], beta: [f32; 3]) {
     let to_rgb = normalized(RGB_FROM_HED);
     for px in img.pixels_mut() {
         let d = [od[px[0] as usize], od[px[1] as usize], od[px[2] as usize]];
-        // Concentrations: d (row vector) times the inverse stain matrix, clamped at 0 as
-        // scikit-image does.
+        // Concentrations: d (row vector) times the inverse stain matrix. Not clamped at 0 (as
+        // scikit-image's rgb2hed is): a negative value is the part of the colour the three stains
+        // do not explain, and keeping it makes a zero jitter give back the same pixel.
         let c: [f32; 3] = std::array::from_fn(|j| {
             let v = d[0] * to_hed[0][j] + d[1] * to_hed[1][j] + d[2] * to_hed[2][j];
-            (v.max(0.0) * alpha[j] + beta[j]).max(0.0)
+            v * alpha[j] + beta[j]
         });
         for k in 0..3 {
             let density = c[0] * to_rgb[0][k] + c[1] * to_rgb[1][k] + c[2] * to_rgb[2][k];

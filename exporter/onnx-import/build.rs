@@ -16,7 +16,7 @@ fn main() {
     let onnx = out.join("cancernet.onnx");
     std::fs::write(
         &onnx,
-        exporter::export::to_onnx(&loaded, true).expect("export"),
+        exporter::export::to_onnx(&loaded, true, false).expect("export"),
     )
     .expect("write onnx");
     burn_onnx::ModelGen::new()

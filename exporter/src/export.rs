@@ -47,6 +47,8 @@ pub struct Options {
     pub checkpoint: Checkpoint,
     pub out: PathBuf,
     pub fold_bn: bool,
+    /// Build test-time augmentation into the graph: the 8 flips/rotations of each patch averaged.
+    pub tta: bool,
     pub verify: bool,
     pub ort_lib: Option<PathBuf>,
     /// Patches to verify with (default: the run's testing split when present, else synthetic).
@@ -72,6 +74,13 @@ pub struct Report {
     pub bytes: usize,
     pub nodes: usize,
     pub verification: Option<Verification>,
+}
+
+/// Metadata keys of the operating threshold (`runtime` uses it unless `--threshold` is given).
+pub mod keys {
+    pub const THRESHOLD: &str = "threshold";
+    pub const THRESHOLD_SOURCE: &str = "threshold.source";
+    pub const TTA: &str = "tta";
 }
 
 /// Loads the run's model config, preprocessing, provenance and the chosen checkpoint.
@@ -183,6 +192,24 @@ pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
             format!("burn 0.21.0, {}", env!("IDC_RUSTC_VERSION")),
         ),
     ]);
+    // The trainer's operating threshold (chosen on validation, or fixed in its config).
+    let threshold_path = dir.join(trainer::train::THRESHOLD_FILE);
+    if let Ok(text) = std::fs::read_to_string(&threshold_path) {
+        let t: trainer::train::ChosenThreshold = serde_json::from_str(&text)
+            .with_context(|| format!("malformed {}", threshold_path.shown()))?;
+        if !(0.0..=1.0).contains(&t.threshold) {
+            bail!(
+                "{}: threshold {} is not in [0, 1]",
+                threshold_path.shown(),
+                t.threshold
+            );
+        }
+        metadata.push((keys::THRESHOLD.into(), format!("{}", t.threshold)));
+        metadata.push((
+            keys::THRESHOLD_SOURCE.into(),
+            format!("trainer: {}", t.source),
+        ));
+    }
     Ok(Loaded {
         model,
         config,
@@ -201,7 +228,16 @@ fn checkpoint_name(c: Checkpoint) -> String {
 }
 
 /// The serialized model. Deterministic: the same checkpoint gives the same bytes.
-pub fn to_onnx(loaded: &Loaded, fold_bn: bool) -> Result<Vec<u8>> {
+pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
+    let mut metadata = loaded.metadata.clone();
+    if tta {
+        metadata.push((
+            keys::TTA.into(),
+            "8 views: each patch's probabilities are the mean over its four flips and their \
+             transposes, computed in the graph"
+                .into(),
+        ));
+    }
     let proto = ModelProto {
         ir_version: Some(IR_VERSION),
         opset_import: vec![OperatorSetIdProto::onnx(OPSET_VERSION)],
@@ -210,9 +246,8 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool) -> Result<Vec<u8>> {
         domain: Some("org.idc-onnx".into()),
         model_version: Some(1),
         doc_string: Some("CancerNet: invasive ductal carcinoma (IDC) vs healthy tissue in breast histology patches".into()),
-        graph: Some(graph(&loaded.model, &loaded.config, fold_bn)?),
-        metadata_props: loaded
-            .metadata
+        graph: Some(graph(&loaded.model, &loaded.config, fold_bn, tta)?),
+        metadata_props: metadata
             .iter()
             .map(|(k, v)| StringStringEntryProto { key: Some(k.clone()), value: Some(v.clone()) })
             .collect(),
@@ -222,15 +257,19 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool) -> Result<Vec<u8>> {
 
 pub fn export(opts: &Options) -> Result<Report> {
     let loaded = load(&opts.model_dir, opts.checkpoint)?;
-    let bytes = to_onnx(&loaded, opts.fold_bn)?;
-    let nodes = ModelProto::decode(bytes.as_slice())?
-        .graph
-        .map_or(0, |g| g.node.len());
-    // Verify a temp copy beside --out; only a verified file is renamed onto --out.
+    let bytes = to_onnx(&loaded, opts.fold_bn, opts.tta)?;
+    write_verified(&loaded, &bytes, opts)
+}
+
+/// Writes `bytes` to `opts.out` once ONNX Runtime's outputs on it match burn's on `loaded` (unless
+/// `opts.verify` is off): staged in a temp file beside `--out`, which is replaced only by a
+/// verified file, and removed when verification fails.
+pub fn write_verified(loaded: &Loaded, bytes: &[u8], opts: &Options) -> Result<Report> {
+    let nodes = ModelProto::decode(bytes)?.graph.map_or(0, |g| g.node.len());
     let staged = temp_sibling(&opts.out, "verify");
-    write_atomic(&staged, &bytes)?;
+    write_atomic(&staged, bytes)?;
     let verification = if opts.verify {
-        let checked = verify(&loaded, &staged, opts);
+        let checked = verify(loaded, &staged, opts);
         if checked.is_err() {
             let _ = std::fs::remove_file(&staged);
         }
@@ -300,7 +339,7 @@ pub fn verify(loaded: &Loaded, onnx: &Path, opts: &Options) -> Result<Verificati
     );
     let burn_probs: Vec<f32> = loaded
         .model
-        .probabilities(x)
+        .predict(x, opts.tta)
         .into_data()
         .convert::<f32>()
         .into_vec()

@@ -24,6 +24,10 @@ struct Args {
     /// Fold the classifier's BatchNorm into the following Gemm (exact; the conv BatchNorms stay).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     fold_bn: bool,
+    /// Build test-time augmentation into the graph: each patch's probabilities averaged over its
+    /// 8 flips and quarter turns (every ONNX consumer gets it; ~8x the inference cost).
+    #[arg(long)]
+    tta: bool,
     /// Skip the check that ONNX Runtime and burn agree on a batch of patches.
     #[arg(long)]
     no_verify: bool,
@@ -46,6 +50,7 @@ fn run(args: Args) -> Result<()> {
         checkpoint: args.checkpoint,
         out: args.out,
         fold_bn: args.fold_bn,
+        tta: args.tta,
         verify: !args.no_verify,
         ort_lib: args.ort_lib,
         verify_data: args.verify_data,

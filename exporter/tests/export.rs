@@ -3,7 +3,7 @@
 
 use burn::backend::Flex;
 use burn::prelude::*;
-use exporter::export::{Checkpoint, Options, export, load, to_onnx};
+use exporter::export::{Checkpoint, Options, export, load, to_onnx, write_verified};
 use exporter::onnx_proto::ModelProto;
 use models::CancerNetConfig;
 use prost::Message;
@@ -17,6 +17,7 @@ fn opts(model_dir: &Path, out: &Path) -> Options {
         checkpoint: Checkpoint::Best,
         out: out.into(),
         fold_bn: true,
+        tta: false,
         verify: true,
         ort_lib: None,
         verify_data: None,
@@ -36,8 +37,8 @@ fn same_checkpoint_gives_identical_bytes_and_a_named_standard_graph() {
     let tmp = tempfile::tempdir().unwrap();
     checkpoint::write_random_run(tmp.path(), &CancerNetConfig::new(), 1).unwrap();
     let loaded = load(tmp.path(), Checkpoint::Best).unwrap();
-    let a = to_onnx(&loaded, true).unwrap();
-    let b = to_onnx(&load(tmp.path(), Checkpoint::Best).unwrap(), true).unwrap();
+    let a = to_onnx(&loaded, true, false).unwrap();
+    let b = to_onnx(&load(tmp.path(), Checkpoint::Best).unwrap(), true, false).unwrap();
     assert_eq!(a, b, "export is not deterministic");
     let model = ModelProto::decode(a.as_slice()).unwrap();
     assert_eq!(model.opset_import[0].version, Some(17));
@@ -200,4 +201,106 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+}
+
+/// The mismatch branch of verification, reached for real: the ONNX file of one model checked
+/// against another model in burn. The export fails with the numbers, and an existing `--out`
+/// stays as it was.
+#[test]
+fn a_file_that_disagrees_with_burn_is_refused_with_the_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (run_a, run_b) = (tmp.path().join("a"), tmp.path().join("b"));
+    checkpoint::write_random_run(&run_a, &small(), 4).unwrap();
+    checkpoint::write_random_run(&run_b, &small(), 5).unwrap();
+    let (a, b) = (
+        load(&run_a, Checkpoint::Best).unwrap(),
+        load(&run_b, Checkpoint::Best).unwrap(),
+    );
+    let out = tmp.path().join("m.onnx");
+    std::fs::write(&out, b"old").unwrap();
+    let bytes_of_b = to_onnx(&b, true, false).unwrap();
+    let e = format!(
+        "{:#}",
+        write_verified(&a, &bytes_of_b, &opts(&run_a, &out))
+            .err()
+            .expect("a mismatch must fail")
+    );
+    assert!(
+        e.contains("verification failed")
+            && e.contains("max |burn - onnxruntime| = ")
+            && e.contains("argmax disagree")
+            && e.contains("not written"),
+        "{e}"
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"old");
+    let leftovers = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with('.')
+        })
+        .count();
+    assert_eq!(leftovers, 0, "the staged file was left behind");
+    // The file of the same model passes.
+    write_verified(&a, &to_onnx(&a, true, false).unwrap(), &opts(&run_a, &out)).unwrap();
+}
+
+/// Test-time augmentation built into the graph: ONNX Runtime's averaged probabilities equal
+/// burn's (verification), the graph holds the views, the metadata says so, and the average is
+/// not the plain prediction (but is for an image that every flip and turn leaves unchanged).
+#[test]
+fn test_time_augmentation_in_the_graph_matches_burn() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = small();
+    checkpoint::write_random_run(tmp.path(), &cfg, 6).unwrap();
+    let out = tmp.path().join("tta.onnx");
+    let report = export(&Options {
+        tta: true,
+        ..opts(tmp.path(), &out)
+    })
+    .unwrap();
+    assert!(report.verification.unwrap().max_abs_diff <= 1e-4);
+    let model = ModelProto::decode(std::fs::read(&out).unwrap().as_slice()).unwrap();
+    let ops: Vec<String> = model
+        .graph
+        .unwrap()
+        .node
+        .iter()
+        .map(|n| n.op_type.clone().unwrap())
+        .collect();
+    for op in [
+        "Transpose",
+        "Slice",
+        "Concat",
+        "Reshape",
+        "ReduceMean",
+        "Log",
+    ] {
+        assert!(ops.iter().any(|o| o == op), "{op} missing from {ops:?}");
+    }
+    assert_eq!(ops.iter().filter(|o| *o == "Slice").count(), 6);
+    assert!(
+        model
+            .metadata_props
+            .iter()
+            .any(|e| e.key.as_deref() == Some("tta"))
+    );
+    let loaded = load(tmp.path(), Checkpoint::Best).unwrap();
+    let dev = Default::default();
+    let x = Tensor::<Flex, 4>::random([4, 3, 32, 32], burn::tensor::Distribution::Default, &dev);
+    let diff: f32 = (loaded.model.probabilities(x.clone()) - loaded.model.probabilities_tta(x))
+        .abs()
+        .max()
+        .into_scalar();
+    assert!(diff > 1e-4, "TTA changed nothing ({diff})");
+    let flat = Tensor::<Flex, 4>::full([2, 3, 32, 32], 0.3, &dev);
+    let diff: f32 = (loaded.model.probabilities(flat.clone())
+        - loaded.model.probabilities_tta(flat))
+    .abs()
+    .max()
+    .into_scalar();
+    assert!(diff < 1e-5, "a flat image's views differ ({diff})");
 }

@@ -2,7 +2,7 @@
 //! per-patient table, and the JSON, CSV and ROC outputs.
 
 use crate::pipeline::{Item, Streamed};
-use crate::session::Model;
+use crate::session::{Model, Threshold};
 use anyhow::Result;
 use datasets::fsutil::{AtomicFile, write_atomic};
 use datasets::report::{Report, roc_curve};
@@ -26,6 +26,9 @@ pub struct RunInfo {
     pub kaggle_duplicates: usize,
     pub seconds: f64,
     pub images_per_second: f64,
+    pub threshold: Threshold,
+    /// Test-time augmentation built into the model's graph (its metadata says so).
+    pub tta: bool,
 }
 
 impl RunInfo {
@@ -35,6 +38,7 @@ impl RunInfo {
         batch_size: usize,
         images: usize,
         streamed: &Streamed,
+        threshold: Threshold,
     ) -> RunInfo {
         let skipped = streamed.skipped();
         RunInfo {
@@ -48,12 +52,14 @@ impl RunInfo {
             kaggle_duplicates: streamed.kaggle_copies,
             seconds: streamed.seconds,
             images_per_second: (images + skipped) as f64 / streamed.seconds.max(1e-9),
+            threshold,
+            tta: model.tta,
         }
     }
 
     pub fn header(&self) -> String {
         format!(
-            "model {} | ONNX Runtime {} on {} | {} threads | batch {} | {} images in {:.1}s ({:.0} img/s) | {} skipped",
+            "model {} | ONNX Runtime {} on {} | {} threads | batch {} | {} images in {:.1}s ({:.0} img/s) | {} skipped\nthreshold {} ({}){}",
             self.model,
             self.onnx_runtime,
             self.provider,
@@ -62,7 +68,14 @@ impl RunInfo {
             self.images,
             self.seconds,
             self.images_per_second,
-            self.skipped
+            self.skipped,
+            self.threshold.value,
+            self.threshold.source,
+            if self.tta {
+                " | test-time augmentation in the model (8 views)"
+            } else {
+                ""
+            }
         )
     }
 }

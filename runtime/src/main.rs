@@ -50,9 +50,10 @@ struct ModelArgs {
 
 #[derive(ClapArgs)]
 struct OutputArgs {
-    /// Probability of IDC at or above which a patch is called IDC, in [0, 1].
-    #[arg(long, default_value_t = 0.5, value_parser = probability)]
-    threshold: f64,
+    /// Probability of IDC at or above which a patch is called IDC, in [0, 1] (default: the
+    /// model's own, from its metadata, else 0.5).
+    #[arg(long, value_parser = probability)]
+    threshold: Option<f64>,
     /// Add per-patient rows (patches, IDC share true vs predicted, accuracy).
     #[arg(long)]
     patients: bool,
@@ -172,7 +173,8 @@ fn pipeline_of(args: &ModelArgs) -> Pipeline {
 fn classify(dir: &Path, args: &ModelArgs, out: &OutputArgs) -> Result<(Tally, Streamed, RunInfo)> {
     let total = pipeline::count(dir)?;
     let mut model = open(args)?;
-    let mut tally = Tally::new(out.threshold, out.predictions.as_deref())?;
+    let threshold = model.threshold(out.threshold, &args.model)?;
+    let mut tally = Tally::new(threshold.value, out.predictions.as_deref())?;
     let streamed = pipeline_of(args).stream(
         &mut model,
         pipeline::items(dir)?,
@@ -185,6 +187,7 @@ fn classify(dir: &Path, args: &ModelArgs, out: &OutputArgs) -> Result<(Tally, St
         args.batch_size,
         tally.images,
         &streamed,
+        threshold,
     );
     Ok((tally, streamed, info))
 }
@@ -209,7 +212,7 @@ fn finish(
             info.images,
             tally.predicted_idc,
             info.images - tally.predicted_idc,
-            out.threshold
+            info.threshold.value
         ),
     }
     if out.patients {

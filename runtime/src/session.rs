@@ -12,6 +12,10 @@ use ort::value::{TensorRef, ValueType};
 use std::collections::HashMap;
 use std::path::Path;
 
+/// Metadata keys of the exporter's operating threshold.
+const THRESHOLD_KEY: &str = "threshold";
+const THRESHOLD_SOURCE_KEY: &str = "threshold.source";
+
 /// Which execution provider to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Ep {
@@ -33,6 +37,15 @@ pub struct Model {
     pub provider: &'static str,
     pub ort_version: String,
     pub threads: usize,
+    /// Test-time augmentation in the graph (metadata key `tta`).
+    pub tta: bool,
+}
+
+/// The threshold a run uses, and where it came from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Threshold {
+    pub value: f64,
+    pub source: String,
 }
 
 pub struct Options<'a> {
@@ -93,6 +106,7 @@ impl Model {
             );
         }
         let threads = datasets::cli::threads_or_cores(opts.threads);
+        let tta = metadata.contains_key("tta");
         Ok(Model {
             session,
             input,
@@ -102,6 +116,7 @@ impl Model {
             provider,
             ort_version: lib.version.clone(),
             threads,
+            tta,
         })
     }
 
@@ -126,6 +141,39 @@ impl Model {
             );
         }
         Ok(probs.chunks(classes).map(|p| p[1]).collect())
+    }
+
+    /// `--threshold` when given, else the model's own (its metadata, checked: it is input like
+    /// any other), else 0.5; with where it came from.
+    pub fn threshold(&self, flag: Option<f64>, path: &Path) -> Result<Threshold> {
+        if let Some(t) = flag {
+            return Ok(Threshold {
+                value: t,
+                source: "--threshold".into(),
+            });
+        }
+        let Some(v) = self.metadata.get(THRESHOLD_KEY) else {
+            return Ok(Threshold {
+                value: 0.5,
+                source: "default; the model has no threshold in its metadata".into(),
+            });
+        };
+        match v.trim().parse::<f64>() {
+            Ok(t) if (0.0..=1.0).contains(&t) => Ok(Threshold {
+                value: t,
+                source: format!(
+                    "from the model's metadata; {}",
+                    self.metadata
+                        .get(THRESHOLD_SOURCE_KEY)
+                        .map_or(String::new(), |s| s.shown())
+                ),
+            }),
+            _ => bail!(
+                "{}: metadata {THRESHOLD_KEY} = \"{}\" is not a number in [0, 1]; pass --threshold to override it",
+                path.shown(),
+                v.shown()
+            ),
+        }
     }
 }
 

@@ -1,20 +1,11 @@
 //! The demo's chain through the real binaries, small: synth -> build -> trainer (1 epoch) ->
 //! exporter -> runtime eval + heatmap, asserting on what a user reads.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-/// A workspace binary beside this test's own (target/<profile>/).
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(
-        path.is_file(),
-        "{} is not built: run the workspace's tests (`make test`)",
-        path.display()
-    );
-    path
-}
+use common::bin;
+use std::path::Path;
+use std::process::Command;
 
 fn run(dir: &Path, name: &str, args: &[&str]) -> String {
     let o = Command::new(bin(name))

@@ -1,32 +1,16 @@
 //! The real `runtime` binary with ONNX Runtime: reports, parity with burn through the shared
 //! preprocessing, bad files of every kind, EP and model errors, predict and heatmap.
 
+mod common;
+
 use burn::backend::Flex;
 use burn::prelude::*;
+use common::model;
 use datasets::preprocess::Preprocess;
 use datasets::testdata::shared_data;
-use exporter::export::{Checkpoint, Options, export, load};
-use models::CancerNetConfig;
+use exporter::export::{Checkpoint, load};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-/// A randomly initialized CancerNet exported (and verified) to `dir/model.onnx`.
-fn model(dir: &Path) -> PathBuf {
-    let run = dir.join("run");
-    trainer::checkpoint::write_random_run(&run, &CancerNetConfig::new(), 11).unwrap();
-    let out = dir.join("model.onnx");
-    export(&Options {
-        model_dir: run,
-        checkpoint: Checkpoint::Best,
-        out: out.clone(),
-        fold_bn: true,
-        verify: true,
-        ort_lib: None,
-        verify_data: None,
-    })
-    .unwrap();
-    out
-}
 
 fn runtime(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_runtime"))
@@ -316,4 +300,109 @@ fn clear_one_line_errors() {
             "{args:?}: not one line: {err}"
         );
     }
+}
+
+/// The operating threshold travels in the model: the trainer's `threshold.json` becomes ONNX
+/// metadata, `runtime` uses it and says where it came from, `--threshold` overrides it, and a
+/// metadata value out of range is refused.
+#[test]
+fn the_models_threshold_is_used_and_named() {
+    use exporter::onnx_proto::{ModelProto, StringStringEntryProto};
+    use prost::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    trainer::checkpoint::write_random_run(&run, &models::CancerNetConfig::new(), 11).unwrap();
+    std::fs::write(
+        run.join(trainer::train::THRESHOLD_FILE),
+        r#"{"threshold": 0.73, "source": "max BAC on a test split"}"#,
+    )
+    .unwrap();
+    let onnx = tmp.path().join("t.onnx");
+    exporter::export::export(&exporter::export::Options {
+        model_dir: run,
+        checkpoint: Checkpoint::Best,
+        out: onnx.clone(),
+        fold_bn: true,
+        tta: false,
+        verify: true,
+        ort_lib: None,
+        verify_data: None,
+    })
+    .unwrap();
+    let data = small_synth(tmp.path());
+    let (d, m) = (data.to_str().unwrap(), onnx.to_str().unwrap());
+    let json = tmp.path().join("r.json");
+    let preds = tmp.path().join("p.csv");
+    let out = stdout_ok(&runtime(&[
+        "eval",
+        d,
+        "--model",
+        m,
+        "--ep",
+        "cpu",
+        "--json",
+        json.to_str().unwrap(),
+        "--predictions",
+        preds.to_str().unwrap(),
+    ]));
+    assert!(
+        out.contains(
+            "threshold 0.73 (from the model's metadata; trainer: max BAC on a test split)"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("threshold 0.73)"),
+        "the report's matrix is not at 0.73:\n{out}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(report["run"]["threshold"]["value"], 0.73);
+    // The calls follow 0.73: predicted IDC = probability >= 0.73, row by row.
+    for r in csv::Reader::from_path(&preds).unwrap().records() {
+        let r = r.unwrap();
+        let p: f64 = r[5].parse().unwrap();
+        assert_eq!(&r[6], if p >= 0.73 { "1" } else { "0" }, "{r:?}");
+    }
+    let out = stdout_ok(&runtime(&[
+        "eval",
+        d,
+        "--model",
+        m,
+        "--ep",
+        "cpu",
+        "--threshold",
+        "0.2",
+    ]));
+    assert!(out.contains("threshold 0.2 (--threshold)"), "{out}");
+    // A model whose metadata threshold is not a probability.
+    let mut proto = ModelProto::decode(std::fs::read(&onnx).unwrap().as_slice()).unwrap();
+    for e in proto.metadata_props.iter_mut() {
+        if e.key.as_deref() == Some("threshold") {
+            *e = StringStringEntryProto {
+                key: Some("threshold".into()),
+                value: Some("nan".into()),
+            };
+        }
+    }
+    let bad = tmp.path().join("bad.onnx");
+    std::fs::write(&bad, proto.encode_to_vec()).unwrap();
+    let o = runtime(&["eval", d, "--model", bad.to_str().unwrap(), "--ep", "cpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("threshold") && err.contains("not a number in [0, 1]"),
+        "{err}"
+    );
+    // --threshold overrides a bad one.
+    stdout_ok(&runtime(&[
+        "eval",
+        d,
+        "--model",
+        bad.to_str().unwrap(),
+        "--ep",
+        "cpu",
+        "--threshold",
+        "0.5",
+    ]));
 }

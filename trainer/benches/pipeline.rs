@@ -1,5 +1,6 @@
 //! Training throughput, batch 32, one run: (a) the full pipeline streaming augmented PNGs from
-//! disk, (b) in-memory tensors, and the loader alone (decode + augment), which must outrun (a).
+//! disk, (b) in-memory tensors, and the loader alone (decode + augment, without and with the
+//! stain jitter), which must outrun (a).
 //! Run: cargo bench -p trainer --bench pipeline   (STEPS=n to change the 60 measured steps)
 
 use burn::backend::{Autodiff, Flex};
@@ -43,6 +44,23 @@ fn main() {
         .sum();
     let loader_rate = n as f64 / t.elapsed().as_secs_f64();
     println!("loader alone (decode + augment, {cores} workers)   {loader_rate:>8.0} img/s");
+    // The same with the stain jitter of configs/cancernet-robust.yaml (HED + colour).
+    let stained = Augment {
+        hed: 0.05,
+        brightness: 0.1,
+        contrast: 0.1,
+        saturation: 0.1,
+        hue: 0.02,
+        ..Augment::default()
+    };
+    let t = Instant::now();
+    let n: usize = loader
+        .batches(&split, order(), Some(stained), 1, Some(steps))
+        .into_iter()
+        .map(|b| b.len())
+        .sum();
+    let stained_rate = n as f64 / t.elapsed().as_secs_f64();
+    println!("loader alone + HED and colour jitter       {stained_rate:>8.0} img/s");
 
     let dev = Default::default();
     let step = |model: CancerNet<B>, optim: &mut _, b: &Batch| -> CancerNet<B> {

@@ -268,15 +268,33 @@ fn read_csv<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Vec<T>> {
         .with_context(|| format!("malformed {}", path.shown()))
 }
 
-/// A run folder whose best checkpoint is a randomly initialized model of `cfg` (seeded): for
-/// tests and smoke checks of the exporter and runtime without training.
+/// A run folder whose best checkpoint is a randomly initialized model of `cfg` (seeded), with
+/// random BatchNorm scales, shifts and running statistics (a fresh BatchNorm is the identity,
+/// which would hide a swapped or dropped parameter in the exporter or runtime): for tests and
+/// smoke checks of the exporter and runtime without training.
 pub fn write_random_run(dir: &Path, cfg: &models::CancerNetConfig, seed: u64) -> Result<()> {
     use burn::backend::Flex;
+    use burn::module::{Param, RunningState};
+    use burn::nn::BatchNorm;
     use burn::prelude::Config;
     use burn::tensor::backend::Backend;
+    use burn::tensor::{Distribution, Tensor};
     let device = Default::default();
     Flex::seed(&device, seed);
-    let model = cfg.init::<Flex>(&device);
+    let mut model = cfg.init::<Flex>(&device);
+    let random = |bn: &mut BatchNorm<Flex>| {
+        let c = bn.gamma.dims()[0];
+        let uniform =
+            |lo, hi| Tensor::<Flex, 1>::random([c], Distribution::Uniform(lo, hi), &device);
+        bn.gamma = Param::initialized(bn.gamma.id, uniform(0.5, 1.5));
+        bn.beta = Param::initialized(bn.beta.id, uniform(-0.5, 0.5));
+        bn.running_mean = RunningState::new(uniform(-0.5, 0.5));
+        bn.running_var = RunningState::new(uniform(0.5, 2.0));
+    };
+    for unit in model.blocks.iter_mut().flat_map(|b| &mut b.units) {
+        random(&mut unit.bn);
+    }
+    random(&mut model.dense_bn);
     let run = RunDir {
         root: dir.to_path_buf(),
     };

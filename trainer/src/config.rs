@@ -310,6 +310,28 @@ mod tests {
         assert_eq!(cfg.model_config(), CancerNetConfig::new());
     }
 
+    /// The tutorial's recipe stays the default: no colour jitter, threshold 0.5, no TTA, and
+    /// the tutorial's numbers everywhere else.
+    #[test]
+    fn the_default_is_pinned_to_the_tutorial() {
+        let c = TrainConfig::default();
+        let a = &c.augment;
+        assert_eq!(
+            (a.rotation, a.zoom, a.width_shift, a.height_shift, a.shear),
+            (20.0, 0.05, 0.1, 0.1, 0.05)
+        );
+        assert!(a.horizontal_flip && a.vertical_flip && a.stain().is_off());
+        assert_eq!(c.eval.threshold, Threshold::Fixed(0.5));
+        assert!(!c.eval.tta);
+        let t = &c.train;
+        assert_eq!((t.epochs, t.batch_size, t.learning_rate), (40, 32, 1e-2));
+        assert_eq!(
+            (t.initial_accumulator, t.epsilon, t.decay),
+            (0.1, 1e-7, None)
+        );
+        assert_eq!(c.model.bn_momentum, 0.99);
+    }
+
     #[test]
     fn unknown_keys_are_rejected_by_name() {
         let err = format!(

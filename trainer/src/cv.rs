@@ -175,10 +175,7 @@ fn train_fold<B: AutodiffBackend>(
 ) -> Result<serde_json::Value> {
     let mut fold_cfg = cfg.clone();
     fold_cfg.output = cfg.output.join(format!("fold-{}", fold + 1));
-    let (test, rest): (Vec<(&Patch, &usize)>, Vec<(&Patch, &usize)>) =
-        pool.iter().zip(folds).partition(|(_, f)| **f == fold);
-    let rest: Vec<Patch> = rest.into_iter().map(|(p, _)| p.clone()).collect();
-    let test: Vec<Patch> = test.into_iter().map(|(p, _)| p.clone()).collect();
+    let (test, rest) = split_off(pool.iter().cloned().zip(folds.iter().copied()), fold);
     let inner = SplitConfig {
         test_fraction: 0.0,
         val_fraction: cv.val_fraction,
@@ -186,10 +183,7 @@ fn train_fold<B: AutodiffBackend>(
         ..SplitConfig::default()
     }
     .assign(&rest);
-    let (val, train): (Vec<(Patch, usize)>, Vec<(Patch, usize)>) =
-        rest.into_iter().zip(inner).partition(|(_, s)| *s == 1);
-    let strip = |v: Vec<(Patch, usize)>| v.into_iter().map(|(p, _)| p).collect::<Vec<_>>();
-    let (train, val) = (strip(train), strip(val));
+    let (val, train) = split_off(rest.into_iter().zip(inner), 1);
     let names = |v: &[Patch]| {
         v.iter()
             .map(|p| p.name.patient.clone())
@@ -243,6 +237,19 @@ fn train_fold<B: AutodiffBackend>(
     )
     .with_context(|| format!("malformed {}", path.shown()))?;
     Ok(serde_json::json!({ "sizes": sizes, "test": report }))
+}
+
+/// The patches of group `g`, and the others.
+fn split_off(patches: impl Iterator<Item = (Patch, usize)>, g: usize) -> (Vec<Patch>, Vec<Patch>) {
+    let (mut hit, mut rest) = (Vec::new(), Vec::new());
+    for (p, group) in patches {
+        if group == g {
+            hit.push(p);
+        } else {
+            rest.push(p);
+        }
+    }
+    (hit, rest)
 }
 
 /// One metric of a fold's report variant (`configured` is the run's own setting).

@@ -297,3 +297,63 @@ fn clear_errors() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Patient-level cross-validation through the binary: every patient tested once, by a fold
+/// that never trained on it; folds in the provenance; a rerun reuses the finished folds.
+#[test]
+fn cross_validation_tests_every_patient_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path());
+    let out = tmp.path().join("cv");
+    let orig = tmp.path().join("orig");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+        "--epochs",
+        "1",
+        "--folds",
+        "3",
+        "--cv-source",
+        orig.to_str().unwrap(),
+    ];
+    let text = ok(&trainer(&args));
+    assert!(
+        text.contains("mean ± sd over folds") && text.contains("tta@max_bac"),
+        "{text}"
+    );
+    let cv: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("cv.json")).unwrap()).unwrap();
+    assert_eq!(cv["per_fold"].as_array().unwrap().len(), 3);
+    let mut tested = std::collections::BTreeMap::new();
+    for k in 1..=3 {
+        let run: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(format!("fold-{k}/run.json"))).unwrap(),
+        )
+        .unwrap();
+        let splits = &run["splits"];
+        assert_eq!(splits["cross_validation"]["fold"], k);
+        let set = |s: &str| -> std::collections::BTreeSet<String> {
+            splits[s]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().to_string())
+                .collect()
+        };
+        let (train, val, test) = (set("training"), set("validation"), set("testing"));
+        assert!(train.is_disjoint(&test) && val.is_disjoint(&test) && train.is_disjoint(&val));
+        for p in test {
+            assert!(tested.insert(p, k).is_none(), "a patient is tested twice");
+        }
+    }
+    let folds_csv = std::fs::read_to_string(out.join("cv-folds.csv")).unwrap();
+    assert_eq!(folds_csv.lines().count() - 1, tested.len());
+    assert_eq!(tested.len(), 8, "every synthetic patient is tested once");
+    let summary = &cv["summary"]["configured"]["balanced_accuracy"];
+    assert_eq!(summary["folds"], 3);
+    let again = ok(&trainer(&args));
+    assert_eq!(again.matches("reused").count(), 3, "{again}");
+}

@@ -107,6 +107,7 @@ pub fn model(dir: &Path) -> PathBuf {
         checkpoint: Checkpoint::Best,
         out: out.clone(),
         fold_bn: true,
+        tta: false,
         verify: true,
         ort_lib: None,
         verify_data: None,
