@@ -3,11 +3,16 @@
 //! The exporter writes these settings into the ONNX metadata and the runtime reads them back
 //! (`to_metadata` / `from_metadata`), so both sides agree by construction.
 
+use crate::text::Shown;
 use anyhow::{Context, Result, bail};
 use image::{ImageReader, Limits, RgbImage};
 use std::collections::HashMap;
 use std::io::Cursor;
 use std::path::Path;
+
+/// The input sides a model may declare (metadata and `--input-size`).
+pub const MIN_SIZE: u32 = 8;
+pub const MAX_SIZE: u32 = 1024;
 
 /// Files larger than this are refused before reading (a 50x50 patch is ~5 KB).
 pub const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -199,12 +204,24 @@ impl Preprocess {
             meta.get(k)
                 .with_context(|| format!("model metadata has no {k:?}"))
         };
-        let size: u32 = get(keys::SIZE)?
+        // Metadata is input like any other (a model from someone else): checked, and quoted
+        // escaped.
+        let raw = get(keys::SIZE)?;
+        let size: u32 = raw
+            .trim()
             .parse()
-            .with_context(|| format!("bad {}", keys::SIZE))?;
+            .ok()
+            .filter(|s| (MIN_SIZE..=MAX_SIZE).contains(s))
+            .with_context(|| {
+                format!(
+                    "model metadata {} = \"{}\" is not a side in [{MIN_SIZE}, {MAX_SIZE}]",
+                    keys::SIZE,
+                    raw.shown()
+                )
+            })?;
         let filter_name = get(keys::FILTER)?;
         let filter = Filter::from_name(filter_name)
-            .with_context(|| format!("unknown resize filter {filter_name:?}"))?;
+            .with_context(|| format!("unknown resize filter \"{}\"", filter_name.shown()))?;
         for (k, want) in [
             (keys::LAYOUT, Self::LAYOUT),
             (keys::COLOUR, Self::COLOUR),
@@ -212,8 +229,8 @@ impl Preprocess {
         ] {
             if get(k)? != want {
                 bail!(
-                    "model metadata {k} = {:?}, but this runtime only does {want:?}",
-                    get(k)?
+                    "model metadata {k} = \"{}\", but this runtime only does {want:?}",
+                    get(k)?.shown()
                 );
             }
         }
@@ -330,9 +347,20 @@ mod tests {
         };
         let meta: HashMap<String, String> = pre.to_metadata().into_iter().collect();
         assert_eq!(Preprocess::from_metadata(&meta).unwrap(), pre);
-        let mut bad = meta.clone();
-        bad.insert(keys::LAYOUT.into(), "NHWC".into());
-        assert!(Preprocess::from_metadata(&bad).is_err());
+        for (key, value) in [
+            (keys::LAYOUT, "NHWC"),
+            (keys::SIZE, "0"),
+            (keys::SIZE, "4294967295"),
+            (keys::SIZE, "-48"),
+            (keys::SIZE, "48\u{1b}[2J"),
+            (keys::FILTER, "gaussian"),
+        ] {
+            let mut bad = meta.clone();
+            bad.insert(key.into(), value.into());
+            let err = format!("{:#}", Preprocess::from_metadata(&bad).unwrap_err());
+            assert!(err.contains(key) || err.contains("filter"), "{err}");
+            assert!(!err.contains('\u{1b}'), "raw escape in {err:?}");
+        }
     }
 
     use proptest::prelude::*;

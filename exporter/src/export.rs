@@ -65,6 +65,8 @@ pub struct Loaded {
 }
 
 pub struct Verification {
+    /// The ONNX Runtime library that ran the file, and its version.
+    pub library: String,
     pub images: usize,
     pub source: String,
     pub max_abs_diff: f32,
@@ -349,6 +351,7 @@ pub fn verify(loaded: &Loaded, onnx: &Path, opts: &Options) -> Result<Verificati
         threads: 0,
         ort_lib: opts.ort_lib.as_deref(),
         preprocess: None,
+        max_model_bytes: runtime::session::MAX_MODEL_BYTES,
     };
     let mut model = runtime::session::Model::open(onnx, &session_opts)
         .context("verification: ONNX Runtime cannot load the exported file")?;
@@ -368,6 +371,11 @@ pub fn verify(loaded: &Loaded, onnx: &Path, opts: &Options) -> Result<Verificati
         );
     }
     Ok(Verification {
+        library: format!(
+            "ONNX Runtime {} ({})",
+            model.ort_version,
+            model.ort_path.shown()
+        ),
         images: n,
         source,
         max_abs_diff,

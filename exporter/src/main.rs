@@ -64,8 +64,8 @@ fn run(args: Args) -> Result<()> {
     );
     match report.verification {
         Some(v) => println!(
-            "verified with ONNX Runtime on {}: max |burn - onnxruntime| = {:.2e}, argmax identical",
-            v.source, v.max_abs_diff
+            "verified with {} on {}: max |burn - onnxruntime| = {:.2e}, argmax identical",
+            v.library, v.source, v.max_abs_diff
         ),
         None => println!("not verified (--no-verify)"),
     }

@@ -18,6 +18,8 @@ pub struct RunInfo {
     pub model: String,
     pub provider: String,
     pub onnx_runtime: String,
+    /// The ONNX Runtime library loaded (losslessly escaped).
+    pub onnx_runtime_library: String,
     pub threads: usize,
     pub batch_size: usize,
     pub images: usize,
@@ -45,6 +47,7 @@ impl RunInfo {
             model: model_path.shown(),
             provider: model.provider.to_string(),
             onnx_runtime: model.ort_version.clone(),
+            onnx_runtime_library: model.ort_path.shown(),
             threads: model.threads,
             batch_size,
             images,
@@ -59,9 +62,10 @@ impl RunInfo {
 
     pub fn header(&self) -> String {
         format!(
-            "model {} | ONNX Runtime {} on {} | {} threads | batch {} | {} images in {:.1}s ({:.0} img/s) | {} skipped\nthreshold {} ({}){}",
+            "model {} | ONNX Runtime {} ({}) on {} | {} threads | batch {} | {} images in {:.1}s ({:.0} img/s) | {} skipped\nthreshold {} ({}){}",
             self.model,
             self.onnx_runtime,
+            self.onnx_runtime_library,
             self.provider,
             self.threads,
             self.batch_size,

@@ -40,6 +40,9 @@ struct ModelArgs {
     /// The ONNX Runtime library (default: $ORT_DYLIB_PATH, the project's .venv, python's onnxruntime).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
+    /// Refuse ONNX files larger than this many bytes (a model from elsewhere is input too).
+    #[arg(long, default_value_t = runtime::session::MAX_MODEL_BYTES)]
+    max_model_bytes: u64,
     /// Input side, for a model without the exporter's metadata (8 to 1024).
     #[arg(long, value_parser = input_size)]
     input_size: Option<u32>,
@@ -158,6 +161,7 @@ fn open(args: &ModelArgs) -> Result<Model> {
             threads: args.threads,
             ort_lib: args.ort_lib.as_deref(),
             preprocess,
+            max_model_bytes: args.max_model_bytes,
         },
     )
 }
@@ -370,10 +374,11 @@ fn bench(dir: &Path, args: &ModelArgs, json: Option<&Path>) -> Result<()> {
     let bound = 1.0 / (1.0 / decode + 1.0 / infer);
     let rss = peak_rss_kib();
     println!(
-        "runtime bench: {n} images under {}, batch {bs}, {} on ONNX Runtime {}, {} threads",
+        "runtime bench: {n} images under {}, batch {bs}, {} on ONNX Runtime {} ({}), {} threads",
         dir.shown(),
         model.provider,
         model.ort_version,
+        model.ort_path.shown(),
         model.threads
     );
     println!("  decode + resize only          {decode:>9.0} img/s");

@@ -1,7 +1,15 @@
 //! Finding and loading the ONNX Runtime shared library (ort's `load-dynamic`): the library comes
-//! from the `onnxruntime` (CPU) or `onnxruntime-gpu` (CUDA) wheel on PyPI. Search order:
-//! `--ort-lib`, `$ORT_DYLIB_PATH`, the project's `.venv`, then an `onnxruntime` package that
-//! `python3` can import. Loaded once per process.
+//! from the `onnxruntime` (CPU) or `onnxruntime-gpu` (CUDA) wheel on PyPI. Loading a library runs
+//! its code, so only places the user chose are searched, never the working directory (a dataset
+//! folder from someone else could plant a library there). In order:
+//! 1. `--ort-lib` (the user named it);
+//! 2. `$ORT_DYLIB_PATH` (the user's environment, as ort itself reads it);
+//! 3. the `.venv` of the project the executable belongs to (`make venv`), found by walking up
+//!    from the executable's own path to a folder holding `Cargo.toml` and `.venv`;
+//! 4. the `onnxruntime` package of `python3` run isolated (`-I`: no working directory, no
+//!    `PYTHON*` variables, no user site-packages on `sys.path`) from `/`.
+//!
+//! Every report names the library loaded. Loaded once per process.
 
 use anyhow::{Context, Result, anyhow, bail};
 use datasets::Shown;
@@ -74,13 +82,19 @@ fn existing(p: &Path, source: &str) -> Result<PathBuf> {
     }
 }
 
-/// `.venv` in the current folder and beside the executable's workspace (target/release/..).
+/// The `.venv` of the project the executable was built in: the first folder above the
+/// executable (`target/<profile>/`, or `target/<profile>/deps/` for tests) that holds both
+/// `Cargo.toml` and `.venv`. Never the working directory.
 fn venv_candidates() -> Vec<PathBuf> {
-    let mut v = vec![PathBuf::from(".venv")];
-    if let Ok(exe) = std::env::current_exe() {
-        v.extend(exe.ancestors().skip(1).take(4).map(|a| a.join(".venv")));
-    }
-    v
+    let Ok(exe) = std::env::current_exe() else {
+        return Vec::new();
+    };
+    exe.ancestors()
+        .skip(1)
+        .take(4)
+        .find(|dir| dir.join("Cargo.toml").is_file() && dir.join(".venv").is_dir())
+        .map(|dir| vec![dir.join(".venv")])
+        .unwrap_or_default()
 }
 
 /// `<lib>/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.*` (newest version first).
@@ -110,12 +124,17 @@ fn capi_lib(capi: &Path) -> Option<PathBuf> {
     libs.pop()
 }
 
+/// Where an isolated `python3` finds its `onnxruntime` package. `-I` keeps the working directory
+/// (and `PYTHONPATH`, user site-packages) off `sys.path`, so a planted `onnxruntime.py` cannot
+/// run; it starts in `/` all the same.
 fn from_python() -> Option<PathBuf> {
     let out = std::process::Command::new("python3")
         .args([
+            "-I",
             "-c",
             "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
         ])
+        .current_dir("/")
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;

@@ -4,7 +4,7 @@
 use crate::ortlib::{self, OrtLib};
 use anyhow::{Context, Result, anyhow, bail};
 use datasets::Shown;
-use datasets::preprocess::Preprocess;
+use datasets::preprocess::{MAX_SIZE, MIN_SIZE, Preprocess};
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -36,6 +36,8 @@ pub struct Model {
     /// "CPUExecutionProvider" or "CUDAExecutionProvider".
     pub provider: &'static str,
     pub ort_version: String,
+    /// The ONNX Runtime library this process loaded.
+    pub ort_path: std::path::PathBuf,
     pub threads: usize,
     /// Test-time augmentation in the graph (metadata key `tta`).
     pub tta: bool,
@@ -55,7 +57,12 @@ pub struct Options<'a> {
     pub ort_lib: Option<&'a Path>,
     /// Preprocessing for a model without the exporter's metadata.
     pub preprocess: Option<Preprocess>,
+    /// Larger ONNX files are refused before ONNX Runtime parses them.
+    pub max_model_bytes: u64,
 }
+
+/// The default cap on an ONNX file's size: CancerNet is ~5 MB; a model is input too.
+pub const MAX_MODEL_BYTES: u64 = 256 << 20;
 
 impl Model {
     pub fn open(path: &Path, opts: &Options) -> Result<Model> {
@@ -64,6 +71,16 @@ impl Model {
                 "model {} does not exist: run `exporter --out {}` first (or pass --model)",
                 path.shown(),
                 path.shown()
+            );
+        }
+        let bytes = std::fs::metadata(path)
+            .with_context(|| format!("cannot read model {}", path.shown()))?
+            .len();
+        if bytes > opts.max_model_bytes {
+            bail!(
+                "model {} is {bytes} bytes, over the {}-byte limit for a model (--max-model-bytes raises it)",
+                path.shown(),
+                opts.max_model_bytes
             );
         }
         let lib = ortlib::load(opts.ort_lib)?;
@@ -105,6 +122,7 @@ impl Model {
                 preprocess.size
             );
         }
+        check_classes(&metadata, path)?;
         let threads = datasets::cli::threads_or_cores(opts.threads);
         let tta = metadata.contains_key("tta");
         Ok(Model {
@@ -115,6 +133,7 @@ impl Model {
             metadata,
             provider,
             ort_version: lib.version.clone(),
+            ort_path: lib.path.clone(),
             threads,
             tta,
         })
@@ -217,16 +236,25 @@ fn image_input(session: &Session, path: &Path) -> Result<String> {
             inputs.len()
         )
     };
+    let side_ok = |d: i64| d == -1 || (MIN_SIZE as i64..=MAX_SIZE as i64).contains(&d);
     match input.dtype() {
         ValueType::Tensor {
             ty: ort::value::TensorElementType::Float32,
             shape,
             ..
-        } if shape.len() == 4 && (shape[1] == 3 || shape[1] == -1) => Ok(input.name().to_string()),
+        } if shape.len() == 4
+            && (shape[1] == 3 || shape[1] == -1)
+            && side_ok(shape[2])
+            && side_ok(shape[3])
+            && (shape[2] == shape[3] || shape[2] == -1 || shape[3] == -1) =>
+        {
+            Ok(input.name().to_string())
+        }
         other => bail!(
-            "{}: input {:?} is {other}, not an image tensor [batch, 3, H, W] of float32",
+            "{}: input \"{}\" is {}, not a square image tensor [batch, 3, H, H] of float32 with H in [{MIN_SIZE}, {MAX_SIZE}]",
             path.shown(),
-            input.name()
+            input.name().shown(),
+            other.to_string().shown()
         ),
     }
 }
@@ -238,14 +266,54 @@ fn input_side(session: &Session) -> Option<i64> {
     }
 }
 
+/// The output the report reads: `probabilities`, else the first; float32 `[batch, 2]` (no IDC,
+/// IDC), or a dimension the model leaves open (then `predict` checks each batch).
 fn probabilities_output(session: &Session, path: &Path) -> Result<String> {
     let outputs = session.outputs();
-    outputs
+    let output = outputs
         .iter()
         .find(|o| o.name() == "probabilities")
         .or_else(|| outputs.first())
-        .map(|o| o.name().to_string())
-        .with_context(|| format!("{} has no outputs", path.shown()))
+        .with_context(|| format!("{} has no outputs", path.shown()))?;
+    match output.dtype() {
+        ValueType::Tensor {
+            ty: ort::value::TensorElementType::Float32,
+            shape,
+            ..
+        } if shape.len() == 2 && (shape[1] == 2 || shape[1] == -1) => Ok(output.name().to_string()),
+        other => bail!(
+            "{}: output \"{}\" is {}, not the class probabilities [batch, 2] of float32 the report needs \
+             (class 0 no IDC, class 1 IDC)",
+            path.shown(),
+            output.name().shown(),
+            other.to_string().shown()
+        ),
+    }
+}
+
+/// The exporter's `classes` metadata, when present, must be the two classes the report shows.
+fn check_classes(metadata: &HashMap<String, String>, path: &Path) -> Result<()> {
+    let Some(classes) = metadata.get("classes") else {
+        return Ok(());
+    };
+    let parsed: Vec<(&str, &str)> = classes
+        .split(", ")
+        .filter_map(|c| c.split_once(": "))
+        .collect();
+    let ok = parsed.len() == 2
+        && parsed[0].0 == "0"
+        && parsed[1].0 == "1"
+        && parsed
+            .iter()
+            .all(|(_, name)| !name.is_empty() && name.len() <= 64 && name.shown() == *name);
+    if !ok {
+        bail!(
+            "{}: metadata classes = \"{}\" is not \"0: <name>, 1: <name>\" (two plain names): not a model this report can describe",
+            path.shown(),
+            classes.shown()
+        );
+    }
+    Ok(())
 }
 
 fn metadata(session: &Session) -> Result<HashMap<String, String>> {

@@ -224,41 +224,96 @@ fn clear_one_line_errors() {
     let data = small_synth(tmp.path());
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
-    // A model whose input is not an image tensor: x[N, 10] -> Relu.
-    let not_image = tmp.path().join("vector.onnx");
-    {
+    // Models that are not what the report needs, each a one-node graph.
+    let tiny = |name: &str, input: Vec<i64>, op: &str, output: Vec<i64>, meta: &[(&str, &str)]| {
         use exporter::onnx_proto::tensor_proto::DataType;
         use exporter::onnx_proto::tensor_shape_proto::Dimension;
         use exporter::onnx_proto::*;
         use prost::Message;
-        let vi = |n: &str| {
-            ValueInfoProto::tensor(
-                n,
-                DataType::Float,
-                vec![Dimension::symbolic("N"), Dimension::fixed(10)],
-            )
+        let dims = |d: &[i64]| {
+            d.iter()
+                .map(|&v| {
+                    if v < 0 {
+                        Dimension::symbolic("N")
+                    } else {
+                        Dimension::fixed(v)
+                    }
+                })
+                .collect::<Vec<_>>()
         };
         let node = NodeProto {
             input: vec!["x".into()],
             output: vec!["y".into()],
-            op_type: Some("Relu".into()),
+            op_type: Some(op.into()),
             ..Default::default()
         };
         let graph = GraphProto {
             node: vec![node],
             name: Some("g".into()),
-            input: vec![vi("x")],
-            output: vec![vi("y")],
+            input: vec![ValueInfoProto::tensor("x", DataType::Float, dims(&input))],
+            output: vec![ValueInfoProto::tensor("y", DataType::Float, dims(&output))],
             ..Default::default()
         };
         let m = ModelProto {
             ir_version: Some(IR_VERSION),
             opset_import: vec![OperatorSetIdProto::onnx(OPSET_VERSION)],
             graph: Some(graph),
+            metadata_props: meta
+                .iter()
+                .map(|(k, v)| StringStringEntryProto {
+                    key: Some(k.to_string()),
+                    value: Some(v.to_string()),
+                })
+                .collect(),
             ..Default::default()
         };
-        std::fs::write(&not_image, m.encode_to_vec()).unwrap();
-    }
+        let path = tmp.path().join(name);
+        std::fs::write(&path, m.encode_to_vec()).unwrap();
+        path
+    };
+    // x[N, 10] -> Relu: not an image.
+    let not_image = tiny("vector.onnx", vec![-1, 10], "Relu", vec![-1, 10], &[]);
+    // An image in, the image out: not [batch, 2] probabilities.
+    let image_out = tiny(
+        "image-out.onnx",
+        vec![-1, 3, 48, 48],
+        "Relu",
+        vec![-1, 3, 48, 48],
+        &[],
+    );
+    // A non-square input, and a side over the limit.
+    let oblong = tiny(
+        "oblong.onnx",
+        vec![-1, 3, 48, 64],
+        "Relu",
+        vec![-1, 3, 48, 64],
+        &[],
+    );
+    let huge = tiny(
+        "huge.onnx",
+        vec![-1, 3, 4096, 4096],
+        "Relu",
+        vec![-1, 3, 4096, 4096],
+        &[],
+    );
+    // The real model with metadata that cannot be trusted: three classes, an absurd input size.
+    let edited = |name: &str, key: &str, value: &str| {
+        use exporter::onnx_proto::{ModelProto, StringStringEntryProto};
+        use prost::Message;
+        let mut proto = ModelProto::decode(std::fs::read(&onnx).unwrap().as_slice()).unwrap();
+        proto
+            .metadata_props
+            .retain(|e| e.key.as_deref() != Some(key));
+        proto.metadata_props.push(StringStringEntryProto {
+            key: Some(key.into()),
+            value: Some(value.into()),
+        });
+        let path = tmp.path().join(name);
+        std::fs::write(&path, proto.encode_to_vec()).unwrap();
+        path
+    };
+    let three = edited("classes.onnx", "classes", "0: a, 1: b, 2: c");
+    let size = edited("size.onnx", "preprocess.input_size", "100000");
     let (d, m) = (data.to_str().unwrap(), onnx.to_str().unwrap());
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -271,7 +326,31 @@ fn clear_one_line_errors() {
         ),
         (
             vec!["eval", d, "--model", not_image.to_str().unwrap()],
-            "not an image tensor",
+            "not a square image tensor",
+        ),
+        (
+            vec!["eval", d, "--model", image_out.to_str().unwrap()],
+            "not the class probabilities [batch, 2]",
+        ),
+        (
+            vec!["eval", d, "--model", oblong.to_str().unwrap()],
+            "not a square image tensor",
+        ),
+        (
+            vec!["eval", d, "--model", huge.to_str().unwrap()],
+            "not a square image tensor",
+        ),
+        (
+            vec!["eval", d, "--model", three.to_str().unwrap()],
+            "metadata classes",
+        ),
+        (
+            vec!["eval", d, "--model", size.to_str().unwrap()],
+            "is not a side in [8, 1024]",
+        ),
+        (
+            vec!["eval", d, "--model", m, "--max-model-bytes", "1000"],
+            "over the 1000-byte limit",
         ),
         (
             vec!["eval", d, "--model", m, "--ep", "cuda"],
