@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 //! Everything about IDC patches on disk: file names, scanning a dataset tree, splitting it by
 //! patient, materializing the split, synthetic data, and the one preprocessing path that training
 //! and inference share.
