@@ -255,18 +255,26 @@ mod tests {
     }
 
     #[test]
-    fn small_vertical_shift_moves_rows_only() {
+    fn small_vertical_shift_moves_rows_by_the_drawn_amount() {
         let img = gradient();
         let aug = Augment {
-            height_shift: 1.0 / 48.0,
+            height_shift: 2.0 / 48.0,
             ..Augment::none()
         };
-        let mut rng = Rng::new(5);
-        let out = aug.apply(&img, &mut rng);
-        // The sampled shift is in (-1, 1) pixels: every pixel moves by less than one row.
-        for (a, b) in out.pixels().zip(img.pixels()) {
-            assert!((a[1] as i32 - b[1] as i32).abs() <= 5);
-            assert_eq!(a[0], b[0]);
+        for seed in 0..20 {
+            // The only number drawn first is the shift, in Keras' order: U(-2, 2) pixels.
+            let tx = Rng::new(seed).range(-aug.height_shift, aug.height_shift) * 48.0;
+            let out = aug.apply(&img, &mut Rng::new(seed));
+            for (x, y, p) in out.enumerate_pixels() {
+                // Output row y samples input row y + tx (bilinear, clamped to the edge); the
+                // gradient's green is 5 per row, its red 5 per column (unchanged).
+                let want = (5.0 * (y as f64 + tx).clamp(0.0, 47.0)).round() as u8;
+                assert_eq!(p[1], want, "seed {seed}, shift {tx:.3}, row {y}");
+                assert_eq!(p[0], img.get_pixel(x, y)[0]);
+            }
+            if tx.abs() > 0.2 {
+                assert_ne!(out, img, "seed {seed}: a shift of {tx:.2} moved nothing");
+            }
         }
     }
 

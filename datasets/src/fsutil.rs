@@ -172,4 +172,48 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
+
+    #[test]
+    fn link_or_copy_never_writes_into_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, dst) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("dst"),
+        );
+        std::fs::write(&a, "original a").unwrap();
+        std::fs::write(&b, "original b").unwrap();
+        assert!(link_or_copy(&a, &dst).unwrap());
+        // A second source onto the same destination (a hard link to a): an error, nothing written.
+        let err = format!("{:#}", link_or_copy(&b, &dst).unwrap_err());
+        assert!(err.contains("destination exists"), "{err}");
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "original a");
+        assert_eq!(std::fs::read_to_string(&dst).unwrap(), "original a");
+        // The copy fallback creates only new files.
+        assert!(copy_new(&b, &dst).is_err());
+        assert_eq!(std::fs::read_to_string(&a).unwrap(), "original a");
+        copy_new(&b, &dir.path().join("new")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("new")).unwrap(),
+            "original b"
+        );
+    }
+
+    #[test]
+    fn a_symlinked_source_is_linked_as_its_target() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("src/p")).unwrap();
+        std::fs::write(dir.path().join("src/target.png"), "pixels").unwrap();
+        // A relative symlink: from another folder it would point nowhere.
+        std::os::unix::fs::symlink("../target.png", dir.path().join("src/p/link.png")).unwrap();
+        let dst = dir.path().join("out.png");
+        link_or_copy(&dir.path().join("src/p/link.png"), &dst).unwrap();
+        assert!(
+            !std::fs::symlink_metadata(&dst)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(std::fs::read_to_string(&dst).unwrap(), "pixels");
+    }
 }

@@ -303,6 +303,24 @@ mod tests {
         ));
     }
 
+    /// A file over the 64 MiB cap is refused from its size alone, before a byte is read (the
+    /// file here is sparse: 65 MiB that take no disk).
+    #[test]
+    fn oversized_files_are_refused_before_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("big.png");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(MAX_FILE_BYTES + 1).unwrap();
+        assert!(
+            matches!(read_rgb8(&path), Err(DecodeError::FileTooLarge(n)) if n == MAX_FILE_BYTES + 1)
+        );
+        f.set_len(MAX_FILE_BYTES).unwrap();
+        assert!(
+            matches!(read_rgb8(&path), Err(DecodeError::Decode(_))),
+            "at the cap it is read"
+        );
+    }
+
     #[test]
     fn decompression_bomb_is_refused_before_decoding() {
         let bomb = crate::testdata::png_bomb(100_000, 100_000);

@@ -419,7 +419,19 @@ mod tests {
     fn plan_is_deterministic_and_idc_like() {
         let a = Slide::plan(42, 3, 995.0);
         let b = Slide::plan(42, 3, 995.0);
-        assert_eq!(a.tiles.len(), b.tiles.len());
+        let names = |s: &Slide| s.tiles.iter().map(|t| t.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&a), names(&b));
+        assert_ne!(names(&a), names(&Slide::plan(43, 3, 995.0)), "seed ignored");
+        // The same tiles render to the same pixels from the same stream.
+        let render = |s: &Slide| {
+            let mut rng = Rng::new(5);
+            s.tiles
+                .iter()
+                .take(20)
+                .map(|t| render(t, &s.stain, &mut rng).into_raw())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(render(&a), render(&b));
         let shares: Vec<f64> = (0..40)
             .map(|i| {
                 let s = Slide::plan(42, i, 995.0);

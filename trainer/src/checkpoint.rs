@@ -66,6 +66,34 @@ impl State {
     }
 }
 
+impl State {
+    /// Records epoch `epoch`'s validation (loss, accuracy): the best epoch is the one with the
+    /// lowest validation loss (strictly lower than every earlier one); with `patience`, the run
+    /// stops after that many epochs without a new best. Returns (improved, stop early).
+    pub fn record(
+        &mut self,
+        epoch: usize,
+        (val_loss, val_accuracy): (f64, f64),
+        epochs: usize,
+        patience: Option<usize>,
+    ) -> (bool, bool) {
+        let improved = val_loss < self.best_val_loss;
+        if improved {
+            self.best_val_loss = val_loss;
+            self.best_epoch = epoch;
+            self.epochs_without_improvement = 0;
+        } else {
+            self.epochs_without_improvement += 1;
+        }
+        self.epoch = epoch;
+        self.val_loss = val_loss;
+        self.val_accuracy = val_accuracy;
+        let stop = patience.is_some_and(|p| self.epochs_without_improvement >= p);
+        self.finished = epoch == epochs || stop;
+        (improved, stop)
+    }
+}
+
 impl Default for State {
     fn default() -> Self {
         State::new()
@@ -131,17 +159,22 @@ impl RunDir {
             .max_by_key(|(n, _)| *n)
     }
 
+    /// Writes epoch `state.epoch`'s checkpoint: model, optimizer, state, and the metrics of
+    /// every epoch so far (so a resume never depends on the run-level files written after it).
     pub fn save_epoch<B: AutodiffBackend>(
         &self,
         model: &CancerNet<B>,
         optim: &Adagrad<B>,
         state: &State,
+        history: (&[EpochMetrics], &[EpochTiming]),
     ) -> Result<PathBuf> {
         let dir = self.epoch_dir(state.epoch);
         std::fs::create_dir_all(self.checkpoints())?;
         remove_stale_siblings(&dir, "saving")?;
         let tmp = temp_sibling(&dir, "saving");
         std::fs::create_dir_all(&tmp)?;
+        write_csv(&tmp.join(METRICS_FILE), history.0)?;
+        write_csv(&tmp.join(TIMING_FILE), history.1)?;
         let rec = recorder();
         model
             .clone()
@@ -235,17 +268,29 @@ impl RunDir {
         write_csv(&self.root.join(METRICS_FILE), rows)
     }
 
-    pub fn read_metrics(&self) -> Result<Vec<EpochMetrics>> {
-        read_csv(&self.root.join(METRICS_FILE))
+    /// The metrics of every epoch up to a checkpoint: its own copy, else (a checkpoint from an
+    /// older version) the run's rows up to its epoch.
+    pub fn read_metrics(&self, checkpoint: &Path, epoch: usize) -> Result<Vec<EpochMetrics>> {
+        let mut rows: Vec<EpochMetrics> = read_csv(&pick(checkpoint, &self.root, METRICS_FILE))?;
+        rows.retain(|m| m.epoch <= epoch);
+        Ok(rows)
     }
 
     pub fn write_timing(&self, rows: &[EpochTiming]) -> Result<()> {
         write_csv(&self.root.join(TIMING_FILE), rows)
     }
 
-    pub fn read_timing(&self) -> Result<Vec<EpochTiming>> {
-        read_csv(&self.root.join(TIMING_FILE))
+    pub fn read_timing(&self, checkpoint: &Path, epoch: usize) -> Result<Vec<EpochTiming>> {
+        let mut rows: Vec<EpochTiming> = read_csv(&pick(checkpoint, &self.root, TIMING_FILE))?;
+        rows.retain(|m| m.epoch <= epoch);
+        Ok(rows)
     }
+}
+
+/// `checkpoint/name` when the checkpoint has it, else `root/name`.
+fn pick(checkpoint: &Path, root: &Path, name: &str) -> PathBuf {
+    let own = checkpoint.join(name);
+    if own.is_file() { own } else { root.join(name) }
 }
 
 fn write_csv<T: Serialize>(path: &Path, rows: &[T]) -> Result<()> {
@@ -312,4 +357,41 @@ pub fn write_random_run(dir: &Path, cfg: &models::CancerNetConfig, seed: u64) ->
         &run.best_dir().join(STATE_FILE),
         serde_json::to_string_pretty(&state)?.as_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn best_is_the_lowest_validation_loss_and_patience_stops_the_run() {
+        let losses = [0.9, 0.7, 0.7, 0.8, 0.6, 0.65, 0.66, 0.61];
+        let mut s = State::new();
+        let mut log = Vec::new();
+        for (k, &l) in losses.iter().enumerate() {
+            log.push(s.record(k + 1, (l, 0.5), 20, Some(3)));
+            if log.last().unwrap().1 {
+                break;
+            }
+        }
+        // Epoch 3 ties epoch 2 (not better); epoch 5 is the best; 6, 7, 8 do not beat it.
+        let improved: Vec<bool> = log.iter().map(|x| x.0).collect();
+        assert_eq!(
+            improved,
+            [true, true, false, false, true, false, false, false]
+        );
+        assert_eq!((s.best_epoch, s.best_val_loss), (5, 0.6));
+        assert!(
+            log.last().unwrap().1,
+            "three epochs without a new best stop the run"
+        );
+        assert!(s.finished && s.epoch == 8);
+        // Without patience the run goes on until its last epoch.
+        let mut s = State::new();
+        for (k, &l) in losses.iter().enumerate() {
+            assert!(!s.record(k + 1, (l, 0.5), losses.len(), None).1);
+        }
+        assert!(s.finished);
+        assert_eq!(s.best_epoch, 5);
+    }
 }

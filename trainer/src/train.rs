@@ -460,10 +460,12 @@ impl<B: AutodiffBackend> Session<B> {
             s.model = run.load_model(s.model, dir, device)?;
             s.optim = run.load_optim(s.optim, dir, device)?;
             s.state = RunDir::read_state(dir)?;
-            s.history = run.read_metrics()?;
-            s.history.retain(|m| m.epoch <= *epoch);
-            s.timing = run.read_timing()?;
-            s.timing.retain(|m| m.epoch <= *epoch);
+            s.history = run.read_metrics(dir, *epoch)?;
+            s.timing = run.read_timing(dir, *epoch)?;
+            // A stop between the checkpoint and the run-level files leaves those behind.
+            run.write_metrics(&s.history)?;
+            run.write_timing(&s.timing)?;
+            plot_history(run, &s.history)?;
             // A stop between an epoch's checkpoint and its `best/` copy leaves `best/` behind.
             let best_on_disk = RunDir::read_state(&run.best_dir()).map(|s| s.epoch).ok();
             if s.state.best_epoch > 0 && best_on_disk != Some(s.state.best_epoch) {
@@ -530,12 +532,7 @@ fn train_epoch<B: AutodiffBackend>(
             .forward(images_tensor::<B>(&batch, size, device));
         let loss = weighted_loss(logits.clone(), &batch.labels, weights, device);
         let loss_value: f64 = loss.clone().into_scalar().elem();
-        if !loss_value.is_finite() {
-            bail!(
-                "loss became {loss_value} at epoch {epoch}, step {} (batch {k}); lower train.learning_rate",
-                session.state.step
-            );
-        }
+        finite_loss(loss_value, epoch, session.state.step, k)?;
         let grads = GradientsParams::from_grads(loss.backward(), &session.model);
         lr = cfg.learning_rate_at(session.state.step);
         session.model = session.optim.step(lr, session.model.clone(), grads);
@@ -570,6 +567,16 @@ fn train_epoch<B: AutodiffBackend>(
         images_per_second: seen as f64 / started.elapsed().as_secs_f64(),
         started,
     })
+}
+
+/// A loss that is not a number stops the run, saying where (the checkpoints so far stay).
+pub fn finite_loss(loss: f64, epoch: usize, step: usize, batch: usize) -> Result<()> {
+    if !loss.is_finite() {
+        bail!(
+            "loss became {loss} at epoch {epoch}, step {step} (batch {batch}); lower train.learning_rate"
+        );
+    }
+    Ok(())
 }
 
 /// Stage 6: validation, the epoch's line, metrics.csv and timing.csv, the plot, the checkpoint
@@ -619,26 +626,20 @@ fn end_epoch<B: AutodiffBackend>(
         timing.train_images_per_second,
         timing.seconds
     );
-    let state = &mut session.state;
-    let improved = val_loss < state.best_val_loss;
-    if improved {
-        state.best_val_loss = val_loss;
-        state.best_epoch = epoch;
-        state.epochs_without_improvement = 0;
-    } else {
-        state.epochs_without_improvement += 1;
-    }
-    state.epoch = epoch;
-    state.val_loss = val_loss;
-    state.val_accuracy = report.accuracy;
-    let stop_early = cfg
-        .train
-        .early_stopping
-        .is_some_and(|p| state.epochs_without_improvement >= p);
-    state.finished = epoch == cfg.train.epochs || stop_early;
+    let (improved, stop_early) = session.state.record(
+        epoch,
+        (val_loss, report.accuracy),
+        cfg.train.epochs,
+        cfg.train.early_stopping,
+    );
     session.history.push(metrics);
     session.timing.push(timing);
-    let dir = run.save_epoch(&session.model, &session.optim, &session.state)?;
+    let dir = run.save_epoch(
+        &session.model,
+        &session.optim,
+        &session.state,
+        (&session.history, &session.timing),
+    )?;
     if improved {
         run.mark_best(&dir)?;
     }
@@ -846,5 +847,24 @@ fn progress(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
         indicatif::ProgressBar::hidden()
     } else {
         datasets::cli::progress_bar(len, what)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_loss_that_is_not_a_number_stops_the_run_naming_where() {
+        assert!(finite_loss(0.7, 1, 0, 0).is_ok());
+        assert!(finite_loss(1e30, 1, 0, 0).is_ok());
+        for bad in [f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let err = finite_loss(bad, 3, 1234, 56).unwrap_err().to_string();
+            assert!(
+                err.contains("epoch 3, step 1234 (batch 56)")
+                    && err.contains("train.learning_rate"),
+                "{err}"
+            );
+        }
     }
 }

@@ -265,22 +265,48 @@ fn clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let config = setup(tmp.path());
     let cfg = config.to_str().unwrap();
-    let cases: [(&[&str], &str); 4] = [
-        (&["--config", "nope.yaml"], "cannot read config nope.yaml"),
+    let missing = tmp.path().join("nonexistent");
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, String)> = vec![
         (
-            &["--config", cfg, "--data", "/nonexistent"],
-            "run `datasets build` first",
+            vec!["--config", "nope.yaml"],
+            "cannot read config nope.yaml: No such file or directory (os error 2)".into(),
         ),
-        (&["--config", cfg, "--epochs", "0"], "train.epochs"),
-        (&["--config", cfg, "--device", "cuda"], "cuda"),
+        (
+            vec![
+                "--config",
+                cfg,
+                "--data",
+                missing.to_str().unwrap(),
+                "--output",
+                o,
+            ],
+            format!(
+                "split folder {}/training is missing: run `datasets build` first (or set data.root)",
+                missing.display()
+            ),
+        ),
+        (
+            vec!["--config", cfg, "--epochs", "0"],
+            "train.epochs = 0 is out of range [1, 100000]".into(),
+        ),
+        (
+            vec!["--config", cfg, "--device", "cuda", "--output", o],
+            "device: cuda was asked for, but this trainer was built without CUDA: rebuild with \
+             `cargo build --release --features cuda` (or use --device cpu)"
+                .into(),
+        ),
     ];
-    for (args, needle) in cases {
-        let o = trainer(args);
+    for (args, want) in cases {
+        let o = trainer(&args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        assert!(err.contains(needle), "{args:?}: {err}");
+        // The whole message, on one line, and nothing on stdout.
+        assert_eq!(err.trim(), format!("error: {want}"), "{args:?}");
+        assert!(o.stdout.is_empty(), "{args:?}");
     }
-    // A split with one class only.
+    // A split with one class only: the counts and the way out.
     let one = tmp.path().join("one");
     std::fs::create_dir_all(one.join("training/0")).unwrap();
     for f in std::fs::read_dir(tmp.path().join("idc/training/0"))
@@ -290,12 +316,173 @@ fn clear_errors() {
         let f = f.unwrap().path();
         std::fs::copy(&f, one.join("training/0").join(f.file_name().unwrap())).unwrap();
     }
-    let o = trainer(&["--config", cfg, "--data", one.to_str().unwrap()]);
+    let o = trainer(&[
+        "--config",
+        cfg,
+        "--data",
+        one.to_str().unwrap(),
+        "--output",
+        o,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("one class only"),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
+        err.contains("has one class only (3 no-IDC, 0 IDC patches): a classifier needs both"),
+        "{err}"
     );
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
+}
+
+/// Another config in a run folder is refused (nothing of the old run changes); --force starts
+/// over there; the best checkpoint is the epoch with the lowest validation loss.
+#[test]
+fn another_config_is_refused_and_force_starts_over() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path());
+    let cfg = config.to_str().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    ok(&trainer(&["--config", cfg, "--output", o, "--quiet"]));
+    let metrics = std::fs::read(out.join("metrics.csv")).unwrap();
+    // Best = lowest validation loss.
+    let rows: Vec<(usize, f64)> = csv::Reader::from_path(out.join("metrics.csv"))
+        .unwrap()
+        .deserialize::<std::collections::HashMap<String, String>>()
+        .map(|r| {
+            let r = r.unwrap();
+            (r["epoch"].parse().unwrap(), r["val_loss"].parse().unwrap())
+        })
+        .collect();
+    let best = rows.iter().min_by(|a, b| a.1.total_cmp(&b.1)).unwrap().0;
+    let state: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("checkpoints/best/state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state["epoch"], best);
+    assert_eq!(
+        std::fs::read(out.join("checkpoints/best/model.mpk")).unwrap(),
+        std::fs::read(out.join(format!("checkpoints/epoch-{best:03}/model.mpk"))).unwrap()
+    );
+    let other = trainer(&["--config", cfg, "--output", o, "--quiet", "--seed", "7"]);
+    assert_eq!(other.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(
+        err.contains("holds a run with a different config; pass --force"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("metrics.csv")).unwrap(), metrics);
+    let forced = ok(&trainer(&[
+        "--config", cfg, "--output", o, "--quiet", "--seed", "7", "--force",
+    ]));
+    assert!(forced.contains("epoch 1/3"), "{forced}");
+    assert_ne!(std::fs::read(out.join("metrics.csv")).unwrap(), metrics);
+    assert!(
+        std::fs::read_to_string(out.join("config.yaml"))
+            .unwrap()
+            .contains("seed: 7")
+    );
+}
+
+/// The data path does not change the numbers: decoding on 1 or 2 workers, streaming or from
+/// the in-memory cache, the same metrics and checkpoints.
+#[test]
+fn cache_and_worker_count_give_the_same_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path());
+    let cfg = config.to_str().unwrap();
+    let out = tmp.path().join("out");
+    let mut first: Option<PathBuf> = None;
+    for (k, (cache, workers)) in [("false", "1"), ("true", "2"), ("true", "1")]
+        .into_iter()
+        .enumerate()
+    {
+        ok(&trainer(&[
+            "--config",
+            cfg,
+            "--output",
+            out.to_str().unwrap(),
+            "--quiet",
+            "--cache",
+            cache,
+            "--workers",
+            workers,
+        ]));
+        // The output folder name is part of the resolved config: keep it, move the result.
+        let kept = tmp.path().join(format!("run{k}"));
+        std::fs::rename(&out, &kept).unwrap();
+        match &first {
+            None => first = Some(kept),
+            Some(f) => {
+                for file in [
+                    "metrics.csv",
+                    "checkpoints/epoch-003/model.mpk",
+                    "test_report.json",
+                ] {
+                    assert!(
+                        std::fs::read(f.join(file)).unwrap()
+                            == std::fs::read(kept.join(file)).unwrap(),
+                        "{file} differs with cache {cache}, {workers} workers"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Killed at any moment (SIGKILL, no chance to clean up), a run leaves only whole files: every
+/// checkpoint that exists loads, metrics.csv parses, and --resume ends where a straight run ends.
+#[test]
+fn a_killed_run_leaves_whole_files_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path());
+    let cfg = config.to_str().unwrap();
+    let out = tmp.path().join("out");
+    let o = out.to_str().unwrap();
+    ok(&trainer(&["--config", cfg, "--output", o, "--quiet"]));
+    let straight = tmp.path().join("straight");
+    std::fs::rename(&out, &straight).unwrap();
+    for delay_ms in [0u64, 3, 7, 15] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args(["--config", cfg, "--output", o, "--quiet"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Kill once the first checkpoint exists (plus a little), mid-epoch or mid-write.
+        let ckpt = out.join("checkpoints/epoch-001/state.json");
+        while !ckpt.exists() && child.try_wait().unwrap().is_none() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let metrics = out.join("metrics.csv");
+        if metrics.exists() {
+            assert!(
+                csv::Reader::from_path(&metrics)
+                    .unwrap()
+                    .records()
+                    .all(|r| r.is_ok())
+            );
+        }
+        for e in std::fs::read_dir(out.join("checkpoints")).unwrap() {
+            let dir = e.unwrap().path();
+            let name = dir.file_name().unwrap().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue; // a temp folder being written: never read
+            }
+            for f in ["model.mpk", "state.json"] {
+                assert!(dir.join(f).is_file(), "{name} lacks {f}");
+            }
+            let state = std::fs::read_to_string(dir.join("state.json")).unwrap();
+            serde_json::from_str::<serde_json::Value>(&state).unwrap();
+        }
+        ok(&trainer(&[
+            "--config", cfg, "--output", o, "--quiet", "--resume",
+        ]));
+        same_bytes(&straight, &out);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
 }
 
 /// Patient-level cross-validation through the binary: every patient tested once, by a fold
