@@ -2,7 +2,8 @@
 
 Usage: check_model.py MODEL.onnx INPUT.f32 N SIZE
 Validates MODEL with onnx.checker.check_model(full_check=True), runs INPUT (N x 3 x SIZE x SIZE
-little-endian float32) through Python onnxruntime, and prints the IDC probabilities, one a line.
+little-endian float32) through Python onnxruntime, checks that the `logits` output's softmax is the
+`probabilities` output, and prints the IDC probabilities, one a line.
 """
 import sys
 
@@ -15,6 +16,11 @@ model = onnx.load(path)
 onnx.checker.check_model(model, full_check=True)
 x = np.fromfile(raw, dtype="<f4").reshape(n, 3, size, size)
 session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-(probs,) = session.run(["probabilities"], {"image": x})
+probs, logits = session.run(["probabilities", "logits"], {"image": x})
+assert probs.shape == logits.shape == (n, 2), (probs.shape, logits.shape)
+e = np.exp(logits - logits.max(axis=1, keepdims=True))
+softmax = e / e.sum(axis=1, keepdims=True)
+if not np.abs(softmax - probs).max() <= 1e-5:
+    sys.exit(f"softmax(logits) differs from probabilities by {np.abs(softmax - probs).max()}")
 for p in probs[:, 1]:
     print(repr(float(p)))

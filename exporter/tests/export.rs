@@ -117,6 +117,14 @@ fn verified_export_of_a_non_default_config_and_three_opinions_agree() {
         assert!(out.is_file());
     }
     // The reference checker and Python onnxruntime, on the same random batch burn sees.
+    let loaded = load(tmp.path(), Checkpoint::Best).unwrap();
+    python_agrees(&loaded, &tmp.path().join("small-true.onnx"), false);
+}
+
+/// `exporter/tests/check_model.py` in the project's venv: the ONNX checker passes, softmax(logits)
+/// equals probabilities, and Python onnxruntime's IDC probabilities equal burn's (with TTA when
+/// `tta`) on a batch of five images.
+fn python_agrees(loaded: &exporter::export::Loaded, onnx: &Path, tta: bool) {
     let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
     if !python.exists() {
         panic!(
@@ -124,21 +132,21 @@ fn verified_export_of_a_non_default_config_and_three_opinions_agree() {
             python.display()
         );
     }
-    let n = 5;
-    let x: Vec<f32> = (0..n * 3 * 32 * 32)
+    let (n, side) = (5, loaded.config.input_size);
+    let x: Vec<f32> = (0..n * 3 * side * side)
         .map(|i| ((i * 37) % 101) as f32 / 100.0)
         .collect();
-    let raw = tmp.path().join("x.f32");
+    let dir = onnx.parent().unwrap();
+    let raw = dir.join("x.f32");
     std::fs::write(
         &raw,
         x.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
     )
     .unwrap();
-    let out = tmp.path().join("small-true.onnx");
     let o = Command::new(&python)
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/check_model.py"))
-        .args([out.as_os_str(), raw.as_os_str()])
-        .args([n.to_string(), "32".into()])
+        .args([onnx.as_os_str(), raw.as_os_str()])
+        .args([n.to_string(), side.to_string()])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -146,9 +154,9 @@ fn verified_export_of_a_non_default_config_and_three_opinions_agree() {
         .lines()
         .map(|l| l.parse().unwrap())
         .collect();
-    let loaded = load(tmp.path(), Checkpoint::Best).unwrap();
-    let t = Tensor::<Flex, 4>::from_data(TensorData::new(x, [n, 3, 32, 32]), &Default::default());
-    let burn: Vec<f32> = loaded.model.probabilities(t).into_data().to_vec().unwrap();
+    let t =
+        Tensor::<Flex, 4>::from_data(TensorData::new(x, [n, 3, side, side]), &Default::default());
+    let burn: Vec<f32> = loaded.model.predict(t, tta).into_data().to_vec().unwrap();
     for i in 0..n {
         assert!(
             (burn[i * 2 + 1] - py[i]).abs() <= 1e-4,

@@ -31,6 +31,20 @@ pub struct RunInfo {
     pub threshold: Threshold,
     /// Test-time augmentation built into the model's graph (its metadata says so).
     pub tta: bool,
+    /// Peak resident memory of the process so far (Linux), for the flat-memory check.
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// Peak resident memory of this process (Linux `VmHWM`).
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 impl RunInfo {
@@ -57,6 +71,7 @@ impl RunInfo {
             images_per_second: (images + skipped) as f64 / streamed.seconds.max(1e-9),
             threshold,
             tta: model.tta,
+            peak_rss_kib: peak_rss_kib(),
         }
     }
 

@@ -372,7 +372,7 @@ fn bench(dir: &Path, args: &ModelArgs, json: Option<&Path>) -> Result<()> {
     let outcome = pipeline_of(args).run(&mut model, &items, &indicatif::ProgressBar::hidden())?;
     let e2e = n as f64 / outcome.streamed.seconds;
     let bound = 1.0 / (1.0 / decode + 1.0 / infer);
-    let rss = peak_rss_kib();
+    let rss = evaluate::peak_rss_kib();
     println!(
         "runtime bench: {n} images under {}, batch {bs}, {} on ONNX Runtime {} ({}), {} threads",
         dir.shown(),
@@ -398,16 +398,4 @@ fn bench(dir: &Path, args: &ModelArgs, json: Option<&Path>) -> Result<()> {
         datasets::fsutil::write_atomic(path, serde_json::to_string_pretty(&j)?.as_bytes())?;
     }
     Ok(())
-}
-
-/// Peak resident memory of this process (Linux `VmHWM`).
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }

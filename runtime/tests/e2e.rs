@@ -75,6 +75,28 @@ fn demo_chain_end_to_end() {
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("reports/eval.json")).unwrap())
             .unwrap();
+    // The trainer's final report (burn) and runtime's (ONNX Runtime) on the same checkpoint and
+    // files: the same text to the last printed digit, and the same confusion matrix.
+    let block = |text: &str| -> String {
+        let start = text.find("                precision").expect("a report");
+        let end = text[start..].find("PR AUC").expect("its last line") + start;
+        text[start..end].to_string()
+    };
+    assert_eq!(
+        block(&train),
+        block(&eval),
+        "trainer and runtime reports differ"
+    );
+    let test_report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("models/cancernet/test_report.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        test_report["report"]["confusion"],
+        report["report"]["confusion"]
+    );
+    let auc = |r: &serde_json::Value| r["report"]["roc_auc"].as_f64().unwrap();
+    assert!((auc(&test_report) - auc(&report)).abs() < 1e-6);
     let n = report["run"]["images"].as_u64().unwrap();
     let manifest = std::fs::read_to_string(dir.join("datasets/idc/manifest.csv")).unwrap();
     assert_eq!(

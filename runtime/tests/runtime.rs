@@ -485,3 +485,270 @@ fn the_models_threshold_is_used_and_named() {
         "0.5",
     ]));
 }
+
+/// `runtime` takes its preprocessing from the model: a model of another input size and resize
+/// filter gives burn's probabilities through the binary; stripped of its metadata it needs
+/// `--input-size` and `--resize-filter`, and then gives the same.
+#[test]
+fn preprocessing_comes_from_the_models_metadata() {
+    use datasets::preprocess::Filter;
+    use exporter::onnx_proto::ModelProto;
+    use prost::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let cfg = models::CancerNetConfig::new()
+        .with_input_size(32)
+        .with_widths(vec![8, 16])
+        .with_depths(vec![1, 1])
+        .with_dense(16);
+    trainer::checkpoint::write_random_run(&run, &cfg, 12).unwrap();
+    std::fs::write(
+        run.join("config.yaml"),
+        "data:\n  resize_filter: bilinear\nmodel:\n  input_size: 32\n  widths: [8, 16]\n  depths: [1, 1]\n  dense: 16\n",
+    )
+    .unwrap();
+    let onnx = tmp.path().join("m.onnx");
+    exporter::export::export(&exporter::export::Options {
+        model_dir: run.clone(),
+        checkpoint: Checkpoint::Best,
+        out: onnx.clone(),
+        fold_bn: true,
+        tta: false,
+        verify: true,
+        ort_lib: None,
+        verify_data: None,
+    })
+    .unwrap();
+    let data = small_synth(tmp.path());
+    let loaded = load(&run, Checkpoint::Best).unwrap();
+    let pre = Preprocess {
+        size: 32,
+        filter: Filter::Bilinear,
+    };
+    let check = |model: &Path, extra: &[&str]| {
+        let preds = tmp.path().join("p.csv");
+        let args = [
+            &[
+                "eval",
+                data.to_str().unwrap(),
+                "--model",
+                model.to_str().unwrap(),
+                "--ep",
+                "cpu",
+            ][..],
+            &["--predictions", preds.to_str().unwrap()],
+            extra,
+        ]
+        .concat();
+        stdout_ok(&runtime(&args));
+        let rows: Vec<csv::StringRecord> = csv::Reader::from_path(&preds)
+            .unwrap()
+            .records()
+            .map(|r| r.unwrap())
+            .step_by(5)
+            .collect();
+        let mut x = vec![0f32; rows.len() * pre.len()];
+        for (i, r) in rows.iter().enumerate() {
+            pre.load_into(Path::new(&r[0]), &mut x[i * pre.len()..(i + 1) * pre.len()])
+                .unwrap();
+        }
+        let t = Tensor::<Flex, 4>::from_data(
+            TensorData::new(x, [rows.len(), 3, 32, 32]),
+            &Default::default(),
+        );
+        let burn: Vec<f32> = loaded.model.probabilities(t).into_data().to_vec().unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            let ort: f32 = r[5].parse().unwrap();
+            assert!(
+                (ort - burn[i * 2 + 1]).abs() < 1e-4,
+                "{}: {ort} vs {}",
+                &r[0],
+                burn[i * 2 + 1]
+            );
+        }
+    };
+    check(&onnx, &[]);
+    // The same file without metadata.
+    let mut proto = ModelProto::decode(std::fs::read(&onnx).unwrap().as_slice()).unwrap();
+    proto.metadata_props.clear();
+    let bare = tmp.path().join("bare.onnx");
+    std::fs::write(&bare, proto.encode_to_vec()).unwrap();
+    let o = runtime(&[
+        "eval",
+        data.to_str().unwrap(),
+        "--model",
+        bare.to_str().unwrap(),
+        "--ep",
+        "cpu",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("pass --input-size and --resize-filter"),
+        "{err}"
+    );
+    check(
+        &bare,
+        &["--input-size", "32", "--resize-filter", "bilinear"],
+    );
+    // A size that contradicts the graph's input is refused.
+    let o = runtime(&[
+        "eval",
+        data.to_str().unwrap(),
+        "--model",
+        bare.to_str().unwrap(),
+        "--ep",
+        "cpu",
+        "--input-size",
+        "48",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("input is 32x32 but preprocessing says 48")
+    );
+}
+
+/// Outputs are written atomically: when the report cannot be put in place (a folder that cannot
+/// be written, as for an ordinary user), the run fails naming the file, and the old report and
+/// predictions stay whole, with no temp file left.
+#[test]
+fn a_report_that_cannot_be_written_leaves_the_old_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx = model(tmp.path());
+    let data = small_synth(tmp.path());
+    let reports = tmp.path().join("reports");
+    std::fs::create_dir_all(&reports).unwrap();
+    let (json, preds) = (reports.join("eval.json"), reports.join("p.csv"));
+    std::fs::write(&json, "old report").unwrap();
+    std::fs::write(&preds, "old rows").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&reports, std::fs::Permissions::from_mode(0o555)).unwrap();
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut cmd = if root {
+        let mut c = Command::new("/usr/bin/setpriv");
+        c.args(["--bounding-set", "-dac_override,-dac_read_search"])
+            .arg(env!("CARGO_BIN_EXE_runtime"));
+        c
+    } else {
+        Command::new(env!("CARGO_BIN_EXE_runtime"))
+    };
+    let o = cmd
+        .args([
+            "eval",
+            data.to_str().unwrap(),
+            "--model",
+            onnx.to_str().unwrap(),
+            "--ep",
+            "cpu",
+        ])
+        .args([
+            "--json",
+            json.to_str().unwrap(),
+            "--predictions",
+            preds.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    std::fs::set_permissions(&reports, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("cannot write") && err.contains("reports/"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&json).unwrap(), "old report");
+    assert_eq!(std::fs::read_to_string(&preds).unwrap(), "old rows");
+    assert_eq!(
+        std::fs::read_dir(&reports).unwrap().count(),
+        2,
+        "a temp file was left"
+    );
+}
+
+/// A heatmap puts each patch where its file name's x, y say: a patient with two patches of
+/// known colours, far apart, is drawn with each colour at its own cell and white between.
+#[test]
+fn heatmap_places_patches_by_their_coordinates() {
+    use image::{Rgb, RgbImage};
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx = model(tmp.path());
+    let root = tmp.path().join("slide/0");
+    std::fs::create_dir_all(&root).unwrap();
+    let red = RgbImage::from_pixel(50, 50, Rgb([220, 20, 20]));
+    let blue = RgbImage::from_pixel(50, 50, Rgb([20, 20, 220]));
+    // Grid cells (0, 0) and (3, 1): x 1 and 151, y 1 and 51 (the dataset's 50-pixel grid).
+    red.save(root.join("42_idx5_x1_y1_class0.png")).unwrap();
+    blue.save(root.join("42_idx5_x151_y51_class0.png")).unwrap();
+    let out = tmp.path().join("hm");
+    stdout_ok(&runtime(&[
+        "heatmap",
+        tmp.path().join("slide").to_str().unwrap(),
+        "--model",
+        onnx.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--scale",
+        "0.2",
+    ]));
+    let hm = image::open(out.join("heatmap_42.png")).unwrap().to_rgb8();
+    // Cells of 10 pixels; the tissue panel is 4 x 2 cells, then a gap of one cell, then the
+    // probability panel, the gap, and the truth panel: (3 * 4 + 2) x 2 cells.
+    assert_eq!(hm.dimensions(), (140, 20));
+    let at = |x: u32, y: u32| hm.get_pixel(x, y).0;
+    assert_eq!(at(5, 5), [220, 20, 20], "red patch not at cell (0, 0)");
+    assert_eq!(at(35, 15), [20, 20, 220], "blue patch not at cell (3, 1)");
+    for (x, y) in [(15, 5), (25, 5), (35, 5), (5, 15), (15, 15)] {
+        assert_eq!(
+            at(x, y),
+            [255, 255, 255],
+            "cell at ({x}, {y}) should be empty"
+        );
+    }
+    // The probability panel has colour exactly at those two cells, the truth panel grey there.
+    let prob = |x: u32, y: u32| at(50 + x, y);
+    assert_ne!(prob(5, 5), [255, 255, 255]);
+    assert_ne!(prob(35, 15), [255, 255, 255]);
+    assert_eq!(prob(15, 5), [255, 255, 255]);
+    assert_eq!(at(100 + 5, 5), [215, 215, 215]);
+    assert_eq!(at(100 + 35, 15), [215, 215, 215]);
+    assert_eq!(at(100 + 15, 5), [255, 255, 255]);
+}
+
+/// `eval` streams: peak memory does not grow with the number of images (the report keeps 5
+/// bytes an image and the same-patch rule 8, far below what one more batch would take).
+#[test]
+fn eval_memory_stays_flat_from_few_to_many_images() {
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx = model(tmp.path());
+    let peak = |patients: usize, mean: f64| {
+        let dir = tmp.path().join(format!("set{patients}"));
+        let made = datasets::testdata::small_synth(&dir, patients, mean);
+        let json = tmp.path().join(format!("r{patients}.json"));
+        stdout_ok(&runtime(&[
+            "eval",
+            dir.to_str().unwrap(),
+            "--model",
+            onnx.to_str().unwrap(),
+            "--ep",
+            "cpu",
+            "--json",
+            json.to_str().unwrap(),
+        ]));
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (
+            made.patches,
+            r["run"]["peak_rss_kib"]
+                .as_u64()
+                .expect("peak RSS on Linux"),
+        )
+    };
+    let (few, small) = peak(2, 300.0);
+    let (many, large) = peak(24, 400.0);
+    assert!(many > 10 * few, "{few} vs {many} images");
+    let growth = large.saturating_sub(small);
+    assert!(
+        growth < 24 * 1024,
+        "peak RSS grew by {growth} KiB from {few} to {many} images ({small} -> {large} KiB)"
+    );
+}
