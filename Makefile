@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: demo test venv build bench bench-peers clean-demo
+.PHONY: demo test venv build deny bench bench-peers clean-demo
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -37,6 +37,14 @@ test: venv
 	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	$(CARGO) test --release --workspace
 	$(CARGO) build --release -p trainer --features cuda
+	$(MAKE) deny
+
+# Dependency hygiene, offline (deny.toml: crates.io only, allowed licenses, no wildcards).
+# cargo-deny is built from crates.io the first time (~3 minutes on 2 cores).
+CARGO_DENY_VERSION := 0.20.2
+deny:
+	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked --version $(CARGO_DENY_VERSION)
+	cargo-deny --offline check licenses bans sources
 
 bench: venv
 	bench/datasets.sh
