@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: demo test venv build deny bench bench-peers clean-demo
+.PHONY: demo test venv build build-gpu deny bench bench-peers clean-demo
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -17,6 +17,10 @@ $(VENV)/.installed: requirements.txt
 
 build:
 	$(CARGO) build --release -p datasets -p trainer -p exporter -p runtime
+
+# The trainer with its GPU backends: wgpu (Vulkan/Metal/DX12, or lavapipe on the CPU) and CUDA.
+build-gpu:
+	$(CARGO) build --release -p trainer --features wgpu,cuda
 
 # Synthetic IDC patches -> patient split -> CancerNet (configs/demo.yaml) -> ONNX -> report,
 # ROC plot and the heatmap of one patient. ~5 minutes of work after the build on 2 cores.
@@ -30,12 +34,15 @@ demo: venv build
 	$(BIN)/runtime heatmap datasets/idc/testing --model models/cancernet.onnx --max-patients 1 --out reports/heatmaps
 	@echo "demo done: models/cancernet/plot.png, models/cancernet.onnx, reports/eval.json, reports/roc.png, reports/heatmaps/"
 
-# Format, lints, every test (the real patches in ../shared/data are used when present), and a
-# full build of the trainer's CUDA backend so it never rots (no GPU or CUDA toolkit needed).
+# Format, lints, every test (the real patches in ../shared/data are used when present; the
+# trainer is built with its wgpu backend, so the GPU code path runs on any Vulkan device, Mesa's
+# lavapipe on the CPU included: `apt-get install mesa-vulkan-drivers libvulkan1`, else those
+# tests say SKIPPED), a full build of the CUDA trainer so it never rots (no GPU or CUDA toolkit
+# needed), and the dependency check.
 test: venv
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
-	$(CARGO) test --release --workspace
+	$(CARGO) clippy --release --workspace --all-targets --features trainer/wgpu -- -D warnings
+	$(CARGO) test --release --workspace --features trainer/wgpu
 	$(CARGO) build --release -p trainer --features cuda
 	$(MAKE) deny
 
@@ -50,6 +57,7 @@ bench: venv
 	bench/datasets.sh
 	bench/runtime.sh
 	$(CARGO) bench -p trainer --bench step
+	$(CARGO) bench -p trainer --features wgpu --bench devices
 
 # CancerNet against PyTorch and the tutorial's Keras (training, ONNX graphs): installs PyTorch
 # (~5 GB) into .venv-torch and TensorFlow (~1.7 GB) into .venv-keras.

@@ -99,6 +99,23 @@ impl CancerNetConfig {
         self.feature_side().pow(2) * self.widths.last().copied().unwrap_or(0)
     }
 
+    /// The model with its initial weights drawn on the CPU from `seed` (Glorot-uniform kernels,
+    /// zero biases, BatchNorm at identity), then put on `device`: a run starts from the same
+    /// weights whatever its device (each backend has its own random generator).
+    pub fn init_seeded<B: Backend>(&self, seed: u64, device: &B::Device) -> CancerNet<B> {
+        use burn::backend::Flex;
+        use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+        let cpu = Default::default();
+        Flex::seed(&cpu, seed);
+        let record = self.init::<Flex>(&cpu).into_record();
+        let rec = BinBytesRecorder::<FullPrecisionSettings>::default();
+        let bytes = rec.record(record, ()).expect("a record in memory");
+        self.init::<B>(device).load_record(
+            rec.load(bytes, device)
+                .expect("the record of the same config"),
+        )
+    }
+
     pub fn init<B: Backend>(&self, device: &B::Device) -> CancerNet<B> {
         let mut in_ch = self.channels;
         let blocks = self

@@ -16,7 +16,7 @@ pub struct TrainConfig {
     pub model: ModelConfig,
     pub train: TrainSection,
     pub augment: Augment,
-    /// `cpu` (burn's flex backend) or `cuda` (needs a build with `--features cuda`).
+    /// `cpu` (burn's flex backend), `cuda` or `wgpu` (builds with `--features cuda` / `wgpu`).
     pub device: Device,
     /// Where the run's config, checkpoints, metrics.csv and plot.png go.
     pub output: PathBuf,
@@ -127,8 +127,13 @@ pub enum AutoWeights {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
+    /// burn's flex CPU backend with the project's fused kernels.
     Cpu,
+    /// burn's CUDA backend (build with `--features cuda`).
     Cuda,
+    /// burn's wgpu backend: Vulkan, Metal or DX12, or Mesa's lavapipe on the CPU (build with
+    /// `--features wgpu`).
+    Wgpu,
 }
 
 impl Default for TrainConfig {
@@ -197,6 +202,21 @@ impl TrainConfig {
         let cfg: TrainConfig = yaml_serde::from_str(&text)
             .with_context(|| format!("invalid config {}", path.shown()))?;
         Ok(cfg)
+    }
+
+    /// Whether `other` continues the same run: equal but for where and how fast it computes
+    /// (device, data workers and cache, compute threads), which do not change its numbers on the
+    /// CPU and lets a run stopped on one device resume on another.
+    pub fn same_run(&self, other: &TrainConfig) -> bool {
+        let identity = |c: &TrainConfig| {
+            let mut c = c.clone();
+            c.device = Device::Cpu;
+            c.data.workers = 0;
+            c.data.cache = false;
+            c.train.threads = 0;
+            c
+        };
+        identity(self) == identity(other)
     }
 
     pub fn to_yaml(&self) -> Result<String> {

@@ -6,5 +6,6 @@ pub mod checkpoint;
 pub mod config;
 pub mod cv;
 pub mod data;
+pub mod device;
 pub mod optim;
 pub mod train;

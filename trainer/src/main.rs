@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use trainer::config::{Device, TrainConfig};
 use trainer::cv::CvOptions;
+use trainer::device;
 use trainer::train;
 
 /// Fit CancerNet on datasets/idc from a YAML config; flags override single keys.
@@ -114,13 +115,14 @@ fn run(args: Args) -> Result<()> {
             .num_threads(cfg.train.threads)
             .build_global()?;
     }
-    let opts = train::Options {
+    let mut opts = train::Options {
         resume: args.resume,
         force: args.force,
         quiet: args.quiet,
         stop_after: args.stop_after,
         strict: args.strict,
         variants: false,
+        device_name: String::new(),
     };
     let cv = args.folds.map(|folds| CvOptions {
         folds,
@@ -128,9 +130,28 @@ fn run(args: Args) -> Result<()> {
         seed: args.cv_seed,
         val_fraction: args.cv_val_fraction,
     });
+    let cv = cv.as_ref();
     match cfg.device {
-        Device::Cpu => go::<Autodiff<Flex>>(&cfg, Default::default(), &opts, cv.as_ref()),
-        Device::Cuda => cuda::go(&cfg, &opts, cv.as_ref()),
+        Device::Cpu => {
+            opts.device_name = format!("cpu (burn flex, {} threads)", rayon::current_num_threads());
+            go::<Autodiff<Flex>>(&cfg, Default::default(), &opts, cv)
+        }
+        Device::Cuda => {
+            let (device, name) = device::cuda::device()?;
+            opts.device_name = format!("cuda: {name}");
+            #[cfg(feature = "cuda")]
+            return go::<Autodiff<burn::backend::Cuda>>(&cfg, device, &opts, cv);
+            #[cfg(not(feature = "cuda"))]
+            unreachable!("{device:?} without the cuda feature")
+        }
+        Device::Wgpu => {
+            let (device, name) = device::wgpu::device()?;
+            opts.device_name = format!("wgpu: {name}");
+            #[cfg(feature = "wgpu")]
+            return go::<Autodiff<burn::backend::Wgpu>>(&cfg, device, &opts, cv);
+            #[cfg(not(feature = "wgpu"))]
+            unreachable!("{device:?} without the wgpu feature")
+        }
     }
 }
 
@@ -165,37 +186,4 @@ fn go<B: AutodiffBackend>(
         );
     }
     Ok(())
-}
-
-#[cfg(feature = "cuda")]
-mod cuda {
-    use super::*;
-    use burn::backend::{Cuda, cuda::CudaDevice};
-
-    /// burn's CUDA backend panics on first use without a driver or GPU; probe it first so the
-    /// user gets an error, never a crash or a silent CPU run.
-    fn probe(device: &CudaDevice) -> Result<()> {
-        models::catch_quietly(|| {
-            burn::tensor::Tensor::<Cuda, 1>::zeros([1], device).into_data();
-        })
-        .map_err(|why| anyhow::anyhow!("device: cuda was asked for but CUDA cannot be used here ({why}); install the NVIDIA driver, or use --device cpu"))
-    }
-
-    pub fn go(cfg: &TrainConfig, opts: &train::Options, cv: Option<&CvOptions>) -> Result<()> {
-        let device = CudaDevice::default();
-        probe(&device)?;
-        super::go::<Autodiff<Cuda>>(cfg, device, opts, cv)
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-mod cuda {
-    use super::*;
-    use anyhow::bail;
-
-    pub fn go(_: &TrainConfig, _: &train::Options, _: Option<&CvOptions>) -> Result<()> {
-        bail!(
-            "device: cuda was asked for, but this trainer was built without CUDA: rebuild with `cargo build --release --features cuda` (or use --device cpu)"
-        )
-    }
 }

@@ -51,6 +51,8 @@ pub struct Options {
     pub strict: bool,
     /// The final report also for TTA on/off x threshold 0.5/max-BAC (cross-validation).
     pub variants: bool,
+    /// The device as the run header and run.json name it (e.g. the GPU's adapter).
+    pub device_name: String,
 }
 
 /// Class weights: max(count) / count per class (the tutorial's), or fixed ones.
@@ -192,12 +194,16 @@ pub fn plan_start(run: &RunDir, config_yaml: &str, opts: &Options) -> Result<Sta
     };
     let old_config =
         std::fs::read_to_string(run.root.join(checkpoint::CONFIG_FILE)).unwrap_or_default();
+    let same_run = yaml_serde::from_str::<TrainConfig>(&old_config)
+        .ok()
+        .zip(yaml_serde::from_str::<TrainConfig>(config_yaml).ok())
+        .is_some_and(|(old, new)| old.same_run(&new));
     if opts.force {
         std::fs::remove_dir_all(run.checkpoints())
             .with_context(|| format!("cannot remove {}", run.checkpoints().shown()))?;
         return Ok(Start::Fresh);
     }
-    if old_config != config_yaml {
+    if !same_run {
         bail!(
             "{} holds a run with a different config; pass --force to start over there, or choose another output",
             run.root.shown()
@@ -344,16 +350,20 @@ pub fn train_on<B: AutodiffBackend>(
         root: cfg.output.clone(),
     };
     let weights = class_weights(cfg, data.train.class_counts());
-    write_run_files(cfg, &run, config_yaml, weights, &data)?;
+    write_run_files(cfg, &run, config_yaml, weights, &data, &opts.device_name)?;
     let [c0, c1] = data.train.class_counts();
     println!(
-        "training on {} patches ({c0} no IDC, {c1} IDC; class weights {:.3} / {:.3}), validating on {}, testing on {}; device {:?}",
+        "training on {} patches ({c0} no IDC, {c1} IDC; class weights {:.3} / {:.3}), validating on {}, testing on {}; device {}",
         data.train.len(),
         weights[0],
         weights[1],
         data.val.len(),
         data.test.len(),
-        device
+        if opts.device_name.is_empty() {
+            format!("{device:?}")
+        } else {
+            opts.device_name.clone()
+        }
     );
     let mut session = Session::<B>::start(cfg, &run, &start, &device)?;
     let mut epochs_run = 0;
@@ -363,7 +373,7 @@ pub fn train_on<B: AutodiffBackend>(
         }
         let trained = train_epoch(cfg, &mut session, &mut data, epoch, weights, opts, &device)?;
         let stop_early = end_epoch(cfg, &run, &mut session, &mut data, trained, &device)?;
-        write_run_files(cfg, &run, config_yaml, weights, &data)?;
+        write_run_files(cfg, &run, config_yaml, weights, &data, &opts.device_name)?;
         epochs_run += 1;
         if stop_early {
             println!(
@@ -382,7 +392,7 @@ pub fn train_on<B: AutodiffBackend>(
         }
     }
     let test = final_report::<B>(cfg, &run, &session.state, &mut data, &device, opts.variants)?;
-    write_run_files(cfg, &run, config_yaml, weights, &data)?;
+    write_run_files(cfg, &run, config_yaml, weights, &data, &opts.device_name)?;
     Ok(Outcome {
         interrupted: false,
         epochs_run,
@@ -399,6 +409,7 @@ fn write_run_files(
     config_yaml: &str,
     weights: [f64; 2],
     data: &Data,
+    device: &str,
 ) -> Result<()> {
     std::fs::create_dir_all(&run.root)
         .with_context(|| format!("cannot create {}", run.root.shown()))?;
@@ -423,6 +434,7 @@ fn write_run_files(
         "splits": data.provenance,
         "class_weights": weights,
         "preprocess": cfg.preprocess(),
+        "device": device,
         "epochs": cfg.train.epochs,
         "skipped": data.skipped.to_json(),
     });
@@ -446,7 +458,7 @@ impl<B: AutodiffBackend> Session<B> {
     fn start(cfg: &TrainConfig, run: &RunDir, start: &Start, device: &B::Device) -> Result<Self> {
         B::seed(device, cfg.train.seed);
         let mut s = Session {
-            model: cfg.model_config().init(device),
+            model: cfg.model_config().init_seeded(cfg.train.seed, device),
             optim: KerasAdagrad {
                 initial_accumulator: cfg.train.initial_accumulator,
                 epsilon: cfg.train.epsilon,

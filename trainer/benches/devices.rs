@@ -1,0 +1,74 @@
+//! A training step of the full CancerNet at batch 32 on each device the build has, side by side in
+//! one run: `cpu` (flex, fused kernels) and `wgpu` (burn's composed ops on the wgpu backend; in CI
+//! and on machines without a GPU that is Mesa's lavapipe, a Vulkan device on the CPU), so that a
+//! regression in the device-generic path shows up as a number.
+//! Run: cargo bench -p trainer --features wgpu --bench devices   (REPS=n, default 3)
+
+use burn::backend::{Autodiff, Flex};
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use models::{CancerNet, CancerNetConfig};
+use trainer::data::Batch;
+use trainer::optim::KerasAdagrad;
+use trainer::train::{images_tensor, weighted_loss};
+
+mod common;
+use common::time;
+
+/// Seconds per training step of `B` on `device` (after warm-up steps that also compile kernels).
+fn step_seconds<B: AutodiffBackend>(label: &str, device: B::Device, reps: usize) -> f64 {
+    let cfg = CancerNetConfig::new();
+    let mut model: CancerNet<B> = cfg.init_seeded(1, &device);
+    let mut optim = KerasAdagrad {
+        initial_accumulator: 0.1,
+        epsilon: 1e-7,
+    }
+    .init::<B, CancerNet<B>>();
+    let batch = Batch {
+        images: (0..32 * 3 * 48 * 48)
+            .map(|i| ((i * 7919) % 255) as f32 / 255.0)
+            .collect(),
+        labels: (0..32).map(|i| (i % 2) as u8).collect(),
+        indices: (0..32).collect(),
+        failed: Vec::new(),
+    };
+    let mut step = || {
+        let loss = weighted_loss(
+            model.forward(images_tensor(&batch, 48, &device)),
+            &batch.labels,
+            [1.0, 2.5],
+            &device,
+        );
+        let _: f32 = loss.clone().into_scalar().elem(); // waits for the device
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(1e-2, model.clone(), grads);
+    };
+    step(); // kernels compiled, memory pools grown
+    time(label, 32, reps, step)
+}
+
+fn main() {
+    trainer::alloc::keep_freed_buffers();
+    let reps = std::env::var("REPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    println!("training step, full CancerNet, batch 32, {reps} timed steps each");
+    let cpu =
+        step_seconds::<Autodiff<Flex>>("cpu (flex, fused kernels)", Default::default(), reps * 10);
+    #[cfg(feature = "wgpu")]
+    match trainer::device::wgpu::device() {
+        Ok((device, name)) => {
+            let gpu = step_seconds::<Autodiff<burn::backend::Wgpu>>(
+                &format!("wgpu: {name}"),
+                device,
+                reps,
+            );
+            println!("wgpu / cpu step time: {:.1}x", gpu / cpu);
+        }
+        Err(e) => println!("wgpu: not measured ({e:#})"),
+    }
+    #[cfg(not(feature = "wgpu"))]
+    let _ = cpu;
+}
