@@ -288,7 +288,8 @@ pub fn write_verified(loaded: &Loaded, bytes: &[u8], opts: &Options) -> Result<R
     })
 }
 
-/// Up to `n` patches for verification: real ones from `dir` when it has any, else synthetic.
+/// Up to `n` patches for verification: real ones from `dir` when it has decodable ones, else
+/// synthetic.
 fn verification_batch(
     dir: Option<&Path>,
     pre: &Preprocess,
@@ -303,18 +304,22 @@ fn verification_batch(
         patches.sort_by(|a, b| a.path.cmp(&b.path));
         let step = (patches.len() / n).max(1);
         let mut images = Vec::new();
+        // A file that cannot be decoded is passed over (runtime and trainer report those).
         for p in patches.iter().step_by(step).take(n) {
             let start = images.len();
             images.resize(start + per, 0.0);
-            pre.load_into(&p.path, &mut images[start..])
-                .with_context(|| format!("cannot read {}", p.path.shown()))?;
+            if pre.load_into(&p.path, &mut images[start..]).is_err() {
+                images.truncate(start);
+            }
         }
         let count = images.len() / per;
-        return Ok((
-            images,
-            count,
-            format!("{count} patches from {}", dir.shown()),
-        ));
+        if count > 0 {
+            return Ok((
+                images,
+                count,
+                format!("{count} patches from {}", dir.shown()),
+            ));
+        }
     }
     let slide = datasets::synth::Slide::plan(7, 0, 200.0);
     let mut rng = datasets::rng::Rng::new(7);
