@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CARGO ?= cargo
 BIN := target/release
 
-.PHONY: demo test venv build build-gpu deny bench bench-peers clean-demo
+.PHONY: demo test venv build build-gpu deny mutants bench bench-peers clean-demo
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -58,6 +58,12 @@ bench: venv
 	bench/runtime.sh
 	$(CARGO) bench -p trainer --bench step
 	$(CARGO) bench -p trainer --features wgpu --bench devices
+
+# Mutation testing of the modules where the logic lives (.cargo/mutants.toml): hours on 2 cores,
+# not part of CI. Results in mutants.out/ (outcomes.json, missed.txt); summary in docs/testing.md.
+mutants: venv
+	@command -v cargo-mutants >/dev/null || $(CARGO) install cargo-mutants --locked --version 27.1.0
+	$(CARGO) mutants --no-shuffle -o . $(MUTANTS_ARGS)
 
 # CancerNet against PyTorch and the tutorial's Keras (training, ONNX graphs): installs PyTorch
 # (~5 GB) into .venv-torch and TensorFlow (~1.7 GB) into .venv-keras.
