@@ -3,9 +3,7 @@
 
 mod common;
 
-use burn::backend::Flex;
-use burn::prelude::*;
-use common::model;
+use common::{burn_agrees_with_csv, export_run, model};
 use datasets::preprocess::Preprocess;
 use datasets::testdata::shared_data;
 use exporter::export::{Checkpoint, load};
@@ -113,26 +111,7 @@ fn eval_matches_burn_and_skips_every_kind_of_bad_file() {
         paths.windows(2).all(|w| w[0] < w[1]),
         "rows not in path order"
     );
-    let sample: Vec<&csv::StringRecord> = rows.iter().step_by(7).collect();
-    let mut x = vec![0f32; sample.len() * pre.len()];
-    for (i, r) in sample.iter().enumerate() {
-        pre.load_into(Path::new(&r[0]), &mut x[i * pre.len()..(i + 1) * pre.len()])
-            .unwrap();
-    }
-    let t = Tensor::<Flex, 4>::from_data(
-        TensorData::new(x, [sample.len(), 3, 48, 48]),
-        &Default::default(),
-    );
-    let burn: Vec<f32> = loaded.model.probabilities(t).into_data().to_vec().unwrap();
-    for (i, r) in sample.iter().enumerate() {
-        let ort: f32 = r[5].parse().unwrap();
-        assert!(
-            (ort - burn[i * 2 + 1]).abs() < 1e-4,
-            "{}: runtime {ort} burn {}",
-            &r[0],
-            burn[i * 2 + 1]
-        );
-    }
+    burn_agrees_with_csv(&loaded.model, pre, &preds, 7);
 
     // --strict turns skipped files into a failure.
     let o = runtime(&[&args[..], &["--strict"]].concat());
@@ -397,17 +376,7 @@ fn the_models_threshold_is_used_and_named() {
     )
     .unwrap();
     let onnx = tmp.path().join("t.onnx");
-    exporter::export::export(&exporter::export::Options {
-        model_dir: run,
-        checkpoint: Checkpoint::Best,
-        out: onnx.clone(),
-        fold_bn: true,
-        tta: false,
-        verify: true,
-        ort_lib: None,
-        verify_data: None,
-    })
-    .unwrap();
+    export_run(&run, &onnx, false);
     let data = small_synth(tmp.path());
     let (d, m) = (data.to_str().unwrap(), onnx.to_str().unwrap());
     let json = tmp.path().join("r.json");
@@ -508,17 +477,7 @@ fn preprocessing_comes_from_the_models_metadata() {
     )
     .unwrap();
     let onnx = tmp.path().join("m.onnx");
-    exporter::export::export(&exporter::export::Options {
-        model_dir: run.clone(),
-        checkpoint: Checkpoint::Best,
-        out: onnx.clone(),
-        fold_bn: true,
-        tta: false,
-        verify: true,
-        ort_lib: None,
-        verify_data: None,
-    })
-    .unwrap();
+    export_run(&run, &onnx, false);
     let data = small_synth(tmp.path());
     let loaded = load(&run, Checkpoint::Best).unwrap();
     let pre = Preprocess {
@@ -541,31 +500,7 @@ fn preprocessing_comes_from_the_models_metadata() {
         ]
         .concat();
         stdout_ok(&runtime(&args));
-        let rows: Vec<csv::StringRecord> = csv::Reader::from_path(&preds)
-            .unwrap()
-            .records()
-            .map(|r| r.unwrap())
-            .step_by(5)
-            .collect();
-        let mut x = vec![0f32; rows.len() * pre.len()];
-        for (i, r) in rows.iter().enumerate() {
-            pre.load_into(Path::new(&r[0]), &mut x[i * pre.len()..(i + 1) * pre.len()])
-                .unwrap();
-        }
-        let t = Tensor::<Flex, 4>::from_data(
-            TensorData::new(x, [rows.len(), 3, 32, 32]),
-            &Default::default(),
-        );
-        let burn: Vec<f32> = loaded.model.probabilities(t).into_data().to_vec().unwrap();
-        for (i, r) in rows.iter().enumerate() {
-            let ort: f32 = r[5].parse().unwrap();
-            assert!(
-                (ort - burn[i * 2 + 1]).abs() < 1e-4,
-                "{}: {ort} vs {}",
-                &r[0],
-                burn[i * 2 + 1]
-            );
-        }
+        burn_agrees_with_csv(&loaded.model, pre, &preds, 5);
     };
     check(&onnx, &[]);
     // The same file without metadata.

@@ -102,17 +102,7 @@ pub fn model(dir: &Path) -> PathBuf {
     let run = dir.join("run");
     trainer::checkpoint::write_random_run(&run, &CancerNetConfig::new(), 11).unwrap();
     let out = dir.join("model.onnx");
-    export(&Options {
-        model_dir: run,
-        checkpoint: Checkpoint::Best,
-        out: out.clone(),
-        fold_bn: true,
-        tta: false,
-        verify: true,
-        ort_lib: None,
-        verify_data: None,
-    })
-    .unwrap();
+    export_run(&run, &out, false);
     out
 }
 
@@ -148,4 +138,57 @@ pub fn control_bytes(raw: &[u8]) -> Vec<u8> {
         .filter(|&c| c.is_control() && c != '\n' && c != '\t')
         .map(|c| c as u32 as u8)
         .collect()
+}
+
+/// Every `step`-th row of a predictions CSV: burn's probability of IDC for that file (through the
+/// same preprocessing `pre`) equals the row's, within 1e-4. Returns how many rows were checked.
+pub fn burn_agrees_with_csv(
+    model: &models::CancerNet<burn::backend::Flex>,
+    pre: datasets::preprocess::Preprocess,
+    csv_path: &Path,
+    step: usize,
+) -> usize {
+    use burn::prelude::*;
+    let rows: Vec<csv::StringRecord> = csv::Reader::from_path(csv_path)
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap())
+        .step_by(step)
+        .collect();
+    let (per, side) = (pre.len(), pre.size as usize);
+    let mut x = vec![0f32; rows.len() * per];
+    for (i, r) in rows.iter().enumerate() {
+        pre.load_into(Path::new(&r[0]), &mut x[i * per..(i + 1) * per])
+            .unwrap();
+    }
+    let t = Tensor::<burn::backend::Flex, 4>::from_data(
+        TensorData::new(x, [rows.len(), 3, side, side]),
+        &Default::default(),
+    );
+    let burn: Vec<f32> = model.probabilities(t).into_data().to_vec().unwrap();
+    for (i, r) in rows.iter().enumerate() {
+        let ort: f32 = r[5].parse().unwrap();
+        assert!(
+            (ort - burn[i * 2 + 1]).abs() < 1e-4,
+            "{}: runtime {ort} burn {}",
+            &r[0],
+            burn[i * 2 + 1]
+        );
+    }
+    rows.len()
+}
+
+/// Exports the run in `run` (its best checkpoint, verified) to `out`.
+pub fn export_run(run: &Path, out: &Path, tta: bool) {
+    export(&Options {
+        model_dir: run.to_path_buf(),
+        checkpoint: Checkpoint::Best,
+        out: out.to_path_buf(),
+        fold_bn: true,
+        tta,
+        verify: true,
+        ort_lib: None,
+        verify_data: None,
+    })
+    .unwrap();
 }
