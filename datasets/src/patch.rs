@@ -131,6 +131,8 @@ mod tests {
             "\u{1b}[2J_idx5_x1_y1_class1.png",
             "../x_idx5_x1_y1_class1.png",
             "8916_idx5_x4294967296_y1_class1.png",
+            "8916_idx5_x+5_y1_class1.png",
+            "8916_idx5_x_y1_class1.png",
         ] {
             assert!(PatchName::parse(bad).is_err(), "{bad} should not parse");
         }

@@ -64,8 +64,6 @@ pub enum DecodeError {
     FileTooLarge(u64),
     #[error("image is {0}x{1}, over the {MAX_PIXELS}-pixel limit (a decompression bomb?)")]
     TooManyPixels(u32, u32),
-    #[error("image has zero width or height ({0}x{1})")]
-    ZeroSized(u32, u32),
     #[error("not a decodable PNG/JPEG: {0}")]
     Decode(String),
 }
@@ -79,9 +77,6 @@ pub fn decode_rgb8(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
     let (w, h) = reader
         .into_dimensions()
         .map_err(|e| DecodeError::Decode(e.to_string()))?;
-    if w == 0 || h == 0 {
-        return Err(DecodeError::ZeroSized(w, h));
-    }
     if w as u64 * h as u64 > MAX_PIXELS {
         return Err(DecodeError::TooManyPixels(w, h));
     }
@@ -319,6 +314,35 @@ mod tests {
             matches!(read_rgb8(&path), Err(DecodeError::Decode(_))),
             "at the cap it is read"
         );
+    }
+
+    /// The pixel cap is `> MAX_PIXELS`: a header of exactly MAX_PIXELS goes on to the decoder
+    /// (which then finds no pixel data); one pixel more is refused first. Zero sides are refused
+    /// by the PNG decoder itself.
+    #[test]
+    fn the_pixel_cap_is_exact_and_zero_sides_are_refused() {
+        let side = 8192; // 8192 * 8192 = MAX_PIXELS
+        assert_eq!(side * side, MAX_PIXELS);
+        let at_cap = decode_rgb8(&crate::testdata::png_bomb(side as u32, side as u32));
+        assert!(matches!(at_cap, Err(DecodeError::Decode(_))), "{at_cap:?}");
+        let over = decode_rgb8(&crate::testdata::png_bomb(side as u32, side as u32 + 1));
+        assert!(matches!(over, Err(DecodeError::TooManyPixels(_, _))), "{over:?}");
+        for (w, h) in [(0, 5), (5, 0)] {
+            let zero = decode_rgb8(&crate::testdata::png_bomb(w, h));
+            assert!(matches!(zero, Err(DecodeError::Decode(_))), "{w}x{h}: {zero:?}");
+        }
+    }
+
+    /// The decoder's allocation limit leaves room for the largest image the pixel cap lets
+    /// through: a 5000 x 5000 RGB patch (75 MB of pixels) decodes.
+    #[test]
+    fn a_large_legitimate_image_decodes() {
+        let png = encode(
+            DynamicImage::ImageRgb8(RgbImage::new(5000, 5000)),
+            ImageFormat::Png,
+        );
+        let img = decode_rgb8(&png).unwrap();
+        assert_eq!(img.dimensions(), (5000, 5000));
     }
 
     #[test]
