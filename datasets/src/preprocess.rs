@@ -333,6 +333,26 @@ mod tests {
         }
     }
 
+    /// Resizing gives the input size whatever the sides (one side already right included), and
+    /// leaves an image of that size as it is.
+    #[test]
+    fn resize_always_gives_the_input_size() {
+        for filter in [Filter::Nearest, Filter::Bilinear, Filter::Bicubic, Filter::Lanczos3] {
+            let pre = Preprocess { size: 48, filter };
+            for (w, h) in [(50, 48), (48, 50), (50, 27), (2, 50), (48, 48)] {
+                let img = RgbImage::from_fn(w, h, |x, y| Rgb([(x * 5) as u8, (y * 5) as u8, 7]));
+                let out = pre.resize(img.clone());
+                assert_eq!(out.dimensions(), (48, 48), "{filter:?} {w}x{h}");
+                if (w, h) == (48, 48) {
+                    assert_eq!(out, img);
+                }
+            }
+        }
+        assert!(!Preprocess::default().is_empty());
+        assert_eq!(Preprocess::default().len(), 3 * 48 * 48);
+        assert!(Preprocess { size: 0, filter: Filter::Nearest }.is_empty());
+    }
+
     /// The decoder's allocation limit leaves room for the largest image the pixel cap lets
     /// through: a 5000 x 5000 RGB patch (75 MB of pixels) decodes.
     #[test]
