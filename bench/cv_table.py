@@ -19,7 +19,7 @@ METRICS = [
     ("specificity", "spec"),
     ("median_patient_roc_auc", "median patient AUC"),
 ]
-VARIANTS = ["plain@0.5", "tta@0.5", "plain@max_bac", "tta@max_bac"]
+VARIANTS = ["plain@0.5", "tta@0.5", "plain@max_bac", "tta@max_bac", "last-plain@0.5", "last-tta@0.5"]
 
 runs = [Path(p) for p in sys.argv[1:]] or sorted(p for p in Path("runs").glob("cv-*") if p.is_dir())
 print("| recipe | evaluation | folds | " + " | ".join(h for _, h in METRICS) + " |")
@@ -31,6 +31,8 @@ for run in runs:
         continue
     cv = json.loads(path.read_text())
     for variant in VARIANTS:
-        s = cv["summary"][variant]
+        s = cv["summary"].get(variant)
+        if s is None or not s["roc_auc"]["folds"]:
+            continue
         cells = [f"{s[m]['mean']:.3f} ± {s[m]['sd']:.3f}" for m, _ in METRICS]
         print(f"| {run.name.removeprefix('cv-')} | {variant} | {s['roc_auc']['folds']} | " + " | ".join(cells) + " |")

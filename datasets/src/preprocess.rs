@@ -326,10 +326,16 @@ mod tests {
         let at_cap = decode_rgb8(&crate::testdata::png_bomb(side as u32, side as u32));
         assert!(matches!(at_cap, Err(DecodeError::Decode(_))), "{at_cap:?}");
         let over = decode_rgb8(&crate::testdata::png_bomb(side as u32, side as u32 + 1));
-        assert!(matches!(over, Err(DecodeError::TooManyPixels(_, _))), "{over:?}");
+        assert!(
+            matches!(over, Err(DecodeError::TooManyPixels(_, _))),
+            "{over:?}"
+        );
         for (w, h) in [(0, 5), (5, 0)] {
             let zero = decode_rgb8(&crate::testdata::png_bomb(w, h));
-            assert!(matches!(zero, Err(DecodeError::Decode(_))), "{w}x{h}: {zero:?}");
+            assert!(
+                matches!(zero, Err(DecodeError::Decode(_))),
+                "{w}x{h}: {zero:?}"
+            );
         }
     }
 
@@ -337,7 +343,12 @@ mod tests {
     /// leaves an image of that size as it is.
     #[test]
     fn resize_always_gives_the_input_size() {
-        for filter in [Filter::Nearest, Filter::Bilinear, Filter::Bicubic, Filter::Lanczos3] {
+        for filter in [
+            Filter::Nearest,
+            Filter::Bilinear,
+            Filter::Bicubic,
+            Filter::Lanczos3,
+        ] {
             let pre = Preprocess { size: 48, filter };
             for (w, h) in [(50, 48), (48, 50), (50, 27), (2, 50), (48, 48)] {
                 let img = RgbImage::from_fn(w, h, |x, y| Rgb([(x * 5) as u8, (y * 5) as u8, 7]));
@@ -350,7 +361,13 @@ mod tests {
         }
         assert!(!Preprocess::default().is_empty());
         assert_eq!(Preprocess::default().len(), 3 * 48 * 48);
-        assert!(Preprocess { size: 0, filter: Filter::Nearest }.is_empty());
+        assert!(
+            Preprocess {
+                size: 0,
+                filter: Filter::Nearest
+            }
+            .is_empty()
+        );
     }
 
     /// The decoder's allocation limit leaves room for the largest image the pixel cap lets

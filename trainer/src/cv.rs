@@ -267,13 +267,16 @@ fn metric(fold: &serde_json::Value, variant: &str, name: &str) -> Option<f64> {
     }
 }
 
-/// The variants summarized: the configured one, then TTA x threshold from the same models.
-pub const VARIANTS: [&str; 5] = [
+/// The variants summarized: the configured one, then TTA x threshold from the same models, then
+/// the last epoch's model instead of the best one.
+pub const VARIANTS: [&str; 7] = [
     "configured",
     "plain@0.5",
     "plain@max_bac",
     "tta@0.5",
     "tta@max_bac",
+    "last-plain@0.5",
+    "last-tta@0.5",
 ];
 
 /// Mean and sample standard deviation of each metric of each variant over the folds.

@@ -664,8 +664,8 @@ fn end_epoch<B: AutodiffBackend>(
 /// Stage 7: the best checkpoint on held-out patients, the same report as `runtime eval`, at the
 /// threshold `eval.threshold` gives (chosen on the validation split for a rule; written to
 /// `threshold.json` for the exporter), with test-time augmentation when `eval.tta`. With
-/// `variants`, also every combination of TTA on/off and threshold 0.5 / max-BAC (for
-/// cross-validation's ablation, from the same trained model).
+/// `variants`, also every combination of TTA on/off and threshold 0.5 / max-BAC, and the last
+/// epoch's model with and without TTA (for cross-validation's ablation, from the same training).
 fn final_report<B: AutodiffBackend>(
     cfg: &TrainConfig,
     run: &RunDir,
@@ -744,6 +744,25 @@ fn final_report<B: AutodiffBackend>(
                         "threshold": threshold,
                         "report": Report::new(&test.labels, &test.probs, threshold),
                         "patients": patient_summary(&data.test, test),
+                    }),
+                );
+            }
+        }
+        // The last epoch's model instead of the best by validation loss (which a small
+        // validation split makes noisy).
+        if let Some((epoch, dir)) = run.latest() {
+            let last = run
+                .load_model(cfg.model_config().init::<B>(device), &dir, device)?
+                .valid();
+            for t in [false, true] {
+                let test = evaluate(&last, &data.test, &data.loader, device, t);
+                all.insert(
+                    format!("last-{}@0.5", if t { "tta" } else { "plain" }),
+                    serde_json::json!({
+                        "epoch": epoch,
+                        "threshold": 0.5,
+                        "report": Report::new(&test.labels, &test.probs, 0.5),
+                        "patients": patient_summary(&data.test, &test),
                     }),
                 );
             }
