@@ -72,6 +72,7 @@ pub struct BuildReport {
 
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     opts.split.validate()?;
+    check_apart(&opts.source, &opts.out)?;
     let scan = Scan::dir(&opts.source)?;
     if opts.strict {
         scan.strict(&opts.source)?;
@@ -144,16 +145,20 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
                 scan,
             });
         }
-        if !opts.force {
+        let empty = std::fs::read_dir(&opts.out).is_ok_and(|mut d| d.next().is_none());
+        if !existing.exists() && !empty {
+            // Not a split (none has no manifest): --force replaces only what build made.
             bail!(
-                "{} already holds a different split ({}); pass --force to replace it \
-                 (the originals under {} are never touched)",
+                "{} is not empty and holds no manifest.csv, so it is not a split `datasets build` \
+                 made; it is never replaced: choose another --out",
+                opts.out.shown()
+            );
+        }
+        if !opts.force && !empty {
+            bail!(
+                "{} already holds a different split (its manifest.csv differs); pass --force to \
+                 replace it (the originals under {} are never touched)",
                 opts.out.shown(),
-                if existing.exists() {
-                    "its manifest.csv differs"
-                } else {
-                    "it has no manifest.csv"
-                },
                 opts.source.shown()
             );
         }
@@ -192,6 +197,42 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         copied: rows.len() - linked,
         scan,
     })
+}
+
+/// The output must not be the source, inside it, or hold it: replacing the output would then
+/// remove originals.
+fn check_apart(source: &Path, out: &Path) -> Result<()> {
+    let Ok(source) = std::fs::canonicalize(source) else {
+        return Ok(()); // the scan says what is wrong with it
+    };
+    // The output may not exist yet: resolve its nearest existing ancestor.
+    let mut probe = out.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        match std::fs::canonicalize(&probe) {
+            Ok(p) => break rest.iter().rev().fold(p, |acc: PathBuf, c| acc.join(c)),
+            Err(_) => match (probe.file_name().map(|n| n.to_os_string()), probe.parent()) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name);
+                    probe = if parent.as_os_str().is_empty() {
+                        PathBuf::from(".")
+                    } else {
+                        parent.to_path_buf()
+                    };
+                }
+                _ => break out.to_path_buf(),
+            },
+        }
+    };
+    if resolved.starts_with(&source) || source.starts_with(&resolved) {
+        bail!(
+            "--out {} and --source {} overlap (one is the other or inside it): the split must go \
+             elsewhere, or building it could remove originals",
+            out.shown(),
+            source.shown()
+        );
+    }
+    Ok(())
 }
 
 /// The source's extension, lower case (`png`, `jpg`, `jpeg`): a JPEG stays `.jpg` in the split.

@@ -85,14 +85,14 @@ impl Scan {
     pub fn dir(root: &Path) -> Result<Scan> {
         let (mut files, problems) = walk_files(root)?;
         // Originals before Kaggle's duplicate copy, then by path: the kept copy is deterministic.
-        files.sort_by_cached_key(|p| (under_duplicate_dir(p), p.clone()));
+        files.sort_by_cached_key(|p| (under_duplicate_dir(root, p), p.clone()));
         let classified: Vec<Result<Patch, Problem>> =
             files.par_iter().map(|p| classify(p)).collect();
         let mut scan = Scan {
             problems,
             ..Scan::default()
         };
-        let mut seen = SamePatch::default();
+        let mut seen = SamePatch::new(root);
         for item in classified {
             match item {
                 Ok(patch) => match seen.check(&patch.name, &patch.path, patch.path.clone()) {
@@ -179,8 +179,12 @@ pub fn listed<T: fmt::Display>(items: &[T], max: usize) -> String {
     out
 }
 
-fn under_duplicate_dir(path: &Path) -> bool {
-    path.components()
+/// Whether `path` is under a `IDC_regular_ps50_idx5/` folder below `root` (the root itself may
+/// be such a folder: then its files are the only copy, not a duplicate).
+fn under_duplicate_dir(root: &Path, path: &Path) -> bool {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .components()
         .any(|c| c.as_os_str() == KAGGLE_DUPLICATE_DIR)
 }
 
@@ -190,15 +194,18 @@ fn under_duplicate_dir(path: &Path) -> bool {
 /// must stay small: 8 bytes a patch plus the map's overhead).
 #[derive(Debug)]
 pub struct SamePatch<V> {
+    root: PathBuf,
     seen: HashMap<String, HashMap<(u32, u32), First<V>>>,
 }
 
 /// What is kept of a patch's first file: `V`, and whether it was in Kaggle's duplicate copy.
 type First<V> = (V, bool);
 
-impl<V> Default for SamePatch<V> {
-    fn default() -> Self {
+impl<V> SamePatch<V> {
+    /// For the tree walked from `root`.
+    pub fn new(root: &Path) -> Self {
         SamePatch {
+            root: root.to_path_buf(),
             seen: HashMap::new(),
         }
     }
@@ -216,7 +223,7 @@ pub enum Repeat<'a, V> {
 
 impl<V> SamePatch<V> {
     pub fn check(&mut self, name: &PatchName, path: &Path, keep: V) -> Repeat<'_, V> {
-        let copy = under_duplicate_dir(path);
+        let copy = under_duplicate_dir(&self.root, path);
         if !self.seen.contains_key(name.patient.as_str()) {
             self.seen.insert(name.patient.clone(), HashMap::new());
         }

@@ -175,3 +175,57 @@ fn cli_synth_then_build() {
     assert_eq!(o.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&o.stderr).contains("nowhere is not a folder"));
 }
+
+/// `--out` overlapping `--source` is refused before anything is read or written (replacing the
+/// output would remove originals), and a non-empty folder that is not a split is never replaced,
+/// even with `--force`.
+#[test]
+fn build_never_replaces_what_it_did_not_make() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("orig");
+    small_synth(&src, 3);
+    let before = Scan::dir(&src).unwrap().patches.len();
+    for out in [src.clone(), src.join("idc"), tmp.path().to_path_buf()] {
+        let err = build(&BuildOptions {
+            source: src.clone(),
+            out: out.clone(),
+            force: true,
+            ..Default::default()
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("overlap"), "{}: {err}", out.display());
+    }
+    let mine = tmp.path().join("mine");
+    std::fs::create_dir_all(&mine).unwrap();
+    std::fs::write(mine.join("thesis.docx"), b"precious").unwrap();
+    let err = build(&BuildOptions {
+        source: src.clone(),
+        out: mine.clone(),
+        force: true,
+        ..Default::default()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("never replaced"), "{err}");
+    assert_eq!(std::fs::read(mine.join("thesis.docx")).unwrap(), b"precious");
+    assert_eq!(Scan::dir(&src).unwrap().patches.len(), before);
+}
+
+/// Kaggle's duplicate folder is recognized below the root only: pointed at directly, its files
+/// are the only copy, and two files for one patch there are a collision, not a duplicate.
+#[test]
+fn a_root_named_like_the_kaggle_copy_is_not_a_duplicate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join(datasets::scan::KAGGLE_DUPLICATE_DIR);
+    small_synth(&root, 2);
+    let p = &Scan::dir(&root).unwrap().patches[0];
+    let n = &p.name;
+    let twin = p.path.with_file_name(format!(
+        "{}_idx5_x0{}_y{}_class{}.png",
+        n.patient, n.x, n.y, n.class
+    ));
+    std::fs::copy(&p.path, twin).unwrap();
+    let scan = Scan::dir(&root).unwrap();
+    assert_eq!((scan.duplicates, scan.collisions.len()), (0, 1));
+}

@@ -36,7 +36,7 @@ pub enum Found {
 /// the same-patch rule (a second file for a patient's x, y is skipped and reported). Only the
 /// (x, y) of each named patch is remembered: 8 bytes an image.
 pub fn items(dir: &Path) -> Result<impl Iterator<Item = Found> + Send + use<>> {
-    let mut seen = SamePatch::<()>::default();
+    let mut seen = SamePatch::<()>::new(dir);
     Ok(SortedWalk::new(dir)?.map(move |path| {
         let path = match path {
             Ok(path) => path,
