@@ -6,8 +6,9 @@
 //!   (2001; the matrix scikit-image uses), each concentration `c` becomes `c * a + b` with `a` and
 //!   `b` drawn per image and channel from U(1 - s, 1 + s) and U(-s, s), and the pixel is mixed
 //!   back. Tellez et al. call s = 0.05 "HED-light" and 0.2 "HED-strong" (`b` in optical density).
-//! - **Brightness, contrast, saturation, hue** jitter, in that order, as torchvision's
-//!   `ColorJitter` defines each (hue: a rotation of the chroma plane, YIQ).
+//! - **Brightness, contrast, saturation, hue** jitter, in that order: brightness, contrast and
+//!   saturation as torchvision's `ColorJitter` defines them; hue as a rotation of the chroma plane
+//!   in YIQ (torchvision shifts H in HSV; the rotation is cheaper and keeps luminance).
 //!
 //! Every number comes from the image's own seeded stream, after the geometric augmentation's.
 
@@ -124,7 +125,8 @@ fn hed_jitter(img: &mut RgbImage, alpha: [f32; 3], beta: [f32; 3]) {
     }
 }
 
-/// Brightness, contrast, saturation and hue, as torchvision's `ColorJitter` applies them.
+/// Brightness, contrast and saturation as torchvision's `ColorJitter` applies them; hue as a
+/// YIQ chroma rotation.
 fn bcsh(img: &mut RgbImage, b: Option<f32>, c: Option<f32>, s: Option<f32>, h: Option<f32>) {
     let n = (img.width() * img.height()) as usize;
     let mut rgb: Vec<[f32; 3]> = img

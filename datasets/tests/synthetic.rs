@@ -208,7 +208,10 @@ fn build_never_replaces_what_it_did_not_make() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("never replaced"), "{err}");
-    assert_eq!(std::fs::read(mine.join("thesis.docx")).unwrap(), b"precious");
+    assert_eq!(
+        std::fs::read(mine.join("thesis.docx")).unwrap(),
+        b"precious"
+    );
     assert_eq!(Scan::dir(&src).unwrap().patches.len(), before);
 }
 

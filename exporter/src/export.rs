@@ -62,6 +62,9 @@ pub struct Loaded {
     pub preprocess: Preprocess,
     pub metadata: Vec<(String, String)>,
     pub data_root: Option<PathBuf>,
+    /// The checkpoint's epoch, and the run's operating threshold (`threshold.json`), if any.
+    pub epoch: usize,
+    pub threshold: Option<trainer::train::ChosenThreshold>,
 }
 
 pub struct Verification {
@@ -119,7 +122,14 @@ pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
     let state = RunDir::read_state(&ckpt)?;
     let device = Default::default();
     let model = run.load_model(config.init::<B>(&device), &ckpt, &device)?;
-    let train_cfg = TrainConfig::load(&dir.join(checkpoint::CONFIG_FILE)).ok();
+    // The run's config, when it has one (a random test run has none), gives the preprocessing:
+    // a config that does not parse is an error, never a silent default filter.
+    let cfg_file = dir.join(checkpoint::CONFIG_FILE);
+    let train_cfg = if cfg_file.exists() {
+        Some(TrainConfig::load(&cfg_file)?)
+    } else {
+        None
+    };
     let preprocess = train_cfg.as_ref().map_or(
         Preprocess {
             size: config.input_size as u32,
@@ -196,28 +206,29 @@ pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
     ]);
     // The trainer's operating threshold (chosen on validation, or fixed in its config).
     let threshold_path = dir.join(trainer::train::THRESHOLD_FILE);
-    if let Ok(text) = std::fs::read_to_string(&threshold_path) {
-        let t: trainer::train::ChosenThreshold = serde_json::from_str(&text)
-            .with_context(|| format!("malformed {}", threshold_path.shown()))?;
-        if !(0.0..=1.0).contains(&t.threshold) {
-            bail!(
-                "{}: threshold {} is not in [0, 1]",
-                threshold_path.shown(),
-                t.threshold
-            );
+    let threshold = match std::fs::read_to_string(&threshold_path) {
+        Err(_) => None,
+        Ok(text) => {
+            let t: trainer::train::ChosenThreshold = serde_json::from_str(&text)
+                .with_context(|| format!("malformed {}", threshold_path.shown()))?;
+            if !(0.0..=1.0).contains(&t.threshold) {
+                bail!(
+                    "{}: threshold {} is not in [0, 1]",
+                    threshold_path.shown(),
+                    t.threshold
+                );
+            }
+            Some(t)
         }
-        metadata.push((keys::THRESHOLD.into(), format!("{}", t.threshold)));
-        metadata.push((
-            keys::THRESHOLD_SOURCE.into(),
-            format!("trainer: {}", t.source),
-        ));
-    }
+    };
     Ok(Loaded {
         model,
         config,
         preprocess,
         metadata,
         data_root: train_cfg.map(|c| c.data.root),
+        epoch: state.epoch,
+        threshold,
     })
 }
 
@@ -232,6 +243,17 @@ fn checkpoint_name(c: Checkpoint) -> String {
 /// The serialized model. Deterministic: the same checkpoint gives the same bytes.
 pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
     let mut metadata = loaded.metadata.clone();
+    if let Some(t) = loaded
+        .threshold
+        .as_ref()
+        .filter(|t| t.holds_for(loaded.epoch, tta))
+    {
+        metadata.push((keys::THRESHOLD.into(), format!("{}", t.threshold)));
+        metadata.push((
+            keys::THRESHOLD_SOURCE.into(),
+            format!("trainer: {}", t.source),
+        ));
+    }
     if tta {
         metadata.push((
             keys::TTA.into(),
@@ -259,6 +281,19 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
 
 pub fn export(opts: &Options) -> Result<Report> {
     let loaded = load(&opts.model_dir, opts.checkpoint)?;
+    if let Some(t) = &loaded.threshold
+        && !t.holds_for(loaded.epoch, opts.tta)
+    {
+        eprintln!(
+            "note: the run's threshold {} was chosen for epoch {}{}; this export (epoch {}{}) \
+             leaves it out, so runtime uses 0.5 unless --threshold is given",
+            t.threshold,
+            t.epoch,
+            if t.tta { " with TTA" } else { "" },
+            loaded.epoch,
+            if opts.tta { " with TTA" } else { "" },
+        );
+    }
     let bytes = to_onnx(&loaded, opts.fold_bn, opts.tta)?;
     write_verified(&loaded, &bytes, opts)
 }

@@ -342,6 +342,7 @@ fn bench(dir: &Path, args: &ModelArgs, json: Option<&Path>) -> Result<()> {
     let items = pipeline::list(dir)?.images;
     let mut model = open(args)?;
     let pre = model.preprocess;
+    pipeline_of(args).check_memory(&pre)?;
     let n = items.len();
     let t = Instant::now();
     {

@@ -104,8 +104,17 @@ fn lib_in_site_packages(lib: &Path) -> Option<PathBuf> {
         .filter_map(|e| e.ok())
         .filter_map(|e| capi_lib(&e.path().join("site-packages/onnxruntime/capi")))
         .collect();
-    found.sort();
+    found.sort_by_key(|p| version_key(p));
     found.pop()
+}
+
+/// The numbers in a path, in order, for sorting versions as numbers (`python3.11` after
+/// `python3.9`, `libonnxruntime.so.1.17.0` after `.so.1.9.0`).
+fn version_key(p: &Path) -> Vec<u64> {
+    p.to_string_lossy()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|d| d.parse().ok())
+        .collect()
 }
 
 fn capi_lib(capi: &Path) -> Option<PathBuf> {
@@ -120,7 +129,7 @@ fn capi_lib(capi: &Path) -> Option<PathBuf> {
                 || name == "onnxruntime.dll"
         })
         .collect();
-    libs.sort();
+    libs.sort_by_key(|p| version_key(p));
     libs.pop()
 }
 
@@ -193,6 +202,24 @@ pub fn version_of(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newest_version_sorts_last() {
+        let mut v = vec![
+            PathBuf::from("lib/python3.11/x/libonnxruntime.so.1.17.0"),
+            PathBuf::from("lib/python3.9/x/libonnxruntime.so.1.32.0"),
+            PathBuf::from("lib/python3.11/x/libonnxruntime.so.1.9.0"),
+        ];
+        v.sort_by_key(|p| version_key(p));
+        assert_eq!(
+            v[2],
+            PathBuf::from("lib/python3.11/x/libonnxruntime.so.1.17.0")
+        );
+        assert_eq!(
+            v[0],
+            PathBuf::from("lib/python3.9/x/libonnxruntime.so.1.32.0")
+        );
+    }
 
     #[test]
     fn old_libraries_are_refused_naming_both_versions() {

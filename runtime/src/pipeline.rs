@@ -150,7 +150,27 @@ impl Streamed {
     }
 }
 
+/// Most bytes one batch of decoded images may take (two are in flight at a time).
+pub const MAX_BATCH_BYTES: usize = 1 << 30;
+
 impl Pipeline {
+    /// An error, before anything is allocated, when a batch of this size would not fit
+    /// `MAX_BATCH_BYTES` (a large `--batch-size` with a large input size).
+    pub fn check_memory(&self, pre: &Preprocess) -> Result<()> {
+        let bytes = self.batch_size.saturating_mul(pre.len()).saturating_mul(4);
+        if bytes > MAX_BATCH_BYTES {
+            anyhow::bail!(
+                "--batch-size {} at {}x{} input needs {} MB a batch, over the {} MB limit: lower --batch-size",
+                self.batch_size,
+                pre.size,
+                pre.size,
+                bytes >> 20,
+                MAX_BATCH_BYTES >> 20
+            );
+        }
+        Ok(())
+    }
+
     /// The decode workers (`decode_threads`, or one per core).
     pub fn decode_pool(&self) -> Result<rayon::ThreadPool> {
         Ok(rayon::ThreadPoolBuilder::new()
@@ -160,7 +180,8 @@ impl Pipeline {
     }
 
     /// Classifies `items` in order; `on_result(index, item, probability)` is called per image as
-    /// its batch comes back, `index` counting the items taken from the iterator. Nothing is kept
+    /// its batch comes back, `index` counting the images taken from the iterator (problems and
+    /// duplicates are not counted). Nothing is kept
     /// per image here: memory stays flat however many there are. Returns what was skipped and
     /// the seconds taken.
     pub fn stream<I, F>(
@@ -176,6 +197,7 @@ impl Pipeline {
     {
         let start = Instant::now();
         let pre = model.preprocess;
+        self.check_memory(&pre)?;
         let pool = self.decode_pool()?;
         let bs = self.batch_size.max(1);
         let (tx, rx) = sync_channel::<Decoded>(2);

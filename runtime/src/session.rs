@@ -112,13 +112,13 @@ impl Model {
                 path.shown()
             ),
         };
-        let side = input_side(&session);
-        if side.is_some_and(|s| s != preprocess.size as i64) {
+        if let Some(side) = input_sides(&session)
+            .into_iter()
+            .find(|&s| s != preprocess.size as i64)
+        {
             bail!(
-                "{}: input is {}x{} but preprocessing says {}",
+                "{}: the model's input side is {side} but its preprocessing says {}",
                 path.shown(),
-                side.unwrap(),
-                side.unwrap(),
                 preprocess.size
             );
         }
@@ -152,10 +152,10 @@ impl Model {
             .try_extract_tensor::<f32>()
             .map_err(|e| anyhow!("{e}"))?;
         let classes = shape.last().copied().unwrap_or(0) as usize;
-        if classes < 2 || probs.len() != n * classes {
+        if classes != 2 || probs.len() != n * classes {
             bail!(
-                "model output {} has shape {:?}, expected [{n}, 2]",
-                self.output,
+                "model output \"{}\" has shape {:?}, expected [{n}, 2] (no IDC, IDC)",
+                self.output.shown(),
                 &**shape
             );
         }
@@ -259,10 +259,11 @@ fn image_input(session: &Session, path: &Path) -> Result<String> {
     }
 }
 
-fn input_side(session: &Session) -> Option<i64> {
+/// The input's fixed sides (height, width; a side the model leaves open is not listed).
+fn input_sides(session: &Session) -> Vec<i64> {
     match session.inputs()[0].dtype() {
-        ValueType::Tensor { shape, .. } if shape[2] > 0 => Some(shape[2]),
-        _ => None,
+        ValueType::Tensor { shape, .. } => shape[2..].iter().copied().filter(|&d| d > 0).collect(),
+        _ => Vec::new(),
     }
 }
 

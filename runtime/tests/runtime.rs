@@ -538,7 +538,8 @@ fn preprocessing_comes_from_the_models_metadata() {
         "48",
     ]);
     assert!(
-        String::from_utf8_lossy(&o.stderr).contains("input is 32x32 but preprocessing says 48")
+        String::from_utf8_lossy(&o.stderr)
+            .contains("the model's input side is 32 but its preprocessing says 48")
     );
 }
 

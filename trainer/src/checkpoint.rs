@@ -264,6 +264,29 @@ impl RunDir {
         serde_json::from_str(&text).with_context(|| format!("malformed {}", path.shown()))
     }
 
+    /// Removes what an earlier run in this folder left (checkpoints, metrics, plot, reports), so
+    /// that nothing of it can pass for the new run's: a fresh start begins from an empty slate.
+    pub fn clear_outputs(&self) -> Result<()> {
+        if self.checkpoints().exists() {
+            std::fs::remove_dir_all(self.checkpoints())
+                .with_context(|| format!("cannot remove {}", self.checkpoints().shown()))?;
+        }
+        for name in [
+            METRICS_FILE,
+            TIMING_FILE,
+            "plot.png",
+            "test_report.json",
+            "threshold.json",
+        ] {
+            let path = self.root.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("cannot remove {}", path.shown()))?;
+            }
+        }
+        Ok(())
+    }
+
     pub fn write_metrics(&self, rows: &[EpochMetrics]) -> Result<()> {
         write_csv(&self.root.join(METRICS_FILE), rows)
     }

@@ -7,7 +7,7 @@
 //! an unfinished one). The summary, per fold and as mean ± standard deviation, goes to
 //! `cv.json`, `cv.csv` and the terminal; the fold of every patient to `cv-folds.csv`.
 
-use crate::checkpoint::RunDir;
+use crate::checkpoint::{RUN_FILE, RunDir};
 use crate::config::TrainConfig;
 use crate::data::Split;
 use crate::train::{self, Data, Options, Start, TEST_REPORT};
@@ -65,11 +65,16 @@ pub fn run<B: AutodiffBackend>(
         cv.sources.clone()
     };
     let pool = pool(&sources, opts.strict)?;
+    let patients: BTreeSet<&str> = pool.iter().map(|p| p.name.patient.as_str()).collect();
+    ensure!(
+        patients.len() >= cv.folds,
+        "{} patients cannot fill {} folds: use fewer folds",
+        patients.len(),
+        cv.folds
+    );
     let folds = kfold(&pool, cv.folds, cv.seed);
     let out = &cfg.output;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.shown()))?;
-    write_fold_table(&out.join("cv-folds.csv"), &pool, &folds)?;
-    let patients: BTreeSet<&str> = pool.iter().map(|p| p.name.patient.as_str()).collect();
     println!(
         "cross-validation: {} folds by patient over {} patients ({} patches) from {}; seed {}",
         cv.folds,
@@ -85,9 +90,20 @@ pub fn run<B: AutodiffBackend>(
     let mut per_fold = Vec::new();
     for fold in 0..cv.folds {
         println!("\n=== fold {}/{}", fold + 1, cv.folds);
-        let report = train_fold::<B>(cfg, device.clone(), opts, cv, &pool, &folds, fold)?;
-        per_fold.push(report);
+        match train_fold::<B>(cfg, device.clone(), opts, cv, &pool, &folds, fold)? {
+            Some(report) => per_fold.push(report),
+            None => {
+                println!(
+                    "stopped in fold {} as asked (--stop-after); the same command continues it",
+                    fold + 1
+                );
+                return Ok(serde_json::Value::Null);
+            }
+        }
     }
+    // Written with the summary: a refused or interrupted cross-validation leaves the last
+    // finished one's table alone.
+    write_fold_table(&out.join("cv-folds.csv"), &pool, &folds)?;
     let summary = summarize(&per_fold);
     let json = serde_json::json!({
         "folds": cv.folds,
@@ -163,7 +179,8 @@ fn write_fold_table(path: &Path, pool: &[Patch], folds: &[usize]) -> Result<()> 
     write_atomic(path, text.as_bytes())
 }
 
-/// Trains (or reuses) one fold and returns its test report, with the fold's sizes.
+/// Trains (or reuses) one fold and returns its test report, with the fold's sizes; `None` when
+/// `--stop-after` stopped it.
 fn train_fold<B: AutodiffBackend>(
     cfg: &TrainConfig,
     device: B::Device,
@@ -172,7 +189,7 @@ fn train_fold<B: AutodiffBackend>(
     pool: &[Patch],
     folds: &[usize],
     fold: usize,
-) -> Result<serde_json::Value> {
+) -> Result<Option<serde_json::Value>> {
     let mut fold_cfg = cfg.clone();
     fold_cfg.output = cfg.output.join(format!("fold-{}", fold + 1));
     let (test, rest) = split_off(pool.iter().cloned().zip(folds.iter().copied()), fold);
@@ -215,6 +232,23 @@ fn train_fold<B: AutodiffBackend>(
         variants: true,
         ..opts.clone()
     };
+    // A fold folder of another cross-validation (other folds, seed, sources or validation
+    // share) holds other patients: never reused or resumed.
+    let earlier: Option<serde_json::Value> = std::fs::read_to_string(run.root.join(RUN_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
+    if let Some(earlier) = earlier
+        && earlier["splits"] != provenance
+        && !opts.force
+    {
+        bail!(
+            "{} holds fold {} of another cross-validation (its patients differ: other --folds, \
+             --cv-seed, --cv-source or --cv-val-fraction); pass --force to start over there, or \
+             choose another --output",
+            run.root.shown(),
+            fold + 1
+        );
+    }
     let start = train::plan_start(&run, &config_yaml, &fold_opts)?;
     if start != Start::AlreadyDone {
         let splits = [
@@ -223,7 +257,11 @@ fn train_fold<B: AutodiffBackend>(
             Split::from_patches("testing", test, Vec::new()),
         ];
         let data = Data::new(&fold_cfg, &fold_opts, splits, provenance)?;
-        train::train_on::<B>(&fold_cfg, device, &fold_opts, &config_yaml, start, data)?;
+        let outcome =
+            train::train_on::<B>(&fold_cfg, device, &fold_opts, &config_yaml, start, data)?;
+        if outcome.interrupted {
+            return Ok(None);
+        }
     } else {
         println!(
             "fold {} is complete in {}; reused",
@@ -236,7 +274,7 @@ fn train_fold<B: AutodiffBackend>(
         &std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.shown()))?,
     )
     .with_context(|| format!("malformed {}", path.shown()))?;
-    Ok(serde_json::json!({ "sizes": sizes, "test": report }))
+    Ok(Some(serde_json::json!({ "sizes": sizes, "test": report })))
 }
 
 /// The patches of group `g`, and the others.

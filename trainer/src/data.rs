@@ -22,8 +22,8 @@ pub struct Split {
     pub labels: Vec<u8>,
     /// Each patch's patient id.
     pub patients: Vec<String>,
-    /// Decoded, resized patches when cached (`None` where decoding failed).
-    cache: Option<Vec<Option<RgbImage>>>,
+    /// Decoded, resized patches when cached (the reason where decoding failed).
+    cache: Option<Vec<Result<RgbImage, String>>>,
     /// Files the scan could not use.
     pub problems: Vec<Problem>,
 }
@@ -100,10 +100,10 @@ impl Split {
 
     /// Decodes every patch once, in parallel, and keeps them in memory.
     pub fn fill_cache(&mut self, pre: &Preprocess, pool: &rayon::ThreadPool) {
-        let images: Vec<Option<RgbImage>> = pool.install(|| {
+        let images: Vec<Result<RgbImage, String>> = pool.install(|| {
             self.paths
                 .par_iter()
-                .map(|p| pre.load_resized(p).ok())
+                .map(|p| pre.load_resized(p).map_err(|e| e.to_string()))
                 .collect()
         });
         self.cache = Some(images);
@@ -207,9 +207,7 @@ fn make_batch(
     };
     for (k, &i) in idx.iter().enumerate() {
         let img = match &split.cache {
-            Some(cache) => cache[i]
-                .clone()
-                .ok_or_else(|| "could not be decoded when cached".to_string()),
+            Some(cache) => cache[i].clone(),
             None => pre.load_resized(&split.paths[i]).map_err(|e| e.to_string()),
         };
         let img = match img {

@@ -190,6 +190,7 @@ pub fn plan_start(run: &RunDir, config_yaml: &str, opts: &Options) -> Result<Sta
                 run.root.shown()
             );
         }
+        run.clear_outputs()?;
         return Ok(Start::Fresh);
     };
     let old_config =
@@ -199,8 +200,7 @@ pub fn plan_start(run: &RunDir, config_yaml: &str, opts: &Options) -> Result<Sta
         .zip(yaml_serde::from_str::<TrainConfig>(config_yaml).ok())
         .is_some_and(|(old, new)| old.same_run(&new));
     if opts.force {
-        std::fs::remove_dir_all(run.checkpoints())
-            .with_context(|| format!("cannot remove {}", run.checkpoints().shown()))?;
+        run.clear_outputs()?;
         return Ok(Start::Fresh);
     }
     if !same_run {
@@ -691,7 +691,7 @@ fn final_report<B: AutodiffBackend>(
         runs.insert(t, (val, test));
     }
     let (val, test) = &runs[&tta];
-    let chosen = choose_threshold(cfg, val);
+    let chosen = choose_threshold(cfg, val, state.best_epoch);
     write_atomic(
         &run.root.join(THRESHOLD_FILE),
         serde_json::to_string_pretty(&chosen)?.as_bytes(),
@@ -780,14 +780,30 @@ fn final_report<B: AutodiffBackend>(
 /// the model.
 pub const THRESHOLD_FILE: &str = "threshold.json";
 
-/// A threshold and where it came from.
+/// A threshold and where it came from. One chosen on validation holds for the model it was
+/// chosen with (the best checkpoint, with or without TTA); a fixed one for any.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChosenThreshold {
     pub threshold: f64,
     pub source: String,
+    /// Fixed in the config, not chosen on a model's predictions.
+    #[serde(default)]
+    pub fixed: bool,
+    /// The checkpoint's epoch and TTA setting it was chosen with.
+    #[serde(default)]
+    pub epoch: usize,
+    #[serde(default)]
+    pub tta: bool,
 }
 
-fn choose_threshold(cfg: &TrainConfig, val: &Evaluated) -> ChosenThreshold {
+impl ChosenThreshold {
+    /// Whether it holds for the model of epoch `epoch`, evaluated with or without TTA.
+    pub fn holds_for(&self, epoch: usize, tta: bool) -> bool {
+        self.fixed || (self.epoch == epoch && self.tta == tta)
+    }
+}
+
+fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenThreshold {
     use crate::config::{Threshold, ThresholdRule};
     use datasets::report::{threshold_for_sensitivity, threshold_max_bac};
     let (patches, tta) = (
@@ -799,6 +815,9 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated) -> ChosenThreshold {
             return ChosenThreshold {
                 threshold: t,
                 source: "fixed in the trainer config (eval.threshold)".into(),
+                fixed: true,
+                epoch,
+                tta: cfg.eval.tta,
             };
         }
         Threshold::Rule(ThresholdRule::MaxBac) => (
@@ -813,13 +832,21 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated) -> ChosenThreshold {
     match chosen {
         Some(t) => ChosenThreshold {
             threshold: t,
-            source: format!("{rule} on the validation split ({patches} patches{tta})"),
+            source: format!(
+                "{rule} on the validation split ({patches} patches{tta}), epoch {epoch}"
+            ),
+            fixed: false,
+            epoch,
+            tta: cfg.eval.tta,
         },
         None => ChosenThreshold {
             threshold: 0.5,
             source: format!(
                 "0.5: the validation split has one class only, so {rule} cannot be chosen"
             ),
+            fixed: true,
+            epoch,
+            tta: cfg.eval.tta,
         },
     }
 }

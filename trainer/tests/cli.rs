@@ -258,6 +258,11 @@ fn every_skipped_file_is_named_in_the_log_and_the_run_files() {
     assert_eq!(strict.status.code(), Some(2));
     let err = String::from_utf8_lossy(&strict.stderr);
     assert!(err.contains("--strict") && err.contains("idx5_x"), "{err}");
+    // The forced run began from an empty slate: nothing of the earlier run's report can pass for
+    // it, so a run without --strict is not "already complete".
+    assert!(!out_dir.join("test_report.json").exists());
+    let again = ok(&trainer(&args));
+    assert!(!again.contains("already complete"), "{again}");
 }
 
 #[test]
@@ -543,4 +548,14 @@ fn cross_validation_tests_every_patient_once() {
     assert_eq!(summary["folds"], 3);
     let again = ok(&trainer(&args));
     assert_eq!(again.matches("reused").count(), 3, "{again}");
+    // Another cross-validation in the same folder holds other patients per fold: refused.
+    let other = trainer(&[&args[..], &["--cv-seed", "7"]].concat());
+    assert_eq!(other.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&other.stderr);
+    assert!(err.contains("of another cross-validation"), "{err}");
+    // More folds than patients: refused.
+    let mut too_many = args.to_vec();
+    too_many[8] = "9";
+    let o = trainer(&too_many);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("cannot fill 9 folds"));
 }
