@@ -205,7 +205,7 @@ mod tests {
 
     #[test]
     fn newest_version_sorts_last() {
-        let mut v = vec![
+        let mut v = [
             PathBuf::from("lib/python3.11/x/libonnxruntime.so.1.17.0"),
             PathBuf::from("lib/python3.9/x/libonnxruntime.so.1.32.0"),
             PathBuf::from("lib/python3.11/x/libonnxruntime.so.1.9.0"),
