@@ -237,9 +237,9 @@ impl Preprocess {
 /// source index = floor((dst + 0.5) * src / dst).
 pub fn resize_nearest(img: &RgbImage, w: u32, h: u32) -> RgbImage {
     let (sw, sh) = img.dimensions();
-    let map = |d: u32, src: u32, dst: u32| {
-        (((d as u64 * 2 + 1) * src as u64) / (dst as u64 * 2)).min(src as u64 - 1) as u32
-    };
+    // For d < dst, (2d + 1) * src / (2 dst) < src: always a pixel of the source.
+    let map =
+        |d: u32, src: u32, dst: u32| (((d as u64 * 2 + 1) * src as u64) / (dst as u64 * 2)) as u32;
     let xs: Vec<u32> = (0..w).map(|x| map(x, sw, w)).collect();
     RgbImage::from_fn(w, h, |x, y| *img.get_pixel(xs[x as usize], map(y, sh, h)))
 }

@@ -301,6 +301,10 @@ mod tests {
         assert!((r.classes[1].precision - 2.0 / 3.0).abs() < 1e-12);
         assert!((r.classes[0].precision - 3.0 / 4.0).abs() < 1e-12);
         assert!((r.accuracy - 5.0 / 7.0).abs() < 1e-12);
+        // F1 of IDC: 2 * (2/3 * 2/3) / (2/3 + 2/3) = 2/3; of no IDC: 3/4.
+        assert!((r.f1_idc - 2.0 / 3.0).abs() < 1e-12);
+        assert!((r.classes[0].f1 - 3.0 / 4.0).abs() < 1e-12);
+        assert!((r.balanced_accuracy - (2.0 / 3.0 + 3.0 / 4.0) / 2.0).abs() < 1e-12);
         // Pairs (pos, neg) ranked right: 0.4 beats 3 of 4 negatives, 0.8 and 0.9 beat all 4.
         assert!((r.roc_auc.unwrap() - 11.0 / 12.0).abs() < 1e-12);
         // AP: ranks 0.9(+) 0.8(+) 0.7(-) 0.4(+): 1/3*1 + 1/3*1 + 1/3*3/4.
@@ -402,6 +406,29 @@ mod tests {
             prop_assert_eq!(r.sensitivity, div(m[1][1], m[1][0] + m[1][1]));
             prop_assert_eq!(r.specificity, div(m[0][0], m[0][0] + m[0][1]));
             prop_assert_eq!(r.accuracy, div(m[0][0] + m[1][1], n));
+            // Per class: precision, recall, F1 (the harmonic mean, 0 when both are 0), support;
+            // then the macro (plain) and weighted (by support) averages, as scikit-learn's.
+            for c in 0..2 {
+                let (tp, called, actual) = (m[c][c], m[0][c] + m[1][c], m[c][0] + m[c][1]);
+                let (p, rc) = (div(tp, called), div(tp, actual));
+                let f = if p + rc == 0.0 { 0.0 } else { 2.0 * p * rc / (p + rc) };
+                let k = &r.classes[c];
+                prop_assert_eq!((k.precision, k.recall, k.support), (p, rc, actual));
+                prop_assert!((k.f1 - f).abs() < 1e-12);
+            }
+            prop_assert!((r.f1_idc - r.classes[1].f1).abs() < 1e-15);
+            prop_assert!((r.balanced_accuracy - (r.sensitivity + r.specificity) / 2.0).abs() < 1e-15);
+            let macro_f1 = (r.classes[0].f1 + r.classes[1].f1) / 2.0;
+            prop_assert!((r.macro_avg.f1 - macro_f1).abs() < 1e-12);
+            if n > 0 {
+                let w = |f: fn(&ClassStats) -> f64| {
+                    (f(&r.classes[0]) * r.classes[0].support as f64 + f(&r.classes[1]) * r.classes[1].support as f64) / n as f64
+                };
+                prop_assert!((r.weighted_avg.precision - w(|k| k.precision)).abs() < 1e-12);
+                prop_assert!((r.weighted_avg.recall - w(|k| k.recall)).abs() < 1e-12);
+                prop_assert!((r.weighted_avg.f1 - w(|k| k.f1)).abs() < 1e-12);
+            }
+            prop_assert_eq!((r.macro_avg.support, r.weighted_avg.support), (n, n));
             // ROC AUC: the share of (IDC, healthy) pairs ranked right, ties counting half.
             let (mut good, mut pairs) = (0.0, 0usize);
             for (i, _) in labels.iter().enumerate().filter(|(_, l)| **l == 1) {
