@@ -61,9 +61,10 @@ bench: venv
 
 # Mutation testing of the modules where the logic lives (.cargo/mutants.toml): hours on 2 cores,
 # not part of CI. Results in mutants.out/ (outcomes.json, missed.txt); summary in docs/testing.md.
+# Incremental release builds: a mutant rebuilds in ~2 s instead of ~20 s.
 mutants: venv
 	@command -v cargo-mutants >/dev/null || $(CARGO) install cargo-mutants --locked --version 27.1.0
-	$(CARGO) mutants --no-shuffle -o . $(MUTANTS_ARGS)
+	CARGO_PROFILE_RELEASE_INCREMENTAL=true $(CARGO) mutants --no-shuffle -o . $(MUTANTS_ARGS)
 
 # CancerNet against PyTorch and the tutorial's Keras (training, ONNX graphs): installs PyTorch
 # (~5 GB) into .venv-torch and TensorFlow (~1.7 GB) into .venv-keras.

@@ -41,11 +41,8 @@ fn ratio(a: usize, b: usize) -> f64 {
 }
 
 fn f1(p: f64, r: f64) -> f64 {
-    if p + r == 0.0 {
-        0.0
-    } else {
-        2.0 * p * r / (p + r)
-    }
+    let sum = p + r;
+    if sum > 0.0 { 2.0 * p * r / sum } else { 0.0 }
 }
 
 impl Report {
