@@ -171,11 +171,11 @@ fn pick_threshold(
 /// The threshold with the highest balanced accuracy (the first, i.e. highest, on ties).
 pub fn threshold_max_bac(labels: &[u8], probs: &[f32]) -> Option<f64> {
     pick_threshold(labels, probs, |rates| {
-        let bac = |&(sens, spec): &(f64, f64)| (sens + spec) / 2.0;
-        // A tolerance: sensitivity and specificity are ratios of different counts, and equal
-        // balanced accuracies can differ in the last bit.
+        // Twice the balanced accuracy: only the order matters. A tolerance: sensitivity and
+        // specificity are ratios of different counts, and equal sums can differ in the last bit.
+        let score = |&(sens, spec): &(f64, f64)| sens + spec;
         (0..rates.len()).reduce(|best, k| {
-            if bac(&rates[k]) > bac(&rates[best]) + 1e-12 {
+            if score(&rates[k]) > score(&rates[best]) + 1e-12 {
                 k
             } else {
                 best
@@ -381,6 +381,22 @@ mod tests {
                 let higher = Report::new(&labels, &probs, lowest_called + 1e-9);
                 prop_assert!(higher.sensitivity < target);
             }
+        }
+
+        /// The ROC curve climbs from (0,0) to (1,1) and its area (trapezoids) is the ROC AUC.
+        #[test]
+        fn roc_curve_encloses_the_auc((labels, probs) in labelled()) {
+            let Some(auc) = roc_auc(&labels, &probs) else { return Ok(()); };
+            let curve = roc_curve(&labels, &probs);
+            prop_assert_eq!(curve[0], (0.0, 0.0));
+            prop_assert_eq!(*curve.last().unwrap(), (1.0, 1.0));
+            let mut area = 0.0;
+            for w in curve.windows(2) {
+                let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+                prop_assert!(x1 >= x0 && y1 >= y0);
+                area += (x1 - x0) * (y0 + y1) / 2.0;
+            }
+            prop_assert!((area - auc).abs() < 1e-9, "{} vs {}", area, auc);
         }
 
         #[test]
