@@ -323,6 +323,23 @@ pub fn write_verified(loaded: &Loaded, bytes: &[u8], opts: &Options) -> Result<R
     })
 }
 
+/// The largest |burn - ONNX Runtime| IDC probability and the number of patches whose argmax
+/// differs; `burn` holds both classes' probabilities per patch, `ort_idc` the IDC one.
+fn compare(burn: &[f32], ort_idc: &[f32]) -> (f32, usize) {
+    let mut max_abs_diff = 0f32;
+    let mut disagree = 0;
+    for (b, &o) in burn.chunks_exact(2).zip(ort_idc) {
+        max_abs_diff = max_abs_diff.max((b[1] - o).abs());
+        disagree += usize::from((b[1] >= b[0]) != (o >= 1.0 - o));
+    }
+    (max_abs_diff, disagree)
+}
+
+/// Within 1e-4 everywhere and the same call for every patch.
+fn agree(max_abs_diff: f32, disagree: usize) -> bool {
+    max_abs_diff <= 1e-4 && disagree == 0
+}
+
 /// Up to `n` patches for verification: real ones from `dir` when it has decodable ones, else
 /// synthetic.
 fn verification_batch(
@@ -396,15 +413,8 @@ pub fn verify(loaded: &Loaded, onnx: &Path, opts: &Options) -> Result<Verificati
     let mut model = runtime::session::Model::open(onnx, &session_opts)
         .context("verification: ONNX Runtime cannot load the exported file")?;
     let ort_idc = model.predict(&images, n)?;
-    let mut max_abs_diff = 0f32;
-    let mut disagree = 0;
-    for i in 0..n {
-        let burn_idc = burn_probs[i * 2 + 1];
-        max_abs_diff = max_abs_diff.max((burn_idc - ort_idc[i]).abs());
-        disagree +=
-            usize::from((burn_idc >= burn_probs[i * 2]) != (ort_idc[i] >= 1.0 - ort_idc[i]));
-    }
-    if max_abs_diff > 1e-4 || disagree > 0 {
+    let (max_abs_diff, disagree) = compare(&burn_probs, &ort_idc);
+    if !agree(max_abs_diff, disagree) {
         bail!(
             "verification failed on {source}: max |burn - onnxruntime| = {max_abs_diff:.3e} (limit 1e-4), {disagree} of {n} argmax disagree; {} not written",
             opts.out.shown()
@@ -420,4 +430,70 @@ pub fn verify(loaded: &Loaded, onnx: &Path, opts: &Options) -> Result<Verificati
         source,
         max_abs_diff,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verification_compares_probabilities_and_calls() {
+        // Three patches: identical, 3e-5 apart, 2e-4 apart (the same call each time).
+        let burn = [0.9, 0.1, 0.3, 0.7, 0.6, 0.4];
+        let close = [0.1, 0.70003, 0.4];
+        let (d, n) = compare(&burn, &close);
+        assert!((d - 3e-5).abs() < 1e-6 && n == 0, "{d} {n}");
+        assert!(agree(d, n));
+        let far = [0.1, 0.7, 0.4002];
+        let (d, n) = compare(&burn, &far);
+        assert!((d - 2e-4).abs() < 1e-6 && n == 0, "{d} {n}");
+        assert!(!agree(d, n), "2e-4 apart must fail");
+        // A call that flips with a tiny difference fails too; each flip is counted.
+        let flipped = [0.50001, 0.49999, 0.49999, 0.50001];
+        let (d, n) = compare(&flipped, &[0.49999, 0.50001]);
+        assert_eq!((d, n), (0.0, 0));
+        let (d, n) = compare(&flipped, &[0.50001, 0.49999]);
+        assert_eq!(n, 2);
+        assert!(d < 1e-4 && !agree(d, n));
+        assert!(agree(1e-4, 0) && !agree(0.0, 1));
+    }
+
+    #[test]
+    fn the_runs_threshold_is_read_and_checked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = models::CancerNetConfig::new()
+            .with_input_size(32)
+            .with_widths(vec![8])
+            .with_depths(vec![1])
+            .with_dense(8);
+        trainer::checkpoint::write_random_run(tmp.path(), &cfg, 3).unwrap();
+        assert!(
+            load(tmp.path(), Checkpoint::Best)
+                .unwrap()
+                .threshold
+                .is_none()
+        );
+        let path = tmp.path().join(trainer::train::THRESHOLD_FILE);
+        let write = |t: &str| {
+            let json = format!(r#"{{"threshold": {t}, "source": "max_bac", "epoch": 1}}"#);
+            std::fs::write(&path, json).unwrap();
+        };
+        write("0.3");
+        let t = load(tmp.path(), Checkpoint::Best)
+            .unwrap()
+            .threshold
+            .unwrap();
+        assert_eq!((t.threshold, t.epoch), (0.3, 1));
+        for bad in ["1.5", "-0.1"] {
+            write(bad);
+            let e = format!("{:#}", load(tmp.path(), Checkpoint::Best).err().unwrap());
+            assert!(
+                e.contains("is not in [0, 1]") && e.contains("threshold.json"),
+                "{e}"
+            );
+        }
+        std::fs::write(&path, "{").unwrap();
+        let e = format!("{:#}", load(tmp.path(), Checkpoint::Best).err().unwrap());
+        assert!(e.contains("malformed"), "{e}");
+    }
 }

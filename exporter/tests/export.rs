@@ -95,6 +95,7 @@ fn same_checkpoint_gives_identical_bytes_and_a_named_standard_graph() {
         assert!(meta.contains_key(key), "metadata lacks {key}");
     }
     assert_eq!(meta["classes"], "0: no IDC, 1: IDC");
+    assert_eq!(meta["train.checkpoint"], "best (epoch 0)");
     let dims = &graph.input[0];
     assert_eq!(dims.name.as_deref(), Some("image"));
 }
