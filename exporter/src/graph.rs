@@ -91,13 +91,11 @@ impl Builder {
         if let Some(b) = &conv.bias {
             inputs.push(self.init(&format!("{name}.bias"), values(b.val()), &[shape[0]])?);
         }
-        let (k, pad) = (shape[2], (shape[2] - 1) / 2);
+        // CancerNet's kernels are odd (3x3, 1x1): 'same' padding is k / 2 on every side.
+        let (k, pad) = (shape[2], shape[2] / 2);
         let attrs = vec![
             AttributeProto::from_ints("kernel_shape", vec![k, k]),
-            AttributeProto::from_ints(
-                "pads",
-                vec![pad, pad, shape[2] - 1 - pad, shape[2] - 1 - pad],
-            ),
+            AttributeProto::from_ints("pads", vec![pad; 4]),
             AttributeProto::from_ints("strides", vec![1, 1]),
             AttributeProto::from_int("group", group),
         ];
