@@ -374,11 +374,27 @@ mod tests {
             ("augment:\n  zoom: 3\n", "augment.zoom"),
             ("model:\n  input_size: 4\n", "input_size"),
             ("train:\n  class_weights: [1, -2]\n", "train.class_weights"),
+            ("train:\n  class_weights: [0, 1]\n", "train.class_weights"),
+            (
+                "train:\n  class_weights: [1, .inf]\n",
+                "train.class_weights",
+            ),
+            ("model:\n  widths: [32, 4097, 128]\n", "at most 4096"),
+            ("eval:\n  threshold: 1.5\n", "eval.threshold"),
         ];
         for (yaml, key) in cases {
             let cfg: TrainConfig = yaml_serde::from_str(yaml).unwrap();
             let err = cfg.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{yaml:?}: {err}");
+        }
+        // The edges of those ranges are accepted.
+        for yaml in [
+            "train:\n  class_weights: [0.5, 2]\n",
+            "model:\n  depths: [1, 4096, 3]\n",
+            "eval:\n  threshold: 1\n",
+        ] {
+            let cfg: TrainConfig = yaml_serde::from_str(yaml).unwrap();
+            cfg.validate().unwrap_or_else(|e| panic!("{yaml:?}: {e}"));
         }
         let cfg: TrainConfig = yaml_serde::from_str("train:\n  class_weights: none\n").unwrap();
         assert_eq!(
