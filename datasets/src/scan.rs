@@ -502,4 +502,73 @@ mod tests {
         );
         assert!(SortedWalk::new(&dir.path().join("a.png")).is_err());
     }
+
+    /// Each kind of unusable file is recorded with its reason, counted once, listed and made an
+    /// error by `--strict`; a clean tree passes `--strict`.
+    #[test]
+    fn every_skip_is_recorded_counted_and_listed() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let put = |rel: &str, bytes: &[u8]| {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, bytes).unwrap();
+        };
+        put("p1/0/p1_idx5_x1_y1_class0.png", b"x");
+        put("p1/1/p1_idx5_x2_y2_class1.png", b"x");
+        let clean = Scan::dir(root).unwrap();
+        assert_eq!((clean.patches.len(), clean.skipped()), (2, 0));
+        assert!(clean.strict(root).is_ok() && clean.warnings(9).is_empty());
+
+        put("p1/0/p1_idx5_x01_y1_class0.png", b"x"); // the same patch as x1
+        put("p1/0/notes.txt", b"x");
+        put("p1/0/p1_idx5_x3_y3_class0.png", b"");
+        put(
+            &format!("{KAGGLE_DUPLICATE_DIR}/p1/0/p1_idx5_x1_y1_class0.png"),
+            b"x",
+        );
+        let d = root.join("p1/0");
+        symlink("missing.png", d.join("p1_idx5_x4_y4_class0.png")).unwrap();
+        symlink(
+            "p1_idx5_x5_y5_class0.png",
+            d.join("p1_idx5_x5_y5_class0.png"),
+        )
+        .unwrap();
+        symlink(&d, root.join("p1/linked")).unwrap();
+        let scan = Scan::dir(root).unwrap();
+        assert_eq!(scan.patches.len(), 2);
+        assert_eq!((scan.collisions.len(), scan.duplicates), (1, 1));
+        let mut reasons: Vec<&str> = scan.problems.iter().map(|p| p.reason.as_str()).collect();
+        reasons.sort();
+        assert_eq!(reasons.len(), 5, "{reasons:?}");
+        for (reason, want) in reasons.iter().zip([
+            "dangling symlink",
+            "empty file",
+            "not an image",
+            "symlink loop",
+            "symlink to a folder",
+        ]) {
+            assert!(reason.starts_with(want), "{reason:?} is not {want:?}");
+        }
+        assert_eq!(scan.skipped(), 7);
+        let json = scan.problems[0].to_json();
+        assert_eq!(json["path"], scan.problems[0].path.shown());
+        assert_eq!(json["reason"], scan.problems[0].reason);
+        let e = scan.strict(root).unwrap_err().to_string();
+        assert!(
+            e.contains("7 files skipped") && e.contains("notes.txt"),
+            "{e}"
+        );
+        let w = scan.warnings(1);
+        assert!(w.contains("skipped 1 duplicate patches"), "{w}");
+        assert!(
+            w.contains("1 files name a patch") && w.contains("same patch"),
+            "{w}"
+        );
+        assert!(
+            w.contains("5 files skipped") && w.contains("... and 4 more"),
+            "{w}"
+        );
+    }
 }
