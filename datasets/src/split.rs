@@ -117,15 +117,11 @@ fn balanced_by_patient(patches: &[Patch], shares: &[f64], seed: u64) -> Vec<usiz
     let total_idc = patches.iter().filter(|p| p.label == 1).count() as f64;
     let wanted: Vec<usize> = (0..shares.len()).filter(|&s| shares[s] > 0.0).collect();
     let mut have = vec![[0usize; 2]; shares.len()];
-    let mut members = vec![0usize; shares.len()];
+    let mut filled = vec![false; shares.len()];
     let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
     for (k, (patient, counts)) in patients.iter().enumerate() {
         let left = patients.len() - k;
-        let empty: Vec<usize> = wanted
-            .iter()
-            .copied()
-            .filter(|&s| members[s] == 0)
-            .collect();
+        let empty: Vec<usize> = wanted.iter().copied().filter(|&s| !filled[s]).collect();
         let candidates = if !empty.is_empty() && left <= empty.len() {
             empty
         } else {
@@ -146,7 +142,7 @@ fn balanced_by_patient(patches: &[Patch], shares: &[f64], seed: u64) -> Vec<usiz
             .expect("at least one group has a positive share");
         have[best][0] += counts[0];
         have[best][1] += counts[1];
-        members[best] += 1;
+        filled[best] = true;
         chosen.insert(patient, best);
     }
     patches
@@ -285,6 +281,29 @@ mod tests {
         let split = SplitConfig::default().assign(&patches);
         for s in 0..3 {
             assert!(split.contains(&s), "split {s} is empty");
+        }
+    }
+
+    /// A zero share means an empty split; fractions outside [0, 1) are refused.
+    #[test]
+    fn zero_shares_stay_empty_and_fractions_are_checked() {
+        let patches = fake(12, 100);
+        let no_val = SplitConfig {
+            val_fraction: 0.0,
+            ..SplitConfig::default()
+        };
+        let split = no_val.assign(&patches);
+        assert!(!split.contains(&1) && split.contains(&0) && split.contains(&2));
+        assert!(no_val.validate().is_ok());
+        for (test_fraction, val_fraction) in [(1.0, 0.1), (0.2, 1.0), (-0.1, 0.1), (f64::NAN, 0.1)]
+        {
+            let cfg = SplitConfig {
+                test_fraction,
+                val_fraction,
+                ..SplitConfig::default()
+            };
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.contains("must be in [0, 1)"), "{e}");
         }
     }
 
