@@ -536,28 +536,37 @@ mod tests {
         )
         .unwrap();
         symlink(&d, root.join("p1/linked")).unwrap();
+        symlink("/dev/null", d.join("p1_idx5_x6_y6_class0.png")).unwrap();
+        // Through a file as if it were a folder: neither missing nor a loop (ENOTDIR).
+        symlink(
+            "p1_idx5_x1_y1_class0.png/x",
+            d.join("p1_idx5_x7_y7_class0.png"),
+        )
+        .unwrap();
         let scan = Scan::dir(root).unwrap();
         assert_eq!(scan.patches.len(), 2);
         assert_eq!((scan.collisions.len(), scan.duplicates), (1, 1));
         let mut reasons: Vec<&str> = scan.problems.iter().map(|p| p.reason.as_str()).collect();
         reasons.sort();
-        assert_eq!(reasons.len(), 5, "{reasons:?}");
+        assert_eq!(reasons.len(), 7, "{reasons:?}");
         for (reason, want) in reasons.iter().zip([
+            "cannot follow symlink",
             "dangling symlink",
             "empty file",
             "not an image",
             "symlink loop",
             "symlink to a folder",
+            "symlink to something that is not a file",
         ]) {
             assert!(reason.starts_with(want), "{reason:?} is not {want:?}");
         }
-        assert_eq!(scan.skipped(), 7);
+        assert_eq!(scan.skipped(), 9);
         let json = scan.problems[0].to_json();
         assert_eq!(json["path"], scan.problems[0].path.shown());
         assert_eq!(json["reason"], scan.problems[0].reason);
         let e = scan.strict(root).unwrap_err().to_string();
         assert!(
-            e.contains("7 files skipped") && e.contains("notes.txt"),
+            e.contains("9 files skipped") && e.contains("notes.txt"),
             "{e}"
         );
         let w = scan.warnings(1);
@@ -567,8 +576,9 @@ mod tests {
             "{w}"
         );
         assert!(
-            w.contains("5 files skipped") && w.contains("... and 4 more"),
+            w.contains("7 files skipped") && w.contains("... and 6 more"),
             "{w}"
         );
+        assert!(!w.contains("and 0 more"), "{w}");
     }
 }
