@@ -503,6 +503,19 @@ mod tests {
         assert!(SortedWalk::new(&dir.path().join("a.png")).is_err());
     }
 
+    #[test]
+    fn labels_come_from_the_folder_or_the_name_and_must_agree() {
+        let named = PatchName::parse("p_idx5_x1_y1_class1.png").unwrap();
+        let path = |s: &str| PathBuf::from(s);
+        assert_eq!(label_of(&path("d/1/a.png"), None), Ok(Some(1)));
+        assert_eq!(label_of(&path("d/0/a.png"), None), Ok(Some(0)));
+        assert_eq!(label_of(&path("d/x/a.png"), None), Ok(None));
+        assert_eq!(label_of(&path("d/x/a.png"), Some(&named)), Ok(Some(1)));
+        assert_eq!(label_of(&path("d/1/a.png"), Some(&named)), Ok(Some(1)));
+        let e = label_of(&path("d/0/a.png"), Some(&named)).unwrap_err();
+        assert!(e.contains("label disagreement"), "{e}");
+    }
+
     /// Each kind of unusable file is recorded with its reason, counted once, listed and made an
     /// error by `--strict`; a clean tree passes `--strict`.
     #[test]
