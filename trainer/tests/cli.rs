@@ -180,6 +180,13 @@ fn trains_writes_every_artifact_and_repeats_byte_for_byte() {
     );
     assert!(!ckpt.join(".epoch-003.saving-4242").exists());
     same_bytes(&straight, &out_dir);
+    // timing.csv (not compared: seconds differ) keeps the first session's epochs too.
+    let epochs: Vec<String> = csv::Reader::from_path(out_dir.join("timing.csv"))
+        .unwrap()
+        .records()
+        .map(|r| r.unwrap()[0].to_string())
+        .collect();
+    assert_eq!(epochs, ["1", "2", "3"]);
     let report = |d: &Path| std::fs::read_to_string(d.join("test_report.json")).unwrap();
 
     // A finished run with the same config is reused.
