@@ -313,3 +313,36 @@ fn test_time_augmentation_in_the_graph_matches_burn() {
     .into_scalar();
     assert!(diff < 1e-5, "a flat image's views differ ({diff})");
 }
+
+/// Verification runs on the given folder's patches (an undecodable one passed over), every one
+/// of them when there are fewer than the batch, and on synthetic patches when none decodes.
+#[test]
+fn verification_uses_the_real_patches_it_is_given() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    checkpoint::write_random_run(&run, &small(), 7).unwrap();
+    let data = tmp.path().join("data");
+    datasets::testdata::small_synth(&data, 2, 6.0);
+    let count = datasets::scan::Scan::dir(&data).unwrap().patches.len();
+    assert!((2..64).contains(&count), "{count} patches");
+    std::fs::write(data.join("p0_idx5_x9_y9_class0.png"), b"not a png").unwrap();
+    let verify = |dir: &Path, out: &str| {
+        let o = Options {
+            verify_data: Some(dir.into()),
+            ..opts(&run, &tmp.path().join(out))
+        };
+        export(&o).unwrap().verification.unwrap()
+    };
+    let v = verify(&data, "a.onnx");
+    assert_eq!(v.images, count);
+    assert!(
+        v.source.starts_with(&format!("{count} patches from ")),
+        "{}",
+        v.source
+    );
+    let junk = tmp.path().join("junk");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(junk.join("p0_idx5_x1_y1_class0.png"), b"not a png").unwrap();
+    let v = verify(&junk, "b.onnx");
+    assert!(!v.source.contains("from"), "{}", v.source);
+}
