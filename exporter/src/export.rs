@@ -79,6 +79,8 @@ pub struct Report {
     pub bytes: usize,
     pub nodes: usize,
     pub verification: Option<Verification>,
+    /// Why the run's threshold was left out of the model, when it was.
+    pub note: Option<String>,
 }
 
 /// Metadata keys of the operating threshold (`runtime` uses it unless `--threshold` is given).
@@ -281,21 +283,26 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
 
 pub fn export(opts: &Options) -> Result<Report> {
     let loaded = load(&opts.model_dir, opts.checkpoint)?;
-    if let Some(t) = &loaded.threshold
-        && !t.holds_for(loaded.epoch, opts.tta)
-    {
-        eprintln!(
-            "note: the run's threshold {} was chosen for epoch {}{}; this export (epoch {}{}) \
-             leaves it out, so runtime uses 0.5 unless --threshold is given",
-            t.threshold,
-            t.epoch,
-            if t.tta { " with TTA" } else { "" },
-            loaded.epoch,
-            if opts.tta { " with TTA" } else { "" },
-        );
-    }
+    let note = loaded
+        .threshold
+        .as_ref()
+        .filter(|t| !t.holds_for(loaded.epoch, opts.tta))
+        .map(|t| {
+            format!(
+                "the run's threshold {} was chosen for epoch {}{}; this export (epoch {}{}) \
+                 leaves it out, so runtime uses 0.5 unless --threshold is given",
+                t.threshold,
+                t.epoch,
+                if t.tta { " with TTA" } else { "" },
+                loaded.epoch,
+                if opts.tta { " with TTA" } else { "" },
+            )
+        });
     let bytes = to_onnx(&loaded, opts.fold_bn, opts.tta)?;
-    write_verified(&loaded, &bytes, opts)
+    Ok(Report {
+        note,
+        ..write_verified(&loaded, &bytes, opts)?
+    })
 }
 
 /// Writes `bytes` to `opts.out` once ONNX Runtime's outputs on it match burn's on `loaded` (unless
@@ -320,6 +327,7 @@ pub fn write_verified(loaded: &Loaded, bytes: &[u8], opts: &Options) -> Result<R
         bytes: bytes.len(),
         nodes,
         verification,
+        note: None,
     })
 }
 
@@ -484,6 +492,25 @@ mod tests {
             .threshold
             .unwrap();
         assert_eq!((t.threshold, t.epoch), (0.3, 1));
+        // Chosen for epoch 1; the random run's checkpoint is epoch 0: left out, and said so.
+        let opts = Options {
+            model_dir: tmp.path().into(),
+            checkpoint: Checkpoint::Best,
+            out: tmp.path().join("m.onnx"),
+            fold_bn: true,
+            tta: false,
+            verify: false,
+            ort_lib: None,
+            verify_data: None,
+        };
+        let note = export(&opts).unwrap().note.unwrap();
+        assert!(
+            note.contains("chosen for epoch 1") && note.contains("leaves it out"),
+            "{note}"
+        );
+        let json = r#"{"threshold": 0.3, "source": "max_bac", "epoch": 0}"#;
+        std::fs::write(&path, json).unwrap();
+        assert!(export(&opts).unwrap().note.is_none());
         for bad in ["1.5", "-0.1"] {
             write(bad);
             let e = format!("{:#}", load(tmp.path(), Checkpoint::Best).err().unwrap());

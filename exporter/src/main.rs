@@ -56,6 +56,9 @@ fn run(args: Args) -> Result<()> {
         verify_data: args.verify_data,
     };
     let report = export(&opts)?;
+    if let Some(note) = &report.note {
+        eprintln!("note: {note}");
+    }
     println!(
         "{}: {} bytes, {} nodes, opset 17",
         opts.out.shown(),
