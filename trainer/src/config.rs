@@ -330,6 +330,26 @@ mod tests {
         assert_eq!(cfg.model_config(), CancerNetConfig::new());
     }
 
+    /// Every config the project ships (configs/, the cross-validation recipes in bench/cv/)
+    /// loads and validates.
+    #[test]
+    fn every_shipped_config_validates() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut n = 0;
+        for dir in ["configs", "bench/cv"] {
+            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = entry.unwrap().path();
+                if path.extension().is_some_and(|e| e == "yaml") {
+                    let cfg = TrainConfig::load(&path).unwrap();
+                    cfg.validate()
+                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                    n += 1;
+                }
+            }
+        }
+        assert!(n >= 5, "{n} configs found");
+    }
+
     /// The tutorial's recipe stays the default: no colour jitter, threshold 0.5, no TTA, and
     /// the tutorial's numbers everywhere else.
     #[test]
