@@ -44,7 +44,7 @@ fn main() {
         .sum();
     let loader_rate = n as f64 / t.elapsed().as_secs_f64();
     println!("loader alone (decode + augment, {cores} workers)   {loader_rate:>8.0} img/s");
-    // The same with the stain jitter of configs/cancernet-robust.yaml (HED + colour).
+    // The same with the stain jitter of bench/cv/stain.yaml (HED + colour).
     let stained = Augment {
         hed: 0.05,
         brightness: 0.1,

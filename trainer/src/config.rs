@@ -206,10 +206,12 @@ impl TrainConfig {
 
     /// Whether `other` continues the same run: equal but for where and how fast it computes
     /// (device, data workers and cache, compute threads), which do not change its numbers on the
-    /// CPU and lets a run stopped on one device resume on another.
+    /// CPU and lets a run stopped on one device resume on another, and for where the run folder
+    /// is (a moved or renamed run folder is still the same run).
     pub fn same_run(&self, other: &TrainConfig) -> bool {
         let identity = |c: &TrainConfig| {
             let mut c = c.clone();
+            c.output = PathBuf::new();
             c.device = Device::Cpu;
             c.data.workers = 0;
             c.data.cache = false;
@@ -328,6 +330,23 @@ mod tests {
         assert_eq!(cfg, TrainConfig::default());
         cfg.validate().unwrap();
         assert_eq!(cfg.model_config(), CancerNetConfig::new());
+    }
+
+    #[test]
+    fn a_run_is_its_numbers_not_its_place_or_speed() {
+        let a = TrainConfig::default();
+        let mut b = a.clone();
+        b.output = "elsewhere/run".into();
+        b.device = Device::Wgpu;
+        b.data.workers = 3;
+        b.data.cache = true;
+        b.train.threads = 1;
+        assert!(a.same_run(&b));
+        b.train.epochs += 1;
+        assert!(!a.same_run(&b));
+        let mut c = a.clone();
+        c.eval.tta = true;
+        assert!(!a.same_run(&c));
     }
 
     /// Every config the project ships (configs/, the cross-validation recipes in bench/cv/)
