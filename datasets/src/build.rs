@@ -205,25 +205,15 @@ fn check_apart(source: &Path, out: &Path) -> Result<()> {
     let Ok(source) = std::fs::canonicalize(source) else {
         return Ok(()); // the scan says what is wrong with it
     };
-    // The output may not exist yet: resolve its nearest existing ancestor.
-    let mut probe = out.to_path_buf();
-    let mut rest = Vec::new();
-    let resolved = loop {
-        match std::fs::canonicalize(&probe) {
-            Ok(p) => break rest.iter().rev().fold(p, |acc: PathBuf, c| acc.join(c)),
-            Err(_) => match (probe.file_name().map(|n| n.to_os_string()), probe.parent()) {
-                (Some(name), Some(parent)) => {
-                    rest.push(name);
-                    probe = if parent.as_os_str().is_empty() {
-                        PathBuf::from(".")
-                    } else {
-                        parent.to_path_buf()
-                    };
-                }
-                _ => break out.to_path_buf(),
-            },
-        }
-    };
+    // The output may not exist yet: resolve its nearest existing ancestor, keep the rest.
+    let out_abs = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+    let resolved = out_abs
+        .ancestors()
+        .find_map(|a| {
+            let rest = out_abs.strip_prefix(a).ok()?;
+            std::fs::canonicalize(a).ok().map(|p| p.join(rest))
+        })
+        .unwrap_or(out_abs.clone());
     if resolved.starts_with(&source) || source.starts_with(&resolved) {
         bail!(
             "--out {} and --source {} overlap (one is the other or inside it): the split must go \

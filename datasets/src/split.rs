@@ -117,11 +117,15 @@ fn balanced_by_patient(patches: &[Patch], shares: &[f64], seed: u64) -> Vec<usiz
     let total_idc = patches.iter().filter(|p| p.label == 1).count() as f64;
     let wanted: Vec<usize> = (0..shares.len()).filter(|&s| shares[s] > 0.0).collect();
     let mut have = vec![[0usize; 2]; shares.len()];
-    let mut filled = vec![false; shares.len()];
     let mut chosen: BTreeMap<&str, usize> = BTreeMap::new();
     for (k, (patient, counts)) in patients.iter().enumerate() {
         let left = patients.len() - k;
-        let empty: Vec<usize> = wanted.iter().copied().filter(|&s| !filled[s]).collect();
+        // A group without patients has no patches (every patient has at least one).
+        let empty: Vec<usize> = wanted
+            .iter()
+            .copied()
+            .filter(|&s| have[s][0] == 0)
+            .collect();
         let candidates = if !empty.is_empty() && left <= empty.len() {
             empty
         } else {
@@ -142,7 +146,6 @@ fn balanced_by_patient(patches: &[Patch], shares: &[f64], seed: u64) -> Vec<usiz
             .expect("at least one group has a positive share");
         have[best][0] += counts[0];
         have[best][1] += counts[1];
-        filled[best] = true;
         chosen.insert(patient, best);
     }
     patches

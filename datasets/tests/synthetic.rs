@@ -185,28 +185,24 @@ fn build_never_replaces_what_it_did_not_make() {
     let src = tmp.path().join("orig");
     small_synth(&src, 3);
     let before = Scan::dir(&src).unwrap().patches.len();
-    for out in [src.clone(), src.join("idc"), tmp.path().to_path_buf()] {
-        let err = build(&BuildOptions {
+    let forced_build_error = |out: &Path| {
+        build(&BuildOptions {
             source: src.clone(),
-            out: out.clone(),
+            out: out.to_path_buf(),
             force: true,
             ..Default::default()
         })
         .unwrap_err()
-        .to_string();
+        .to_string()
+    };
+    for out in [src.clone(), src.join("idc"), tmp.path().to_path_buf()] {
+        let err = forced_build_error(&out);
         assert!(err.contains("overlap"), "{}: {err}", out.display());
     }
     let mine = tmp.path().join("mine");
     std::fs::create_dir_all(&mine).unwrap();
     std::fs::write(mine.join("thesis.docx"), b"precious").unwrap();
-    let err = build(&BuildOptions {
-        source: src.clone(),
-        out: mine.clone(),
-        force: true,
-        ..Default::default()
-    })
-    .unwrap_err()
-    .to_string();
+    let err = forced_build_error(&mine);
     assert!(err.contains("never replaced"), "{err}");
     assert_eq!(
         std::fs::read(mine.join("thesis.docx")).unwrap(),

@@ -55,6 +55,23 @@ pub struct Options {
     pub verify_data: Option<PathBuf>,
 }
 
+impl Options {
+    /// The command's defaults for `model_dir` and `out`: the best checkpoint, the classifier's
+    /// BatchNorm folded, no TTA, verified with the usual ONNX Runtime on the run's own patches.
+    pub fn new(model_dir: &Path, out: &Path) -> Options {
+        Options {
+            model_dir: model_dir.to_path_buf(),
+            checkpoint: Checkpoint::Best,
+            out: out.to_path_buf(),
+            fold_bn: true,
+            tta: false,
+            verify: true,
+            ort_lib: None,
+            verify_data: None,
+        }
+    }
+}
+
 /// A trained model as the exporter sees it.
 pub struct Loaded {
     pub model: CancerNet<B>,
@@ -494,14 +511,8 @@ mod tests {
         assert_eq!((t.threshold, t.epoch), (0.3, 1));
         // Chosen for epoch 1; the random run's checkpoint is epoch 0: left out, and said so.
         let opts = Options {
-            model_dir: tmp.path().into(),
-            checkpoint: Checkpoint::Best,
-            out: tmp.path().join("m.onnx"),
-            fold_bn: true,
-            tta: false,
             verify: false,
-            ort_lib: None,
-            verify_data: None,
+            ..Options::new(tmp.path(), &tmp.path().join("m.onnx"))
         };
         let note = export(&opts).unwrap().note.unwrap();
         assert!(

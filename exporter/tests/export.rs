@@ -11,19 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use trainer::checkpoint;
 
-fn opts(model_dir: &Path, out: &Path) -> Options {
-    Options {
-        model_dir: model_dir.into(),
-        checkpoint: Checkpoint::Best,
-        out: out.into(),
-        fold_bn: true,
-        tta: false,
-        verify: true,
-        ort_lib: None,
-        verify_data: None,
-    }
-}
-
 fn small() -> CancerNetConfig {
     CancerNetConfig::new()
         .with_input_size(32)
@@ -109,7 +96,7 @@ fn verified_export_of_a_non_default_config_and_three_opinions_agree() {
         let out = tmp.path().join(format!("small-{fold}.onnx"));
         let report = export(&Options {
             fold_bn: fold,
-            ..opts(tmp.path(), &out)
+            ..Options::new(tmp.path(), &out)
         })
         .unwrap();
         let v = report.verification.unwrap();
@@ -173,33 +160,33 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("m.onnx");
     let err = |o: Options| format!("{:#}", export(&o).err().expect("should fail"));
-    let e = err(opts(&tmp.path().join("nowhere"), &out));
+    let e = err(Options::new(&tmp.path().join("nowhere"), &out));
     assert!(e.contains("does not exist") && e.contains("nowhere"), "{e}");
     let run = tmp.path().join("run");
     checkpoint::write_random_run(&run, &small(), 3).unwrap();
     let e = err(Options {
         checkpoint: Checkpoint::Epoch(7),
-        ..opts(&run, &out)
+        ..Options::new(&run, &out)
     });
     assert!(e.contains("epoch-007"), "{e}");
     // A checkpoint of another model config.
     CancerNetConfig::new()
         .save(run.join(checkpoint::MODEL_CONFIG_FILE))
         .unwrap();
-    let e = err(opts(&run, &out));
+    let e = err(Options::new(&run, &out));
     assert!(e.contains("another model config"), "{e}");
     small()
         .save(run.join(checkpoint::MODEL_CONFIG_FILE))
         .unwrap();
     // An unwritable output path.
-    let e = err(opts(&run, Path::new("/proc/no/such/dir/m.onnx")));
+    let e = err(Options::new(&run, Path::new("/proc/no/such/dir/m.onnx")));
     assert!(e.contains("/proc/no/such/dir"), "{e}");
     assert!(!out.exists());
     // A failed verification (a broken ONNX Runtime library path) leaves the old file untouched.
     std::fs::write(&out, b"old").unwrap();
     let bad_lib = Options {
         ort_lib: Some(PathBuf::from("/nonexistent/libonnxruntime.so")),
-        ..opts(&run, &out)
+        ..Options::new(&run, &out)
     };
     let e = err(bad_lib);
     assert!(e.contains("/nonexistent/libonnxruntime.so"), "{e}");
@@ -230,7 +217,7 @@ fn a_file_that_disagrees_with_burn_is_refused_with_the_numbers() {
     let bytes_of_b = to_onnx(&b, true, false).unwrap();
     let e = format!(
         "{:#}",
-        write_verified(&a, &bytes_of_b, &opts(&run_a, &out))
+        write_verified(&a, &bytes_of_b, &Options::new(&run_a, &out))
             .err()
             .expect("a mismatch must fail")
     );
@@ -254,7 +241,12 @@ fn a_file_that_disagrees_with_burn_is_refused_with_the_numbers() {
         .count();
     assert_eq!(leftovers, 0, "the staged file was left behind");
     // The file of the same model passes.
-    write_verified(&a, &to_onnx(&a, true, false).unwrap(), &opts(&run_a, &out)).unwrap();
+    write_verified(
+        &a,
+        &to_onnx(&a, true, false).unwrap(),
+        &Options::new(&run_a, &out),
+    )
+    .unwrap();
 }
 
 /// Test-time augmentation built into the graph: ONNX Runtime's averaged probabilities equal
@@ -268,7 +260,7 @@ fn test_time_augmentation_in_the_graph_matches_burn() {
     let out = tmp.path().join("tta.onnx");
     let report = export(&Options {
         tta: true,
-        ..opts(tmp.path(), &out)
+        ..Options::new(tmp.path(), &out)
     })
     .unwrap();
     assert!(report.verification.unwrap().max_abs_diff <= 1e-4);
@@ -329,7 +321,7 @@ fn verification_uses_the_real_patches_it_is_given() {
     let verify = |dir: &Path, out: &str| {
         let o = Options {
             verify_data: Some(dir.into()),
-            ..opts(&run, &tmp.path().join(out))
+            ..Options::new(&run, &tmp.path().join(out))
         };
         export(&o).unwrap().verification.unwrap()
     };

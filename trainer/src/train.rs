@@ -732,19 +732,25 @@ fn final_report<B: AutodiffBackend>(
         "skipped": test_skipped,
     });
     if variants {
+        // One entry per way of evaluating: the threshold, the report at it, the patients (whose
+        // per-patient ranking does not depend on the threshold).
+        let variant = |test: &Evaluated, threshold: f64, patients: &serde_json::Value| {
+            serde_json::json!({
+                "threshold": threshold,
+                "report": Report::new(&test.labels, &test.probs, threshold),
+                "patients": patients,
+            })
+        };
+        let view = |tta: bool| if tta { "tta" } else { "plain" };
         let mut all = serde_json::Map::new();
         for (t, (val, test)) in &runs {
             let max_bac =
                 datasets::report::threshold_max_bac(&val.labels, &val.probs).unwrap_or(0.5);
+            let patients = patient_summary(&data.test, test);
             for (name, threshold) in [("0.5", 0.5), ("max_bac", max_bac)] {
-                let key = format!("{}@{name}", if *t { "tta" } else { "plain" });
                 all.insert(
-                    key,
-                    serde_json::json!({
-                        "threshold": threshold,
-                        "report": Report::new(&test.labels, &test.probs, threshold),
-                        "patients": patient_summary(&data.test, test),
-                    }),
+                    format!("{}@{name}", view(*t)),
+                    variant(test, threshold, &patients),
                 );
             }
         }
@@ -756,15 +762,9 @@ fn final_report<B: AutodiffBackend>(
                 .valid();
             for t in [false, true] {
                 let test = evaluate(&last, &data.test, &data.loader, device, t);
-                all.insert(
-                    format!("last-{}@0.5", if t { "tta" } else { "plain" }),
-                    serde_json::json!({
-                        "epoch": epoch,
-                        "threshold": 0.5,
-                        "report": Report::new(&test.labels, &test.probs, 0.5),
-                        "patients": patient_summary(&data.test, &test),
-                    }),
-                );
+                let mut entry = variant(&test, 0.5, &patient_summary(&data.test, &test));
+                entry["epoch"] = epoch.into();
+                all.insert(format!("last-{}@0.5", view(t)), entry);
             }
         }
         json["variants"] = all.into();

@@ -2,7 +2,7 @@
 //! fingerprints of a tree's files.
 #![allow(dead_code)] // each test file uses its own part of this
 
-use exporter::export::{Checkpoint, Options, export};
+use exporter::export::{Options, export};
 use models::CancerNetConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -181,14 +181,8 @@ pub fn burn_agrees_with_csv(
 /// Exports the run in `run` (its best checkpoint, verified) to `out`.
 pub fn export_run(run: &Path, out: &Path, tta: bool) {
     export(&Options {
-        model_dir: run.to_path_buf(),
-        checkpoint: Checkpoint::Best,
-        out: out.to_path_buf(),
-        fold_bn: true,
         tta,
-        verify: true,
-        ort_lib: None,
-        verify_data: None,
+        ..Options::new(run, out)
     })
     .unwrap();
 }
