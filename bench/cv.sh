@@ -24,5 +24,5 @@ for name in "${recipes[@]}"; do
   echo "== $name ($cfg)"
   target/release/trainer --config "$cfg" --folds 5 --cv-seed 42 \
     --cv-source "$SHARED/idc-real" --cv-source "$SHARED/idc-real-more" \
-    --output "runs/cv-$name" --quiet 2>&1 | tee "runs/cv-$name.log" | grep -E "^(===|epoch [0-9]+/[0-9]+:|cross|fold|mean|configured|plain|tta|[0-9] )" || true
+    --output "runs/cv-$name" --quiet 2>&1 | tee "runs/cv-$name.log" | grep -E "^(===|epoch [0-9]+/[0-9]+:|cross|fold|mean|configured|plain|tta|last|avg|[0-9] )" || true
 done

@@ -2,13 +2,13 @@
 //! state), the best checkpoint by validation loss, metrics.csv. Every file lands atomically:
 //! checkpoints are written into a hidden temp folder and renamed into place.
 
-use crate::optim::KerasAdagrad;
+use crate::optim::Optim;
 use anyhow::{Context, Result};
 use burn::module::Module;
 use burn::module::ParamId;
-use burn::optim::Optimizer;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::record::AdaptorRecord;
+use burn::optim::{Optimizer, SimpleOptimizer};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use datasets::Shown;
@@ -26,15 +26,44 @@ pub const CONFIG_FILE: &str = "config.yaml";
 pub const METRICS_FILE: &str = "metrics.csv";
 pub const TIMING_FILE: &str = "timing.csv";
 
-/// The optimizer adaptor the trainer uses.
-pub type Adagrad<B> = OptimizerAdaptor<KerasAdagrad, CancerNet<B>, B>;
-
 /// The optimizer state as saved: (parameter id, state) sorted by id. burn's own record is a hash
 /// map, written in an order that differs on every run; this makes checkpoints the same bytes.
-type OptimRecord<B> = Vec<(String, AdaptorRecord<KerasAdagrad, B>)>;
+type OptimRecord<O, B> = Vec<(String, AdaptorRecord<O, B>)>;
 
 pub fn recorder() -> NamedMpkFileRecorder<FullPrecisionSettings> {
     NamedMpkFileRecorder::new()
+}
+
+fn save_optim<B: AutodiffBackend, O: SimpleOptimizer<B::InnerBackend>>(
+    optim: &OptimizerAdaptor<O, CancerNet<B>, B>,
+    dir: &Path,
+    rec: &NamedMpkFileRecorder<FullPrecisionSettings>,
+) -> Result<()> {
+    let mut sorted: OptimRecord<O, B> = optim
+        .to_record()
+        .into_iter()
+        .map(|(id, r)| (id.val().to_string(), r))
+        .collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    rec.record(sorted, dir.join("optim"))
+        .context("cannot save optimizer state")
+}
+
+fn load_optim<B: AutodiffBackend, O: SimpleOptimizer<B::InnerBackend>>(
+    optim: OptimizerAdaptor<O, CancerNet<B>, B>,
+    checkpoint: &Path,
+    device: &B::Device,
+) -> Result<OptimizerAdaptor<O, CancerNet<B>, B>> {
+    let shown = || checkpoint.join(OPTIM_FILE).shown().to_string();
+    let record: OptimRecord<O, B> = recorder()
+        .load(checkpoint.join("optim"), device)
+        .with_context(|| format!("cannot load optimizer state {}", shown()))?;
+    let by_id = record
+        .into_iter()
+        .map(|(id, r)| Ok((ParamId::from(id.parse::<u64>()?), r)))
+        .collect::<Result<_>>()
+        .with_context(|| format!("malformed optimizer state {}", shown()))?;
+    Ok(optim.load_record(by_id))
 }
 
 /// Where the run is after an epoch: enough to resume it exactly.
@@ -164,7 +193,7 @@ impl RunDir {
     pub fn save_epoch<B: AutodiffBackend>(
         &self,
         model: &CancerNet<B>,
-        optim: &Adagrad<B>,
+        optim: &Optim<B>,
         state: &State,
         history: (&[EpochMetrics], &[EpochTiming]),
     ) -> Result<PathBuf> {
@@ -180,14 +209,10 @@ impl RunDir {
             .clone()
             .save_file(tmp.join("model"), &rec)
             .context("cannot save model checkpoint")?;
-        let mut sorted: OptimRecord<B> = optim
-            .to_record()
-            .into_iter()
-            .map(|(id, r)| (id.val().to_string(), r))
-            .collect();
-        sorted.sort_by(|a, b| a.0.cmp(&b.0));
-        rec.record(sorted, tmp.join("optim"))
-            .context("cannot save optimizer state")?;
+        match optim {
+            Optim::Adagrad(o) => save_optim(o, &tmp, &rec)?,
+            Optim::Adam(o) => save_optim(o, &tmp, &rec)?,
+        }
         write_atomic(
             &tmp.join(STATE_FILE),
             serde_json::to_string_pretty(state)?.as_bytes(),
@@ -232,29 +257,14 @@ impl RunDir {
 
     pub fn load_optim<B: AutodiffBackend>(
         &self,
-        optim: Adagrad<B>,
+        optim: Optim<B>,
         checkpoint: &Path,
         device: &B::Device,
-    ) -> Result<Adagrad<B>> {
-        let record: OptimRecord<B> = recorder()
-            .load(checkpoint.join("optim"), device)
-            .with_context(|| {
-                format!(
-                    "cannot load optimizer state {}",
-                    checkpoint.join(OPTIM_FILE).shown()
-                )
-            })?;
-        let by_id = record
-            .into_iter()
-            .map(|(id, r)| Ok((ParamId::from(id.parse::<u64>()?), r)))
-            .collect::<Result<_>>()
-            .with_context(|| {
-                format!(
-                    "malformed optimizer state {}",
-                    checkpoint.join(OPTIM_FILE).shown()
-                )
-            })?;
-        Ok(optim.load_record(by_id))
+    ) -> Result<Optim<B>> {
+        Ok(match optim {
+            Optim::Adagrad(o) => Optim::Adagrad(load_optim(o, checkpoint, device)?),
+            Optim::Adam(o) => Optim::Adam(load_optim(o, checkpoint, device)?),
+        })
     }
 
     pub fn read_state(checkpoint: &Path) -> Result<State> {

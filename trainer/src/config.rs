@@ -92,13 +92,18 @@ pub struct ModelConfig {
 pub struct TrainSection {
     pub epochs: usize,
     pub batch_size: usize,
-    /// Adagrad's initial learning rate.
+    /// `adagrad` (the tutorial's, as Keras implements it) or `adam`.
+    pub optimizer: OptimizerKind,
+    /// The initial learning rate.
     pub learning_rate: f64,
     /// Keras' legacy per-step decay, lr_t = lr / (1 + decay * t); default lr / epochs.
     pub decay: Option<f64>,
-    /// Adagrad's initial accumulator (Keras: 0.1) and epsilon (Keras: 1e-7).
+    /// Adagrad's initial accumulator (Keras: 0.1); the epsilon of both (Keras: 1e-7).
     pub initial_accumulator: f64,
     pub epsilon: f64,
+    /// Adam's moment decay rates (Keras: 0.9, 0.999).
+    pub beta_1: f64,
+    pub beta_2: f64,
     /// `auto` = max(count) / count per class from the training split, or two explicit weights.
     pub class_weights: ClassWeights,
     /// Stop when validation loss has not improved for this many epochs (off when absent).
@@ -108,6 +113,14 @@ pub struct TrainSection {
     pub seed: u64,
     /// Compute threads for the CPU backend (0 = one per core).
     pub threads: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OptimizerKind {
+    #[default]
+    Adagrad,
+    Adam,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -182,10 +195,13 @@ impl Default for TrainSection {
         TrainSection {
             epochs: 40,
             batch_size: 32,
+            optimizer: OptimizerKind::Adagrad,
             learning_rate: 1e-2,
             decay: None,
             initial_accumulator: 0.1,
             epsilon: 1e-7,
+            beta_1: 0.9,
+            beta_2: 0.999,
             class_weights: ClassWeights::Auto(AutoWeights::Auto),
             early_stopping: None,
             max_steps_per_epoch: None,
@@ -257,6 +273,8 @@ impl TrainConfig {
             ("train.decay", t.decay.unwrap_or(0.0), 0.0, 1.0),
             ("train.initial_accumulator", t.initial_accumulator, 0.0, 1e3),
             ("train.epsilon", t.epsilon, 0.0, 1.0),
+            ("train.beta_1", t.beta_1, 0.0, 0.999_999),
+            ("train.beta_2", t.beta_2, 0.0, 0.999_999_999),
             ("model.bn_momentum", self.model.bn_momentum, 0.0, 1.0),
             ("model.bn_epsilon", self.model.bn_epsilon, 1e-12, 1.0),
             (
@@ -384,6 +402,7 @@ mod tests {
         assert!(!c.eval.tta);
         let t = &c.train;
         assert_eq!((t.epochs, t.batch_size, t.learning_rate), (40, 32, 1e-2));
+        assert_eq!(t.optimizer, OptimizerKind::Adagrad);
         assert_eq!(
             (t.initial_accumulator, t.epsilon, t.decay),
             (0.1, 1e-7, None)

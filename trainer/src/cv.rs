@@ -306,8 +306,9 @@ fn metric(fold: &serde_json::Value, variant: &str, name: &str) -> Option<f64> {
 }
 
 /// The variants summarized: the configured one, then TTA x threshold from the same models, then
-/// the last epoch's model instead of the best one.
-pub const VARIANTS: [&str; 7] = [
+/// the last epoch's model instead of the best one, then the means of the last 5, 10 and 20
+/// epochs' weights (`train::AVERAGED`).
+pub const VARIANTS: [&str; 13] = [
     "configured",
     "plain@0.5",
     "plain@max_bac",
@@ -315,6 +316,12 @@ pub const VARIANTS: [&str; 7] = [
     "tta@max_bac",
     "last-plain@0.5",
     "last-tta@0.5",
+    "avg5-plain@0.5",
+    "avg5-tta@0.5",
+    "avg10-plain@0.5",
+    "avg10-tta@0.5",
+    "avg20-plain@0.5",
+    "avg20-tta@0.5",
 ];
 
 /// Mean and sample standard deviation of each metric of each variant over the folds.

@@ -2,6 +2,7 @@
 //! training loop with checkpoints and resume. The `trainer` binary is a thin CLI over this.
 
 pub mod alloc;
+pub mod average;
 pub mod checkpoint;
 pub mod config;
 pub mod cv;

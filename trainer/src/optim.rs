@@ -2,14 +2,17 @@
 //! `initial_accumulator` (0.1), `acc += g^2`, `p -= lr * g / (sqrt(acc) + epsilon)`. burn's own
 //! AdaGrad starts the accumulator at zero, which makes the first step lr * sign(g) for every
 //! weight. The learning rate of each step (Keras' legacy decay) is passed in by the loop.
+//! `Optim` is the optimizer a config asks for: that Adagrad, or burn's Adam (`train.optimizer`).
 
 use burn::backend::Flex;
 use burn::module::AutodiffModule;
-use burn::optim::SimpleOptimizer;
+use crate::config::{OptimizerKind, TrainSection};
 use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer, SimpleOptimizer};
 use burn::prelude::*;
 use burn::record::Record;
 use burn::tensor::backend::AutodiffBackend;
+use models::CancerNet;
 use models::fast_ops::{cast, same};
 use rayon::prelude::*;
 
@@ -101,6 +104,46 @@ fn adagrad_update(p: &mut [f32], a: &mut [f32], g: &[f32], lr: f32, eps: f32) {
 impl KerasAdagrad {
     pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(self) -> OptimizerAdaptor<Self, M, B> {
         OptimizerAdaptor::from(self)
+    }
+}
+
+/// The optimizer of a run, with its state.
+pub enum Optim<B: AutodiffBackend> {
+    Adagrad(OptimizerAdaptor<KerasAdagrad, CancerNet<B>, B>),
+    Adam(OptimizerAdaptor<Adam, CancerNet<B>, B>),
+}
+
+impl<B: AutodiffBackend> Optim<B> {
+    /// Fresh state for the optimizer `train` names, with its settings.
+    pub fn new(train: &TrainSection) -> Optim<B> {
+        match train.optimizer {
+            OptimizerKind::Adagrad => Optim::Adagrad(
+                KerasAdagrad {
+                    initial_accumulator: train.initial_accumulator,
+                    epsilon: train.epsilon,
+                }
+                .init(),
+            ),
+            OptimizerKind::Adam => Optim::Adam(
+                AdamConfig::new()
+                    .with_beta_1(train.beta_1 as f32)
+                    .with_beta_2(train.beta_2 as f32)
+                    .with_epsilon(train.epsilon as f32)
+                    .init(),
+            ),
+        }
+    }
+
+    pub fn step(
+        &mut self,
+        lr: f64,
+        model: CancerNet<B>,
+        grads: GradientsParams,
+    ) -> CancerNet<B> {
+        match self {
+            Optim::Adagrad(o) => o.step(lr, model, grads),
+            Optim::Adam(o) => o.step(lr, model, grads),
+        }
     }
 }
 

@@ -4,13 +4,14 @@
 //! testing split with the best checkpoint (`final_report`). The device is a type parameter: the
 //! CPU and GPU backends share every line.
 
-use crate::checkpoint::{self, Adagrad, EpochMetrics, EpochTiming, RunDir, State};
+use crate::average;
+use crate::checkpoint::{self, EpochMetrics, EpochTiming, RunDir, State};
 use crate::config::{AutoWeights, ClassWeights, TrainConfig};
 use crate::data::{Batch, Loader, Split};
-use crate::optim::KerasAdagrad;
+use crate::optim::Optim;
 use anyhow::{Context, Result, bail};
 use burn::module::AutodiffModule;
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
@@ -23,7 +24,7 @@ use datasets::rng::Rng;
 use models::CancerNet;
 use plotters::style::RGBColor;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -447,7 +448,7 @@ fn write_run_files(
 /// The model, its optimizer and where the run is: built fresh or restored from a checkpoint.
 pub struct Session<B: AutodiffBackend> {
     pub model: CancerNet<B>,
-    pub optim: Adagrad<B>,
+    pub optim: Optim<B>,
     pub state: State,
     pub history: Vec<EpochMetrics>,
     pub timing: Vec<EpochTiming>,
@@ -459,11 +460,7 @@ impl<B: AutodiffBackend> Session<B> {
         B::seed(device, cfg.train.seed);
         let mut s = Session {
             model: cfg.model_config().init_seeded(cfg.train.seed, device),
-            optim: KerasAdagrad {
-                initial_accumulator: cfg.train.initial_accumulator,
-                epsilon: cfg.train.epsilon,
-            }
-            .init::<B, CancerNet<B>>(),
+            optim: Optim::new(&cfg.train),
             state: State::new(),
             history: Vec::new(),
             timing: Vec::new(),
@@ -755,16 +752,28 @@ fn final_report<B: AutodiffBackend>(
             }
         }
         // The last epoch's model instead of the best by validation loss (which a small
-        // validation split makes noisy).
+        // validation split makes noisy), and the mean of the last n epochs' weights.
         if let Some((epoch, dir)) = run.latest() {
-            let last = run
-                .load_model(cfg.model_config().init::<B>(device), &dir, device)?
-                .valid();
-            for t in [false, true] {
-                let test = evaluate(&last, &data.test, &data.loader, device, t);
-                let mut entry = variant(&test, 0.5, &patient_summary(&data.test, &test));
-                entry["epoch"] = epoch.into();
-                all.insert(format!("last-{}@0.5", view(t)), entry);
+            let load = |dir: &Path| -> Result<CancerNet<B::InnerBackend>> {
+                Ok(run
+                    .load_model(cfg.model_config().init::<B>(device), dir, device)?
+                    .valid())
+            };
+            let mut models = vec![("last".to_string(), load(&dir)?)];
+            for n in AVERAGED.into_iter().filter(|&n| n <= epoch) {
+                let last_n = (epoch + 1 - n..=epoch)
+                    .map(|e| load(&run.epoch_dir(e)))
+                    .collect::<Result<Vec<_>>>()?;
+                let mean = average::mean_weights(last_n)?.context("no checkpoints to average")?;
+                models.push((format!("avg{n}"), mean));
+            }
+            for (name, model) in &models {
+                for t in [false, true] {
+                    let test = evaluate(model, &data.test, &data.loader, device, t);
+                    let mut entry = variant(&test, 0.5, &patient_summary(&data.test, &test));
+                    entry["epoch"] = epoch.into();
+                    all.insert(format!("{name}-{}@0.5", view(t)), entry);
+                }
             }
         }
         json["variants"] = all.into();
@@ -775,6 +784,9 @@ fn final_report<B: AutodiffBackend>(
     )?;
     Ok(report)
 }
+
+/// The variants' weight averages: the mean of the last n epochs' checkpoints, for each n.
+pub const AVERAGED: [usize; 3] = [5, 10, 20];
 
 /// The threshold file of a run: the value the final report used and the exporter writes into
 /// the model.
