@@ -12,7 +12,7 @@ fn main() {
     let _ = std::fs::remove_dir_all(&run);
     trainer::checkpoint::write_random_run(&run, &spec::config(), spec::SEED).expect("random run");
     let loaded =
-        exporter::export::load(&run, exporter::export::Checkpoint::Best).expect("load run");
+        exporter::export::load(&run, Some(exporter::export::Checkpoint::Best)).expect("load run");
     let onnx = out.join("cancernet.onnx");
     std::fs::write(
         &onnx,

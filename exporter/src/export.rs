@@ -16,7 +16,7 @@ use models::{CancerNet, CancerNetConfig};
 use prost::Message;
 use std::path::{Path, PathBuf};
 use trainer::checkpoint::{self, RunDir};
-use trainer::config::TrainConfig;
+use trainer::config::{CheckpointChoice, TrainConfig};
 
 type B = Flex;
 
@@ -25,6 +25,8 @@ type B = Flex;
 pub enum Checkpoint {
     Best,
     Last,
+    /// The mean of the last epochs' weights the trainer wrote (`eval.checkpoint: average`).
+    Average,
     Epoch(usize),
 }
 
@@ -34,17 +36,19 @@ impl std::str::FromStr for Checkpoint {
         match s {
             "best" => Ok(Checkpoint::Best),
             "last" => Ok(Checkpoint::Last),
+            "average" => Ok(Checkpoint::Average),
             n => n
                 .parse()
                 .map(Checkpoint::Epoch)
-                .map_err(|_| format!("expected best, last or an epoch number, got {n:?}")),
+                .map_err(|_| format!("expected best, last, average or an epoch number, got {n:?}")),
         }
     }
 }
 
 pub struct Options {
     pub model_dir: PathBuf,
-    pub checkpoint: Checkpoint,
+    /// None: the run's `eval.checkpoint` (best by default).
+    pub checkpoint: Option<Checkpoint>,
     pub out: PathBuf,
     pub fold_bn: bool,
     /// Build test-time augmentation into the graph: the 8 flips/rotations of each patch averaged.
@@ -56,12 +60,12 @@ pub struct Options {
 }
 
 impl Options {
-    /// The command's defaults for `model_dir` and `out`: the best checkpoint, the classifier's
+    /// The command's defaults for `model_dir` and `out`: the run's checkpoint, the classifier's
     /// BatchNorm folded, no TTA, verified with the usual ONNX Runtime on the run's own patches.
     pub fn new(model_dir: &Path, out: &Path) -> Options {
         Options {
             model_dir: model_dir.to_path_buf(),
-            checkpoint: Checkpoint::Best,
+            checkpoint: None,
             out: out.to_path_buf(),
             fold_bn: true,
             tta: false,
@@ -81,6 +85,8 @@ pub struct Loaded {
     pub data_root: Option<PathBuf>,
     /// The checkpoint's epoch, and the run's operating threshold (`threshold.json`), if any.
     pub epoch: usize,
+    /// Whether the model is the trainer's average of its last epochs.
+    pub averaged: bool,
     pub threshold: Option<trainer::train::ChosenThreshold>,
 }
 
@@ -107,8 +113,9 @@ pub mod keys {
     pub const TTA: &str = "tta";
 }
 
-/// Loads the run's model config, preprocessing, provenance and the chosen checkpoint.
-pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
+/// Loads the run's model config, preprocessing, provenance and the chosen checkpoint (none
+/// chosen: the one the run's `eval.checkpoint` names, best by default).
+pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
     if !dir.is_dir() {
         bail!(
             "model folder {} does not exist: train first (`trainer --config configs/cancernet.yaml`) or pass --model",
@@ -121,17 +128,32 @@ pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
     let cfg_path = dir.join(checkpoint::MODEL_CONFIG_FILE);
     let config = CancerNetConfig::load(&cfg_path)
         .with_context(|| format!("cannot read the model config {}", cfg_path.shown()))?;
+    // The run's config, when it has one (a random test run has none), gives the preprocessing
+    // and the checkpoint the run stands for: a config that does not parse is an error, never a
+    // silent default.
+    let cfg_file = dir.join(checkpoint::CONFIG_FILE);
+    let train_cfg = if cfg_file.exists() {
+        Some(TrainConfig::load(&cfg_file)?)
+    } else {
+        None
+    };
+    let which = which.unwrap_or_else(|| match train_cfg.as_ref().map(|c| c.eval.checkpoint) {
+        Some(CheckpointChoice::Last) => Checkpoint::Last,
+        Some(CheckpointChoice::Average) => Checkpoint::Average,
+        _ => Checkpoint::Best,
+    });
     let ckpt = match which {
         Checkpoint::Best => run.best_dir(),
         Checkpoint::Last => run
             .latest()
             .map(|(_, d)| d)
             .with_context(|| format!("{} has no checkpoints", run.checkpoints().shown()))?,
+        Checkpoint::Average => run.average_dir(),
         Checkpoint::Epoch(n) => run.epoch_dir(n),
     };
     if !ckpt.join(checkpoint::MODEL_FILE).is_file() {
         let have = run.latest().map_or("none".to_string(), |(n, _)| {
-            format!("epochs 1..={n} (some may be missing), best")
+            format!("epochs 1..={n} (some may be missing), best, average if the run made one")
         });
         bail!(
             "checkpoint {} does not exist (available: {have})",
@@ -141,14 +163,6 @@ pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
     let state = RunDir::read_state(&ckpt)?;
     let device = Default::default();
     let model = run.load_model(config.init::<B>(&device), &ckpt, &device)?;
-    // The run's config, when it has one (a random test run has none), gives the preprocessing:
-    // a config that does not parse is an error, never a silent default filter.
-    let cfg_file = dir.join(checkpoint::CONFIG_FILE);
-    let train_cfg = if cfg_file.exists() {
-        Some(TrainConfig::load(&cfg_file)?)
-    } else {
-        None
-    };
     let preprocess = train_cfg.as_ref().map_or(
         Preprocess {
             size: config.input_size as u32,
@@ -205,7 +219,14 @@ pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
         ),
         (
             "train.checkpoint".into(),
-            format!("{} (epoch {})", checkpoint_name(which), state.epoch),
+            match which {
+                Checkpoint::Average => {
+                    let n = train_cfg.as_ref().map_or(1, |c| c.eval.average_epochs);
+                    let e = state.epoch;
+                    format!("average of epochs {}-{e}", e.saturating_sub(n) + 1)
+                }
+                _ => format!("{} (epoch {})", checkpoint_name(which), state.epoch),
+            },
         ),
         ("train.epochs".into(), state.epoch.to_string()),
         ("train.config_sha256".into(), field("config_sha256")),
@@ -247,6 +268,7 @@ pub fn load(dir: &Path, which: Checkpoint) -> Result<Loaded> {
         metadata,
         data_root: train_cfg.map(|c| c.data.root),
         epoch: state.epoch,
+        averaged: which == Checkpoint::Average,
         threshold,
     })
 }
@@ -255,6 +277,7 @@ fn checkpoint_name(c: Checkpoint) -> String {
     match c {
         Checkpoint::Best => "best".into(),
         Checkpoint::Last => "last".into(),
+        Checkpoint::Average => "average".into(),
         Checkpoint::Epoch(n) => format!("epoch {n}"),
     }
 }
@@ -265,7 +288,7 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
     if let Some(t) = loaded
         .threshold
         .as_ref()
-        .filter(|t| t.holds_for(loaded.epoch, tta))
+        .filter(|t| t.holds_for(loaded.epoch, loaded.averaged, tta))
     {
         metadata.push((keys::THRESHOLD.into(), format!("{}", t.threshold)));
         metadata.push((
@@ -303,7 +326,7 @@ pub fn export(opts: &Options) -> Result<Report> {
     let note = loaded
         .threshold
         .as_ref()
-        .filter(|t| !t.holds_for(loaded.epoch, opts.tta))
+        .filter(|t| !t.holds_for(loaded.epoch, loaded.averaged, opts.tta))
         .map(|t| {
             format!(
                 "the run's threshold {} was chosen for epoch {}{}; this export (epoch {}{}) \
@@ -493,7 +516,7 @@ mod tests {
             .with_dense(8);
         trainer::checkpoint::write_random_run(tmp.path(), &cfg, 3).unwrap();
         assert!(
-            load(tmp.path(), Checkpoint::Best)
+            load(tmp.path(), Some(Checkpoint::Best))
                 .unwrap()
                 .threshold
                 .is_none()
@@ -504,7 +527,7 @@ mod tests {
             std::fs::write(&path, json).unwrap();
         };
         write("0.3");
-        let t = load(tmp.path(), Checkpoint::Best)
+        let t = load(tmp.path(), Some(Checkpoint::Best))
             .unwrap()
             .threshold
             .unwrap();
@@ -524,14 +547,82 @@ mod tests {
         assert!(export(&opts).unwrap().note.is_none());
         for bad in ["1.5", "-0.1"] {
             write(bad);
-            let e = format!("{:#}", load(tmp.path(), Checkpoint::Best).err().unwrap());
+            let e = format!(
+                "{:#}",
+                load(tmp.path(), Some(Checkpoint::Best)).err().unwrap()
+            );
             assert!(
                 e.contains("is not in [0, 1]") && e.contains("threshold.json"),
                 "{e}"
             );
         }
         std::fs::write(&path, "{").unwrap();
-        let e = format!("{:#}", load(tmp.path(), Checkpoint::Best).err().unwrap());
+        let e = format!(
+            "{:#}",
+            load(tmp.path(), Some(Checkpoint::Best)).err().unwrap()
+        );
         assert!(e.contains("malformed"), "{e}");
+    }
+    fn flat(model: &CancerNet<B>) -> Vec<f32> {
+        model.dense.weight.val().into_data().to_vec().unwrap()
+    }
+
+    /// With no --checkpoint, the exporter takes the checkpoint the run's report stands for
+    /// (`eval.checkpoint` in its config.yaml); best when the run says nothing.
+    #[test]
+    fn the_runs_checkpoint_is_the_default() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = models::CancerNetConfig::new()
+            .with_input_size(32)
+            .with_widths(vec![8])
+            .with_depths(vec![1])
+            .with_dense(8);
+        trainer::checkpoint::write_random_run(tmp.path(), &cfg, 3).unwrap();
+        // A second checkpoint, epoch 2, with other weights.
+        let other = tmp.path().join("other");
+        trainer::checkpoint::write_random_run(&other, &cfg, 4).unwrap();
+        let run = RunDir {
+            root: tmp.path().to_path_buf(),
+        };
+        std::fs::rename(other.join("checkpoints/best"), run.epoch_dir(2)).unwrap();
+        let state = run.epoch_dir(2).join(checkpoint::STATE_FILE);
+        let text = std::fs::read_to_string(&state).unwrap();
+        std::fs::write(&state, text.replace("\"epoch\": 0", "\"epoch\": 2")).unwrap();
+        let epoch = |which| load(tmp.path(), which).unwrap().epoch;
+        assert_eq!((epoch(None), epoch(Some(Checkpoint::Last))), (0, 2));
+        let yaml = tmp.path().join(checkpoint::CONFIG_FILE);
+        std::fs::write(&yaml, "eval:\n  checkpoint: last\n").unwrap();
+        let loaded = load(tmp.path(), None).unwrap();
+        let meta: std::collections::BTreeMap<_, _> = loaded.metadata.into_iter().collect();
+        assert_eq!(
+            (loaded.epoch, meta["train.checkpoint"].as_str()),
+            (2, "last (epoch 2)")
+        );
+        assert_eq!(epoch(Some(Checkpoint::Best)), 0);
+        // The trainer's average of epochs 1-2, and the threshold chosen for it.
+        let third = tmp.path().join("third");
+        trainer::checkpoint::write_random_run(&third, &cfg, 5).unwrap();
+        std::fs::rename(third.join("checkpoints/best"), run.average_dir()).unwrap();
+        std::fs::copy(&state, run.average_dir().join(checkpoint::STATE_FILE)).unwrap();
+        std::fs::write(&yaml, "eval:\n  checkpoint: average\n  average_epochs: 2\n").unwrap();
+        let threshold = tmp.path().join(trainer::train::THRESHOLD_FILE);
+        let json = r#"{"threshold": 0.4, "source": "max_bac", "epoch": 2, "averaged": true}"#;
+        std::fs::write(&threshold, json).unwrap();
+        let loaded = load(tmp.path(), None).unwrap();
+        assert!(loaded.averaged && loaded.epoch == 2);
+        let meta: std::collections::BTreeMap<_, _> = loaded.metadata.iter().cloned().collect();
+        assert_eq!(meta["train.checkpoint"], "average of epochs 1-2");
+        let t = loaded.threshold.as_ref().unwrap();
+        assert!(t.holds_for(2, true, false) && !t.holds_for(2, false, false));
+        let last = load(tmp.path(), Some(Checkpoint::Last)).unwrap();
+        assert!(!last.averaged);
+        assert_ne!(
+            flat(&loaded.model),
+            flat(&last.model),
+            "average/ and the last epoch loaded the same weights"
+        );
+        std::fs::write(&yaml, "eval:\n  checkpoint: first\n").unwrap();
+        let e = format!("{:#}", load(tmp.path(), None).err().unwrap());
+        assert!(e.contains("config.yaml"), "{e}");
     }
 }

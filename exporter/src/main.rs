@@ -15,9 +15,10 @@ struct Args {
     /// The trainer's output folder.
     #[arg(long, default_value = "models/cancernet")]
     model: PathBuf,
-    /// best (lowest validation loss), last, or an epoch number.
-    #[arg(long, default_value = "best")]
-    checkpoint: Checkpoint,
+    /// best (lowest validation loss), last, average (the trainer's mean of the last epochs), or
+    /// an epoch number [default: the run's eval.checkpoint, best unless its config says otherwise]
+    #[arg(long)]
+    checkpoint: Option<Checkpoint>,
     /// The ONNX file to write (atomically; an existing file is replaced only by a verified one).
     #[arg(long, default_value = "models/cancernet.onnx")]
     out: PathBuf,

@@ -23,9 +23,14 @@ fn small() -> CancerNetConfig {
 fn same_checkpoint_gives_identical_bytes_and_a_named_standard_graph() {
     let tmp = tempfile::tempdir().unwrap();
     checkpoint::write_random_run(tmp.path(), &CancerNetConfig::new(), 1).unwrap();
-    let loaded = load(tmp.path(), Checkpoint::Best).unwrap();
+    let loaded = load(tmp.path(), Some(Checkpoint::Best)).unwrap();
     let a = to_onnx(&loaded, true, false).unwrap();
-    let b = to_onnx(&load(tmp.path(), Checkpoint::Best).unwrap(), true, false).unwrap();
+    let b = to_onnx(
+        &load(tmp.path(), Some(Checkpoint::Best)).unwrap(),
+        true,
+        false,
+    )
+    .unwrap();
     assert_eq!(a, b, "export is not deterministic");
     let model = ModelProto::decode(a.as_slice()).unwrap();
     assert_eq!(model.opset_import[0].version, Some(17));
@@ -105,7 +110,7 @@ fn verified_export_of_a_non_default_config_and_three_opinions_agree() {
         assert!(out.is_file());
     }
     // The reference checker and Python onnxruntime, on the same random batch burn sees.
-    let loaded = load(tmp.path(), Checkpoint::Best).unwrap();
+    let loaded = load(tmp.path(), Some(Checkpoint::Best)).unwrap();
     python_agrees(&loaded, &tmp.path().join("small-true.onnx"), false);
 }
 
@@ -165,7 +170,7 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
     let run = tmp.path().join("run");
     checkpoint::write_random_run(&run, &small(), 3).unwrap();
     let e = err(Options {
-        checkpoint: Checkpoint::Epoch(7),
+        checkpoint: Some(Checkpoint::Epoch(7)),
         ..Options::new(&run, &out)
     });
     assert!(e.contains("epoch-007"), "{e}");
@@ -209,8 +214,8 @@ fn a_file_that_disagrees_with_burn_is_refused_with_the_numbers() {
     checkpoint::write_random_run(&run_a, &small(), 4).unwrap();
     checkpoint::write_random_run(&run_b, &small(), 5).unwrap();
     let (a, b) = (
-        load(&run_a, Checkpoint::Best).unwrap(),
-        load(&run_b, Checkpoint::Best).unwrap(),
+        load(&run_a, Some(Checkpoint::Best)).unwrap(),
+        load(&run_b, Some(Checkpoint::Best)).unwrap(),
     );
     let out = tmp.path().join("m.onnx");
     std::fs::write(&out, b"old").unwrap();
@@ -289,7 +294,7 @@ fn test_time_augmentation_in_the_graph_matches_burn() {
             .iter()
             .any(|e| e.key.as_deref() == Some("tta"))
     );
-    let loaded = load(tmp.path(), Checkpoint::Best).unwrap();
+    let loaded = load(tmp.path(), Some(Checkpoint::Best)).unwrap();
     let dev = Default::default();
     let x = Tensor::<Flex, 4>::random([4, 3, 32, 32], burn::tensor::Distribution::Default, &dev);
     let diff: f32 = (loaded.model.probabilities(x.clone()) - loaded.model.probabilities_tta(x))

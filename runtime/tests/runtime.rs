@@ -100,7 +100,7 @@ fn eval_matches_burn_and_skips_every_kind_of_bad_file() {
     assert!(roc.is_file());
 
     // Parity: the runtime's probabilities are burn's on the same files through the same preprocessing.
-    let loaded = load(&tmp.path().join("run"), Checkpoint::Best).unwrap();
+    let loaded = load(&tmp.path().join("run"), Some(Checkpoint::Best)).unwrap();
     let pre = Preprocess::default();
     let mut rows = csv::Reader::from_path(&preds).unwrap();
     let rows: Vec<csv::StringRecord> = rows.records().map(|r| r.unwrap()).collect();
@@ -479,7 +479,7 @@ fn preprocessing_comes_from_the_models_metadata() {
     let onnx = tmp.path().join("m.onnx");
     export_run(&run, &onnx, false);
     let data = small_synth(tmp.path());
-    let loaded = load(&run, Checkpoint::Best).unwrap();
+    let loaded = load(&run, Some(Checkpoint::Best)).unwrap();
     let pre = Preprocess {
         size: 32,
         filter: Filter::Bilinear,

@@ -53,7 +53,10 @@ struct Replace<'a, I: Iterator<Item = Vec<f32>>>(&'a mut I);
 impl<B: Backend, I: Iterator<Item = Vec<f32>>> ModuleMapper<B> for Replace<'_, I> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let (id, tensor, mapper) = param.consume();
-        let values = self.0.next().expect("one value list per tensor, counted in mean_weights");
+        let values = self
+            .0
+            .next()
+            .expect("one value list per tensor, counted in mean_weights");
         let data = TensorData::new(values, tensor.shape());
         Param::from_mapped_value(id, Tensor::from_data(data, &tensor.device()), mapper)
     }
@@ -84,16 +87,25 @@ mod tests {
                 moved += usize::from(m != a);
             }
         }
-        assert!(moved > 1000, "only {moved} values differ from the first model");
+        assert!(
+            moved > 1000,
+            "only {moved} values differ from the first model"
+        );
         // One model is its own mean; none is no model.
         assert_eq!(flatten(&mean_weights(vec![a]).unwrap().unwrap()), fa);
-        assert!(mean_weights::<Flex, models::CancerNet<Flex>>(vec![]).unwrap().is_none());
+        assert!(
+            mean_weights::<Flex, models::CancerNet<Flex>>(vec![])
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]
     fn models_of_different_shapes_are_refused() {
         let dev = Default::default();
-        let small = CancerNetConfig::new().with_dense(8).init_seeded::<Flex>(1, &dev);
+        let small = CancerNetConfig::new()
+            .with_dense(8)
+            .init_seeded::<Flex>(1, &dev);
         let big = CancerNetConfig::new().init_seeded::<Flex>(1, &dev);
         let err = mean_weights(vec![big, small]).unwrap_err().to_string();
         assert!(err.contains("model 2 of 2"), "{err}");

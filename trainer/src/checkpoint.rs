@@ -225,6 +225,50 @@ impl RunDir {
         Ok(dir)
     }
 
+    pub fn average_dir(&self) -> PathBuf {
+        self.checkpoints().join("average")
+    }
+
+    /// The element-wise mean of the weights of the `n` epochs up to `last` (fewer when the run
+    /// has fewer), and the first of them.
+    pub fn mean_of_last<B: burn::tensor::backend::Backend>(
+        &self,
+        config: &models::CancerNetConfig,
+        last: usize,
+        n: usize,
+        device: &B::Device,
+    ) -> Result<(CancerNet<B>, usize)> {
+        let first = last.saturating_sub(n) + 1;
+        let models = (first..=last)
+            .map(|e| self.load_model(config.init::<B>(device), &self.epoch_dir(e), device))
+            .collect::<Result<Vec<_>>>()?;
+        let mean = crate::average::mean_weights(models)?.context("no checkpoints to average")?;
+        Ok((mean, first))
+    }
+
+    /// Writes `average/`: the averaged model, with the state of the last epoch it averages.
+    pub fn write_average<B: burn::tensor::backend::Backend>(
+        &self,
+        model: &CancerNet<B>,
+        last_epoch_dir: &Path,
+    ) -> Result<PathBuf> {
+        let dir = self.average_dir();
+        remove_stale_siblings(&dir, "saving")?;
+        let tmp = temp_sibling(&dir, "saving");
+        std::fs::create_dir_all(&tmp)?;
+        model
+            .clone()
+            .save_file(tmp.join("model"), &recorder())
+            .context("cannot save the averaged model")?;
+        link_or_copy(&last_epoch_dir.join(STATE_FILE), &tmp.join(STATE_FILE))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        std::fs::rename(&tmp, &dir)
+            .with_context(|| format!("cannot move the averaged model to {}", dir.shown()))?;
+        Ok(dir)
+    }
+
     /// Makes `best/` a copy (hard links) of an epoch checkpoint's model and state.
     pub fn mark_best(&self, epoch_dir: &Path) -> Result<()> {
         let best = self.best_dir();

@@ -35,6 +35,34 @@ pub struct EvalConfig {
     pub target_sensitivity: f64,
     /// Average each patch's probabilities over its eight flips and quarter turns.
     pub tta: bool,
+    /// The model the final report evaluates and the exporter exports by default.
+    pub checkpoint: CheckpointChoice,
+    /// For `checkpoint: average`: how many of the last epochs' weights are averaged.
+    pub average_epochs: usize,
+}
+
+/// Which epoch's model a run stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointChoice {
+    /// The lowest validation loss (the tutorial's ModelCheckpoint).
+    #[default]
+    Best,
+    /// The last epoch trained.
+    Last,
+    /// The element-wise mean of the last `average_epochs` epochs' weights (written to
+    /// `checkpoints/average/`).
+    Average,
+}
+
+impl CheckpointChoice {
+    pub fn name(self) -> &'static str {
+        match self {
+            CheckpointChoice::Best => "best",
+            CheckpointChoice::Last => "last",
+            CheckpointChoice::Average => "average",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -57,6 +85,8 @@ impl Default for EvalConfig {
             threshold: Threshold::Fixed(0.5),
             target_sensitivity: 0.9,
             tta: false,
+            checkpoint: CheckpointChoice::Best,
+            average_epochs: 10,
         }
     }
 }
@@ -250,6 +280,7 @@ impl TrainConfig {
             ("train.epochs", t.epochs, 1, 100_000),
             ("train.batch_size", t.batch_size, 1, 65_536),
             ("train.threads", t.threads, 0, max_threads),
+            ("eval.average_epochs", self.eval.average_epochs, 1, 100_000),
             ("data.workers", self.data.workers, 0, max_threads),
             ("model.input_size", m.input_size, 8, 1024),
             ("model.dense", m.dense, 1, 65_536),
@@ -400,6 +431,7 @@ mod tests {
         assert!(a.horizontal_flip && a.vertical_flip && a.stain().is_off());
         assert_eq!(c.eval.threshold, Threshold::Fixed(0.5));
         assert!(!c.eval.tta);
+        assert_eq!(c.eval.checkpoint, CheckpointChoice::Best);
         let t = &c.train;
         assert_eq!((t.epochs, t.batch_size, t.learning_rate), (40, 32, 1e-2));
         assert_eq!(t.optimizer, OptimizerKind::Adagrad);

@@ -4,9 +4,9 @@
 //! weight. The learning rate of each step (Keras' legacy decay) is passed in by the loop.
 //! `Optim` is the optimizer a config asks for: that Adagrad, or burn's Adam (`train.optimizer`).
 
+use crate::config::{OptimizerKind, TrainSection};
 use burn::backend::Flex;
 use burn::module::AutodiffModule;
-use crate::config::{OptimizerKind, TrainSection};
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams, Optimizer, SimpleOptimizer};
 use burn::prelude::*;
@@ -134,12 +134,7 @@ impl<B: AutodiffBackend> Optim<B> {
         }
     }
 
-    pub fn step(
-        &mut self,
-        lr: f64,
-        model: CancerNet<B>,
-        grads: GradientsParams,
-    ) -> CancerNet<B> {
+    pub fn step(&mut self, lr: f64, model: CancerNet<B>, grads: GradientsParams) -> CancerNet<B> {
         match self {
             Optim::Adagrad(o) => o.step(lr, model, grads),
             Optim::Adam(o) => o.step(lr, model, grads),

@@ -4,9 +4,8 @@
 //! testing split with the best checkpoint (`final_report`). The device is a type parameter: the
 //! CPU and GPU backends share every line.
 
-use crate::average;
 use crate::checkpoint::{self, EpochMetrics, EpochTiming, RunDir, State};
-use crate::config::{AutoWeights, ClassWeights, TrainConfig};
+use crate::config::{AutoWeights, CheckpointChoice, ClassWeights, TrainConfig};
 use crate::data::{Batch, Loader, Split};
 use crate::optim::Optim;
 use anyhow::{Context, Result, bail};
@@ -658,11 +657,12 @@ fn end_epoch<B: AutodiffBackend>(
     Ok(stop_early)
 }
 
-/// Stage 7: the best checkpoint on held-out patients, the same report as `runtime eval`, at the
-/// threshold `eval.threshold` gives (chosen on the validation split for a rule; written to
-/// `threshold.json` for the exporter), with test-time augmentation when `eval.tta`. With
-/// `variants`, also every combination of TTA on/off and threshold 0.5 / max-BAC, and the last
-/// epoch's model with and without TTA (for cross-validation's ablation, from the same training).
+/// Stage 7: the checkpoint `eval.checkpoint` names (best by validation loss, or the last) on
+/// held-out patients, the same report as `runtime eval`, at the threshold `eval.threshold` gives
+/// (chosen on the validation split for a rule; written to `threshold.json` for the exporter), with
+/// test-time augmentation when `eval.tta`. With `variants`, also every combination of TTA on/off
+/// and threshold 0.5 / max-BAC for that checkpoint, and the last epoch's model and the means of
+/// the last epochs' weights with and without TTA (cross-validation's ablation, one training).
 fn final_report<B: AutodiffBackend>(
     cfg: &TrainConfig,
     run: &RunDir,
@@ -671,32 +671,43 @@ fn final_report<B: AutodiffBackend>(
     device: &B::Device,
     variants: bool,
 ) -> Result<Report> {
-    let best = run
-        .load_model(
-            cfg.model_config().init::<B>(device),
-            &run.best_dir(),
-            device,
-        )?
-        .valid();
+    let which = cfg.eval.checkpoint;
+    let model_cfg = cfg.model_config();
+    let load = |dir: &Path| -> Result<CancerNet<B::InnerBackend>> {
+        Ok(run
+            .load_model(model_cfg.init::<B>(device), dir, device)?
+            .valid())
+    };
+    let (last, last_dir) = run.latest().context("the run has no checkpoints")?;
+    let (epoch, model, what) = match which {
+        CheckpointChoice::Best => (state.best_epoch, load(&run.best_dir())?, String::new()),
+        CheckpointChoice::Last => (last, load(&last_dir)?, String::new()),
+        CheckpointChoice::Average => {
+            let n = cfg.eval.average_epochs;
+            let (mean, first) = run.mean_of_last(&model_cfg, last, n, device)?;
+            run.write_average(&mean, &last_dir)?;
+            (last, mean, format!(", the mean of epochs {first}-{last}"))
+        }
+    };
     let tta = cfg.eval.tta;
     let mut runs: BTreeMap<bool, (Evaluated, Evaluated)> = BTreeMap::new();
     for t in [tta, !tta].into_iter().take(if variants { 2 } else { 1 }) {
-        let val = evaluate(&best, &data.val, &data.loader, device, t);
-        let test = evaluate(&best, &data.test, &data.loader, device, t);
+        let val = evaluate(&model, &data.val, &data.loader, device, t);
+        let test = evaluate(&model, &data.test, &data.loader, device, t);
         data.skipped.add("validation", &val.failed)?;
         data.skipped.add("testing", &test.failed)?;
         runs.insert(t, (val, test));
     }
     let (val, test) = &runs[&tta];
-    let chosen = choose_threshold(cfg, val, state.best_epoch);
+    let chosen = choose_threshold(cfg, val, epoch);
     write_atomic(
         &run.root.join(THRESHOLD_FILE),
         serde_json::to_string_pretty(&chosen)?.as_bytes(),
     )?;
     let report = Report::new(&test.labels, &test.probs, chosen.threshold);
     println!(
-        "\ntesting split, best checkpoint (epoch {}), loss {:.4}{}, threshold {:.4} ({}):\n{report}",
-        state.best_epoch,
+        "\ntesting split, {} checkpoint (epoch {epoch}{what}), loss {:.4}{}, threshold {:.4} ({}):\n{report}",
+        which.name(),
         test.loss,
         if tta {
             ", test-time augmentation (8 views)"
@@ -720,7 +731,8 @@ fn final_report<B: AutodiffBackend>(
     }
     let mut json = serde_json::json!({
         "split": "testing",
-        "checkpoint_epoch": state.best_epoch,
+        "checkpoint": which.name(),
+        "checkpoint_epoch": epoch,
         "loss": test.loss,
         "tta": tta,
         "threshold": chosen,
@@ -752,28 +764,18 @@ fn final_report<B: AutodiffBackend>(
             }
         }
         // The last epoch's model instead of the best by validation loss (which a small
-        // validation split makes noisy), and the mean of the last n epochs' weights.
-        if let Some((epoch, dir)) = run.latest() {
-            let load = |dir: &Path| -> Result<CancerNet<B::InnerBackend>> {
-                Ok(run
-                    .load_model(cfg.model_config().init::<B>(device), dir, device)?
-                    .valid())
-            };
-            let mut models = vec![("last".to_string(), load(&dir)?)];
-            for n in AVERAGED.into_iter().filter(|&n| n <= epoch) {
-                let last_n = (epoch + 1 - n..=epoch)
-                    .map(|e| load(&run.epoch_dir(e)))
-                    .collect::<Result<Vec<_>>>()?;
-                let mean = average::mean_weights(last_n)?.context("no checkpoints to average")?;
-                models.push((format!("avg{n}"), mean));
-            }
-            for (name, model) in &models {
-                for t in [false, true] {
-                    let test = evaluate(model, &data.test, &data.loader, device, t);
-                    let mut entry = variant(&test, 0.5, &patient_summary(&data.test, &test));
-                    entry["epoch"] = epoch.into();
-                    all.insert(format!("{name}-{}@0.5", view(t)), entry);
-                }
+        // validation split makes noisy), and the means of the last n epochs' weights.
+        let mut models = vec![("last".to_string(), load(&last_dir)?)];
+        for n in AVERAGED.into_iter().filter(|&n| n <= last) {
+            let (mean, _) = run.mean_of_last(&model_cfg, last, n, device)?;
+            models.push((format!("avg{n}"), mean));
+        }
+        for (name, model) in &models {
+            for t in [false, true] {
+                let test = evaluate(model, &data.test, &data.loader, device, t);
+                let mut entry = variant(&test, 0.5, &patient_summary(&data.test, &test));
+                entry["epoch"] = last.into();
+                all.insert(format!("{name}-{}@0.5", view(t)), entry);
             }
         }
         json["variants"] = all.into();
@@ -801,23 +803,28 @@ pub struct ChosenThreshold {
     /// Fixed in the config, not chosen on a model's predictions.
     #[serde(default)]
     pub fixed: bool,
-    /// The checkpoint's epoch and TTA setting it was chosen with.
+    /// The checkpoint's epoch and TTA setting it was chosen with, and whether that model was
+    /// the average of the epochs up to `epoch` (`eval.checkpoint: average`).
     #[serde(default)]
     pub epoch: usize,
     #[serde(default)]
     pub tta: bool,
+    #[serde(default)]
+    pub averaged: bool,
 }
 
 impl ChosenThreshold {
-    /// Whether it holds for the model of epoch `epoch`, evaluated with or without TTA.
-    pub fn holds_for(&self, epoch: usize, tta: bool) -> bool {
-        self.fixed || (self.epoch == epoch && self.tta == tta)
+    /// Whether it holds for the model of epoch `epoch` (averaged or not), evaluated with or
+    /// without TTA.
+    pub fn holds_for(&self, epoch: usize, averaged: bool, tta: bool) -> bool {
+        self.fixed || (self.epoch == epoch && self.averaged == averaged && self.tta == tta)
     }
 }
 
 fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenThreshold {
     use crate::config::{Threshold, ThresholdRule};
     use datasets::report::{threshold_for_sensitivity, threshold_max_bac};
+    let averaged = cfg.eval.checkpoint == crate::config::CheckpointChoice::Average;
     let (patches, tta) = (
         val.labels.len(),
         if cfg.eval.tta { ", 8-view TTA" } else { "" },
@@ -830,6 +837,7 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
                 fixed: true,
                 epoch,
                 tta: cfg.eval.tta,
+                averaged,
             };
         }
         Threshold::Rule(ThresholdRule::MaxBac) => (
@@ -845,11 +853,13 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
         Some(t) => ChosenThreshold {
             threshold: t,
             source: format!(
-                "{rule} on the validation split ({patches} patches{tta}), epoch {epoch}"
+                "{rule} on the validation split ({patches} patches{tta}), epoch {epoch}{}",
+                if averaged { " (averaged)" } else { "" }
             ),
             fixed: false,
             epoch,
             tta: cfg.eval.tta,
+            averaged,
         },
         None => ChosenThreshold {
             threshold: 0.5,
@@ -859,6 +869,7 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
             fixed: true,
             epoch,
             tta: cfg.eval.tta,
+            averaged,
         },
     }
 }

@@ -204,6 +204,122 @@ fn trains_writes_every_artifact_and_repeats_byte_for_byte() {
     assert_eq!(report(&out_dir), before);
 }
 
+/// `train.optimizer: adam` trains with Adam (other weights and optimizer state than Adagrad's),
+/// and an interrupted Adam run resumes to the same bytes as a straight one.
+#[test]
+fn adam_resumes_exactly_and_is_not_adagrad() {
+    let tmp = tempfile::tempdir().unwrap();
+    let adagrad = setup(tmp.path());
+    let adam = tmp.path().join("adam.yaml");
+    let text = std::fs::read_to_string(&adagrad).unwrap();
+    std::fs::write(
+        &adam,
+        text.replace(
+            "train:\n",
+            "train:\n  optimizer: adam\n  learning_rate: 0.001\n",
+        ),
+    )
+    .unwrap();
+    let train = |cfg: &Path, out: &str, extra: &[&str]| {
+        let out = tmp.path().join(out);
+        let args = [
+            "--config",
+            cfg.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+            "--quiet",
+        ];
+        ok(&trainer(&[&args[..], extra].concat()));
+        out
+    };
+    let straight = train(&adam, "adam", &[]);
+    std::fs::rename(&straight, tmp.path().join("adam-straight")).unwrap();
+    let straight = tmp.path().join("adam-straight");
+    train(&adam, "adam", &["--stop-after", "1"]);
+    let resumed = train(&adam, "adam", &["--resume"]);
+    same_bytes(&straight, &resumed);
+    let other = train(&adagrad, "adagrad", &[]);
+    for f in [
+        "checkpoints/epoch-001/model.mpk",
+        "checkpoints/epoch-001/optim.mpk",
+    ] {
+        let read = |d: &Path| std::fs::read(d.join(f)).unwrap();
+        assert_ne!(
+            read(&straight),
+            read(&other),
+            "{f}: Adam gave Adagrad's bytes"
+        );
+    }
+    // An Adagrad run's folder is another config for Adam.
+    let o = trainer(&[
+        "--config",
+        adam.to_str().unwrap(),
+        "--output",
+        other.to_str().unwrap(),
+        "--quiet",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("different config"));
+}
+
+/// `eval.checkpoint: last` reports the last epoch's model, `average` the mean of the last
+/// epochs' weights (written to checkpoints/average/), and each says so; the default the best.
+#[test]
+fn the_report_stands_for_the_checkpoint_the_config_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    let best = setup(tmp.path());
+    let text = std::fs::read_to_string(&best).unwrap();
+    let with = |name: &str, eval: &str| {
+        let path = tmp.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, format!("{text}eval:\n{eval}")).unwrap();
+        path
+    };
+    let last = with("last", "  checkpoint: last\n");
+    let average = with("average", "  checkpoint: average\n  average_epochs: 2\n");
+    for (cfg, name) in [(&best, "best"), (&last, "last"), (&average, "average")] {
+        let out = tmp.path().join(name);
+        let args = [
+            "--config",
+            cfg.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ];
+        let printed = ok(&trainer(&[&args[..], &["--quiet"]].concat()));
+        let read = |f: &str| -> serde_json::Value {
+            serde_json::from_str(&std::fs::read_to_string(out.join(f)).unwrap()).unwrap()
+        };
+        let want = match name {
+            "best" => read("checkpoints/best/state.json")["epoch"]
+                .as_u64()
+                .unwrap(),
+            _ => 3,
+        };
+        let report = read("test_report.json");
+        assert_eq!(report["checkpoint"], name);
+        assert_eq!(report["checkpoint_epoch"], want);
+        assert_eq!(read("threshold.json")["epoch"], want);
+        let what = if name == "average" {
+            ", the mean of epochs 2-3"
+        } else {
+            ""
+        };
+        let line = format!("testing split, {name} checkpoint (epoch {want}{what})");
+        assert!(printed.contains(&line), "{line} missing from\n{printed}");
+        assert_eq!(read("threshold.json")["averaged"], name == "average");
+        let averaged = out.join("checkpoints/average/model.mpk");
+        assert_eq!(averaged.is_file(), name == "average");
+        if name == "average" {
+            let bytes = |p: &Path| std::fs::read(p).unwrap();
+            let last = out.join("checkpoints/epoch-003/model.mpk");
+            assert_ne!(
+                bytes(&averaged),
+                bytes(&last),
+                "the average is the last epoch"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_skipped_file_is_named_in_the_log_and_the_run_files() {
     let tmp = tempfile::tempdir().unwrap();

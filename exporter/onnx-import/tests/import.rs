@@ -8,7 +8,7 @@ use onnx_import_check::{cancernet, spec};
 fn burn_onnx_import_matches_the_original_model() {
     let tmp = tempfile::tempdir().unwrap();
     trainer::checkpoint::write_random_run(tmp.path(), &spec::config(), spec::SEED).unwrap();
-    let original = exporter::export::load(tmp.path(), exporter::export::Checkpoint::Best)
+    let original = exporter::export::load(tmp.path(), Some(exporter::export::Checkpoint::Best))
         .unwrap()
         .model;
     let device = Default::default();
