@@ -3,8 +3,8 @@
 # ../shared/data (idc-real + idc-real-more, 15,978 patches): docs/accuracy.md's numbers.
 #   bench/cv.sh [recipe...]      recipes: tutorial (configs/cancernet.yaml), robust
 #                                (configs/cancernet-robust.yaml), or a name in bench/cv/*.yaml
-# robust trains exactly as tutorial (it adds TTA at evaluation only), so its numbers are also the
-# tutorial run's tta@0.5 row.
+# robust trains exactly as adam (its eval section differs only), so its numbers are also the adam
+# run's avg10-tta@0.5 row.
 # Each recipe's folds land in runs/cv-<recipe>/ (cv.json, cv.csv, fold-*/), its log beside; a
 # rerun reuses finished folds and resumes an unfinished one. ~1 hour a recipe on 2 cores.
 set -euo pipefail
@@ -14,7 +14,7 @@ SHARED=${IDC_SHARED_DATA:-../shared/data}
 cargo build --release -p trainer
 mkdir -p runs
 recipes=("$@")
-[ ${#recipes[@]} -gt 0 ] || recipes=(tutorial stain hed-light hed-strong hed-colour robust)
+[ ${#recipes[@]} -gt 0 ] || recipes=(tutorial adam stain adam-stain hed-light hed-strong hed-colour robust)
 for name in "${recipes[@]}"; do
   case $name in
     tutorial) cfg=configs/cancernet.yaml ;;
