@@ -508,13 +508,7 @@ mod tests {
 
     #[test]
     fn the_runs_threshold_is_read_and_checked() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = models::CancerNetConfig::new()
-            .with_input_size(32)
-            .with_widths(vec![8])
-            .with_depths(vec![1])
-            .with_dense(8);
-        trainer::checkpoint::write_random_run(tmp.path(), &cfg, 3).unwrap();
+        let (tmp, _) = small_random_run();
         assert!(
             load(tmp.path(), Some(Checkpoint::Best))
                 .unwrap()
@@ -563,6 +557,18 @@ mod tests {
         );
         assert!(e.contains("malformed"), "{e}");
     }
+    /// A random run of a small CancerNet, and its model config.
+    fn small_random_run() -> (tempfile::TempDir, models::CancerNetConfig) {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = models::CancerNetConfig::new()
+            .with_input_size(32)
+            .with_widths(vec![8])
+            .with_depths(vec![1])
+            .with_dense(8);
+        trainer::checkpoint::write_random_run(tmp.path(), &cfg, 3).unwrap();
+        (tmp, cfg)
+    }
+
     fn flat(model: &CancerNet<B>) -> Vec<f32> {
         model.dense.weight.val().into_data().to_vec().unwrap()
     }
@@ -571,13 +577,7 @@ mod tests {
     /// (`eval.checkpoint` in its config.yaml); best when the run says nothing.
     #[test]
     fn the_runs_checkpoint_is_the_default() {
-        let tmp = tempfile::tempdir().unwrap();
-        let cfg = models::CancerNetConfig::new()
-            .with_input_size(32)
-            .with_widths(vec![8])
-            .with_depths(vec![1])
-            .with_dense(8);
-        trainer::checkpoint::write_random_run(tmp.path(), &cfg, 3).unwrap();
+        let (tmp, cfg) = small_random_run();
         // A second checkpoint, epoch 2, with other weights.
         let other = tmp.path().join("other");
         trainer::checkpoint::write_random_run(&other, &cfg, 4).unwrap();
