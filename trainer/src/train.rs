@@ -657,7 +657,8 @@ fn end_epoch<B: AutodiffBackend>(
     Ok(stop_early)
 }
 
-/// Stage 7: the checkpoint `eval.checkpoint` names (best by validation loss, or the last) on
+/// Stage 7: the checkpoint `eval.checkpoint` names (best by validation loss, the last, or the
+/// mean of the last epochs, written to `checkpoints/average/`) on
 /// held-out patients, the same report as `runtime eval`, at the threshold `eval.threshold` gives
 /// (chosen on the validation split for a rule; written to `threshold.json` for the exporter), with
 /// test-time augmentation when `eval.tta`. With `variants`, also every combination of TTA on/off
