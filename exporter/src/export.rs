@@ -222,8 +222,8 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
             match which {
                 Checkpoint::Average => {
                     let n = train_cfg.as_ref().map_or(1, |c| c.eval.average_epochs);
-                    let e = state.epoch;
-                    format!("average of epochs {}-{e}", e.saturating_sub(n) + 1)
+                    let epochs = checkpoint::averaged_epochs(state.epoch, n);
+                    format!("average of epochs {}-{}", epochs.start(), epochs.end())
                 }
                 _ => format!("{} (epoch {})", checkpoint_name(which), state.epoch),
             },

@@ -173,16 +173,12 @@ fn fixed_ids<B: Backend>(model: CancerNet<B>) -> CancerNet<B> {
     let mut model = model.map(&mut Numbered(0));
     // BatchNorm's running statistics are not parameters (the mapper cannot renumber them).
     let mut next = 1u64 << 32;
-    let mut renumber = |bn: &mut BatchNorm<B>| {
+    for bn in model.batch_norms() {
         for state in [&mut bn.running_mean, &mut bn.running_var] {
             *state = RunningState::with_id(ParamId::from(next), state.value());
             next += 1;
         }
-    };
-    for unit in model.blocks.iter_mut().flat_map(|b| &mut b.units) {
-        renumber(&mut unit.bn);
     }
-    renumber(&mut model.dense_bn);
     model
 }
 
@@ -301,6 +297,12 @@ impl<B: Backend> CancerNet<B> {
         self.head.forward(self.dense_dropout.forward(x))
     }
 
+    /// Every BatchNorm, in module order.
+    pub fn batch_norms(&mut self) -> impl Iterator<Item = &mut BatchNorm<B>> {
+        let units = self.blocks.iter_mut().flat_map(|b| &mut b.units);
+        units.map(|u| &mut u.bn).chain([&mut self.dense_bn])
+    }
+
     /// Class probabilities `[batch, classes]`.
     pub fn probabilities(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
         softmax(self.forward(x), 1)
@@ -323,6 +325,42 @@ impl<B: Backend> CancerNet<B> {
             self.probabilities_tta(x)
         } else {
             self.probabilities(x)
+        }
+    }
+}
+
+impl<B: burn::tensor::backend::AutodiffBackend> CancerNet<B> {
+    /// The same weights with every BatchNorm's running statistics recomputed as the plain mean
+    /// of the batch statistics over `batches`, with dropout off ("precise BatchNorm", Wu &
+    /// Johnson 2021). The running averages training leaves (momentum 0.99) mostly remember the
+    /// weights of the last ~100 steps, not the final ones, and an average of epochs' weights has
+    /// statistics of its own. Feed batches of the training batch size: the statistics the weights
+    /// were trained to expect are those of such batches.
+    pub fn precise_batch_norm(self, batches: impl IntoIterator<Item = Tensor<B, 4>>) -> Self {
+        let dropout = (self.conv_dropout.prob, self.dense_dropout.prob);
+        let mut model = self;
+        // A clone of a module shares its running statistics: give this one its own.
+        for bn in model.batch_norms() {
+            for state in [&mut bn.running_mean, &mut bn.running_var] {
+                let p = state.clone().into_record();
+                *state = RunningState::with_id(p.id, p.val());
+            }
+        }
+        (model.conv_dropout.prob, model.dense_dropout.prob) = (0.0, 0.0);
+        let momentum = model.dense_bn.momentum;
+        for (k, x) in batches.into_iter().enumerate() {
+            // Momentum 1/(k+1) makes the running value the mean of the k+1 batches so far.
+            model.set_bn_momentum(1.0 / (k + 1) as f64);
+            drop(model.forward(x));
+        }
+        model.set_bn_momentum(momentum);
+        (model.conv_dropout.prob, model.dense_dropout.prob) = dropout;
+        model
+    }
+
+    fn set_bn_momentum(&mut self, momentum: f64) {
+        for bn in self.batch_norms() {
+            bn.momentum = momentum;
         }
     }
 }
@@ -499,6 +537,97 @@ mod tests {
         let (e, e_ref) = (bn.valid(), bn_ref.valid());
         let xi = x.inner();
         close(batch_norm_nchw(&e, xi.clone()), e_ref.forward(xi));
+    }
+
+    #[test]
+    fn precise_batch_norm_makes_eval_mode_see_the_batch_statistics() {
+        use burn::backend::Autodiff;
+        use burn::module::AutodiffModule;
+        type A = Autodiff<Flex>;
+        let dev = Default::default();
+        let cfg = CancerNetConfig::new()
+            .with_input_size(16)
+            .with_widths(vec![4, 8])
+            .with_depths(vec![2, 1])
+            .with_dense(8);
+        // Seeded: its parameters are initialized, so clones share weights (lazy ones would not).
+        let model = cfg.init_seeded::<A>(7, &dev);
+        let image = |seed| {
+            Flex::seed(&dev, seed);
+            Tensor::<A, 4>::random([6, 3, 16, 16], burn::tensor::Distribution::Default, &dev)
+        };
+        let (x, y) = (image(1), image(2));
+        // Training mode without dropout normalizes with each batch's own statistics.
+        let mut no_dropout = model.clone();
+        (no_dropout.conv_dropout.prob, no_dropout.dense_dropout.prob) = (0.0, 0.0);
+        let batch_stats = no_dropout.clone().forward(x.clone()).inner();
+        let running = |m: &CancerNet<A>| -> Vec<f32> {
+            let mut v = Vec::new();
+            for bn in m.blocks.iter().flat_map(|b| &b.units).map(|u| &u.bn) {
+                v.extend(
+                    bn.running_mean
+                        .value_sync()
+                        .into_data()
+                        .to_vec::<f32>()
+                        .unwrap(),
+                );
+                v.extend(
+                    bn.running_var
+                        .value_sync()
+                        .into_data()
+                        .to_vec::<f32>()
+                        .unwrap(),
+                );
+            }
+            v
+        };
+        // Running statistics left by training (here: by two other batches) are forgotten, and
+        // the model cloned from keeps its own.
+        let trained = cfg
+            .init_seeded::<A>(7, &dev)
+            .load_record(model.clone().into_record());
+        drop(trained.forward(y.clone()));
+        drop(trained.forward(image(3)));
+        for start in [model.clone(), trained] {
+            let before = running(&start);
+            let precise = start.clone().precise_batch_norm([x.clone()]);
+            assert_eq!(running(&start), before);
+            assert_ne!(running(&precise), before);
+            // Dropout and momentum are as before; only the statistics moved.
+            assert_eq!(
+                (precise.conv_dropout.prob, precise.dense_dropout.prob),
+                (0.25, 0.5)
+            );
+            assert!((precise.dense_bn.momentum - 0.01).abs() < 1e-12);
+            let eval = precise.valid().forward(x.clone().inner());
+            let d: f32 = (eval - batch_stats.clone()).abs().max().into_scalar();
+            assert!(d < 1e-4, "eval mode vs batch statistics: {d}");
+        }
+        // Two batches: the plain mean of their statistics, whatever their order.
+        let (xy, yx) = (
+            model.clone().precise_batch_norm([x.clone(), y.clone()]),
+            model.clone().precise_batch_norm([y.clone(), x.clone()]),
+        );
+        let (one_x, one_y) = (
+            model.clone().precise_batch_norm([x]),
+            model.precise_batch_norm([y]),
+        );
+        let (a, b, cx, cy) = (running(&xy), running(&yx), running(&one_x), running(&one_y));
+        // The first unit's input does not depend on other statistics: its mean is exact.
+        let first = cfg.widths[0];
+        for i in 0..first {
+            let want = (cx[i] + cy[i]) / 2.0;
+            assert!(
+                (a[i] - want).abs() < 1e-5 && (b[i] - want).abs() < 1e-5,
+                "channel {i}"
+            );
+        }
+        let d = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max);
+        assert!(d < 1e-4, "order changed the statistics by {d}");
     }
 
     #[test]

@@ -154,6 +154,11 @@ pub struct EpochTiming {
     pub train_images_per_second: f64,
 }
 
+/// The epochs an average of the last `n` up to `last` covers (fewer when the run has fewer).
+pub fn averaged_epochs(last: usize, n: usize) -> std::ops::RangeInclusive<usize> {
+    last.saturating_sub(n) + 1..=last
+}
+
 pub struct RunDir {
     pub root: PathBuf,
 }
@@ -238,8 +243,9 @@ impl RunDir {
         n: usize,
         device: &B::Device,
     ) -> Result<(CancerNet<B>, usize)> {
-        let first = last.saturating_sub(n) + 1;
-        let models = (first..=last)
+        let epochs = averaged_epochs(last, n);
+        let first = *epochs.start();
+        let models = epochs
             .map(|e| self.load_model(config.init::<B>(device), &self.epoch_dir(e), device))
             .collect::<Result<Vec<_>>>()?;
         let mean = crate::average::mean_weights(models)?.context("no checkpoints to average")?;

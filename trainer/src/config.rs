@@ -126,6 +126,8 @@ pub struct TrainSection {
     pub optimizer: OptimizerKind,
     /// The initial learning rate.
     pub learning_rate: f64,
+    /// How the learning rate falls: `legacy` (the tutorial's Keras decay) or `cosine`.
+    pub schedule: Schedule,
     /// Keras' legacy per-step decay, lr_t = lr / (1 + decay * t); default lr / epochs.
     pub decay: Option<f64>,
     /// Adagrad's initial accumulator (Keras: 0.1); the epsilon of both (Keras: 1e-7).
@@ -151,6 +153,17 @@ pub enum OptimizerKind {
     #[default]
     Adagrad,
     Adam,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// lr / (1 + decay * step): the tutorial's, nearly flat (it ends at 0.7 lr).
+    #[default]
+    Legacy,
+    /// Half a cosine from lr at the first step to 0 after the last (Loshchilov & Hutter 2017,
+    /// without restarts).
+    Cosine,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -227,6 +240,7 @@ impl Default for TrainSection {
             batch_size: 32,
             optimizer: OptimizerKind::Adagrad,
             learning_rate: 1e-2,
+            schedule: Schedule::Legacy,
             decay: None,
             initial_accumulator: 0.1,
             epsilon: 1e-7,
@@ -296,6 +310,9 @@ impl TrainConfig {
         if t.max_steps_per_epoch == Some(0) {
             bail!("train.max_steps_per_epoch must be at least 1 (or absent)");
         }
+        if t.schedule == Schedule::Cosine && t.decay.is_some() {
+            bail!("train.decay is for `schedule: legacy`; remove it or the cosine schedule");
+        }
         if t.early_stopping == Some(0) {
             bail!("train.early_stopping must be at least 1 (or absent)");
         }
@@ -362,9 +379,16 @@ impl TrainConfig {
             .unwrap_or(self.train.learning_rate / self.train.epochs as f64)
     }
 
-    /// Learning rate of step `t` (0-based), as Keras' legacy `decay` computes it.
-    pub fn learning_rate_at(&self, t: usize) -> f64 {
-        self.train.learning_rate / (1.0 + self.decay() * t as f64)
+    /// Learning rate of step `t` (0-based) of `total` steps in all.
+    pub fn learning_rate_at(&self, t: usize, total: usize) -> f64 {
+        let lr = self.train.learning_rate;
+        match self.train.schedule {
+            Schedule::Legacy => lr / (1.0 + self.decay() * t as f64),
+            Schedule::Cosine => {
+                let done = (t as f64 / total.max(1) as f64).min(1.0);
+                0.5 * lr * (1.0 + (std::f64::consts::PI * done).cos())
+            }
+        }
     }
 }
 
@@ -496,9 +520,33 @@ mod tests {
     #[test]
     fn keras_legacy_decay() {
         let cfg = TrainConfig::default();
-        assert_eq!(cfg.learning_rate_at(0), 1e-2);
+        assert_eq!(cfg.learning_rate_at(0, 4000), 1e-2);
         let t = 1000;
-        assert!((cfg.learning_rate_at(t) - 1e-2 / (1.0 + 1e-2 / 40.0 * t as f64)).abs() < 1e-15);
+        let want = 1e-2 / (1.0 + 1e-2 / 40.0 * t as f64);
+        // The total does not enter the legacy decay.
+        for total in [1, 4000, usize::MAX] {
+            assert!((cfg.learning_rate_at(t, total) - want).abs() < 1e-15);
+        }
+    }
+
+    #[test]
+    fn cosine_falls_from_lr_to_zero_over_the_run() {
+        let cfg: TrainConfig =
+            yaml_serde::from_str("train:\n  learning_rate: 0.002\n  schedule: cosine\n").unwrap();
+        cfg.validate().unwrap();
+        let lr = |t| cfg.learning_rate_at(t, 1000);
+        assert_eq!(lr(0), 0.002);
+        assert!((lr(500) - 0.001).abs() < 1e-15);
+        assert!((lr(250) - 0.001 * (1.0 + 0.5f64.sqrt())).abs() < 1e-15);
+        assert!(lr(1000).abs() < 1e-15 && lr(5000).abs() < 1e-15);
+        assert!((1..1000).all(|t| lr(t) < lr(t - 1)));
+        let both: TrainConfig =
+            yaml_serde::from_str("train:\n  schedule: cosine\n  decay: 0.01\n").unwrap();
+        let err = both.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("train.decay") && err.contains("cosine"),
+            "{err}"
+        );
     }
 
     use proptest::prelude::*;
@@ -524,6 +572,7 @@ mod tests {
             Just("batch_size"),
             Just("learning_rate"),
             Just("decay"),
+            Just("schedule"),
             Just("class_weights"),
             Just("threads"),
             Just("zoom"),
@@ -539,6 +588,7 @@ mod tests {
             Just("null".to_string()),
             Just("auto".to_string()),
             Just("cuda".to_string()),
+            Just("cosine".to_string()),
             Just("[1, -2]".to_string()),
             Just("[]".to_string()),
             Just("[0, 0, 0]".to_string()),
@@ -564,7 +614,8 @@ mod tests {
                 && cfg.validate().is_ok()
             {
                 let _ = cfg.model_config().flat_features();
-                let _ = cfg.learning_rate_at(usize::MAX);
+                let _ = cfg.learning_rate_at(usize::MAX, 0);
+                let _ = cfg.learning_rate_at(usize::MAX, usize::MAX);
             }
         }
 

@@ -526,7 +526,8 @@ fn train_epoch<B: AutodiffBackend>(
     );
     let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
     let aug_seed = cfg.train.seed ^ 0xA06 ^ (epoch as u64) << 32;
-    let mut lr = cfg.learning_rate_at(session.state.step);
+    let total_steps = steps.saturating_mul(cfg.train.epochs);
+    let mut lr = cfg.learning_rate_at(session.state.step, total_steps);
     let batches = data
         .loader
         .batches(&data.train, order, Some(cfg.augment), aug_seed, Some(steps));
@@ -542,7 +543,7 @@ fn train_epoch<B: AutodiffBackend>(
         let loss_value: f64 = loss.clone().into_scalar().elem();
         finite_loss(loss_value, epoch, session.state.step, k)?;
         let grads = GradientsParams::from_grads(loss.backward(), &session.model);
-        lr = cfg.learning_rate_at(session.state.step);
+        lr = cfg.learning_rate_at(session.state.step, total_steps);
         session.model = session.optim.step(lr, session.model.clone(), grads);
         session.state.step += 1;
         let pred: Vec<i64> = logits
@@ -765,11 +766,24 @@ fn final_report<B: AutodiffBackend>(
             }
         }
         // The last epoch's model instead of the best by validation loss (which a small
-        // validation split makes noisy), and the means of the last n epochs' weights.
+        // validation split makes noisy), the means of the last n epochs' weights, and the last
+        // and the mean of 10 with BatchNorm statistics recomputed on the training split.
         let mut models = vec![("last".to_string(), load(&last_dir)?)];
         for n in AVERAGED.into_iter().filter(|&n| n <= last) {
             let (mean, _) = run.mean_of_last(&model_cfg, last, n, device)?;
             models.push((format!("avg{n}"), mean));
+        }
+        let last_model = run.load_model(model_cfg.init::<B>(device), &last_dir, device)?;
+        models.push((
+            "last-pbn".into(),
+            precise_bn(cfg, last_model, data, device)?.valid(),
+        ));
+        if last >= 10 {
+            let (mean, _) = run.mean_of_last::<B>(&model_cfg, last, 10, device)?;
+            models.push((
+                "avg10-pbn".into(),
+                precise_bn(cfg, mean, data, device)?.valid(),
+            ));
         }
         for (name, model) in &models {
             for t in [false, true] {
@@ -786,6 +800,31 @@ fn final_report<B: AutodiffBackend>(
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     Ok(report)
+}
+
+/// `model` with precise BatchNorm statistics (`CancerNet::precise_batch_norm`) from one
+/// unaugmented pass over the training split, shuffled and batched as in training.
+pub fn precise_bn<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    model: CancerNet<B>,
+    data: &mut Data,
+    device: &B::Device,
+) -> Result<CancerNet<B>> {
+    let mut order: Vec<usize> = (0..data.train.len()).collect();
+    Rng::derive(cfg.train.seed, 0xB0).shuffle(&mut order);
+    let mut failed = Vec::new();
+    let size = cfg.model.input_size;
+    let batches = data
+        .loader
+        .batches(&data.train, order, None, 0, None)
+        .into_iter()
+        .filter_map(|batch| {
+            failed.extend(batch.failed.iter().cloned());
+            (!batch.is_empty()).then(|| images_tensor::<B>(&batch, size, device))
+        });
+    let model = model.precise_batch_norm(batches);
+    data.skipped.add("training", &failed)?;
+    Ok(model)
 }
 
 /// The variants' weight averages: the mean of the last n epochs' checkpoints, for each n.

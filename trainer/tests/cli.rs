@@ -669,6 +669,10 @@ fn cross_validation_tests_every_patient_once() {
     assert_eq!(tested.len(), 8, "every synthetic patient is tested once");
     let summary = &cv["summary"]["configured"]["balanced_accuracy"];
     assert_eq!(summary["folds"], 3);
+    // The last model with precise BatchNorm statistics is reported for every fold; means of 10
+    // epochs need 10 epochs.
+    assert_eq!(cv["summary"]["last-pbn-tta@0.5"]["roc_auc"]["folds"], 3);
+    assert_eq!(cv["summary"]["avg10-pbn-tta@0.5"]["roc_auc"]["folds"], 0);
     let again = ok(&trainer(&args));
     assert_eq!(again.matches("reused").count(), 3, "{again}");
     // Another cross-validation in the same folder holds other patients per fold: refused.
