@@ -337,7 +337,6 @@ impl<B: burn::tensor::backend::AutodiffBackend> CancerNet<B> {
     /// statistics of its own. Feed batches of the training batch size: the statistics the weights
     /// were trained to expect are those of such batches.
     pub fn precise_batch_norm(self, batches: impl IntoIterator<Item = Tensor<B, 4>>) -> Self {
-        let dropout = (self.conv_dropout.prob, self.dense_dropout.prob);
         let mut model = self;
         // A clone of a module shares its running statistics: give this one its own.
         for bn in model.batch_norms() {
@@ -346,15 +345,16 @@ impl<B: burn::tensor::backend::AutodiffBackend> CancerNet<B> {
                 *state = RunningState::with_id(p.id, p.val());
             }
         }
-        (model.conv_dropout.prob, model.dense_dropout.prob) = (0.0, 0.0);
-        let momentum = model.dense_bn.momentum;
+        // A clone that shares those statistics, without dropout, whose forward passes keep no
+        // autodiff graph (without a backward pass, a tracked graph would hold every batch's
+        // activations: a pass over the training split filled 24 GB).
+        let mut probe = model.clone().no_grad();
+        (probe.conv_dropout.prob, probe.dense_dropout.prob) = (0.0, 0.0);
         for (k, x) in batches.into_iter().enumerate() {
             // Momentum 1/(k+1) makes the running value the mean of the k+1 batches so far.
-            model.set_bn_momentum(1.0 / (k + 1) as f64);
-            drop(model.forward(x));
+            probe.set_bn_momentum(1.0 / (k + 1) as f64);
+            drop(probe.forward(x));
         }
-        model.set_bn_momentum(momentum);
-        (model.conv_dropout.prob, model.dense_dropout.prob) = dropout;
         model
     }
 

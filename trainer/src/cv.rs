@@ -308,8 +308,9 @@ fn metric(fold: &serde_json::Value, variant: &str, name: &str) -> Option<f64> {
 /// The variants summarized: the configured one, then TTA x threshold from the same models, then
 /// the last epoch's model instead of the best one, then the means of the last 5, 10 and 20
 /// epochs' weights (`train::AVERAGED`), then the last and the mean of 10 with precise BatchNorm
-/// statistics (`train::precise_bn`).
-pub const VARIANTS: [&str; 17] = [
+/// statistics (`train::precise_bn`), then the mean of 10 with BatchNorm statistics from each test
+/// patient's own patches.
+pub const VARIANTS: [&str; 19] = [
     "configured",
     "plain@0.5",
     "plain@max_bac",
@@ -327,6 +328,8 @@ pub const VARIANTS: [&str; 17] = [
     "last-pbn-tta@0.5",
     "avg10-pbn-plain@0.5",
     "avg10-pbn-tta@0.5",
+    "avg10-adabn-plain@0.5",
+    "avg10-adabn-tta@0.5",
 ];
 
 /// Mean and sample standard deviation of each metric of each variant over the folds.

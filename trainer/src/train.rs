@@ -94,6 +94,7 @@ pub fn weighted_loss<B: Backend>(
 }
 
 /// A model's predictions over a split (eval mode).
+#[derive(Default)]
 pub struct Evaluated {
     pub labels: Vec<u8>,
     /// Probability of IDC per image.
@@ -113,15 +114,28 @@ pub fn evaluate<B: Backend>(
     device: &B::Device,
     tta: bool,
 ) -> Evaluated {
+    evaluate_some(
+        model,
+        split,
+        (0..split.len()).collect(),
+        loader,
+        device,
+        tta,
+    )
+}
+
+/// `evaluate` over the patches `order` of `split`.
+fn evaluate_some<B: Backend>(
+    model: &CancerNet<B>,
+    split: &Arc<Split>,
+    order: Vec<usize>,
+    loader: &Loader,
+    device: &B::Device,
+    tta: bool,
+) -> Evaluated {
     let size = loader.pre.size as usize;
-    let mut e = Evaluated {
-        labels: Vec::new(),
-        probs: Vec::new(),
-        indices: Vec::new(),
-        loss: 0.0,
-        failed: Vec::new(),
-    };
-    for batch in loader.batches(split, (0..split.len()).collect(), None, 0, None) {
+    let mut e = Evaluated::default();
+    for batch in loader.batches(split, order, None, 0, None) {
         e.failed.extend(batch.failed.iter().cloned());
         if batch.is_empty() {
             continue;
@@ -776,15 +790,18 @@ fn final_report<B: AutodiffBackend>(
         let last_model = run.load_model(model_cfg.init::<B>(device), &last_dir, device)?;
         models.push((
             "last-pbn".into(),
-            precise_bn(cfg, last_model, data, device)?.valid(),
+            precise_bn(cfg, last_model, data, device).valid(),
         ));
-        if last >= 10 {
+        let avg10 = if last >= 10 {
             let (mean, _) = run.mean_of_last::<B>(&model_cfg, last, 10, device)?;
             models.push((
                 "avg10-pbn".into(),
-                precise_bn(cfg, mean, data, device)?.valid(),
+                precise_bn(cfg, mean.clone(), data, device).valid(),
             ));
-        }
+            Some(mean)
+        } else {
+            None
+        };
         for (name, model) in &models {
             for t in [false, true] {
                 let test = evaluate(model, &data.test, &data.loader, device, t);
@@ -792,6 +809,13 @@ fn final_report<B: AutodiffBackend>(
                 entry["epoch"] = last.into();
                 all.insert(format!("{name}-{}@0.5", view(t)), entry);
             }
+        }
+        for t in [false, true] {
+            let Some(model) = &avg10 else { break };
+            let test = evaluate_per_patient_bn(cfg, model, &data.test, &data.loader, device, t);
+            let mut entry = variant(&test, 0.5, &patient_summary(&data.test, &test));
+            entry["epoch"] = last.into();
+            all.insert(format!("avg10-adabn-{}@0.5", view(t)), entry);
         }
         json["variants"] = all.into();
     }
@@ -807,24 +831,61 @@ fn final_report<B: AutodiffBackend>(
 pub fn precise_bn<B: AutodiffBackend>(
     cfg: &TrainConfig,
     model: CancerNet<B>,
-    data: &mut Data,
+    data: &Data,
     device: &B::Device,
-) -> Result<CancerNet<B>> {
-    let mut order: Vec<usize> = (0..data.train.len()).collect();
+) -> CancerNet<B> {
+    let order = (0..data.train.len()).collect();
+    bn_statistics_from(cfg, model, &data.train, order, &data.loader, device)
+}
+
+/// `model` with its BatchNorm statistics recomputed on the patches `order` of `split`, in a
+/// seeded shuffle, batched as in training (files that fail are left out; evaluation reports them).
+fn bn_statistics_from<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    model: CancerNet<B>,
+    split: &Arc<Split>,
+    mut order: Vec<usize>,
+    loader: &Loader,
+    device: &B::Device,
+) -> CancerNet<B> {
     Rng::derive(cfg.train.seed, 0xB0).shuffle(&mut order);
-    let mut failed = Vec::new();
     let size = cfg.model.input_size;
-    let batches = data
-        .loader
-        .batches(&data.train, order, None, 0, None)
+    let batches = loader
+        .batches(split, order, None, 0, None)
         .into_iter()
-        .filter_map(|batch| {
-            failed.extend(batch.failed.iter().cloned());
-            (!batch.is_empty()).then(|| images_tensor::<B>(&batch, size, device))
-        });
-    let model = model.precise_batch_norm(batches);
-    data.skipped.add("training", &failed)?;
-    Ok(model)
+        .filter(|batch| !batch.is_empty())
+        .map(|batch| images_tensor::<B>(&batch, size, device));
+    model.precise_batch_norm(batches)
+}
+
+/// Each patient of `split` evaluated by `model` with BatchNorm statistics recomputed on that
+/// patient's own patches, without their labels (AdaBN, Li et al. 2016): the stain and scanner
+/// shift between patients, taken out per patient in feature space.
+fn evaluate_per_patient_bn<B: AutodiffBackend>(
+    cfg: &TrainConfig,
+    model: &CancerNet<B>,
+    split: &Arc<Split>,
+    loader: &Loader,
+    device: &B::Device,
+    tta: bool,
+) -> Evaluated {
+    let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, p) in split.patients.iter().enumerate() {
+        by.entry(p.as_str()).or_default().push(i);
+    }
+    let mut all = Evaluated::default();
+    for order in by.into_values() {
+        let adapted =
+            bn_statistics_from(cfg, model.clone(), split, order.clone(), loader, device).valid();
+        let e = evaluate_some(&adapted, split, order, loader, device, tta);
+        let n = (all.labels.len(), e.labels.len());
+        all.loss = (all.loss * n.0 as f64 + e.loss * n.1 as f64) / (n.0 + n.1).max(1) as f64;
+        all.labels.extend(e.labels);
+        all.probs.extend(e.probs);
+        all.indices.extend(e.indices);
+        all.failed.extend(e.failed);
+    }
+    all
 }
 
 /// The variants' weight averages: the mean of the last n epochs' checkpoints, for each n.

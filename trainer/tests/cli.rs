@@ -673,6 +673,7 @@ fn cross_validation_tests_every_patient_once() {
     // epochs need 10 epochs.
     assert_eq!(cv["summary"]["last-pbn-tta@0.5"]["roc_auc"]["folds"], 3);
     assert_eq!(cv["summary"]["avg10-pbn-tta@0.5"]["roc_auc"]["folds"], 0);
+    assert_eq!(cv["summary"]["avg10-adabn-tta@0.5"]["roc_auc"]["folds"], 0);
     let again = ok(&trainer(&args));
     assert_eq!(again.matches("reused").count(), 3, "{again}");
     // Another cross-validation in the same folder holds other patients per fold: refused.
