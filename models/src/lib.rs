@@ -330,12 +330,13 @@ impl<B: Backend> CancerNet<B> {
 }
 
 impl<B: burn::tensor::backend::AutodiffBackend> CancerNet<B> {
-    /// The same weights with every BatchNorm's running statistics recomputed as the plain mean
-    /// of the batch statistics over `batches`, with dropout off ("precise BatchNorm", Wu &
-    /// Johnson 2021). The running averages training leaves (momentum 0.99) mostly remember the
-    /// weights of the last ~100 steps, not the final ones, and an average of epochs' weights has
-    /// statistics of its own. Feed batches of the training batch size: the statistics the weights
-    /// were trained to expect are those of such batches.
+    /// The same weights with every BatchNorm's running statistics recomputed as the mean of the
+    /// batch statistics over `batches`, each batch weighted by its size, with dropout off
+    /// ("precise BatchNorm", Wu & Johnson 2021). The running averages training leaves (momentum
+    /// 0.99) mostly remember the weights of the last ~100 steps, not the final ones, and an
+    /// average of epochs' weights has statistics of its own. Feed batches of the training batch
+    /// size: the statistics the weights were trained to expect are those of such batches. The
+    /// model's parameters must be initialized (loaded or seeded): a lazy one would be drawn anew.
     pub fn precise_batch_norm(self, batches: impl IntoIterator<Item = Tensor<B, 4>>) -> Self {
         let mut model = self;
         // A clone of a module shares its running statistics: give this one its own.
@@ -350,9 +351,13 @@ impl<B: burn::tensor::backend::AutodiffBackend> CancerNet<B> {
         // activations: a pass over the training split filled 24 GB).
         let mut probe = model.clone().no_grad();
         (probe.conv_dropout.prob, probe.dense_dropout.prob) = (0.0, 0.0);
-        for (k, x) in batches.into_iter().enumerate() {
-            // Momentum 1/(k+1) makes the running value the mean of the k+1 batches so far.
-            probe.set_bn_momentum(1.0 / (k + 1) as f64);
+        let mut seen = 0;
+        for x in batches {
+            // Momentum n / (images so far) makes the running value the size-weighted mean of the
+            // batches so far.
+            let n = x.dims()[0];
+            seen += n;
+            probe.set_bn_momentum(n as f64 / seen.max(1) as f64);
             drop(probe.forward(x));
         }
         model
@@ -563,7 +568,8 @@ mod tests {
         let batch_stats = no_dropout.clone().forward(x.clone()).inner();
         let running = |m: &CancerNet<A>| -> Vec<f32> {
             let mut v = Vec::new();
-            for bn in m.blocks.iter().flat_map(|b| &b.units).map(|u| &u.bn) {
+            let units = m.blocks.iter().flat_map(|b| &b.units);
+            for bn in units.map(|u| &u.bn).chain([&m.dense_bn]) {
                 v.extend(
                     bn.running_mean
                         .value_sync()
@@ -603,31 +609,33 @@ mod tests {
             let d: f32 = (eval - batch_stats.clone()).abs().max().into_scalar();
             assert!(d < 1e-4, "eval mode vs batch statistics: {d}");
         }
-        // Two batches: the plain mean of their statistics, whatever their order.
-        let (xy, yx) = (
-            model.clone().precise_batch_norm([x.clone(), y.clone()]),
-            model.clone().precise_batch_norm([y.clone(), x.clone()]),
-        );
-        let (one_x, one_y) = (
-            model.clone().precise_batch_norm([x]),
-            model.precise_batch_norm([y]),
-        );
-        let (a, b, cx, cy) = (running(&xy), running(&yx), running(&one_x), running(&one_y));
-        // The first unit's input does not depend on other statistics: its mean is exact.
-        let first = cfg.widths[0];
-        for i in 0..first {
-            let want = (cx[i] + cy[i]) / 2.0;
-            assert!(
-                (a[i] - want).abs() < 1e-5 && (b[i] - want).abs() < 1e-5,
-                "channel {i}"
-            );
-        }
-        let d = a
+        // Batches of 6, 2 and 4 images: in training mode each layer's batch statistics depend
+        // only on the batch, so every statistic is the size-weighted mean of the batches' own,
+        // in any order.
+        let z = image(4).slice([0..2]);
+        let w = image(5).slice([0..4]);
+        let batches = [x, z, w];
+        let alone: Vec<Vec<f32>> = batches
             .iter()
-            .zip(&b)
-            .map(|(p, q)| (p - q).abs())
-            .fold(0.0, f32::max);
-        assert!(d < 1e-4, "order changed the statistics by {d}");
+            .map(|b| running(&model.clone().precise_batch_norm([b.clone()])))
+            .collect();
+        let weights = [6.0, 2.0, 4.0];
+        let want: Vec<f32> = (0..alone[0].len())
+            .map(|i| (0..3).map(|b| weights[b] * alone[b][i]).sum::<f32>() / 12.0)
+            .collect();
+        for order in [[0, 1, 2], [2, 0, 1]] {
+            let got = running(
+                &model
+                    .clone()
+                    .precise_batch_norm(order.map(|b| batches[b].clone())),
+            );
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    (g - w).abs() < 1e-5 * (1.0 + w.abs()),
+                    "statistic {i}: {g} vs {w}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -787,35 +787,33 @@ fn final_report<B: AutodiffBackend>(
             let (mean, _) = run.mean_of_last(&model_cfg, last, n, device)?;
             models.push((format!("avg{n}"), mean));
         }
+        // The mean of the last 10 epochs (fewer when the run has fewer) with BatchNorm statistics
+        // from each test patient's own patches, and the last and that mean with statistics
+        // recomputed on the training split.
+        let (avg10, _) = run.mean_of_last::<B>(&model_cfg, last, 10, device)?;
+        let adapted = evaluate_per_patient_bn(cfg, &avg10, &data.test, &data.loader, device);
         let last_model = run.load_model(model_cfg.init::<B>(device), &last_dir, device)?;
         models.push((
             "last-pbn".into(),
             precise_bn(cfg, last_model, data, device).valid(),
         ));
-        let avg10 = if last >= 10 {
-            let (mean, _) = run.mean_of_last::<B>(&model_cfg, last, 10, device)?;
-            models.push((
-                "avg10-pbn".into(),
-                precise_bn(cfg, mean.clone(), data, device).valid(),
-            ));
-            Some(mean)
-        } else {
-            None
+        models.push((
+            "avg10-pbn".into(),
+            precise_bn(cfg, avg10, data, device).valid(),
+        ));
+        let mut entry = |name: String, test: &Evaluated| {
+            let mut e = variant(test, 0.5, &patient_summary(&data.test, test));
+            e["epoch"] = last.into();
+            all.insert(name, e);
         };
         for (name, model) in &models {
             for t in [false, true] {
                 let test = evaluate(model, &data.test, &data.loader, device, t);
-                let mut entry = variant(&test, 0.5, &patient_summary(&data.test, &test));
-                entry["epoch"] = last.into();
-                all.insert(format!("{name}-{}@0.5", view(t)), entry);
+                entry(format!("{name}-{}@0.5", view(t)), &test);
             }
         }
-        for t in [false, true] {
-            let Some(model) = &avg10 else { break };
-            let test = evaluate_per_patient_bn(cfg, model, &data.test, &data.loader, device, t);
-            let mut entry = variant(&test, 0.5, &patient_summary(&data.test, &test));
-            entry["epoch"] = last.into();
-            all.insert(format!("avg10-adabn-{}@0.5", view(t)), entry);
+        for (t, test) in [false, true].into_iter().zip(&adapted) {
+            entry(format!("avg10-adabn-{}@0.5", view(t)), test);
         }
         json["variants"] = all.into();
     }
@@ -848,7 +846,8 @@ fn bn_statistics_from<B: AutodiffBackend>(
     loader: &Loader,
     device: &B::Device,
 ) -> CancerNet<B> {
-    Rng::derive(cfg.train.seed, 0xB0).shuffle(&mut order);
+    // A stream no epoch's shuffle uses.
+    Rng::derive(cfg.train.seed, u64::MAX).shuffle(&mut order);
     let size = cfg.model.input_size;
     let batches = loader
         .batches(split, order, None, 0, None)
@@ -860,30 +859,31 @@ fn bn_statistics_from<B: AutodiffBackend>(
 
 /// Each patient of `split` evaluated by `model` with BatchNorm statistics recomputed on that
 /// patient's own patches, without their labels (AdaBN, Li et al. 2016): the stain and scanner
-/// shift between patients, taken out per patient in feature space.
+/// shift between patients, taken out per patient in feature space. Without and with TTA.
 fn evaluate_per_patient_bn<B: AutodiffBackend>(
     cfg: &TrainConfig,
     model: &CancerNet<B>,
     split: &Arc<Split>,
     loader: &Loader,
     device: &B::Device,
-    tta: bool,
-) -> Evaluated {
+) -> [Evaluated; 2] {
     let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, p) in split.patients.iter().enumerate() {
         by.entry(p.as_str()).or_default().push(i);
     }
-    let mut all = Evaluated::default();
+    let mut all = [Evaluated::default(), Evaluated::default()];
     for order in by.into_values() {
         let adapted =
             bn_statistics_from(cfg, model.clone(), split, order.clone(), loader, device).valid();
-        let e = evaluate_some(&adapted, split, order, loader, device, tta);
-        let n = (all.labels.len(), e.labels.len());
-        all.loss = (all.loss * n.0 as f64 + e.loss * n.1 as f64) / (n.0 + n.1).max(1) as f64;
-        all.labels.extend(e.labels);
-        all.probs.extend(e.probs);
-        all.indices.extend(e.indices);
-        all.failed.extend(e.failed);
+        for (all, tta) in all.iter_mut().zip([false, true]) {
+            let e = evaluate_some(&adapted, split, order.clone(), loader, device, tta);
+            let n = (all.labels.len(), e.labels.len());
+            all.loss = (all.loss * n.0 as f64 + e.loss * n.1 as f64) / (n.0 + n.1).max(1) as f64;
+            all.labels.extend(e.labels);
+            all.probs.extend(e.probs);
+            all.indices.extend(e.indices);
+            all.failed.extend(e.failed);
+        }
     }
     all
 }
