@@ -612,8 +612,8 @@ mod tests {
         // Batches of 6, 2 and 4 images: in training mode each layer's batch statistics depend
         // only on the batch, so every statistic is the size-weighted mean of the batches' own,
         // in any order.
-        let z = image(4).slice([0..2]);
-        let w = image(5).slice([0..4]);
+        let z = image(4).narrow(0, 0, 2);
+        let w = image(5).narrow(0, 0, 4);
         let batches = [x, z, w];
         let alone: Vec<Vec<f32>> = batches
             .iter()
