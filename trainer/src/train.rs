@@ -782,17 +782,25 @@ fn final_report<B: AutodiffBackend>(
         // The last epoch's model instead of the best by validation loss (which a small
         // validation split makes noisy), the means of the last n epochs' weights, and the last
         // and the mean of 10 with BatchNorm statistics recomputed on the training split.
-        let mut models = vec![("last".to_string(), load(&last_dir)?)];
+        // Loaded on the autodiff backend, which recomputing BatchNorm statistics needs.
+        let last_model = run.load_model(model_cfg.init::<B>(device), &last_dir, device)?;
+        let mut models = vec![("last".to_string(), last_model.valid())];
+        let mut avg10 = None;
         for n in AVERAGED.into_iter().filter(|&n| n <= last) {
-            let (mean, _) = run.mean_of_last(&model_cfg, last, n, device)?;
-            models.push((format!("avg{n}"), mean));
+            let (mean, _) = run.mean_of_last::<B>(&model_cfg, last, n, device)?;
+            models.push((format!("avg{n}"), mean.valid()));
+            if n == 10 {
+                avg10 = Some(mean);
+            }
         }
         // The mean of the last 10 epochs (fewer when the run has fewer) with BatchNorm statistics
         // from each test patient's own patches, and the last and that mean with statistics
         // recomputed on the training split.
-        let (avg10, _) = run.mean_of_last::<B>(&model_cfg, last, 10, device)?;
+        let avg10 = match avg10 {
+            Some(mean) => mean,
+            None => run.mean_of_last::<B>(&model_cfg, last, 10, device)?.0,
+        };
         let adapted = evaluate_per_patient_bn(cfg, &avg10, &data.test, &data.loader, device);
-        let last_model = run.load_model(model_cfg.init::<B>(device), &last_dir, device)?;
         models.push((
             "last-pbn".into(),
             precise_bn(cfg, last_model, data, device).valid(),
