@@ -16,7 +16,7 @@ use models::{CancerNet, CancerNetConfig};
 use prost::Message;
 use std::path::{Path, PathBuf};
 use trainer::checkpoint::{self, RunDir};
-use trainer::config::{CheckpointChoice, TrainConfig};
+use trainer::config::{CheckpointChoice, EvalConfig, TrainConfig};
 
 type B = Flex;
 
@@ -27,6 +27,8 @@ pub enum Checkpoint {
     Last,
     /// The mean of the last epochs' weights the trainer wrote (`eval.checkpoint: average`).
     Average,
+    /// The run's model with BatchNorm statistics recomputed (`eval.precise_bn`).
+    PreciseBn,
     Epoch(usize),
 }
 
@@ -37,17 +39,17 @@ impl std::str::FromStr for Checkpoint {
             "best" => Ok(Checkpoint::Best),
             "last" => Ok(Checkpoint::Last),
             "average" => Ok(Checkpoint::Average),
-            n => n
-                .parse()
-                .map(Checkpoint::Epoch)
-                .map_err(|_| format!("expected best, last, average or an epoch number, got {n:?}")),
+            "precise-bn" => Ok(Checkpoint::PreciseBn),
+            n => n.parse().map(Checkpoint::Epoch).map_err(|_| {
+                format!("expected best, last, average, precise-bn or an epoch number, got {n:?}")
+            }),
         }
     }
 }
 
 pub struct Options {
     pub model_dir: PathBuf,
-    /// None: the run's `eval.checkpoint` (best by default).
+    /// None: the run's `eval.checkpoint` (best by default; `precise-bn` with `eval.precise_bn`).
     pub checkpoint: Option<Checkpoint>,
     pub out: PathBuf,
     pub fold_bn: bool,
@@ -85,8 +87,10 @@ pub struct Loaded {
     pub data_root: Option<PathBuf>,
     /// The checkpoint's epoch, and the run's operating threshold (`threshold.json`), if any.
     pub epoch: usize,
-    /// Whether the model is the trainer's average of its last epochs.
+    /// Whether the model is the trainer's average of its last epochs, and whether its BatchNorm
+    /// statistics were recomputed (`precise-bn/`).
     pub averaged: bool,
+    pub precise_bn: bool,
     pub threshold: Option<trainer::train::ChosenThreshold>,
 }
 
@@ -137,11 +141,19 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
     } else {
         None
     };
-    let which = which.unwrap_or_else(|| match train_cfg.as_ref().map(|c| c.eval.checkpoint) {
-        Some(CheckpointChoice::Last) => Checkpoint::Last,
-        Some(CheckpointChoice::Average) => Checkpoint::Average,
-        _ => Checkpoint::Best,
+    let eval = train_cfg
+        .as_ref()
+        .map(|c| c.eval.clone())
+        .unwrap_or_default();
+    let which = which.unwrap_or(match eval.checkpoint {
+        _ if eval.precise_bn => Checkpoint::PreciseBn,
+        CheckpointChoice::Best => Checkpoint::Best,
+        CheckpointChoice::Last => Checkpoint::Last,
+        CheckpointChoice::Average => Checkpoint::Average,
     });
+    // precise-bn/ holds the run's configured checkpoint (eval.checkpoint) with new statistics.
+    let averaged = which == Checkpoint::Average
+        || (which == Checkpoint::PreciseBn && eval.checkpoint == CheckpointChoice::Average);
     let ckpt = match which {
         Checkpoint::Best => run.best_dir(),
         Checkpoint::Last => run
@@ -149,11 +161,14 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
             .map(|(_, d)| d)
             .with_context(|| format!("{} has no checkpoints", run.checkpoints().shown()))?,
         Checkpoint::Average => run.average_dir(),
+        Checkpoint::PreciseBn => run.precise_bn_dir(),
         Checkpoint::Epoch(n) => run.epoch_dir(n),
     };
     if !ckpt.join(checkpoint::MODEL_FILE).is_file() {
         let have = run.latest().map_or("none".to_string(), |(n, _)| {
-            format!("epochs 1..={n} (some may be missing), best, average if the run made one")
+            format!(
+                "epochs 1..={n} (some may be missing), best, average and precise-bn if the run made them"
+            )
         });
         bail!(
             "checkpoint {} does not exist (available: {have})",
@@ -219,14 +234,7 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         ),
         (
             "train.checkpoint".into(),
-            match which {
-                Checkpoint::Average => {
-                    let n = train_cfg.as_ref().map_or(1, |c| c.eval.average_epochs);
-                    let epochs = checkpoint::averaged_epochs(state.epoch, n);
-                    format!("average of epochs {}-{}", epochs.start(), epochs.end())
-                }
-                _ => format!("{} (epoch {})", checkpoint_name(which), state.epoch),
-            },
+            checkpoint_description(which, &eval, state.epoch),
         ),
         ("train.epochs".into(), state.epoch.to_string()),
         ("train.config_sha256".into(), field("config_sha256")),
@@ -268,17 +276,33 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         metadata,
         data_root: train_cfg.map(|c| c.data.root),
         epoch: state.epoch,
-        averaged: which == Checkpoint::Average,
+        averaged,
+        precise_bn: which == Checkpoint::PreciseBn,
         threshold,
     })
 }
 
-fn checkpoint_name(c: Checkpoint) -> String {
+/// The metadata's `train.checkpoint`: which model of the run, at which epoch.
+fn checkpoint_description(c: Checkpoint, eval: &EvalConfig, epoch: usize) -> String {
     match c {
-        Checkpoint::Best => "best".into(),
-        Checkpoint::Last => "last".into(),
-        Checkpoint::Average => "average".into(),
+        Checkpoint::Best => format!("best (epoch {epoch})"),
+        Checkpoint::Last => format!("last (epoch {epoch})"),
         Checkpoint::Epoch(n) => format!("epoch {n}"),
+        Checkpoint::Average => {
+            let epochs = checkpoint::averaged_epochs(epoch, eval.average_epochs);
+            format!("average of epochs {}-{}", epochs.start(), epochs.end())
+        }
+        Checkpoint::PreciseBn => {
+            let base = match eval.checkpoint {
+                CheckpointChoice::Best => Checkpoint::Best,
+                CheckpointChoice::Last => Checkpoint::Last,
+                CheckpointChoice::Average => Checkpoint::Average,
+            };
+            format!(
+                "{}, BatchNorm statistics recomputed on the training split",
+                checkpoint_description(base, eval, epoch)
+            )
+        }
     }
 }
 
@@ -288,7 +312,7 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
     if let Some(t) = loaded
         .threshold
         .as_ref()
-        .filter(|t| t.holds_for(loaded.epoch, loaded.averaged, tta))
+        .filter(|t| t.holds_for(loaded.epoch, loaded.averaged, loaded.precise_bn, tta))
     {
         metadata.push((keys::THRESHOLD.into(), format!("{}", t.threshold)));
         metadata.push((
@@ -326,16 +350,19 @@ pub fn export(opts: &Options) -> Result<Report> {
     let note = loaded
         .threshold
         .as_ref()
-        .filter(|t| !t.holds_for(loaded.epoch, loaded.averaged, opts.tta))
+        .filter(|t| !t.holds_for(loaded.epoch, loaded.averaged, loaded.precise_bn, opts.tta))
         .map(|t| {
             format!(
-                "the run's threshold {} was chosen for epoch {}{}; this export (epoch {}{}) \
-                 leaves it out, so runtime uses 0.5 unless --threshold is given",
+                "the run's threshold {} was chosen for {}; this export ({}) leaves it out, so \
+                 runtime uses 0.5 unless --threshold is given",
                 t.threshold,
-                t.epoch,
-                if t.tta { " with TTA" } else { "" },
-                loaded.epoch,
-                if opts.tta { " with TTA" } else { "" },
+                t.chosen_with(),
+                trainer::train::model_in_words(
+                    loaded.epoch,
+                    loaded.averaged,
+                    loaded.precise_bn,
+                    opts.tta
+                ),
             )
         });
     let bytes = to_onnx(&loaded, opts.fold_bn, opts.tta)?;
@@ -613,7 +640,7 @@ mod tests {
         let meta: std::collections::BTreeMap<_, _> = loaded.metadata.iter().cloned().collect();
         assert_eq!(meta["train.checkpoint"], "average of epochs 1-2");
         let t = loaded.threshold.as_ref().unwrap();
-        assert!(t.holds_for(2, true, false) && !t.holds_for(2, false, false));
+        assert!(t.holds_for(2, true, false, false) && !t.holds_for(2, false, false, false));
         let last = load(tmp.path(), Some(Checkpoint::Last)).unwrap();
         assert!(!last.averaged);
         assert_ne!(
@@ -621,6 +648,40 @@ mod tests {
             flat(&last.model),
             "average/ and the last epoch loaded the same weights"
         );
+        // With eval.precise_bn: precise-bn/, the average with recomputed statistics; the
+        // threshold chosen for the plain average does not hold for it.
+        let fourth = tmp.path().join("fourth");
+        trainer::checkpoint::write_random_run(&fourth, &cfg, 6).unwrap();
+        std::fs::rename(fourth.join("checkpoints/best"), run.precise_bn_dir()).unwrap();
+        std::fs::copy(&state, run.precise_bn_dir().join(checkpoint::STATE_FILE)).unwrap();
+        let eval = "eval:\n  checkpoint: average\n  average_epochs: 2\n  precise_bn: true\n";
+        std::fs::write(&yaml, eval).unwrap();
+        let precise = load(tmp.path(), None).unwrap();
+        assert!(precise.averaged && precise.precise_bn && precise.epoch == 2);
+        let meta: std::collections::BTreeMap<_, _> = precise.metadata.iter().cloned().collect();
+        assert_eq!(
+            meta["train.checkpoint"],
+            "average of epochs 1-2, BatchNorm statistics recomputed on the training split"
+        );
+        assert_ne!(flat(&precise.model), flat(&loaded.model));
+        let average = load(tmp.path(), Some(Checkpoint::Average)).unwrap();
+        assert!(average.averaged && !average.precise_bn);
+        assert_eq!(flat(&average.model), flat(&loaded.model));
+        let opts = Options {
+            verify: false,
+            ..Options::new(tmp.path(), &tmp.path().join("m.onnx"))
+        };
+        let note = export(&opts).unwrap().note.unwrap();
+        assert!(
+            note.contains("chosen for epoch 2 (averaged);")
+                && note.contains("export (epoch 2 (averaged, precise BatchNorm))"),
+            "{note}"
+        );
+        let json = r#"{"threshold": 0.4, "source": "max_bac", "epoch": 2, "averaged": true,
+            "precise_bn": true}"#;
+        std::fs::write(&threshold, json).unwrap();
+        assert!(export(&opts).unwrap().note.is_none());
+        assert_eq!("precise-bn".parse(), Ok(Checkpoint::PreciseBn));
         std::fs::write(&yaml, "eval:\n  checkpoint: first\n").unwrap();
         let e = format!("{:#}", load(tmp.path(), None).err().unwrap());
         assert!(e.contains("config.yaml"), "{e}");

@@ -15,8 +15,9 @@ struct Args {
     /// The trainer's output folder.
     #[arg(long, default_value = "models/cancernet")]
     model: PathBuf,
-    /// best (lowest validation loss), last, average (the trainer's mean of the last epochs), or
-    /// an epoch number [default: the run's eval.checkpoint, best unless its config says otherwise]
+    /// best (lowest validation loss), last, average (the trainer's mean of the last epochs),
+    /// precise-bn (the run's model with BatchNorm statistics recomputed), or an epoch number
+    /// [default: the run's eval.checkpoint, or precise-bn with eval.precise_bn; best by default]
     #[arg(long)]
     checkpoint: Option<Checkpoint>,
     /// The ONNX file to write (atomically; an existing file is replaced only by a verified one).

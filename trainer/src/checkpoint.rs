@@ -252,27 +252,32 @@ impl RunDir {
         Ok((mean, first))
     }
 
-    /// Writes `average/`: the averaged model, with the state of the last epoch it averages.
-    pub fn write_average<B: burn::tensor::backend::Backend>(
+    /// The configured model with BatchNorm statistics recomputed (`eval.precise_bn`).
+    pub fn precise_bn_dir(&self) -> PathBuf {
+        self.checkpoints().join("precise-bn")
+    }
+
+    /// Writes a model derived from the run's checkpoints (`average/`, `precise-bn/`) to `dir`,
+    /// with the state of the checkpoint it comes from (`source`: its epoch, its validation loss).
+    pub fn write_derived<B: burn::tensor::backend::Backend>(
         &self,
+        dir: &Path,
         model: &CancerNet<B>,
-        last_epoch_dir: &Path,
-    ) -> Result<PathBuf> {
-        let dir = self.average_dir();
-        remove_stale_siblings(&dir, "saving")?;
-        let tmp = temp_sibling(&dir, "saving");
+        source: &Path,
+    ) -> Result<()> {
+        remove_stale_siblings(dir, "saving")?;
+        let tmp = temp_sibling(dir, "saving");
         std::fs::create_dir_all(&tmp)?;
         model
             .clone()
             .save_file(tmp.join("model"), &recorder())
-            .context("cannot save the averaged model")?;
-        link_or_copy(&last_epoch_dir.join(STATE_FILE), &tmp.join(STATE_FILE))?;
+            .with_context(|| format!("cannot save the model for {}", dir.shown()))?;
+        link_or_copy(&source.join(STATE_FILE), &tmp.join(STATE_FILE))?;
         if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
+            std::fs::remove_dir_all(dir)?;
         }
-        std::fs::rename(&tmp, &dir)
-            .with_context(|| format!("cannot move the averaged model to {}", dir.shown()))?;
-        Ok(dir)
+        std::fs::rename(&tmp, dir)
+            .with_context(|| format!("cannot move the model to {}", dir.shown()))
     }
 
     /// Makes `best/` a copy (hard links) of an epoch checkpoint's model and state.

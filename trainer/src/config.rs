@@ -39,6 +39,10 @@ pub struct EvalConfig {
     pub checkpoint: CheckpointChoice,
     /// For `checkpoint: average`: how many of the last epochs' weights are averaged.
     pub average_epochs: usize,
+    /// Recompute that model's BatchNorm statistics from one unaugmented pass over the training
+    /// split (precise BatchNorm): written to `checkpoints/precise-bn/`, which the report
+    /// evaluates and the exporter exports by default.
+    pub precise_bn: bool,
 }
 
 /// Which epoch's model a run stands for.
@@ -87,6 +91,7 @@ impl Default for EvalConfig {
             tta: false,
             checkpoint: CheckpointChoice::Best,
             average_epochs: 10,
+            precise_bn: false,
         }
     }
 }

@@ -689,22 +689,34 @@ fn final_report<B: AutodiffBackend>(
 ) -> Result<Report> {
     let which = cfg.eval.checkpoint;
     let model_cfg = cfg.model_config();
-    let load = |dir: &Path| -> Result<CancerNet<B::InnerBackend>> {
-        Ok(run
-            .load_model(model_cfg.init::<B>(device), dir, device)?
-            .valid())
-    };
+    // Loaded on the autodiff backend, which recomputing BatchNorm statistics needs.
+    let load = |dir: &Path| run.load_model(model_cfg.init::<B>(device), dir, device);
     let (last, last_dir) = run.latest().context("the run has no checkpoints")?;
-    let (epoch, model, what) = match which {
-        CheckpointChoice::Best => (state.best_epoch, load(&run.best_dir())?, String::new()),
-        CheckpointChoice::Last => (last, load(&last_dir)?, String::new()),
+    let (epoch, model, mut what, source) = match which {
+        CheckpointChoice::Best => (
+            state.best_epoch,
+            load(&run.best_dir())?,
+            String::new(),
+            run.best_dir(),
+        ),
+        CheckpointChoice::Last => (last, load(&last_dir)?, String::new(), last_dir.clone()),
         CheckpointChoice::Average => {
             let n = cfg.eval.average_epochs;
-            let (mean, first) = run.mean_of_last(&model_cfg, last, n, device)?;
-            run.write_average(&mean, &last_dir)?;
-            (last, mean, format!(", the mean of epochs {first}-{last}"))
+            let (mean, first) = run.mean_of_last::<B>(&model_cfg, last, n, device)?;
+            run.write_derived(&run.average_dir(), &mean, &last_dir)?;
+            let what = format!(", the mean of epochs {first}-{last}");
+            (last, mean, what, run.average_dir())
         }
     };
+    let model = if cfg.eval.precise_bn {
+        let precise = precise_bn(cfg, model, data, device);
+        run.write_derived(&run.precise_bn_dir(), &precise, &source)?;
+        what.push_str(", BatchNorm statistics recomputed on the training split");
+        precise
+    } else {
+        model
+    }
+    .valid();
     let tta = cfg.eval.tta;
     let mut runs: BTreeMap<bool, (Evaluated, Evaluated)> = BTreeMap::new();
     for t in [tta, !tta].into_iter().take(if variants { 2 } else { 1 }) {
@@ -749,6 +761,7 @@ fn final_report<B: AutodiffBackend>(
         "split": "testing",
         "checkpoint": which.name(),
         "checkpoint_epoch": epoch,
+        "precise_bn": cfg.eval.precise_bn,
         "loss": test.loss,
         "tta": tta,
         "threshold": chosen,
@@ -782,8 +795,7 @@ fn final_report<B: AutodiffBackend>(
         // The last epoch's model instead of the best by validation loss (which a small
         // validation split makes noisy), the means of the last n epochs' weights, and the last
         // and the mean of 10 with BatchNorm statistics recomputed on the training split.
-        // Loaded on the autodiff backend, which recomputing BatchNorm statistics needs.
-        let last_model = run.load_model(model_cfg.init::<B>(device), &last_dir, device)?;
+        let last_model = load(&last_dir)?;
         let mut models = vec![("last".to_string(), last_model.valid())];
         let mut avg10 = None;
         for n in AVERAGED.into_iter().filter(|&n| n <= last) {
@@ -912,22 +924,51 @@ pub struct ChosenThreshold {
     /// Fixed in the config, not chosen on a model's predictions.
     #[serde(default)]
     pub fixed: bool,
-    /// The checkpoint's epoch and TTA setting it was chosen with, and whether that model was
-    /// the average of the epochs up to `epoch` (`eval.checkpoint: average`).
+    /// The checkpoint's epoch and TTA setting it was chosen with, whether that model was the
+    /// average of the epochs up to `epoch` (`eval.checkpoint: average`), and whether its
+    /// BatchNorm statistics were recomputed (`eval.precise_bn`).
     #[serde(default)]
     pub epoch: usize,
     #[serde(default)]
     pub tta: bool,
     #[serde(default)]
     pub averaged: bool,
+    #[serde(default)]
+    pub precise_bn: bool,
 }
 
 impl ChosenThreshold {
-    /// Whether it holds for the model of epoch `epoch` (averaged or not), evaluated with or
-    /// without TTA.
-    pub fn holds_for(&self, epoch: usize, averaged: bool, tta: bool) -> bool {
-        self.fixed || (self.epoch == epoch && self.averaged == averaged && self.tta == tta)
+    /// Whether it holds for the model of epoch `epoch` (averaged or not, with precise BatchNorm
+    /// or not), evaluated with or without TTA.
+    pub fn holds_for(&self, epoch: usize, averaged: bool, precise_bn: bool, tta: bool) -> bool {
+        self.fixed
+            || (self.epoch == epoch
+                && self.averaged == averaged
+                && self.precise_bn == precise_bn
+                && self.tta == tta)
     }
+
+    /// The model it was chosen with, in words (as `model_in_words` puts it).
+    pub fn chosen_with(&self) -> String {
+        model_in_words(self.epoch, self.averaged, self.precise_bn, self.tta)
+    }
+}
+
+/// "epoch 40 (averaged, precise BatchNorm) with TTA": a model of a run, and how it is evaluated.
+pub fn model_in_words(epoch: usize, averaged: bool, precise_bn: bool, tta: bool) -> String {
+    let how: Vec<&str> = [(averaged, "averaged"), (precise_bn, "precise BatchNorm")]
+        .into_iter()
+        .filter_map(|(on, name)| on.then_some(name))
+        .collect();
+    format!(
+        "epoch {epoch}{}{}",
+        if how.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", how.join(", "))
+        },
+        if tta { " with TTA" } else { "" }
+    )
 }
 
 fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenThreshold {
@@ -947,6 +988,7 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
                 epoch,
                 tta: cfg.eval.tta,
                 averaged,
+                precise_bn: cfg.eval.precise_bn,
             };
         }
         Threshold::Rule(ThresholdRule::MaxBac) => (
@@ -962,13 +1004,19 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
         Some(t) => ChosenThreshold {
             threshold: t,
             source: format!(
-                "{rule} on the validation split ({patches} patches{tta}), epoch {epoch}{}",
-                if averaged { " (averaged)" } else { "" }
+                "{rule} on the validation split ({patches} patches{tta}), epoch {epoch}{}{}",
+                if averaged { " (averaged)" } else { "" },
+                if cfg.eval.precise_bn {
+                    ", precise BatchNorm"
+                } else {
+                    ""
+                }
             ),
             fixed: false,
             epoch,
             tta: cfg.eval.tta,
             averaged,
+            precise_bn: cfg.eval.precise_bn,
         },
         None => ChosenThreshold {
             threshold: 0.5,
@@ -979,6 +1027,7 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
             epoch,
             tta: cfg.eval.tta,
             averaged,
+            precise_bn: cfg.eval.precise_bn,
         },
     }
 }

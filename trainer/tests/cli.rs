@@ -276,8 +276,22 @@ fn the_report_stands_for_the_checkpoint_the_config_names() {
     };
     let last = with("last", "  checkpoint: last\n");
     let average = with("average", "  checkpoint: average\n  average_epochs: 2\n");
-    for (cfg, name) in [(&best, "best"), (&last, "last"), (&average, "average")] {
-        let out = tmp.path().join(name);
+    let precise = with(
+        "precise",
+        "  checkpoint: average\n  average_epochs: 2\n  precise_bn: true\n",
+    );
+    let runs = [
+        (&best, "best"),
+        (&last, "last"),
+        (&average, "average"),
+        (&precise, "precise"),
+    ];
+    for (cfg, run) in runs {
+        let (name, precise) = match run {
+            "precise" => ("average", true),
+            _ => (run, false),
+        };
+        let out = tmp.path().join(run);
         let args = [
             "--config",
             cfg.to_str().unwrap(),
@@ -298,24 +312,38 @@ fn the_report_stands_for_the_checkpoint_the_config_names() {
         assert_eq!(report["checkpoint"], name);
         assert_eq!(report["checkpoint_epoch"], want);
         assert_eq!(read("threshold.json")["epoch"], want);
-        let what = if name == "average" {
-            ", the mean of epochs 2-3"
-        } else {
-            ""
+        let mut what = match name {
+            "average" => ", the mean of epochs 2-3".to_string(),
+            _ => String::new(),
         };
+        if precise {
+            what += ", BatchNorm statistics recomputed on the training split";
+        }
         let line = format!("testing split, {name} checkpoint (epoch {want}{what})");
         assert!(printed.contains(&line), "{line} missing from\n{printed}");
         assert_eq!(read("threshold.json")["averaged"], name == "average");
+        assert_eq!(read("threshold.json")["precise_bn"], precise);
+        assert_eq!(report["precise_bn"], precise);
         let averaged = out.join("checkpoints/average/model.mpk");
         assert_eq!(averaged.is_file(), name == "average");
+        let recomputed = out.join("checkpoints/precise-bn/model.mpk");
+        assert_eq!(recomputed.is_file(), precise);
+        let bytes = |p: &Path| std::fs::read(p).unwrap();
         if name == "average" {
-            let bytes = |p: &Path| std::fs::read(p).unwrap();
             let last = out.join("checkpoints/epoch-003/model.mpk");
             assert_ne!(
                 bytes(&averaged),
                 bytes(&last),
                 "the average is the last epoch"
             );
+        }
+        if precise {
+            // The same average as without precise_bn (same seed, same epochs), and new statistics.
+            let plain = tmp.path().join("average/checkpoints/average/model.mpk");
+            assert_eq!(bytes(&averaged), bytes(&plain));
+            assert_ne!(bytes(&recomputed), bytes(&averaged));
+            let state = |dir: &str| read(&format!("checkpoints/{dir}/state.json"));
+            assert_eq!(state("precise-bn"), state("average"));
         }
     }
 }
