@@ -14,7 +14,7 @@ SHARED=${IDC_SHARED_DATA:-../shared/data}
 cargo build --release -p trainer
 mkdir -p runs
 recipes=("$@")
-[ ${#recipes[@]} -gt 0 ] || recipes=(tutorial adam adam-cosine stain adam-stain hed-light hed-strong hed-colour robust)
+[ ${#recipes[@]} -gt 0 ] || recipes=(tutorial adam adam-cosine adam-lowdrop stain adam-stain hed-light hed-strong hed-colour robust)
 for name in "${recipes[@]}"; do
   case $name in
     tutorial) cfg=configs/cancernet.yaml ;;

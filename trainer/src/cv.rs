@@ -388,14 +388,16 @@ fn summary_csv(per_fold: &[serde_json::Value], summary: &serde_json::Value) -> R
 
 fn summary_table(per_fold: &[serde_json::Value], summary: &serde_json::Value) -> String {
     let short = ["BAC", "F1", "ROC AUC", "PR AUC", "sens", "spec", "pat. AUC"];
-    let mut s = format!("{:<16}", "fold (configured)");
+    // Wide enough for the longest variant's name and a space.
+    let w = VARIANTS.iter().map(|v| v.len()).max().unwrap_or(0) + 1;
+    let mut s = format!("{:<w$}", "fold (configured)");
     for h in short {
         let _ = write!(s, "{h:>12}");
     }
     s.push('\n');
     let cell = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
     for (k, fold) in per_fold.iter().enumerate() {
-        let _ = write!(s, "{:<16}", k + 1);
+        let _ = write!(s, "{:<w$}", k + 1);
         for m in METRICS {
             let _ = write!(s, "{:>12}", cell(metric(fold, "configured", m)));
         }
@@ -403,7 +405,7 @@ fn summary_table(per_fold: &[serde_json::Value], summary: &serde_json::Value) ->
     }
     let _ = writeln!(s, "\nmean ± sd over folds");
     for variant in VARIANTS {
-        let _ = write!(s, "{variant:<16}");
+        let _ = write!(s, "{variant:<w$}");
         for m in METRICS {
             let (mean, sd) = (
                 summary[variant][m]["mean"].as_f64(),
