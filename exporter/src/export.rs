@@ -32,6 +32,16 @@ pub enum Checkpoint {
     Epoch(usize),
 }
 
+impl From<CheckpointChoice> for Checkpoint {
+    fn from(c: CheckpointChoice) -> Checkpoint {
+        match c {
+            CheckpointChoice::Best => Checkpoint::Best,
+            CheckpointChoice::Last => Checkpoint::Last,
+            CheckpointChoice::Average => Checkpoint::Average,
+        }
+    }
+}
+
 impl std::str::FromStr for Checkpoint {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -145,11 +155,10 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         .as_ref()
         .map(|c| c.eval.clone())
         .unwrap_or_default();
-    let which = which.unwrap_or(match eval.checkpoint {
-        _ if eval.precise_bn => Checkpoint::PreciseBn,
-        CheckpointChoice::Best => Checkpoint::Best,
-        CheckpointChoice::Last => Checkpoint::Last,
-        CheckpointChoice::Average => Checkpoint::Average,
+    let which = which.unwrap_or(if eval.precise_bn {
+        Checkpoint::PreciseBn
+    } else {
+        eval.checkpoint.into()
     });
     // precise-bn/ holds the run's configured checkpoint (eval.checkpoint) with new statistics.
     let averaged = which == Checkpoint::Average
@@ -164,6 +173,13 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         Checkpoint::PreciseBn => run.precise_bn_dir(),
         Checkpoint::Epoch(n) => run.epoch_dir(n),
     };
+    if which == Checkpoint::PreciseBn && !ckpt.join(checkpoint::MODEL_FILE).is_file() {
+        bail!(
+            "{} does not exist: the run has not written its final report yet (rerun the trainer with \
+             --resume), or export another model with --checkpoint best|last|N",
+            ckpt.join(checkpoint::MODEL_FILE).shown()
+        );
+    }
     if !ckpt.join(checkpoint::MODEL_FILE).is_file() {
         let have = run.latest().map_or("none".to_string(), |(n, _)| {
             format!(
@@ -292,17 +308,10 @@ fn checkpoint_description(c: Checkpoint, eval: &EvalConfig, epoch: usize) -> Str
             let epochs = checkpoint::averaged_epochs(epoch, eval.average_epochs);
             format!("average of epochs {}-{}", epochs.start(), epochs.end())
         }
-        Checkpoint::PreciseBn => {
-            let base = match eval.checkpoint {
-                CheckpointChoice::Best => Checkpoint::Best,
-                CheckpointChoice::Last => Checkpoint::Last,
-                CheckpointChoice::Average => Checkpoint::Average,
-            };
-            format!(
-                "{}, BatchNorm statistics recomputed on the training split",
-                checkpoint_description(base, eval, epoch)
-            )
-        }
+        Checkpoint::PreciseBn => format!(
+            "{}, BatchNorm statistics recomputed on the training split",
+            checkpoint_description(eval.checkpoint.into(), eval, epoch)
+        ),
     }
 }
 

@@ -258,12 +258,12 @@ impl RunDir {
     }
 
     /// Writes a model derived from the run's checkpoints (`average/`, `precise-bn/`) to `dir`,
-    /// with the state of the checkpoint it comes from (`source`: its epoch, its validation loss).
+    /// with `state`: the epoch it stands for, its own validation loss and accuracy.
     pub fn write_derived<B: burn::tensor::backend::Backend>(
         &self,
         dir: &Path,
         model: &CancerNet<B>,
-        source: &Path,
+        state: &State,
     ) -> Result<()> {
         remove_stale_siblings(dir, "saving")?;
         let tmp = temp_sibling(dir, "saving");
@@ -272,7 +272,10 @@ impl RunDir {
             .clone()
             .save_file(tmp.join("model"), &recorder())
             .with_context(|| format!("cannot save the model for {}", dir.shown()))?;
-        link_or_copy(&source.join(STATE_FILE), &tmp.join(STATE_FILE))?;
+        write_atomic(
+            &tmp.join(STATE_FILE),
+            serde_json::to_string_pretty(state)?.as_bytes(),
+        )?;
         if dir.exists() {
             std::fs::remove_dir_all(dir)?;
         }

@@ -673,7 +673,8 @@ fn end_epoch<B: AutodiffBackend>(
 }
 
 /// Stage 7: the checkpoint `eval.checkpoint` names (best by validation loss, the last, or the
-/// mean of the last epochs, written to `checkpoints/average/`) on
+/// mean of the last epochs, written to `checkpoints/average/`; with `eval.precise_bn` its
+/// BatchNorm statistics recomputed, written to `checkpoints/precise-bn/`) on
 /// held-out patients, the same report as `runtime eval`, at the threshold `eval.threshold` gives
 /// (chosen on the validation split for a rule; written to `threshold.json` for the exporter), with
 /// test-time augmentation when `eval.tta`. With `variants`, also every combination of TTA on/off
@@ -703,20 +704,26 @@ fn final_report<B: AutodiffBackend>(
         CheckpointChoice::Average => {
             let n = cfg.eval.average_epochs;
             let (mean, first) = run.mean_of_last::<B>(&model_cfg, last, n, device)?;
-            run.write_derived(&run.average_dir(), &mean, &last_dir)?;
+            write_derived(
+                run,
+                &run.average_dir(),
+                &mean.valid(),
+                &last_dir,
+                data,
+                device,
+            )?;
             let what = format!(", the mean of epochs {first}-{last}");
-            (last, mean, what, run.average_dir())
+            (last, mean, what, last_dir.clone())
         }
     };
     let model = if cfg.eval.precise_bn {
-        let precise = precise_bn(cfg, model, data, device);
-        run.write_derived(&run.precise_bn_dir(), &precise, &source)?;
+        let precise = precise_bn(cfg, model, data, device).valid();
+        write_derived(run, &run.precise_bn_dir(), &precise, &source, data, device)?;
         what.push_str(", BatchNorm statistics recomputed on the training split");
         precise
     } else {
-        model
-    }
-    .valid();
+        model.valid()
+    };
     let tta = cfg.eval.tta;
     let mut runs: BTreeMap<bool, (Evaluated, Evaluated)> = BTreeMap::new();
     for t in [tta, !tta].into_iter().take(if variants { 2 } else { 1 }) {
@@ -844,6 +851,25 @@ fn final_report<B: AutodiffBackend>(
     Ok(report)
 }
 
+/// Writes `model`, derived from the checkpoint `source` (an average, recomputed statistics), to
+/// `dir` with `source`'s state and the model's own validation loss and accuracy (the exporter
+/// writes them into the ONNX metadata).
+fn write_derived<B: Backend>(
+    run: &RunDir,
+    dir: &Path,
+    model: &CancerNet<B>,
+    source: &Path,
+    data: &mut Data,
+    device: &B::Device,
+) -> Result<()> {
+    let val = evaluate(model, &data.val, &data.loader, device, false);
+    data.skipped.add("validation", &val.failed)?;
+    let mut state = RunDir::read_state(source)?;
+    state.val_loss = val.loss;
+    state.val_accuracy = Report::new(&val.labels, &val.probs, 0.5).accuracy;
+    run.write_derived(dir, model, &state)
+}
+
 /// `model` with precise BatchNorm statistics (`CancerNet::precise_batch_norm`) from one
 /// unaugmented pass over the training split, shuffled and batched as in training.
 pub fn precise_bn<B: AutodiffBackend>(
@@ -916,7 +942,8 @@ pub const AVERAGED: [usize; 3] = [5, 10, 20];
 pub const THRESHOLD_FILE: &str = "threshold.json";
 
 /// A threshold and where it came from. One chosen on validation holds for the model it was
-/// chosen with (the best checkpoint, with or without TTA); a fixed one for any.
+/// chosen with (the configured checkpoint, averaged or not, with precise BatchNorm or not, with or
+/// without TTA); a fixed one for any.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChosenThreshold {
     pub threshold: f64,
@@ -1004,13 +1031,8 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
         Some(t) => ChosenThreshold {
             threshold: t,
             source: format!(
-                "{rule} on the validation split ({patches} patches{tta}), epoch {epoch}{}{}",
-                if averaged { " (averaged)" } else { "" },
-                if cfg.eval.precise_bn {
-                    ", precise BatchNorm"
-                } else {
-                    ""
-                }
+                "{rule} on the validation split ({patches} patches{tta}), {}",
+                model_in_words(epoch, averaged, cfg.eval.precise_bn, false)
             ),
             fixed: false,
             epoch,

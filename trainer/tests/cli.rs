@@ -280,15 +280,18 @@ fn the_report_stands_for_the_checkpoint_the_config_names() {
         "precise",
         "  checkpoint: average\n  average_epochs: 2\n  precise_bn: true\n",
     );
+    let best_precise = with("best-precise", "  precise_bn: true\n");
     let runs = [
         (&best, "best"),
         (&last, "last"),
         (&average, "average"),
         (&precise, "precise"),
+        (&best_precise, "best-precise"),
     ];
     for (cfg, run) in runs {
         let (name, precise) = match run {
             "precise" => ("average", true),
+            "best-precise" => ("best", true),
             _ => (run, false),
         };
         let out = tmp.path().join(run);
@@ -337,13 +340,26 @@ fn the_report_stands_for_the_checkpoint_the_config_names() {
                 "the average is the last epoch"
             );
         }
+        let state = |dir: &str| read(&format!("checkpoints/{dir}/state.json"));
+        if name == "average" {
+            // The average's own validation numbers, not the last epoch's.
+            assert_eq!(state("average")["epoch"], 3);
+            assert_ne!(state("average")["val_loss"], state("epoch-003")["val_loss"]);
+        }
         if precise {
-            // The same average as without precise_bn (same seed, same epochs), and new statistics.
-            let plain = tmp.path().join("average/checkpoints/average/model.mpk");
-            assert_eq!(bytes(&averaged), bytes(&plain));
-            assert_ne!(bytes(&recomputed), bytes(&averaged));
-            let state = |dir: &str| read(&format!("checkpoints/{dir}/state.json"));
-            assert_eq!(state("precise-bn"), state("average"));
+            // The same model as without precise_bn (same seed, same epochs), new statistics,
+            // the epoch it stands for and its own validation numbers.
+            let (source, plain) = match name {
+                "average" => ("average", averaged.clone()),
+                _ => ("best", out.join("checkpoints/best/model.mpk")),
+            };
+            let without = tmp
+                .path()
+                .join(format!("{name}/checkpoints/{source}/model.mpk"));
+            assert_eq!(bytes(&plain), bytes(&without));
+            assert_ne!(bytes(&recomputed), bytes(&plain));
+            assert_eq!(state("precise-bn")["epoch"], want);
+            assert_ne!(state("precise-bn")["val_loss"], state(source)["val_loss"]);
         }
     }
 }
