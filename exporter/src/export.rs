@@ -64,7 +64,8 @@ pub struct Options {
     pub out: PathBuf,
     pub fold_bn: bool,
     /// Build test-time augmentation into the graph: the 8 flips/rotations of each patch averaged.
-    pub tta: bool,
+    /// None: as the run's report did (`eval.tta`).
+    pub tta: Option<bool>,
     pub verify: bool,
     pub ort_lib: Option<PathBuf>,
     /// Patches to verify with (default: the run's testing split when present, else synthetic).
@@ -73,14 +74,15 @@ pub struct Options {
 
 impl Options {
     /// The command's defaults for `model_dir` and `out`: the run's checkpoint, the classifier's
-    /// BatchNorm folded, no TTA, verified with the usual ONNX Runtime on the run's own patches.
+    /// BatchNorm folded, TTA as the run's report had it, verified with the usual ONNX Runtime on
+    /// the run's own patches.
     pub fn new(model_dir: &Path, out: &Path) -> Options {
         Options {
             model_dir: model_dir.to_path_buf(),
             checkpoint: None,
             out: out.to_path_buf(),
             fold_bn: true,
-            tta: false,
+            tta: None,
             verify: true,
             ort_lib: None,
             verify_data: None,
@@ -101,6 +103,8 @@ pub struct Loaded {
     /// statistics were recomputed (`precise-bn/`).
     pub averaged: bool,
     pub precise_bn: bool,
+    /// Whether the run's report averaged the 8 views (`eval.tta`): the export's default.
+    pub run_tta: bool,
     pub threshold: Option<trainer::train::ChosenThreshold>,
 }
 
@@ -116,6 +120,8 @@ pub struct Report {
     pub bytes: usize,
     pub nodes: usize,
     pub verification: Option<Verification>,
+    /// Whether the graph averages the 8 views (TTA).
+    pub tta: bool,
     /// Why the run's threshold was left out of the model, when it was.
     pub note: Option<String>,
 }
@@ -294,6 +300,7 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         epoch: state.epoch,
         averaged,
         precise_bn: which == Checkpoint::PreciseBn,
+        run_tta: eval.tta,
         threshold,
     })
 }
@@ -354,12 +361,20 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
     Ok(proto.encode_to_vec())
 }
 
+impl Options {
+    /// Whether the export builds TTA into the graph: as asked, else as the run's report did.
+    pub fn tta_for(&self, loaded: &Loaded) -> bool {
+        self.tta.unwrap_or(loaded.run_tta)
+    }
+}
+
 pub fn export(opts: &Options) -> Result<Report> {
     let loaded = load(&opts.model_dir, opts.checkpoint)?;
+    let tta = opts.tta_for(&loaded);
     let note = loaded
         .threshold
         .as_ref()
-        .filter(|t| !t.holds_for(loaded.epoch, loaded.averaged, loaded.precise_bn, opts.tta))
+        .filter(|t| !t.holds_for(loaded.epoch, loaded.averaged, loaded.precise_bn, tta))
         .map(|t| {
             format!(
                 "the run's threshold {} was chosen for {}; this export ({}) leaves it out, so \
@@ -370,11 +385,11 @@ pub fn export(opts: &Options) -> Result<Report> {
                     loaded.epoch,
                     loaded.averaged,
                     loaded.precise_bn,
-                    opts.tta
+                    tta
                 ),
             )
         });
-    let bytes = to_onnx(&loaded, opts.fold_bn, opts.tta)?;
+    let bytes = to_onnx(&loaded, opts.fold_bn, tta)?;
     Ok(Report {
         note,
         ..write_verified(&loaded, &bytes, opts)?
@@ -403,6 +418,7 @@ pub fn write_verified(loaded: &Loaded, bytes: &[u8], opts: &Options) -> Result<R
         bytes: bytes.len(),
         nodes,
         verification,
+        tta: opts.tta_for(loaded),
         note: None,
     })
 }
@@ -482,7 +498,7 @@ pub fn verify(loaded: &Loaded, onnx: &Path, opts: &Options) -> Result<Verificati
     );
     let burn_probs: Vec<f32> = loaded
         .model
-        .predict(x, opts.tta)
+        .predict(x, opts.tta_for(loaded))
         .into_data()
         .convert::<f32>()
         .into_vec()

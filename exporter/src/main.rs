@@ -27,9 +27,10 @@ struct Args {
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     fold_bn: bool,
     /// Build test-time augmentation into the graph: each patch's probabilities averaged over its
-    /// 8 flips and quarter turns (every ONNX consumer gets it; ~8x the inference cost).
-    #[arg(long)]
-    tta: bool,
+    /// 8 flips and quarter turns (every ONNX consumer gets it; ~8x the inference cost); --tta=false
+    /// leaves it out [default: as the run's report did (eval.tta)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    tta: Option<bool>,
     /// Skip the check that ONNX Runtime and burn agree on a batch of patches.
     #[arg(long)]
     no_verify: bool,
@@ -62,10 +63,15 @@ fn run(args: Args) -> Result<()> {
         eprintln!("note: {note}");
     }
     println!(
-        "{}: {} bytes, {} nodes, opset 17",
+        "{}: {} bytes, {} nodes, opset 17{}",
         opts.out.shown(),
         report.bytes,
-        report.nodes
+        report.nodes,
+        if report.tta {
+            ", test-time augmentation (8 views) in the graph"
+        } else {
+            ""
+        }
     );
     match report.verification {
         Some(v) => println!(

@@ -264,7 +264,7 @@ fn test_time_augmentation_in_the_graph_matches_burn() {
     checkpoint::write_random_run(tmp.path(), &cfg, 6).unwrap();
     let out = tmp.path().join("tta.onnx");
     let report = export(&Options {
-        tta: true,
+        tta: Some(true),
         ..Options::new(tmp.path(), &out)
     })
     .unwrap();

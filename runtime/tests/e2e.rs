@@ -114,3 +114,49 @@ fn demo_chain_end_to_end() {
     assert!(heat.contains("1 heatmaps"), "{heat}");
     assert!(dir.join("reports/roc.png").is_file());
 }
+
+/// The robust recipe's evaluation through the real binaries: the trainer reports the mean of the
+/// last epochs with precise BatchNorm statistics and TTA; `exporter` with no options ships that
+/// model with TTA in the graph; `runtime eval` on the same files prints the same report.
+#[test]
+fn the_exported_model_is_the_one_the_robust_report_evaluated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("robust.yaml"),
+        "model:\n  bn_momentum: 0.9\ntrain:\n  epochs: 2\n  max_steps_per_epoch: 10\n  \
+         optimizer: adam\neval:\n  checkpoint: average\n  average_epochs: 2\n  \
+         precise_bn: true\n  tta: true\n",
+    )
+    .unwrap();
+    run(
+        dir,
+        "datasets",
+        &["synth", "--patients", "6", "--mean-patches", "80"],
+    );
+    run(dir, "datasets", &["build"]);
+    let train = run(dir, "trainer", &["--config", "robust.yaml", "--quiet"]);
+    let line = "average checkpoint (epoch 2, the mean of epochs 1-2, BatchNorm statistics \
+                recomputed on the training split)";
+    assert!(train.contains(line), "{line} missing from\n{train}");
+    let export = run(dir, "exporter", &[]);
+    assert!(
+        export.contains("test-time augmentation (8 views) in the graph")
+            && export.contains("verified with ONNX Runtime"),
+        "{export}"
+    );
+    let eval = run(dir, "runtime", &["eval", "datasets/idc/testing"]);
+    let block = |text: &str| -> String {
+        let start = text.find("                precision").expect("a report");
+        let end = text[start..].find("PR AUC").expect("its last line") + start;
+        text[start..end].to_string()
+    };
+    assert_eq!(
+        block(&train),
+        block(&eval),
+        "trainer and runtime reports differ"
+    );
+    // --tta=false leaves the views out (and says nothing of them).
+    let plain = run(dir, "exporter", &["--tta=false", "--out", "plain.onnx"]);
+    assert!(!plain.contains("test-time augmentation"), "{plain}");
+}

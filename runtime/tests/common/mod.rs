@@ -181,7 +181,7 @@ pub fn burn_agrees_with_csv(
 /// Exports the run in `run` (its best checkpoint, verified) to `out`.
 pub fn export_run(run: &Path, out: &Path, tta: bool) {
     export(&Options {
-        tta,
+        tta: Some(tta),
         ..Options::new(run, out)
     })
     .unwrap();
