@@ -3,8 +3,9 @@
 # ../shared/data (idc-real + idc-real-more, 15,978 patches): docs/accuracy.md's numbers.
 #   bench/cv.sh [recipe...]      recipes: tutorial (configs/cancernet.yaml), robust
 #                                (configs/cancernet-robust.yaml), or a name in bench/cv/*.yaml
-# robust trains exactly as adam (its eval section differs only), so its numbers are also the adam
-# run's avg10-tta@0.5 row.
+# robust is bench/cv/adam-lowdrop.yaml but for comments (docs/accuracy.md's run of it is named
+# adam-lowdrop), so the default list runs it once, as robust: its configured row, which is also
+# its avg10-pbn-tta@0.5 row.
 # Each recipe's folds land in runs/cv-<recipe>/ (cv.json, cv.csv, fold-*/), its log beside; a
 # rerun reuses finished folds and resumes an unfinished one. ~1 hour a recipe on 2 cores.
 set -euo pipefail
@@ -14,7 +15,7 @@ SHARED=${IDC_SHARED_DATA:-../shared/data}
 cargo build --release -p trainer
 mkdir -p runs
 recipes=("$@")
-[ ${#recipes[@]} -gt 0 ] || recipes=(tutorial adam adam-cosine adam-lowdrop stain adam-stain hed-light hed-strong hed-colour robust)
+[ ${#recipes[@]} -gt 0 ] || recipes=(tutorial adam adam-cosine stain adam-stain hed-light hed-strong hed-colour robust)
 for name in "${recipes[@]}"; do
   case $name in
     tutorial) cfg=configs/cancernet.yaml ;;
