@@ -22,6 +22,13 @@ fn run(dir: &Path, name: &str, args: &[&str]) -> String {
     out
 }
 
+/// The classification report in a command's output, from its header to its last metric.
+fn report_block(text: &str) -> String {
+    let start = text.find("                precision").expect("a report");
+    let end = text[start..].find("PR AUC").expect("its last line") + start;
+    text[start..end].to_string()
+}
+
 #[test]
 fn demo_chain_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
@@ -77,14 +84,9 @@ fn demo_chain_end_to_end() {
             .unwrap();
     // The trainer's final report (burn) and runtime's (ONNX Runtime) on the same checkpoint and
     // files: the same text to the last printed digit, and the same confusion matrix.
-    let block = |text: &str| -> String {
-        let start = text.find("                precision").expect("a report");
-        let end = text[start..].find("PR AUC").expect("its last line") + start;
-        text[start..end].to_string()
-    };
     assert_eq!(
-        block(&train),
-        block(&eval),
+        report_block(&train),
+        report_block(&eval),
         "trainer and runtime reports differ"
     );
     let test_report: serde_json::Value = serde_json::from_str(
@@ -146,14 +148,9 @@ fn the_exported_model_is_the_one_the_robust_report_evaluated() {
         "{export}"
     );
     let eval = run(dir, "runtime", &["eval", "datasets/idc/testing"]);
-    let block = |text: &str| -> String {
-        let start = text.find("                precision").expect("a report");
-        let end = text[start..].find("PR AUC").expect("its last line") + start;
-        text[start..end].to_string()
-    };
     assert_eq!(
-        block(&train),
-        block(&eval),
+        report_block(&train),
+        report_block(&eval),
         "trainer and runtime reports differ"
     );
     // --tta=false leaves the views out (and says nothing of them).
