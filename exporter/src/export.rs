@@ -179,14 +179,15 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         Checkpoint::PreciseBn => run.precise_bn_dir(),
         Checkpoint::Epoch(n) => run.epoch_dir(n),
     };
-    if which == Checkpoint::PreciseBn && !ckpt.join(checkpoint::MODEL_FILE).is_file() {
-        bail!(
-            "{} does not exist: the run has not written its final report yet (rerun the trainer with \
-             --resume), or export another model with --checkpoint best|last|N",
-            ckpt.join(checkpoint::MODEL_FILE).shown()
-        );
-    }
     if !ckpt.join(checkpoint::MODEL_FILE).is_file() {
+        let path = ckpt.join(checkpoint::MODEL_FILE);
+        if which == Checkpoint::PreciseBn {
+            bail!(
+                "{} does not exist: the run has not written its final report yet (rerun the \
+                 trainer with --resume), or export another model with --checkpoint best|last|N",
+                path.shown()
+            );
+        }
         let have = run.latest().map_or("none".to_string(), |(n, _)| {
             format!(
                 "epochs 1..={n} (some may be missing), best, average and precise-bn if the run made them"
@@ -194,7 +195,7 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         });
         bail!(
             "checkpoint {} does not exist (available: {have})",
-            ckpt.join(checkpoint::MODEL_FILE).shown()
+            path.shown()
         );
     }
     let state = RunDir::read_state(&ckpt)?;
