@@ -1,7 +1,8 @@
 //! Training-time augmentation with the semantics of Keras' `ImageDataGenerator.random_transform`
 //! (the tutorial's generator): one affine map = rotation x shift x shear x zoom about the image
 //! centre, sampled bilinearly (Keras' `interpolation_order=1`) with `fill_mode='nearest'`
-//! (clamp to the edge), then random flips.
+//! (clamp to the edge), then random flips; optionally a random quarter turn, so that with both
+//! flips every one of the 8 symmetries of the square (the views TTA averages) is drawn.
 
 use crate::rng::Rng;
 use crate::stain::StainJitter;
@@ -23,6 +24,8 @@ pub struct Augment {
     pub shear: f64,
     pub horizontal_flip: bool,
     pub vertical_flip: bool,
+    /// A quarter turn with probability 1/2 after the flips (not in Keras; off by default).
+    pub quarter_turns: bool,
     /// How pixels outside the image are filled; only `nearest` (Keras' default and the tutorial's).
     pub fill_mode: FillMode,
     /// HED stain jitter strength s (`stain.rs`; 0.05 "light", 0.2 "strong"); 0 = off.
@@ -53,6 +56,7 @@ impl Default for Augment {
             shear: 0.05,
             horizontal_flip: true,
             vertical_flip: true,
+            quarter_turns: false,
             fill_mode: FillMode::Nearest,
             hed: 0.0,
             brightness: 0.0,
@@ -74,6 +78,7 @@ impl Augment {
             shear: 0.0,
             horizontal_flip: false,
             vertical_flip: false,
+            quarter_turns: false,
             ..Augment::default()
         }
     }
@@ -158,6 +163,10 @@ impl Augment {
         }
         if flip_v {
             image::imageops::flip_vertical_in_place(&mut out);
+        }
+        // Drawn only when on, so that the tutorial's stream of numbers is unchanged.
+        if self.quarter_turns && rng.bool(0.5) {
+            out = image::imageops::rotate90(&out);
         }
         // Colour last, from the same stream: with it off nothing more is drawn, so the
         // tutorial's augmentation is unchanged.
@@ -252,6 +261,34 @@ mod tests {
             saw_flip |= h || v;
         }
         assert!(saw_flip);
+    }
+
+    /// With both flips and quarter turns, every draw is one of the square's 8 symmetries of the
+    /// patch, and all 8 are drawn.
+    #[test]
+    fn quarter_turns_with_flips_draw_all_eight_views() {
+        use image::imageops::{flip_horizontal, flip_vertical, rotate90};
+        let img = gradient();
+        let mut views = Vec::new();
+        for v in [img.clone(), rotate90(&img)] {
+            for w in [v.clone(), flip_horizontal(&v)] {
+                views.extend([w.clone(), flip_vertical(&w)]);
+            }
+        }
+        let aug = Augment {
+            horizontal_flip: true,
+            vertical_flip: true,
+            quarter_turns: true,
+            ..Augment::none()
+        };
+        let mut seen = [false; 8];
+        let mut rng = Rng::new(5);
+        for _ in 0..200 {
+            let out = aug.apply(&img, &mut rng);
+            let k = views.iter().position(|v| *v == out).expect("not a symmetry of the patch");
+            seen[k] = true;
+        }
+        assert_eq!(seen, [true; 8]);
     }
 
     #[test]
