@@ -285,7 +285,10 @@ mod tests {
         let mut rng = Rng::new(5);
         for _ in 0..200 {
             let out = aug.apply(&img, &mut rng);
-            let k = views.iter().position(|v| *v == out).expect("not a symmetry of the patch");
+            let k = views
+                .iter()
+                .position(|v| *v == out)
+                .expect("not a symmetry of the patch");
             seen[k] = true;
         }
         assert_eq!(seen, [true; 8]);

@@ -457,7 +457,7 @@ mod tests {
             (a.rotation, a.zoom, a.width_shift, a.height_shift, a.shear),
             (20.0, 0.05, 0.1, 0.1, 0.05)
         );
-        assert!(a.horizontal_flip && a.vertical_flip && a.stain().is_off());
+        assert!(a.horizontal_flip && a.vertical_flip && !a.quarter_turns && a.stain().is_off());
         assert_eq!(c.eval.threshold, Threshold::Fixed(0.5));
         assert!(!c.eval.tta);
         assert_eq!(c.eval.checkpoint, CheckpointChoice::Best);
