@@ -46,11 +46,13 @@ test: venv
 	$(CARGO) build --release -p trainer --features cuda
 	$(MAKE) deny
 
-# Dependency hygiene, offline (deny.toml: crates.io only, allowed licenses, no wildcards).
+# Dependency hygiene (deny.toml: crates.io only, allowed licenses, no wildcards), checked offline
+# once the lock file's crates for every platform are fetched from crates.io.
 # cargo-deny is built from crates.io the first time (~3 minutes on 2 cores).
 CARGO_DENY_VERSION := 0.20.2
 deny:
 	@command -v cargo-deny >/dev/null || $(CARGO) install cargo-deny --locked --version $(CARGO_DENY_VERSION)
+	$(CARGO) fetch --locked  # every platform's crates: cargo-deny --offline reads them all
 	cargo-deny --offline check licenses bans sources
 
 bench: venv
