@@ -2,15 +2,18 @@
 # What an ensemble of cross-validated recipes would give (docs/accuracy.md): for each fold, the
 # models of several bench/cv.sh runs (same folds, same --cv-seed) exported with TTA, run by
 # `runtime eval` on that fold's held-out patients, and their IDC probabilities averaged.
-#   bench/cv_ensemble.sh RUN[@CHECKPOINT]...
+#   bench/cv_ensemble.sh [--context] RUN[@CHECKPOINT]...
 #   e.g. bench/cv_ensemble.sh runs/cv-adam-lowdrop runs/cv-adam@40 runs/cv-adam-cosine@40
+# --context: `runtime eval --context` (neighbour context; one RUN gives that model's folds).
 # CHECKPOINT is what `exporter --checkpoint` takes (40: each fold's last epoch); without it, the
 # model the run's config names (precise-bn/ for the robust recipe). Each model alone and the mean
 # of all are printed (BAC at 0.5, ROC AUC).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${IDC_SHARED_DATA:-../shared/data}
-[ $# -ge 1 ] || { sed -n 2,9p "$0" >&2; exit 2; }
+context=()
+[ "${1:-}" != --context ] || { context=(--context); shift; }
+[ $# -ge 1 ] || { sed -n 2,10p "$0" >&2; exit 2; }
 cargo build --release -q -p exporter -p runtime
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
 # Each fold's held-out patients as a folder (copies: the shared data may be another filesystem).
@@ -36,7 +39,7 @@ for arg in "$@"; do
     target/release/exporter --model "$run/fold-$k" "${checkpoint[@]}" --tta=true \
       --out "$work/$name-$k.onnx" --no-verify >/dev/null
     target/release/runtime eval "$fold" --model "$work/$name-$k.onnx" --ep cpu --threshold 0.5 \
-      --predictions "$work/$name-$k.csv" >/dev/null
+      "${context[@]}" --predictions "$work/$name-$k.csv" >/dev/null
   done
   predictions+=("$work/$name")
 done

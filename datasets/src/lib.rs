@@ -6,6 +6,7 @@
 pub mod augment;
 pub mod build;
 pub mod cli;
+pub mod context;
 pub mod fsutil;
 pub mod manifest;
 pub mod patch;

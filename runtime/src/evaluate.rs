@@ -31,6 +31,8 @@ pub struct RunInfo {
     pub threshold: Threshold,
     /// Test-time augmentation built into the model's graph (its metadata says so).
     pub tta: bool,
+    /// Neighbour context (`--context`), if asked for.
+    pub context: Option<Context>,
     /// Peak resident memory of the process so far (Linux), for the flat-memory check.
     pub peak_rss_kib: Option<u64>,
 }
@@ -71,13 +73,14 @@ impl RunInfo {
             images_per_second: (images + skipped) as f64 / streamed.seconds.max(1e-9),
             threshold,
             tta: model.tta,
+            context: None,
             peak_rss_kib: peak_rss_kib(),
         }
     }
 
     pub fn header(&self) -> String {
         format!(
-            "model {} | ONNX Runtime {} ({}) on {} | {} threads | batch {} | {} images in {:.1}s ({:.0} img/s) | {} skipped\nthreshold {} ({}){}",
+            "model {} | ONNX Runtime {} ({}) on {} | {} threads | batch {} | {} images in {:.1}s ({:.0} img/s) | {} skipped\nthreshold {} ({}){}{}",
             self.model,
             self.onnx_runtime,
             self.onnx_runtime_library,
@@ -94,9 +97,21 @@ impl RunInfo {
                 " | test-time augmentation in the model (8 views)"
             } else {
                 ""
-            }
+            },
+            self.context.as_ref().map_or(String::new(), |c| format!(
+                "\nneighbour context: each patch's log-odds averaged with its grid neighbours' at weight {} ({} of {} patches had neighbours)",
+                c.weight, c.with_neighbours, self.images
+            ))
         )
     }
+}
+
+/// Neighbour context as a run applied it (`datasets::context`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Context {
+    pub weight: f64,
+    /// Patches with at least one grid neighbour (the others keep their own probability).
+    pub with_neighbours: usize,
 }
 
 /// One patient's row: patches, true and predicted IDC share, accuracy.
@@ -111,9 +126,12 @@ pub struct PatientRow {
 
 /// What `eval` and `predict` keep while the images stream past: the labelled (label,
 /// probability) pairs for the report and the ROC curve (5 bytes an image), counts per patient,
-/// and the predictions CSV, written row by row.
+/// and the predictions CSV, written row by row. With neighbour context every image waits in
+/// `pending` (its neighbours may come later) until `settle` counts them all.
 pub struct Tally {
     threshold: f64,
+    context: Option<f64>,
+    pending: Vec<(Item, f32)>,
     pub images: usize,
     pub predicted_idc: usize,
     pub labels: Vec<u8>,
@@ -132,8 +150,9 @@ struct Counts {
 }
 
 impl Tally {
-    /// A tally at `threshold`, writing the CSV of one row per image to `predictions` if given.
-    pub fn new(threshold: f64, predictions: Option<&Path>) -> Result<Tally> {
+    /// A tally at `threshold`, writing the CSV of one row per image to `predictions` if given,
+    /// with neighbour context at weight `context` if given.
+    pub fn new(threshold: f64, predictions: Option<&Path>, context: Option<f64>) -> Result<Tally> {
         let predictions = match predictions {
             Some(path) => {
                 let mut w = csv::Writer::from_writer(AtomicFile::create(path)?);
@@ -152,6 +171,8 @@ impl Tally {
         };
         Ok(Tally {
             threshold,
+            context,
+            pending: Vec::new(),
             images: 0,
             predicted_idc: 0,
             labels: Vec::new(),
@@ -162,6 +183,32 @@ impl Tally {
     }
 
     pub fn add(&mut self, item: &Item, p: f32) -> Result<()> {
+        if self.context.is_some() {
+            self.pending.push((item.clone(), p));
+            return Ok(());
+        }
+        self.count(item, p)
+    }
+
+    /// Counts the images `add` held back for neighbour context, with it; what context did.
+    pub fn settle(&mut self) -> Result<Option<Context>> {
+        let Some(weight) = self.context else {
+            return Ok(None);
+        };
+        let pending = std::mem::take(&mut self.pending);
+        let names: Vec<_> = pending.iter().map(|(item, _)| item.name.as_ref()).collect();
+        let probs: Vec<f32> = pending.iter().map(|&(_, p)| p).collect();
+        let smoothed = datasets::context::smooth(&names, &probs, weight);
+        for ((item, _), p) in pending.iter().zip(smoothed.probs) {
+            self.count(item, p)?;
+        }
+        Ok(Some(Context {
+            weight,
+            with_neighbours: smoothed.with_neighbours,
+        }))
+    }
+
+    fn count(&mut self, item: &Item, p: f32) -> Result<()> {
         let idc = p as f64 >= self.threshold;
         self.images += 1;
         self.predicted_idc += usize::from(idc);

@@ -69,6 +69,14 @@ struct OutputArgs {
     /// Exit with an error when any file was skipped (unusable, colliding, Kaggle duplicate).
     #[arg(long)]
     strict: bool,
+    /// Neighbour context: average each patch's IDC log-odds with those of its grid neighbours on
+    /// the same slide (same patient, x and y from the Kaggle file names 50 px apart). For whole
+    /// slides, or any set of a slide's patches; docs/accuracy.md measures it.
+    #[arg(long)]
+    context: bool,
+    /// Each neighbour's weight against the patch's own 1 with --context, in (0, 4].
+    #[arg(long, default_value_t = 0.5, value_parser = context_weight, requires = "context")]
+    context_weight: f64,
 }
 
 #[derive(Subcommand)]
@@ -129,6 +137,10 @@ fn input_size(s: &str) -> Result<u32, String> {
     int_in::<8, 1024>(s).map(|v| v as u32)
 }
 
+fn context_weight(s: &str) -> Result<f64, String> {
+    float_in(s, 0.0, 4.0, true)
+}
+
 fn scale(s: &str) -> Result<f32, String> {
     float_in(s, 0.0, 4.0, true).map(|v| v as f32)
 }
@@ -178,14 +190,19 @@ fn classify(dir: &Path, args: &ModelArgs, out: &OutputArgs) -> Result<(Tally, St
     let total = pipeline::count(dir)?;
     let mut model = open(args)?;
     let threshold = model.threshold(out.threshold, &args.model)?;
-    let mut tally = Tally::new(threshold.value, out.predictions.as_deref())?;
+    let mut tally = Tally::new(
+        threshold.value,
+        out.predictions.as_deref(),
+        out.context.then_some(out.context_weight),
+    )?;
     let streamed = pipeline_of(args).stream(
         &mut model,
         pipeline::items(dir)?,
         &progress_bar(total as u64, "classify"),
         |_, item, p| tally.add(item, p),
     )?;
-    let info = RunInfo::new(
+    let context = tally.settle()?;
+    let mut info = RunInfo::new(
         &args.model,
         &model,
         args.batch_size,
@@ -193,6 +210,7 @@ fn classify(dir: &Path, args: &ModelArgs, out: &OutputArgs) -> Result<(Tally, St
         &streamed,
         threshold,
     );
+    info.context = context;
     Ok((tally, streamed, info))
 }
 

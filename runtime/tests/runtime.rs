@@ -688,3 +688,94 @@ fn eval_memory_stays_flat_from_few_to_many_images() {
         "peak RSS grew by {growth} KiB from {few} to {many} images ({small} -> {large} KiB)"
     );
 }
+
+/// `--context`: each patch's probability is the weighted mean, in log-odds, of its own and its
+/// grid neighbours' (recomputed here from the run without context), the others keep theirs, and
+/// the report says how many had neighbours.
+#[test]
+fn neighbour_context_averages_log_odds_over_the_slide_grid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx = model(tmp.path());
+    let data = small_synth(tmp.path());
+    let (d, m) = (data.to_str().unwrap(), onnx.to_str().unwrap());
+    let eval = |extra: &[&str], name: &str| {
+        let preds = tmp.path().join(format!("{name}.csv"));
+        let json = tmp.path().join(format!("{name}.json"));
+        let mut args = vec!["eval", d, "--model", m, "--ep", "cpu", "--predictions"];
+        args.extend([preds.to_str().unwrap(), "--json", json.to_str().unwrap()]);
+        args.extend(extra);
+        let out = stdout_ok(&runtime(&args));
+        let rows: Vec<(String, u32, u32, f64)> = csv::Reader::from_path(&preds)
+            .unwrap()
+            .records()
+            .map(|r| {
+                let r = r.unwrap();
+                (
+                    r[1].to_string(),
+                    r[2].parse().unwrap(),
+                    r[3].parse().unwrap(),
+                    r[5].parse().unwrap(),
+                )
+            })
+            .collect();
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        (out, rows, json)
+    };
+    let (_, plain, json) = eval(&[], "plain");
+    assert!(json["run"]["context"].is_null());
+    let (out, ctx, json) = eval(&["--context", "--context-weight", "0.75"], "ctx");
+    assert_eq!(plain.len(), ctx.len());
+    let logit = |p: f64| (p.clamp(1e-6, 1.0 - 1e-6) / (1.0 - p.clamp(1e-6, 1.0 - 1e-6))).ln();
+    let mut with_neighbours = 0;
+    let mut moved = 0;
+    for (i, (patient, x, y, p)) in plain.iter().enumerate() {
+        assert_eq!(
+            (patient, x, y),
+            (&ctx[i].0, &ctx[i].1, &ctx[i].2),
+            "same order"
+        );
+        let near: Vec<f64> = plain
+            .iter()
+            .filter(|o| &o.0 == patient && (o.1, o.2) != (*x, *y))
+            .filter(|o| o.1.abs_diff(*x) <= 50 && o.2.abs_diff(*y) <= 50)
+            .map(|o| logit(o.3))
+            .collect();
+        let want = if near.is_empty() {
+            *p
+        } else {
+            with_neighbours += 1;
+            let z =
+                (logit(*p) + 0.75 * near.iter().sum::<f64>()) / (1.0 + 0.75 * near.len() as f64);
+            1.0 / (1.0 + (-z).exp())
+        };
+        assert!(
+            (ctx[i].3 - want).abs() < 1e-4,
+            "{patient} ({x}, {y}): {} != {want}",
+            ctx[i].3
+        );
+        moved += usize::from((ctx[i].3 - p).abs() > 1e-6);
+    }
+    assert!(
+        with_neighbours > 0 && moved > 0,
+        "the synthetic slides have neighbours"
+    );
+    assert_eq!(json["run"]["context"]["with_neighbours"], with_neighbours);
+    assert_eq!(json["run"]["context"]["weight"], 0.75);
+    assert!(
+        out.contains(&format!(
+            "weight 0.75 ({with_neighbours} of {} patches had neighbours)",
+            plain.len()
+        )),
+        "{out}"
+    );
+    // The weight is only taken with --context, and only in (0, 4].
+    for bad in [
+        &["--context-weight", "0.5"][..],
+        &["--context", "--context-weight", "0"],
+    ] {
+        let mut args = vec!["eval", d, "--model", m];
+        args.extend(bad);
+        assert_eq!(runtime(&args).status.code(), Some(2), "{bad:?}");
+    }
+}
