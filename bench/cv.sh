@@ -3,9 +3,9 @@
 # ../shared/data (idc-real + idc-real-more, 15,978 patches): docs/accuracy.md's numbers.
 #   bench/cv.sh [recipe...]      recipes: tutorial (configs/cancernet.yaml), robust
 #                                (configs/cancernet-robust.yaml), or a name in bench/cv/*.yaml
-# robust is bench/cv/adam-lowdrop.yaml but for comments (docs/accuracy.md's run of it is named
-# adam-lowdrop), so the default list runs it once, as robust: its configured row, which is also
-# its avg10-pbn-tta@0.5 row.
+# robust is bench/cv/adam-lowdrop-d8.yaml but for comments (docs/accuracy.md's run of it is named
+# adam-lowdrop-d8), so the default list runs it once, as robust: its configured row, which is also
+# its avg10-pbn-tta@0.5 row. Neighbour context on top: bench/cv_ensemble.sh --context runs/cv-robust.
 # Each recipe's folds land in runs/cv-<recipe>/ (cv.json, cv.csv, fold-*/), its log beside; a
 # rerun reuses finished folds and resumes an unfinished one. ~1 hour a recipe on 2 cores.
 set -euo pipefail
@@ -15,7 +15,7 @@ SHARED=${IDC_SHARED_DATA:-../shared/data}
 cargo build --release -p trainer
 mkdir -p runs
 recipes=("$@")
-[ ${#recipes[@]} -gt 0 ] || recipes=(tutorial adam adam-cosine stain adam-stain hed-light hed-strong hed-colour robust)
+[ ${#recipes[@]} -gt 0 ] || recipes=(tutorial adam adam-cosine stain adam-stain hed-light hed-strong hed-colour adam-lowdrop robust)
 for name in "${recipes[@]}"; do
   case $name in
     tutorial) cfg=configs/cancernet.yaml ;;
