@@ -38,20 +38,25 @@ def bac(labels, probs, t=0.5):
     return (tp / pos + tn / (len(labels) - pos)) / 2
 
 
-prefixes = sys.argv[1:]
-folds = sorted({int(p.stem.rsplit("-", 1)[1]) for pre in prefixes for p in Path(pre).parent.glob(Path(pre).name + "-*.csv")})
-rows = {name: ([], []) for name in [Path(p).name for p in prefixes] + ["ensemble"]}
-for k in folds:
-    models = [load(f"{pre}-{k}.csv") for pre in prefixes]
-    paths = sorted(models[0])
-    assert all(sorted(m) == paths for m in models), f"fold {k}: the models saw different patches"
-    labels = [models[0][p][0] for p in paths]
-    each = [[m[p][1] for p in paths] for m in models]
-    mean = [sum(v) / len(v) for v in zip(*each)]
-    for name, probs in zip(list(rows), each + [mean]):
-        rows[name][0].append(bac(labels, probs))
-        rows[name][1].append(roc_auc(labels, probs))
-for name, (b, a) in rows.items():
-    print(f"{name:<24} BAC {statistics.mean(b):.3f} ± {statistics.stdev(b):.3f}  ROC AUC "
-          f"{statistics.mean(a):.3f} ± {statistics.stdev(a):.3f}  per fold BAC "
-          + " ".join(f"{v:.3f}" for v in b))
+def main():
+    prefixes = sys.argv[1:]
+    folds = sorted({int(p.stem.rsplit("-", 1)[1]) for pre in prefixes for p in Path(pre).parent.glob(Path(pre).name + "-*.csv")})
+    rows = {name: ([], []) for name in [Path(p).name for p in prefixes] + ["ensemble"]}
+    for k in folds:
+        models = [load(f"{pre}-{k}.csv") for pre in prefixes]
+        paths = sorted(models[0])
+        assert all(sorted(m) == paths for m in models), f"fold {k}: the models saw different patches"
+        labels = [models[0][p][0] for p in paths]
+        each = [[m[p][1] for p in paths] for m in models]
+        mean = [sum(v) / len(v) for v in zip(*each)]
+        for name, probs in zip(list(rows), each + [mean]):
+            rows[name][0].append(bac(labels, probs))
+            rows[name][1].append(roc_auc(labels, probs))
+    for name, (b, a) in rows.items():
+        print(f"{name:<24} BAC {statistics.mean(b):.3f} ± {statistics.stdev(b):.3f}  ROC AUC "
+              f"{statistics.mean(a):.3f} ± {statistics.stdev(a):.3f}  per fold BAC "
+              + " ".join(f"{v:.3f}" for v in b))
+
+
+if __name__ == "__main__":
+    main()

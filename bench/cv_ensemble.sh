@@ -2,20 +2,31 @@
 # What an ensemble of cross-validated recipes would give (docs/accuracy.md): for each fold, the
 # models of several bench/cv.sh runs (same folds, same --cv-seed) exported with TTA, run by
 # `runtime eval` on that fold's held-out patients, and their IDC probabilities averaged.
-#   bench/cv_ensemble.sh [--context] RUN[@CHECKPOINT]...
+#   bench/cv_ensemble.sh [--context[=WEIGHT]] [--keep DIR] RUN[@CHECKPOINT]...
 #   e.g. bench/cv_ensemble.sh runs/cv-adam-lowdrop runs/cv-adam@40 runs/cv-adam-cosine@40
 # --context: `runtime eval --context` (neighbour context; one RUN gives that model's folds).
+# --keep: each model's per-fold predictions and report (NAME-K.csv, NAME-K.json) are kept in DIR.
 # CHECKPOINT is what `exporter --checkpoint` takes (40: each fold's last epoch); without it, the
 # model the run's config names (precise-bn/ for the robust recipe). Each model alone and the mean
 # of all are printed (BAC at 0.5, ROC AUC).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${IDC_SHARED_DATA:-../shared/data}
-context=()
-[ "${1:-}" != --context ] || { context=(--context); shift; }
-[ $# -ge 1 ] || { sed -n 2,10p "$0" >&2; exit 2; }
+context=() keep=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --context) context=(--context) ;;
+    --context=*) context=(--context --context-weight "${1#--context=}") ;;
+    --keep) keep=$2; shift ;;
+    *) break ;;
+  esac
+  shift
+done
+[ $# -ge 1 ] || { sed -n 2,11p "$0" >&2; exit 2; }
 cargo build --release -q -p exporter -p runtime
 work=$(mktemp -d); trap 'rm -rf "$work"' EXIT
+out=${keep:-$work}
+mkdir -p "$out"
 # Each fold's held-out patients as a folder (copies: the shared data may be another filesystem).
 first=${1%@*}
 python3 - "$first/cv-folds.csv" "$work" "$SHARED/idc-real" "$SHARED/idc-real-more" <<'PY'
@@ -39,8 +50,8 @@ for arg in "$@"; do
     target/release/exporter --model "$run/fold-$k" "${checkpoint[@]}" --tta=true \
       --out "$work/$name-$k.onnx" --no-verify >/dev/null
     target/release/runtime eval "$fold" --model "$work/$name-$k.onnx" --ep cpu --threshold 0.5 \
-      "${context[@]}" --predictions "$work/$name-$k.csv" >/dev/null
+      "${context[@]}" --predictions "$out/$name-$k.csv" --json "$out/$name-$k.json" >/dev/null
   done
-  predictions+=("$work/$name")
+  predictions+=("$out/$name")
 done
 python3 bench/cv_ensemble.py "${predictions[@]}"

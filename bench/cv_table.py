@@ -22,7 +22,7 @@ METRICS = [
 VARIANTS = ["plain@0.5", "tta@0.5", "plain@max_bac", "tta@max_bac", "last-plain@0.5", "last-tta@0.5",
             "avg5-plain@0.5", "avg5-tta@0.5", "avg10-plain@0.5", "avg10-tta@0.5", "avg20-plain@0.5", "avg20-tta@0.5",
             "last-pbn-plain@0.5", "last-pbn-tta@0.5", "avg10-pbn-plain@0.5", "avg10-pbn-tta@0.5",
-            "avg10-adabn-plain@0.5", "avg10-adabn-tta@0.5"]
+            "avg10-adabn-plain@0.5", "avg10-adabn-tta@0.5", "plain-context@0.5", "tta-context@0.5"]
 
 runs = [Path(p) for p in sys.argv[1:]] or sorted(p for p in Path("runs").glob("cv-*") if p.is_dir())
 print("| recipe | evaluation | folds | " + " | ".join(h for _, h in METRICS) + " |")

@@ -8,8 +8,12 @@
 use crate::PatchName;
 use std::collections::HashMap;
 
-/// Step of the Kaggle grid: the patches of one slide sit at multiples of 50 px.
+/// Step of the Kaggle grid: the patches of one slide sit 50 px apart (x, y = 50k + 1).
 pub const GRID: u32 = 50;
+
+/// Each neighbour's weight against the patch's own 1: `runtime --context`'s default, and the
+/// trainer's `context` variants.
+pub const DEFAULT_WEIGHT: f64 = 0.5;
 
 /// Probabilities are clamped this far from 0 and 1 before their log-odds are taken.
 const EPS: f64 = 1e-6;
@@ -141,8 +145,17 @@ mod tests {
             let s = smooth(&refs, &probs, weight);
             prop_assert_eq!(s.probs.len(), probs.len());
             prop_assert!(s.with_neighbours <= probs.len());
-            for (&q, &p) in s.probs.iter().zip(&probs) {
+            // Each result lies between the lowest and highest of the patch's own probability and
+            // its neighbours' (a weighted mean of log-odds), up to the clamp away from 0 and 1.
+            for (i, (&q, &p)) in s.probs.iter().zip(&probs).enumerate() {
                 prop_assert!((0.0..=1.0).contains(&q), "{} from {}", q, p);
+                let near = names.iter().zip(&probs).filter(|(n, _)| {
+                    n.patient == names[i].patient
+                        && n.x.abs_diff(names[i].x) <= GRID
+                        && n.y.abs_diff(names[i].y) <= GRID
+                });
+                let (lo, hi) = near.fold((p, p), |(lo, hi), (_, &o)| (lo.min(o), hi.max(o)));
+                prop_assert!(q >= lo - 1e-5 && q <= hi + 1e-5, "{} outside [{}, {}]", q, lo, hi);
             }
             // Reversing the input reverses the output when no position is shared.
             let mut seen = std::collections::HashSet::new();

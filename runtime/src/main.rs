@@ -75,7 +75,7 @@ struct OutputArgs {
     #[arg(long)]
     context: bool,
     /// Each neighbour's weight against the patch's own 1 with --context, in (0, 4].
-    #[arg(long, default_value_t = 0.5, value_parser = context_weight, requires = "context")]
+    #[arg(long, default_value_t = datasets::context::DEFAULT_WEIGHT, value_parser = context_weight, requires = "context")]
     context_weight: f64,
 }
 

@@ -710,6 +710,9 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
             .records()
             .map(|r| {
                 let r = r.unwrap();
+                // The call follows the probability written (the one with context, if any).
+                let p: f64 = r[5].parse().unwrap();
+                assert_eq!(&r[6], if p >= 0.5 { "1" } else { "0" }, "{r:?}");
                 (
                     r[1].to_string(),
                     r[2].parse().unwrap(),
@@ -773,6 +776,7 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
     for bad in [
         &["--context-weight", "0.5"][..],
         &["--context", "--context-weight", "0"],
+        &["--context", "--context-weight", "4.01"],
     ] {
         let mut args = vec!["eval", d, "--model", m];
         args.extend(bad);

@@ -309,8 +309,8 @@ fn metric(fold: &serde_json::Value, variant: &str, name: &str) -> Option<f64> {
 /// the last epoch's model instead of the best one, then the means of the last 5, 10 and 20
 /// epochs' weights (`train::AVERAGED`), then the last and the mean of 10 with precise BatchNorm
 /// statistics (`train::precise_bn`), then the mean of 10 with BatchNorm statistics from each test
-/// patient's own patches.
-pub const VARIANTS: [&str; 19] = [
+/// patient's own patches, then the configured model with neighbour context (`datasets::context`).
+pub const VARIANTS: [&str; 21] = [
     "configured",
     "plain@0.5",
     "plain@max_bac",
@@ -330,6 +330,8 @@ pub const VARIANTS: [&str; 19] = [
     "avg10-pbn-tta@0.5",
     "avg10-adabn-plain@0.5",
     "avg10-adabn-tta@0.5",
+    "plain-context@0.5",
+    "tta-context@0.5",
 ];
 
 /// Mean and sample standard deviation of each metric of each variant over the folds.

@@ -799,6 +799,14 @@ fn final_report<B: AutodiffBackend>(
                 );
             }
         }
+        // With neighbour context, as `runtime eval --context` computes it.
+        for (t, (_, test)) in &runs {
+            let test = with_context(&data.test, test);
+            all.insert(
+                format!("{}-context@0.5", view(*t)),
+                variant(&test, 0.5, &patient_summary(&data.test, &test)),
+            );
+        }
         // The last epoch's model instead of the best by validation loss (which a small
         // validation split makes noisy), the means of the last n epochs' weights, and the last
         // and the mean of 10 with BatchNorm statistics recomputed on the training split.
@@ -1051,6 +1059,24 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
             averaged,
             precise_bn: cfg.eval.precise_bn,
         },
+    }
+}
+
+/// `e` with neighbour context (`datasets::context` at its default weight): each patch's log-odds
+/// averaged with those of its slide-grid neighbours in the split, named as `runtime` names them.
+fn with_context(split: &Split, e: &Evaluated) -> Evaluated {
+    let names: Vec<_> = e
+        .indices
+        .iter()
+        .map(|&i| datasets::scan::patch_name(&split.paths[i]).ok())
+        .collect();
+    let names: Vec<_> = names.iter().map(Option::as_ref).collect();
+    Evaluated {
+        probs: datasets::context::smooth(&names, &e.probs, datasets::context::DEFAULT_WEIGHT).probs,
+        labels: e.labels.clone(),
+        indices: e.indices.clone(),
+        loss: e.loss,
+        failed: Vec::new(),
     }
 }
 

@@ -721,6 +721,16 @@ fn cross_validation_tests_every_patient_once() {
             assert_eq!(s["folds"], 3, "{v}-{view}: {s}");
         }
     }
+    // So is neighbour context on the configured model; the synthetic slides have neighbours, so
+    // it moves the probabilities, and the per-patient ranking with them.
+    for view in ["plain", "tta"] {
+        let s = &cv["summary"][format!("{view}-context@0.5")];
+        assert_eq!(s["roc_auc"]["folds"], 3, "{view}: {s}");
+        assert_ne!(
+            s["roc_auc"],
+            cv["summary"][format!("{view}@0.5")]["roc_auc"]
+        );
+    }
     let again = ok(&trainer(&args));
     assert_eq!(again.matches("reused").count(), 3, "{again}");
     // Another cross-validation in the same folder holds other patients per fold: refused.
