@@ -5,7 +5,8 @@
 #                                (configs/cancernet-robust.yaml), or a name in bench/cv/*.yaml
 # robust is bench/cv/adam-lowdrop-d8.yaml but for comments (docs/accuracy.md's run of it is named
 # adam-lowdrop-d8), so the default list runs it once, as robust: its configured row, which is also
-# its avg10-pbn-tta@0.5 row. Neighbour context on top: bench/cv_ensemble.sh --context runs/cv-robust.
+# its avg10-pbn-tta@0.5 row. Neighbour context on top: bench/cv_context.sh runs/cv-robust
+# (also the tta-context@0.5 row).
 # Each recipe's folds land in runs/cv-<recipe>/ (cv.json, cv.csv, fold-*/), its log beside; a
 # rerun reuses finished folds and resumes an unfinished one. ~1 hour a recipe on 2 cores.
 set -euo pipefail
