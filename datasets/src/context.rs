@@ -15,6 +15,18 @@ pub const GRID: u32 = 50;
 /// trainer's `context` variants.
 pub const DEFAULT_WEIGHT: f64 = 0.5;
 
+/// The 8 grid neighbours, in steps of `GRID`.
+const NEIGHBOURS: [(i64, i64); 8] = [
+    (-1, -1),
+    (-1, 0),
+    (-1, 1),
+    (0, -1),
+    (0, 1),
+    (1, -1),
+    (1, 0),
+    (1, 1),
+];
+
 /// Probabilities are clamped this far from 0 and 1 before their log-odds are taken.
 const EPS: f64 = 1e-6;
 
@@ -45,38 +57,36 @@ pub fn smooth(names: &[Option<&PatchName>], probs: &[f32], weight: f64) -> Smoot
             at.entry((n.patient.as_str(), n.x, n.y)).or_insert(i);
         }
     }
+    // Each patch's log-odds once, however many patches it neighbours.
+    let z: Vec<f64> = probs.iter().map(|&p| logit(p)).collect();
     let mut with_neighbours = 0;
     let out = names
         .iter()
         .zip(probs)
-        .map(|(name, &p)| {
+        .zip(&z)
+        .map(|((name, &p), &own)| {
             let Some(n) = name.filter(|_| p.is_finite()) else {
                 return p;
             };
             let mut sum = 0.0;
             let mut count = 0usize;
-            for dx in [-1i64, 0, 1] {
-                for dy in [-1i64, 0, 1] {
-                    let x = i64::from(n.x) + dx * i64::from(GRID);
-                    let y = i64::from(n.y) + dy * i64::from(GRID);
-                    let (Ok(x), Ok(y)) = (u32::try_from(x), u32::try_from(y)) else {
-                        continue; // off the slide's top or left edge
-                    };
-                    if (dx, dy) == (0, 0) {
-                        continue;
-                    }
-                    if let Some(&j) = at.get(&(n.patient.as_str(), x, y)) {
-                        sum += logit(probs[j]);
-                        count += 1;
-                    }
+            for (dx, dy) in NEIGHBOURS {
+                let x = i64::from(n.x) + dx * i64::from(GRID);
+                let y = i64::from(n.y) + dy * i64::from(GRID);
+                let (Ok(x), Ok(y)) = (u32::try_from(x), u32::try_from(y)) else {
+                    continue; // off the slide's top or left edge
+                };
+                if let Some(&j) = at.get(&(n.patient.as_str(), x, y)) {
+                    sum += z[j];
+                    count += 1;
                 }
             }
             if count == 0 {
                 return p;
             }
             with_neighbours += 1;
-            let z = (logit(p) + weight * sum) / (1.0 + weight * count as f64);
-            (1.0 / (1.0 + (-z).exp())) as f32
+            let mean = (own + weight * sum) / (1.0 + weight * count as f64);
+            (1.0 / (1.0 + (-mean).exp())) as f32
         })
         .collect();
     Smoothed {
