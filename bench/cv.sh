@@ -3,10 +3,10 @@
 # ../shared/data (idc-real + idc-real-more, 15,978 patches): docs/accuracy.md's numbers.
 #   bench/cv.sh [recipe...]      recipes: tutorial (configs/cancernet.yaml), robust
 #                                (configs/cancernet-robust.yaml), or a name in bench/cv/*.yaml
-# robust is bench/cv/adam-lowdrop-d8.yaml but for comments (docs/accuracy.md's run of it is named
-# adam-lowdrop-d8), so the default list runs it once, as robust: its configured row, which is also
-# its avg10-pbn-tta@0.5 row. Neighbour context on top: bench/cv_context.sh runs/cv-robust
-# (also the tta-context@0.5 row).
+# robust is bench/cv/adam-lowdrop-d8.yaml plus eval.context (docs/accuracy.md's run of it is named
+# adam-lowdrop-d8; context changes no training), so the default list runs it once, as robust: its
+# configured row (with neighbour context) is d8's tta-context@0.5 row, each patch alone its
+# avg10-pbn-tta@0.5 row. Context at other weights: bench/cv_context.sh runs/cv-robust 0.25 1 2.
 # Each recipe's folds land in runs/cv-<recipe>/ (cv.json, cv.csv, fold-*/), its log beside; a
 # rerun reuses finished folds and resumes an unfinished one. ~1 hour a recipe on 2 cores.
 set -euo pipefail

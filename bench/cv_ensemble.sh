@@ -4,7 +4,8 @@
 # `runtime eval` on that fold's held-out patients, and their IDC probabilities averaged.
 #   bench/cv_ensemble.sh [--context[=WEIGHT]] [--keep DIR] RUN[@CHECKPOINT]...
 #   e.g. bench/cv_ensemble.sh runs/cv-adam-lowdrop runs/cv-adam@40 runs/cv-adam-cosine@40
-# --context: `runtime eval --context` (neighbour context; one RUN gives that model's folds).
+# --context: `runtime eval --context` (neighbour context; one RUN gives that model's folds);
+# without it each patch alone (`--context=false`, even for a run with eval.context).
 # --keep: each model's per-fold predictions and report (NAME-K.csv, NAME-K.json) are kept in DIR.
 # CHECKPOINT is what `exporter --checkpoint` takes (40: each fold's last epoch); without it, the
 # model the run's config names (precise-bn/ for the robust recipe). Each model alone and the mean
@@ -12,11 +13,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED=${IDC_SHARED_DATA:-../shared/data}
-context=() keep=
+context=(--context=false) keep=
 while [ $# -gt 0 ]; do
   case $1 in
     --context) context=(--context) ;;
-    --context=*) context=(--context --context-weight "${1#--context=}") ;;
+    --context=*) context=(--context-weight "${1#--context=}") ;;
     --keep) keep=$2; shift ;;
     *) break ;;
   esac

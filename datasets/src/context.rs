@@ -15,6 +15,15 @@ pub const GRID: u32 = 50;
 /// trainer's `context` variants.
 pub const DEFAULT_WEIGHT: f64 = 0.5;
 
+/// The largest neighbour weight accepted (in config, flags and model metadata alike): at 4 the
+/// 8 neighbours already outweigh the patch itself 32 to 1.
+pub const MAX_WEIGHT: f64 = 4.0;
+
+/// Whether `w` is a neighbour weight `smooth` accepts from a user: in (0, `MAX_WEIGHT`].
+pub fn valid_weight(w: f64) -> bool {
+    w > 0.0 && w <= MAX_WEIGHT
+}
+
 /// The 8 grid neighbours, in steps of `GRID`.
 const NEIGHBOURS: [(i64, i64); 8] = [
     (-1, -1),

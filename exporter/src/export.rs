@@ -66,6 +66,9 @@ pub struct Options {
     /// Build test-time augmentation into the graph: the 8 flips/rotations of each patch averaged.
     /// None: as the run's report did (`eval.tta`).
     pub tta: Option<bool>,
+    /// Write neighbour context into the metadata (`runtime` applies it by default). None: as the
+    /// run's report did (`eval.context`); true without one in the run: the default weight.
+    pub context: Option<bool>,
     pub verify: bool,
     pub ort_lib: Option<PathBuf>,
     /// Patches to verify with (default: the run's testing split when present, else synthetic).
@@ -83,6 +86,7 @@ impl Options {
             out: out.to_path_buf(),
             fold_bn: true,
             tta: None,
+            context: None,
             verify: true,
             ort_lib: None,
             verify_data: None,
@@ -105,6 +109,9 @@ pub struct Loaded {
     pub precise_bn: bool,
     /// Whether the run's report averaged the 8 views (`eval.tta`): the export's default.
     pub run_tta: bool,
+    /// The neighbour context weight the metadata carries: the run's (`eval.context`) as loaded,
+    /// as `Options::context` says once `export` has applied it.
+    pub context: Option<f64>,
     pub threshold: Option<trainer::train::ChosenThreshold>,
 }
 
@@ -122,6 +129,8 @@ pub struct Report {
     pub verification: Option<Verification>,
     /// Whether the graph averages the 8 views (TTA).
     pub tta: bool,
+    /// The neighbour context weight in the metadata.
+    pub context: Option<f64>,
     /// Why the run's threshold was left out of the model, when it was.
     pub note: Option<String>,
 }
@@ -131,6 +140,8 @@ pub mod keys {
     pub const THRESHOLD: &str = "threshold";
     pub const THRESHOLD_SOURCE: &str = "threshold.source";
     pub const TTA: &str = "tta";
+    /// Neighbour context: the weight of each grid neighbour's log-odds (`datasets::context`).
+    pub const CONTEXT: &str = "context.weight";
 }
 
 /// Loads the run's model config, preprocessing, provenance and the chosen checkpoint (none
@@ -302,6 +313,7 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         averaged,
         precise_bn: which == Checkpoint::PreciseBn,
         run_tta: eval.tta,
+        context: eval.context,
         threshold,
     })
 }
@@ -329,7 +341,7 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
     if let Some(t) = loaded
         .threshold
         .as_ref()
-        .filter(|t| t.holds_for(loaded.epoch, loaded.averaged, loaded.precise_bn, tta))
+        .filter(|t| t.holds_for(&loaded.evaluation(tta)))
     {
         metadata.push((keys::THRESHOLD.into(), format!("{}", t.threshold)));
         metadata.push((
@@ -344,6 +356,9 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
              transposes, computed in the graph"
                 .into(),
         ));
+    }
+    if let Some(w) = loaded.context {
+        metadata.push((keys::CONTEXT.into(), format!("{w}")));
     }
     let proto = ModelProto {
         ir_version: Some(IR_VERSION),
@@ -367,27 +382,45 @@ impl Options {
     pub fn tta_for(&self, loaded: &Loaded) -> bool {
         self.tta.unwrap_or(loaded.run_tta)
     }
+
+    /// The neighbour context weight the export carries: as asked, else as the run's report did.
+    pub fn context_for(&self, run_context: Option<f64>) -> Option<f64> {
+        match self.context {
+            None => run_context,
+            Some(false) => None,
+            Some(true) => run_context.or(Some(datasets::context::DEFAULT_WEIGHT)),
+        }
+    }
+}
+
+impl Loaded {
+    /// How `runtime` evaluates this model exported with or without TTA.
+    pub fn evaluation(&self, tta: bool) -> trainer::train::Evaluation {
+        trainer::train::Evaluation {
+            epoch: self.epoch,
+            averaged: self.averaged,
+            precise_bn: self.precise_bn,
+            tta,
+            context: self.context,
+        }
+    }
 }
 
 pub fn export(opts: &Options) -> Result<Report> {
-    let loaded = load(&opts.model_dir, opts.checkpoint)?;
+    let mut loaded = load(&opts.model_dir, opts.checkpoint)?;
+    loaded.context = opts.context_for(loaded.context);
     let tta = opts.tta_for(&loaded);
     let note = loaded
         .threshold
         .as_ref()
-        .filter(|t| !t.holds_for(loaded.epoch, loaded.averaged, loaded.precise_bn, tta))
+        .filter(|t| !t.holds_for(&loaded.evaluation(tta)))
         .map(|t| {
             format!(
                 "the run's threshold {} was chosen for {}; this export ({}) leaves it out, so \
                  runtime uses 0.5 unless --threshold is given",
                 t.threshold,
-                t.chosen_with(),
-                trainer::train::model_in_words(
-                    loaded.epoch,
-                    loaded.averaged,
-                    loaded.precise_bn,
-                    tta
-                ),
+                t.chosen_with().in_words(),
+                loaded.evaluation(tta).in_words(),
             )
         });
     let bytes = to_onnx(&loaded, opts.fold_bn, tta)?;
@@ -420,6 +453,7 @@ pub fn write_verified(loaded: &Loaded, bytes: &[u8], opts: &Options) -> Result<R
         nodes,
         verification,
         tta: opts.tta_for(loaded),
+        context: loaded.context,
         note: None,
     })
 }
@@ -665,10 +699,15 @@ mod tests {
         assert!(loaded.averaged && loaded.epoch == 2);
         let meta: std::collections::BTreeMap<_, _> = loaded.metadata.iter().cloned().collect();
         assert_eq!(meta["train.checkpoint"], "average of epochs 1-2");
-        let t = loaded.threshold.as_ref().unwrap();
-        assert!(t.holds_for(2, true, false, false) && !t.holds_for(2, false, false, false));
         let last = load(tmp.path(), Some(Checkpoint::Last)).unwrap();
         assert!(!last.averaged);
+        let t = loaded.threshold.as_ref().unwrap();
+        let with_context = trainer::train::Evaluation {
+            context: Some(0.5),
+            ..loaded.evaluation(false)
+        };
+        assert!(t.holds_for(&loaded.evaluation(false)));
+        assert!(!t.holds_for(&last.evaluation(false)) && !t.holds_for(&with_context));
         assert_ne!(
             flat(&loaded.model),
             flat(&last.model),
@@ -711,5 +750,43 @@ mod tests {
         std::fs::write(&yaml, "eval:\n  checkpoint: first\n").unwrap();
         let e = format!("{:#}", load(tmp.path(), None).err().unwrap());
         assert!(e.contains("config.yaml"), "{e}");
+    }
+
+    /// The run's `eval.context` becomes the metadata's `context.weight`; `--context=false`
+    /// leaves it out and `--context` adds the default weight to a run without one.
+    #[test]
+    fn neighbour_context_travels_in_the_metadata() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = CancerNetConfig::new()
+            .with_widths(vec![8, 16])
+            .with_depths(vec![1, 1]);
+        trainer::checkpoint::write_random_run(tmp.path(), &cfg, 3).unwrap();
+        let weight = |context: Option<bool>| {
+            let mut loaded = load(tmp.path(), None).unwrap();
+            let opts = Options {
+                context,
+                ..Options::new(tmp.path(), &tmp.path().join("m.onnx"))
+            };
+            loaded.context = opts.context_for(loaded.context);
+            let bytes = to_onnx(&loaded, true, false).unwrap();
+            let meta = ModelProto::decode(bytes.as_slice()).unwrap().metadata_props;
+            let values: Vec<_> = meta
+                .into_iter()
+                .filter(|e| e.key.as_deref() == Some(keys::CONTEXT))
+                .filter_map(|e| e.value)
+                .collect();
+            assert!(values.len() <= 1, "{values:?}");
+            values.into_iter().next()
+        };
+        assert_eq!(weight(None), None, "no context unless asked");
+        assert_eq!(weight(Some(true)).as_deref(), Some("0.5"));
+        std::fs::write(
+            tmp.path().join(checkpoint::CONFIG_FILE),
+            "eval:\n  context: 0.75\n",
+        )
+        .unwrap();
+        assert_eq!(weight(None).as_deref(), Some("0.75"));
+        assert_eq!(weight(Some(true)).as_deref(), Some("0.75"));
+        assert_eq!(weight(Some(false)), None);
     }
 }

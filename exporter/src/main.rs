@@ -31,6 +31,11 @@ struct Args {
     /// leaves it out [default: as the run's report did (eval.tta)]
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     tta: Option<bool>,
+    /// Write neighbour context into the metadata, so that `runtime` averages each patch's
+    /// log-odds with its slide-grid neighbours' by default (the run's weight, else 0.5);
+    /// --context=false leaves it out [default: as the run's report did (eval.context)]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    context: Option<bool>,
     /// Skip the check that ONNX Runtime and burn agree on a batch of patches.
     #[arg(long)]
     no_verify: bool,
@@ -54,6 +59,7 @@ fn run(args: Args) -> Result<()> {
         out: args.out,
         fold_bn: args.fold_bn,
         tta: args.tta,
+        context: args.context,
         verify: !args.no_verify,
         ort_lib: args.ort_lib,
         verify_data: args.verify_data,
@@ -63,7 +69,7 @@ fn run(args: Args) -> Result<()> {
         eprintln!("note: {note}");
     }
     println!(
-        "{}: {} bytes, {} nodes, opset 17{}",
+        "{}: {} bytes, {} nodes, opset 17{}{}",
         opts.out.shown(),
         report.bytes,
         report.nodes,
@@ -71,7 +77,10 @@ fn run(args: Args) -> Result<()> {
             ", test-time augmentation (8 views) in the graph"
         } else {
             ""
-        }
+        },
+        report.context.map_or(String::new(), |w| format!(
+            ", neighbour context (weight {w}) in the metadata"
+        ))
     );
     match report.verification {
         Some(v) => println!(

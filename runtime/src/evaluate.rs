@@ -2,7 +2,7 @@
 //! per-patient table, and the JSON, CSV and ROC outputs.
 
 use crate::pipeline::{Item, Streamed};
-use crate::session::{Model, Threshold};
+use crate::session::{ContextChoice, Model, Threshold};
 use anyhow::Result;
 use datasets::fsutil::{AtomicFile, write_atomic};
 use datasets::report::{Report, roc_curve};
@@ -99,8 +99,8 @@ impl RunInfo {
                 ""
             },
             self.context.as_ref().map_or(String::new(), |c| format!(
-                "\nneighbour context: each patch's log-odds averaged with its grid neighbours' at weight {} ({} of {} patches had neighbours)",
-                c.weight, c.with_neighbours, self.images
+                "\nneighbour context ({}): each patch's log-odds averaged with its grid neighbours' at weight {} ({} of {} patches had neighbours)",
+                c.source, c.weight, c.with_neighbours, self.images
             ))
         )
     }
@@ -110,6 +110,8 @@ impl RunInfo {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Context {
     pub weight: f64,
+    /// Where the weight came from: a flag, or the model's metadata.
+    pub source: String,
     /// Patches with at least one grid neighbour (the others keep their own probability).
     pub with_neighbours: usize,
 }
@@ -130,7 +132,7 @@ pub struct PatientRow {
 /// `pending` (its neighbours may come later) until `settle` counts them all.
 pub struct Tally {
     threshold: f64,
-    context: Option<f64>,
+    context: Option<ContextChoice>,
     pending: Vec<(Item, f32)>,
     pub images: usize,
     pub predicted_idc: usize,
@@ -151,8 +153,12 @@ struct Counts {
 
 impl Tally {
     /// A tally at `threshold`, writing the CSV of one row per image to `predictions` if given,
-    /// with neighbour context at weight `context` if given.
-    pub fn new(threshold: f64, predictions: Option<&Path>, context: Option<f64>) -> Result<Tally> {
+    /// with neighbour context as `context` says if given.
+    pub fn new(
+        threshold: f64,
+        predictions: Option<&Path>,
+        context: Option<ContextChoice>,
+    ) -> Result<Tally> {
         let predictions = match predictions {
             Some(path) => {
                 let mut w = csv::Writer::from_writer(AtomicFile::create(path)?);
@@ -192,7 +198,7 @@ impl Tally {
 
     /// Counts the images `add` held back for neighbour context, with it; what context did.
     pub fn settle(&mut self) -> Result<Option<Context>> {
-        let Some(weight) = self.context else {
+        let Some(ContextChoice { weight, source }) = self.context.clone() else {
             return Ok(None);
         };
         let pending = std::mem::take(&mut self.pending);
@@ -204,6 +210,7 @@ impl Tally {
         }
         Ok(Some(Context {
             weight,
+            source,
             with_neighbours: smoothed.with_neighbours,
         }))
     }

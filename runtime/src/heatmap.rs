@@ -37,6 +37,22 @@ fn colour(p: f32) -> Rgb<u8> {
 /// Most pixels a heatmap may have (~190 MB of RGB): a real slide at the default scale is ~8M.
 pub const MAX_PIXELS: u64 = 64 << 20;
 
+/// `probs` (of `items`; None for an image that could not be used) with neighbour context at
+/// `weight` (`datasets::context`); returns how many patches had neighbours.
+pub fn in_context(items: &[Item], probs: &mut [Option<f32>], weight: f64) -> usize {
+    let (used, p): (Vec<usize>, Vec<f32>) = probs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, p)| p.map(|p| (i, p)))
+        .unzip();
+    let names: Vec<_> = used.iter().map(|&i| items[i].name.as_ref()).collect();
+    let smoothed = datasets::context::smooth(&names, &p, weight);
+    for (i, p) in used.into_iter().zip(smoothed.probs) {
+        probs[i] = Some(p);
+    }
+    smoothed.with_neighbours
+}
+
 /// Writes `heatmap_<patient>.png` into `out` for every patient; returns the files written and the
 /// patients refused (with the reason: coordinates that would make an image over `MAX_PIXELS`).
 /// `scale` shrinks each 50-pixel patch to `50 * scale` pixels.

@@ -69,14 +69,23 @@ struct OutputArgs {
     /// Exit with an error when any file was skipped (unusable, colliding, Kaggle duplicate).
     #[arg(long)]
     strict: bool,
+    #[command(flatten)]
+    context: ContextArgs,
+}
+
+#[derive(ClapArgs)]
+struct ContextArgs {
     /// Neighbour context: average each patch's IDC log-odds with those of its grid neighbours on
     /// the same slide (same patient, x and y from the Kaggle file names 50 px apart). For whole
-    /// slides, or any set of a slide's patches; docs/accuracy.md measures it.
-    #[arg(long)]
-    context: bool,
-    /// Each neighbour's weight against the patch's own 1 with --context, in (0, 4].
-    #[arg(long, default_value_t = datasets::context::DEFAULT_WEIGHT, value_parser = context_weight, requires = "context")]
-    context_weight: f64,
+    /// slides, or any set of a slide's patches; docs/accuracy.md measures it. --context=false
+    /// turns off a model's own [default: as the model's metadata says (the trainer's
+    /// eval.context, written by the exporter), else off]
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    context: Option<bool>,
+    /// Each neighbour's weight against the patch's own 1, in (0, 4]; implies --context
+    /// [default: the model's, else 0.5]
+    #[arg(long, value_parser = context_weight)]
+    context_weight: Option<f64>,
 }
 
 #[derive(Subcommand)]
@@ -118,6 +127,8 @@ enum Command {
         max_patients: Option<usize>,
         #[command(flatten)]
         model: ModelArgs,
+        #[command(flatten)]
+        context: ContextArgs,
         /// Exit with an error when any file or patient was skipped.
         #[arg(long)]
         strict: bool,
@@ -138,7 +149,7 @@ fn input_size(s: &str) -> Result<u32, String> {
 }
 
 fn context_weight(s: &str) -> Result<f64, String> {
-    float_in(s, 0.0, 4.0, true)
+    float_in(s, 0.0, datasets::context::MAX_WEIGHT, true)
 }
 
 fn scale(s: &str) -> Result<f32, String> {
@@ -190,11 +201,8 @@ fn classify(dir: &Path, args: &ModelArgs, out: &OutputArgs) -> Result<(Tally, St
     let total = pipeline::count(dir)?;
     let mut model = open(args)?;
     let threshold = model.threshold(out.threshold, &args.model)?;
-    let mut tally = Tally::new(
-        threshold.value,
-        out.predictions.as_deref(),
-        out.context.then_some(out.context_weight),
-    )?;
+    let context = model.context(out.context.context, out.context.context_weight, &args.model)?;
+    let mut tally = Tally::new(threshold.value, out.predictions.as_deref(), context)?;
     let streamed = pipeline_of(args).stream(
         &mut model,
         pipeline::items(dir)?,
@@ -280,6 +288,7 @@ fn run(args: Args) -> Result<()> {
             only,
             max_patients,
             model,
+            context,
             strict,
         } => {
             let mut listed = pipeline::list(&dir)?;
@@ -318,11 +327,21 @@ fn run(args: Args) -> Result<()> {
                 );
             }
             let mut m = open(&model)?;
-            let outcome = pipeline_of(&model).run(
+            let context = m.context(context.context, context.context_weight, &model.model)?;
+            let mut outcome = pipeline_of(&model).run(
                 &mut m,
                 &items,
                 &progress_bar(items.len() as u64, "heatmap"),
             )?;
+            if let Some(c) = &context {
+                let had = runtime::heatmap::in_context(&items, &mut outcome.probs, c.weight);
+                println!(
+                    "neighbour context ({}): each patch's log-odds averaged with its grid neighbours' at weight {} ({had} of {} patches had neighbours)",
+                    c.source,
+                    c.weight,
+                    items.len()
+                );
+            }
             let (files, refused) = runtime::heatmap::write(&items, &outcome.probs, &out, scale)?;
             for f in &files {
                 println!("{}", f.shown());

@@ -15,6 +15,9 @@ use std::path::Path;
 /// Metadata keys of the exporter's operating threshold.
 const THRESHOLD_KEY: &str = "threshold";
 const THRESHOLD_SOURCE_KEY: &str = "threshold.source";
+/// Metadata key of the neighbour context weight (the exporter's, from the trainer's
+/// `eval.context`).
+const CONTEXT_KEY: &str = "context.weight";
 
 /// Which execution provider to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -47,6 +50,13 @@ pub struct Model {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Threshold {
     pub value: f64,
+    pub source: String,
+}
+
+/// Neighbour context a run applies (`datasets::context`), and where it came from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ContextChoice {
+    pub weight: f64,
     pub source: String,
 }
 
@@ -192,6 +202,52 @@ impl Model {
                 path.shown(),
                 v.shown()
             ),
+        }
+    }
+}
+
+impl Model {
+    /// Neighbour context from `--context[=BOOL]` (`flag`) and `--context-weight` (`weight`,
+    /// which implies it), else from the model's metadata (checked: it is input like any other),
+    /// else none; with where it came from.
+    pub fn context(
+        &self,
+        flag: Option<bool>,
+        weight: Option<f64>,
+        path: &Path,
+    ) -> Result<Option<ContextChoice>> {
+        let choice = |weight: f64, source: &str| {
+            Ok(Some(ContextChoice {
+                weight,
+                source: source.into(),
+            }))
+        };
+        match (flag, weight) {
+            (Some(false), Some(_)) => {
+                bail!(
+                    "--context-weight applies neighbour context, which --context=false turns off: drop one of them"
+                )
+            }
+            (Some(false), None) => return Ok(None),
+            (_, Some(w)) => return choice(w, "--context-weight"),
+            _ => {}
+        }
+        let from_model = match self.metadata.get(CONTEXT_KEY) {
+            None => None,
+            Some(v) => match v.trim().parse::<f64>() {
+                Ok(w) if datasets::context::valid_weight(w) => Some(w),
+                _ => bail!(
+                    "{}: metadata {CONTEXT_KEY} = \"{}\" is not a neighbour weight in (0, {}]; pass --context-weight W or --context=false to override it",
+                    path.shown(),
+                    v.shown(),
+                    datasets::context::MAX_WEIGHT
+                ),
+            },
+        };
+        match (flag, from_model) {
+            (_, Some(w)) => choice(w, "from the model's metadata"),
+            (Some(true), None) => choice(datasets::context::DEFAULT_WEIGHT, "--context"),
+            _ => Ok(None),
         }
     }
 }

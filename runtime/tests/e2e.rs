@@ -118,8 +118,9 @@ fn demo_chain_end_to_end() {
 }
 
 /// The robust recipe's evaluation through the real binaries: the trainer reports the mean of the
-/// last epochs with precise BatchNorm statistics and TTA; `exporter` with no options ships that
-/// model with TTA in the graph; `runtime eval` on the same files prints the same report.
+/// last epochs with precise BatchNorm statistics, TTA and neighbour context; `exporter` with no
+/// options ships that model with TTA in the graph and the context weight in its metadata;
+/// `runtime eval` on the same files applies both and prints the same report.
 #[test]
 fn the_exported_model_is_the_one_the_robust_report_evaluated() {
     let tmp = tempfile::tempdir().unwrap();
@@ -128,7 +129,7 @@ fn the_exported_model_is_the_one_the_robust_report_evaluated() {
         dir.join("robust.yaml"),
         "model:\n  bn_momentum: 0.9\ntrain:\n  epochs: 2\n  max_steps_per_epoch: 10\n  \
          optimizer: adam\neval:\n  checkpoint: average\n  average_epochs: 2\n  \
-         precise_bn: true\n  tta: true\n",
+         precise_bn: true\n  tta: true\n  context: 0.5\n",
     )
     .unwrap();
     run(
@@ -139,21 +140,73 @@ fn the_exported_model_is_the_one_the_robust_report_evaluated() {
     run(dir, "datasets", &["build"]);
     let train = run(dir, "trainer", &["--config", "robust.yaml", "--quiet"]);
     let line = "average checkpoint (epoch 2, the mean of epochs 1-2, BatchNorm statistics \
-                recomputed on the training split)";
+                recomputed on the training split), loss";
+    assert!(train.contains(line), "{line} missing from\n{train}");
+    let line = "test-time augmentation (8 views), neighbour context (weight 0.5), threshold";
     assert!(train.contains(line), "{line} missing from\n{train}");
     let export = run(dir, "exporter", &[]);
     assert!(
         export.contains("test-time augmentation (8 views) in the graph")
+            && export.contains("neighbour context (weight 0.5) in the metadata")
             && export.contains("verified with ONNX Runtime"),
         "{export}"
     );
-    let eval = run(dir, "runtime", &["eval", "datasets/idc/testing"]);
+    let eval = run(
+        dir,
+        "runtime",
+        &["eval", "datasets/idc/testing", "--predictions", "ctx.csv"],
+    );
     assert_eq!(
         report_block(&train),
         report_block(&eval),
         "trainer and runtime reports differ"
     );
-    // --tta=false leaves the views out (and says nothing of them).
-    let plain = run(dir, "exporter", &["--tta=false", "--out", "plain.onnx"]);
-    assert!(!plain.contains("test-time augmentation"), "{plain}");
+    assert!(
+        eval.contains("neighbour context (from the model's metadata): each patch's log-odds averaged with its grid neighbours' at weight 0.5"),
+        "{eval}"
+    );
+    // --context=false gives each patch alone: other probabilities, and no context line.
+    let alone = run(
+        dir,
+        "runtime",
+        &[
+            "eval",
+            "datasets/idc/testing",
+            "--context=false",
+            "--predictions",
+            "alone.csv",
+        ],
+    );
+    assert!(!alone.contains("neighbour context"), "{alone}");
+    let probs = |f: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        text.lines()
+            .map(|l| l.rsplit(',').nth(1).unwrap().to_string())
+            .collect()
+    };
+    let (ctx, alone) = (probs("ctx.csv"), probs("alone.csv"));
+    assert_eq!(ctx.len(), alone.len());
+    assert!(ctx != alone, "context changed no probability");
+    // The heatmaps show what eval called, context included.
+    let heat = run(dir, "runtime", &["heatmap", "datasets/idc/testing"]);
+    assert!(
+        heat.contains("neighbour context (from the model's metadata)"),
+        "{heat}"
+    );
+    // --tta=false leaves the views out, --context=false the context (and say nothing of them).
+    let plain = run(
+        dir,
+        "exporter",
+        &["--tta=false", "--context=false", "--out", "plain.onnx"],
+    );
+    assert!(
+        !plain.contains("test-time augmentation") && !plain.contains("neighbour context"),
+        "{plain}"
+    );
+    let eval = run(
+        dir,
+        "runtime",
+        &["eval", "datasets/idc/testing", "--model", "plain.onnx"],
+    );
+    assert!(!eval.contains("neighbour context"), "{eval}");
 }

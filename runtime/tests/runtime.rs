@@ -691,14 +691,17 @@ fn eval_memory_stays_flat_from_few_to_many_images() {
 
 /// `--context`: each patch's probability is the weighted mean, in log-odds, of its own and its
 /// grid neighbours' (recomputed here from the run without context), the others keep theirs, and
-/// the report says how many had neighbours.
+/// the report says how many had neighbours. A weight in the model's metadata applies it by
+/// default (`--context=false` turns it off); one out of range is refused.
 #[test]
 fn neighbour_context_averages_log_odds_over_the_slide_grid() {
+    use exporter::onnx_proto::{ModelProto, StringStringEntryProto};
+    use prost::Message;
     let tmp = tempfile::tempdir().unwrap();
     let onnx = model(tmp.path());
     let data = small_synth(tmp.path());
     let (d, m) = (data.to_str().unwrap(), onnx.to_str().unwrap());
-    let eval = |extra: &[&str], name: &str| {
+    let eval_with = |m: &str, extra: &[&str], name: &str| {
         let preds = tmp.path().join(format!("{name}.csv"));
         let json = tmp.path().join(format!("{name}.json"));
         let mut args = vec!["eval", d, "--model", m, "--ep", "cpu", "--predictions"];
@@ -725,6 +728,7 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
             serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
         (out, rows, json)
     };
+    let eval = |extra: &[&str], name: &str| eval_with(m, extra, name);
     let (_, plain, json) = eval(&[], "plain");
     assert!(json["run"]["context"].is_null());
     let (out, ctx, json) = eval(&["--context", "--context-weight", "0.75"], "ctx");
@@ -767,19 +771,61 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
     assert_eq!(json["run"]["context"]["weight"], 0.75);
     assert!(
         out.contains(&format!(
-            "weight 0.75 ({with_neighbours} of {} patches had neighbours)",
+            "neighbour context (--context-weight): each patch's log-odds averaged with its grid \
+             neighbours' at weight 0.75 ({with_neighbours} of {} patches had neighbours)",
             plain.len()
         )),
         "{out}"
     );
-    // The weight is only taken with --context, and only in (0, 4].
+    // --context alone: the default weight, 0.5.
+    let (out, half, _) = eval(&["--context"], "half");
+    assert!(
+        out.contains("(--context): each patch") && out.contains("weight 0.5 ("),
+        "{out}"
+    );
+    assert_ne!(half, ctx);
+    // The weight in (0, 4] only, and not with --context=false.
     for bad in [
-        &["--context-weight", "0.5"][..],
+        &["--context=false", "--context-weight", "0.5"][..],
         &["--context", "--context-weight", "0"],
-        &["--context", "--context-weight", "4.01"],
+        &["--context-weight", "4.01"],
     ] {
         let mut args = vec!["eval", d, "--model", m];
         args.extend(bad);
         assert_eq!(runtime(&args).status.code(), Some(2), "{bad:?}");
     }
+    // A model carrying a weight (as the exporter writes the trainer's eval.context) applies it
+    // unless told otherwise.
+    let with_weight = |value: &str| {
+        let mut proto = ModelProto::decode(std::fs::read(&onnx).unwrap().as_slice()).unwrap();
+        proto.metadata_props.push(StringStringEntryProto {
+            key: Some(exporter::export::keys::CONTEXT.into()),
+            value: Some(value.into()),
+        });
+        let path = tmp.path().join(format!("context-{value}.onnx"));
+        std::fs::write(&path, proto.encode_to_vec()).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let own = with_weight("0.75");
+    let (out, rows, _) = eval_with(&own, &[], "own");
+    assert_eq!(rows, ctx);
+    assert!(
+        out.contains("neighbour context (from the model's metadata)"),
+        "{out}"
+    );
+    let (out, rows, _) = eval_with(&own, &["--context=false"], "own-off");
+    assert_eq!(rows, plain);
+    assert!(!out.contains("neighbour context"), "{out}");
+    let (_, rows, _) = eval_with(&own, &["--context-weight", "0.5"], "own-half");
+    assert_eq!(rows, half);
+    let bad = with_weight("nan");
+    let o = runtime(&["eval", d, "--model", &bad, "--ep", "cpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("context.weight") && err.contains("--context=false to override it"),
+        "{err}"
+    );
+    let (_, rows, _) = eval_with(&bad, &["--context=false"], "bad-off");
+    assert_eq!(rows, plain);
 }

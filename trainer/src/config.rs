@@ -43,6 +43,12 @@ pub struct EvalConfig {
     /// split (precise BatchNorm): written to `checkpoints/precise-bn/`, which the report
     /// evaluates and the exporter exports by default.
     pub precise_bn: bool,
+    /// Neighbour context (`datasets::context`): each patch's IDC log-odds averaged with those of
+    /// its slide-grid neighbours, each at this weight against the patch's own 1, in (0, 4]; absent
+    /// for none (each patch alone, as the tutorial). The report uses it, the exporter writes it
+    /// into the model's metadata and `runtime` applies it by default.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub context: Option<f64>,
 }
 
 /// Which epoch's model a run stands for.
@@ -92,6 +98,7 @@ impl Default for EvalConfig {
             checkpoint: CheckpointChoice::Best,
             average_epochs: 10,
             precise_bn: false,
+            context: None,
         }
     }
 }
@@ -352,6 +359,14 @@ impl TrainConfig {
         {
             bail!("eval.threshold = {t} must be in [0, 1], `max_bac` or `sensitivity`");
         }
+        if let Some(w) = self.eval.context
+            && !datasets::context::valid_weight(w)
+        {
+            bail!(
+                "eval.context = {w} must be a neighbour weight in (0, {}], or absent for none",
+                datasets::context::MAX_WEIGHT
+            );
+        }
         self.augment.validate().map_err(anyhow::Error::msg)?;
         self.model_config().validate().map_err(anyhow::Error::msg)?;
         Ok(())
@@ -459,7 +474,7 @@ mod tests {
         );
         assert!(a.horizontal_flip && a.vertical_flip && !a.quarter_turns && a.stain().is_off());
         assert_eq!(c.eval.threshold, Threshold::Fixed(0.5));
-        assert!(!c.eval.tta);
+        assert!(!c.eval.tta && c.eval.context.is_none());
         assert_eq!(c.eval.checkpoint, CheckpointChoice::Best);
         let t = &c.train;
         assert_eq!((t.epochs, t.batch_size, t.learning_rate), (40, 32, 1e-2));
@@ -500,6 +515,9 @@ mod tests {
             ),
             ("model:\n  widths: [32, 4097, 128]\n", "at most 4096"),
             ("eval:\n  threshold: 1.5\n", "eval.threshold"),
+            ("eval:\n  context: 0\n", "eval.context"),
+            ("eval:\n  context: 4.5\n", "eval.context"),
+            ("eval:\n  context: .nan\n", "eval.context"),
         ];
         for (yaml, key) in cases {
             let cfg: TrainConfig = yaml_serde::from_str(yaml).unwrap();
@@ -511,6 +529,7 @@ mod tests {
             "train:\n  class_weights: [0.5, 2]\n",
             "model:\n  depths: [1, 4096, 3]\n",
             "eval:\n  threshold: 1\n",
+            "eval:\n  context: 4\n",
         ] {
             let cfg: TrainConfig = yaml_serde::from_str(yaml).unwrap();
             cfg.validate().unwrap_or_else(|e| panic!("{yaml:?}: {e}"));

@@ -94,7 +94,7 @@ pub fn weighted_loss<B: Backend>(
 }
 
 /// A model's predictions over a split (eval mode).
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Evaluated {
     pub labels: Vec<u8>,
     /// Probability of IDC per image.
@@ -733,15 +733,24 @@ fn final_report<B: AutodiffBackend>(
         data.skipped.add("testing", &test.failed)?;
         runs.insert(t, (val, test));
     }
-    let (val, test) = &runs[&tta];
-    let chosen = choose_threshold(cfg, val, epoch);
+    // Neighbour context (eval.context) on the configured model, validation included: the
+    // threshold is chosen on what `runtime` will compute.
+    let configured = |split: &Split, e: &Evaluated| match cfg.eval.context {
+        Some(w) => with_context(split, e, w),
+        None => e.clone(),
+    };
+    let (val, test) = (
+        configured(&data.val, &runs[&tta].0),
+        configured(&data.test, &runs[&tta].1),
+    );
+    let chosen = choose_threshold(cfg, &val, epoch);
     write_atomic(
         &run.root.join(THRESHOLD_FILE),
         serde_json::to_string_pretty(&chosen)?.as_bytes(),
     )?;
     let report = Report::new(&test.labels, &test.probs, chosen.threshold);
     println!(
-        "\ntesting split, {} checkpoint (epoch {epoch}{what}), loss {:.4}{}, threshold {:.4} ({}):\n{report}",
+        "\ntesting split, {} checkpoint (epoch {epoch}{what}), loss {:.4}{}{}, threshold {:.4} ({}):\n{report}",
         which.name(),
         test.loss,
         if tta {
@@ -749,6 +758,9 @@ fn final_report<B: AutodiffBackend>(
         } else {
             ""
         },
+        cfg.eval.context.map_or(String::new(), |w| format!(
+            ", neighbour context (weight {w})"
+        )),
         chosen.threshold,
         chosen.source
     );
@@ -771,9 +783,10 @@ fn final_report<B: AutodiffBackend>(
         "precise_bn": cfg.eval.precise_bn,
         "loss": test.loss,
         "tta": tta,
+        "context": cfg.eval.context,
         "threshold": chosen,
         "report": report,
-        "patients": patient_summary(&data.test, test),
+        "patients": patient_summary(&data.test, &test),
         "skipped": test_skipped,
     });
     if variants {
@@ -801,7 +814,7 @@ fn final_report<B: AutodiffBackend>(
         }
         // With neighbour context, as `runtime eval --context` computes it.
         for (t, (_, test)) in &runs {
-            let test = with_context(&data.test, test);
+            let test = with_context(&data.test, test, datasets::context::DEFAULT_WEIGHT);
             all.insert(
                 format!("{}-context@0.5", view(*t)),
                 variant(&test, 0.5, &patient_summary(&data.test, &test)),
@@ -951,7 +964,7 @@ pub const THRESHOLD_FILE: &str = "threshold.json";
 
 /// A threshold and where it came from. One chosen on validation holds for the model it was
 /// chosen with (the configured checkpoint, averaged or not, with precise BatchNorm or not, with or
-/// without TTA); a fixed one for any.
+/// without TTA and neighbour context); a fixed one for any.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChosenThreshold {
     pub threshold: f64,
@@ -960,8 +973,9 @@ pub struct ChosenThreshold {
     #[serde(default)]
     pub fixed: bool,
     /// The checkpoint's epoch and TTA setting it was chosen with, whether that model was the
-    /// average of the epochs up to `epoch` (`eval.checkpoint: average`), and whether its
-    /// BatchNorm statistics were recomputed (`eval.precise_bn`).
+    /// average of the epochs up to `epoch` (`eval.checkpoint: average`), whether its
+    /// BatchNorm statistics were recomputed (`eval.precise_bn`), and the neighbour context
+    /// weight (`eval.context`).
     #[serde(default)]
     pub epoch: usize,
     #[serde(default)]
@@ -970,61 +984,92 @@ pub struct ChosenThreshold {
     pub averaged: bool,
     #[serde(default)]
     pub precise_bn: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<f64>,
 }
 
-impl ChosenThreshold {
-    /// Whether it holds for the model of epoch `epoch` (averaged or not, with precise BatchNorm
-    /// or not), evaluated with or without TTA.
-    pub fn holds_for(&self, epoch: usize, averaged: bool, precise_bn: bool, tta: bool) -> bool {
-        self.fixed
-            || (self.epoch == epoch
-                && self.averaged == averaged
-                && self.precise_bn == precise_bn
-                && self.tta == tta)
-    }
-
-    /// The model it was chosen with, in words (as `model_in_words` puts it).
-    pub fn chosen_with(&self) -> String {
-        model_in_words(self.epoch, self.averaged, self.precise_bn, self.tta)
-    }
+/// How a run's model is evaluated: which model, and which views and context it sees.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evaluation {
+    pub epoch: usize,
+    /// The average of the epochs up to `epoch`.
+    pub averaged: bool,
+    /// BatchNorm statistics recomputed on the training split.
+    pub precise_bn: bool,
+    pub tta: bool,
+    /// Neighbour context at this weight.
+    pub context: Option<f64>,
 }
 
-/// "epoch 40 (averaged, precise BatchNorm) with TTA": a model of a run, and how it is evaluated.
-pub fn model_in_words(epoch: usize, averaged: bool, precise_bn: bool, tta: bool) -> String {
-    let how: Vec<&str> = [(averaged, "averaged"), (precise_bn, "precise BatchNorm")]
+impl Evaluation {
+    /// "epoch 40 (averaged, precise BatchNorm) with TTA and neighbour context 0.5".
+    pub fn in_words(&self) -> String {
+        let how: Vec<&str> = [
+            (self.averaged, "averaged"),
+            (self.precise_bn, "precise BatchNorm"),
+        ]
         .into_iter()
         .filter_map(|(on, name)| on.then_some(name))
         .collect();
-    format!(
-        "epoch {epoch}{}{}",
-        if how.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", how.join(", "))
-        },
-        if tta { " with TTA" } else { "" }
-    )
+        let with: Vec<String> = [
+            self.tta.then(|| "TTA".to_string()),
+            self.context.map(|w| format!("neighbour context {w}")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        format!(
+            "epoch {}{}{}",
+            self.epoch,
+            if how.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", how.join(", "))
+            },
+            if with.is_empty() {
+                String::new()
+            } else {
+                format!(" with {}", with.join(" and "))
+            }
+        )
+    }
+}
+
+impl ChosenThreshold {
+    /// The evaluation it was chosen with.
+    pub fn chosen_with(&self) -> Evaluation {
+        Evaluation {
+            epoch: self.epoch,
+            averaged: self.averaged,
+            precise_bn: self.precise_bn,
+            tta: self.tta,
+            context: self.context,
+        }
+    }
+
+    /// Whether it holds for evaluation `e`.
+    pub fn holds_for(&self, e: &Evaluation) -> bool {
+        self.fixed || self.chosen_with() == *e
+    }
 }
 
 fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenThreshold {
     use crate::config::{Threshold, ThresholdRule};
     use datasets::report::{threshold_for_sensitivity, threshold_max_bac};
     let averaged = cfg.eval.checkpoint == crate::config::CheckpointChoice::Average;
-    let (patches, tta) = (
-        val.labels.len(),
-        if cfg.eval.tta { ", 8-view TTA" } else { "" },
-    );
+    let fixed = |threshold: f64, source: String| ChosenThreshold {
+        threshold,
+        source,
+        fixed: true,
+        epoch,
+        tta: cfg.eval.tta,
+        averaged,
+        precise_bn: cfg.eval.precise_bn,
+        context: cfg.eval.context,
+    };
     let (rule, chosen) = match cfg.eval.threshold {
         Threshold::Fixed(t) => {
-            return ChosenThreshold {
-                threshold: t,
-                source: "fixed in the trainer config (eval.threshold)".into(),
-                fixed: true,
-                epoch,
-                tta: cfg.eval.tta,
-                averaged,
-                precise_bn: cfg.eval.precise_bn,
-            };
+            return fixed(t, "fixed in the trainer config (eval.threshold)".into());
         }
         Threshold::Rule(ThresholdRule::MaxBac) => (
             "highest balanced accuracy".to_string(),
@@ -1036,35 +1081,30 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
         ),
     };
     match chosen {
-        Some(t) => ChosenThreshold {
-            threshold: t,
-            source: format!(
-                "{rule} on the validation split ({patches} patches{tta}), {}",
-                model_in_words(epoch, averaged, cfg.eval.precise_bn, false)
-            ),
-            fixed: false,
-            epoch,
-            tta: cfg.eval.tta,
-            averaged,
-            precise_bn: cfg.eval.precise_bn,
-        },
-        None => ChosenThreshold {
-            threshold: 0.5,
-            source: format!(
-                "0.5: the validation split has one class only, so {rule} cannot be chosen"
-            ),
-            fixed: true,
-            epoch,
-            tta: cfg.eval.tta,
-            averaged,
-            precise_bn: cfg.eval.precise_bn,
-        },
+        Some(t) => {
+            let chosen = fixed(
+                t,
+                format!(
+                    "{rule} on the validation split ({} patches)",
+                    val.labels.len()
+                ),
+            );
+            ChosenThreshold {
+                source: format!("{}, {}", chosen.source, chosen.chosen_with().in_words()),
+                fixed: false,
+                ..chosen
+            }
+        }
+        None => fixed(
+            0.5,
+            format!("0.5: the validation split has one class only, so {rule} cannot be chosen"),
+        ),
     }
 }
 
-/// `e` with neighbour context (`datasets::context` at its default weight): each patch's log-odds
+/// `e` with neighbour context (`datasets::context` at `weight`): each patch's log-odds
 /// averaged with those of its slide-grid neighbours in the split, named as `runtime` names them.
-fn with_context(split: &Split, e: &Evaluated) -> Evaluated {
+fn with_context(split: &Split, e: &Evaluated, weight: f64) -> Evaluated {
     let names: Vec<_> = e
         .indices
         .iter()
@@ -1072,11 +1112,11 @@ fn with_context(split: &Split, e: &Evaluated) -> Evaluated {
         .collect();
     let names: Vec<_> = names.iter().map(Option::as_ref).collect();
     Evaluated {
-        probs: datasets::context::smooth(&names, &e.probs, datasets::context::DEFAULT_WEIGHT).probs,
+        probs: datasets::context::smooth(&names, &e.probs, weight).probs,
         labels: e.labels.clone(),
         indices: e.indices.clone(),
         loss: e.loss,
-        failed: Vec::new(),
+        failed: e.failed.clone(),
     }
 }
 
