@@ -172,6 +172,15 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         .as_ref()
         .map(|c| c.eval.clone())
         .unwrap_or_default();
+    if let Some(w) = eval.context
+        && !datasets::context::valid_weight(w)
+    {
+        bail!(
+            "{}: eval.context = {w} is not a neighbour weight in (0, {}]; fix it (or remove it for none)",
+            cfg_file.shown(),
+            datasets::context::MAX_WEIGHT
+        );
+    }
     let which = which.unwrap_or(if eval.precise_bn {
         Checkpoint::PreciseBn
     } else {
@@ -788,5 +797,16 @@ mod tests {
         assert_eq!(weight(None).as_deref(), Some("0.75"));
         assert_eq!(weight(Some(true)).as_deref(), Some("0.75"));
         assert_eq!(weight(Some(false)), None);
+        // A weight out of range in the run's config is refused, naming the file.
+        std::fs::write(
+            tmp.path().join(checkpoint::CONFIG_FILE),
+            "eval:\n  context: 7\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", load(tmp.path(), None).err().unwrap());
+        assert!(
+            e.contains("config.yaml") && e.contains("eval.context = 7"),
+            "{e}"
+        );
     }
 }

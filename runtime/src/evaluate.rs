@@ -98,10 +98,9 @@ impl RunInfo {
             } else {
                 ""
             },
-            self.context.as_ref().map_or(String::new(), |c| format!(
-                "\nneighbour context ({}): each patch's log-odds averaged with its grid neighbours' at weight {} ({} of {} patches had neighbours)",
-                c.source, c.weight, c.with_neighbours, self.images
-            ))
+            self.context
+                .as_ref()
+                .map_or(String::new(), |c| format!("\n{}", c.line(self.images)))
         )
     }
 }
@@ -114,6 +113,16 @@ pub struct Context {
     pub source: String,
     /// Patches with at least one grid neighbour (the others keep their own probability).
     pub with_neighbours: usize,
+}
+
+impl Context {
+    /// What context did to `images` patches, in words.
+    pub fn line(&self, images: usize) -> String {
+        format!(
+            "neighbour context ({}): each patch's log-odds averaged with its grid neighbours' at weight {} ({} of {images} patches had neighbours)",
+            self.source, self.weight, self.with_neighbours
+        )
+    }
 }
 
 /// One patient's row: patches, true and predicted IDC share, accuracy.

@@ -179,3 +179,38 @@ fn fill(img: &mut RgbImage, x0: u32, y0: u32, size: u32, c: Rgb<u8>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An image that could not be used (None) stays None and is no one's neighbour; the others
+    /// get exactly what `datasets::context::smooth` gives them without it.
+    #[test]
+    fn context_skips_unusable_images() {
+        let item = |x: u32| Item {
+            path: PathBuf::from(format!("p_idx5_x{x}_y1_class0.png")),
+            label: Some(0),
+            name: Some(datasets::PatchName {
+                patient: "p".into(),
+                x,
+                y: 1,
+                class: 0,
+            }),
+        };
+        let items = [item(1), item(51), item(101)];
+        let mut probs = [Some(0.9), None, Some(0.2)];
+        assert_eq!(
+            in_context(&items, &mut probs, 0.5),
+            0,
+            "x 1 and 101 are two steps apart"
+        );
+        assert_eq!(probs, [Some(0.9), None, Some(0.2)]);
+        let mut probs = [Some(0.9), Some(0.1), None];
+        let names = [items[0].name.as_ref(), items[1].name.as_ref()];
+        let want = datasets::context::smooth(&names, &[0.9, 0.1], 0.5).probs;
+        assert_eq!(in_context(&items, &mut probs, 0.5), 2);
+        assert_eq!(probs, [Some(want[0]), Some(want[1]), None]);
+        assert_ne!(probs[0], Some(0.9));
+    }
+}

@@ -333,14 +333,16 @@ fn run(args: Args) -> Result<()> {
                 &items,
                 &progress_bar(items.len() as u64, "heatmap"),
             )?;
-            if let Some(c) = &context {
-                let had = runtime::heatmap::in_context(&items, &mut outcome.probs, c.weight);
-                println!(
-                    "neighbour context ({}): each patch's log-odds averaged with its grid neighbours' at weight {} ({had} of {} patches had neighbours)",
-                    c.source,
-                    c.weight,
-                    items.len()
-                );
+            if let Some(c) = context {
+                let with_neighbours =
+                    runtime::heatmap::in_context(&items, &mut outcome.probs, c.weight);
+                let used = outcome.probs.iter().flatten().count();
+                let context = evaluate::Context {
+                    weight: c.weight,
+                    source: c.source,
+                    with_neighbours,
+                };
+                println!("{}", context.line(used));
             }
             let (files, refused) = runtime::heatmap::write(&items, &outcome.probs, &out, scale)?;
             for f in &files {

@@ -785,14 +785,20 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
     );
     assert_ne!(half, ctx);
     // The weight in (0, 4] only, and not with --context=false.
-    for bad in [
-        &["--context=false", "--context-weight", "0.5"][..],
-        &["--context", "--context-weight", "0"],
-        &["--context-weight", "4.01"],
+    for (bad, why) in [
+        (
+            &["--context=false", "--context-weight", "0.5"][..],
+            "drop one of them",
+        ),
+        (&["--context", "--context-weight", "0"], "--context-weight"),
+        (&["--context-weight", "4.01"], "--context-weight"),
     ] {
         let mut args = vec!["eval", d, "--model", m];
         args.extend(bad);
-        assert_eq!(runtime(&args).status.code(), Some(2), "{bad:?}");
+        let o = runtime(&args);
+        assert_eq!(o.status.code(), Some(2), "{bad:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(why), "{bad:?}: {err}");
     }
     // A model carrying a weight (as the exporter writes the trainer's eval.context) applies it
     // unless told otherwise.
@@ -813,6 +819,13 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
         out.contains("neighbour context (from the model's metadata)"),
         "{out}"
     );
+    // --context keeps the model's weight.
+    let (out, rows, _) = eval_with(&own, &["--context"], "own-on");
+    assert_eq!(rows, ctx);
+    assert!(
+        out.contains("neighbour context (from the model's metadata)"),
+        "{out}"
+    );
     let (out, rows, _) = eval_with(&own, &["--context=false"], "own-off");
     assert_eq!(rows, plain);
     assert!(!out.contains("neighbour context"), "{out}");
@@ -825,6 +838,12 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
     assert!(
         err.contains("context.weight") && err.contains("--context=false to override it"),
         "{err}"
+    );
+    let o = runtime(&["eval", d, "--model", &bad, "--ep", "cpu", "--context"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "--context does not override a bad weight"
     );
     let (_, rows, _) = eval_with(&bad, &["--context=false"], "bad-off");
     assert_eq!(rows, plain);
