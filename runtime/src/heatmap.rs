@@ -2,7 +2,9 @@
 //! patient: the tissue (patches tiled), the predicted IDC probability, and the true IDC regions
 //! when labels exist, side by side.
 
+use crate::evaluate;
 use crate::pipeline::Item;
+use crate::session::ContextChoice;
 use anyhow::{Context, Result};
 use datasets::fsutil::write_atomic;
 use datasets::{Problem, Shown};
@@ -37,20 +39,28 @@ fn colour(p: f32) -> Rgb<u8> {
 /// Most pixels a heatmap may have (~190 MB of RGB): a real slide at the default scale is ~8M.
 pub const MAX_PIXELS: u64 = 64 << 20;
 
-/// `probs` (of `items`; None for an image that could not be used) with neighbour context at
-/// `weight` (`datasets::context`); returns how many patches had neighbours.
-pub fn in_context(items: &[Item], probs: &mut [Option<f32>], weight: f64) -> usize {
+/// `probs` (of `items`; None for an image that could not be used) with neighbour context as
+/// `choice` says (`datasets::context`); returns what it did.
+pub fn in_context(
+    items: &[Item],
+    probs: &mut [Option<f32>],
+    choice: ContextChoice,
+) -> evaluate::Context {
     let (used, p): (Vec<usize>, Vec<f32>) = probs
         .iter()
         .enumerate()
         .filter_map(|(i, p)| p.map(|p| (i, p)))
         .unzip();
     let names: Vec<_> = used.iter().map(|&i| items[i].name.as_ref()).collect();
-    let smoothed = datasets::context::smooth(&names, &p, weight);
+    let smoothed = datasets::context::smooth(&names, &p, choice.weight);
     for (i, p) in used.into_iter().zip(smoothed.probs) {
         probs[i] = Some(p);
     }
-    smoothed.with_neighbours
+    evaluate::Context {
+        weight: choice.weight,
+        source: choice.source,
+        with_neighbours: smoothed.with_neighbours,
+    }
 }
 
 /// Writes `heatmap_<patient>.png` into `out` for every patient; returns the files written and the
@@ -199,9 +209,13 @@ mod tests {
             }),
         };
         let items = [item(1), item(51), item(101)];
+        let half = || ContextChoice {
+            weight: 0.5,
+            source: "test".into(),
+        };
         let mut probs = [Some(0.9), None, Some(0.2)];
         assert_eq!(
-            in_context(&items, &mut probs, 0.5),
+            in_context(&items, &mut probs, half()).with_neighbours,
             0,
             "x 1 and 101 are two steps apart"
         );
@@ -209,7 +223,8 @@ mod tests {
         let mut probs = [Some(0.9), Some(0.1), None];
         let names = [items[0].name.as_ref(), items[1].name.as_ref()];
         let want = datasets::context::smooth(&names, &[0.9, 0.1], 0.5).probs;
-        assert_eq!(in_context(&items, &mut probs, 0.5), 2);
+        let c = in_context(&items, &mut probs, half());
+        assert_eq!((c.with_neighbours, c.weight), (2, 0.5));
         assert_eq!(probs, [Some(want[0]), Some(want[1]), None]);
         assert_ne!(probs[0], Some(0.9));
     }

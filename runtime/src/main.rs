@@ -333,16 +333,9 @@ fn run(args: Args) -> Result<()> {
                 &items,
                 &progress_bar(items.len() as u64, "heatmap"),
             )?;
-            if let Some(c) = context {
-                let with_neighbours =
-                    runtime::heatmap::in_context(&items, &mut outcome.probs, c.weight);
-                let used = outcome.probs.iter().flatten().count();
-                let context = evaluate::Context {
-                    weight: c.weight,
-                    source: c.source,
-                    with_neighbours,
-                };
-                println!("{}", context.line(used));
+            if let Some(choice) = context {
+                let context = runtime::heatmap::in_context(&items, &mut outcome.probs, choice);
+                println!("{}", context.line(outcome.probs.iter().flatten().count()));
             }
             let (files, refused) = runtime::heatmap::write(&items, &outcome.probs, &out, scale)?;
             for f in &files {

@@ -204,9 +204,7 @@ impl Model {
             ),
         }
     }
-}
 
-impl Model {
     /// Neighbour context from `--context[=BOOL]` (`flag`) and `--context-weight` (`weight`,
     /// which implies it), else from the model's metadata (checked: it is input like any other),
     /// else none; with where it came from.
