@@ -428,7 +428,7 @@ pub fn export(opts: &Options) -> Result<Report> {
                 "the run's threshold {} was chosen for {}; this export ({}) leaves it out, so \
                  runtime uses 0.5 unless --threshold is given",
                 t.threshold,
-                t.chosen_with().in_words(),
+                t.chosen_with.in_words(),
                 loaded.evaluation(tta).in_words(),
             )
         });
@@ -621,7 +621,7 @@ mod tests {
             .unwrap()
             .threshold
             .unwrap();
-        assert_eq!((t.threshold, t.epoch), (0.3, 1));
+        assert_eq!((t.threshold, t.chosen_with.epoch), (0.3, 1));
         // Chosen for epoch 1; the random run's checkpoint is epoch 0: left out, and said so.
         let opts = Options {
             verify: false,

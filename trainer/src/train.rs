@@ -972,32 +972,28 @@ pub struct ChosenThreshold {
     /// Fixed in the config, not chosen on a model's predictions.
     #[serde(default)]
     pub fixed: bool,
-    /// The checkpoint's epoch and TTA setting it was chosen with, whether that model was the
-    /// average of the epochs up to `epoch` (`eval.checkpoint: average`), whether its
-    /// BatchNorm statistics were recomputed (`eval.precise_bn`), and the neighbour context
-    /// weight (`eval.context`).
-    #[serde(default)]
-    pub epoch: usize,
-    #[serde(default)]
-    pub tta: bool,
-    #[serde(default)]
-    pub averaged: bool,
-    #[serde(default)]
-    pub precise_bn: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub context: Option<f64>,
+    /// The evaluation it was chosen with (its fields sit beside these in `threshold.json`).
+    #[serde(flatten)]
+    pub chosen_with: Evaluation,
 }
 
-/// How a run's model is evaluated: which model, and which views and context it sees.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// How a run's model is evaluated: which model, and which views and context it sees. Every field
+/// defaults, so a `threshold.json` written before a field existed still loads.
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Evaluation {
+    /// The checkpoint's epoch.
+    #[serde(default)]
     pub epoch: usize,
-    /// The average of the epochs up to `epoch`.
-    pub averaged: bool,
-    /// BatchNorm statistics recomputed on the training split.
-    pub precise_bn: bool,
+    #[serde(default)]
     pub tta: bool,
-    /// Neighbour context at this weight.
+    /// The average of the epochs up to `epoch` (`eval.checkpoint: average`).
+    #[serde(default)]
+    pub averaged: bool,
+    /// BatchNorm statistics recomputed on the training split (`eval.precise_bn`).
+    #[serde(default)]
+    pub precise_bn: bool,
+    /// Neighbour context at this weight (`eval.context`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<f64>,
 }
 
@@ -1036,20 +1032,9 @@ impl Evaluation {
 }
 
 impl ChosenThreshold {
-    /// The evaluation it was chosen with.
-    pub fn chosen_with(&self) -> Evaluation {
-        Evaluation {
-            epoch: self.epoch,
-            averaged: self.averaged,
-            precise_bn: self.precise_bn,
-            tta: self.tta,
-            context: self.context,
-        }
-    }
-
     /// Whether it holds for evaluation `e`.
     pub fn holds_for(&self, e: &Evaluation) -> bool {
-        self.fixed || self.chosen_with() == *e
+        self.fixed || self.chosen_with == *e
     }
 }
 
@@ -1061,11 +1046,13 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
         threshold,
         source,
         fixed: true,
-        epoch,
-        tta: cfg.eval.tta,
-        averaged,
-        precise_bn: cfg.eval.precise_bn,
-        context: cfg.eval.context,
+        chosen_with: Evaluation {
+            epoch,
+            tta: cfg.eval.tta,
+            averaged,
+            precise_bn: cfg.eval.precise_bn,
+            context: cfg.eval.context,
+        },
     };
     let (rule, chosen) = match cfg.eval.threshold {
         Threshold::Fixed(t) => {
@@ -1090,7 +1077,7 @@ fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenT
                 ),
             );
             ChosenThreshold {
-                source: format!("{}, {}", chosen.source, chosen.chosen_with().in_words()),
+                source: format!("{}, {}", chosen.source, chosen.chosen_with.in_words()),
                 fixed: false,
                 ..chosen
             }
@@ -1180,6 +1167,35 @@ fn progress(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `threshold.json` keeps its layout (the evaluation's fields beside the threshold's, in
+    /// the order the trainer wrote before), and a file from before `context` existed loads.
+    #[test]
+    fn threshold_json_layout_is_stable() {
+        let json = r#"{
+  "threshold": 0.5,
+  "source": "fixed in the trainer config (eval.threshold)",
+  "fixed": true,
+  "epoch": 40,
+  "tta": true,
+  "averaged": true,
+  "precise_bn": true,
+  "context": 0.5
+}"#;
+        let t: ChosenThreshold = serde_json::from_str(json).unwrap();
+        assert_eq!(t.chosen_with.context, Some(0.5));
+        assert_eq!(serde_json::to_string_pretty(&t).unwrap(), json);
+        let old = r#"{"threshold": 0.3, "source": "max_bac", "epoch": 2, "averaged": true}"#;
+        let t: ChosenThreshold = serde_json::from_str(old).unwrap();
+        let want = Evaluation {
+            epoch: 2,
+            averaged: true,
+            ..Evaluation::default()
+        };
+        assert!(!t.fixed && t.chosen_with == want);
+        let json = serde_json::to_string(&t).unwrap();
+        assert!(!json.contains("context"), "{json}");
+    }
 
     #[test]
     fn a_loss_that_is_not_a_number_stops_the_run_naming_where() {
