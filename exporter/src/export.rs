@@ -139,6 +139,10 @@ pub struct Report {
 pub mod keys {
     pub const THRESHOLD: &str = "threshold";
     pub const THRESHOLD_SOURCE: &str = "threshold.source";
+    /// The neighbour context weight a threshold chosen on predictions was chosen with ("none":
+    /// without), so `runtime` can tell when a run's context makes it not hold; absent for a
+    /// fixed threshold, which holds for any.
+    pub const THRESHOLD_CONTEXT: &str = "threshold.context";
     pub const TTA: &str = "tta";
     /// Neighbour context: the weight of each grid neighbour's log-odds (`datasets::context`).
     pub const CONTEXT: &str = "context.weight";
@@ -357,6 +361,13 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
             keys::THRESHOLD_SOURCE.into(),
             format!("trainer: {}", t.source),
         ));
+        if !t.fixed {
+            let weight = t
+                .chosen_with
+                .context
+                .map_or("none".into(), |w| format!("{w}"));
+            metadata.push((keys::THRESHOLD_CONTEXT.into(), weight));
+        }
     }
     if tta {
         metadata.push((
@@ -762,7 +773,8 @@ mod tests {
     }
 
     /// The run's `eval.context` becomes the metadata's `context.weight`; `--context=false`
-    /// leaves it out and `--context` adds the default weight to a run without one.
+    /// leaves it out and `--context` adds the default weight to a run without one. A threshold
+    /// chosen on predictions carries the weight it was chosen with; a fixed one does not.
     #[test]
     fn neighbour_context_travels_in_the_metadata() {
         let tmp = tempfile::tempdir().unwrap();
@@ -770,23 +782,25 @@ mod tests {
             .with_widths(vec![8, 16])
             .with_depths(vec![1, 1]);
         trainer::checkpoint::write_random_run(tmp.path(), &cfg, 3).unwrap();
-        let weight = |context: Option<bool>| {
+        let value = |context: Option<bool>, key: &str| {
             let mut loaded = load(tmp.path(), None).unwrap();
             let opts = Options {
                 context,
                 ..Options::new(tmp.path(), &tmp.path().join("m.onnx"))
             };
             loaded.context = opts.context_for(loaded.context);
-            let bytes = to_onnx(&loaded, true, false).unwrap();
+            let tta = opts.tta_for(&loaded);
+            let bytes = to_onnx(&loaded, true, tta).unwrap();
             let meta = ModelProto::decode(bytes.as_slice()).unwrap().metadata_props;
             let values: Vec<_> = meta
                 .into_iter()
-                .filter(|e| e.key.as_deref() == Some(keys::CONTEXT))
+                .filter(|e| e.key.as_deref() == Some(key))
                 .filter_map(|e| e.value)
                 .collect();
             assert!(values.len() <= 1, "{values:?}");
             values.into_iter().next()
         };
+        let weight = |context| value(context, keys::CONTEXT);
         assert_eq!(weight(None), None, "no context unless asked");
         assert_eq!(weight(Some(true)).as_deref(), Some("0.5"));
         std::fs::write(
@@ -797,6 +811,31 @@ mod tests {
         assert_eq!(weight(None).as_deref(), Some("0.75"));
         assert_eq!(weight(Some(true)).as_deref(), Some("0.75"));
         assert_eq!(weight(Some(false)), None);
+        let threshold = tmp.path().join(trainer::train::THRESHOLD_FILE);
+        let chosen = |context| {
+            (
+                value(context, keys::THRESHOLD),
+                value(context, keys::THRESHOLD_CONTEXT),
+            )
+        };
+        let json = r#"{"threshold": 0.4, "source": "max_bac", "epoch": 0, "context": 0.75}"#;
+        std::fs::write(&threshold, json).unwrap();
+        let (t, with) = chosen(None);
+        assert_eq!((t.as_deref(), with.as_deref()), (Some("0.4"), Some("0.75")));
+        assert_eq!(chosen(Some(false)), (None, None), "chosen with context");
+        std::fs::write(
+            &threshold,
+            r#"{"threshold": 0.4, "source": "max_bac", "epoch": 0}"#,
+        )
+        .unwrap();
+        let (t, with) = chosen(Some(false));
+        assert_eq!((t.as_deref(), with.as_deref()), (Some("0.4"), Some("none")));
+        let json = r#"{"threshold": 0.5, "source": "fixed", "fixed": true, "epoch": 0}"#;
+        std::fs::write(&threshold, json).unwrap();
+        for context in [None, Some(false)] {
+            let (t, with) = chosen(context);
+            assert_eq!((t.as_deref(), with), (Some("0.5"), None), "{context:?}");
+        }
         // A weight out of range in the run's config is refused, naming the file.
         std::fs::write(
             tmp.path().join(checkpoint::CONFIG_FILE),

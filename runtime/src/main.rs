@@ -54,7 +54,8 @@ struct ModelArgs {
 #[derive(ClapArgs)]
 struct OutputArgs {
     /// Probability of IDC at or above which a patch is called IDC, in [0, 1] (default: the
-    /// model's own, from its metadata, else 0.5).
+    /// model's own, from its metadata, when it was chosen for this run's neighbour context;
+    /// else 0.5).
     #[arg(long, value_parser = probability)]
     threshold: Option<f64>,
     /// Add per-patient rows (patches, IDC share true vs predicted, accuracy).
@@ -200,8 +201,9 @@ fn pipeline_of(args: &ModelArgs) -> Pipeline {
 fn classify(dir: &Path, args: &ModelArgs, out: &OutputArgs) -> Result<(Tally, Streamed, RunInfo)> {
     let total = pipeline::count(dir)?;
     let mut model = open(args)?;
-    let threshold = model.threshold(out.threshold, &args.model)?;
     let context = model.context(out.context.context, out.context.context_weight, &args.model)?;
+    let weight = context.as_ref().map(|c| c.weight);
+    let threshold = model.threshold(out.threshold, weight, &args.model)?;
     let mut tally = Tally::new(threshold.value, out.predictions.as_deref(), context)?;
     let streamed = pipeline_of(args).stream(
         &mut model,

@@ -15,6 +15,8 @@ use std::path::Path;
 /// Metadata keys of the exporter's operating threshold.
 const THRESHOLD_KEY: &str = "threshold";
 const THRESHOLD_SOURCE_KEY: &str = "threshold.source";
+/// The neighbour weight a threshold chosen on predictions was chosen with ("none": without).
+const THRESHOLD_CONTEXT_KEY: &str = "threshold.context";
 /// Metadata key of the neighbour context weight (the exporter's, from the trainer's
 /// `eval.context`).
 const CONTEXT_KEY: &str = "context.weight";
@@ -173,8 +175,14 @@ impl Model {
     }
 
     /// `--threshold` when given, else the model's own (its metadata, checked: it is input like
-    /// any other), else 0.5; with where it came from.
-    pub fn threshold(&self, flag: Option<f64>, path: &Path) -> Result<Threshold> {
+    /// any other) when it holds for this run's neighbour context (`context`), else 0.5; with
+    /// where it came from.
+    pub fn threshold(
+        &self,
+        flag: Option<f64>,
+        context: Option<f64>,
+        path: &Path,
+    ) -> Result<Threshold> {
         if let Some(t) = flag {
             return Ok(Threshold {
                 value: t,
@@ -187,22 +195,52 @@ impl Model {
                 source: "default; the model has no threshold in its metadata".into(),
             });
         };
-        match v.trim().parse::<f64>() {
-            Ok(t) if (0.0..=1.0).contains(&t) => Ok(Threshold {
-                value: t,
-                source: format!(
-                    "from the model's metadata; {}",
-                    self.metadata
-                        .get(THRESHOLD_SOURCE_KEY)
-                        .map_or(String::new(), |s| s.shown())
-                ),
-            }),
+        let t = match v.trim().parse::<f64>() {
+            Ok(t) if (0.0..=1.0).contains(&t) => t,
             _ => bail!(
                 "{}: metadata {THRESHOLD_KEY} = \"{}\" is not a number in [0, 1]; pass --threshold to override it",
                 path.shown(),
                 v.shown()
             ),
+        };
+        // A threshold chosen on the model's predictions holds for the context they had.
+        let chosen_for = match self.metadata.get(THRESHOLD_CONTEXT_KEY).map(|s| s.trim()) {
+            None => context,
+            Some("none") => None,
+            Some(w) => match w.parse::<f64>() {
+                Ok(w) if datasets::context::valid_weight(w) => Some(w),
+                _ => bail!(
+                    "{}: metadata {THRESHOLD_CONTEXT_KEY} = \"{}\" is neither \"none\" nor a neighbour weight; pass --threshold to override it",
+                    path.shown(),
+                    w.shown()
+                ),
+            },
+        };
+        if chosen_for != context {
+            let words = |w: Option<f64>| {
+                w.map_or("without neighbour context".into(), |w| {
+                    format!("with neighbour context at weight {w}")
+                })
+            };
+            return Ok(Threshold {
+                value: 0.5,
+                source: format!(
+                    "default; the model's threshold {t} was chosen {}, and this run evaluates {}: \
+                     pass --threshold to set one for it",
+                    words(chosen_for),
+                    words(context)
+                ),
+            });
         }
+        Ok(Threshold {
+            value: t,
+            source: format!(
+                "from the model's metadata; {}",
+                self.metadata
+                    .get(THRESHOLD_SOURCE_KEY)
+                    .map_or(String::new(), |s| s.shown())
+            ),
+        })
     }
 
     /// Neighbour context from `--context[=BOOL]` (`flag`) and `--context-weight` (`weight`,

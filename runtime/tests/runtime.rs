@@ -848,3 +848,104 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
     let (_, rows, _) = eval_with(&bad, &["--context=false"], "bad-off");
     assert_eq!(rows, plain);
 }
+
+/// A threshold chosen on the model's predictions holds for the neighbour context they had
+/// (metadata `threshold.context`): a run with other context falls back to 0.5 and says why;
+/// `--threshold` still sets one, and a fixed threshold (no such key) holds for any context.
+#[test]
+fn a_threshold_chosen_for_one_context_is_not_used_with_another() {
+    use exporter::onnx_proto::{ModelProto, StringStringEntryProto};
+    use prost::Message;
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx = model(tmp.path());
+    let data = small_synth(tmp.path());
+    let d = data.to_str().unwrap();
+    let with_meta = |name: &str, pairs: &[(&str, &str)]| {
+        let mut proto = ModelProto::decode(std::fs::read(&onnx).unwrap().as_slice()).unwrap();
+        proto.metadata_props.retain(|e| {
+            !matches!(e.key.as_deref(), Some(k) if k.starts_with("threshold") || k == "context.weight")
+        });
+        for (k, v) in pairs {
+            proto.metadata_props.push(StringStringEntryProto {
+                key: Some(k.to_string()),
+                value: Some(v.to_string()),
+            });
+        }
+        let path = tmp.path().join(format!("{name}.onnx"));
+        std::fs::write(&path, proto.encode_to_vec()).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let header = |m: &str, extra: &[&str]| {
+        let mut args = vec!["eval", d, "--model", m, "--ep", "cpu"];
+        args.extend(extra);
+        let out = stdout_ok(&runtime(&args));
+        out.lines()
+            .find(|l| l.starts_with("threshold "))
+            .unwrap_or_else(|| panic!("no threshold line:\n{out}"))
+            .to_string()
+    };
+    let threshold = [
+        ("threshold", "0.73"),
+        ("threshold.source", "trainer: max BAC"),
+    ];
+    let chosen_with = with_meta(
+        "chosen-with",
+        &[
+            threshold[0],
+            threshold[1],
+            ("threshold.context", "0.75"),
+            ("context.weight", "0.75"),
+        ],
+    );
+    let from_model = "threshold 0.73 (from the model's metadata; trainer: max BAC)";
+    assert!(header(&chosen_with, &[]).starts_with(from_model));
+    let off = header(&chosen_with, &["--context=false"]);
+    assert!(
+        off.starts_with(
+            "threshold 0.5 (default; the model's threshold 0.73 was chosen with neighbour context \
+             at weight 0.75, and this run evaluates without neighbour context: pass --threshold"
+        ),
+        "{off}"
+    );
+    let other = header(&chosen_with, &["--context-weight", "0.5"]);
+    assert!(
+        other.starts_with("threshold 0.5 (default;")
+            && other.contains("this run evaluates with neighbour context at weight 0.5:"),
+        "{other}"
+    );
+    let given = header(&chosen_with, &["--context=false", "--threshold", "0.2"]);
+    assert!(given.starts_with("threshold 0.2 (--threshold)"), "{given}");
+    // Chosen without context: it holds for a plain run, not for --context.
+    let chosen_without = with_meta(
+        "chosen-without",
+        &[threshold[0], threshold[1], ("threshold.context", "none")],
+    );
+    assert!(header(&chosen_without, &[]).starts_with(from_model));
+    let on = header(&chosen_without, &["--context"]);
+    assert!(
+        on.contains(
+            "chosen without neighbour context, and this run evaluates with neighbour \
+             context at weight 0.5"
+        ),
+        "{on}"
+    );
+    // Fixed (no threshold.context): it holds whatever the context.
+    let fixed = with_meta(
+        "fixed",
+        &[threshold[0], threshold[1], ("context.weight", "0.75")],
+    );
+    for extra in [&[][..], &["--context=false"], &["--context-weight", "2"]] {
+        assert!(header(&fixed, extra).starts_with(from_model), "{extra:?}");
+    }
+    // A value that is neither is refused, naming the key and the override.
+    let bad = with_meta("bad", &[threshold[0], ("threshold.context", "often")]);
+    let o = runtime(&["eval", d, "--model", &bad, "--ep", "cpu"]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("threshold.context = \"often\"") && err.contains("pass --threshold"),
+        "{err}"
+    );
+    let given = header(&bad, &["--threshold", "0.3"]);
+    assert!(given.starts_with("threshold 0.3 (--threshold)"), "{given}");
+}
