@@ -140,8 +140,8 @@ pub mod keys {
     pub const THRESHOLD: &str = "threshold";
     pub const THRESHOLD_SOURCE: &str = "threshold.source";
     /// The neighbour context weight a threshold chosen on predictions was chosen with ("none":
-    /// without), so `runtime` can tell when a run's context makes it not hold; absent for a
-    /// fixed threshold, which holds for any.
+    /// without), so `runtime` can tell when a run's context makes it not hold; "any" for a fixed
+    /// threshold, which holds for any.
     pub const THRESHOLD_CONTEXT: &str = "threshold.context";
     pub const TTA: &str = "tta";
     /// Neighbour context: the weight of each grid neighbour's log-odds (`datasets::context`).
@@ -361,13 +361,12 @@ pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
             keys::THRESHOLD_SOURCE.into(),
             format!("trainer: {}", t.source),
         ));
-        if !t.fixed {
-            let weight = t
-                .chosen_with
-                .context
-                .map_or("none".into(), |w| format!("{w}"));
-            metadata.push((keys::THRESHOLD_CONTEXT.into(), weight));
-        }
+        let weight = match t.chosen_with.context {
+            _ if t.fixed => "any".into(),
+            None => "none".into(),
+            Some(w) => format!("{w}"),
+        };
+        metadata.push((keys::THRESHOLD_CONTEXT.into(), weight));
     }
     if tta {
         metadata.push((
@@ -774,7 +773,7 @@ mod tests {
 
     /// The run's `eval.context` becomes the metadata's `context.weight`; `--context=false`
     /// leaves it out and `--context` adds the default weight to a run without one. A threshold
-    /// chosen on predictions carries the weight it was chosen with; a fixed one does not.
+    /// chosen on predictions carries the weight it was chosen with, a fixed one "any".
     #[test]
     fn neighbour_context_travels_in_the_metadata() {
         let tmp = tempfile::tempdir().unwrap();
@@ -834,7 +833,8 @@ mod tests {
         std::fs::write(&threshold, json).unwrap();
         for context in [None, Some(false)] {
             let (t, with) = chosen(context);
-            assert_eq!((t.as_deref(), with), (Some("0.5"), None), "{context:?}");
+            let expected = (Some("0.5"), Some("any"));
+            assert_eq!((t.as_deref(), with.as_deref()), expected, "{context:?}");
         }
         // A weight out of range in the run's config is refused, naming the file.
         std::fs::write(

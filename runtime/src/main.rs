@@ -54,8 +54,8 @@ struct ModelArgs {
 #[derive(ClapArgs)]
 struct OutputArgs {
     /// Probability of IDC at or above which a patch is called IDC, in [0, 1] (default: the
-    /// model's own, from its metadata, when it was chosen for this run's neighbour context;
-    /// else 0.5).
+    /// model's own, from its metadata, unless it was chosen on validation with other neighbour
+    /// context than this run's; else 0.5).
     #[arg(long, value_parser = probability)]
     threshold: Option<f64>,
     /// Add per-patient rows (patches, IDC share true vs predicted, accuracy).

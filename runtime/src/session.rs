@@ -15,7 +15,8 @@ use std::path::Path;
 /// Metadata keys of the exporter's operating threshold.
 const THRESHOLD_KEY: &str = "threshold";
 const THRESHOLD_SOURCE_KEY: &str = "threshold.source";
-/// The neighbour weight a threshold chosen on predictions was chosen with ("none": without).
+/// The neighbour weight a threshold chosen on predictions was chosen with ("none": without;
+/// "any": a fixed threshold, which holds for any).
 const THRESHOLD_CONTEXT_KEY: &str = "threshold.context";
 /// Metadata key of the neighbour context weight (the exporter's, from the trainer's
 /// `eval.context`).
@@ -203,19 +204,30 @@ impl Model {
                 v.shown()
             ),
         };
-        // A threshold chosen on the model's predictions holds for the context they had.
+        // A threshold chosen on the model's predictions holds for the context they had. A model
+        // exported before the key existed had its threshold chosen for its own context (the
+        // exporter checked), or fixed: taken as chosen, which at worst falls back to 0.5.
+        let own = || {
+            let own = self.metadata.get(CONTEXT_KEY)?.trim().parse::<f64>().ok();
+            own.filter(|&w| datasets::context::valid_weight(w))
+        };
         let chosen_for = match self.metadata.get(THRESHOLD_CONTEXT_KEY).map(|s| s.trim()) {
-            None => context,
+            None => own(),
+            Some("any") => context,
             Some("none") => None,
             Some(w) => match w.parse::<f64>() {
                 Ok(w) if datasets::context::valid_weight(w) => Some(w),
                 _ => bail!(
-                    "{}: metadata {THRESHOLD_CONTEXT_KEY} = \"{}\" is neither \"none\" nor a neighbour weight; pass --threshold to override it",
+                    "{}: metadata {THRESHOLD_CONTEXT_KEY} = \"{}\" is neither \"none\", \"any\" nor a neighbour weight; pass --threshold to override it",
                     path.shown(),
                     w.shown()
                 ),
             },
         };
+        let source = self
+            .metadata
+            .get(THRESHOLD_SOURCE_KEY)
+            .map_or(String::new(), |s| s.shown());
         if chosen_for != context {
             let words = |w: Option<f64>| {
                 w.map_or("without neighbour context".into(), |w| {
@@ -225,8 +237,8 @@ impl Model {
             return Ok(Threshold {
                 value: 0.5,
                 source: format!(
-                    "default; the model's threshold {t} was chosen {}, and this run evaluates {}: \
-                     pass --threshold to set one for it",
+                    "default; the model's threshold {t} ({source}) was chosen {}, and this run \
+                     evaluates {}: pass --threshold to set one for it",
                     words(chosen_for),
                     words(context)
                 ),
@@ -234,12 +246,7 @@ impl Model {
         }
         Ok(Threshold {
             value: t,
-            source: format!(
-                "from the model's metadata; {}",
-                self.metadata
-                    .get(THRESHOLD_SOURCE_KEY)
-                    .map_or(String::new(), |s| s.shown())
-            ),
+            source: format!("from the model's metadata; {source}"),
         })
     }
 

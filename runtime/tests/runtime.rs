@@ -850,10 +850,12 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
 }
 
 /// A threshold chosen on the model's predictions holds for the neighbour context they had
-/// (metadata `threshold.context`): a run with other context falls back to 0.5 and says why;
-/// `--threshold` still sets one, and a fixed threshold (no such key) holds for any context.
+/// (metadata `threshold.context`, as the exporter writes it): a run with other context falls back
+/// to 0.5 and says why; `--threshold` still sets one, a fixed threshold ("any") holds for any
+/// context, and a model without the key is taken as chosen for its own context.
 #[test]
 fn a_threshold_chosen_for_one_context_is_not_used_with_another() {
+    use exporter::export::keys;
     use exporter::onnx_proto::{ModelProto, StringStringEntryProto};
     use prost::Message;
     let tmp = tempfile::tempdir().unwrap();
@@ -863,7 +865,7 @@ fn a_threshold_chosen_for_one_context_is_not_used_with_another() {
     let with_meta = |name: &str, pairs: &[(&str, &str)]| {
         let mut proto = ModelProto::decode(std::fs::read(&onnx).unwrap().as_slice()).unwrap();
         proto.metadata_props.retain(|e| {
-            !matches!(e.key.as_deref(), Some(k) if k.starts_with("threshold") || k == "context.weight")
+            !matches!(e.key.as_deref(), Some(k) if k.starts_with("threshold") || k == keys::CONTEXT)
         });
         for (k, v) in pairs {
             proto.metadata_props.push(StringStringEntryProto {
@@ -885,28 +887,25 @@ fn a_threshold_chosen_for_one_context_is_not_used_with_another() {
             .to_string()
     };
     let threshold = [
-        ("threshold", "0.73"),
-        ("threshold.source", "trainer: max BAC"),
+        (keys::THRESHOLD, "0.73"),
+        (keys::THRESHOLD_SOURCE, "trainer: max BAC"),
     ];
     let chosen_with = with_meta(
         "chosen-with",
         &[
             threshold[0],
             threshold[1],
-            ("threshold.context", "0.75"),
-            ("context.weight", "0.75"),
+            (keys::THRESHOLD_CONTEXT, "0.75"),
+            (keys::CONTEXT, "0.75"),
         ],
     );
     let from_model = "threshold 0.73 (from the model's metadata; trainer: max BAC)";
     assert!(header(&chosen_with, &[]).starts_with(from_model));
+    let not_without = "threshold 0.5 (default; the model's threshold 0.73 (trainer: max BAC) was \
+                       chosen with neighbour context at weight 0.75, and this run evaluates \
+                       without neighbour context: pass --threshold";
     let off = header(&chosen_with, &["--context=false"]);
-    assert!(
-        off.starts_with(
-            "threshold 0.5 (default; the model's threshold 0.73 was chosen with neighbour context \
-             at weight 0.75, and this run evaluates without neighbour context: pass --threshold"
-        ),
-        "{off}"
-    );
+    assert!(off.starts_with(not_without), "{off}");
     let other = header(&chosen_with, &["--context-weight", "0.5"]);
     assert!(
         other.starts_with("threshold 0.5 (default;")
@@ -918,27 +917,44 @@ fn a_threshold_chosen_for_one_context_is_not_used_with_another() {
     // Chosen without context: it holds for a plain run, not for --context.
     let chosen_without = with_meta(
         "chosen-without",
-        &[threshold[0], threshold[1], ("threshold.context", "none")],
+        &[
+            threshold[0],
+            threshold[1],
+            (keys::THRESHOLD_CONTEXT, "none"),
+        ],
     );
     assert!(header(&chosen_without, &[]).starts_with(from_model));
     let on = header(&chosen_without, &["--context"]);
     assert!(
         on.contains(
-            "chosen without neighbour context, and this run evaluates with neighbour \
-             context at weight 0.5"
+            "chosen without neighbour context, and this run evaluates with neighbour context \
+             at weight 0.5"
         ),
         "{on}"
     );
-    // Fixed (no threshold.context): it holds whatever the context.
+    // Fixed ("any"): it holds whatever the context. Without the key (a model exported before
+    // it): chosen for the model's own context.
     let fixed = with_meta(
         "fixed",
-        &[threshold[0], threshold[1], ("context.weight", "0.75")],
+        &[
+            threshold[0],
+            threshold[1],
+            (keys::THRESHOLD_CONTEXT, "any"),
+            (keys::CONTEXT, "0.75"),
+        ],
+    );
+    let legacy = with_meta(
+        "legacy",
+        &[threshold[0], threshold[1], (keys::CONTEXT, "0.75")],
     );
     for extra in [&[][..], &["--context=false"], &["--context-weight", "2"]] {
         assert!(header(&fixed, extra).starts_with(from_model), "{extra:?}");
     }
-    // A value that is neither is refused, naming the key and the override.
-    let bad = with_meta("bad", &[threshold[0], ("threshold.context", "often")]);
+    assert!(header(&legacy, &[]).starts_with(from_model));
+    let off = header(&legacy, &["--context=false"]);
+    assert!(off.starts_with(not_without), "{off}");
+    // A value that is none of those is refused, naming the key and the override.
+    let bad = with_meta("bad", &[threshold[0], (keys::THRESHOLD_CONTEXT, "often")]);
     let o = runtime(&["eval", d, "--model", &bad, "--ep", "cpu"]);
     assert_eq!(o.status.code(), Some(2));
     let err = String::from_utf8_lossy(&o.stderr);
@@ -948,4 +964,23 @@ fn a_threshold_chosen_for_one_context_is_not_used_with_another() {
     );
     let given = header(&bad, &["--threshold", "0.3"]);
     assert!(given.starts_with("threshold 0.3 (--threshold)"), "{given}");
+    // Through the exporter: a run whose report chose its threshold with context 0.75.
+    let run = tmp.path().join("context-run");
+    trainer::checkpoint::write_random_run(&run, &models::CancerNetConfig::new(), 11).unwrap();
+    std::fs::write(
+        run.join(trainer::checkpoint::CONFIG_FILE),
+        "eval:\n  context: 0.75\n",
+    )
+    .unwrap();
+    std::fs::write(
+        run.join(trainer::train::THRESHOLD_FILE),
+        r#"{"threshold": 0.73, "source": "max BAC", "epoch": 0, "context": 0.75}"#,
+    )
+    .unwrap();
+    let exported = tmp.path().join("exported.onnx");
+    export_run(&run, &exported, false);
+    let exported = exported.to_str().unwrap();
+    assert!(header(exported, &[]).starts_with(from_model));
+    let off = header(exported, &["--context=false"]);
+    assert!(off.starts_with(not_without), "{off}");
 }
