@@ -208,16 +208,17 @@ impl Model {
         // exported before the key existed had its threshold chosen for its own context (the
         // exporter checked), or fixed: taken as chosen, which at worst falls back to 0.5.
         let own = || {
-            let own = self.metadata.get(CONTEXT_KEY)?.trim().parse::<f64>().ok();
-            own.filter(|&w| datasets::context::valid_weight(w))
+            self.metadata
+                .get(CONTEXT_KEY)
+                .and_then(|v| neighbour_weight(v))
         };
         let chosen_for = match self.metadata.get(THRESHOLD_CONTEXT_KEY).map(|s| s.trim()) {
             None => own(),
             Some("any") => context,
             Some("none") => None,
-            Some(w) => match w.parse::<f64>() {
-                Ok(w) if datasets::context::valid_weight(w) => Some(w),
-                _ => bail!(
+            Some(w) => match neighbour_weight(w) {
+                Some(w) => Some(w),
+                None => bail!(
                     "{}: metadata {THRESHOLD_CONTEXT_KEY} = \"{}\" is neither \"none\", \"any\" nor a neighbour weight; pass --threshold to override it",
                     path.shown(),
                     w.shown()
@@ -277,9 +278,9 @@ impl Model {
         }
         let from_model = match self.metadata.get(CONTEXT_KEY) {
             None => None,
-            Some(v) => match v.trim().parse::<f64>() {
-                Ok(w) if datasets::context::valid_weight(w) => Some(w),
-                _ => bail!(
+            Some(v) => match neighbour_weight(v) {
+                Some(w) => Some(w),
+                None => bail!(
                     "{}: metadata {CONTEXT_KEY} = \"{}\" is not a neighbour weight in (0, {}]; pass --context-weight W or --context=false to override it",
                     path.shown(),
                     v.shown(),
@@ -293,6 +294,12 @@ impl Model {
             _ => Ok(None),
         }
     }
+}
+
+/// A metadata value as a neighbour context weight, if it is one in range.
+fn neighbour_weight(v: &str) -> Option<f64> {
+    let w = v.trim().parse::<f64>().ok()?;
+    datasets::context::valid_weight(w).then_some(w)
 }
 
 fn build(lib: &OrtLib, path: &Path, threads: usize, cuda: bool) -> ort::Result<Session> {
