@@ -14,8 +14,8 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{Autodiff, Flex};
-use burn::nn::BatchNorm;
 use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Linear};
 use burn::prelude::*;
 use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
@@ -74,11 +74,11 @@ fn dims(s: Nchw) -> [usize; 4] {
     [s.n, s.c, s.h, s.w]
 }
 
-fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
+pub(crate) fn float<B: Backend, const D: usize>(t: Tensor<B, D>) -> B::FloatTensorPrimitive {
     t.into_primitive().tensor()
 }
 
-fn tensor<B: Backend, const D: usize>(t: B::FloatTensorPrimitive) -> Tensor<B, D> {
+pub(crate) fn tensor<B: Backend, const D: usize>(t: B::FloatTensorPrimitive) -> Tensor<B, D> {
     Tensor::from_primitive(TensorPrimitive::Float(t))
 }
 
@@ -98,7 +98,7 @@ pub fn depthwise3x3<B: Backend>(
         Ok((x, w)) => same(depthwise_autodiff(x, w)),
         Err((x, w)) => match cast::<_, (Tensor<Flex, 4>, Tensor<Flex, 4>)>((x, w)) {
             Ok((x, w)) => same(tensor::<Flex, 4>(depthwise_forward(&float(x), &float(w)))),
-            Err((x, _)) => conv.forward(x),
+            Err((x, w)) => crate::cube::depthwise3x3(x, w).unwrap_or_else(|(x, _)| conv.forward(x)),
         },
     }
 }
@@ -163,8 +163,23 @@ pub fn pointwise<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>, kernels: Kernels
                 &float(w),
                 &float(b),
             ))),
-            Err((x, ..)) => crate::pointwise_matmul(conv, x),
+            Err((x, w, b)) => crate::cube::pointwise(x, w, b)
+                .unwrap_or_else(|(x, ..)| crate::pointwise_matmul(conv, x)),
         },
+    }
+}
+
+// ---- Dense layer ----
+
+/// A dense layer (burn's `Linear`): the CubeCL kernels on burn's GPU backends (full f32, where
+/// burn's product is TF32 on NVIDIA tensor cores), burn's own everywhere else.
+pub fn linear<B: Backend>(layer: &Linear<B>, x: Tensor<B, 2>, kernels: Kernels) -> Tensor<B, 2> {
+    match &layer.bias {
+        Some(bias) if kernels == Kernels::Fast => {
+            crate::cube::linear(x, layer.weight.val(), bias.val())
+                .unwrap_or_else(|(x, ..)| layer.forward(x))
+        }
+        _ => layer.forward(x),
     }
 }
 
@@ -249,7 +264,8 @@ pub fn relu_batch_norm<B: Backend>(
                     dims(s),
                 )))
             }
-            Err(z) => crate::batch_norm_nchw(bn, relu(z)),
+            Err(z) => crate::cube::relu_batch_norm(bn, z)
+                .unwrap_or_else(|(bn, z)| crate::batch_norm_nchw(bn, relu(z))),
         },
     }
 }

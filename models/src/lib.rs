@@ -15,6 +15,48 @@ use burn::nn::{
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub mod cube;
+/// Without a GPU backend in the build, no backend is served by GPU kernels.
+#[cfg(not(any(feature = "cuda", feature = "wgpu")))]
+pub mod cube {
+    use burn::prelude::*;
+
+    pub fn depthwise3x3<B: Backend>(
+        x: Tensor<B, 4>,
+        weight: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+        Err((x, weight))
+    }
+
+    pub fn pointwise<B: Backend>(
+        x: Tensor<B, 4>,
+        weight: Tensor<B, 4>,
+        bias: Tensor<B, 1>,
+    ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 1>)> {
+        Err((x, weight, bias))
+    }
+
+    pub fn linear<B: Backend>(
+        x: Tensor<B, 2>,
+        weight: Tensor<B, 2>,
+        bias: Tensor<B, 1>,
+    ) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1>)> {
+        Err((x, weight, bias))
+    }
+
+    #[allow(clippy::type_complexity)]
+    pub fn relu_batch_norm<B: Backend>(
+        bn: &burn::nn::BatchNorm<B>,
+        z: Tensor<B, 4>,
+    ) -> Result<Tensor<B, 4>, (&burn::nn::BatchNorm<B>, Tensor<B, 4>)> {
+        Err((bn, z))
+    }
+
+    pub fn serves<B: Backend>() -> bool {
+        false
+    }
+}
 pub mod fast_ops;
 pub mod kernels;
 pub use fast_ops::Kernels;
@@ -291,10 +333,9 @@ impl<B: Backend> CancerNet<B> {
         }
         // Flatten in NCHW order (c, h, w), as ONNX's Flatten does.
         let x: Tensor<B, 2> = x.flatten(1, 3);
-        let x = self
-            .dense_bn
-            .forward(burn::tensor::activation::relu(self.dense.forward(x)));
-        self.head.forward(self.dense_dropout.forward(x))
+        let x = fast_ops::linear(&self.dense, x, kernels);
+        let x = self.dense_bn.forward(burn::tensor::activation::relu(x));
+        fast_ops::linear(&self.head, self.dense_dropout.forward(x), kernels)
     }
 
     /// Every BatchNorm, in module order.

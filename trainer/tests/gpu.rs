@@ -178,6 +178,195 @@ fn steps_match_flex<B: AutodiffBackend>(device: B::Device) {
     }
 }
 
+/// Pseudo-random values in [-1, 1) from `seed` (xorshift): the same data for both backends.
+fn data(dims: &[usize], seed: u64) -> TensorData {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let values: Vec<f32> = (0..dims.iter().product::<usize>())
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect();
+    TensorData::new(values, dims.to_vec())
+}
+
+/// A tensor of data on a backend's device, tracked for gradients.
+fn leaf<B: AutodiffBackend, const D: usize>(d: &TensorData, device: &B::Device) -> Tensor<B, D> {
+    Tensor::from_data(d.clone(), device).require_grad()
+}
+
+/// Asserts `got` (any backend) is within `tol` of `want` relative to want's largest magnitude
+/// (at least 1); returns that relative difference.
+fn check<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<Flex, D>) -> f32 {
+    let got = Tensor::<Flex, D>::from_data(got.into_data(), &Default::default());
+    assert_eq!(got.dims(), want.dims(), "{what}: shape");
+    let scale: f32 = want.clone().abs().max().into_scalar();
+    let d = max_diff(got, want) / scale.max(1.0);
+    assert!(d < 1e-5, "{what}: relative difference {d:.2e}");
+    d
+}
+
+/// The device's own kernels (`models::cube`) against burn's own ops on the CPU (flex, f32), from
+/// the same data: outputs and the gradients of every input, for the depthwise convolution, the
+/// pointwise convolution, the dense layer and ReLU + BatchNorm (training and inference, running
+/// statistics included), on CancerNet's shapes and on edge shapes (planes of
+/// one row or column, one image, channel counts that fill no tile). Both compute in f32, so the
+/// tolerance is f32's, on every device: 1e-5 of the largest value. Measured on lavapipe: at most
+/// 4e-6 (filter gradients, sums over whole batches); a tap read from the wrong neighbour, a lost
+/// part of a sum or a weight read transposed is > 1e-2. Also: the model's layers use these
+/// kernels on this backend, and the same inputs give the same bytes twice.
+fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
+    use burn::tensor::module::{conv2d, linear};
+    use burn::tensor::ops::ConvOptions;
+    type Cpu = Autodiff<Flex>;
+    let cpu = Default::default();
+    assert!(
+        models::cube::serves::<B>() && models::cube::serves::<B::InnerBackend>(),
+        "the model does not use the device's own kernels on this backend"
+    );
+    let mut worst = 0f32;
+    let mut seed = 0;
+    let mut next = |dims: &[usize]| {
+        seed += 1;
+        data(dims, seed)
+    };
+    for dims in [
+        [2, 3, 48, 48],
+        [3, 32, 24, 24],
+        [4, 128, 12, 12],
+        [1, 5, 7, 9],
+        [2, 3, 1, 1],
+        [2, 2, 5, 1],
+        [1, 2, 1, 6],
+    ] {
+        let (xd, wd, gd) = (next(&dims), next(&[dims[1], 1, 3, 3]), next(&dims));
+        let run_gpu = || {
+            let (x, w) = (leaf::<B, 4>(&xd, &device), leaf::<B, 4>(&wd, &device));
+            let y = models::cube::depthwise3x3(x.clone(), w.clone())
+                .ok()
+                .unwrap();
+            let g = (y.clone() * Tensor::from_data(gd.clone(), &device))
+                .sum()
+                .backward();
+            (y.inner(), x.grad(&g).unwrap(), w.grad(&g).unwrap())
+        };
+        let (x, w) = (leaf::<Cpu, 4>(&xd, &cpu), leaf::<Cpu, 4>(&wd, &cpu));
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], dims[1]);
+        let y = conv2d(x.clone(), w.clone(), None, options);
+        let g = (y.clone() * Tensor::from_data(gd.clone(), &cpu))
+            .sum()
+            .backward();
+        let (gy, gx, gw) = run_gpu();
+        let what = |t: &str| format!("depthwise {dims:?} {t}");
+        worst = worst
+            .max(check(&what("output"), gy.clone(), y.inner()))
+            .max(check(&what("input grad"), gx.clone(), x.grad(&g).unwrap()))
+            .max(check(&what("filter grad"), gw.clone(), w.grad(&g).unwrap()));
+        let again = run_gpu();
+        assert!(
+            again.0.into_data() == gy.into_data()
+                && again.1.into_data() == gx.into_data()
+                && again.2.into_data() == gw.into_data(),
+            "depthwise {dims:?}: the same inputs gave other bytes"
+        );
+    }
+    for (dims, co) in [
+        ([2, 3, 48, 48], 32),
+        ([3, 64, 12, 12], 128),
+        ([1, 5, 3, 7], 9),
+        ([2, 1, 1, 1], 1),
+    ] {
+        let (xd, wd, bd) = (next(&dims), next(&[co, dims[1], 1, 1]), next(&[co]));
+        let gd = next(&[dims[0], co, dims[2], dims[3]]);
+        let (x, w, b) = (
+            leaf::<B, 4>(&xd, &device),
+            leaf::<B, 4>(&wd, &device),
+            leaf::<B, 1>(&bd, &device),
+        );
+        let y = models::cube::pointwise(x.clone(), w.clone(), b.clone())
+            .ok()
+            .unwrap();
+        let g = (y.clone() * Tensor::from_data(gd.clone(), &device))
+            .sum()
+            .backward();
+        let (cx, cw, cb) = (
+            leaf::<Cpu, 4>(&xd, &cpu),
+            leaf::<Cpu, 4>(&wd, &cpu),
+            leaf::<Cpu, 1>(&bd, &cpu),
+        );
+        let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let cy = conv2d(cx.clone(), cw.clone(), Some(cb.clone()), options);
+        let cg = (cy.clone() * Tensor::from_data(gd, &cpu)).sum().backward();
+        let what = |t: &str| format!("pointwise {dims:?} -> {co} {t}");
+        worst = worst
+            .max(check(&what("output"), y.inner(), cy.inner()))
+            .max(check(
+                &what("input grad"),
+                x.grad(&g).unwrap(),
+                cx.grad(&cg).unwrap(),
+            ))
+            .max(check(
+                &what("weight grad"),
+                w.grad(&g).unwrap(),
+                cw.grad(&cg).unwrap(),
+            ))
+            .max(check(
+                &what("bias grad"),
+                b.grad(&g).unwrap(),
+                cb.grad(&cg).unwrap(),
+            ));
+    }
+    for (n, d_in, d_out) in [(32, 4608, 256), (32, 256, 2), (3, 5, 7), (1, 1, 1)] {
+        let (xd, wd, bd, gd) = (
+            next(&[n, d_in]),
+            next(&[d_in, d_out]),
+            next(&[d_out]),
+            next(&[n, d_out]),
+        );
+        let (x, w, b) = (
+            leaf::<B, 2>(&xd, &device),
+            leaf::<B, 2>(&wd, &device),
+            leaf::<B, 1>(&bd, &device),
+        );
+        let y = models::cube::linear(x.clone(), w.clone(), b.clone())
+            .ok()
+            .unwrap();
+        let g = (y.clone() * Tensor::from_data(gd.clone(), &device))
+            .sum()
+            .backward();
+        let (cx, cw, cb) = (
+            leaf::<Cpu, 2>(&xd, &cpu),
+            leaf::<Cpu, 2>(&wd, &cpu),
+            leaf::<Cpu, 1>(&bd, &cpu),
+        );
+        let cy = linear(cx.clone(), cw.clone(), Some(cb.clone()));
+        let cg = (cy.clone() * Tensor::from_data(gd, &cpu)).sum().backward();
+        let what = |t: &str| format!("dense {n}x{d_in} -> {d_out} {t}");
+        worst = worst
+            .max(check(&what("output"), y.inner(), cy.inner()))
+            .max(check(
+                &what("input grad"),
+                x.grad(&g).unwrap(),
+                cx.grad(&cg).unwrap(),
+            ))
+            .max(check(
+                &what("weight grad"),
+                w.grad(&g).unwrap(),
+                cw.grad(&cg).unwrap(),
+            ))
+            .max(check(
+                &what("bias grad"),
+                b.grad(&g).unwrap(),
+                cb.grad(&cg).unwrap(),
+            ));
+    }
+    eprintln!(
+        "the device's kernels vs burn's ops on the CPU: worst relative difference {worst:.1e}"
+    );
+}
+
 /// A small synthetic split and a config for `trainer --device <device>` (a short run). Dropout
 /// is off: the CPU's fused kernels and burn's ops draw their masks from different generators, so
 /// with dropout two devices train like two seeds; without it they train alike.
@@ -435,6 +624,13 @@ mod wgpu {
     }
 
     #[test]
+    fn wgpu_kernels_match_burns() {
+        if let Some(d) = device() {
+            kernels_match_burns::<Autodiff<Wgpu>>(d);
+        }
+    }
+
+    #[test]
     fn wgpu_steps_match_the_cpu() {
         if let Some(d) = device() {
             steps_match_flex::<Autodiff<Wgpu>>(d);
@@ -475,6 +671,16 @@ mod cuda {
             "SKIPPED: this test build has no CUDA (cargo test -p trainer --features cuda --test gpu)"
         );
         None
+    }
+
+    #[test]
+    fn cuda_kernels_match_burns() {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = device() {
+            kernels_match_burns::<Autodiff<burn::backend::Cuda>>(d);
+        }
+        #[cfg(not(feature = "cuda"))]
+        device();
     }
 
     #[test]

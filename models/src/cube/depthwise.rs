@@ -1,0 +1,333 @@
+//! CancerNet's depthwise 3x3 convolution ('same' padding, no bias) in CubeCL: one kernel for the
+//! convolution, which with the filter turned half a turn is also its input gradient, and one for
+//! the filter gradient, whose parts `reduce::sum_leading` adds up.
+//!
+//! Every tensor is a contiguous f32 NCHW tensor; the launchers make it so. Each unit slides a 3x3
+//! window of inputs down a column in registers: three loads a value instead of nine (loads are
+//! what these kernels wait on, on a GPU and on lavapipe alike). Every sum is taken in an order
+//! fixed by the launch, never by timing: a run gives the same bytes every time on a device.
+
+use super::reduce::sum_leading;
+use super::{Cube, MAX_CUBES_YZ, empty};
+use crate::fast_ops::{cast, float, same, tensor};
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Shape, Tensor};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::reshape;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeRuntime};
+use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
+
+/// The convolution's input and filter, handed back when the backend is not one of ours.
+pub(super) type Inputs<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+/// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
+mod kernels {
+    use cubecl::prelude::*;
+
+    /// `y[n, c, i, j] = sum over (ky, kx) of x[n, c, i + ky - 1, j + kx - 1] * w[c, ky, kx]`, zero
+    /// outside the plane ('same' padding). With `flip` the filter is turned half a turn
+    /// (`w[c, 2 - ky, 2 - kx]`): the convolution that maps an output gradient to the input gradient.
+    /// Each unit computes `rows` values down one column of one plane, sliding a 3x3 window of inputs
+    /// held in registers: three loads a value instead of nine, and the filter loaded once.
+    #[cube(launch)]
+    pub(super) fn depthwise3x3(
+        x: &Tensor<f32>,
+        weight: &Tensor<f32>,
+        y: &mut Tensor<f32>,
+        #[comptime] rows: usize,
+        #[comptime] flip: bool,
+    ) {
+        let channels = y.shape(1);
+        let height = y.shape(2);
+        let width = y.shape(3);
+        let strips = height.div_ceil(rows);
+        let pos = ABSOLUTE_POS;
+        if pos >= y.shape(0) * channels * strips * width {
+            terminate!();
+        }
+        let col = pos % width;
+        let strip = (pos / width) % strips;
+        let plane = pos / (width * strips);
+        let base = plane * height * width;
+        let first = strip * rows;
+
+        let mut w = Array::<f32>::new(9usize);
+        #[unroll]
+        for tap in 0..9usize {
+            let k = if flip { 8usize - tap } else { tap };
+            w[tap] = weight[(plane % channels) * 9usize + k];
+        }
+        // The window: rows first - 1, first, first + 1 at columns col - 1, col, col + 1; zero
+        // outside the plane.
+        let mut win = Array::<f32>::new(9usize);
+        #[unroll]
+        for ky in 0..3usize {
+            // Row `first + ky - 1`, kept unsigned: `r` is that row plus one.
+            let r = first + ky;
+            #[unroll]
+            for kx in 0..3usize {
+                let c = col + kx;
+                let inside = r >= 1usize && r <= height && c >= 1usize && c <= width;
+                win[ky * 3usize + kx] =
+                    select(inside, x[base + (r - 1usize) * width + c - 1usize], 0.0f32);
+            }
+        }
+        let mut row = first;
+        let mut last = first + rows;
+        if last > height {
+            last = height;
+        }
+        while row < last {
+            let mut sum = 0.0f32;
+            #[unroll]
+            for tap in 0..9usize {
+                sum += win[tap] * w[tap];
+            }
+            y[base + row * width + col] = sum;
+            row += 1usize;
+            // Slide down: the window's rows move up one, and row `row + 1` comes in.
+            #[unroll]
+            for tap in 0..6usize {
+                win[tap] = win[tap + 3usize];
+            }
+            #[unroll]
+            for kx in 0..3usize {
+                let c = col + kx;
+                let inside = row + 1usize < height && c >= 1usize && c <= width;
+                win[6usize + kx] = select(
+                    inside,
+                    x[base + (row + 1usize) * width + c - 1usize],
+                    0.0f32,
+                );
+            }
+        }
+    }
+
+    /// One part of the filter gradient, `sum over (n, i, j) of dy[n, c, i, j] * x[n, c, i + ky - 1,
+    /// j + kx - 1]`: cube (c, s) sums images `s * images .. (s + 1) * images` of channel c into
+    /// `partial[s, c, tap]`. Its units take turns over strips of `rows` values down
+    /// one column (sliding a window of inputs in registers, as `depthwise3x3` does), then the units'
+    /// sums are added in a tree in shared memory of `slots`, a power of two at least the cube's size.
+    #[cube(launch)]
+    pub(super) fn depthwise3x3_filter_grad(
+        x: &Tensor<f32>,
+        dy: &Tensor<f32>,
+        partial: &mut Tensor<f32>,
+        images: usize,
+        #[comptime] rows: usize,
+        #[comptime] slots: usize,
+    ) {
+        let channel = CUBE_POS_X as usize;
+        let part = CUBE_POS_Y as usize;
+        let unit = UNIT_POS as usize;
+        let units = CUBE_DIM as usize;
+        let channels = x.shape(1);
+        let height = x.shape(2);
+        let width = x.shape(3);
+        let strips = height.div_ceil(rows);
+        let first_image = part * images;
+        let mut items = images * strips * width;
+        if first_image + images > x.shape(0) {
+            items = (x.shape(0) - first_image) * strips * width;
+        }
+
+        let mut acc = Array::<f32>::new(9usize);
+        #[unroll]
+        for tap in 0..9usize {
+            acc[tap] = 0.0f32;
+        }
+        let mut win = Array::<f32>::new(9usize);
+        let mut item = unit;
+        while item < items {
+            let col = item % width;
+            let strip = (item / width) % strips;
+            let n = first_image + item / (width * strips);
+            let base = (n * channels + channel) * height * width;
+            let first = strip * rows;
+            #[unroll]
+            for ky in 0..3usize {
+                let r = first + ky;
+                #[unroll]
+                for kx in 0..3usize {
+                    let c = col + kx;
+                    let inside = r >= 1usize && r <= height && c >= 1usize && c <= width;
+                    win[ky * 3usize + kx] =
+                        select(inside, x[base + (r - 1usize) * width + c - 1usize], 0.0f32);
+                }
+            }
+            let mut row = first;
+            let mut last = first + rows;
+            if last > height {
+                last = height;
+            }
+            while row < last {
+                let g = dy[base + row * width + col];
+                #[unroll]
+                for tap in 0..9usize {
+                    acc[tap] += g * win[tap];
+                }
+                row += 1usize;
+                #[unroll]
+                for tap in 0..6usize {
+                    win[tap] = win[tap + 3usize];
+                }
+                #[unroll]
+                for kx in 0..3usize {
+                    let c = col + kx;
+                    let inside = row + 1usize < height && c >= 1usize && c <= width;
+                    win[6usize + kx] = select(
+                        inside,
+                        x[base + (row + 1usize) * width + c - 1usize],
+                        0.0f32,
+                    );
+                }
+            }
+            item += units;
+        }
+
+        let mut shared = SharedMemory::<f32>::new(9usize * slots);
+        #[unroll]
+        for tap in 0..9usize {
+            shared[tap * slots + unit] = acc[tap];
+            // The slots past the cube's units (fewer than its units) start at zero.
+            if unit + units < slots {
+                shared[tap * slots + unit + units] = 0.0f32;
+            }
+        }
+        sync_cube();
+        // A runtime value: a comptime one cannot change.
+        let mut half = (slots / 2usize).runtime();
+        while half > 0usize {
+            #[unroll]
+            for tap in 0..9usize {
+                if unit < half {
+                    shared[tap * slots + unit] += shared[tap * slots + unit + half];
+                }
+            }
+            sync_cube();
+            half /= 2usize;
+        }
+        // Units write the nine sums in turn (a cube may have fewer than nine units).
+        let mut tap = unit;
+        while tap < 9usize {
+            partial[(part * channels + channel) * 9usize + tap] = shared[tap * slots];
+            tap += units;
+        }
+    }
+}
+
+/// Values each unit of the convolution computes down a column.
+const ROWS_PER_UNIT: usize = 8;
+
+/// The convolution (`flip`: with the filter turned half a turn, for the input gradient).
+fn forward<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, flip: bool) -> CubeTensor<R> {
+    let (x, weight) = (into_contiguous(x), into_contiguous(weight));
+    let [n, c, h, w] = x.meta.shape().dims::<4>();
+    let y = empty(&x, x.meta.shape().clone());
+    let client = x.client.clone();
+    let units = n * c * h.div_ceil(ROWS_PER_UNIT) * w;
+    let cube_dim = CubeDim::new(&client, units);
+    kernels::depthwise3x3::launch::<R>(
+        &client,
+        calculate_cube_count_elemwise(&client, units, cube_dim),
+        cube_dim,
+        x.into_tensor_arg(),
+        weight.into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        ROWS_PER_UNIT,
+        flip,
+    );
+    y
+}
+
+/// Units in a cube of the filter-gradient kernel.
+const GRAD_UNITS: usize = 256;
+
+/// Strips each unit of the filter-gradient kernel sums before the cube's tree: enough work per
+/// unit to hide the tree, enough cubes to fill a large GPU (CancerNet's first block at batch 256
+/// makes 432 cubes, its last 2,048).
+const STRIPS_PER_UNIT: usize = 8;
+
+/// The filter gradient `[c, 1, 3, 3]` of the convolution of `x` that gave the output gradient `dy`.
+fn filter_grad<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTensor<R> {
+    let (x, dy) = (into_contiguous(x), into_contiguous(dy));
+    let [n, c, h, w] = x.meta.shape().dims::<4>();
+    let client = x.client.clone();
+    let max_units = client.properties().hardware.max_units_per_cube as usize;
+    let units = GRAD_UNITS.min(max_units);
+    let strips_per_image = (h.div_ceil(ROWS_PER_UNIT) * w).max(1);
+    let images = (STRIPS_PER_UNIT * units / strips_per_image).clamp(1, n.max(1));
+    let parts = n.div_ceil(images).clamp(1, MAX_CUBES_YZ);
+    let images = n.div_ceil(parts).max(1);
+    let partial = empty(&x, Shape::new([parts, c * 9]));
+    kernels::depthwise3x3_filter_grad::launch::<R>(
+        &client,
+        CubeCount::Static(c as u32, parts as u32, 1),
+        CubeDim::new_1d(units as u32),
+        x.into_tensor_arg(),
+        dy.into_tensor_arg(),
+        partial.clone().into_tensor_arg(),
+        images,
+        ROWS_PER_UNIT,
+        units.next_power_of_two(),
+    );
+    reshape(sum_leading(partial), Shape::new([c, 1, 3, 3]))
+}
+
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 2> for DepthwiseBackward {
+    type State = (CubeTensor<R>, CubeTensor<R>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = grads.consume::<Cube<R, BT>>(&ops.node);
+        let (x, weight) = ops.state;
+        let [x_node, w_node] = ops.parents;
+        if let Some(node) = x_node {
+            grads.register::<Cube<R, BT>>(node.id, forward(dy.clone(), weight, true));
+        }
+        if let Some(node) = w_node {
+            grads.register::<Cube<R, BT>>(node.id, filter_grad(x, dy));
+        }
+    }
+}
+
+fn depthwise_autodiff<R: CubeRuntime, BT: BoolElement>(
+    x: Tensor<Autodiff<Cube<R, BT>>, 4>,
+    weight: Tensor<Autodiff<Cube<R, BT>>, 4>,
+) -> Tensor<Autodiff<Cube<R, BT>>, 4> {
+    let (x, weight) = (float(x), float(weight));
+    let y = forward(x.primitive.clone(), weight.primitive.clone(), false);
+    let prep = DepthwiseBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
+        .compute_bound()
+        .stateful();
+    tensor(match prep {
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    })
+}
+
+pub(super) fn on<B: Backend, R: CubeRuntime, BT: BoolElement>(
+    inputs: Inputs<B>,
+) -> Result<Tensor<B, 4>, Inputs<B>> {
+    type Ad<R, BT> = Autodiff<Cube<R, BT>>;
+    match cast::<_, (Tensor<Ad<R, BT>, 4>, Tensor<Ad<R, BT>, 4>)>(inputs) {
+        Ok((x, w)) => Ok(same(depthwise_autodiff(x, w))),
+        Err(inputs) => match cast::<_, (Tensor<Cube<R, BT>, 4>, Tensor<Cube<R, BT>, 4>)>(inputs) {
+            Ok((x, w)) => Ok(same(tensor::<Cube<R, BT>, 4>(forward(
+                float(x),
+                float(w),
+                false,
+            )))),
+            Err(inputs) => Err(inputs),
+        },
+    }
+}

@@ -1,0 +1,103 @@
+//! CancerNet's layers on burn's cubecl backends (CUDA and wgpu) as CubeCL kernels with their own
+//! autodiff backward, used by `fast_ops` wherever the model runs on one of those backends, as
+//! the CPU kernels are on flex: the depthwise 3x3 convolution (`depthwise`), the pointwise
+//! convolution and dense layers (`pointwise`), and ReLU + BatchNorm (`batch_norm`).
+//!
+//! Why: burn-cubecl 0.21 computes a grouped convolution's filter gradient with one host-side
+//! convolution per channel (419 in CancerNet), each summing the whole batch on 9 threads; that
+//! alone made a CUDA training step slower than the CPU's. And its matrix product runs in TF32 on
+//! NVIDIA tensor cores, so a CUDA run could not be compared with a CPU run closely; these
+//! kernels compute in f32 everywhere. See docs/performance.md.
+
+mod batch_norm;
+mod depthwise;
+mod pointwise;
+mod reduce;
+
+use burn::nn::BatchNorm;
+use burn::tensor::backend::Backend;
+use burn::tensor::{DType, Shape, Tensor};
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{CubeBackend, CubeRuntime};
+
+/// A cubecl backend with f32 floats, the precision CancerNet trains in.
+type Cube<R, BT> = CubeBackend<R, f32, i32, BT>;
+
+/// At most this many cubes along y and z: the limit every backend allows.
+const MAX_CUBES_YZ: usize = 65_535;
+
+/// Tries `$on::<B, runtime, bool element, $extra>($inputs)` for each cubecl backend of this build:
+/// returns its output, else evaluates to the inputs handed back.
+macro_rules! on_each_backend {
+    ($($on:ident)::+ $(<$extra:tt>)?, $inputs:expr) => {{
+        let inputs = $inputs;
+        #[cfg(feature = "wgpu")]
+        let inputs = match $($on)::+::<B, burn::backend::wgpu::WgpuRuntime, u32 $(, $extra)?>(inputs) {
+            Ok(y) => return Ok(y),
+            Err(inputs) => inputs,
+        };
+        #[cfg(feature = "cuda")]
+        let inputs = match $($on)::+::<B, cubecl::cuda::CudaRuntime, u8 $(, $extra)?>(inputs) {
+            Ok(y) => return Ok(y),
+            Err(inputs) => inputs,
+        };
+        inputs
+    }};
+}
+
+/// `x` `[n, c, h, w]` convolved with `weight` `[c, 1, 3, 3]` ('same' padding, no bias) when `B`
+/// is a cubecl backend of this build (with or without autodiff), else the inputs back.
+pub fn depthwise3x3<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, depthwise::Inputs<B>> {
+    Err(on_each_backend!(depthwise::on, (x, weight)))
+}
+
+/// The 1x1 convolution of `x` `[n, ci, h, w]` with `weight` `[co, ci, 1, 1]` plus `bias` `[co]`,
+/// when `B` is a cubecl backend of this build, else the inputs back.
+pub fn pointwise<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Tensor<B, 1>,
+) -> Result<Tensor<B, 4>, pointwise::Inputs<B, 4>> {
+    Err(on_each_backend!(pointwise::on<4>, (x, weight, bias)))
+}
+
+/// A dense layer, `x` `[n, in]` times `weight` `[in, out]` plus `bias` `[out]` (burn's `Linear`),
+/// when `B` is a cubecl backend of this build, else the inputs back.
+pub fn linear<B: Backend>(
+    x: Tensor<B, 2>,
+    weight: Tensor<B, 2>,
+    bias: Tensor<B, 1>,
+) -> Result<Tensor<B, 2>, pointwise::Inputs<B, 2>> {
+    Err(on_each_backend!(pointwise::on<2>, (x, weight, bias)))
+}
+
+/// BatchNorm(ReLU(z)) (training mode with autodiff, running statistics without) when `B` is a
+/// cubecl backend of this build, else the inputs back.
+pub fn relu_batch_norm<'a, B: Backend>(
+    bn: &'a BatchNorm<B>,
+    z: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, batch_norm::Inputs<'a, B>> {
+    Err(on_each_backend!(batch_norm::on, (bn, z)))
+}
+
+/// Whether the model's layers on `B` run these kernels (a test and the trainer's header ask).
+pub fn serves<B: Backend>() -> bool {
+    let device = Default::default();
+    let probe = || Tensor::<B, 4>::empty([1, 1, 1, 1], &device);
+    depthwise3x3(probe(), probe()).is_ok()
+}
+
+/// An uninitialized contiguous f32 tensor on `like`'s device.
+fn empty<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
+    let buffer = like.client.empty(shape.num_elements() * size_of::<f32>());
+    CubeTensor::new_contiguous(
+        like.client.clone(),
+        like.device.clone(),
+        shape,
+        buffer,
+        DType::F32,
+    )
+}

@@ -1,0 +1,390 @@
+//! The pointwise (1x1) convolution and the dense layers as one CubeCL matrix product with bias,
+//! `y[n, o, p] = b[o] + sum over i of w(o, i) * x[n, i, p]`, with its input, weight and bias
+//! gradients. A dense layer is the case of one position (`p` = 0) with burn's `[in, out]` weight.
+//!
+//! Full f32 arithmetic on every device: burn's matrix product runs on tensor cores in TF32 on
+//! recent NVIDIA GPUs (10 bits of mantissa), which made the CUDA step differ from the CPU's by
+//! 1e-3 on the first step. Each unit computes a tile of 4 positions x 8 outputs, so that every
+//! input value loaded serves 8 products and every weight 4.
+
+use super::reduce::{channel_sums, sum_leading};
+use super::{Cube, MAX_CUBES_YZ, empty};
+use crate::fast_ops::{cast, float, same, tensor};
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Shape, Tensor};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::reshape;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeRuntime};
+use cubecl::{CubeCount, CubeDim};
+
+/// A layer's input, weight and bias (`D` = 4: a 1x1 convolution's; 2: a dense layer's), handed
+/// back when the backend is not one of ours.
+pub(super) type Inputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, 1>);
+
+/// Positions and outputs of a unit's tile in the product.
+const TILE_P: usize = 4;
+const TILE_O: usize = 8;
+/// Outputs and inputs of a unit's tile in the weight gradient.
+const GRAD_TILE: usize = 4;
+/// Units of a cube.
+const UNITS: usize = 64;
+
+/// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
+mod kernels {
+    use cubecl::prelude::*;
+
+    /// Where weight `(o, i)` is in a weight tensor: `[outs, ins]` (a convolution's), or `[ins, outs]`
+    /// (`transposed`: a dense layer's, or a convolution's read for its input gradient).
+    #[cube]
+    fn weight_at(
+        o: usize,
+        i: usize,
+        outs: usize,
+        ins: usize,
+        #[comptime] transposed: bool,
+    ) -> usize {
+        if transposed {
+            i * outs + o
+        } else {
+            o * ins + i
+        }
+    }
+
+    /// `y[n, o, p] = bias[o] + sum over i of weight(o, i) * x[n, i, p]` for x `[n, ins, positions]`
+    /// and y `[n, outs, positions]`. Cube (bx, by) covers positions `bx * 4 * units ..` (of all
+    /// images, flattened) and outputs `by * 8 ..`; its units take positions in turn, so that
+    /// neighbouring units read neighbouring values.
+    #[cube(launch)]
+    pub(super) fn product(
+        x: &Tensor<f32>,
+        weight: &Tensor<f32>,
+        bias: &Tensor<f32>,
+        y: &mut Tensor<f32>,
+        #[comptime] transposed: bool,
+        #[comptime] has_bias: bool,
+    ) {
+        let ins = x.shape(1);
+        let outs = y.shape(1);
+        let positions = y.shape(2);
+        let total = y.shape(0) * positions;
+        let units = CUBE_DIM as usize;
+        let first_o = CUBE_POS_Y as usize * 8usize;
+        let mut at = Array::<usize>::new(4usize);
+        let mut valid = Array::<bool>::new(4usize);
+        #[unroll]
+        for k in 0..4usize {
+            let m = CUBE_POS_X as usize * 4usize * units + k * units + UNIT_POS as usize;
+            valid[k] = m < total;
+            // Where position m's image starts, plus the position (its input 0 in x).
+            at[k] = (m / positions) * ins * positions + m % positions;
+        }
+        let mut acc = Array::<f32>::new(32usize);
+        #[unroll]
+        for j in 0..8usize {
+            let o = first_o + j;
+            let mut b = 0.0f32;
+            if has_bias {
+                b = select(o < outs, bias[o], 0.0f32);
+            }
+            #[unroll]
+            for k in 0..4usize {
+                acc[j * 4usize + k] = b;
+            }
+        }
+        for i in 0..ins {
+            let mut xs = Array::<f32>::new(4usize);
+            #[unroll]
+            for k in 0..4usize {
+                xs[k] = select(valid[k], x[at[k] + i * positions], 0.0f32);
+            }
+            #[unroll]
+            for j in 0..8usize {
+                let o = first_o + j;
+                let w = select(
+                    o < outs,
+                    weight[weight_at(o, i, outs, ins, transposed)],
+                    0.0f32,
+                );
+                #[unroll]
+                for k in 0..4usize {
+                    acc[j * 4usize + k] += w * xs[k];
+                }
+            }
+        }
+        #[unroll]
+        for k in 0..4usize {
+            if valid[k] {
+                let m = CUBE_POS_X as usize * 4usize * units + k * units + UNIT_POS as usize;
+                let out = (m / positions) * outs * positions + m % positions;
+                #[unroll]
+                for j in 0..8usize {
+                    let o = first_o + j;
+                    if o < outs {
+                        y[out + o * positions] = acc[j * 4usize + k];
+                    }
+                }
+            }
+        }
+    }
+
+    /// One part of the weight gradient `sum over (n, p) of dy[n, o, p] * x[n, i, p]`: cube (bo, bi,
+    /// s) sums the flattened positions `s * chunk .. (s + 1) * chunk` for outputs `bo * 4 ..` and
+    /// inputs `bi * 4 ..`, its units taking positions in turn, then adds the units' 16 sums in a tree
+    /// in shared memory (of `slots`, a power of two at least the cube's size) into
+    /// `partial[s, o, i]`.
+    #[cube(launch)]
+    pub(super) fn weight_grad(
+        x: &Tensor<f32>,
+        dy: &Tensor<f32>,
+        partial: &mut Tensor<f32>,
+        chunk: usize,
+        #[comptime] slots: usize,
+    ) {
+        let ins = x.shape(1);
+        let outs = dy.shape(1);
+        let positions = x.shape(2);
+        let total = x.shape(0) * positions;
+        let units = CUBE_DIM as usize;
+        let unit = UNIT_POS as usize;
+        let first_o = CUBE_POS_X as usize * 4usize;
+        let first_i = CUBE_POS_Y as usize * 4usize;
+        let part = CUBE_POS_Z as usize;
+        let mut end = (part + 1usize) * chunk;
+        if end > total {
+            end = total;
+        }
+        let mut acc = Array::<f32>::new(16usize);
+        #[unroll]
+        for t in 0..16usize {
+            acc[t] = 0.0f32;
+        }
+        let mut m = part * chunk + unit;
+        while m < end {
+            let n = m / positions;
+            let p = m % positions;
+            let mut gs = Array::<f32>::new(4usize);
+            let mut xs = Array::<f32>::new(4usize);
+            #[unroll]
+            for j in 0..4usize {
+                let o = first_o + j;
+                gs[j] = select(o < outs, dy[(n * outs + o) * positions + p], 0.0f32);
+                let i = first_i + j;
+                xs[j] = select(i < ins, x[(n * ins + i) * positions + p], 0.0f32);
+            }
+            #[unroll]
+            for j in 0..4usize {
+                #[unroll]
+                for k in 0..4usize {
+                    acc[j * 4usize + k] += gs[j] * xs[k];
+                }
+            }
+            m += units;
+        }
+        let mut shared = SharedMemory::<f32>::new(16usize * slots);
+        #[unroll]
+        for t in 0..16usize {
+            shared[t * slots + unit] = acc[t];
+            // The slots past the cube's units (fewer than its units) start at zero.
+            if unit + units < slots {
+                shared[t * slots + unit + units] = 0.0f32;
+            }
+        }
+        sync_cube();
+        // A runtime value: a comptime one cannot change.
+        let mut half = (slots / 2usize).runtime();
+        while half > 0usize {
+            if unit < half {
+                #[unroll]
+                for t in 0..16usize {
+                    shared[t * slots + unit] += shared[t * slots + unit + half];
+                }
+            }
+            sync_cube();
+            half /= 2usize;
+        }
+        // Units write the sixteen sums in turn (a cube may have fewer than sixteen units).
+        let mut t = unit;
+        while t < 16usize {
+            let o = first_o + t / 4usize;
+            let i = first_i + t % 4usize;
+            if o < outs && i < ins {
+                partial[(part * outs + o) * ins + i] = shared[t * slots];
+            }
+            t += units;
+        }
+    }
+}
+
+/// x `[n, ins, positions]` times the weight, plus the bias when given: `[n, outs, positions]`.
+fn forward<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    bias: Option<CubeTensor<R>>,
+    outs: usize,
+    transposed: bool,
+) -> CubeTensor<R> {
+    let (x, weight) = (into_contiguous(x), into_contiguous(weight));
+    let [n, _, positions] = x.meta.shape().dims::<3>();
+    let y = empty(&x, Shape::new([n, outs, positions]));
+    let client = x.client.clone();
+    let has_bias = bias.is_some();
+    // Without a bias the kernel reads none: any f32 tensor fills the place.
+    let bias = into_contiguous(bias.unwrap_or_else(|| weight.clone()));
+    let count = CubeCount::Static(
+        (n * positions).div_ceil(TILE_P * UNITS).max(1) as u32,
+        outs.div_ceil(TILE_O) as u32,
+        1,
+    );
+    kernels::product::launch::<R>(
+        &client,
+        count,
+        CubeDim::new_1d(UNITS as u32),
+        x.into_tensor_arg(),
+        weight.into_tensor_arg(),
+        bias.into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        transposed,
+        has_bias,
+    );
+    y
+}
+
+/// Positions each unit of the weight-gradient kernel sums before the cube's tree.
+const GRAD_POSITIONS_PER_UNIT: usize = 64;
+/// Units of a cube of the weight-gradient kernel.
+const GRAD_UNITS: usize = 64;
+
+/// The weight gradient `[outs, ins]` of a 1x1 convolution of x that gave the output gradient dy.
+fn weight_grad_of<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTensor<R> {
+    let (x, dy) = (into_contiguous(x), into_contiguous(dy));
+    let [n, ins, positions] = x.meta.shape().dims::<3>();
+    let outs = dy.meta.shape()[1];
+    let client = x.client.clone();
+    let total = n * positions;
+    let parts = total
+        .div_ceil(GRAD_POSITIONS_PER_UNIT * GRAD_UNITS)
+        .clamp(1, MAX_CUBES_YZ);
+    let chunk = total.div_ceil(parts).max(1);
+    let partial = empty(&x, Shape::new([parts, outs * ins]));
+    kernels::weight_grad::launch::<R>(
+        &client,
+        CubeCount::Static(
+            outs.div_ceil(GRAD_TILE) as u32,
+            ins.div_ceil(GRAD_TILE) as u32,
+            parts as u32,
+        ),
+        CubeDim::new_1d(GRAD_UNITS as u32),
+        x.into_tensor_arg(),
+        dy.into_tensor_arg(),
+        partial.clone().into_tensor_arg(),
+        chunk,
+        GRAD_UNITS.next_power_of_two(),
+    );
+    reshape(sum_leading(partial), Shape::new([outs, ins]))
+}
+
+/// x as `[n, ins, positions]`: a convolution's `[n, c, h, w]` or a dense layer's `[n, features]`.
+fn as_positions<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
+    let dims = x.meta.shape().clone();
+    let positions: usize = dims.iter().skip(2).product();
+    reshape(x, Shape::new([dims[0], dims[1], positions]))
+}
+
+/// The layer on x: a dense layer's weight is `[ins, outs]` (`transposed`), a convolution's
+/// `[outs, ins, 1, 1]`. The output has x's shape with `outs` channels.
+fn layer<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    weight: CubeTensor<R>,
+    bias: CubeTensor<R>,
+    transposed: bool,
+) -> CubeTensor<R> {
+    let mut shape = x.meta.shape().clone();
+    shape[1] = bias.meta.shape()[0];
+    let y = forward(as_positions(x), weight, Some(bias), shape[1], transposed);
+    reshape(y, shape)
+}
+
+#[derive(Debug)]
+struct LayerBackward;
+
+impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for LayerBackward {
+    /// x, the weight, and whether it is a dense layer's (`transposed`).
+    type State = (CubeTensor<R>, CubeTensor<R>, bool);
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = as_positions(grads.consume::<Cube<R, BT>>(&ops.node));
+        let (x, weight, transposed) = ops.state;
+        let (x_shape, w_shape) = (x.meta.shape().clone(), weight.meta.shape().clone());
+        let x = as_positions(x);
+        let [x_node, w_node, b_node] = ops.parents;
+        if let Some(node) = x_node {
+            // The input gradient is the product with the weight read the other way round.
+            let dx = forward(dy.clone(), weight, None, x_shape[1], !transposed);
+            grads.register::<Cube<R, BT>>(node.id, reshape(dx, x_shape));
+        }
+        if let Some(node) = w_node {
+            let dw = if transposed {
+                // A dense layer's `[in, out]` gradient, x^T dy, sums over the batch only: the
+                // product with dy as one image of `n` inputs at `out` positions, and x read as
+                // a transposed weight.
+                let [n, ins, _] = x.meta.shape().dims::<3>();
+                let outs = dy.meta.shape()[1];
+                let dy = reshape(dy.clone(), Shape::new([1, n, outs]));
+                forward(dy, reshape(x, Shape::new([n, ins])), None, ins, true)
+            } else {
+                weight_grad_of(x, dy.clone())
+            };
+            grads.register::<Cube<R, BT>>(node.id, reshape(dw, w_shape));
+        }
+        if let Some(node) = b_node {
+            grads.register::<Cube<R, BT>>(node.id, channel_sums(dy));
+        }
+    }
+}
+
+fn layer_autodiff<R: CubeRuntime, BT: BoolElement, const D: usize>(
+    (x, weight, bias): Inputs<Autodiff<Cube<R, BT>>, D>,
+    transposed: bool,
+) -> Tensor<Autodiff<Cube<R, BT>>, D> {
+    let (x, weight, bias) = (float(x), float(weight), float(bias));
+    let y = layer(
+        x.primitive.clone(),
+        weight.primitive.clone(),
+        bias.primitive,
+        transposed,
+    );
+    let prep = LayerBackward
+        .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone(), bias.node.clone()])
+        .compute_bound()
+        .stateful();
+    tensor(match prep {
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, transposed), y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    })
+}
+
+/// The layer by these kernels when `B` is `Cube<R, BT>` (with or without autodiff), else the
+/// inputs back. `D` = 4: a 1x1 convolution; 2: a dense layer.
+pub(super) fn on<B: Backend, R: CubeRuntime, BT: BoolElement, const D: usize>(
+    inputs: Inputs<B, D>,
+) -> Result<Tensor<B, D>, Inputs<B, D>> {
+    let transposed = D == 2;
+    match cast::<_, Inputs<Autodiff<Cube<R, BT>>, D>>(inputs) {
+        Ok(inputs) => Ok(same(layer_autodiff(inputs, transposed))),
+        Err(inputs) => match cast::<_, Inputs<Cube<R, BT>, D>>(inputs) {
+            Ok((x, w, b)) => Ok(same(tensor::<Cube<R, BT>, D>(layer(
+                float(x),
+                float(w),
+                float(b),
+                transposed,
+            )))),
+            Err(inputs) => Err(inputs),
+        },
+    }
+}
