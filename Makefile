@@ -34,16 +34,17 @@ demo: venv build
 	$(BIN)/runtime heatmap datasets/idc/testing --model models/cancernet.onnx --max-patients 1 --out reports/heatmaps
 	@echo "demo done: models/cancernet/plot.png, models/cancernet.onnx, reports/eval.json, reports/roc.png, reports/heatmaps/"
 
-# Format, lints, every test (the real patches in ../shared/data are used when present; the
-# trainer is built with its wgpu backend, so the GPU code path runs on any Vulkan device, Mesa's
-# lavapipe on the CPU included: `apt-get install mesa-vulkan-drivers libvulkan1`, else those
-# tests say SKIPPED), a full build of the CUDA trainer so it never rots (no GPU or CUDA toolkit
-# needed), and the dependency check.
+# Format, lints, every test (the real patches in ../shared/data are used when present), with the
+# trainer built with both GPU backends: wgpu's code path runs on any Vulkan device, Mesa's
+# lavapipe on the CPU included (`apt-get install mesa-vulkan-drivers libvulkan1`, else those tests
+# say SKIPPED); the CUDA tests run where there is a GPU and elsewhere check that `--device cuda`
+# says what is missing. A smoke run of the per-op GPU benchmark, and the dependency check.
+GPU_FEATURES := --features trainer/wgpu,trainer/cuda
 test: venv
 	$(CARGO) fmt --all --check
-	$(CARGO) clippy --release --workspace --all-targets --features trainer/wgpu -- -D warnings
-	$(CARGO) test --release --workspace --features trainer/wgpu
-	$(CARGO) build --release -p trainer --features cuda
+	$(CARGO) clippy --release --workspace --all-targets $(GPU_FEATURES) -- -D warnings
+	$(CARGO) test --release --workspace $(GPU_FEATURES)
+	BATCHES=4 REPS=1 $(CARGO) bench --workspace $(GPU_FEATURES) --bench gpu_ops
 	$(MAKE) deny
 
 # Dependency hygiene (deny.toml: crates.io only, allowed licenses, no wildcards), checked offline

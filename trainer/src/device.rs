@@ -17,6 +17,7 @@ use anyhow::Result;
 use anyhow::{anyhow, bail};
 
 /// What to tell a user whose build lacks a device's feature.
+#[cfg(not(all(feature = "cuda", feature = "wgpu")))]
 fn not_built(device: &str, feature: &str) -> anyhow::Error {
     anyhow!(
         "device: {device} was asked for, but this trainer was built without {}: rebuild with \
@@ -33,16 +34,88 @@ pub mod cuda {
 
     /// The default CUDA device and a description of it, or why CUDA cannot be used here.
     pub fn device() -> Result<(CudaDevice, String)> {
+        let cannot = |why: String| {
+            anyhow!(
+                "device: cuda was asked for but CUDA cannot be used here: {why}; or use --device cpu"
+            )
+        };
+        let (name, gpus) = probe().map_err(cannot)?;
         let device = CudaDevice::default();
         models::catch_quietly(|| {
             burn::tensor::Tensor::<Cuda, 1>::zeros([1], &device).into_data();
         })
-        .map_err(|why| {
-            anyhow!(
-                "device: cuda was asked for but CUDA cannot be used here ({why}); install the NVIDIA driver, or use --device cpu"
-            )
-        })?;
-        Ok((device, "CUDA device 0".to_string()))
+        .map_err(|why| cannot(format!("burn's CUDA backend failed to start ({why})")))?;
+        Ok((device, format!("{name} (CUDA device 0 of {gpus})")))
+    }
+
+    /// The libraries NVRTC is loaded from (burn's CUDA backend compiles its kernels with it at run
+    /// time), as cudarc looks for them.
+    const NVRTC: [&str; 3] = ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"];
+
+    /// The first GPU's name and how many the NVIDIA driver sees, or what is missing: the driver,
+    /// a GPU, NVRTC.
+    /// burn's backend panics on a missing part, on a thread of its own, and the panic reaches
+    /// the caller as a bare `RecvError`: each part is asked for here first.
+    fn probe() -> std::result::Result<(String, i32), String> {
+        // SAFETY: loading the driver and NVRTC runs their initialisers, as burn's loading does;
+        // cuInit and cuDeviceGetCount are called with the C signatures of the CUDA driver API.
+        unsafe {
+            let driver = ["libcuda.so.1", "libcuda.so"]
+                .iter()
+                .find_map(|name| libloading::Library::new(*name).ok())
+                .ok_or(
+                    "no NVIDIA driver (libcuda.so.1 cannot be loaded): install the NVIDIA driver; \
+                     `nvidia-smi` lists the GPUs it sees",
+                )?;
+            let init = driver
+                .get::<unsafe extern "C" fn(u32) -> i32>(b"cuInit")
+                .map_err(|e| format!("libcuda.so.1 has no cuInit ({e})"))?;
+            const NO_DEVICE: i32 = 100;
+            match init(0) {
+                0 => {}
+                NO_DEVICE => return Err("the NVIDIA driver is there but sees no GPU".into()),
+                code => {
+                    return Err(format!(
+                        "the NVIDIA driver failed to start (cuInit: CUDA error {code}; \
+                         `nvidia-smi` says why, often a driver and kernel module of different versions)"
+                    ));
+                }
+            }
+            let count = driver
+                .get::<unsafe extern "C" fn(*mut i32) -> i32>(b"cuDeviceGetCount")
+                .map_err(|e| format!("libcuda.so.1 has no cuDeviceGetCount ({e})"))?;
+            let mut gpus = 0;
+            if count(&mut gpus) != 0 || gpus < 1 {
+                return Err("the NVIDIA driver is there but sees no GPU".into());
+            }
+            let mut name = [0u8; 256];
+            let mut first = 0i32;
+            let named = driver
+                .get::<unsafe extern "C" fn(*mut i32, i32) -> i32>(b"cuDeviceGet")
+                .is_ok_and(|get| get(&mut first, 0) == 0)
+                && driver
+                    .get::<unsafe extern "C" fn(*mut u8, i32, i32) -> i32>(b"cuDeviceGetName")
+                    .is_ok_and(|get_name| get_name(name.as_mut_ptr(), 256, first) == 0);
+            let name = match named {
+                true => std::ffi::CStr::from_bytes_until_nul(&name)
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| "a GPU".into()),
+                false => "a GPU".into(),
+            };
+            if !NVRTC
+                .iter()
+                .any(|name| libloading::Library::new(*name).is_ok())
+            {
+                return Err(format!(
+                    "NVRTC, which burn's CUDA backend compiles its kernels with, cannot be loaded \
+                     (looked for {}): install the CUDA toolkit's NVRTC (NVIDIA's `cuda-nvrtc-13-0` \
+                     package, or `pip install nvidia-cuda-nvrtc`) and put its lib folder on \
+                     LD_LIBRARY_PATH (e.g. /usr/local/cuda/lib64)",
+                    NVRTC.join(", ")
+                ));
+            }
+            Ok((name, gpus))
+        }
     }
 }
 

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The GPU check in one device call: the CUDA test suite (a missing GPU fails it: IDC_REQUIRE_CUDA),
+# the per-op benchmark (burn's ops vs CancerNet's own kernels, batch 32 and 256), `trainer --device
+# cuda` at batch 32 and 256 on synthetic data (and `--device cpu` on the same cores), export,
+# `runtime eval` and `runtime bench` with the CUDA provider, and PyTorch's CancerNet on the same
+# card; then one table. Everything it prints is also in $OUT/gpu.log.
+#
+# Prepared here by bench/gpu-pack.sh (the device machine has no Rust). Then one call:
+#   run(command="bash bench/gpu.sh", carry=[".gpu"], timeout_s=600)
+# For ONNX Runtime's CUDA provider, first send each .gpu/ort-cuda.part* in its own call, back to
+# back (the machine goes back after 30 s idle, /tmp with it):
+#   run(command="cp .gpu/ort-cuda.partaa /tmp/", carry=[".gpu/ort-cuda.partaa"])  ... then gpu.sh
+# (gpu.sh joins /tmp/ort-cuda.part*; without them runtime's CUDA rows say "not run").
+# About 6 minutes on an H200, within one call's 10.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$(mktemp -d)}
+exec > >(tee "$OUT/gpu.log") 2>&1
+W=$(mktemp -d)
+SECONDS=0
+step() { echo; echo "== $* (at ${SECONDS}s)"; }
+# Runs a command with a time limit, printing its status: one failing step never stops the rest.
+try() {
+  local limit=$1; shift
+  local t0=$SECONDS
+  timeout "$limit" "$@"; local rc=$?
+  echo "[rc=$rc, $((SECONDS - t0)) s] $*"
+  return $rc
+}
+
+step "machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+nproc
+mkdir -p "$W/pack" && xz -dc .gpu/pack.tar.xz | tar -C "$W/pack" -xf -
+BIN=$W/pack/bin
+# The CUDA test looks for the workspace's binaries where they were built.
+BUILT=$(cat "$BIN/built-in")
+mkdir -p "$BUILT" && cp "$BIN"/{datasets,trainer,exporter,runtime} "$BUILT/"
+# NVRTC (for burn's CUDA kernels) and the CUDA libraries of the python3's nvidia packages (for
+# ONNX Runtime's provider).
+NV=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)
+LIBS=/usr/local/cuda/lib64
+for d in "$NV"/nvidia/*/lib; do [ -d "$d" ] && LIBS="$LIBS:$d"; done
+ORT_DIR=$BIN
+if ls /tmp/ort-cuda.part* >/dev/null 2>&1; then
+  mkdir -p "$W/ort-cuda" && cat /tmp/ort-cuda.part* | xz -dc | tar -C "$W/ort-cuda" -xf - && ORT_DIR=$W/ort-cuda
+fi
+export LD_LIBRARY_PATH="$ORT_DIR:$LIBS:${LD_LIBRARY_PATH:-}"
+export ORT_DYLIB_PATH=$(ls "$ORT_DIR"/libonnxruntime.so.* | head -1)
+CUDA_EP=no; [ -f "$ORT_DIR/libonnxruntime_providers_cuda.so" ] && CUDA_EP=yes
+echo "ONNX Runtime: $ORT_DYLIB_PATH (CUDA provider: $CUDA_EP)"
+
+step "CUDA test suite (trainer/tests/gpu.rs)"
+IDC_REQUIRE_CUDA=1 try 240 "$BIN/gpu-test" cuda --test-threads=1 --nocapture
+
+step "per-op benchmark, batch 32 and 256"
+BATCHES=32,256 REPS=20 DEVICES=cuda try 240 "$BIN/gpu-ops" --bench
+
+step "synthetic data (40 patients)"
+"$BIN/datasets" synth --patients 40 --mean-patches 600 --out "$W/orig" | tail -1
+"$BIN/datasets" build --source "$W/orig" --out "$W/idc" | tail -1
+config() { # $1: batch size, $2: device
+  cat <<EOF
+data:
+  root: $W/idc
+  cache: true
+model:
+  bn_momentum: 0.9
+train:
+  epochs: 3
+  batch_size: $1
+device: $2
+EOF
+}
+for b in 32 256; do
+  step "trainer --device cuda, batch $b, 3 epochs"
+  config "$b" cuda >"$W/cuda-$b.yaml"
+  try 200 "$BIN/trainer" --config "$W/cuda-$b.yaml" --output "$W/run-cuda-$b"
+done
+step "trainer --device cpu ($(nproc) cores), batch 32, 1 epoch"
+config 32 cpu | sed 's/epochs: 3/epochs: 1/' >"$W/cpu-32.yaml"
+try 200 "$BIN/trainer" --config "$W/cpu-32.yaml" --output "$W/run-cpu-32"
+
+step "export + runtime eval and bench, CUDA provider"
+try 60 "$BIN/exporter" --model "$W/run-cuda-256" --out "$W/m.onnx"
+EP=cuda; [ $CUDA_EP = yes ] || { EP=cpu; echo "no CUDA provider in /tmp (see the header): CPU provider"; }
+try 120 "$BIN/runtime" eval "$W/idc/testing" --model "$W/m.onnx" --ep $EP --batch-size 1024 --json "$W/eval.json"
+try 120 "$BIN/runtime" bench "$W/idc/testing" --model "$W/m.onnx" --ep $EP --batch-size 1024
+
+step "PyTorch's CancerNet on the same card"
+if [ -f "$W/pack/torch_gpu.py" ]; then
+  (cd "$W/pack" && PYTHONUNBUFFERED=1 try 200 python3 torch_gpu.py 100)
+else
+  echo "torch_gpu.py was not packed: no PyTorch rows"
+fi
+
+step "summary"
+python3 - "$OUT/gpu.log" <<'EOF'
+import re, sys
+log = open(sys.argv[1]).read()
+def last(pattern, default="not measured"):
+    found = re.findall(pattern, log)
+    return found[-1] if found else default
+tests = last(r"test result: (\w+\. \d+ passed; \d+ failed)")
+rows = [("CUDA tests (trainer/tests/gpu.rs)", tests)]
+for b in (32, 256):
+    m = re.search(rf"== trainer --device cuda, batch {b}.*?(?===)", log, re.S)
+    rates = re.findall(r"\| (\d+) img/s", m.group(0)) if m else []
+    rows.append((f"trainer --device cuda, batch {b} (epochs 2-3)", " / ".join(rates[1:]) + " img/s" if rates else "failed"))
+m = re.search(r"== trainer --device cpu.*?(?===)", log, re.S)
+rate = re.findall(r"\| (\d+) img/s", m.group(0)) if m else []
+rows.append(("trainer --device cpu, batch 32", rate[-1] + " img/s" if rate else "failed"))
+for b, ours in re.findall(r"cuda: .*?, batch (\d+) .*?training step: \d+ img/s with burn's ops, (\d+) img/s with CancerNet's own", log, re.S):
+    rows.append((f"training step, batch {b} (gpu_ops, in memory)", ours + " img/s"))
+for b, burn in re.findall(r"cuda: .*?, batch (\d+) .*?training step: (\d+) img/s with burn's ops", log, re.S):
+    rows.append((f"  the same with burn's ops", burn + " img/s"))
+for v, b, r in re.findall(r"torch train (\S+)\s+batch\s+(\d+):\s+(\d+) img/s", log):
+    rows.append((f"PyTorch train {v}, batch {b}", r + " img/s"))
+rows.append(("runtime: pure inference (batch 1024)", last(r"pure inference \(batch 1024\)\s+(\d+ img/s)")))
+rows.append(("runtime: end-to-end eval", last(r"end-to-end eval\s+(\d+ img/s)")))
+rows.append(("runtime eval: BAC / ROC AUC", " / ".join(re.findall(r"balanced accuracy\s+([\d.]+)", log)[-1:] + re.findall(r"ROC AUC\s+([\d.]+)", log)[-1:]) or "failed"))
+width = max(len(r[0]) for r in rows)
+print(f"{'what':<{width}}  result")
+for what, result in rows:
+    print(f"{what:<{width}}  {result}")
+EOF
+echo "done in ${SECONDS}s; log in \$OUT/gpu.log"
