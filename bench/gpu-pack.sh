@@ -11,11 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PACK=.gpu
-FEATURES=(--features trainer/cuda)
+# The features `make test` builds with, so that its build is reused.
+FEATURES=(--features trainer/wgpu,trainer/cuda)
 mkdir -p "$PACK"
 grep -qxs "/$PACK/" .git/info/exclude 2>/dev/null || echo "/$PACK/" >>.git/info/exclude
 
-cargo build --release -p datasets -p trainer -p exporter -p runtime "${FEATURES[@]}"
+cargo build --release --workspace "${FEATURES[@]}"
 # The test and bench binaries; their names end in a hash, read from cargo's messages.
 built() { # $1: cargo subcommand and args; prints the executable paths
   cargo "$@" --message-format=json 2>/dev/null |
@@ -24,8 +25,8 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable"): print(m["executable"])'
 }
-GPU_TEST=$(built test --release -p trainer "${FEATURES[@]}" --test gpu --no-run | tail -1)
-GPU_OPS=$(built bench -p trainer "${FEATURES[@]}" --bench gpu_ops --no-run | tail -1)
+GPU_TEST=$(built test --release --workspace "${FEATURES[@]}" --test gpu --no-run | tail -1)
+GPU_OPS=$(built bench --workspace "${FEATURES[@]}" --bench gpu_ops --no-run | tail -1)
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT

@@ -463,6 +463,7 @@ fn clear_errors() {
             vec!["--config", cfg, "--epochs", "0"],
             "train.epochs = 0 is out of range [1, 100000]".into(),
         ),
+        #[cfg(not(feature = "cuda"))]
         (
             vec!["--config", cfg, "--device", "cuda", "--output", o],
             "device: cuda was asked for, but this trainer was built without CUDA: rebuild with \
@@ -477,6 +478,23 @@ fn clear_errors() {
         // The whole message, on one line, and nothing on stdout.
         assert_eq!(err.trim(), format!("error: {want}"), "{args:?}");
         assert!(o.stdout.is_empty(), "{args:?}");
+    }
+    // Built with CUDA on a machine without a usable GPU: the missing part, on one line
+    // (trainer/tests/gpu.rs checks each part's message; a machine with a GPU trains).
+    #[cfg(feature = "cuda")]
+    {
+        let o = trainer(&["--config", cfg, "--device", "cuda", "--output", o]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        if !o.status.success() {
+            assert_eq!(o.status.code(), Some(2), "{err}");
+            assert!(
+                err.trim().starts_with(
+                    "error: device: cuda was asked for but CUDA cannot be used here: "
+                ),
+                "{err}"
+            );
+            assert_eq!(err.trim().lines().count(), 1, "{err}");
+        }
     }
     // A split with one class only: the counts and the way out.
     let one = tmp.path().join("one");

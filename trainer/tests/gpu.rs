@@ -240,6 +240,8 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         [2, 3, 1, 1],
         [2, 2, 5, 1],
         [1, 2, 1, 6],
+        // Enough images for the filter gradient's sum to come in several parts.
+        [40, 2, 48, 48],
     ] {
         let (xd, wd, gd) = (next(&dims), next(&[dims[1], 1, 3, 3]), next(&dims));
         let run_gpu = || {
@@ -277,6 +279,8 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         ([3, 64, 12, 12], 128),
         ([1, 5, 3, 7], 9),
         ([2, 1, 1, 1], 1),
+        // The weight gradient's sum in several parts.
+        ([40, 3, 48, 48], 5),
     ] {
         let (xd, wd, bd) = (next(&dims), next(&[co, dims[1], 1, 1]), next(&[co]));
         let gd = next(&[dims[0], co, dims[2], dims[3]]);
@@ -318,6 +322,7 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
                 cb.grad(&cg).unwrap(),
             ));
     }
+    // The first: the product's inputs split into parts (too few outputs for the GPU otherwise).
     for (n, d_in, d_out) in [(32, 4608, 256), (32, 256, 2), (3, 5, 7), (1, 1, 1)] {
         let (xd, wd, bd, gd) = (
             next(&[n, d_in]),

@@ -23,22 +23,24 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::reshape;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
-use cubecl::{CubeCount, CubeDim};
+use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
     use cubecl::prelude::*;
 
     /// One part of a per-channel sum over t `[n, c, positions]` of `relu(t)` (or, `centred`, of
-    /// `(relu(t) - mean[c])^2`): cube (c, s) sums images `s * images ..` of channel c, its units
-    /// taking positions in turn, then adds its units' sums in a tree in shared memory (of
-    /// `slots`, a power of two at least the cube's size) into `partial[s, c]`.
+    /// `(relu(t) - mean)^2`, the mean being `sum over s of mean_parts[s, c] / count`): cube (c, s)
+    /// sums images `s * images ..` of channel c, its units taking positions in turn, then adds
+    /// its units' sums in a tree in shared memory (of `slots`, a power of two at least the
+    /// cube's size) into `partial[s, c]`.
     #[cube(launch)]
     pub(super) fn moments(
         t: &Tensor<f32>,
-        mean: &Tensor<f32>,
+        mean_parts: &Tensor<f32>,
         partial: &mut Tensor<f32>,
         images: usize,
+        count: f32,
         #[comptime] centred: bool,
         #[comptime] slots: usize,
     ) {
@@ -53,9 +55,19 @@ mod kernels {
         if last > t.shape(0) {
             last = t.shape(0);
         }
+        // The tree's slots, and one more that hands the mean from unit 0 to the others.
+        let mut shared = SharedMemory::<f32>::new(slots + 1usize);
         let mut shift = 0.0f32;
         if centred {
-            shift = mean[channel];
+            if unit == 0usize {
+                let mut sum = 0.0f32;
+                for s in 0..mean_parts.shape(0) {
+                    sum += mean_parts[s * channels + channel];
+                }
+                shared[slots] = sum / count;
+            }
+            sync_cube();
+            shift = shared[slots];
         }
         let mut sum = 0.0f32;
         for n in first..last {
@@ -72,7 +84,6 @@ mod kernels {
                 p += units;
             }
         }
-        let mut shared = SharedMemory::<f32>::new(slots);
         shared[unit] = sum;
         if unit + units < slots {
             shared[unit + units] = 0.0f32;
@@ -90,6 +101,47 @@ mod kernels {
         if unit == 0usize {
             partial[part * channels + channel] = shared[0usize];
         }
+    }
+
+    /// Per channel c (one unit each), from the parts of the sums of relu(z) and of its squared
+    /// deviations over `count` values: the batch mean, 1 / sqrt(var + eps), the affine map
+    /// `scale * relu(z) + shift` that normalizes, and the running averages moved towards the
+    /// batch's mean and (biased) variance by `momentum`, as burn's BatchNorm moves them.
+    #[cube(launch)]
+    pub(super) fn finalize(
+        mean_parts: &Tensor<f32>,
+        var_parts: &Tensor<f32>,
+        gamma: &Tensor<f32>,
+        beta: &Tensor<f32>,
+        running_mean: &Tensor<f32>,
+        running_var: &Tensor<f32>,
+        stats: &mut Tensor<f32>,
+        count: f32,
+        epsilon: f32,
+        momentum: f32,
+    ) {
+        let c = ABSOLUTE_POS;
+        let channels = gamma.len();
+        if c >= channels {
+            terminate!();
+        }
+        let mut sum = 0.0f32;
+        let mut squares = 0.0f32;
+        for s in 0..mean_parts.shape(0) {
+            sum += mean_parts[s * channels + c];
+            squares += var_parts[s * channels + c];
+        }
+        let mean = sum / count;
+        let var = squares / count;
+        let inv_std = 1.0f32 / f32::sqrt(var + epsilon);
+        let scale = gamma[c] * inv_std;
+        // stats rows: mean, inv_std, scale, shift, new running mean, new running variance.
+        stats[c] = mean;
+        stats[channels + c] = inv_std;
+        stats[2usize * channels + c] = scale;
+        stats[3usize * channels + c] = beta[c] - mean * scale;
+        stats[4usize * channels + c] = running_mean[c] * (1.0f32 - momentum) + mean * momentum;
+        stats[5usize * channels + c] = running_var[c] * (1.0f32 - momentum) + var * momentum;
     }
 
     /// One part of the two per-channel sums of the gradient, of dy and of `dy * xhat` (xhat =
@@ -178,19 +230,23 @@ mod kernels {
         }
     }
 
-    /// The input gradient of training-mode BatchNorm(ReLU(z)): `dz = [z > 0] * k1[c] * (dy -
-    /// k2[c] - xhat * k3[c])`, with k1 = gamma * inv_std, k2 = sum(dy) / m, k3 = sum(dy * xhat)
-    /// / m over the channel's m values; laid out as `relu_affine`.
+    /// The gradients of training-mode BatchNorm(ReLU(z)) from the two per-channel sums over its
+    /// `count` values (`sums[0, c]` of dy, `sums[1, c]` of dy * xhat): the input's, `dz = [z > 0]
+    /// * gamma[c] * inv_std[c] * (dy - sums[0, c] / count - xhat * sums[1, c] / count)`, laid out
+    /// as `relu_affine`; and gamma's and beta's (the sums themselves), written by the units at
+    /// position 0 of the first image's planes.
     #[cube(launch)]
     pub(super) fn input_grad(
         z: &Tensor<f32>,
         dy: &Tensor<f32>,
         mean: &Tensor<f32>,
         inv_std: &Tensor<f32>,
-        k1: &Tensor<f32>,
-        k2: &Tensor<f32>,
-        k3: &Tensor<f32>,
+        gamma: &Tensor<f32>,
+        sums: &Tensor<f32>,
         dz: &mut Tensor<f32>,
+        dgamma: &mut Tensor<f32>,
+        dbeta: &mut Tensor<f32>,
+        count: f32,
     ) {
         let channels = z.shape(1);
         let positions = z.shape(2);
@@ -202,10 +258,16 @@ mod kernels {
         let mut plane = CUBE_POS_Y as usize;
         while plane < planes {
             let c = plane % channels;
+            let (sum_dy, sum_dy_xhat) = (sums[c], sums[channels + c]);
+            if plane < channels && p == 0usize {
+                dbeta[c] = sum_dy;
+                dgamma[c] = sum_dy_xhat;
+            }
             let at = plane * positions + p;
             let v = z[at];
-            let xhat = (v - mean[c]) * inv_std[c];
-            let g = k1[c] * (dy[at] - k2[c] - xhat * k3[c]);
+            let s = inv_std[c];
+            let xhat = (v - mean[c]) * s;
+            let g = gamma[c] * s * (dy[at] - sum_dy / count - xhat * sum_dy_xhat / count);
             dz[at] = select(v > 0.0f32, g, 0.0f32);
             plane += CUBE_COUNT_Y as usize;
         }
@@ -215,9 +277,11 @@ mod kernels {
 /// The layer and its input, handed back when the backend is not one of ours.
 pub(super) type Inputs<'a, B> = (&'a BatchNorm<B>, Tensor<B, 4>);
 
-/// Units of a cube of every kernel here, and values each reduction unit sums before the tree.
+/// Units of a cube of the elementwise kernels, and of the reductions (whose units each sum at
+/// least `VALUES_PER_UNIT` values before the cube's tree).
 const UNITS: usize = 64;
-const VALUES_PER_UNIT: usize = 32;
+const REDUCTION_UNITS: usize = 256;
+const VALUES_PER_UNIT: usize = 64;
 
 /// The grid of the elementwise kernels for t `[n, c, positions]`.
 fn elementwise_count(dims: [usize; 3]) -> CubeCount {
@@ -229,15 +293,14 @@ fn elementwise_count(dims: [usize; 3]) -> CubeCount {
     )
 }
 
-/// The grid of the reductions: (channels, parts), and the images of a part.
-fn reduction_grid(dims: [usize; 3]) -> (CubeCount, usize) {
-    let [n, c, positions] = dims;
-    let images = (VALUES_PER_UNIT * UNITS)
+/// The reductions' parts: (how many, images in each).
+fn reduction_parts(dims: [usize; 3]) -> (usize, usize) {
+    let [n, _, positions] = dims;
+    let images = (VALUES_PER_UNIT * REDUCTION_UNITS)
         .div_ceil(positions.max(1))
         .clamp(1, n.max(1));
-    let parts = n.div_ceil(images).clamp(1, MAX_CUBES_YZ);
-    let images = n.div_ceil(parts).max(1);
-    (CubeCount::Static(c as u32, parts as u32, 1), images)
+    let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
+    (n.div_ceil(images).max(1), images)
 }
 
 /// z as a contiguous `[n, c, positions]`.
@@ -246,31 +309,25 @@ fn planes<R: CubeRuntime>(z: CubeTensor<R>) -> CubeTensor<R> {
     into_contiguous(reshape(z, Shape::new([n, c, h * w])))
 }
 
-/// The per-channel mean of relu(z), or (`mean` given) the mean of `(relu(z) - mean)^2`.
-fn moment<R: CubeRuntime>(z: &CubeTensor<R>, mean: Option<&CubeTensor<R>>) -> CubeTensor<R> {
+/// The parts `[parts, c]` of the per-channel sum of relu(z), or (given the mean's parts) of
+/// `(relu(z) - mean)^2`.
+fn moment_parts<R: CubeRuntime>(z: &CubeTensor<R>, mean: Option<&CubeTensor<R>>) -> CubeTensor<R> {
     let dims = z.meta.shape().dims::<3>();
-    let (count, images) = reduction_grid(dims);
-    let partial = empty(z, Shape::new([count_y(&count), dims[1]]));
+    let (parts, images) = reduction_parts(dims);
+    let partial = empty(z, Shape::new([parts, dims[1]]));
     kernels::moments::launch::<R>(
         &z.client,
-        count,
-        CubeDim::new_1d(UNITS as u32),
+        CubeCount::Static(dims[1] as u32, parts as u32, 1),
+        CubeDim::new_1d(REDUCTION_UNITS as u32),
         z.clone().into_tensor_arg(),
-        mean.unwrap_or(z).clone().into_tensor_arg(),
+        mean.unwrap_or(&partial).clone().into_tensor_arg(),
         partial.clone().into_tensor_arg(),
         images,
+        (dims[0] * dims[2]) as f32,
         mean.is_some(),
-        UNITS.next_power_of_two(),
+        REDUCTION_UNITS.next_power_of_two(),
     );
-    let sums = tensor::<Cube<R, u8>, 1>(sum_leading(partial));
-    float(sums.div_scalar((dims[0] * dims[2]) as f32))
-}
-
-fn count_y(count: &CubeCount) -> usize {
-    match count {
-        CubeCount::Static(_, y, _) => *y as usize,
-        CubeCount::Dynamic(_) => unreachable!("the reductions' grids are static"),
-    }
+    partial
 }
 
 /// `relu(z) * scale + shift` per channel, z `[n, c, positions]`.
@@ -292,8 +349,12 @@ fn relu_affine<R: CubeRuntime>(
     y
 }
 
-/// A per-channel vector for burn's arithmetic (the bool element plays no part in it).
-type Vector<R> = Tensor<Cube<R, u8>, 1>;
+/// Row `i` of a contiguous `[rows, c]` tensor, as `[c]` (a view).
+fn row<R: CubeRuntime>(t: &CubeTensor<R>, i: usize) -> CubeTensor<R> {
+    let c = t.meta.shape()[1];
+    let rows = tensor::<Cube<R, u8>, 2>(t.clone()).narrow(0, i, 1);
+    into_contiguous(reshape(float(rows), Shape::new([c])))
+}
 
 /// What the backward pass keeps: z as `[n, c, positions]`, the batch mean, 1 / sqrt(var + eps),
 /// gamma, and z's own shape.
@@ -314,91 +375,107 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for ReluBatchNorm
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let (z, mean, inv_std, gamma, shape) = ops.state;
         let dims = z.meta.shape().dims::<3>();
+        let c = dims[1];
         let dy = planes(grads.consume::<Cube<R, BT>>(&ops.node));
-        let (count, images) = reduction_grid(dims);
-        let partial = empty(&z, Shape::new([count_y(&count), 2 * dims[1]]));
+        let (parts, images) = reduction_parts(dims);
+        let partial = empty(&z, Shape::new([parts, 2 * c]));
+        let client = z.client.clone();
         kernels::grad_sums::launch::<R>(
-            &z.client,
-            count,
-            CubeDim::new_1d(UNITS as u32),
+            &client,
+            CubeCount::Static(c as u32, parts as u32, 1),
+            CubeDim::new_1d(REDUCTION_UNITS as u32),
             z.clone().into_tensor_arg(),
             dy.clone().into_tensor_arg(),
             mean.clone().into_tensor_arg(),
             inv_std.clone().into_tensor_arg(),
             partial.clone().into_tensor_arg(),
             images,
-            UNITS.next_power_of_two(),
+            REDUCTION_UNITS.next_power_of_two(),
         );
-        let sums = reshape(sum_leading(partial), Shape::new([2, dims[1]]));
-        let sums = tensor::<Cube<R, u8>, 2>(sums);
-        let dbeta: Vector<R> = sums.clone().narrow(0, 0, 1).reshape([dims[1]]);
-        let dgamma: Vector<R> = sums.narrow(0, 1, 1).reshape([dims[1]]);
+        let sums = sum_leading(partial);
         let [z_node, gamma_node, beta_node] = ops.parents;
+        let (dgamma, dbeta) = (empty(&z, Shape::new([c])), empty(&z, Shape::new([c])));
+        let dz = empty(&z, z.meta.shape().clone());
+        kernels::input_grad::launch::<R>(
+            &client,
+            elementwise_count(dims),
+            CubeDim::new_1d(UNITS as u32),
+            z.into_tensor_arg(),
+            dy.into_tensor_arg(),
+            mean.into_tensor_arg(),
+            inv_std.into_tensor_arg(),
+            gamma.into_tensor_arg(),
+            sums.into_tensor_arg(),
+            dz.clone().into_tensor_arg(),
+            dgamma.clone().into_tensor_arg(),
+            dbeta.clone().into_tensor_arg(),
+            (dims[0] * dims[2]) as f32,
+        );
         if let Some(node) = z_node {
-            let count = (dims[0] * dims[2]) as f32;
-            let k1 = tensor::<Cube<R, u8>, 1>(gamma) * tensor(inv_std.clone());
-            let (k2, k3) = (
-                dbeta.clone().div_scalar(count),
-                dgamma.clone().div_scalar(count),
-            );
-            let dz = empty(&z, z.meta.shape().clone());
-            kernels::input_grad::launch::<R>(
-                &z.client.clone(),
-                elementwise_count(dims),
-                CubeDim::new_1d(UNITS as u32),
-                z.into_tensor_arg(),
-                dy.into_tensor_arg(),
-                mean.into_tensor_arg(),
-                inv_std.into_tensor_arg(),
-                into_contiguous(float(k1)).into_tensor_arg(),
-                into_contiguous(float(k2)).into_tensor_arg(),
-                into_contiguous(float(k3)).into_tensor_arg(),
-                dz.clone().into_tensor_arg(),
-            );
             grads.register::<Cube<R, BT>>(node.id, reshape(dz, shape));
         }
         if let Some(node) = gamma_node {
-            grads.register::<Cube<R, BT>>(node.id, into_contiguous(float(dgamma)));
+            grads.register::<Cube<R, BT>>(node.id, dgamma);
         }
         if let Some(node) = beta_node {
-            grads.register::<Cube<R, BT>>(node.id, into_contiguous(float(dbeta)));
+            grads.register::<Cube<R, BT>>(node.id, dbeta);
         }
     }
 }
 
-/// Training mode: normalizes with the batch's statistics, moves bn's running averages.
+/// Training mode: normalizes with the batch's statistics, moves bn's running averages. Five
+/// launches: the two moments, their finish (statistics, the affine map, running averages), the
+/// output.
 fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     bn: &BatchNorm<B>,
     z: Tensor<Autodiff<Cube<R, BT>>, 4>,
 ) -> Tensor<Autodiff<Cube<R, BT>>, 4> {
     type Ad<R, BT> = Autodiff<Cube<R, BT>>;
+    let param =
+        |t: Tensor<B, 1>| into_contiguous(float(same::<_, Tensor<Ad<R, BT>, 1>>(t)).primitive);
     let gamma: Tensor<Ad<R, BT>, 1> = same(bn.gamma.val());
     let beta: Tensor<Ad<R, BT>, 1> = same(bn.beta.val());
     let (z, gamma, beta) = (float(z), float(gamma), float(beta));
     let shape = z.primitive.meta.shape().clone();
     let zp = planes(z.primitive.clone());
-    let mean = moment(&zp, None);
-    let var = moment(&zp, Some(&mean));
-    // The running averages, as burn's BatchNorm moves them (from the biased variance).
-    let vector = |t: &CubeTensor<R>| -> Tensor<B, 1> {
-        same(Tensor::<Ad<R, BT>, 1>::from_inner(tensor(t.clone())))
-    };
-    crate::update_running_stats(bn, vector(&mean), vector(&var));
-    let inv_std: Vector<R> = tensor::<Cube<R, u8>, 1>(var)
-        .add_scalar(bn.epsilon)
-        .sqrt()
-        .recip();
-    let scale = tensor::<Cube<R, u8>, 1>(gamma.primitive.clone()) * inv_std.clone();
-    let shift = tensor::<Cube<R, u8>, 1>(beta.primitive.clone())
-        - tensor::<Cube<R, u8>, 1>(mean.clone()) * scale.clone();
-    let y = reshape(relu_affine(&zp, float(scale), float(shift)), shape.clone());
+    let dims = zp.meta.shape().dims::<3>();
+    let c = dims[1];
+    let mean_parts = moment_parts(&zp, None);
+    let var_parts = moment_parts(&zp, Some(&mean_parts));
+    let stats = empty(&zp, Shape::new([6, c]));
+    let cube_dim = CubeDim::new(&zp.client, c);
+    kernels::finalize::launch::<R>(
+        &zp.client,
+        calculate_cube_count_elemwise(&zp.client, c, cube_dim),
+        cube_dim,
+        mean_parts.into_tensor_arg(),
+        var_parts.into_tensor_arg(),
+        into_contiguous(gamma.primitive.clone()).into_tensor_arg(),
+        into_contiguous(beta.primitive.clone()).into_tensor_arg(),
+        param(bn.running_mean.value_sync()).into_tensor_arg(),
+        param(bn.running_var.value_sync()).into_tensor_arg(),
+        stats.clone().into_tensor_arg(),
+        (dims[0] * dims[2]) as f32,
+        bn.epsilon as f32,
+        bn.momentum as f32,
+    );
+    let running =
+        |i| -> Tensor<B, 1> { same(Tensor::<Ad<R, BT>, 1>::from_inner(tensor(row(&stats, i)))) };
+    bn.running_mean.update(running(4));
+    bn.running_var.update(running(5));
+    let y = reshape(
+        relu_affine(&zp, row(&stats, 2), row(&stats, 3)),
+        shape.clone(),
+    );
     let prep = ReluBatchNormBackward
         .prepare::<NoCheckpointing>([z.node.clone(), gamma.node.clone(), beta.node.clone()])
         .compute_bound()
         .stateful();
-    let inv_std = into_contiguous(float(inv_std));
+    let gamma = into_contiguous(gamma.primitive);
     tensor(match prep {
-        OpsKind::Tracked(prep) => prep.finish((zp, mean, inv_std, gamma.primitive, shape), y),
+        OpsKind::Tracked(prep) => {
+            prep.finish((zp, row(&stats, 0), row(&stats, 1), gamma, shape), y)
+        }
         OpsKind::UnTracked(prep) => prep.finish(y),
     })
 }

@@ -250,8 +250,8 @@ fn forward<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, flip: bool) 
 const GRAD_UNITS: usize = 256;
 
 /// Strips each unit of the filter-gradient kernel sums before the cube's tree: enough work per
-/// unit to hide the tree, enough cubes to fill a large GPU (CancerNet's first block at batch 256
-/// makes 432 cubes, its last 2,048).
+/// unit to hide the tree, and cubes enough for a large GPU where the layer is large (CancerNet
+/// at batch 256: 111 cubes in the first block, 3 channels; 320 to 512 in the others).
 const STRIPS_PER_UNIT: usize = 8;
 
 /// The filter gradient `[c, 1, 3, 3]` of the convolution of `x` that gave the output gradient `dy`.
@@ -263,8 +263,8 @@ fn filter_grad<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTenso
     let units = GRAD_UNITS.min(max_units);
     let strips_per_image = (h.div_ceil(ROWS_PER_UNIT) * w).max(1);
     let images = (STRIPS_PER_UNIT * units / strips_per_image).clamp(1, n.max(1));
-    let parts = n.div_ceil(images).clamp(1, MAX_CUBES_YZ);
-    let images = n.div_ceil(parts).max(1);
+    let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
+    let parts = n.div_ceil(images).max(1);
     let partial = empty(&x, Shape::new([parts, c * 9]));
     kernels::depthwise3x3_filter_grad::launch::<R>(
         &client,

@@ -57,24 +57,32 @@ mod kernels {
     }
 
     /// `y[n, o, p] = bias[o] + sum over i of weight(o, i) * x[n, i, p]` for x `[n, ins, positions]`
-    /// and y `[n, outs, positions]`. Cube (bx, by) covers positions `bx * 4 * units ..` (of all
-    /// images, flattened) and outputs `by * 8 ..`; its units take positions in turn, so that
-    /// neighbouring units read neighbouring values.
+    /// and y `[parts * n, outs, positions]`. Cube (bx, by, s) covers positions `bx * 4 * units ..`
+    /// (of all images, flattened), outputs `by * 8 ..` and inputs `s * k_chunk ..`, writing its
+    /// partial sum to part s of y (the bias goes to part 0). Its units take positions in turn,
+    /// so that neighbouring units read neighbouring values.
     #[cube(launch)]
     pub(super) fn product(
         x: &Tensor<f32>,
         weight: &Tensor<f32>,
         bias: &Tensor<f32>,
         y: &mut Tensor<f32>,
+        k_chunk: usize,
         #[comptime] transposed: bool,
         #[comptime] has_bias: bool,
     ) {
         let ins = x.shape(1);
         let outs = y.shape(1);
         let positions = y.shape(2);
-        let total = y.shape(0) * positions;
+        let total = x.shape(0) * positions;
         let units = CUBE_DIM as usize;
         let first_o = CUBE_POS_Y as usize * 8usize;
+        let part = CUBE_POS_Z as usize;
+        let first_i = part * k_chunk;
+        let mut last_i = first_i + k_chunk;
+        if last_i > ins {
+            last_i = ins;
+        }
         let mut at = Array::<usize>::new(4usize);
         let mut valid = Array::<bool>::new(4usize);
         #[unroll]
@@ -90,14 +98,14 @@ mod kernels {
             let o = first_o + j;
             let mut b = 0.0f32;
             if has_bias {
-                b = select(o < outs, bias[o], 0.0f32);
+                b = select(o < outs && part == 0usize, bias[o], 0.0f32);
             }
             #[unroll]
             for k in 0..4usize {
                 acc[j * 4usize + k] = b;
             }
         }
-        for i in 0..ins {
+        for i in first_i..last_i {
             let mut xs = Array::<f32>::new(4usize);
             #[unroll]
             for k in 0..4usize {
@@ -117,11 +125,12 @@ mod kernels {
                 }
             }
         }
+        let part_offset = part * total * outs;
         #[unroll]
         for k in 0..4usize {
             if valid[k] {
                 let m = CUBE_POS_X as usize * 4usize * units + k * units + UNIT_POS as usize;
-                let out = (m / positions) * outs * positions + m % positions;
+                let out = part_offset + (m / positions) * outs * positions + m % positions;
                 #[unroll]
                 for j in 0..8usize {
                     let o = first_o + j;
@@ -134,8 +143,8 @@ mod kernels {
     }
 
     /// One part of the weight gradient `sum over (n, p) of dy[n, o, p] * x[n, i, p]`: cube (bo, bi,
-    /// s) sums the flattened positions `s * chunk .. (s + 1) * chunk` for outputs `bo * 4 ..` and
-    /// inputs `bi * 4 ..`, its units taking positions in turn, then adds the units' 16 sums in a tree
+    /// s) sums images `s * images ..` for outputs `bo * 4 ..` and inputs `bi * 4 ..`, its units
+    /// taking each image's positions in turn, then adds the units' 16 sums in a tree
     /// in shared memory (of `slots`, a power of two at least the cube's size) into
     /// `partial[s, o, i]`.
     #[cube(launch)]
@@ -143,48 +152,48 @@ mod kernels {
         x: &Tensor<f32>,
         dy: &Tensor<f32>,
         partial: &mut Tensor<f32>,
-        chunk: usize,
+        images: usize,
         #[comptime] slots: usize,
     ) {
         let ins = x.shape(1);
         let outs = dy.shape(1);
         let positions = x.shape(2);
-        let total = x.shape(0) * positions;
+        let part = CUBE_POS_Z as usize;
         let units = CUBE_DIM as usize;
         let unit = UNIT_POS as usize;
         let first_o = CUBE_POS_X as usize * 4usize;
         let first_i = CUBE_POS_Y as usize * 4usize;
-        let part = CUBE_POS_Z as usize;
-        let mut end = (part + 1usize) * chunk;
-        if end > total {
-            end = total;
+        let first = part * images;
+        let mut last = first + images;
+        if last > x.shape(0) {
+            last = x.shape(0);
         }
         let mut acc = Array::<f32>::new(16usize);
         #[unroll]
         for t in 0..16usize {
             acc[t] = 0.0f32;
         }
-        let mut m = part * chunk + unit;
-        while m < end {
-            let n = m / positions;
-            let p = m % positions;
-            let mut gs = Array::<f32>::new(4usize);
-            let mut xs = Array::<f32>::new(4usize);
-            #[unroll]
-            for j in 0..4usize {
-                let o = first_o + j;
-                gs[j] = select(o < outs, dy[(n * outs + o) * positions + p], 0.0f32);
-                let i = first_i + j;
-                xs[j] = select(i < ins, x[(n * ins + i) * positions + p], 0.0f32);
-            }
-            #[unroll]
-            for j in 0..4usize {
+        for n in first..last {
+            let mut p = unit;
+            while p < positions {
+                let mut gs = Array::<f32>::new(4usize);
+                let mut xs = Array::<f32>::new(4usize);
                 #[unroll]
-                for k in 0..4usize {
-                    acc[j * 4usize + k] += gs[j] * xs[k];
+                for j in 0..4usize {
+                    let o = first_o + j;
+                    gs[j] = select(o < outs, dy[(n * outs + o) * positions + p], 0.0f32);
+                    let i = first_i + j;
+                    xs[j] = select(i < ins, x[(n * ins + i) * positions + p], 0.0f32);
                 }
+                #[unroll]
+                for j in 0..4usize {
+                    #[unroll]
+                    for k in 0..4usize {
+                        acc[j * 4usize + k] += gs[j] * xs[k];
+                    }
+                }
+                p += units;
             }
-            m += units;
         }
         let mut shared = SharedMemory::<f32>::new(16usize * slots);
         #[unroll]
@@ -221,6 +230,12 @@ mod kernels {
     }
 }
 
+/// At least this many cubes per product (an H200 has 132 multiprocessors): fewer are made up by
+/// splitting the inputs into parts, each at least `MIN_PART_INPUTS` long, added up after. Only
+/// the dense layers need it (4608 inputs at one position: 32 cubes unsplit).
+const MIN_CUBES: usize = 512;
+const MIN_PART_INPUTS: usize = 64;
+
 /// x `[n, ins, positions]` times the weight, plus the bias when given: `[n, outs, positions]`.
 fn forward<R: CubeRuntime>(
     x: CubeTensor<R>,
@@ -230,33 +245,45 @@ fn forward<R: CubeRuntime>(
     transposed: bool,
 ) -> CubeTensor<R> {
     let (x, weight) = (into_contiguous(x), into_contiguous(weight));
-    let [n, _, positions] = x.meta.shape().dims::<3>();
-    let y = empty(&x, Shape::new([n, outs, positions]));
+    let [n, ins, positions] = x.meta.shape().dims::<3>();
     let client = x.client.clone();
+    let (bx, by) = (
+        (n * positions).div_ceil(TILE_P * UNITS).max(1),
+        outs.div_ceil(TILE_O),
+    );
+    let parts = MIN_CUBES
+        .div_ceil(bx * by)
+        .min(ins / MIN_PART_INPUTS)
+        .clamp(1, MAX_CUBES_YZ);
+    let k_chunk = ins.div_ceil(parts).max(1);
+    let parts = ins.div_ceil(k_chunk).max(1);
+    let y = empty(&x, Shape::new([parts * n, outs, positions]));
     let has_bias = bias.is_some();
     // Without a bias the kernel reads none: any f32 tensor fills the place.
     let bias = into_contiguous(bias.unwrap_or_else(|| weight.clone()));
-    let count = CubeCount::Static(
-        (n * positions).div_ceil(TILE_P * UNITS).max(1) as u32,
-        outs.div_ceil(TILE_O) as u32,
-        1,
-    );
     kernels::product::launch::<R>(
         &client,
-        count,
+        CubeCount::Static(bx as u32, by as u32, parts as u32),
         CubeDim::new_1d(UNITS as u32),
         x.into_tensor_arg(),
         weight.into_tensor_arg(),
         bias.into_tensor_arg(),
         y.clone().into_tensor_arg(),
+        k_chunk,
         transposed,
         has_bias,
     );
-    y
+    match parts {
+        1 => y,
+        _ => {
+            let sums = sum_leading(reshape(y, Shape::new([parts, n * outs * positions])));
+            reshape(sums, Shape::new([n, outs, positions]))
+        }
+    }
 }
 
-/// Positions each unit of the weight-gradient kernel sums before the cube's tree.
-const GRAD_POSITIONS_PER_UNIT: usize = 64;
+/// Values each unit of the weight-gradient kernel sums before the cube's tree.
+const GRAD_VALUES_PER_UNIT: usize = 256;
 /// Units of a cube of the weight-gradient kernel.
 const GRAD_UNITS: usize = 64;
 
@@ -266,11 +293,11 @@ fn weight_grad_of<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTe
     let [n, ins, positions] = x.meta.shape().dims::<3>();
     let outs = dy.meta.shape()[1];
     let client = x.client.clone();
-    let total = n * positions;
-    let parts = total
-        .div_ceil(GRAD_POSITIONS_PER_UNIT * GRAD_UNITS)
-        .clamp(1, MAX_CUBES_YZ);
-    let chunk = total.div_ceil(parts).max(1);
+    let images = (GRAD_VALUES_PER_UNIT * GRAD_UNITS)
+        .div_ceil(positions.max(1))
+        .clamp(1, n.max(1));
+    let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
+    let parts = n.div_ceil(images).max(1);
     let partial = empty(&x, Shape::new([parts, outs * ins]));
     kernels::weight_grad::launch::<R>(
         &client,
@@ -283,7 +310,7 @@ fn weight_grad_of<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTe
         x.into_tensor_arg(),
         dy.into_tensor_arg(),
         partial.clone().into_tensor_arg(),
-        chunk,
+        images,
         GRAD_UNITS.next_power_of_two(),
     );
     reshape(sum_leading(partial), Shape::new([outs, ins]))
