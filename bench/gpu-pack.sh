@@ -34,6 +34,8 @@ mkdir -p "$stage/bin"
 cp target/release/{datasets,trainer,exporter,runtime} "$stage/bin/"
 cp "$GPU_TEST" "$stage/bin/gpu-test"
 cp "$GPU_OPS" "$stage/bin/gpu-ops"
+# Symbols are not needed on the device and are a fifth of the size.
+strip "$stage"/bin/* 2>/dev/null || true
 # The CUDA test finds the workspace's binaries where they were built: gpu.sh puts them there.
 echo "$PWD/target/release" >"$stage/bin/built-in"
 # ONNX Runtime's CPU library, from the project's venv (make venv).

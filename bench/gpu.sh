@@ -110,10 +110,8 @@ for b in (32, 256):
 m = re.search(r"== trainer --device cpu.*?(?===)", log, re.S)
 rate = re.findall(r"\| (\d+) img/s", m.group(0)) if m else []
 rows.append(("trainer --device cpu, batch 32", rate[-1] + " img/s" if rate else "failed"))
-for b, ours in re.findall(r"cuda: .*?, batch (\d+) .*?training step: \d+ img/s with burn's ops, (\d+) img/s with CancerNet's own", log, re.S):
-    rows.append((f"training step, batch {b} (gpu_ops, in memory)", ours + " img/s"))
-for b, burn in re.findall(r"cuda: .*?, batch (\d+) .*?training step: (\d+) img/s with burn's ops", log, re.S):
-    rows.append((f"  the same with burn's ops", burn + " img/s"))
+for b, burn, ours in re.findall(r"cuda: .*?, batch (\d+) .*?training step: (\d+) img/s with burn's ops, (\d+) img/s with CancerNet's own", log, re.S):
+    rows.append((f"training step, batch {b} (gpu_ops, in memory)", f"{ours} img/s (burn's ops: {burn})"))
 for v, b, r in re.findall(r"torch train (\S+)\s+batch\s+(\d+):\s+(\d+) img/s", log):
     rows.append((f"PyTorch train {v}, batch {b}", r + " img/s"))
 rows.append(("runtime: pure inference (batch 1024)", last(r"pure inference \(batch 1024\)\s+(\d+ img/s)")))

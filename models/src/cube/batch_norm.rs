@@ -423,7 +423,7 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for ReluBatchNorm
     }
 }
 
-/// Training mode: normalizes with the batch's statistics, moves bn's running averages. Five
+/// Training mode: normalizes with the batch's statistics, moves bn's running averages. Four
 /// launches: the two moments, their finish (statistics, the affine map, running averages), the
 /// output.
 fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
