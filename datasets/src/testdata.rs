@@ -11,13 +11,55 @@ pub fn required() -> bool {
     std::env::var(REQUIRE_VAR).is_ok_and(|v| !v.is_empty() && v != "0")
 }
 
+/// A file to which each skip appends a line (`make test` sets it and counts them in its summary:
+/// cargo hides a passing test's stderr, so a skip would otherwise read as "ok").
+pub const SKIP_LOG_VAR: &str = "IDC_SKIP_LOG";
+
 /// A test's precondition is missing: prints `SKIPPED: <why>` and returns, or panics with the
-/// same words when `REQUIRE_VAR` is set (CI).
+/// same words when `REQUIRE_VAR` is set (`make test` and CI, unless opted out).
 pub fn skip(why: &str) {
     if required() {
         panic!("{REQUIRE_VAR} is set, and this test cannot run: {why}");
     }
+    record("skipped", why);
+}
+
+/// A check that cannot exist on this machine (a CUDA test where there is no NVIDIA GPU, after it
+/// checked the error that says so): skipped even under `REQUIRE_VAR`, and counted apart.
+pub fn not_on_this_machine(why: &str) {
+    record("no-gpu", why);
+}
+
+/// Says `SKIPPED: <why>` on stderr and appends `kind, binary, test, why` (tab-separated) to the
+/// file `SKIP_LOG_VAR` names.
+fn record(kind: &str, why: &str) {
     eprintln!("SKIPPED: {why}");
+    let Some(log) = std::env::var_os(SKIP_LOG_VAR) else {
+        return;
+    };
+    // The test binary's name without cargo's hash, and the test's (libtest names its thread).
+    let binary = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.file_stem()?.to_string_lossy().into_owned()))
+        .map(|stem| stem.split('-').next().unwrap_or_default().to_string())
+        .unwrap_or_default();
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let line = format!(
+        "{kind}\t{binary}\t{test}\t{}\n",
+        why.replace(['\t', '\n'], " ")
+    );
+    // One write of a whole line in append mode: lines from tests running at once do not mix.
+    let appended = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = appended {
+        panic!(
+            "cannot append to {SKIP_LOG_VAR} {}: {e}",
+            Path::new(&log).display()
+        );
+    }
 }
 
 /// `../shared/data/<name>` from the workspace root, or `$IDC_SHARED_DATA/<name>`; `None` (with a

@@ -1,12 +1,15 @@
-//! The GPU code path, run for real: burn's cubecl backends compose CancerNet from burn's own ops
-//! (not the CPU's fused kernels), with batches on a device, autodiff, the optimizer, BatchNorm
+//! The GPU code path, run for real: burn's cubecl backends run CancerNet with its own CubeCL
+//! kernels (`models::cube`, each checked here against burn's ops), with batches on a device,
+//! autodiff, the optimizer, BatchNorm
 //! statistics, checkpoints written from device tensors and exported from them. On `wgpu` this
 //! runs anywhere with a Vulkan device, Mesa's lavapipe on the CPU included, which is how CI runs
 //! it on every build (`cargo test --release -p trainer --features wgpu --test gpu`); the same
 //! suite runs on `cuda` where the trainer is built with `--features cuda` and a GPU is present.
 //!
 //! Without a device the wgpu tests print `SKIPPED` with what to install (under
-//! `IDC_REQUIRE_ALL`, as in CI, they fail instead); the CUDA ones say `SKIPPED` with the reason.
+//! `IDC_REQUIRE_ALL`, as in `make test`, they fail instead); the CUDA ones, where there is no GPU,
+//! check the error that says so and are counted apart as "no GPU" (a build without CUDA fails them
+//! under `IDC_REQUIRE_ALL`).
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 #![allow(dead_code)] // each backend uses the suite's parts it can
 
@@ -696,14 +699,14 @@ mod cuda {
         if std::env::var_os("IDC_REQUIRE_CUDA").is_some() {
             panic!("IDC_REQUIRE_CUDA is set, and {e}");
         }
-        eprintln!("SKIPPED: no CUDA device here ({e})");
+        datasets::testdata::not_on_this_machine(&format!("no CUDA device here ({e})"));
         None
     }
 
     #[cfg(not(feature = "cuda"))]
     fn device() -> Option<()> {
-        eprintln!(
-            "SKIPPED: this test build has no CUDA (cargo test -p trainer --features cuda --test gpu)"
+        datasets::testdata::skip(
+            "this test build has no CUDA (cargo test -p trainer --features cuda --test gpu)",
         );
         None
     }
