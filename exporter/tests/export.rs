@@ -309,6 +309,8 @@ fn test_time_augmentation_in_the_graph_matches_burn() {
     .max()
     .into_scalar();
     assert!(diff < 1e-5, "a flat image's views differ ({diff})");
+    // The reference checker and Python onnxruntime agree with burn's TTA on the TTA graph.
+    python_agrees(&loaded, &out, true);
 }
 
 /// Verification runs on the given folder's patches (an undecodable one passed over), every one

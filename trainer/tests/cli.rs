@@ -130,8 +130,20 @@ fn trains_writes_every_artifact_and_repeats_byte_for_byte() {
             .count(),
         3
     );
-    // The same config, data and machine at 2 threads: the same bytes.
-    run("again", &[]);
+    // The same run at the default thread count (one per core) instead of 2: the same bytes.
+    let default_threads = tmp.path().join("default-threads.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("  threads: 2\n"));
+    std::fs::write(&default_threads, text.replace("  threads: 2\n", "")).unwrap();
+    let out = tmp.path().join("out");
+    ok(&trainer(&[
+        "--config",
+        default_threads.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]));
+    std::fs::rename(&out, tmp.path().join("again")).unwrap();
     same_bytes(&straight, &tmp.path().join("again"));
 
     // Interrupted after two epochs, then torn (an epoch folder without its state file, a
@@ -645,7 +657,13 @@ fn a_killed_run_leaves_whole_files_and_resumes() {
         }
         std::thread::sleep(std::time::Duration::from_millis(delay_ms));
         child.kill().unwrap();
-        child.wait().unwrap();
+        let status = child.wait().unwrap();
+        // Cut short: killed before it could finish (the last epoch's checkpoint not written).
+        assert!(
+            !status.success(),
+            "the run finished before the kill ({delay_ms} ms)"
+        );
+        assert!(!out.join("checkpoints/epoch-003/state.json").exists());
         let metrics = out.join("metrics.csv");
         if metrics.exists() {
             assert!(
