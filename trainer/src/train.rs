@@ -596,7 +596,8 @@ fn train_epoch<B: AutodiffBackend>(
 pub fn finite_loss(loss: f64, epoch: usize, step: usize, batch: usize) -> Result<()> {
     if !loss.is_finite() {
         bail!(
-            "loss became {loss} at epoch {epoch}, step {step} (batch {batch}); lower train.learning_rate"
+            "loss became {loss} at epoch {epoch}, step {step} (batch {batch}); lower \
+             train.learning_rate (or train.class_weights, when set by hand)"
         );
     }
     Ok(())

@@ -444,6 +444,39 @@ fn every_skipped_file_is_named_in_the_log_and_the_run_files() {
     assert!(!again.contains("already complete"), "{again}");
 }
 
+/// A loss that is not a number stops the run at once, exit status 2, naming where, with nothing
+/// written for the epoch it was in. Class weights near f32's largest value make the very first
+/// batch's loss overflow to infinity (a weight that large is valid YAML and a positive number).
+#[test]
+fn a_loss_that_is_not_a_number_stops_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = setup(tmp.path());
+    let text = std::fs::read_to_string(&config).unwrap();
+    let huge = tmp.path().join("huge.yaml");
+    std::fs::write(
+        &huge,
+        text.replace("train:\n", "train:\n  class_weights: [3.0e38, 3.0e38]\n"),
+    )
+    .unwrap();
+    let out = tmp.path().join("out");
+    let o = trainer(&[
+        "--config",
+        huge.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err.trim(),
+        "error: loss became inf at epoch 1, step 0 (batch 0); lower train.learning_rate (or \
+         train.class_weights, when set by hand)"
+    );
+    assert!(!out.join("checkpoints/epoch-001").exists());
+    assert!(!out.join("test_report.json").exists());
+}
+
 #[test]
 fn clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
