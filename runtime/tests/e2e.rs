@@ -22,10 +22,12 @@ fn run(dir: &Path, name: &str, args: &[&str]) -> String {
     out
 }
 
-/// The classification report in a command's output, from its header to its last metric.
+/// The classification report in a command's output, from its header to its last metric (PR AUC)
+/// included.
 fn report_block(text: &str) -> String {
     let start = text.find("                precision").expect("a report");
-    let end = text[start..].find("PR AUC").expect("its last line") + start;
+    let last = text[start..].find("PR AUC").expect("its last line") + start;
+    let end = text[last..].find('\n').map_or(text.len(), |e| e + last);
     text[start..end].to_string()
 }
 
