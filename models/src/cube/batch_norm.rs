@@ -27,6 +27,7 @@ use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
+    use crate::cube::reduce::tree_sum;
     use cubecl::prelude::*;
 
     /// One part of a per-channel sum over t `[n, c, positions]` of `relu(t)` (or, `centred`, of
@@ -85,19 +86,7 @@ mod kernels {
             }
         }
         shared[unit] = sum;
-        if unit + units < slots {
-            shared[unit + units] = 0.0f32;
-        }
-        sync_cube();
-        // A runtime value: a comptime one cannot change.
-        let mut half = (slots / 2usize).runtime();
-        while half > 0usize {
-            if unit < half {
-                shared[unit] += shared[unit + half];
-            }
-            sync_cube();
-            half /= 2usize;
-        }
+        tree_sum(&mut shared, 1usize, slots);
         if unit == 0usize {
             partial[part * channels + channel] = shared[0usize];
         }
@@ -184,21 +173,7 @@ mod kernels {
         let mut shared = SharedMemory::<f32>::new(2usize * slots);
         shared[unit] = sum_dy;
         shared[slots + unit] = sum_dy_xhat;
-        if unit + units < slots {
-            shared[unit + units] = 0.0f32;
-            shared[slots + unit + units] = 0.0f32;
-        }
-        sync_cube();
-        // A runtime value: a comptime one cannot change.
-        let mut half = (slots / 2usize).runtime();
-        while half > 0usize {
-            if unit < half {
-                shared[unit] += shared[unit + half];
-                shared[slots + unit] += shared[slots + unit + half];
-            }
-            sync_cube();
-            half /= 2usize;
-        }
+        tree_sum(&mut shared, 2usize, slots);
         if unit == 0usize {
             partial[part * 2usize * channels + channel] = shared[0usize];
             partial[(part * 2usize + 1usize) * channels + channel] = shared[slots];

@@ -28,6 +28,7 @@ pub(super) type Inputs<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
+    use crate::cube::reduce::tree_sum;
     use cubecl::prelude::*;
 
     /// `y[n, c, i, j] = sum over (ky, kx) of x[n, c, i + ky - 1, j + kx - 1] * w[c, ky, kx]`, zero
@@ -195,24 +196,8 @@ mod kernels {
         #[unroll]
         for tap in 0..9usize {
             shared[tap * slots + unit] = acc[tap];
-            // The slots past the cube's units (fewer than its units) start at zero.
-            if unit + units < slots {
-                shared[tap * slots + unit + units] = 0.0f32;
-            }
         }
-        sync_cube();
-        // A runtime value: a comptime one cannot change.
-        let mut half = (slots / 2usize).runtime();
-        while half > 0usize {
-            #[unroll]
-            for tap in 0..9usize {
-                if unit < half {
-                    shared[tap * slots + unit] += shared[tap * slots + unit + half];
-                }
-            }
-            sync_cube();
-            half /= 2usize;
-        }
+        tree_sum(&mut shared, 9usize, slots);
         // Units write the nine sums in turn (a cube may have fewer than nine units).
         let mut tap = unit;
         while tap < 9usize {

@@ -37,6 +37,7 @@ const UNITS: usize = 64;
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
+    use crate::cube::reduce::tree_sum;
     use cubecl::prelude::*;
 
     /// Where weight `(o, i)` is in a weight tensor: `[outs, ins]` (a convolution's), or `[ins, outs]`
@@ -199,24 +200,8 @@ mod kernels {
         #[unroll]
         for t in 0..16usize {
             shared[t * slots + unit] = acc[t];
-            // The slots past the cube's units (fewer than its units) start at zero.
-            if unit + units < slots {
-                shared[t * slots + unit + units] = 0.0f32;
-            }
         }
-        sync_cube();
-        // A runtime value: a comptime one cannot change.
-        let mut half = (slots / 2usize).runtime();
-        while half > 0usize {
-            if unit < half {
-                #[unroll]
-                for t in 0..16usize {
-                    shared[t * slots + unit] += shared[t * slots + unit + half];
-                }
-            }
-            sync_cube();
-            half /= 2usize;
-        }
+        tree_sum(&mut shared, 16usize, slots);
         // Units write the sixteen sums in turn (a cube may have fewer than sixteen units).
         let mut t = unit;
         while t < 16usize {

@@ -10,6 +10,40 @@ use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
+/// Adds up the cube's units' values in shared memory in a tree, for each of `lanes` lanes: each
+/// unit has put its value of lane l at `shared[l * slots + unit]` (`slots`: a power of two, at
+/// least the cube's units). Lane l's sum ends in `shared[l * slots]`, seen by every unit. The
+/// order is fixed by the launch: the same bytes every run.
+#[cube]
+pub(super) fn tree_sum(
+    shared: &mut SharedMemory<f32>,
+    #[comptime] lanes: usize,
+    #[comptime] slots: usize,
+) {
+    let unit = UNIT_POS as usize;
+    let units = CUBE_DIM as usize;
+    // The slots past the cube's units (fewer than its units) start at zero.
+    if unit + units < slots {
+        #[unroll]
+        for l in 0..lanes {
+            shared[l * slots + unit + units] = 0.0f32;
+        }
+    }
+    sync_cube();
+    // A runtime value: a comptime one cannot change.
+    let mut half = (slots / 2usize).runtime();
+    while half > 0usize {
+        if unit < half {
+            #[unroll]
+            for l in 0..lanes {
+                shared[l * slots + unit] += shared[l * slots + unit + half];
+            }
+        }
+        sync_cube();
+        half /= 2usize;
+    }
+}
+
 /// `out[l] = sum over s of parts[s, l]`, in order of s. One unit per value.
 #[cube(launch)]
 fn sum_leading_kernel(parts: &Tensor<f32>, out: &mut Tensor<f32>) {
@@ -55,19 +89,7 @@ fn channel_sums_kernel(
     }
     let mut shared = SharedMemory::<f32>::new(slots);
     shared[unit] = sum;
-    if unit + units < slots {
-        shared[unit + units] = 0.0f32;
-    }
-    sync_cube();
-    // A runtime value: a comptime one cannot change.
-    let mut half = (slots / 2usize).runtime();
-    while half > 0usize {
-        if unit < half {
-            shared[unit] += shared[unit + half];
-        }
-        sync_cube();
-        half /= 2usize;
-    }
+    tree_sum(&mut shared, 1usize, slots);
     if unit == 0usize {
         partial[part * channels + channel] = shared[0usize];
     }
