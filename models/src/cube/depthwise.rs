@@ -31,6 +31,46 @@ mod kernels {
     use crate::cube::reduce::tree_sum;
     use cubecl::prelude::*;
 
+    /// Loads into `win` the 3x3 window of plane `base` (of x `[n, c, h, w]`) centred on row
+    /// `first`, column `col`: rows first - 1 ..= first + 1, columns col - 1 ..= col + 1, zero
+    /// outside the plane.
+    #[cube]
+    fn load_window(x: &Tensor<f32>, win: &mut Array<f32>, base: usize, first: usize, col: usize) {
+        let (height, width) = (x.shape(2), x.shape(3));
+        #[unroll]
+        for ky in 0..3usize {
+            // Row `first + ky - 1`, kept unsigned: `r` is that row plus one.
+            let r = first + ky;
+            #[unroll]
+            for kx in 0..3usize {
+                let c = col + kx;
+                let inside = r >= 1usize && r <= height && c >= 1usize && c <= width;
+                win[ky * 3usize + kx] =
+                    select(inside, x[base + (r - 1usize) * width + c - 1usize], 0.0f32);
+            }
+        }
+    }
+
+    /// Slides `win` down to centre on row `row`: its rows move up one, and row `row + 1` comes in.
+    #[cube]
+    fn slide_window(x: &Tensor<f32>, win: &mut Array<f32>, base: usize, row: usize, col: usize) {
+        let (height, width) = (x.shape(2), x.shape(3));
+        #[unroll]
+        for tap in 0..6usize {
+            win[tap] = win[tap + 3usize];
+        }
+        #[unroll]
+        for kx in 0..3usize {
+            let c = col + kx;
+            let inside = row + 1usize < height && c >= 1usize && c <= width;
+            win[6usize + kx] = select(
+                inside,
+                x[base + (row + 1usize) * width + c - 1usize],
+                0.0f32,
+            );
+        }
+    }
+
     /// `y[n, c, i, j] = sum over (ky, kx) of x[n, c, i + ky - 1, j + kx - 1] * w[c, ky, kx]`, zero
     /// outside the plane ('same' padding). With `flip` the filter is turned half a turn
     /// (`w[c, 2 - ky, 2 - kx]`): the convolution that maps an output gradient to the input gradient.
@@ -67,18 +107,7 @@ mod kernels {
         // The window: rows first - 1, first, first + 1 at columns col - 1, col, col + 1; zero
         // outside the plane.
         let mut win = Array::<f32>::new(9usize);
-        #[unroll]
-        for ky in 0..3usize {
-            // Row `first + ky - 1`, kept unsigned: `r` is that row plus one.
-            let r = first + ky;
-            #[unroll]
-            for kx in 0..3usize {
-                let c = col + kx;
-                let inside = r >= 1usize && r <= height && c >= 1usize && c <= width;
-                win[ky * 3usize + kx] =
-                    select(inside, x[base + (r - 1usize) * width + c - 1usize], 0.0f32);
-            }
-        }
+        load_window(x, &mut win, base, first, col);
         let mut row = first;
         let mut last = first + rows;
         if last > height {
@@ -92,21 +121,7 @@ mod kernels {
             }
             y[base + row * width + col] = sum;
             row += 1usize;
-            // Slide down: the window's rows move up one, and row `row + 1` comes in.
-            #[unroll]
-            for tap in 0..6usize {
-                win[tap] = win[tap + 3usize];
-            }
-            #[unroll]
-            for kx in 0..3usize {
-                let c = col + kx;
-                let inside = row + 1usize < height && c >= 1usize && c <= width;
-                win[6usize + kx] = select(
-                    inside,
-                    x[base + (row + 1usize) * width + c - 1usize],
-                    0.0f32,
-                );
-            }
+            slide_window(x, &mut win, base, row, col);
         }
     }
 
@@ -151,17 +166,7 @@ mod kernels {
             let n = first_image + item / (width * strips);
             let base = (n * channels + channel) * height * width;
             let first = strip * rows;
-            #[unroll]
-            for ky in 0..3usize {
-                let r = first + ky;
-                #[unroll]
-                for kx in 0..3usize {
-                    let c = col + kx;
-                    let inside = r >= 1usize && r <= height && c >= 1usize && c <= width;
-                    win[ky * 3usize + kx] =
-                        select(inside, x[base + (r - 1usize) * width + c - 1usize], 0.0f32);
-                }
-            }
+            load_window(x, &mut win, base, first, col);
             let mut row = first;
             let mut last = first + rows;
             if last > height {
@@ -174,20 +179,7 @@ mod kernels {
                     acc[tap] += g * win[tap];
                 }
                 row += 1usize;
-                #[unroll]
-                for tap in 0..6usize {
-                    win[tap] = win[tap + 3usize];
-                }
-                #[unroll]
-                for kx in 0..3usize {
-                    let c = col + kx;
-                    let inside = row + 1usize < height && c >= 1usize && c <= width;
-                    win[6usize + kx] = select(
-                        inside,
-                        x[base + (row + 1usize) * width + c - 1usize],
-                        0.0f32,
-                    );
-                }
+                slide_window(x, &mut win, base, row, col);
             }
             item += units;
         }
