@@ -14,6 +14,7 @@ pub mod plot;
 pub mod preprocess;
 pub mod report;
 pub mod rng;
+pub mod scale;
 pub mod scan;
 pub mod split;
 pub mod stain;

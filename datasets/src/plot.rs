@@ -143,3 +143,26 @@ pub fn roc_chart(path: &Path, points: &[(f64, f64)], auc: Option<f64>) -> Result
         Some((0.0, 1.0)),
     )
 }
+
+/// Writes `lines` onto `img` (black, `size` px high), the first line's top-left at (`x`, `y`);
+/// false when no font was found (nothing is drawn).
+pub fn draw_text(
+    img: &mut image::RgbImage,
+    x: i32,
+    y: i32,
+    size: u32,
+    lines: &[&str],
+) -> Result<bool> {
+    if !have_font() {
+        return Ok(false);
+    }
+    let (w, h) = img.dimensions();
+    let root = BitMapBackend::with_buffer(img.as_mut(), (w, h)).into_drawing_area();
+    let style = ("sans-serif", size).into_font().color(&BLACK);
+    for (i, line) in lines.iter().enumerate() {
+        root.draw_text(line, &style, (x, y + i as i32 * (size as i32 * 5 / 4)))
+            .map_err(|e| anyhow!("{e}"))?;
+    }
+    root.present().map_err(|e| anyhow!("{e}"))?;
+    Ok(true)
+}

@@ -270,6 +270,13 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         ),
     ];
     metadata.extend(preprocess.to_metadata());
+    let scale = train_cfg
+        .as_ref()
+        .map_or_else(Default::default, |c| c.data.scale);
+    scale
+        .check()
+        .with_context(|| format!("{}: data.scale", cfg_file.shown()))?;
+    metadata.extend(scale.to_metadata());
     metadata.extend([
         (
             "model.config".into(),

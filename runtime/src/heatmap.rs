@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 const STEP: u32 = 50;
 
 /// Blue (0) -> yellow (0.5) -> red (1).
-fn colour(p: f32) -> Rgb<u8> {
+pub fn colour(p: f32) -> Rgb<u8> {
     let p = p.clamp(0.0, 1.0);
     let lerp = |a: f32, b: f32, t: f32| (a + (b - a) * t).round() as u8;
     if p < 0.5 {

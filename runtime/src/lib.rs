@@ -3,6 +3,8 @@
 
 pub mod evaluate;
 pub mod heatmap;
+pub mod openslide;
 pub mod ortlib;
 pub mod pipeline;
 pub mod session;
+pub mod slide;

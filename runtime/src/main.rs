@@ -1,4 +1,5 @@
-//! `runtime eval|predict|heatmap|bench`: CancerNet over folders of patches with ONNX Runtime.
+//! `runtime eval|predict|heatmap|slide|bench`: CancerNet over folders of patches, or whole-slide
+//! images, with ONNX Runtime.
 
 use anyhow::{Result, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
@@ -134,6 +135,34 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Classify whole-slide images (Aperio .svs, generic tiled TIFF, NDPI, MIRAX, ... through
+    /// OpenSlide) tile by tile at the model's patch scale; per slide a folder OUT/<name>/ with
+    /// tiles.csv, heatmap.png, summary.json (areas in mm²) and idc.geojson (QuPath annotations).
+    Slide {
+        #[arg(required = true)]
+        slides: Vec<PathBuf>,
+        /// Folder for the slides' folders.
+        #[arg(long, default_value = "reports/slides")]
+        out: PathBuf,
+        /// Microns per pixel at level 0, for slides that do not say (about 0.25 at 40x, 0.5 at 20x).
+        #[arg(long, value_parser = mpp)]
+        mpp: Option<f64>,
+        /// A tile with less tissue than this share (in [0, 1]) is background, not classified.
+        #[arg(long, default_value_t = runtime::slide::grid::DEFAULT_MIN_TISSUE, value_parser = probability)]
+        min_tissue: f64,
+        /// Probability of IDC at or above which a tile is called IDC, in [0, 1] (default: as
+        /// for eval: the model's own when it holds for this run's context, else 0.5).
+        #[arg(long, value_parser = probability)]
+        threshold: Option<f64>,
+        /// The OpenSlide library (default: $OPENSLIDE_LIB, the project's .venv, python's
+        /// openslide_bin, the system's libopenslide).
+        #[arg(long)]
+        openslide_lib: Option<PathBuf>,
+        #[command(flatten)]
+        model: ModelArgs,
+        #[command(flatten)]
+        context: ContextArgs,
+    },
     /// Measure decode, pure inference and end-to-end images/s over DIR, and peak memory.
     Bench {
         dir: PathBuf,
@@ -151,6 +180,11 @@ fn input_size(s: &str) -> Result<u32, String> {
 
 fn context_weight(s: &str) -> Result<f64, String> {
     float_in(s, 0.0, datasets::context::MAX_WEIGHT, true)
+}
+
+fn mpp(s: &str) -> Result<f64, String> {
+    let r = datasets::scale::MPP;
+    float_in(s, *r.start(), *r.end(), false)
 }
 
 fn scale(s: &str) -> Result<f32, String> {
@@ -367,8 +401,106 @@ fn run(args: Args) -> Result<()> {
             }
             Ok(())
         }
+        Command::Slide {
+            slides,
+            out,
+            mpp,
+            min_tissue,
+            threshold,
+            openslide_lib,
+            model,
+            context,
+        } => {
+            let lib = runtime::openslide::load(openslide_lib.as_deref())?;
+            let mut m = open(&model)?;
+            let context = m.context(context.context, context.context_weight, &model.model)?;
+            let weight = context.as_ref().map(|c| c.weight);
+            let threshold = m.threshold(threshold, weight, &model.model)?;
+            let (patch, patch_source) = match datasets::scale::PatchScale::from_metadata(&m.metadata) {
+                Ok(Some(p)) => (p, "from the model's metadata".to_string()),
+                Ok(None) => (
+                    Default::default(),
+                    "the Kaggle dataset's; the model's metadata has none (exported before it was written)".into(),
+                ),
+                Err(e) => bail!("{}: {e:#}", model.model.shown()),
+            };
+            let settings = runtime::slide::Settings {
+                out,
+                mpp,
+                min_tissue,
+                patch,
+                patch_source,
+                threshold,
+                context,
+                pipeline: pipeline_of(&model),
+            };
+            slide(&slides, &mut m, &model.model, &settings, lib)
+        }
         Command::Bench { dir, model, json } => bench(&dir, &model, json.as_deref()),
     }
+}
+
+/// Every slide in turn; one that fails is named with its reason, and the rest are still done.
+fn slide(
+    slides: &[PathBuf],
+    model: &mut Model,
+    model_path: &Path,
+    s: &runtime::slide::Settings,
+    lib: &'static runtime::openslide::Lib,
+) -> Result<()> {
+    println!(
+        "{} on {} (ONNX Runtime {}); OpenSlide {} ({}); patches of {} px at {} µm/px ({}); threshold {} ({}){}",
+        model_path.shown(),
+        model.provider,
+        model.ort_version,
+        lib.version,
+        lib.path.shown(),
+        s.patch.pixels,
+        s.patch.mpp,
+        s.patch_source,
+        s.threshold.value,
+        s.threshold.source,
+        s.context.as_ref().map_or(String::new(), |c| format!(
+            "; neighbour context at weight {} ({})",
+            c.weight, c.source
+        ))
+    );
+    let mut names = std::collections::HashMap::new();
+    let mut failed = 0;
+    for path in slides {
+        let name = runtime::slide::folder_name(path);
+        let result = match names.insert(name.clone(), path) {
+            Some(first) => Err(anyhow::anyhow!(
+                "{}: its output folder {} is also {}'s; rename one, or run them with different --out",
+                path.shown(),
+                s.out.join(&name).shown(),
+                first.shown()
+            )),
+            None => runtime::slide::run(lib, path, model, model_path, s, &progress_bar(0, "tiles")),
+        };
+        match result {
+            Ok(done) => println!(
+                "{}: {} tissue tiles, {} predicted IDC ({:.1}%), {:.0} tiles/s -> {}",
+                path.shown(),
+                done.tissue,
+                done.idc,
+                100.0 * done.idc as f64 / done.tissue as f64,
+                done.tiles_per_second,
+                done.dir.shown()
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} slides could not be done (the reasons are above); the others were written",
+            slides.len()
+        );
+    }
+    Ok(())
 }
 
 /// Decode alone, inference alone, then both together, on the same images.

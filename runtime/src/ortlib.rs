@@ -85,7 +85,7 @@ fn existing(p: &Path, source: &str) -> Result<PathBuf> {
 /// The `.venv` of the project the executable was built in: the first folder above the
 /// executable (`target/<profile>/`, or `target/<profile>/deps/` for tests) that holds both
 /// `Cargo.toml` and `.venv`. Never the working directory.
-fn venv_candidates() -> Vec<PathBuf> {
+pub(crate) fn venv_candidates() -> Vec<PathBuf> {
     let Ok(exe) = std::env::current_exe() else {
         return Vec::new();
     };
@@ -110,7 +110,7 @@ fn lib_in_site_packages(lib: &Path) -> Option<PathBuf> {
 
 /// The numbers in a path, in order, for sorting versions as numbers (`python3.11` after
 /// `python3.9`, `libonnxruntime.so.1.17.0` after `.so.1.9.0`).
-fn version_key(p: &Path) -> Vec<u64> {
+pub(crate) fn version_key(p: &Path) -> Vec<u64> {
     p.to_string_lossy()
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|d| d.parse().ok())

@@ -226,19 +226,13 @@ impl Pipeline {
                     }
                 }
             });
-            let mut full_batch_seen = false;
+            let mut padded = Padded::new(bs);
             for mut batch in rx {
                 streamed.problems.extend(batch.failed);
                 streamed.kaggle_copies += batch.kaggle_copies;
                 let n = batch.items.len();
                 if n > 0 {
-                    // A short batch after full ones (the last, or one with skipped files) is
-                    // padded to the full size: ONNX Runtime then keeps one memory plan, where a
-                    // second shape would add tens of MB to the peak.
-                    let rows = if n < bs && full_batch_seen { bs } else { n };
-                    full_batch_seen |= n == bs;
-                    batch.images.resize(rows * pre.len(), 0.0);
-                    let p = model.predict(&batch.images, rows)?;
+                    let p = padded.predict(model, &mut batch.images, n)?;
                     for ((&i, item), p) in batch.indices.iter().zip(&batch.items).zip(p) {
                         on_result(i, item, p)?;
                     }
@@ -270,6 +264,43 @@ impl Pipeline {
             },
         )?;
         Ok(Outcome { probs, streamed })
+    }
+}
+
+/// Batches of at most `batch_size` images through the model, a short batch after full ones (the
+/// last, or one with skipped files) padded to the full size: ONNX Runtime then keeps one memory
+/// plan, where a second shape would add tens of MB to the peak.
+pub struct Padded {
+    batch_size: usize,
+    full_batch_seen: bool,
+}
+
+impl Padded {
+    pub fn new(batch_size: usize) -> Padded {
+        Padded {
+            batch_size,
+            full_batch_seen: false,
+        }
+    }
+
+    /// The probabilities of the `n` images in `images` (which may grow by the padding).
+    pub fn predict(
+        &mut self,
+        model: &mut Model,
+        images: &mut Vec<f32>,
+        n: usize,
+    ) -> Result<Vec<f32>> {
+        let bs = self.batch_size;
+        let rows = if n < bs && self.full_batch_seen {
+            bs
+        } else {
+            n
+        };
+        self.full_batch_seen |= n == bs;
+        images.resize(rows * model.preprocess.len(), 0.0);
+        let mut p = model.predict(images, rows)?;
+        p.truncate(n);
+        Ok(p)
     }
 }
 

@@ -5,6 +5,7 @@ use anyhow::{Context, Result, bail};
 use datasets::Shown;
 use datasets::augment::Augment;
 use datasets::preprocess::{Filter, Preprocess};
+use datasets::scale::PatchScale;
 use models::CancerNetConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -113,6 +114,9 @@ pub struct DataConfig {
     /// Threads decoding and augmenting patches (0 = one per core).
     pub workers: usize,
     pub resize_filter: Filter,
+    /// The patches' physical scale (side in pixels, microns per pixel), carried into the ONNX
+    /// metadata for `runtime slide` (default: the Kaggle dataset's, 50 px at 4 µm/px).
+    pub scale: PatchScale,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -225,6 +229,7 @@ impl Default for DataConfig {
             cache: false,
             workers: 0,
             resize_filter: Filter::Nearest,
+            scale: PatchScale::default(),
         }
     }
 }
@@ -367,6 +372,10 @@ impl TrainConfig {
                 datasets::context::MAX_WEIGHT
             );
         }
+        self.data
+            .scale
+            .check()
+            .map_err(|e| anyhow::anyhow!("data.scale: {e}"))?;
         self.augment.validate().map_err(anyhow::Error::msg)?;
         self.model_config().validate().map_err(anyhow::Error::msg)?;
         Ok(())

@@ -1,0 +1,165 @@
+//! `runtime slide`: whole-slide images in (through OpenSlide), per slide a folder out with the
+//! tissue tiles' probabilities, a heatmap, a summary with areas in mm², and the predicted IDC
+//! regions as GeoJSON for QuPath. A slide that cannot be done is reported with its reason and
+//! leaves nothing behind; the others are still done.
+
+pub mod grid;
+pub mod output;
+pub mod regions;
+pub mod stream;
+pub mod thumbnail;
+
+use crate::openslide::{self, Slide};
+use crate::pipeline::Pipeline;
+use crate::session::{ContextChoice, Model, Threshold};
+use anyhow::{Result, bail};
+use datasets::scale::PatchScale;
+use datasets::{PatchName, Shown};
+use grid::{Grid, slide_scale};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+use stream::Tile;
+
+/// Everything a slide run needs, resolved once from flags, the model's metadata and defaults.
+pub struct Settings {
+    pub out: PathBuf,
+    /// `--mpp`: the slides' level-0 microns per pixel, over what they say.
+    pub mpp: Option<f64>,
+    pub min_tissue: f64,
+    pub patch: PatchScale,
+    /// Where `patch` came from.
+    pub patch_source: String,
+    pub threshold: Threshold,
+    pub context: Option<ContextChoice>,
+    pub pipeline: Pipeline,
+}
+
+/// What one slide gave (also its summary.json).
+pub struct Done {
+    pub dir: PathBuf,
+    pub tissue: usize,
+    pub idc: usize,
+    pub tiles_per_second: f64,
+}
+
+/// The output folder of `slide`: its file name without the extension.
+pub fn folder_name(slide: &Path) -> String {
+    slide
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .filter(|s| !s.is_empty() && !s.starts_with('.'))
+        .unwrap_or_else(|| "slide".into())
+}
+
+/// Tiles, classifies and writes one slide.
+pub fn run(
+    lib: &'static openslide::Lib,
+    path: &Path,
+    model: &mut Model,
+    model_path: &Path,
+    s: &Settings,
+    progress: &indicatif::ProgressBar,
+) -> Result<Done> {
+    let start = Instant::now();
+    let slide = Slide::open(lib, path)?;
+    let scale = slide_scale(&slide, s.mpp, path)?;
+    let grid = Grid::new(&slide, &scale, s.patch, path)?;
+    progress.set_length(u64::from(grid.cols) * u64::from(grid.rows));
+    let mut scanned = stream::classify(&slide, &grid, model, &s.pipeline, s.min_tissue, progress)?;
+    if scanned.tiles.is_empty() {
+        bail!(
+            "{}: no tissue: all {} tiles are background (under {} tissue); check the slide, or lower --min-tissue",
+            path.shown(),
+            scanned.background,
+            s.min_tissue
+        );
+    }
+    let with_neighbours = s
+        .context
+        .as_ref()
+        .map(|c| in_context(&mut scanned.tiles, c.weight));
+    let seconds = start.elapsed().as_secs_f64();
+    let t = s.threshold.value;
+    let tiles = &scanned.tiles;
+    let idc = tiles.iter().filter(|x| f64::from(x.prob) >= t).count();
+    let total = u64::from(grid.cols) * u64::from(grid.rows);
+    let tiles_per_second = total as f64 / seconds.max(1e-9);
+    let mm2 = grid.tile_mm2();
+    let summary = json!({
+        "slide": path.shown().to_string(),
+        "vendor": slide.property("openslide.vendor"),
+        "openslide": lib.version,
+        "level0": { "width": grid.width, "height": grid.height },
+        "mpp": scale.mpp,
+        "mpp_source": scale.source,
+        "patch": { "pixels": s.patch.pixels, "mpp": s.patch.mpp, "microns": s.patch.microns(), "source": s.patch_source },
+        "grid": grid,
+        "tiles": total,
+        "tissue_tiles": tiles.len(),
+        "background_tiles": scanned.background,
+        "min_tissue": s.min_tissue,
+        "idc_tiles": idc,
+        "tissue_area_mm2": tiles.len() as f64 * mm2,
+        "idc_area_mm2": idc as f64 * mm2,
+        "idc_share": idc as f64 / tiles.len() as f64,
+        "threshold": s.threshold,
+        "context": s.context.as_ref().map(|c| json!({ "weight": c.weight, "source": c.source, "with_neighbours": with_neighbours })),
+        "model": model_path.shown().to_string(),
+        "provider": model.provider,
+        "onnx_runtime": model.ort_version,
+        "seconds": seconds,
+        "tiles_per_second": tiles_per_second,
+    });
+    let title = format!(
+        "{}: {} tissue tiles, {} predicted IDC ({:.1}%, {:.2} of {:.2} mm²)",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        tiles.len(),
+        idc,
+        100.0 * idc as f64 / tiles.len() as f64,
+        idc as f64 * mm2,
+        tiles.len() as f64 * mm2
+    );
+    let heatmap = scanned.thumbnail.heatmap(tiles, t, &title);
+    let dir = s.out.join(folder_name(path));
+    output::write_folder(
+        &dir,
+        &[
+            (output::TILES_FILE, output::tiles_csv(&grid, tiles, t)?),
+            (
+                output::REGIONS_FILE,
+                output::regions_geojson(&grid, tiles, t)?,
+            ),
+            (output::HEATMAP_FILE, datasets::synth::encode_png(&heatmap)?),
+            (output::SUMMARY_FILE, serde_json::to_vec_pretty(&summary)?),
+        ],
+    )?;
+    Ok(Done {
+        dir,
+        tissue: tiles.len(),
+        idc,
+        tiles_per_second,
+    })
+}
+
+/// Neighbour context on the tile grid, as `datasets::context` does it on patch coordinates
+/// (tiles one grid step apart are neighbours); returns how many tiles had neighbours.
+fn in_context(tiles: &mut [Tile], weight: f64) -> usize {
+    let step = datasets::context::GRID;
+    let names: Vec<PatchName> = tiles
+        .iter()
+        .map(|t| PatchName {
+            patient: String::new(),
+            x: t.col * step,
+            y: t.row * step,
+            class: 0,
+        })
+        .collect();
+    let refs: Vec<_> = names.iter().map(Some).collect();
+    let probs: Vec<f32> = tiles.iter().map(|t| t.prob).collect();
+    let smoothed = datasets::context::smooth(&refs, &probs, weight);
+    for (t, p) in tiles.iter_mut().zip(smoothed.probs) {
+        t.prob = p;
+    }
+    smoothed.with_neighbours
+}

@@ -1,0 +1,128 @@
+//! What `runtime slide` writes per slide, into one folder put in place whole: `tiles.csv` (a row
+//! per tissue tile), `summary.json`, `heatmap.png` and `idc.geojson` (the predicted IDC regions
+//! as QuPath annotations, in level-0 pixels).
+
+use super::grid::Grid;
+use super::regions::{Region, regions};
+use super::stream::Tile;
+use anyhow::{Context, Result};
+use datasets::Shown;
+use datasets::fsutil::temp_sibling;
+use serde_json::json;
+use std::collections::HashSet;
+use std::path::Path;
+
+pub const TILES_FILE: &str = "tiles.csv";
+pub const SUMMARY_FILE: &str = "summary.json";
+pub const HEATMAP_FILE: &str = "heatmap.png";
+pub const REGIONS_FILE: &str = "idc.geojson";
+
+/// The class name and colour QuPath shows the regions with.
+const CLASS: &str = "IDC";
+const CLASS_RGB: [u8; 3] = [200, 20, 30];
+
+/// The tiles as CSV: grid place, level-0 top-left corner, tissue share, probability, prediction.
+pub fn tiles_csv(grid: &Grid, tiles: &[Tile], threshold: f64) -> Result<Vec<u8>> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "col",
+        "row",
+        "x",
+        "y",
+        "tissue",
+        "probability",
+        "prediction",
+    ])?;
+    for t in tiles {
+        let (x, y) = grid.origin(t.col, t.row);
+        let idc = f64::from(t.prob) >= threshold;
+        w.write_record([
+            t.col.to_string(),
+            t.row.to_string(),
+            x.to_string(),
+            y.to_string(),
+            format!("{:.4}", t.tissue),
+            format!("{:.6}", t.prob),
+            u8::from(idc).to_string(),
+        ])?;
+    }
+    Ok(w.into_inner()?)
+}
+
+/// The positive tiles merged into regions, as a GeoJSON FeatureCollection of QuPath
+/// annotations (one Polygon feature a region, with its holes).
+pub fn regions_geojson(grid: &Grid, tiles: &[Tile], threshold: f64) -> Result<Vec<u8>> {
+    let positive: HashSet<(u32, u32)> = tiles
+        .iter()
+        .filter(|t| f64::from(t.prob) >= threshold)
+        .map(|t| (t.col, t.row))
+        .collect();
+    let ring = |r: &Vec<(i64, i64)>| -> Vec<[i64; 2]> {
+        r.iter()
+            .map(|&(c, r)| [grid.edge(c as u32), grid.edge(r as u32)])
+            .collect()
+    };
+    let features: Vec<_> = regions(&positive)
+        .iter()
+        .enumerate()
+        .map(
+            |(
+                i,
+                Region {
+                    outline,
+                    holes,
+                    tiles,
+                },
+            )| {
+                let rings: Vec<_> = std::iter::once(outline).chain(holes).map(ring).collect();
+                json!({
+                    "type": "Feature",
+                    "id": format!("idc-{}", i + 1),
+                    "geometry": { "type": "Polygon", "coordinates": rings },
+                    "properties": {
+                        "objectType": "annotation",
+                        "name": format!("IDC region {}", i + 1),
+                        "classification": { "name": CLASS, "color": CLASS_RGB },
+                        "tiles": tiles,
+                        "area_mm2": *tiles as f64 * grid.tile_mm2(),
+                    },
+                })
+            },
+        )
+        .collect();
+    let doc = json!({ "type": "FeatureCollection", "features": features });
+    Ok(serde_json::to_vec_pretty(&doc)?)
+}
+
+/// Writes `files` (name, bytes) as the folder `dir`, whole or not at all: into a temp sibling
+/// first, then renamed into place (an older `dir` is replaced only once the new one is complete).
+pub fn write_folder(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create folder {}", parent.shown()))?;
+    let tmp = temp_sibling(dir, "tmp");
+    let old = temp_sibling(dir, "old");
+    let written = (|| -> Result<()> {
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp)?;
+        for (name, bytes) in files {
+            let path = tmp.join(name);
+            std::fs::write(&path, bytes)?;
+            std::fs::File::open(&path)?.sync_all()?;
+        }
+        if dir.exists() {
+            std::fs::rename(dir, &old)?;
+        }
+        std::fs::rename(&tmp, dir)?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if old.exists() && !dir.exists() {
+            let _ = std::fs::rename(&old, dir);
+        }
+        return Err(e).with_context(|| format!("cannot write {}", dir.shown()));
+    }
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! `runtime slide` on whole-slide images built from real patients (`bench/make_slide.py`: each
+//! patch at its x, y on a white canvas, as a tiled pyramidal TIFF with a scale, which OpenSlide
+//! reads): every patch is found as a tissue tile with the probability `runtime eval` gives its
+//! PNG, the background makes no tiles, the areas and the GeoJSON regions agree with the tiles;
+//! and bad slides are named while the good one is still done.
+
+mod common;
+
+use common::{Ran, exec, model};
+use datasets::testdata::shared_data;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn python() -> PathBuf {
+    let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run `make venv` (the README's `make test` does)",
+        python.display()
+    );
+    python
+}
+
+/// `bench/make_slide.py args...`.
+fn make_slide(args: &[&str]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/make_slide.py");
+    let o = Command::new(python())
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "make_slide.py {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn read_csv(path: &Path) -> Vec<HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(path).unwrap();
+    let head = r.headers().unwrap().clone();
+    r.records()
+        .map(|rec| {
+            let rec = rec.unwrap();
+            head.iter()
+                .map(String::from)
+                .zip(rec.iter().map(String::from))
+                .collect()
+        })
+        .collect()
+}
+
+fn json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// `runtime eval DIR` probabilities by the patch's 0-based top-left corner (x - 1, y - 1).
+fn eval_probs(dir: &Path, onnx: &Path, tmp: &Path, extra: &[&str]) -> BTreeMap<(i64, i64), f64> {
+    let csv = tmp.join("eval.csv");
+    let mut args = vec![
+        "eval",
+        s(dir),
+        "--model",
+        s(onnx),
+        "--ep",
+        "cpu",
+        "--predictions",
+        s(&csv),
+    ];
+    args.extend(extra);
+    exec("runtime", &args, tmp).ok();
+    read_csv(&csv)
+        .iter()
+        .map(|r| {
+            let at = |k: &str| r[k].parse::<i64>().unwrap() - 1;
+            ((at("x"), at("y")), r["probability"].parse().unwrap())
+        })
+        .collect()
+}
+
+/// The tiles of a slide's tiles.csv by level-0 corner divided by `k`, and the probabilities.
+fn slide_probs(dir: &Path, k: i64) -> BTreeMap<(i64, i64), f64> {
+    read_csv(&dir.join("tiles.csv"))
+        .iter()
+        .map(|r| {
+            let at = |key: &str| r[key].parse::<i64>().unwrap();
+            assert_eq!(at("x") % k, 0, "tile corners fall on the patch grid");
+            (
+                (at("x") / k, at("y") / k),
+                r["probability"].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn close(a: &BTreeMap<(i64, i64), f64>, b: &BTreeMap<(i64, i64), f64>, what: &str) {
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}: the tissue tiles are not the patches"
+    );
+    for (at, p) in a {
+        assert!(
+            (p - b[at]).abs() <= 2e-6,
+            "{what} at {at:?}: {p} vs {}",
+            b[at]
+        );
+    }
+}
+
+/// Whether the point is inside the GeoJSON regions (in an outline, in none of its holes).
+fn in_regions(features: &[serde_json::Value], x: f64, y: f64) -> bool {
+    let ring = |r: &serde_json::Value| -> Vec<(f64, f64)> {
+        r.as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p[0].as_f64().unwrap(), p[1].as_f64().unwrap()))
+            .collect()
+    };
+    features.iter().any(|f| {
+        let rings = f["geometry"]["coordinates"].as_array().unwrap();
+        runtime::slide::regions::contains(&ring(&rings[0]), x, y)
+            && !rings[1..]
+                .iter()
+                .any(|h| runtime::slide::regions::contains(&ring(h), x, y))
+    })
+}
+
+#[test]
+fn a_slide_of_a_real_patient_gives_every_patch_its_eval_probability() {
+    let Some(real) = shared_data("idc-real") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let onnx = model(t);
+    let patient = real.join("8916");
+    let eval = eval_probs(&patient, &onnx, t, &[]);
+    // A threshold at the median (between two probabilities, never on one), so that both
+    // predictions occur whatever the random model says.
+    let mut sorted: Vec<f64> = eval.values().copied().collect();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    let threshold = (sorted[mid - 1] + sorted[mid]) / 2.0;
+    // At the patches' own scale (4 µm/px), and 4x finer (1 µm/px: read from level 1, whose
+    // pixels are the means of 4 x 4 blocks, so the same pixels again).
+    let native = t.join("native.tif");
+    let fine = t.join("fine.tif");
+    make_slide(&["patches", s(&patient), s(&native)]);
+    make_slide(&["patches", s(&patient), s(&fine), "--upscale", "4"]);
+    let out = t.join("slides");
+    let th = threshold.to_string();
+    let ran = exec(
+        "runtime",
+        &[
+            "slide",
+            s(&native),
+            s(&fine),
+            "--model",
+            s(&onnx),
+            "--ep",
+            "cpu",
+            "--threshold",
+            &th,
+            "--out",
+            s(&out),
+        ],
+        t,
+    );
+    ran.ok();
+    for (name, k, level) in [("native", 1, 0), ("fine", 4, 1)] {
+        let dir = out.join(name);
+        close(&slide_probs(&dir, k), &eval, name);
+        let sum = json(&dir.join("summary.json"));
+        let n = eval.len() as u64;
+        let idc = eval.values().filter(|&&p| p >= threshold).count() as u64;
+        assert_eq!(sum["tissue_tiles"], n, "{name}");
+        assert_eq!(sum["idc_tiles"], idc, "{name}");
+        assert_eq!(sum["grid"]["level"], level, "{name}");
+        let tiles = sum["tiles"].as_u64().unwrap();
+        assert_eq!(
+            sum["background_tiles"].as_u64().unwrap(),
+            tiles - n,
+            "{name}"
+        );
+        // A tile is a patch: 50 px at 4 µm, 0.04 mm².
+        let mm2 = |k: &str| sum[k].as_f64().unwrap();
+        assert!(
+            (mm2("idc_area_mm2") - idc as f64 * 0.04).abs() < 1e-9,
+            "{sum}"
+        );
+        assert!(
+            (mm2("tissue_area_mm2") - n as f64 * 0.04).abs() < 1e-9,
+            "{sum}"
+        );
+        // The regions cover the centre of every positive tile and of no other tile.
+        let geo = json(&dir.join("idc.geojson"));
+        let features = geo["features"].as_array().unwrap();
+        assert!(!features.is_empty());
+        assert_eq!(features[0]["properties"]["classification"]["name"], "IDC");
+        let (cols, rows) = (
+            sum["grid"]["cols"].as_u64().unwrap(),
+            sum["grid"]["rows"].as_u64().unwrap(),
+        );
+        let side = 50.0 * k as f64;
+        for c in 0..cols {
+            for r in 0..rows {
+                let at = ((c * 50) as i64, (r * 50) as i64);
+                let positive = eval.get(&at).is_some_and(|&p| p >= threshold);
+                let (x, y) = ((c as f64 + 0.5) * side, (r as f64 + 0.5) * side);
+                assert_eq!(
+                    in_regions(features, x, y),
+                    positive,
+                    "{name}: tile {c}, {r}"
+                );
+            }
+        }
+        let heatmap = image::open(dir.join("heatmap.png")).unwrap();
+        assert!(heatmap.width() >= 2 * cols as u32 && heatmap.height() > rows as u32);
+    }
+    // Neighbour context on the tile grid is the same as on the patches' coordinates.
+    let eval = eval_probs(&patient, &onnx, t, &["--context"]);
+    let ctx = t.join("context");
+    exec(
+        "runtime",
+        &[
+            "slide",
+            s(&native),
+            "--model",
+            s(&onnx),
+            "--ep",
+            "cpu",
+            "--context",
+            "--out",
+            s(&ctx),
+        ],
+        t,
+    )
+    .ok();
+    close(&slide_probs(&ctx.join("native"), 1), &eval, "context");
+    // The same run twice gives the same files (the summary's timing aside).
+    let again = t.join("again");
+    exec(
+        "runtime",
+        &[
+            "slide",
+            s(&native),
+            "--model",
+            s(&onnx),
+            "--ep",
+            "cpu",
+            "--context",
+            "--out",
+            s(&again),
+        ],
+        t,
+    )
+    .ok();
+    for f in ["tiles.csv", "idc.geojson", "heatmap.png"] {
+        assert_eq!(
+            std::fs::read(ctx.join("native").join(f)).unwrap(),
+            std::fs::read(again.join("native").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn bad_slides_are_named_and_the_good_one_is_still_done() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path();
+    let onnx = model(t);
+    let synth = t.join("synth");
+    datasets::testdata::small_synth(&synth, 1, 40.0);
+    let patient = std::fs::read_dir(&synth)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_dir())
+        .unwrap();
+    let good = t.join("good.tif");
+    make_slide(&["patches", s(&patient), s(&good)]);
+    let truncated = t.join("truncated.tif");
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    let text = t.join("notes.svs");
+    std::fs::write(&text, "not a slide\n").unwrap();
+    let unscaled = t.join("unscaled.tif");
+    make_slide(&["patches", s(&patient), s(&unscaled), "--no-scale"]);
+    let absurd = t.join("absurd.tif");
+    make_slide(&["patches", s(&patient), s(&absurd), "--mpp", "1e-4"]);
+    let blank = t.join("blank.tif");
+    make_slide(&["blank", s(&blank), "--width", "400", "--height", "300"]);
+    let missing = t.join("missing.svs");
+    let out = t.join("slides");
+    let slides = [
+        &truncated, &text, &good, &unscaled, &absurd, &blank, &missing,
+    ];
+    let mut args = vec!["slide"];
+    args.extend(slides.iter().map(|p| s(p)));
+    args.extend(["--model", s(&onnx), "--ep", "cpu", "--out", s(&out)]);
+    let ran: Ran = exec("runtime", &args, t);
+    let err = ran.fails_with("6 of 7 slides could not be done");
+    for (slide, why) in [
+        (&truncated, "OpenSlide cannot read it"),
+        (&text, "not a slide format"),
+        (&unscaled, "pass --mpp"),
+        (&absurd, "its scale is wrong"),
+        (&blank, "no tissue"),
+        (&missing, "no such file"),
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(s(slide)))
+            .unwrap_or_else(|| panic!("{} not named in:\n{err}", slide.display()));
+        assert!(line.contains(why), "{why:?} not in {line:?}");
+    }
+    assert!(ran.stdout.contains(s(&good)), "{}", ran.stdout);
+    // Only the good slide's folder, whole; nothing else, no temp files.
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["good"]);
+    let mut files: Vec<String> = std::fs::read_dir(out.join("good"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        ["heatmap.png", "idc.geojson", "summary.json", "tiles.csv"]
+    );
+    // The unscaled slide with --mpp is done, as the error said.
+    exec(
+        "runtime",
+        &[
+            "slide",
+            s(&unscaled),
+            "--mpp",
+            "4",
+            "--model",
+            s(&onnx),
+            "--ep",
+            "cpu",
+            "--out",
+            s(&out),
+        ],
+        t,
+    )
+    .ok();
+    assert_eq!(
+        std::fs::read(out.join("good/tiles.csv")).unwrap(),
+        std::fs::read(out.join("unscaled/tiles.csv")).unwrap()
+    );
+    // Without OpenSlide: the error says how to get it.
+    let ran = exec(
+        "runtime",
+        &[
+            "slide",
+            s(&good),
+            "--openslide-lib",
+            "/nonexistent/libopenslide.so.1",
+            "--model",
+            s(&onnx),
+        ],
+        t,
+    );
+    ran.fails_with("pip install openslide-bin");
+}
