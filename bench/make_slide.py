@@ -8,7 +8,7 @@
       repeated K x K; level 0 is then 4 / K µm a pixel (the Kaggle patches' 4 µm over K), with
       levels at downsample 4, 16, ... . Edge crops (smaller than 50x50) are left out.
   make_slide.py grid OUT.tif --tiles N --patches DIR [--png-out DIR2]
-      N tissue tiles on a square grid (every other row and column left white), cycling through
+      N tissue tiles on a square grid (every fifth place left white), cycling through
       the patches under DIR; with --png-out the same tiles are also written as PNG files named
       by their place, so `runtime eval` can classify the very same pixels (the benchmark).
   make_slide.py blank OUT.tif --width W --height H
@@ -87,12 +87,12 @@ def from_patches(args):
 
 def grid(args):
     found = patches(args.patches)
-    side = math.ceil(math.sqrt(args.tiles))
-    cols = 2 * side
+    places = args.tiles + args.tiles // 4  # every fifth place left white
+    cols = math.ceil(math.sqrt(places))
     canvas = np.full((cols * PATCH, cols * PATCH, 3), 255, np.uint8)
     out = Path(args.png_out) if args.png_out else None
     for i in range(args.tiles):
-        r, c = 2 * (i // side), 2 * (i % side)
+        r, c = divmod(i + i // 4, cols)
         src = found[i % len(found)][2]
         px = np.asarray(Image.open(src).convert("RGB"))
         canvas[r * PATCH:(r + 1) * PATCH, c * PATCH:(c + 1) * PATCH] = px

@@ -150,6 +150,10 @@ enum Command {
         /// A tile with less tissue than this share (in [0, 1]) is background, not classified.
         #[arg(long, default_value_t = runtime::slide::grid::DEFAULT_MIN_TISSUE, value_parser = probability)]
         min_tissue: f64,
+        /// Longest side of the slide's picture in heatmap.png, in pixels (64 to 16384; a tile
+        /// gets at least one pixel).
+        #[arg(long, default_value_t = runtime::slide::thumbnail::DEFAULT_SIDE, value_parser = thumbnail_side)]
+        thumbnail: u32,
         /// Probability of IDC at or above which a tile is called IDC, in [0, 1] (default: as
         /// for eval: the model's own when it holds for this run's context, else 0.5).
         #[arg(long, value_parser = probability)]
@@ -185,6 +189,10 @@ fn context_weight(s: &str) -> Result<f64, String> {
 fn mpp(s: &str) -> Result<f64, String> {
     let r = datasets::scale::MPP;
     float_in(s, *r.start(), *r.end(), false)
+}
+
+fn thumbnail_side(s: &str) -> Result<u32, String> {
+    int_in::<64, 16384>(s).map(|v| v as u32)
 }
 
 fn scale(s: &str) -> Result<f32, String> {
@@ -406,6 +414,7 @@ fn run(args: Args) -> Result<()> {
             out,
             mpp,
             min_tissue,
+            thumbnail,
             threshold,
             openslide_lib,
             model,
@@ -428,6 +437,7 @@ fn run(args: Args) -> Result<()> {
                 out,
                 mpp,
                 min_tissue,
+                thumbnail,
                 patch,
                 patch_source,
                 threshold,

@@ -177,7 +177,7 @@ pub fn resample(img: RgbImage, side: u32) -> RgbImage {
     if from == side {
         return img;
     }
-    if from > side && from % side == 0 {
+    if from > side && from.is_multiple_of(side) {
         let k = from / side;
         let n = k * k;
         return RgbImage::from_fn(side, side, |x, y| {

@@ -27,6 +27,8 @@ pub struct Settings {
     /// `--mpp`: the slides' level-0 microns per pixel, over what they say.
     pub mpp: Option<f64>,
     pub min_tissue: f64,
+    /// Longest side of the thumbnail under the heatmap.
+    pub thumbnail: u32,
     pub patch: PatchScale,
     /// Where `patch` came from.
     pub patch_source: String,
@@ -66,7 +68,15 @@ pub fn run(
     let scale = slide_scale(&slide, s.mpp, path)?;
     let grid = Grid::new(&slide, &scale, s.patch, path)?;
     progress.set_length(u64::from(grid.cols) * u64::from(grid.rows));
-    let mut scanned = stream::classify(&slide, &grid, model, &s.pipeline, s.min_tissue, progress)?;
+    let mut scanned = stream::classify(
+        &slide,
+        &grid,
+        model,
+        &s.pipeline,
+        s.min_tissue,
+        s.thumbnail,
+        progress,
+    )?;
     if scanned.tiles.is_empty() {
         bail!(
             "{}: no tissue: all {} tiles are background (under {} tissue); check the slide, or lower --min-tissue",

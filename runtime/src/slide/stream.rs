@@ -42,6 +42,7 @@ pub fn classify(
     model: &mut Model,
     pipeline: &Pipeline,
     min_tissue: f64,
+    thumbnail_side: u32,
     progress: &indicatif::ProgressBar,
 ) -> Result<Scanned> {
     let pre = model.preprocess;
@@ -51,11 +52,11 @@ pub fn classify(
     let per = pre.len();
     let (tx, rx) = sync_channel::<Result<Batch>>(2);
     let mut tiles = Vec::new();
-    let mut thumbnail = Thumbnail::new(grid);
+    let mut thumbnail = Thumbnail::new(grid, thumbnail_side);
     let mut background = 0u64;
     std::thread::scope(|scope| -> Result<()> {
         let producer = scope.spawn(move || {
-            let mut thumb = Thumbnail::new(grid);
+            let mut thumb = Thumbnail::new(grid, thumbnail_side);
             let mut background = 0u64;
             let mut pending = Batch {
                 at: Vec::with_capacity(bs),

@@ -6,8 +6,8 @@ use super::stream::Tile;
 use crate::heatmap::colour;
 use image::{Rgb, RgbImage};
 
-/// Longest side of the thumbnail in pixels (a tile gets at least 1).
-pub const MAX_SIDE: u32 = 2048;
+/// Longest side of the thumbnail in pixels by default (a tile gets at least 1).
+pub const DEFAULT_SIDE: u32 = 2048;
 
 /// Opacity of the probability colour over the tissue.
 const ALPHA: f32 = 0.55;
@@ -19,8 +19,9 @@ pub struct Thumbnail {
 }
 
 impl Thumbnail {
-    pub fn new(grid: &Grid) -> Thumbnail {
-        let cell = (MAX_SIDE / grid.cols.max(grid.rows).max(1)).clamp(1, grid.side);
+    /// A white thumbnail of at most `max_side` pixels a side (more when the grid has more tiles).
+    pub fn new(grid: &Grid, max_side: u32) -> Thumbnail {
+        let cell = (max_side / grid.cols.max(grid.rows).max(1)).clamp(1, grid.side);
         Thumbnail {
             cell,
             img: RgbImage::from_pixel(grid.cols * cell, grid.rows * cell, Rgb([255, 255, 255])),
@@ -51,8 +52,8 @@ impl Thumbnail {
     pub fn heatmap(&self, tiles: &[Tile], threshold: f64, title: &str) -> RgbImage {
         let (w, h) = self.img.dimensions();
         let gap = 16;
-        let legend = 70;
         let width = (2 * w + gap).max(360);
+        let legend = 5 * (width / 100).clamp(12, 40);
         let mut out = RgbImage::from_pixel(width, h + legend, Rgb([255, 255, 255]));
         image::imageops::replace(&mut out, &self.img, 0, 0);
         image::imageops::replace(&mut out, &self.img, i64::from(w + gap), 0);
@@ -76,21 +77,30 @@ impl Thumbnail {
                 }
             }
         }
-        // The scale: 0 to 1 left to right, with a tick at the threshold.
-        let (x0, y0, bar) = (10u32, h + 44, 300u32);
+        // The scale: 0 to 1 left to right, with a tick at the threshold; sized to the picture.
+        let text = (width / 100).clamp(12, 40);
+        let (x0, y0, bar) = (10, h + 3 * text, (width / 4).max(200));
         for x in 0..bar {
             let p = x as f32 / (bar - 1) as f32;
-            for y in 0..14 {
+            for y in 0..text {
                 out.put_pixel(x0 + x, y0 + y, colour(p));
             }
         }
         let tick = x0 + ((threshold.clamp(0.0, 1.0) * f64::from(bar - 1)).round() as u32);
-        for y in y0 - 4..y0 + 18 {
-            out.put_pixel(tick, y, Rgb([0, 0, 0]));
+        for y in y0 - text / 4..y0 + text + text / 4 {
+            for dx in 0..(text / 8).max(1) {
+                out.put_pixel(tick + dx, y, Rgb([0, 0, 0]));
+            }
         }
         let labels = format!("P(IDC): 0 (blue) .. 0.5 (yellow) .. 1 (red); threshold {threshold}");
         // Without a font the picture is still whole; the legend's words are in the summary.
-        let _ = datasets::plot::draw_text(&mut out, 10, h as i32 + 4, 14, &[title, &labels]);
+        let _ = datasets::plot::draw_text(
+            &mut out,
+            10,
+            h as i32 + text as i32 / 4,
+            text,
+            &[title, &labels],
+        );
         out
     }
 }
