@@ -8,10 +8,11 @@ use crate::onnx_proto::{
 use anyhow::{Context, Result, bail};
 use burn::backend::Flex;
 use burn::prelude::*;
+use contract::{Contract, ModelThreshold};
+use datasets::Scan;
 use datasets::Shown;
 use datasets::fsutil::{temp_sibling, write_atomic};
 use datasets::preprocess::Preprocess;
-use datasets::{CLASS_NAMES, Scan};
 use models::{CancerNet, CancerNetConfig};
 use prost::Message;
 use std::path::{Path, PathBuf};
@@ -99,7 +100,8 @@ pub struct Loaded {
     pub model: CancerNet<B>,
     pub config: CancerNetConfig,
     pub preprocess: Preprocess,
-    pub metadata: Vec<(String, String)>,
+    /// The metadata but for what `to_onnx` decides (threshold, TTA, context).
+    pub contract: Contract,
     pub data_root: Option<PathBuf>,
     /// The checkpoint's epoch, and the run's operating threshold (`threshold.json`), if any.
     pub epoch: usize,
@@ -135,19 +137,6 @@ pub struct Report {
     pub note: Option<String>,
 }
 
-/// Metadata keys of the operating threshold (`runtime` uses it unless `--threshold` is given).
-pub mod keys {
-    pub const THRESHOLD: &str = "threshold";
-    pub const THRESHOLD_SOURCE: &str = "threshold.source";
-    /// The neighbour context weight a threshold chosen on predictions was chosen with ("none":
-    /// without), so `runtime` can tell when a run's context makes it not hold; "any" for a fixed
-    /// threshold, which holds for any.
-    pub const THRESHOLD_CONTEXT: &str = "threshold.context";
-    pub const TTA: &str = "tta";
-    /// Neighbour context: the weight of each grid neighbour's log-odds (`datasets::context`).
-    pub const CONTEXT: &str = "context.weight";
-}
-
 /// Loads the run's model config, preprocessing, provenance and the chosen checkpoint (none
 /// chosen: the one the run's `eval.checkpoint` names, best by default).
 pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
@@ -176,15 +165,6 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         .as_ref()
         .map(|c| c.eval.clone())
         .unwrap_or_default();
-    if let Some(w) = eval.context
-        && !datasets::context::valid_weight(w)
-    {
-        bail!(
-            "{}: eval.context = {w} is not a neighbour weight in (0, {}]; fix it (or remove it for none)",
-            cfg_file.shown(),
-            datasets::context::MAX_WEIGHT
-        );
-    }
     let which = which.unwrap_or(if eval.precise_bn {
         Checkpoint::PreciseBn
     } else {
@@ -232,26 +212,14 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         },
         |c| c.preprocess(),
     );
-    let run_json: serde_json::Value = std::fs::read_to_string(dir.join(checkpoint::RUN_FILE))
-        .ok()
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
-    let field = |k: &str| {
-        run_json.get(k).map_or("unknown".to_string(), |v| {
-            v.as_str().map_or(v.to_string(), str::to_string)
-        })
-    };
-    let mut metadata = vec![
-        (
-            "classes".into(),
-            CLASS_NAMES
-                .iter()
-                .enumerate()
-                .map(|(i, n)| format!("{i}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", "),
-        ),
-        ("positive_class".into(), format!("1 ({})", CLASS_NAMES[1])),
+    let run_file = checkpoint::RunFile::read(dir);
+    let unknown = || "unknown".to_string();
+    let scale = train_cfg
+        .as_ref()
+        .map_or_else(Default::default, |c| c.data.scale);
+    // Threshold, TTA and context are set by `to_onnx`, as the export asks.
+    let mut contract = Contract::new(preprocess, scale, false, None, None);
+    contract.graph = vec![
         (
             "input".into(),
             format!(
@@ -269,15 +237,7 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
             ),
         ),
     ];
-    metadata.extend(preprocess.to_metadata());
-    let scale = train_cfg
-        .as_ref()
-        .map_or_else(Default::default, |c| c.data.scale);
-    scale
-        .check()
-        .with_context(|| format!("{}: data.scale", cfg_file.shown()))?;
-    metadata.extend(scale.to_metadata());
-    metadata.extend([
+    contract.provenance = vec![
         (
             "model.config".into(),
             config
@@ -291,10 +251,17 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
             checkpoint_description(which, &eval, state.epoch),
         ),
         ("train.epochs".into(), state.epoch.to_string()),
-        ("train.config_sha256".into(), field("config_sha256")),
+        (
+            "train.config_sha256".into(),
+            run_file
+                .as_ref()
+                .map_or_else(unknown, |r| r.config_sha256.clone()),
+        ),
         (
             "train.dataset_manifest_sha256".into(),
-            field("dataset_manifest_sha256"),
+            run_file
+                .as_ref()
+                .map_or_else(unknown, |r| r.dataset_manifest_sha256.clone()),
         ),
         ("train.val_loss".into(), format!("{:.6}", state.val_loss)),
         (
@@ -303,11 +270,15 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         ),
         (
             "toolchain".into(),
-            format!("burn 0.21.0, {}", env!("IDC_RUSTC_VERSION")),
+            format!(
+                "burn {}, {}",
+                contract::BURN_VERSION,
+                env!("IDC_RUSTC_VERSION")
+            ),
         ),
-    ]);
+    ];
     // The trainer's operating threshold (chosen on validation, or fixed in its config).
-    let threshold_path = dir.join(trainer::train::THRESHOLD_FILE);
+    let threshold_path = dir.join(checkpoint::THRESHOLD_FILE);
     let threshold = match std::fs::read_to_string(&threshold_path) {
         Err(_) => None,
         Ok(text) => {
@@ -327,7 +298,7 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         model,
         config,
         preprocess,
-        metadata,
+        contract,
         data_root: train_cfg.map(|c| c.data.root),
         epoch: state.epoch,
         averaged,
@@ -357,35 +328,21 @@ fn checkpoint_description(c: Checkpoint, eval: &EvalConfig, epoch: usize) -> Str
 
 /// The serialized model. Deterministic: the same checkpoint gives the same bytes.
 pub fn to_onnx(loaded: &Loaded, fold_bn: bool, tta: bool) -> Result<Vec<u8>> {
-    let mut metadata = loaded.metadata.clone();
-    if let Some(t) = loaded
+    let mut contract = loaded.contract.clone();
+    contract.tta = tta;
+    contract.context = loaded.context.map(Ok);
+    contract.threshold = loaded
         .threshold
         .as_ref()
         .filter(|t| t.holds_for(&loaded.evaluation(tta)))
-    {
-        metadata.push((keys::THRESHOLD.into(), format!("{}", t.threshold)));
-        metadata.push((
-            keys::THRESHOLD_SOURCE.into(),
-            format!("trainer: {}", t.source),
-        ));
-        let weight = match t.chosen_with.context {
-            _ if t.fixed => "any".into(),
-            None => "none".into(),
-            Some(w) => format!("{w}"),
-        };
-        metadata.push((keys::THRESHOLD_CONTEXT.into(), weight));
-    }
-    if tta {
-        metadata.push((
-            keys::TTA.into(),
-            "8 views: each patch's probabilities are the mean over its four flips and their \
-             transposes, computed in the graph"
-                .into(),
-        ));
-    }
-    if let Some(w) = loaded.context {
-        metadata.push((keys::CONTEXT.into(), format!("{w}")));
-    }
+        .map(|t| {
+            Ok(ModelThreshold {
+                value: t.threshold,
+                source: format!("trainer: {}", t.source),
+                chosen_for: t.chosen_for(),
+            })
+        });
+    let metadata = contract.to_metadata();
     let proto = ModelProto {
         ir_version: Some(IR_VERSION),
         opset_import: vec![OperatorSetIdProto::onnx(OPSET_VERSION)],
@@ -628,7 +585,7 @@ mod tests {
                 .threshold
                 .is_none()
         );
-        let path = tmp.path().join(trainer::train::THRESHOLD_FILE);
+        let path = tmp.path().join(checkpoint::THRESHOLD_FILE);
         let write = |t: &str| {
             let json = format!(r#"{{"threshold": {t}, "source": "max_bac", "epoch": 1}}"#);
             std::fs::write(&path, json).unwrap();
@@ -706,7 +663,8 @@ mod tests {
         let yaml = tmp.path().join(checkpoint::CONFIG_FILE);
         std::fs::write(&yaml, "eval:\n  checkpoint: last\n").unwrap();
         let loaded = load(tmp.path(), None).unwrap();
-        let meta: std::collections::BTreeMap<_, _> = loaded.metadata.into_iter().collect();
+        let meta: std::collections::BTreeMap<_, _> =
+            loaded.contract.to_metadata().into_iter().collect();
         assert_eq!(
             (loaded.epoch, meta["train.checkpoint"].as_str()),
             (2, "last (epoch 2)")
@@ -718,12 +676,13 @@ mod tests {
         std::fs::rename(third.join("checkpoints/best"), run.average_dir()).unwrap();
         std::fs::copy(&state, run.average_dir().join(checkpoint::STATE_FILE)).unwrap();
         std::fs::write(&yaml, "eval:\n  checkpoint: average\n  average_epochs: 2\n").unwrap();
-        let threshold = tmp.path().join(trainer::train::THRESHOLD_FILE);
+        let threshold = tmp.path().join(checkpoint::THRESHOLD_FILE);
         let json = r#"{"threshold": 0.4, "source": "max_bac", "epoch": 2, "averaged": true}"#;
         std::fs::write(&threshold, json).unwrap();
         let loaded = load(tmp.path(), None).unwrap();
         assert!(loaded.averaged && loaded.epoch == 2);
-        let meta: std::collections::BTreeMap<_, _> = loaded.metadata.iter().cloned().collect();
+        let meta: std::collections::BTreeMap<_, _> =
+            loaded.contract.to_metadata().into_iter().collect();
         assert_eq!(meta["train.checkpoint"], "average of epochs 1-2");
         let last = load(tmp.path(), Some(Checkpoint::Last)).unwrap();
         assert!(!last.averaged);
@@ -749,7 +708,8 @@ mod tests {
         std::fs::write(&yaml, eval).unwrap();
         let precise = load(tmp.path(), None).unwrap();
         assert!(precise.averaged && precise.precise_bn && precise.epoch == 2);
-        let meta: std::collections::BTreeMap<_, _> = precise.metadata.iter().cloned().collect();
+        let meta: std::collections::BTreeMap<_, _> =
+            precise.contract.to_metadata().into_iter().collect();
         assert_eq!(
             meta["train.checkpoint"],
             "average of epochs 1-2, BatchNorm statistics recomputed on the training split"
@@ -806,7 +766,7 @@ mod tests {
             assert!(values.len() <= 1, "{values:?}");
             values.into_iter().next()
         };
-        let weight = |context| value(context, keys::CONTEXT);
+        let weight = |context| value(context, contract::keys::CONTEXT);
         assert_eq!(weight(None), None, "no context unless asked");
         assert_eq!(weight(Some(true)).as_deref(), Some("0.5"));
         std::fs::write(
@@ -817,11 +777,11 @@ mod tests {
         assert_eq!(weight(None).as_deref(), Some("0.75"));
         assert_eq!(weight(Some(true)).as_deref(), Some("0.75"));
         assert_eq!(weight(Some(false)), None);
-        let threshold = tmp.path().join(trainer::train::THRESHOLD_FILE);
+        let threshold = tmp.path().join(checkpoint::THRESHOLD_FILE);
         let chosen = |context| {
             (
-                value(context, keys::THRESHOLD),
-                value(context, keys::THRESHOLD_CONTEXT),
+                value(context, contract::keys::THRESHOLD),
+                value(context, contract::keys::THRESHOLD_CONTEXT),
             )
         };
         let json = r#"{"threshold": 0.4, "source": "max_bac", "epoch": 0, "context": 0.75}"#;

@@ -72,7 +72,7 @@ impl RunInfo {
             seconds: streamed.seconds,
             images_per_second: (images + skipped) as f64 / streamed.seconds.max(1e-9),
             threshold,
-            tta: model.tta,
+            tta: model.contract.tta,
             context: None,
             peak_rss_kib: peak_rss_kib(),
         }

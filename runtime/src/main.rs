@@ -425,13 +425,13 @@ fn run(args: Args) -> Result<()> {
             let context = m.context(context.context, context.context_weight, &model.model)?;
             let weight = context.as_ref().map(|c| c.weight);
             let threshold = m.threshold(threshold, weight, &model.model)?;
-            let (patch, patch_source) = match datasets::scale::PatchScale::from_metadata(&m.metadata) {
-                Ok(Some(p)) => (p, "from the model's metadata".to_string()),
+            let (patch, patch_source) = match &m.contract.scale {
+                Ok(Some(p)) => (*p, "from the model's metadata".to_string()),
                 Ok(None) => (
                     Default::default(),
                     "the Kaggle dataset's; the model's metadata has none (exported before it was written)".into(),
                 ),
-                Err(e) => bail!("{}: {e:#}", model.model.shown()),
+                Err(e) => bail!("{}: {e}", model.model.shown()),
             };
             let settings = runtime::slide::Settings {
                 out,

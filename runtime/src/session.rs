@@ -3,6 +3,7 @@
 
 use crate::ortlib::{self, OrtLib};
 use anyhow::{Context, Result, anyhow, bail};
+use contract::Contract;
 use datasets::Shown;
 use datasets::preprocess::{MAX_SIZE, MIN_SIZE, Preprocess};
 use ort::ep::{self, ExecutionProvider};
@@ -11,16 +12,6 @@ use ort::session::builder::GraphOptimizationLevel;
 use ort::value::{TensorRef, ValueType};
 use std::collections::HashMap;
 use std::path::Path;
-
-/// Metadata keys of the exporter's operating threshold.
-const THRESHOLD_KEY: &str = "threshold";
-const THRESHOLD_SOURCE_KEY: &str = "threshold.source";
-/// The neighbour weight a threshold chosen on predictions was chosen with ("none": without;
-/// "any": a fixed threshold, which holds for any).
-const THRESHOLD_CONTEXT_KEY: &str = "threshold.context";
-/// Metadata key of the neighbour context weight (the exporter's, from the trainer's
-/// `eval.context`).
-const CONTEXT_KEY: &str = "context.weight";
 
 /// Which execution provider to run on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -38,15 +29,14 @@ pub struct Model {
     pub input: String,
     pub output: String,
     pub preprocess: Preprocess,
-    pub metadata: HashMap<String, String>,
+    /// What the model's metadata says (`contract`): threshold, context, scale, TTA.
+    pub contract: Contract,
     /// "CPUExecutionProvider" or "CUDAExecutionProvider".
     pub provider: &'static str,
     pub ort_version: String,
     /// The ONNX Runtime library this process loaded.
     pub ort_path: std::path::PathBuf,
     pub threads: usize,
-    /// Test-time augmentation in the graph (metadata key `tta`).
-    pub tta: bool,
 }
 
 /// The threshold a run uses, and where it came from.
@@ -116,12 +106,12 @@ impl Model {
         };
         let input = image_input(&session, path)?;
         let output = probabilities_output(&session, path)?;
-        let metadata = metadata(&session)?;
-        let preprocess = match (Preprocess::from_metadata(&metadata), opts.preprocess) {
-            (Ok(p), _) => p,
+        let contract = Contract::from_metadata(&metadata(&session)?);
+        let preprocess = match (&contract.preprocess, opts.preprocess) {
+            (Ok(p), _) => *p,
             (Err(_), Some(p)) => p,
             (Err(e), None) => bail!(
-                "{} has no usable preprocessing metadata ({e:#}); export it with `exporter`, or pass --input-size and --resize-filter",
+                "{} has no usable preprocessing metadata ({e}); export it with `exporter`, or pass --input-size and --resize-filter",
                 path.shown()
             ),
         };
@@ -135,20 +125,20 @@ impl Model {
                 preprocess.size
             );
         }
-        check_classes(&metadata, path)?;
+        if let Err(why) = &contract.classes {
+            bail!("{}: {why}", path.shown());
+        }
         let threads = datasets::cli::threads_or_cores(opts.threads);
-        let tta = metadata.contains_key("tta");
         Ok(Model {
             session,
             input,
             output,
             preprocess,
-            metadata,
+            contract,
             provider,
             ort_version: lib.version.clone(),
             ort_path: lib.path.clone(),
             threads,
-            tta,
         })
     }
 
@@ -190,46 +180,17 @@ impl Model {
                 source: "--threshold".into(),
             });
         }
-        let Some(v) = self.metadata.get(THRESHOLD_KEY) else {
-            return Ok(Threshold {
-                value: 0.5,
-                source: "default; the model has no threshold in its metadata".into(),
-            });
+        let t = match &self.contract.threshold {
+            None => {
+                return Ok(Threshold {
+                    value: 0.5,
+                    source: "default; the model has no threshold in its metadata".into(),
+                });
+            }
+            Some(Err(why)) => bail!("{}: {why}; pass --threshold to override it", path.shown()),
+            Some(Ok(t)) => t,
         };
-        let t = match v.trim().parse::<f64>() {
-            Ok(t) if (0.0..=1.0).contains(&t) => t,
-            _ => bail!(
-                "{}: metadata {THRESHOLD_KEY} = \"{}\" is not a number in [0, 1]; pass --threshold to override it",
-                path.shown(),
-                v.shown()
-            ),
-        };
-        // A threshold chosen on the model's predictions holds for the context they had. A model
-        // exported before the key existed had its threshold chosen for its own context (the
-        // exporter checked), or fixed: taken as chosen, which at worst falls back to 0.5.
-        let own = || {
-            self.metadata
-                .get(CONTEXT_KEY)
-                .and_then(|v| neighbour_weight(v))
-        };
-        let chosen_for = match self.metadata.get(THRESHOLD_CONTEXT_KEY).map(|s| s.trim()) {
-            None => own(),
-            Some("any") => context,
-            Some("none") => None,
-            Some(w) => match neighbour_weight(w) {
-                Some(w) => Some(w),
-                None => bail!(
-                    "{}: metadata {THRESHOLD_CONTEXT_KEY} = \"{}\" is neither \"none\", \"any\" nor a neighbour weight; pass --threshold to override it",
-                    path.shown(),
-                    w.shown()
-                ),
-            },
-        };
-        let source = self
-            .metadata
-            .get(THRESHOLD_SOURCE_KEY)
-            .map_or(String::new(), |s| s.shown());
-        if chosen_for != context {
+        if !t.chosen_for.holds_for(context) {
             let words = |w: Option<f64>| {
                 w.map_or("without neighbour context".into(), |w| {
                     format!("with neighbour context at weight {w}")
@@ -238,16 +199,18 @@ impl Model {
             return Ok(Threshold {
                 value: 0.5,
                 source: format!(
-                    "default; the model's threshold {t} ({source}) was chosen {}, and this run \
+                    "default; the model's threshold {} ({}) was chosen {}, and this run \
                      evaluates {}: pass --threshold to set one for it",
-                    words(chosen_for),
+                    t.value,
+                    t.source,
+                    words(t.chosen_for.context()),
                     words(context)
                 ),
             });
         }
         Ok(Threshold {
-            value: t,
-            source: format!("from the model's metadata; {source}"),
+            value: t.value,
+            source: format!("from the model's metadata; {}", t.source),
         })
     }
 
@@ -276,17 +239,13 @@ impl Model {
             (_, Some(w)) => return choice(w, "--context-weight"),
             _ => {}
         }
-        let from_model = match self.metadata.get(CONTEXT_KEY) {
+        let from_model = match &self.contract.context {
             None => None,
-            Some(v) => match neighbour_weight(v) {
-                Some(w) => Some(w),
-                None => bail!(
-                    "{}: metadata {CONTEXT_KEY} = \"{}\" is not a neighbour weight in (0, {}]; pass --context-weight W or --context=false to override it",
-                    path.shown(),
-                    v.shown(),
-                    datasets::context::MAX_WEIGHT
-                ),
-            },
+            Some(Ok(w)) => Some(*w),
+            Some(Err(why)) => bail!(
+                "{}: {why}; pass --context-weight W or --context=false to override it",
+                path.shown()
+            ),
         };
         match (flag, from_model) {
             (_, Some(w)) => choice(w, "from the model's metadata"),
@@ -294,12 +253,6 @@ impl Model {
             _ => Ok(None),
         }
     }
-}
-
-/// A metadata value as a neighbour context weight, if it is one in range.
-fn neighbour_weight(v: &str) -> Option<f64> {
-    let w = v.trim().parse::<f64>().ok()?;
-    datasets::context::valid_weight(w).then_some(w)
 }
 
 fn build(lib: &OrtLib, path: &Path, threads: usize, cuda: bool) -> ort::Result<Session> {
@@ -396,31 +349,6 @@ fn probabilities_output(session: &Session, path: &Path) -> Result<String> {
             other.to_string().shown()
         ),
     }
-}
-
-/// The exporter's `classes` metadata, when present, must be the two classes the report shows.
-fn check_classes(metadata: &HashMap<String, String>, path: &Path) -> Result<()> {
-    let Some(classes) = metadata.get("classes") else {
-        return Ok(());
-    };
-    let parsed: Vec<(&str, &str)> = classes
-        .split(", ")
-        .filter_map(|c| c.split_once(": "))
-        .collect();
-    let ok = parsed.len() == 2
-        && parsed[0].0 == "0"
-        && parsed[1].0 == "1"
-        && parsed
-            .iter()
-            .all(|(_, name)| !name.is_empty() && name.len() <= 64 && name.shown() == *name);
-    if !ok {
-        bail!(
-            "{}: metadata classes = \"{}\" is not \"0: <name>, 1: <name>\" (two plain names): not a model this report can describe",
-            path.shown(),
-            classes.shown()
-        );
-    }
-    Ok(())
 }
 
 fn metadata(session: &Session) -> Result<HashMap<String, String>> {

@@ -371,7 +371,7 @@ fn the_models_threshold_is_used_and_named() {
     let run = tmp.path().join("run");
     trainer::checkpoint::write_random_run(&run, &models::CancerNetConfig::new(), 11).unwrap();
     std::fs::write(
-        run.join(trainer::train::THRESHOLD_FILE),
+        run.join(trainer::checkpoint::THRESHOLD_FILE),
         r#"{"threshold": 0.73, "source": "max BAC on a test split"}"#,
     )
     .unwrap();
@@ -805,7 +805,7 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
     let with_weight = |value: &str| {
         let mut proto = ModelProto::decode(std::fs::read(&onnx).unwrap().as_slice()).unwrap();
         proto.metadata_props.push(StringStringEntryProto {
-            key: Some(exporter::export::keys::CONTEXT.into()),
+            key: Some(contract::keys::CONTEXT.into()),
             value: Some(value.into()),
         });
         let path = tmp.path().join(format!("context-{value}.onnx"));
@@ -855,7 +855,7 @@ fn neighbour_context_averages_log_odds_over_the_slide_grid() {
 /// context, and a model without the key is taken as chosen for its own context.
 #[test]
 fn a_threshold_chosen_for_one_context_is_not_used_with_another() {
-    use exporter::export::keys;
+    use contract::keys;
     use exporter::onnx_proto::{ModelProto, StringStringEntryProto};
     use prost::Message;
     let tmp = tempfile::tempdir().unwrap();
@@ -973,7 +973,7 @@ fn a_threshold_chosen_for_one_context_is_not_used_with_another() {
     )
     .unwrap();
     std::fs::write(
-        run.join(trainer::train::THRESHOLD_FILE),
+        run.join(trainer::checkpoint::THRESHOLD_FILE),
         r#"{"threshold": 0.73, "source": "max BAC", "epoch": 0, "context": 0.75}"#,
     )
     .unwrap();

@@ -25,6 +25,49 @@ pub const MODEL_CONFIG_FILE: &str = "model.json";
 pub const CONFIG_FILE: &str = "config.yaml";
 pub const METRICS_FILE: &str = "metrics.csv";
 pub const TIMING_FILE: &str = "timing.csv";
+pub const PLOT_FILE: &str = "plot.png";
+/// The final report on the testing split: its presence marks a complete run (cross-validation
+/// reads it back).
+pub const TEST_REPORT_FILE: &str = "test_report.json";
+/// The threshold the final report used, and what it holds for (`train::ChosenThreshold`): the
+/// exporter writes it into the model.
+pub const THRESHOLD_FILE: &str = "threshold.json";
+
+/// `run.json`: where a run came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunFile {
+    /// The trainer's and burn's versions.
+    pub trainer: String,
+    pub burn: String,
+    /// SHA-256 of the resolved config and of the dataset's `manifest.csv`.
+    pub config_sha256: String,
+    pub dataset_manifest_sha256: String,
+    pub dataset_root: String,
+    pub split_sizes: SplitSizes,
+    /// Which patients are in which split, when the splits were made from a list (cross-validation).
+    pub splits: serde_json::Value,
+    pub class_weights: [f64; 2],
+    pub preprocess: datasets::Preprocess,
+    pub device: String,
+    pub epochs: usize,
+    /// Every file skipped so far, with the reason.
+    pub skipped: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SplitSizes {
+    pub training: usize,
+    pub validation: usize,
+    pub testing: usize,
+}
+
+impl RunFile {
+    /// The run's `run.json`, if it has one that parses (a random test run has none).
+    pub fn read(dir: &Path) -> Option<RunFile> {
+        let text = std::fs::read_to_string(dir.join(RUN_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
 
 /// The optimizer state as saved: (parameter id, state) sorted by id. burn's own record is a hash
 /// map, written in an order that differs on every run; this makes checkpoints the same bytes.
@@ -342,9 +385,9 @@ impl RunDir {
         for name in [
             METRICS_FILE,
             TIMING_FILE,
-            "plot.png",
-            "test_report.json",
-            "threshold.json",
+            PLOT_FILE,
+            TEST_REPORT_FILE,
+            THRESHOLD_FILE,
         ] {
             let path = self.root.join(name);
             if path.exists() {

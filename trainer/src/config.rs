@@ -273,10 +273,14 @@ impl Default for TrainSection {
 }
 
 impl TrainConfig {
+    /// The config at `path`, validated: whoever loads it (the trainer, the exporter reading a
+    /// run) can rely on every range.
     pub fn load(path: &Path) -> Result<TrainConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.shown()))?;
         let cfg: TrainConfig = yaml_serde::from_str(&text)
+            .with_context(|| format!("invalid config {}", path.shown()))?;
+        cfg.validate()
             .with_context(|| format!("invalid config {}", path.shown()))?;
         Ok(cfg)
     }

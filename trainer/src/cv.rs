@@ -10,7 +10,7 @@
 use crate::checkpoint::{RUN_FILE, RunDir};
 use crate::config::TrainConfig;
 use crate::data::Split;
-use crate::train::{self, Data, Options, Start, TEST_REPORT};
+use crate::train::{self, Data, Options, Start};
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::backend::AutodiffBackend;
 use datasets::fsutil::write_atomic;
@@ -269,7 +269,7 @@ fn train_fold<B: AutodiffBackend>(
             run.root.shown()
         );
     }
-    let path = run.root.join(TEST_REPORT);
+    let path = run.root.join(crate::checkpoint::TEST_REPORT_FILE);
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.shown()))?,
     )

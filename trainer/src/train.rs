@@ -27,9 +27,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The final report on the testing split; its presence marks a complete run.
-pub const TEST_REPORT: &str = "test_report.json";
-
 /// How a run ended.
 pub struct Outcome {
     /// Stopped by `stop_after` before the last epoch.
@@ -224,7 +221,7 @@ pub fn plan_start(run: &RunDir, config_yaml: &str, opts: &Options) -> Result<Sta
         );
     }
     if RunDir::read_state(&dir)?.finished {
-        if run.root.join(TEST_REPORT).is_file() {
+        if run.root.join(checkpoint::TEST_REPORT_FILE).is_file() {
             return Ok(Start::AlreadyDone);
         }
         // Trained, but stopped before the final report: do just that.
@@ -438,23 +435,27 @@ fn write_run_files(
     let manifest_path = cfg.data.root.join(manifest::FILE_NAME);
     let manifest_sha = manifest::sha256_file(&manifest_path)
         .unwrap_or_else(|_| "unknown (no manifest.csv)".into());
-    let json = serde_json::json!({
-        "trainer": env!("CARGO_PKG_VERSION"),
-        "burn": "0.21.0",
-        "config_sha256": manifest::sha256_hex(config_yaml.as_bytes()),
-        "dataset_manifest_sha256": manifest_sha,
-        "dataset_root": cfg.data.root.shown(),
-        "split_sizes": { "training": data.train.len(), "validation": data.val.len(), "testing": data.test.len() },
-        "splits": data.provenance,
-        "class_weights": weights,
-        "preprocess": cfg.preprocess(),
-        "device": device,
-        "epochs": cfg.train.epochs,
-        "skipped": data.skipped.to_json(),
-    });
+    let file = checkpoint::RunFile {
+        trainer: env!("CARGO_PKG_VERSION").into(),
+        burn: contract::BURN_VERSION.into(),
+        config_sha256: manifest::sha256_hex(config_yaml.as_bytes()),
+        dataset_manifest_sha256: manifest_sha,
+        dataset_root: cfg.data.root.shown().to_string(),
+        split_sizes: checkpoint::SplitSizes {
+            training: data.train.len(),
+            validation: data.val.len(),
+            testing: data.test.len(),
+        },
+        splits: data.provenance.clone(),
+        class_weights: weights,
+        preprocess: cfg.preprocess(),
+        device: device.into(),
+        epochs: cfg.train.epochs,
+        skipped: data.skipped.to_json(),
+    };
     write_atomic(
         &run.root.join(checkpoint::RUN_FILE),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
+        serde_json::to_string_pretty(&file)?.as_bytes(),
     )
 }
 
@@ -746,7 +747,7 @@ fn final_report<B: AutodiffBackend>(
     );
     let chosen = choose_threshold(cfg, &val, epoch);
     write_atomic(
-        &run.root.join(THRESHOLD_FILE),
+        &run.root.join(checkpoint::THRESHOLD_FILE),
         serde_json::to_string_pretty(&chosen)?.as_bytes(),
     )?;
     let report = Report::new(&test.labels, &test.probs, chosen.threshold);
@@ -773,8 +774,9 @@ fn final_report<B: AutodiffBackend>(
         .collect();
     if !test_skipped.is_empty() {
         println!(
-            "skipped {} testing images (named above and in {TEST_REPORT})",
-            test_skipped.len()
+            "skipped {} testing images (named above and in {})",
+            test_skipped.len(),
+            checkpoint::TEST_REPORT_FILE
         );
     }
     let mut json = serde_json::json!({
@@ -867,7 +869,7 @@ fn final_report<B: AutodiffBackend>(
         json["variants"] = all.into();
     }
     write_atomic(
-        &run.root.join(TEST_REPORT),
+        &run.root.join(checkpoint::TEST_REPORT_FILE),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
     Ok(report)
@@ -959,10 +961,6 @@ fn evaluate_per_patient_bn<B: AutodiffBackend>(
 /// The variants' weight averages: the mean of the last n epochs' checkpoints, for each n.
 pub const AVERAGED: [usize; 3] = [5, 10, 20];
 
-/// The threshold file of a run: the value the final report used and the exporter writes into
-/// the model.
-pub const THRESHOLD_FILE: &str = "threshold.json";
-
 /// A threshold and where it came from. One chosen on validation holds for the model it was
 /// chosen with (the configured checkpoint, averaged or not, with precise BatchNorm or not, with or
 /// without TTA and neighbour context); a fixed one for any.
@@ -1033,9 +1031,19 @@ impl Evaluation {
 }
 
 impl ChosenThreshold {
-    /// Whether it holds for evaluation `e`.
+    /// What it holds for, as the model's metadata says it (`threshold.context`).
+    pub fn chosen_for(&self) -> contract::ChosenFor {
+        contract::ChosenFor::new(self.fixed, self.chosen_with.context)
+    }
+
+    /// Whether it holds for evaluation `e`: a fixed one for any; one chosen on predictions for
+    /// the same model and views, and the context `ChosenFor` says.
     pub fn holds_for(&self, e: &Evaluation) -> bool {
-        self.fixed || self.chosen_with == *e
+        let same_model = Evaluation {
+            context: e.context,
+            ..self.chosen_with
+        } == *e;
+        self.chosen_for().holds_for(e.context) && (self.fixed || same_model)
     }
 }
 
@@ -1143,7 +1151,7 @@ fn plot_history(run: &RunDir, history: &[EpochMetrics]) -> Result<()> {
         color: RGBColor(r, g, b),
     };
     line_chart(
-        &run.root.join("plot.png"),
+        &run.root.join(checkpoint::PLOT_FILE),
         "Training loss and accuracy on the IDC dataset",
         "epoch",
         "loss / accuracy",
