@@ -2,7 +2,8 @@
 //! per-patient table, and the JSON, CSV and ROC outputs.
 
 use crate::pipeline::{Item, Streamed};
-use crate::session::{ContextChoice, Model, Threshold};
+use crate::session::Model;
+use crate::settings::{ContextChoice, Threshold};
 use anyhow::Result;
 use datasets::fsutil::{AtomicFile, write_atomic};
 use datasets::report::{Report, roc_curve};

@@ -3,9 +3,11 @@
 //! when labels exist, side by side.
 
 use crate::evaluate;
-use crate::pipeline::Item;
-use crate::session::ContextChoice;
-use anyhow::{Context, Result};
+use crate::pipeline::{Item, Pipeline, Streamed};
+use crate::session::Model;
+use crate::settings::ContextChoice;
+use anyhow::{Context, Result, bail};
+use datasets::cli::progress_bar;
 use datasets::fsutil::write_atomic;
 use datasets::{Problem, Shown};
 use image::{Rgb, RgbImage};
@@ -61,6 +63,113 @@ pub fn in_context(
         source: choice.source,
         with_neighbours: smoothed.with_neighbours,
     }
+}
+
+/// The patches a heatmap run draws: those with a patch name (only a name's x, y places an image
+/// on its slide), of the patients asked; and what was set aside, with why.
+pub struct Selected {
+    pub items: Vec<Item>,
+    pub problems: Vec<Problem>,
+    pub kaggle_copies: usize,
+}
+
+/// The named patches under `dir` of the patients in `only` (all when empty), at most
+/// `max_patients` of them (the first by id).
+pub fn select(dir: &Path, only: &[String], max_patients: Option<usize>) -> Result<Selected> {
+    let mut listed = crate::pipeline::list(dir)?;
+    // Only a patch name's x, y can place an image on its slide.
+    let (mut items, unnamed): (Vec<_>, Vec<_>) =
+        listed.images.into_iter().partition(|i| i.name.is_some());
+    listed.problems.extend(unnamed.iter().map(|i| {
+        Problem::new(
+            &i.path,
+            "not named <patient>_idx5_x<X>_y<Y>_class<C>.png: no place on a slide",
+        )
+    }));
+    items.retain(|i| {
+        i.name
+            .as_ref()
+            .is_some_and(|n| only.is_empty() || only.contains(&n.patient))
+    });
+    if let Some(max) = max_patients {
+        let mut patients: Vec<String> = items
+            .iter()
+            .filter_map(|i| i.name.as_ref().map(|n| n.patient.clone()))
+            .collect();
+        patients.sort();
+        patients.dedup();
+        patients.truncate(max);
+        items.retain(|i| {
+            i.name
+                .as_ref()
+                .is_some_and(|n| patients.contains(&n.patient))
+        });
+    }
+    if items.is_empty() {
+        bail!(
+            "no patches named <patient>_idx5_x<X>_y<Y>_class<C>.png under {} for the patients asked",
+            dir.shown()
+        );
+    }
+    Ok(Selected {
+        items,
+        problems: listed.problems,
+        kaggle_copies: listed.kaggle_copies,
+    })
+}
+
+/// Classifies the selected patches, applies neighbour context when asked, and writes one
+/// heatmap per patient into `out`; prints what it wrote and what it skipped.
+pub fn run(
+    selected: Selected,
+    model: &mut Model,
+    pipeline: &Pipeline,
+    context: Option<ContextChoice>,
+    out: &Path,
+    scale: f32,
+    strict: bool,
+) -> Result<()> {
+    let mut outcome = pipeline.run(
+        model,
+        &selected.items,
+        &progress_bar(selected.items.len() as u64, "heatmap"),
+    )?;
+    if let Some(choice) = context {
+        let context = in_context(&selected.items, &mut outcome.probs, choice);
+        println!("{}", context.line(outcome.probs.iter().flatten().count()));
+    }
+    let (files, refused) = write(&selected.items, &outcome.probs, out, scale)?;
+    for f in &files {
+        println!("{}", f.shown());
+    }
+    let streamed = Streamed {
+        problems: [
+            selected.problems,
+            outcome.streamed.problems,
+            refused.clone(),
+        ]
+        .concat(),
+        kaggle_copies: selected.kaggle_copies,
+        seconds: outcome.streamed.seconds,
+    };
+    print!("{}", evaluate::skipped_text(&streamed, 20));
+    println!(
+        "{} heatmaps (tissue | predicted IDC probability | true IDC) in {}; {} files skipped, {} patients refused",
+        files.len(),
+        out.shown(),
+        streamed.skipped() - refused.len(),
+        refused.len()
+    );
+    if strict && streamed.skipped() > 0 {
+        bail!(
+            "{} files or patients were skipped (--strict); they are listed above",
+            streamed.skipped()
+        );
+    }
+    if files.is_empty() {
+        bail!("no heatmap could be made; the reasons are listed above");
+    }
+    Ok(())
 }
 
 /// Writes `heatmap_<patient>.png` into `out` for every patient; returns the files written and the

@@ -3,15 +3,15 @@
 
 use anyhow::{Result, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
+use datasets::Shown;
 use datasets::cli::{MAX_THREADS, exit_code, float_in, int_in, probability, progress_bar};
 use datasets::preprocess::{Filter, Preprocess};
-use datasets::{Problem, Shown};
 use runtime::evaluate::{self, RunInfo, Tally};
 use runtime::pipeline::{self, Pipeline, Streamed};
 use runtime::session::{Ep, Model, Options};
+use runtime::settings::{self, Flags, Resolved};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 /// Batch inference over IDC patches with ONNX Runtime (CPU or CUDA).
 #[derive(Parser)]
@@ -232,6 +232,14 @@ fn open(args: &ModelArgs) -> Result<Model> {
     )
 }
 
+fn flags(threshold: Option<f64>, c: &ContextArgs) -> Flags {
+    Flags {
+        threshold,
+        context: c.context,
+        context_weight: c.context_weight,
+    }
+}
+
 fn pipeline_of(args: &ModelArgs) -> Pipeline {
     Pipeline {
         batch_size: args.batch_size,
@@ -243,9 +251,11 @@ fn pipeline_of(args: &ModelArgs) -> Pipeline {
 fn classify(dir: &Path, args: &ModelArgs, out: &OutputArgs) -> Result<(Tally, Streamed, RunInfo)> {
     let total = pipeline::count(dir)?;
     let mut model = open(args)?;
-    let context = model.context(out.context.context, out.context.context_weight, &args.model)?;
-    let weight = context.as_ref().map(|c| c.weight);
-    let threshold = model.threshold(out.threshold, weight, &args.model)?;
+    let Resolved { threshold, context } = Resolved::new(
+        &model.contract,
+        flags(out.threshold, &out.context),
+        &args.model,
+    )?;
     let mut tally = Tally::new(threshold.value, out.predictions.as_deref(), context)?;
     let streamed = pipeline_of(args).stream(
         &mut model,
@@ -335,79 +345,23 @@ fn run(args: Args) -> Result<()> {
             context,
             strict,
         } => {
-            let mut listed = pipeline::list(&dir)?;
-            // Only a patch name's x, y can place an image on its slide.
-            let (mut items, unnamed): (Vec<_>, Vec<_>) =
-                listed.images.into_iter().partition(|i| i.name.is_some());
-            listed.problems.extend(unnamed.iter().map(|i| {
-                Problem::new(
-                    &i.path,
-                    "not named <patient>_idx5_x<X>_y<Y>_class<C>.png: no place on a slide",
-                )
-            }));
-            items.retain(|i| {
-                i.name
-                    .as_ref()
-                    .is_some_and(|n| only.is_empty() || only.contains(&n.patient))
-            });
-            if let Some(max) = max_patients {
-                let mut patients: Vec<String> = items
-                    .iter()
-                    .filter_map(|i| i.name.as_ref().map(|n| n.patient.clone()))
-                    .collect();
-                patients.sort();
-                patients.dedup();
-                patients.truncate(max);
-                items.retain(|i| {
-                    i.name
-                        .as_ref()
-                        .is_some_and(|n| patients.contains(&n.patient))
-                });
-            }
-            if items.is_empty() {
-                bail!(
-                    "no patches named <patient>_idx5_x<X>_y<Y>_class<C>.png under {} for the patients asked",
-                    dir.shown()
-                );
-            }
+            let selected = runtime::heatmap::select(&dir, &only, max_patients)?;
             let mut m = open(&model)?;
-            let context = m.context(context.context, context.context_weight, &model.model)?;
-            let mut outcome = pipeline_of(&model).run(
-                &mut m,
-                &items,
-                &progress_bar(items.len() as u64, "heatmap"),
+            let context = settings::context(
+                &m.contract,
+                context.context,
+                context.context_weight,
+                &model.model,
             )?;
-            if let Some(choice) = context {
-                let context = runtime::heatmap::in_context(&items, &mut outcome.probs, choice);
-                println!("{}", context.line(outcome.probs.iter().flatten().count()));
-            }
-            let (files, refused) = runtime::heatmap::write(&items, &outcome.probs, &out, scale)?;
-            for f in &files {
-                println!("{}", f.shown());
-            }
-            let streamed = Streamed {
-                problems: [listed.problems, outcome.streamed.problems, refused.clone()].concat(),
-                kaggle_copies: listed.kaggle_copies,
-                seconds: outcome.streamed.seconds,
-            };
-            print!("{}", evaluate::skipped_text(&streamed, 20));
-            println!(
-                "{} heatmaps (tissue | predicted IDC probability | true IDC) in {}; {} files skipped, {} patients refused",
-                files.len(),
-                out.shown(),
-                streamed.skipped() - refused.len(),
-                refused.len()
-            );
-            if strict && streamed.skipped() > 0 {
-                bail!(
-                    "{} files or patients were skipped (--strict); they are listed above",
-                    streamed.skipped()
-                );
-            }
-            if files.is_empty() {
-                bail!("no heatmap could be made; the reasons are listed above");
-            }
-            Ok(())
+            runtime::heatmap::run(
+                selected,
+                &mut m,
+                &pipeline_of(&model),
+                context,
+                &out,
+                scale,
+                strict,
+            )
         }
         Command::Slide {
             slides,
@@ -422,9 +376,7 @@ fn run(args: Args) -> Result<()> {
         } => {
             let lib = runtime::openslide::load(openslide_lib.as_deref())?;
             let mut m = open(&model)?;
-            let context = m.context(context.context, context.context_weight, &model.model)?;
-            let weight = context.as_ref().map(|c| c.weight);
-            let threshold = m.threshold(threshold, weight, &model.model)?;
+            let resolved = Resolved::new(&m.contract, flags(threshold, &context), &model.model)?;
             let (patch, patch_source) = match &m.contract.scale {
                 Ok(Some(p)) => (*p, "from the model's metadata".to_string()),
                 Ok(None) => (
@@ -440,139 +392,16 @@ fn run(args: Args) -> Result<()> {
                 thumbnail,
                 patch,
                 patch_source,
-                threshold,
-                context,
+                threshold: resolved.threshold,
+                context: resolved.context,
                 pipeline: pipeline_of(&model),
             };
-            slide(&slides, &mut m, &model.model, &settings, lib)
+            runtime::slide::run_all(&slides, &mut m, &model.model, &settings, lib)
         }
-        Command::Bench { dir, model, json } => bench(&dir, &model, json.as_deref()),
-    }
-}
-
-/// Every slide in turn; one that fails is named with its reason, and the rest are still done.
-fn slide(
-    slides: &[PathBuf],
-    model: &mut Model,
-    model_path: &Path,
-    s: &runtime::slide::Settings,
-    lib: &'static runtime::openslide::Lib,
-) -> Result<()> {
-    println!(
-        "{} on {} (ONNX Runtime {}); OpenSlide {} ({}); patches of {} px at {} µm/px ({}); threshold {} ({}){}",
-        model_path.shown(),
-        model.provider,
-        model.ort_version,
-        lib.version,
-        lib.path.shown(),
-        s.patch.pixels,
-        s.patch.mpp,
-        s.patch_source,
-        s.threshold.value,
-        s.threshold.source,
-        s.context.as_ref().map_or(String::new(), |c| format!(
-            "; neighbour context at weight {} ({})",
-            c.weight, c.source
-        ))
-    );
-    let mut names = std::collections::HashMap::new();
-    let mut failed = 0;
-    for path in slides {
-        let name = runtime::slide::folder_name(path);
-        let result = match names.insert(name.clone(), path) {
-            Some(first) => Err(anyhow::anyhow!(
-                "{}: its output folder {} is also {}'s; rename one, or run them with different --out",
-                path.shown(),
-                s.out.join(&name).shown(),
-                first.shown()
-            )),
-            None => runtime::slide::run(lib, path, model, model_path, s, &progress_bar(0, "tiles")),
-        };
-        match result {
-            Ok(done) => println!(
-                "{}: {} tissue tiles, {} predicted IDC ({:.1}%), {:.0} tiles/s -> {}",
-                path.shown(),
-                done.tissue,
-                done.idc,
-                100.0 * done.idc as f64 / done.tissue as f64,
-                done.tiles_per_second,
-                done.dir.shown()
-            ),
-            Err(e) => {
-                failed += 1;
-                eprintln!("error: {e:#}");
-            }
+        Command::Bench { dir, model, json } => {
+            let items = pipeline::list(&dir)?.images;
+            let mut m = open(&model)?;
+            runtime::bench::run(&dir, &items, &mut m, &pipeline_of(&model), json.as_deref())
         }
     }
-    if failed > 0 {
-        bail!(
-            "{failed} of {} slides could not be done (the reasons are above); the others were written",
-            slides.len()
-        );
-    }
-    Ok(())
-}
-
-/// Decode alone, inference alone, then both together, on the same images.
-fn bench(dir: &Path, args: &ModelArgs, json: Option<&Path>) -> Result<()> {
-    let items = pipeline::list(dir)?.images;
-    let mut model = open(args)?;
-    let pre = model.preprocess;
-    pipeline_of(args).check_memory(&pre)?;
-    let n = items.len();
-    let t = Instant::now();
-    {
-        use rayon::prelude::*;
-        let pool = pipeline_of(args).decode_pool()?;
-        pool.install(|| {
-            items.par_chunks(args.batch_size).for_each(|chunk| {
-                let mut out = vec![0f32; pre.len()];
-                for i in chunk {
-                    let _ = pre.load_into(&i.path, &mut out);
-                }
-            })
-        });
-    }
-    let decode = n as f64 / t.elapsed().as_secs_f64();
-    let bs = args.batch_size;
-    let batch: Vec<f32> = (0..bs * pre.len())
-        .map(|i| ((i * 7919) % 255) as f32 / 255.0)
-        .collect();
-    model.predict(&batch, bs)?; // warm-up
-    let t = Instant::now();
-    let mut done = 0;
-    while done < n.max(bs * 4) {
-        model.predict(&batch, bs)?;
-        done += bs;
-    }
-    let infer = done as f64 / t.elapsed().as_secs_f64();
-    let outcome = pipeline_of(args).run(&mut model, &items, &indicatif::ProgressBar::hidden())?;
-    let e2e = n as f64 / outcome.streamed.seconds;
-    let bound = 1.0 / (1.0 / decode + 1.0 / infer);
-    let rss = evaluate::peak_rss_kib();
-    println!(
-        "runtime bench: {n} images under {}, batch {bs}, {} on ONNX Runtime {} ({}), {} threads",
-        dir.shown(),
-        model.provider,
-        model.ort_version,
-        model.ort_path.shown(),
-        model.threads
-    );
-    println!("  decode + resize only          {decode:>9.0} img/s");
-    println!("  pure inference (batch {bs:>4})   {infer:>9.0} img/s");
-    println!("  end-to-end eval               {e2e:>9.0} img/s");
-    println!(
-        "  bound (decode, inference share the cores)  {bound:>6.0} img/s -> end-to-end at {:.0}% of it",
-        100.0 * e2e / bound
-    );
-    println!(
-        "  peak RSS                      {:>9} KiB",
-        rss.map_or("n/a".into(), |r| r.to_string())
-    );
-    if let Some(path) = json {
-        let j = serde_json::json!({ "images": n, "batch_size": bs, "provider": model.provider, "onnx_runtime": model.ort_version,
-            "decode_per_s": decode, "inference_per_s": infer, "end_to_end_per_s": e2e, "bound_per_s": bound, "peak_rss_kib": rss });
-        datasets::fsutil::write_atomic(path, serde_json::to_string_pretty(&j)?.as_bytes())?;
-    }
-    Ok(())
 }

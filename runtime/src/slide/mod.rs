@@ -11,7 +11,8 @@ pub mod thumbnail;
 
 use crate::openslide::{self, Slide};
 use crate::pipeline::Pipeline;
-use crate::session::{ContextChoice, Model, Threshold};
+use crate::session::Model;
+use crate::settings::{ContextChoice, Threshold};
 use anyhow::{Result, bail};
 use datasets::scale::PatchScale;
 use datasets::{PatchName, Shown};
@@ -52,6 +53,76 @@ pub fn folder_name(slide: &Path) -> String {
         .map(|s| s.to_string_lossy().into_owned())
         .filter(|s| !s.is_empty() && !s.starts_with('.'))
         .unwrap_or_else(|| "slide".into())
+}
+
+/// Every slide in turn; one that fails is named with its reason, and the rest are still done.
+pub fn run_all(
+    slides: &[PathBuf],
+    model: &mut Model,
+    model_path: &Path,
+    s: &Settings,
+    lib: &'static openslide::Lib,
+) -> Result<()> {
+    println!(
+        "{} on {} (ONNX Runtime {}); OpenSlide {} ({}); patches of {} px at {} µm/px ({}); threshold {} ({}){}",
+        model_path.shown(),
+        model.provider,
+        model.ort_version,
+        lib.version,
+        lib.path.shown(),
+        s.patch.pixels,
+        s.patch.mpp,
+        s.patch_source,
+        s.threshold.value,
+        s.threshold.source,
+        s.context.as_ref().map_or(String::new(), |c| format!(
+            "; neighbour context at weight {} ({})",
+            c.weight, c.source
+        ))
+    );
+    let mut names = std::collections::HashMap::new();
+    let mut failed = 0;
+    for path in slides {
+        let name = folder_name(path);
+        let result = match names.insert(name.clone(), path) {
+            Some(first) => Err(anyhow::anyhow!(
+                "{}: its output folder {} is also {}'s; rename one, or run them with different --out",
+                path.shown(),
+                s.out.join(&name).shown(),
+                first.shown()
+            )),
+            None => run(
+                lib,
+                path,
+                model,
+                model_path,
+                s,
+                &datasets::cli::progress_bar(0, "tiles"),
+            ),
+        };
+        match result {
+            Ok(done) => println!(
+                "{}: {} tissue tiles, {} predicted IDC ({:.1}%), {:.0} tiles/s -> {}",
+                path.shown(),
+                done.tissue,
+                done.idc,
+                100.0 * done.idc as f64 / done.tissue as f64,
+                done.tiles_per_second,
+                done.dir.shown()
+            ),
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: {e:#}");
+            }
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "{failed} of {} slides could not be done (the reasons are above); the others were written",
+            slides.len()
+        );
+    }
+    Ok(())
 }
 
 /// Tiles, classifies and writes one slide.
