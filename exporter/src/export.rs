@@ -114,7 +114,7 @@ pub struct Loaded {
     /// The neighbour context weight the metadata carries: the run's (`eval.context`) as loaded,
     /// as `Options::context` says once `export` has applied it.
     pub context: Option<f64>,
-    pub threshold: Option<trainer::train::ChosenThreshold>,
+    pub threshold: Option<trainer::threshold::ChosenThreshold>,
 }
 
 pub struct Verification {
@@ -282,7 +282,7 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
     let threshold = match std::fs::read_to_string(&threshold_path) {
         Err(_) => None,
         Ok(text) => {
-            let t: trainer::train::ChosenThreshold = serde_json::from_str(&text)
+            let t: trainer::threshold::ChosenThreshold = serde_json::from_str(&text)
                 .with_context(|| format!("malformed {}", threshold_path.shown()))?;
             if !(0.0..=1.0).contains(&t.threshold) {
                 bail!(
@@ -378,8 +378,8 @@ impl Options {
 
 impl Loaded {
     /// How `runtime` evaluates this model exported with or without TTA.
-    pub fn evaluation(&self, tta: bool) -> trainer::train::Evaluation {
-        trainer::train::Evaluation {
+    pub fn evaluation(&self, tta: bool) -> trainer::threshold::Evaluation {
+        trainer::threshold::Evaluation {
             epoch: self.epoch,
             averaged: self.averaged,
             precise_bn: self.precise_bn,
@@ -687,7 +687,7 @@ mod tests {
         let last = load(tmp.path(), Some(Checkpoint::Last)).unwrap();
         assert!(!last.averaged);
         let t = loaded.threshold.as_ref().unwrap();
-        let with_context = trainer::train::Evaluation {
+        let with_context = trainer::threshold::Evaluation {
             context: Some(0.5),
             ..loaded.evaluation(false)
         };

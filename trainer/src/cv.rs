@@ -10,7 +10,8 @@
 use crate::checkpoint::{RUN_FILE, RunDir};
 use crate::config::TrainConfig;
 use crate::data::Split;
-use crate::train::{self, Data, Options, Start};
+use crate::splits::Data;
+use crate::train::{self, Options, Start};
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::backend::AutodiffBackend;
 use datasets::fsutil::write_atomic;
@@ -307,8 +308,8 @@ fn metric(fold: &serde_json::Value, variant: &str, name: &str) -> Option<f64> {
 
 /// The variants summarized: the configured one, then TTA x threshold from the same models, then
 /// the last epoch's model instead of the best one, then the means of the last 5, 10 and 20
-/// epochs' weights (`train::AVERAGED`), then the last and the mean of 10 with precise BatchNorm
-/// statistics (`train::precise_bn`), then the mean of 10 with BatchNorm statistics from each test
+/// epochs' weights (`variants::AVERAGED`), then the last and the mean of 10 with precise BatchNorm
+/// statistics (`precise_bn::precise_bn`), then the mean of 10 with BatchNorm statistics from each test
 /// patient's own patches, then the configured model with neighbour context (`datasets::context`).
 pub const VARIANTS: [&str; 21] = [
     "configured",
