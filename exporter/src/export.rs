@@ -18,6 +18,7 @@ use prost::Message;
 use std::path::{Path, PathBuf};
 use trainer::checkpoint::{self, RunDir};
 use trainer::config::{CheckpointChoice, EvalConfig, TrainConfig};
+use trainer::threshold::ChosenThreshold;
 
 type B = Flex;
 
@@ -114,7 +115,7 @@ pub struct Loaded {
     /// The neighbour context weight the metadata carries: the run's (`eval.context`) as loaded,
     /// as `Options::context` says once `export` has applied it.
     pub context: Option<f64>,
-    pub threshold: Option<trainer::threshold::ChosenThreshold>,
+    pub threshold: Option<ChosenThreshold>,
 }
 
 pub struct Verification {
@@ -173,6 +174,45 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
     // precise-bn/ holds the run's configured checkpoint (eval.checkpoint) with new statistics.
     let averaged = which == Checkpoint::Average
         || (which == Checkpoint::PreciseBn && eval.checkpoint == CheckpointChoice::Average);
+    let ckpt = checkpoint_dir(&run, which)?;
+    let state = RunDir::read_state(&ckpt)?;
+    let device = Default::default();
+    let model = run.load_model(config.init::<B>(&device), &ckpt, &device)?;
+    let preprocess = train_cfg.as_ref().map_or(
+        Preprocess {
+            size: config.input_size as u32,
+            ..Preprocess::default()
+        },
+        |c| c.preprocess(),
+    );
+    let contract = contract_of(
+        dir,
+        &config,
+        preprocess,
+        train_cfg.as_ref(),
+        &eval,
+        which,
+        &state,
+    );
+    let threshold = read_threshold(dir)?;
+    Ok(Loaded {
+        model,
+        config,
+        preprocess,
+        contract,
+        data_root: train_cfg.map(|c| c.data.root),
+        epoch: state.epoch,
+        averaged,
+        precise_bn: which == Checkpoint::PreciseBn,
+        run_tta: eval.tta,
+        context: eval.context,
+        threshold,
+    })
+}
+
+/// The folder of checkpoint `which` in `run`, which must hold a model; an error says what the
+/// run has instead.
+fn checkpoint_dir(run: &RunDir, which: Checkpoint) -> Result<PathBuf> {
     let ckpt = match which {
         Checkpoint::Best => run.best_dir(),
         Checkpoint::Last => run
@@ -202,21 +242,45 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
             path.shown()
         );
     }
-    let state = RunDir::read_state(&ckpt)?;
-    let device = Default::default();
-    let model = run.load_model(config.init::<B>(&device), &ckpt, &device)?;
-    let preprocess = train_cfg.as_ref().map_or(
-        Preprocess {
-            size: config.input_size as u32,
-            ..Preprocess::default()
-        },
-        |c| c.preprocess(),
-    );
+    Ok(ckpt)
+}
+
+/// The trainer's operating threshold (`threshold.json`: chosen on validation, or fixed in its
+/// config), when the run has one; checked.
+fn read_threshold(dir: &Path) -> Result<Option<ChosenThreshold>> {
+    // The trainer's operating threshold (chosen on validation, or fixed in its config).
+    let threshold_path = dir.join(checkpoint::THRESHOLD_FILE);
+    match std::fs::read_to_string(&threshold_path) {
+        Err(_) => Ok(None),
+        Ok(text) => {
+            let t: ChosenThreshold = serde_json::from_str(&text)
+                .with_context(|| format!("malformed {}", threshold_path.shown()))?;
+            if !(0.0..=1.0).contains(&t.threshold) {
+                bail!(
+                    "{}: threshold {} is not in [0, 1]",
+                    threshold_path.shown(),
+                    t.threshold
+                );
+            }
+            Ok(Some(t))
+        }
+    }
+}
+
+/// The metadata of an export but for what `to_onnx` decides (threshold, TTA, context): the
+/// preprocessing, the patches' scale, the graph's tensors and the provenance.
+fn contract_of(
+    dir: &Path,
+    config: &CancerNetConfig,
+    preprocess: Preprocess,
+    train_cfg: Option<&TrainConfig>,
+    eval: &EvalConfig,
+    which: Checkpoint,
+    state: &checkpoint::State,
+) -> Contract {
     let run_file = checkpoint::RunFile::read(dir);
     let unknown = || "unknown".to_string();
-    let scale = train_cfg
-        .as_ref()
-        .map_or_else(Default::default, |c| c.data.scale);
+    let scale = train_cfg.map_or_else(Default::default, |c| c.data.scale);
     // Threshold, TTA and context are set by `to_onnx`, as the export asks.
     let mut contract = Contract::new(preprocess, scale, false, None, None);
     contract.graph = vec![
@@ -248,7 +312,7 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
         ),
         (
             "train.checkpoint".into(),
-            checkpoint_description(which, &eval, state.epoch),
+            checkpoint_description(which, eval, state.epoch),
         ),
         ("train.epochs".into(), state.epoch.to_string()),
         (
@@ -277,36 +341,7 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
             ),
         ),
     ];
-    // The trainer's operating threshold (chosen on validation, or fixed in its config).
-    let threshold_path = dir.join(checkpoint::THRESHOLD_FILE);
-    let threshold = match std::fs::read_to_string(&threshold_path) {
-        Err(_) => None,
-        Ok(text) => {
-            let t: trainer::threshold::ChosenThreshold = serde_json::from_str(&text)
-                .with_context(|| format!("malformed {}", threshold_path.shown()))?;
-            if !(0.0..=1.0).contains(&t.threshold) {
-                bail!(
-                    "{}: threshold {} is not in [0, 1]",
-                    threshold_path.shown(),
-                    t.threshold
-                );
-            }
-            Some(t)
-        }
-    };
-    Ok(Loaded {
-        model,
-        config,
-        preprocess,
-        contract,
-        data_root: train_cfg.map(|c| c.data.root),
-        epoch: state.epoch,
-        averaged,
-        precise_bn: which == Checkpoint::PreciseBn,
-        run_tta: eval.tta,
-        context: eval.context,
-        threshold,
-    })
+    contract
 }
 
 /// The metadata's `train.checkpoint`: which model of the run, at which epoch.

@@ -167,31 +167,17 @@ pub fn run(
     let total = u64::from(grid.cols) * u64::from(grid.rows);
     let tiles_per_second = total as f64 / seconds.max(1e-9);
     let mm2 = grid.tile_mm2();
-    let summary = json!({
-        "slide": path.shown().to_string(),
-        "vendor": slide.property("openslide.vendor"),
-        "openslide": lib.version,
-        "level0": { "width": grid.width, "height": grid.height },
-        "mpp": scale.mpp,
-        "mpp_source": scale.source,
-        "patch": { "pixels": s.patch.pixels, "mpp": s.patch.mpp, "microns": s.patch.microns(), "source": s.patch_source },
-        "grid": grid,
-        "tiles": total,
-        "tissue_tiles": tiles.len(),
-        "background_tiles": scanned.background,
-        "min_tissue": s.min_tissue,
-        "idc_tiles": idc,
-        "tissue_area_mm2": tiles.len() as f64 * mm2,
-        "idc_area_mm2": idc as f64 * mm2,
-        "idc_share": idc as f64 / tiles.len() as f64,
-        "threshold": s.threshold,
-        "context": s.context.as_ref().map(|c| json!({ "weight": c.weight, "source": c.source, "with_neighbours": with_neighbours })),
-        "model": model_path.shown().to_string(),
-        "provider": model.provider,
-        "onnx_runtime": model.ort_version,
-        "seconds": seconds,
-        "tiles_per_second": tiles_per_second,
-    });
+    let counts = Counts {
+        total,
+        tissue: tiles.len(),
+        background: scanned.background,
+        idc,
+        with_neighbours,
+        seconds,
+    };
+    let summary = summary(
+        path, &slide, lib, &grid, &scale, s, &counts, model, model_path,
+    );
     let title = format!(
         "{}: {} tissue tiles, {} predicted IDC ({:.1}%, {:.2} of {:.2} mm²)",
         path.file_name().unwrap_or_default().to_string_lossy(),
@@ -220,6 +206,58 @@ pub fn run(
         tissue: tiles.len(),
         idc,
         tiles_per_second,
+    })
+}
+
+/// How many tiles of each kind a slide had, and how long it took.
+struct Counts {
+    total: u64,
+    tissue: usize,
+    background: u64,
+    idc: usize,
+    /// Tiles that had neighbours, when context was applied.
+    with_neighbours: Option<usize>,
+    seconds: f64,
+}
+
+/// `summary.json`: the slide, its scale and grid, the counts and areas, and how it was run.
+#[allow(clippy::too_many_arguments)]
+fn summary(
+    path: &Path,
+    slide: &Slide,
+    lib: &openslide::Lib,
+    grid: &Grid,
+    scale: &grid::SlideScale,
+    s: &Settings,
+    c: &Counts,
+    model: &Model,
+    model_path: &Path,
+) -> serde_json::Value {
+    let mm2 = grid.tile_mm2();
+    json!({
+        "slide": path.shown().to_string(),
+        "vendor": slide.property("openslide.vendor"),
+        "openslide": lib.version,
+        "level0": { "width": grid.width, "height": grid.height },
+        "mpp": scale.mpp,
+        "mpp_source": scale.source,
+        "patch": { "pixels": s.patch.pixels, "mpp": s.patch.mpp, "microns": s.patch.microns(), "source": s.patch_source },
+        "grid": grid,
+        "tiles": c.total,
+        "tissue_tiles": c.tissue,
+        "background_tiles": c.background,
+        "min_tissue": s.min_tissue,
+        "idc_tiles": c.idc,
+        "tissue_area_mm2": c.tissue as f64 * mm2,
+        "idc_area_mm2": c.idc as f64 * mm2,
+        "idc_share": c.idc as f64 / c.tissue as f64,
+        "threshold": s.threshold,
+        "context": s.context.as_ref().map(|x| json!({ "weight": x.weight, "source": x.source, "with_neighbours": c.with_neighbours })),
+        "model": model_path.shown().to_string(),
+        "provider": model.provider,
+        "onnx_runtime": model.ort_version,
+        "seconds": c.seconds,
+        "tiles_per_second": c.total as f64 / c.seconds.max(1e-9),
     })
 }
 

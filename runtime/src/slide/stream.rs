@@ -9,8 +9,10 @@ use crate::openslide::Slide;
 use crate::pipeline::{Padded, Pipeline};
 use crate::session::Model;
 use anyhow::Result;
+use datasets::preprocess::Preprocess;
+use image::RgbImage;
 use rayon::prelude::*;
-use std::sync::mpsc::sync_channel;
+use std::sync::mpsc::{SyncSender, sync_channel};
 
 /// One tissue tile and what the model said.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -35,6 +37,100 @@ struct Batch {
     images: Vec<f32>,
 }
 
+/// How tiles are read and set aside: the slide, its grid, the model's preprocessing, the tissue
+/// share below which a tile is background, and the batch size.
+struct Reader<'a> {
+    slide: &'a Slide,
+    grid: &'a Grid,
+    pre: Preprocess,
+    min_tissue: f64,
+    batch_size: usize,
+}
+
+/// A tile as read: its place, tissue share, thumbnail cell, and model input when it is tissue.
+type Read = (u32, u32, f32, RgbImage, Option<Vec<f32>>);
+
+impl Reader<'_> {
+    /// Reads `places` on the decode workers.
+    fn read(
+        &self,
+        pool: &rayon::ThreadPool,
+        thumb: &Thumbnail,
+        places: &[(u32, u32)],
+    ) -> Result<Vec<Read>> {
+        pool.install(|| {
+            places
+                .par_iter()
+                .map(|&(col, row)| {
+                    let img = self.grid.read(self.slide, col, row)?;
+                    let tissue = tissue_fraction(&img);
+                    let small = thumb.cell_of(&img);
+                    let input = (f64::from(tissue) >= self.min_tissue).then(|| {
+                        let mut out = vec![0f32; self.pre.len()];
+                        self.pre.to_chw(&self.pre.resize(img), &mut out);
+                        out
+                    });
+                    Ok((col, row, tissue, small, input))
+                })
+                .collect()
+        })
+    }
+
+    fn empty(&self) -> Batch {
+        Batch {
+            at: Vec::with_capacity(self.batch_size),
+            images: Vec::with_capacity(self.batch_size * self.pre.len()),
+        }
+    }
+
+    /// Every tile in row-major order, a batch of places at a time; full batches of tissue go to
+    /// `tx` (a read error too, which ends it). Returns the thumbnail and the background count.
+    fn produce(
+        &self,
+        pool: &rayon::ThreadPool,
+        mut thumb: Thumbnail,
+        tx: SyncSender<Result<Batch>>,
+        progress: &indicatif::ProgressBar,
+    ) -> (Thumbnail, u64) {
+        let (cols, bs) = (u64::from(self.grid.cols), self.batch_size as u64);
+        let total = cols * u64::from(self.grid.rows);
+        let mut background = 0u64;
+        let mut pending = self.empty();
+        for start in (0..total).step_by(bs as usize) {
+            let places: Vec<(u32, u32)> = (start..(start + bs).min(total))
+                .map(|i| ((i % cols) as u32, (i / cols) as u32))
+                .collect();
+            let read = match self.read(pool, &thumb, &places) {
+                Ok(read) => read,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return (thumb, background);
+                }
+            };
+            for (col, row, tissue, small, input) in read {
+                thumb.put(col, row, &small);
+                let Some(input) = input else {
+                    background += 1;
+                    continue;
+                };
+                pending.at.push((col, row, tissue));
+                pending.images.extend_from_slice(&input);
+                if pending.at.len() == self.batch_size {
+                    let full = std::mem::replace(&mut pending, self.empty());
+                    if tx.send(Ok(full)).is_err() {
+                        return (thumb, background);
+                    }
+                }
+            }
+            progress.inc(places.len() as u64);
+        }
+        if !pending.at.is_empty() {
+            let _ = tx.send(Ok(pending));
+        }
+        (thumb, background)
+    }
+}
+
 /// Classifies every tile of `grid` with at least `min_tissue` tissue.
 pub fn classify(
     slide: &Slide,
@@ -45,94 +141,25 @@ pub fn classify(
     thumbnail_side: u32,
     progress: &indicatif::ProgressBar,
 ) -> Result<Scanned> {
-    let pre = model.preprocess;
-    pipeline.check_memory(&pre)?;
+    pipeline.check_memory(&model.preprocess)?;
     let pool = pipeline.decode_pool()?;
-    let bs = pipeline.batch_size.max(1);
-    let per = pre.len();
+    let reader = Reader {
+        slide,
+        grid,
+        pre: model.preprocess,
+        min_tissue,
+        batch_size: pipeline.batch_size.max(1),
+    };
     let (tx, rx) = sync_channel::<Result<Batch>>(2);
     let mut tiles = Vec::new();
-    let mut thumbnail = Thumbnail::new(grid, thumbnail_side);
-    let mut background = 0u64;
-    std::thread::scope(|scope| -> Result<()> {
-        let producer = scope.spawn(move || {
-            let mut thumb = Thumbnail::new(grid, thumbnail_side);
-            let mut background = 0u64;
-            let mut pending = Batch {
-                at: Vec::with_capacity(bs),
-                images: Vec::with_capacity(bs * per),
-            };
-            let total = u64::from(grid.cols) * u64::from(grid.rows);
-            let mut next = 0u64;
-            while next < total {
-                let end = (next + bs as u64).min(total);
-                let places: Vec<(u32, u32)> = (next..end)
-                    .map(|i| {
-                        (
-                            (i % u64::from(grid.cols)) as u32,
-                            (i / u64::from(grid.cols)) as u32,
-                        )
-                    })
-                    .collect();
-                next = end;
-                let read: Result<Vec<_>> = pool.install(|| {
-                    places
-                        .par_iter()
-                        .map(|&(col, row)| {
-                            let img = grid.read(slide, col, row)?;
-                            let tissue = tissue_fraction(&img);
-                            let small = thumb.cell_of(&img);
-                            let input = (f64::from(tissue) >= min_tissue).then(|| {
-                                let mut out = vec![0f32; per];
-                                pre.to_chw(&pre.resize(img), &mut out);
-                                out
-                            });
-                            Ok((col, row, tissue, small, input))
-                        })
-                        .collect()
-                });
-                let read = match read {
-                    Ok(read) => read,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return (thumb, background);
-                    }
-                };
-                for (col, row, tissue, small, input) in read {
-                    thumb.put(col, row, &small);
-                    match input {
-                        Some(input) => {
-                            pending.at.push((col, row, tissue));
-                            pending.images.extend_from_slice(&input);
-                        }
-                        None => background += 1,
-                    }
-                    if pending.at.len() == bs {
-                        let full = std::mem::replace(
-                            &mut pending,
-                            Batch {
-                                at: Vec::with_capacity(bs),
-                                images: Vec::with_capacity(bs * per),
-                            },
-                        );
-                        if tx.send(Ok(full)).is_err() {
-                            return (thumb, background);
-                        }
-                    }
-                }
-                progress.inc(places.len() as u64);
-            }
-            if !pending.at.is_empty() {
-                let _ = tx.send(Ok(pending));
-            }
-            (thumb, background)
-        });
-        let mut padded = Padded::new(bs);
+    let (thumbnail, background) = std::thread::scope(|scope| -> Result<(Thumbnail, u64)> {
+        let thumb = Thumbnail::new(grid, thumbnail_side);
+        let producer = scope.spawn(|| reader.produce(&pool, thumb, tx, progress));
+        let mut padded = Padded::new(reader.batch_size);
         let mut failed = None;
         for batch in rx.iter() {
             let result = batch.and_then(|mut b| {
-                let n = b.at.len();
-                let probs = padded.predict(model, &mut b.images, n)?;
+                let probs = padded.predict(model, &mut b.images, b.at.len())?;
                 tiles.extend(
                     b.at.iter()
                         .zip(probs)
@@ -151,8 +178,8 @@ pub fn classify(
             }
         }
         drop(rx); // a producer still sending sees the end and stops
-        (thumbnail, background) = producer.join().expect("the tile reader does not panic");
-        failed.map_or(Ok(()), Err)
+        let done = producer.join().expect("the tile reader does not panic");
+        failed.map_or(Ok(done), Err)
     })?;
     progress.finish_and_clear();
     Ok(Scanned {
