@@ -7,10 +7,11 @@
 //! docs/architecture.md has the table of keys.
 
 use anyhow::Result;
-use datasets::context::valid_weight;
+use common::Shown;
+use datasets::CLASS_NAMES;
 use datasets::preprocess::Preprocess;
 use datasets::scale::PatchScale;
-use datasets::{CLASS_NAMES, Shown};
+use evaluation::context::valid_weight;
 use std::collections::HashMap;
 
 /// The burn version the trainer is built with, as the run's provenance and the model's say.
@@ -28,7 +29,7 @@ pub mod keys {
     pub const THRESHOLD_CONTEXT: &str = "threshold.context";
     /// Present when the graph averages each patch's 8 views (test-time augmentation).
     pub const TTA: &str = "tta";
-    /// Neighbour context: the weight of each grid neighbour's log-odds (`datasets::context`).
+    /// Neighbour context: the weight of each grid neighbour's log-odds (`evaluation::context`).
     pub const CONTEXT: &str = "context.weight";
 }
 
@@ -198,7 +199,7 @@ impl Contract {
                     "metadata {} = \"{}\" is not a neighbour weight in (0, {}]",
                     keys::CONTEXT,
                     v.shown(),
-                    datasets::context::MAX_WEIGHT
+                    evaluation::context::MAX_WEIGHT
                 )
             })
         });

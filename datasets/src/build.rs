@@ -3,13 +3,13 @@
 //! swaps the finished tree into place with one rename, so an interrupted build leaves nothing
 //! half-made and the originals are never touched.
 
-use crate::fsutil::{link_or_copy, remove_stale_siblings, temp_sibling};
 use crate::manifest::{self, Row};
 use crate::scan::{Scan, listed};
 use crate::split::SplitConfig;
-use crate::text::Shown;
 use crate::{CLASS_NAMES, SPLITS};
 use anyhow::{Context, Result, bail};
+use common::fsutil::{link_or_copy, remove_stale_siblings, temp_sibling};
+use common::text::Shown;
 use rayon::prelude::*;
 use std::collections::{BTreeSet, HashSet};
 use std::fmt;
@@ -181,7 +181,7 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         Ok(())
     });
     let finish = result.and_then(|()| {
-        crate::fsutil::write_atomic(&tmp.join(manifest::FILE_NAME), &csv)?;
+        common::fsutil::write_atomic(&tmp.join(manifest::FILE_NAME), &csv)?;
         swap_into_place(&tmp, &opts.out)
     });
     if let Err(e) = finish {

@@ -5,27 +5,21 @@
 
 pub mod augment;
 pub mod build;
-pub mod cli;
-pub mod context;
-pub mod fsutil;
 pub mod manifest;
 pub mod patch;
-pub mod plot;
 pub mod preprocess;
-pub mod report;
 pub mod rng;
 pub mod scale;
 pub mod scan;
 pub mod split;
 pub mod stain;
 pub mod synth;
+#[cfg(any(test, feature = "testdata"))]
 pub mod testdata;
-pub mod text;
 
 pub use patch::{Label, PatchName};
 pub use preprocess::{Filter, Preprocess};
 pub use scan::{Patch, Problem, Scan};
-pub use text::Shown;
 
 /// Split folder names, in the tutorial's order.
 pub const SPLITS: [&str; 3] = ["training", "validation", "testing"];

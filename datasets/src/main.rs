@@ -1,8 +1,8 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
-use datasets::Shown;
+use common::Shown;
+use common::cli::{exit_code, float_in, int_in, progress_bar};
 use datasets::build::{BuildOptions, OnCollision, Outcome, build};
-use datasets::cli::{exit_code, float_in, int_in, progress_bar};
 use datasets::split::{SplitBy, SplitConfig};
 use datasets::synth::{self, SynthOptions};
 use datasets::{Scan, manifest};

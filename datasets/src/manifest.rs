@@ -2,8 +2,8 @@
 
 use crate::SPLITS;
 use crate::patch::PatchName;
-use crate::text::Shown;
 use anyhow::{Context, Result};
+use common::text::Shown;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 

@@ -15,7 +15,7 @@ pub struct PatchName {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("file name \"{}\" is not <patient>_idx5_x<X>_y<Y>_class<0|1>.png: {why}", crate::text::escape_bytes(.name.as_bytes()))]
+#[error("file name \"{}\" is not <patient>_idx5_x<X>_y<Y>_class<0|1>.png: {why}", common::text::escape_bytes(.name.as_bytes()))]
 pub struct NameError {
     pub name: String,
     pub why: &'static str,

@@ -3,8 +3,8 @@
 //! The exporter writes these settings into the ONNX metadata and the runtime reads them back
 //! (`to_metadata` / `from_metadata`), so both sides agree by construction.
 
-use crate::text::Shown;
 use anyhow::{Context, Result, bail};
+use common::text::Shown;
 use image::{ImageReader, Limits, RgbImage};
 use std::collections::HashMap;
 use std::io::Cursor;

@@ -5,8 +5,8 @@
 //! The Kaggle patches (Janowczyk & Madabhushi 2016) are 50x50 pixels cut at 2.5x: slides scanned
 //! at 40x (~0.25 µm a pixel) downsampled 16:1, so ~4 µm a pixel and ~200 µm a patch.
 
-use crate::text::Shown;
 use anyhow::{Result, bail};
+use common::text::Shown;
 use std::collections::HashMap;
 
 /// Side of a training patch in pixels, and the microns one of its pixels spans.

@@ -3,8 +3,8 @@
 //! `runtime` all see a tree the same way.
 
 use crate::patch::{Label, PatchName, is_image_extension};
-use crate::text::Shown;
 use anyhow::{Context, Result, bail};
+use common::text::Shown;
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::fmt;

@@ -8,13 +8,12 @@
 //! patches are look-alikes of the other class (lymphocyte-rich stroma, low-grade IDC), so a CNN
 //! learns the signal well but not perfectly. Tiles cut by the slide edge are smaller than 50x50.
 
-use crate::fsutil::{remove_stale_siblings, temp_sibling, write_atomic};
 use crate::patch::PatchName;
 use crate::rng::Rng;
-use crate::text::Shown;
 use anyhow::{Context, Result, bail};
+use common::fsutil::{remove_stale_siblings, temp_sibling, write_atomic};
+use common::text::Shown;
 use image::RgbImage;
-use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 
@@ -305,14 +304,6 @@ fn stamp(
     }
 }
 
-/// PNG bytes of an image, fast compression.
-pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(8 << 10);
-    let enc = PngEncoder::new_with_quality(&mut buf, CompressionType::Fast, FilterType::Adaptive);
-    img.write_with_encoder(enc)?;
-    Ok(buf)
-}
-
 /// Makes the tree at `opts.out`, or reuses it when it was made with the same settings.
 pub fn synth(opts: &SynthOptions, progress: &indicatif::ProgressBar) -> Result<SynthReport> {
     if opts.patients == 0 {
@@ -388,7 +379,7 @@ fn write_slide(
             .join(&slide.patient)
             .join(tile.name.class.to_string())
             .join(tile.name.to_string());
-        std::fs::write(&path, encode_png(&img)?)
+        std::fs::write(&path, common::png::encode(&img)?)
             .with_context(|| format!("cannot write {}", path.shown()))?;
         progress.inc(1);
     }

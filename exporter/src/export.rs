@@ -8,10 +8,10 @@ use crate::onnx_proto::{
 use anyhow::{Context, Result, bail};
 use burn::backend::Flex;
 use burn::prelude::*;
+use common::Shown;
+use common::fsutil::{temp_sibling, write_atomic};
 use contract::{Contract, ModelThreshold};
 use datasets::Scan;
-use datasets::Shown;
-use datasets::fsutil::{temp_sibling, write_atomic};
 use datasets::preprocess::Preprocess;
 use models::{CancerNet, CancerNetConfig};
 use prost::Message;
@@ -406,7 +406,7 @@ impl Options {
         match self.context {
             None => run_context,
             Some(false) => None,
-            Some(true) => run_context.or(Some(datasets::context::DEFAULT_WEIGHT)),
+            Some(true) => run_context.or(Some(evaluation::context::DEFAULT_WEIGHT)),
         }
     }
 }

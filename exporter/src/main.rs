@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Parser;
-use datasets::Shown;
+use common::Shown;
 use exporter::export::{Checkpoint, Options, export};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,7 +48,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
-    datasets::cli::exit_code(run(Args::parse()))
+    common::cli::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<()> {

@@ -4,7 +4,7 @@
 use crate::pipeline::{Item, Pipeline};
 use crate::session::Model;
 use anyhow::Result;
-use datasets::Shown;
+use common::Shown;
 use std::path::Path;
 use std::time::Instant;
 
@@ -71,7 +71,7 @@ pub fn run(
     if let Some(path) = json {
         let j = serde_json::json!({ "images": n, "batch_size": bs, "provider": model.provider, "onnx_runtime": model.ort_version,
             "decode_per_s": decode, "inference_per_s": infer, "end_to_end_per_s": e2e, "bound_per_s": bound, "peak_rss_kib": rss });
-        datasets::fsutil::write_atomic(path, serde_json::to_string_pretty(&j)?.as_bytes())?;
+        common::fsutil::write_atomic(path, serde_json::to_string_pretty(&j)?.as_bytes())?;
     }
     Ok(())
 }

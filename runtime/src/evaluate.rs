@@ -5,10 +5,11 @@ use crate::pipeline::{Item, Streamed};
 use crate::session::Model;
 use crate::settings::{ContextChoice, Threshold};
 use anyhow::Result;
-use datasets::fsutil::{AtomicFile, write_atomic};
-use datasets::report::{Report, roc_curve};
+use common::Shown;
+use common::fsutil::{AtomicFile, write_atomic};
+use datasets::Problem;
 use datasets::scan::{kaggle_duplicates_text, listed};
-use datasets::{Problem, Shown};
+use evaluation::report::{Report, roc_curve};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -106,7 +107,7 @@ impl RunInfo {
     }
 }
 
-/// Neighbour context as a run applied it (`datasets::context`).
+/// Neighbour context as a run applied it (`evaluation::context`).
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Context {
     pub weight: f64,
@@ -214,7 +215,7 @@ impl Tally {
         let pending = std::mem::take(&mut self.pending);
         let names: Vec<_> = pending.iter().map(|(item, _)| item.name.as_ref()).collect();
         let probs: Vec<f32> = pending.iter().map(|&(_, p)| p).collect();
-        let smoothed = datasets::context::smooth(&names, &probs, weight);
+        let smoothed = evaluation::context::smooth(&names, &probs, weight);
         for ((item, _), p) in pending.iter().zip(smoothed.probs) {
             self.count(item, p)?;
         }
@@ -297,10 +298,10 @@ impl Tally {
     }
 
     pub fn write_roc(&self, path: &Path) -> Result<()> {
-        datasets::plot::roc_chart(
+        evaluation::plot::roc_chart(
             path,
             &roc_curve(&self.labels, &self.probs),
-            datasets::report::roc_auc(&self.labels, &self.probs),
+            evaluation::report::roc_auc(&self.labels, &self.probs),
         )
     }
 }

@@ -7,9 +7,10 @@ use crate::pipeline::{Item, Pipeline, Streamed};
 use crate::session::Model;
 use crate::settings::ContextChoice;
 use anyhow::{Context, Result, bail};
-use datasets::cli::progress_bar;
-use datasets::fsutil::write_atomic;
-use datasets::{Problem, Shown};
+use common::Shown;
+use common::cli::progress_bar;
+use common::fsutil::write_atomic;
+use datasets::Problem;
 use image::{Rgb, RgbImage};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,7 +43,7 @@ pub fn colour(p: f32) -> Rgb<u8> {
 pub const MAX_PIXELS: u64 = 64 << 20;
 
 /// `probs` (of `items`; None for an image that could not be used) with neighbour context as
-/// `choice` says (`datasets::context`); returns what it did.
+/// `choice` says (`evaluation::context`); returns what it did.
 pub fn in_context(
     items: &[Item],
     probs: &mut [Option<f32>],
@@ -54,7 +55,7 @@ pub fn in_context(
         .filter_map(|(i, p)| p.map(|p| (i, p)))
         .unzip();
     let names: Vec<_> = used.iter().map(|&i| items[i].name.as_ref()).collect();
-    let smoothed = datasets::context::smooth(&names, &p, choice.weight);
+    let smoothed = evaluation::context::smooth(&names, &p, choice.weight);
     for (i, p) in used.into_iter().zip(smoothed.probs) {
         probs[i] = Some(p);
     }
@@ -228,7 +229,7 @@ pub fn write(
                 fill(&mut canvas, 2 * layout.panel + x0, y0, cell, truth);
             }
         }
-        write_atomic(&path, &datasets::synth::encode_png(&canvas)?)?;
+        write_atomic(&path, &common::png::encode(&canvas)?)?;
         written.push(path);
     }
     Ok((written, refused))
@@ -304,7 +305,7 @@ mod tests {
     use super::*;
 
     /// An image that could not be used (None) stays None and is no one's neighbour; the others
-    /// get exactly what `datasets::context::smooth` gives them without it.
+    /// get exactly what `evaluation::context::smooth` gives them without it.
     #[test]
     fn context_skips_unusable_images() {
         let item = |x: u32| Item {
@@ -331,7 +332,7 @@ mod tests {
         assert_eq!(probs, [Some(0.9), None, Some(0.2)]);
         let mut probs = [Some(0.9), Some(0.1), None];
         let names = [items[0].name.as_ref(), items[1].name.as_ref()];
-        let want = datasets::context::smooth(&names, &[0.9, 0.1], 0.5).probs;
+        let want = evaluation::context::smooth(&names, &[0.9, 0.1], 0.5).probs;
         let c = in_context(&items, &mut probs, half());
         assert_eq!((c.with_neighbours, c.weight), (2, 0.5));
         assert_eq!(probs, [Some(want[0]), Some(want[1]), None]);

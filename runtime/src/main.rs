@@ -3,8 +3,8 @@
 
 use anyhow::{Result, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use datasets::Shown;
-use datasets::cli::{MAX_THREADS, exit_code, float_in, int_in, probability, progress_bar};
+use common::Shown;
+use common::cli::{MAX_THREADS, exit_code, float_in, int_in, probability, progress_bar};
 use datasets::preprocess::{Filter, Preprocess};
 use runtime::evaluate::{self, RunInfo, Tally};
 use runtime::pipeline::{self, Pipeline, Streamed};
@@ -183,7 +183,7 @@ fn input_size(s: &str) -> Result<u32, String> {
 }
 
 fn context_weight(s: &str) -> Result<f64, String> {
-    float_in(s, 0.0, datasets::context::MAX_WEIGHT, true)
+    float_in(s, 0.0, evaluation::context::MAX_WEIGHT, true)
 }
 
 fn mpp(s: &str) -> Result<f64, String> {

@@ -7,7 +7,7 @@
 //!    or `.so.0` by the dynamic loader's own search.
 
 use anyhow::{Context, Result, bail};
-use datasets::Shown;
+use common::Shown;
 use image::{Rgb, RgbImage};
 use std::ffi::{CStr, CString, c_char, c_double, c_void};
 use std::path::{Path, PathBuf};
@@ -154,18 +154,8 @@ fn in_site_packages(lib: &Path) -> Option<PathBuf> {
 
 /// The `openslide_bin` package of `python3 -I` (isolated, started in `/`), as for ONNX Runtime.
 fn from_python() -> Option<PathBuf> {
-    let out = std::process::Command::new("python3")
-        .args([
-            "-I",
-            "-c",
-            "import openslide_bin, os; print(os.path.dirname(openslide_bin.__file__))",
-        ])
-        .current_dir("/")
-        .stderr(std::process::Stdio::null())
-        .output()
-        .ok()?;
-    let dir = String::from_utf8(out.stdout).ok()?;
-    Some(Path::new(dir.trim()).join("libopenslide.so.1")).filter(|p| p.is_file())
+    Some(crate::ortlib::python_package_dir("openslide_bin")?.join("libopenslide.so.1"))
+        .filter(|p| p.is_file())
 }
 
 /// An open slide. OpenSlide handles may be read from several threads at once.

@@ -12,7 +12,7 @@
 //! Every report names the library loaded. Loaded once per process.
 
 use anyhow::{Context, Result, anyhow, bail};
-use datasets::Shown;
+use common::Shown;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -137,18 +137,24 @@ fn capi_lib(capi: &Path) -> Option<PathBuf> {
 /// (and `PYTHONPATH`, user site-packages) off `sys.path`, so a planted `onnxruntime.py` cannot
 /// run; it starts in `/` all the same.
 fn from_python() -> Option<PathBuf> {
+    capi_lib(&python_package_dir("onnxruntime")?.join("capi"))
+}
+
+/// The folder of Python package `package` as `python3 -I`, started in `/`, imports it (isolated:
+/// neither the working directory nor `PYTHONPATH` nor user site-packages is on `sys.path`).
+pub(crate) fn python_package_dir(package: &str) -> Option<PathBuf> {
     let out = std::process::Command::new("python3")
         .args([
             "-I",
             "-c",
-            "import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))",
+            &format!("import {package}, os; print(os.path.dirname({package}.__file__))"),
         ])
         .current_dir("/")
         .stderr(std::process::Stdio::null())
         .output()
         .ok()?;
     let dir = String::from_utf8(out.stdout).ok()?;
-    capi_lib(&Path::new(dir.trim()).join("capi"))
+    Some(PathBuf::from(dir.trim())).filter(|d| d.is_dir())
 }
 
 /// Refuses a library older than the ONNX Runtime API this build of ort uses, naming both versions.

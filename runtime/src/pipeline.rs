@@ -5,9 +5,10 @@
 
 use crate::session::Model;
 use anyhow::Result;
+use common::Shown;
 use datasets::preprocess::Preprocess;
 use datasets::scan::{Repeat, SamePatch, SortedWalk, has_image_extension, label_of, patch_name};
-use datasets::{PatchName, Problem, Shown};
+use datasets::{PatchName, Problem};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -174,7 +175,7 @@ impl Pipeline {
     /// The decode workers (`decode_threads`, or one per core).
     pub fn decode_pool(&self) -> Result<rayon::ThreadPool> {
         Ok(rayon::ThreadPoolBuilder::new()
-            .num_threads(datasets::cli::threads_or_cores(self.decode_threads))
+            .num_threads(common::cli::threads_or_cores(self.decode_threads))
             .thread_name(|i| format!("decode-{i}"))
             .build()?)
     }

@@ -3,8 +3,8 @@
 
 use crate::ortlib::{self, OrtLib};
 use anyhow::{Context, Result, anyhow, bail};
+use common::Shown;
 use contract::Contract;
-use datasets::Shown;
 use datasets::preprocess::{MAX_SIZE, MIN_SIZE, Preprocess};
 use ort::ep::{self, ExecutionProvider};
 use ort::session::Session;
@@ -114,7 +114,7 @@ impl Model {
         if let Err(why) = &contract.classes {
             bail!("{}: {why}", path.shown());
         }
-        let threads = datasets::cli::threads_or_cores(opts.threads);
+        let threads = common::cli::threads_or_cores(opts.threads);
         Ok(Model {
             session,
             input,

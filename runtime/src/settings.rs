@@ -3,8 +3,8 @@
 //! threshold and neighbour context. Every command that classifies uses these.
 
 use anyhow::{Result, bail};
+use common::Shown;
 use contract::Contract;
-use datasets::Shown;
 use std::path::Path;
 
 /// The threshold a run uses, and where it came from.
@@ -14,7 +14,7 @@ pub struct Threshold {
     pub source: String,
 }
 
-/// Neighbour context a run applies (`datasets::context`), and where it came from.
+/// Neighbour context a run applies (`evaluation::context`), and where it came from.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ContextChoice {
     pub weight: f64,
@@ -134,7 +134,7 @@ pub fn context(
     };
     match (flag, from_model) {
         (_, Some(w)) => choice(w, "from the model's metadata"),
-        (Some(true), None) => choice(datasets::context::DEFAULT_WEIGHT, "--context"),
+        (Some(true), None) => choice(evaluation::context::DEFAULT_WEIGHT, "--context"),
         _ => Ok(None),
     }
 }

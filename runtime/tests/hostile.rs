@@ -364,9 +364,9 @@ fn runtime_counts_each_image_once_and_names_every_skip() {
     for raw in [&b"\xff.png"[..], &b"\xfe.png"[..]] {
         let row = rows
             .iter()
-            .find(|r| r[0].ends_with(&datasets::text::escape_bytes(raw)))
+            .find(|r| r[0].ends_with(&::common::text::escape_bytes(raw)))
             .unwrap_or_else(|| panic!("no row for {raw:?}"));
-        let back = datasets::text::unescape(&row[0]).unwrap();
+        let back = ::common::text::unescape(&row[0]).unwrap();
         assert!(std::fs::metadata(OsStr::from_bytes(&back)).is_ok());
     }
     let csv_text = std::fs::read(&preds).unwrap();
@@ -482,7 +482,7 @@ fn an_unreadable_folder_is_reported_and_the_rest_is_used() {
             ran.all()
         );
         assert!(
-            ran.all().contains(&datasets::text::path(&locked)),
+            ran.all().contains(&::common::text::path(&locked)),
             "{}",
             ran.all()
         );

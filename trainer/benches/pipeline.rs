@@ -27,7 +27,7 @@ fn main() {
     let orig = tmp.path().join("orig");
     datasets::testdata::small_synth(&orig, 12, 150.0);
     let split = Arc::new(Split::open(tmp.path(), "orig", true).unwrap());
-    let cores = datasets::cli::cores();
+    let cores = common::cli::cores();
     let loader = Loader::new(Preprocess::default(), bs, cores).unwrap();
     let order = || (0..split.len()).collect::<Vec<_>>();
     println!(

@@ -2,7 +2,7 @@
 //! values are rejected with the key's name.
 
 use anyhow::{Context, Result, bail};
-use datasets::Shown;
+use common::Shown;
 use datasets::augment::Augment;
 use datasets::preprocess::{Filter, Preprocess};
 use datasets::scale::PatchScale;
@@ -44,7 +44,7 @@ pub struct EvalConfig {
     /// split (precise BatchNorm): written to `checkpoints/precise-bn/`, which the report
     /// evaluates and the exporter exports by default.
     pub precise_bn: bool,
-    /// Neighbour context (`datasets::context`): each patch's IDC log-odds averaged with those of
+    /// Neighbour context (`evaluation::context`): each patch's IDC log-odds averaged with those of
     /// its slide-grid neighbours, each at this weight against the patch's own 1, in (0, 4]; absent
     /// for none (each patch alone, as the tutorial). The report uses it, the exporter writes it
     /// into the model's metadata and `runtime` applies it by default.
@@ -310,7 +310,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
         let m = &self.model;
-        let max_threads = datasets::cli::MAX_THREADS;
+        let max_threads = common::cli::MAX_THREADS;
         let counts = [
             ("train.epochs", t.epochs, 1, 100_000),
             ("train.batch_size", t.batch_size, 1, 65_536),
@@ -369,11 +369,11 @@ impl TrainConfig {
             bail!("eval.threshold = {t} must be in [0, 1], `max_bac` or `sensitivity`");
         }
         if let Some(w) = self.eval.context
-            && !datasets::context::valid_weight(w)
+            && !evaluation::context::valid_weight(w)
         {
             bail!(
                 "eval.context = {w} must be a neighbour weight in (0, {}], or absent for none",
-                datasets::context::MAX_WEIGHT
+                evaluation::context::MAX_WEIGHT
             );
         }
         self.data

@@ -14,9 +14,10 @@ use crate::splits::Data;
 use crate::train::{self, Options, Start};
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::backend::AutodiffBackend;
-use datasets::fsutil::write_atomic;
+use common::Shown;
+use common::fsutil::write_atomic;
 use datasets::split::{SplitConfig, kfold};
-use datasets::{Patch, Scan, Shown};
+use datasets::{Patch, Scan};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -310,7 +311,7 @@ fn metric(fold: &serde_json::Value, variant: &str, name: &str) -> Option<f64> {
 /// the last epoch's model instead of the best one, then the means of the last 5, 10 and 20
 /// epochs' weights (`variants::AVERAGED`), then the last and the mean of 10 with precise BatchNorm
 /// statistics (`precise_bn::precise_bn`), then the mean of 10 with BatchNorm statistics from each test
-/// patient's own patches, then the configured model with neighbour context (`datasets::context`).
+/// patient's own patches, then the configured model with neighbour context (`evaluation::context`).
 pub const VARIANTS: [&str; 21] = [
     "configured",
     "plain@0.5",

@@ -4,7 +4,7 @@
 //! thread made them: each image's augmentation draws from its own seeded stream.
 
 use anyhow::{Result, bail};
-use datasets::Shown;
+use common::Shown;
 use datasets::augment::Augment;
 use datasets::preprocess::Preprocess;
 use datasets::rng::Rng;

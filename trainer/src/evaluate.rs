@@ -72,7 +72,7 @@ pub fn evaluate_some<B: Backend>(
     e
 }
 
-/// `e` with neighbour context (`datasets::context` at `weight`): each patch's log-odds
+/// `e` with neighbour context (`evaluation::context` at `weight`): each patch's log-odds
 /// averaged with those of its slide-grid neighbours in the split, named as `runtime` names them.
 pub fn with_context(split: &Split, e: &Evaluated, weight: f64) -> Evaluated {
     let names: Vec<_> = e
@@ -82,7 +82,7 @@ pub fn with_context(split: &Split, e: &Evaluated, weight: f64) -> Evaluated {
         .collect();
     let names: Vec<_> = names.iter().map(Option::as_ref).collect();
     Evaluated {
-        probs: datasets::context::smooth(&names, &e.probs, weight).probs,
+        probs: evaluation::context::smooth(&names, &e.probs, weight).probs,
         labels: e.labels.clone(),
         indices: e.indices.clone(),
         loss: e.loss,
@@ -101,7 +101,7 @@ pub fn patient_summary(split: &Split, e: &Evaluated) -> serde_json::Value {
     }
     let mut aucs: Vec<f64> = by
         .values()
-        .filter_map(|(labels, probs)| datasets::report::roc_auc(labels, probs))
+        .filter_map(|(labels, probs)| evaluation::report::roc_auc(labels, probs))
         .collect();
     aucs.sort_by(f64::total_cmp);
     let median = match aucs.len() {

@@ -5,8 +5,8 @@ use anyhow::Result;
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
-use datasets::Shown;
-use datasets::cli::{MAX_THREADS, int_in};
+use common::Shown;
+use common::cli::{MAX_THREADS, int_in};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use trainer::config::{Device, TrainConfig};
@@ -83,7 +83,7 @@ struct Args {
 }
 
 fn val_fraction(s: &str) -> Result<f64, String> {
-    let v = datasets::cli::float_in(s, 0.0, 1.0, true)?;
+    let v = common::cli::float_in(s, 0.0, 1.0, true)?;
     if v < 1.0 {
         Ok(v)
     } else {
@@ -93,7 +93,7 @@ fn val_fraction(s: &str) -> Result<f64, String> {
 
 fn main() -> ExitCode {
     trainer::alloc::keep_freed_buffers();
-    datasets::cli::exit_code(run(Args::parse()))
+    common::cli::exit_code(run(Args::parse()))
 }
 
 fn run(args: Args) -> Result<()> {

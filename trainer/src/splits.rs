@@ -5,7 +5,7 @@ use crate::config::TrainConfig;
 use crate::data::{Loader, Split};
 use crate::train::Options;
 use anyhow::{Result, bail};
-use datasets::Shown;
+use common::Shown;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -42,7 +42,7 @@ impl Data {
         provenance: serde_json::Value,
     ) -> Result<Data> {
         let pre = cfg.preprocess();
-        let workers = datasets::cli::threads_or_cores(cfg.data.workers);
+        let workers = common::cli::threads_or_cores(cfg.data.workers);
         let loader = Loader::new(pre, cfg.train.batch_size, workers)?;
         let mut skipped = SkipLog::new(opts.strict);
         for s in &splits {

@@ -93,7 +93,7 @@ impl ChosenThreshold {
 
 pub fn choose_threshold(cfg: &TrainConfig, val: &Evaluated, epoch: usize) -> ChosenThreshold {
     use crate::config::{Threshold, ThresholdRule};
-    use datasets::report::{threshold_for_sensitivity, threshold_max_bac};
+    use evaluation::report::{threshold_for_sensitivity, threshold_max_bac};
     let averaged = cfg.eval.checkpoint == crate::config::CheckpointChoice::Average;
     let fixed = |threshold: f64, source: String| ChosenThreshold {
         threshold,

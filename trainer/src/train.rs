@@ -16,12 +16,12 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
-use datasets::Shown;
-use datasets::fsutil::write_atomic;
+use common::Shown;
+use common::fsutil::write_atomic;
 use datasets::manifest;
-use datasets::plot::{Series, line_chart};
-use datasets::report::Report;
 use datasets::rng::Rng;
+use evaluation::plot::{Series, line_chart};
+use evaluation::report::Report;
 use models::CancerNet;
 use plotters::style::RGBColor;
 use std::path::PathBuf;
@@ -536,7 +536,7 @@ fn progress(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
     if quiet {
         indicatif::ProgressBar::hidden()
     } else {
-        datasets::cli::progress_bar(len, what)
+        common::cli::progress_bar(len, what)
     }
 }
 

@@ -12,7 +12,7 @@ use crate::splits::Data;
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use datasets::report::Report;
+use evaluation::report::Report;
 use std::collections::BTreeMap;
 
 /// The variants' weight averages: the mean of the last n epochs' checkpoints, for each n.
@@ -43,7 +43,7 @@ pub fn all<B: AutodiffBackend>(
 ) -> Result<serde_json::Map<String, serde_json::Value>> {
     let mut all = serde_json::Map::new();
     for (t, (val, test)) in runs {
-        let max_bac = datasets::report::threshold_max_bac(&val.labels, &val.probs).unwrap_or(0.5);
+        let max_bac = evaluation::report::threshold_max_bac(&val.labels, &val.probs).unwrap_or(0.5);
         let patients = patient_summary(&data.test, test);
         for (name, threshold) in [("0.5", 0.5), ("max_bac", max_bac)] {
             all.insert(
@@ -54,7 +54,7 @@ pub fn all<B: AutodiffBackend>(
     }
     // With neighbour context, as `runtime eval --context` computes it.
     for (t, (_, test)) in runs {
-        let test = with_context(&data.test, test, datasets::context::DEFAULT_WEIGHT);
+        let test = with_context(&data.test, test, evaluation::context::DEFAULT_WEIGHT);
         all.insert(
             format!("{}-context@0.5", view(*t)),
             variant(&test, 0.5, &patient_summary(&data.test, &test)),

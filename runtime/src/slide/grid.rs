@@ -4,7 +4,7 @@
 
 use crate::openslide::Slide;
 use anyhow::{Result, bail};
-use datasets::Shown;
+use common::Shown;
 use datasets::scale::{MPP, PatchScale};
 use image::RgbImage;
 use std::path::Path;

@@ -14,8 +14,9 @@ use crate::pipeline::Pipeline;
 use crate::session::Model;
 use crate::settings::{ContextChoice, Threshold};
 use anyhow::{Result, bail};
+use common::Shown;
+use datasets::PatchName;
 use datasets::scale::PatchScale;
-use datasets::{PatchName, Shown};
 use grid::{Grid, slide_scale};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -97,7 +98,7 @@ pub fn run_all(
                 model,
                 model_path,
                 s,
-                &datasets::cli::progress_bar(0, "tiles"),
+                &common::cli::progress_bar(0, "tiles"),
             ),
         };
         match result {
@@ -197,7 +198,7 @@ pub fn run(
                 output::REGIONS_FILE,
                 output::regions_geojson(&grid, tiles, t)?,
             ),
-            (output::HEATMAP_FILE, datasets::synth::encode_png(&heatmap)?),
+            (output::HEATMAP_FILE, common::png::encode(&heatmap)?),
             (output::SUMMARY_FILE, serde_json::to_vec_pretty(&summary)?),
         ],
     )?;
@@ -261,10 +262,10 @@ fn summary(
     })
 }
 
-/// Neighbour context on the tile grid, as `datasets::context` does it on patch coordinates
+/// Neighbour context on the tile grid, as `evaluation::context` does it on patch coordinates
 /// (tiles one grid step apart are neighbours); returns how many tiles had neighbours.
 fn in_context(tiles: &mut [Tile], weight: f64) -> usize {
-    let step = datasets::context::GRID;
+    let step = evaluation::context::GRID;
     let names: Vec<PatchName> = tiles
         .iter()
         .map(|t| PatchName {
@@ -276,7 +277,7 @@ fn in_context(tiles: &mut [Tile], weight: f64) -> usize {
         .collect();
     let refs: Vec<_> = names.iter().map(Some).collect();
     let probs: Vec<f32> = tiles.iter().map(|t| t.prob).collect();
-    let smoothed = datasets::context::smooth(&refs, &probs, weight);
+    let smoothed = evaluation::context::smooth(&refs, &probs, weight);
     for (t, p) in tiles.iter_mut().zip(smoothed.probs) {
         t.prob = p;
     }

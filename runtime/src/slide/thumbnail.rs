@@ -94,7 +94,7 @@ impl Thumbnail {
         }
         let labels = format!("P(IDC): 0 (blue) .. 0.5 (yellow) .. 1 (red); threshold {threshold}");
         // Without a font the picture is still whole; the legend's words are in the summary.
-        let _ = datasets::plot::draw_text(
+        let _ = evaluation::plot::draw_text(
             &mut out,
             10,
             h as i32 + text as i32 / 4,

@@ -3,7 +3,7 @@
 //! class sensitivity (IDC recall) and specificity (healthy recall) the right way round, balanced
 //! accuracy, F1 of IDC, ROC AUC and PR AUC (average precision).
 
-use crate::CLASS_NAMES;
+use datasets::CLASS_NAMES;
 use std::fmt;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]

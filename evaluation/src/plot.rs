@@ -114,7 +114,7 @@ pub fn line_chart(
         root.present().map_err(|e| anyhow!("{e}"))?;
     }
     let img = image::RgbImage::from_raw(w, h, buf).expect("buffer size");
-    crate::fsutil::write_atomic(path, &crate::synth::encode_png(&img)?)
+    common::fsutil::write_atomic(path, &common::png::encode(&img)?)
 }
 
 /// The ROC curve with the chance diagonal and the AUC in the title.

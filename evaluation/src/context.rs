@@ -5,7 +5,7 @@
 //! label is mostly its neighbours' too, and a slide evaluated as a whole has them. Measured in
 //! docs/accuracy.md (patient-level cross-validation): ROC AUC higher in every fold.
 
-use crate::PatchName;
+use datasets::PatchName;
 use std::collections::HashMap;
 
 /// Step of the Kaggle grid: the patches of one slide sit 50 px apart (x, y = 50k + 1).
