@@ -1,7 +1,8 @@
 //! Whole-slide images through OpenSlide (the C library, 4.x), loaded at run time as ONNX Runtime
 //! is: from the `openslide-bin` wheel on PyPI, which bundles the library and everything it needs
-//! (Debian's `libopenslide0` works too). Nothing is linked at build time, so the workspace builds
-//! without it, and only `runtime slide` needs it. Searched, never the working directory:
+//! (a system OpenSlide such as Debian's `libopenslide0` is found too; untested). Nothing is
+//! linked at build time, so the workspace builds without it, and only `runtime slide` needs it.
+//! Searched, never the working directory:
 //! 1. `--openslide-lib`; 2. `$OPENSLIDE_LIB`; 3. the project's `.venv` (`make venv`);
 //! 4. the `openslide_bin` package of an isolated `python3`; 5. the system's `libopenslide.so.1`
 //!    or `.so.0` by the dynamic loader's own search.
