@@ -73,6 +73,44 @@ pub struct BuildReport {
 pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
     opts.split.validate()?;
     check_apart(&opts.source, &opts.out)?;
+    let scan = scan_source(opts)?;
+    let assignment = opts.split.assign(&scan.patches);
+    let rows = rows_of(&scan, &assignment)?;
+    let manifest_rows: Vec<Row> = rows.iter().map(|(r, _)| r.clone()).collect();
+    let csv = manifest::to_csv(&manifest_rows)?;
+
+    let mut counts = [[0usize; 2]; 3];
+    let mut patients: [BTreeSet<&str>; 3] = Default::default();
+    for (r, _) in &rows {
+        let s = split_rank(r);
+        counts[s][r.class as usize] += 1;
+        patients[s].insert(&r.patient);
+    }
+    let patients = patients.map(|p| p.len());
+    if output_is_up_to_date(opts, &csv)? {
+        return Ok(BuildReport {
+            outcome: Outcome::UpToDate,
+            counts,
+            patients,
+            linked: 0,
+            copied: 0,
+            scan,
+        });
+    }
+    let linked = materialize(&rows, &csv, &opts.out)?;
+    Ok(BuildReport {
+        outcome: Outcome::Built,
+        counts,
+        patients,
+        linked,
+        copied: rows.len() - linked,
+        scan,
+    })
+}
+
+/// The source scanned, with its problems refused under `--strict` and its collisions under
+/// `--on-collision error`; an error when it holds no patch.
+fn scan_source(opts: &BuildOptions) -> Result<Scan> {
     let scan = Scan::dir(&opts.source)?;
     if opts.strict {
         scan.strict(&opts.source)?;
@@ -94,11 +132,16 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
             scan.skipped()
         );
     }
-    let assignment = opts.split.assign(&scan.patches);
+    Ok(scan)
+}
+
+/// One manifest row per patch with the file it comes from, in manifest order; an error when two
+/// would land on one destination.
+fn rows_of<'a>(scan: &'a Scan, assignment: &[usize]) -> Result<Vec<(Row, &'a Path)>> {
     let mut rows: Vec<(Row, &Path)> = scan
         .patches
         .iter()
-        .zip(&assignment)
+        .zip(assignment)
         .map(|(p, &s)| {
             (
                 Row::new(s, &p.name, p.label, &extension(&p.path)),
@@ -120,52 +163,44 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         );
     }
     rows.sort_by(|a, b| (split_rank(&a.0), &a.0).cmp(&(split_rank(&b.0), &b.0)));
-    let manifest_rows: Vec<Row> = rows.iter().map(|(r, _)| r.clone()).collect();
-    let csv = manifest::to_csv(&manifest_rows)?;
+    Ok(rows)
+}
 
-    let mut counts = [[0usize; 2]; 3];
-    let mut patients: [BTreeSet<&str>; 3] = Default::default();
-    for (r, _) in &rows {
-        let s = split_rank(r);
-        counts[s][r.class as usize] += 1;
-        patients[s].insert(&r.patient);
+/// Whether `--out` already holds this very split (the same manifest); an error when it holds
+/// something else that may not be replaced.
+fn output_is_up_to_date(opts: &BuildOptions, csv: &[u8]) -> Result<bool> {
+    if !opts.out.exists() {
+        return Ok(false);
     }
-    let patients = patients.map(|p| p.len());
-
     let existing = opts.out.join(manifest::FILE_NAME);
-    if opts.out.exists() {
-        let same = std::fs::read(&existing).is_ok_and(|old| old == csv);
-        if same {
-            return Ok(BuildReport {
-                outcome: Outcome::UpToDate,
-                counts,
-                patients,
-                linked: 0,
-                copied: 0,
-                scan,
-            });
-        }
-        let empty = std::fs::read_dir(&opts.out).is_ok_and(|mut d| d.next().is_none());
-        if !existing.exists() && !empty {
-            // Not a split (none has no manifest): --force replaces only what build made.
-            bail!(
-                "{} is not empty and holds no manifest.csv, so it is not a split `datasets build` \
-                 made; it is never replaced: choose another --out",
-                opts.out.shown()
-            );
-        }
-        if !opts.force && !empty {
-            bail!(
-                "{} already holds a different split (its manifest.csv differs); pass --force to \
-                 replace it (the originals under {} are never touched)",
-                opts.out.shown(),
-                opts.source.shown()
-            );
-        }
+    if std::fs::read(&existing).is_ok_and(|old| old == csv) {
+        return Ok(true);
     }
+    let empty = std::fs::read_dir(&opts.out).is_ok_and(|mut d| d.next().is_none());
+    if !existing.exists() && !empty {
+        // Not a split (none has no manifest): --force replaces only what build made.
+        bail!(
+            "{} is not empty and holds no manifest.csv, so it is not a split `datasets build` \
+             made; it is never replaced: choose another --out",
+            opts.out.shown()
+        );
+    }
+    if !opts.force && !empty {
+        bail!(
+            "{} already holds a different split (its manifest.csv differs); pass --force to \
+             replace it (the originals under {} are never touched)",
+            opts.out.shown(),
+            opts.source.shown()
+        );
+    }
+    Ok(false)
+}
 
-    remove_stale_siblings(&opts.out, "building")?;
-    let tmp = temp_sibling(&opts.out, "building");
+/// Links (or copies) every file into a temp sibling of `out` with the manifest, then swaps it
+/// into place; nothing is left behind on an error. Returns how many files were linked.
+fn materialize(rows: &[(Row, &Path)], csv: &[u8], out: &Path) -> Result<usize> {
+    remove_stale_siblings(out, "building")?;
+    let tmp = temp_sibling(out, "building");
     for split in SPLITS {
         for class in 0..2 {
             let dir = tmp.join(split).join(class.to_string());
@@ -181,22 +216,14 @@ pub fn build(opts: &BuildOptions) -> Result<BuildReport> {
         Ok(())
     });
     let finish = result.and_then(|()| {
-        common::fsutil::write_atomic(&tmp.join(manifest::FILE_NAME), &csv)?;
-        swap_into_place(&tmp, &opts.out)
+        common::fsutil::write_atomic(&tmp.join(manifest::FILE_NAME), csv)?;
+        swap_into_place(&tmp, out)
     });
     if let Err(e) = finish {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    let linked = linked.into_inner();
-    Ok(BuildReport {
-        outcome: Outcome::Built,
-        counts,
-        patients,
-        linked,
-        copied: rows.len() - linked,
-        scan,
-    })
+    Ok(linked.into_inner())
 }
 
 /// The output must not be the source, inside it, or hold it: replacing the output would then
