@@ -105,16 +105,7 @@ unsafe fn text(p: *const c_char) -> Option<String> {
 
 /// The library path, by the search order above.
 pub fn find(explicit: Option<&Path>) -> Result<PathBuf> {
-    let named = |p: &Path, source: &str| {
-        if p.is_file() {
-            Ok(p.to_path_buf())
-        } else {
-            bail!(
-                "{source} points to {}, which does not exist; {INSTALL_HINT}",
-                p.shown()
-            )
-        }
-    };
+    let named = |p: &Path, source: &str| crate::ortlib::existing(p, source, INSTALL_HINT);
     if let Some(p) = explicit {
         return named(p, "--openslide-lib");
     }

@@ -55,10 +55,10 @@ pub fn load(explicit: Option<&Path>) -> Result<&'static OrtLib> {
 /// The library path, by the search order above.
 pub fn find(explicit: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = explicit {
-        return existing(p, "--ort-lib");
+        return existing(p, "--ort-lib", INSTALL_HINT);
     }
     if let Some(p) = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()) {
-        return existing(Path::new(&p), "ORT_DYLIB_PATH");
+        return existing(Path::new(&p), "ORT_DYLIB_PATH", INSTALL_HINT);
     }
     for venv in venv_candidates() {
         if let Some(p) = lib_in_site_packages(&venv.join("lib")) {
@@ -71,12 +71,13 @@ pub fn find(explicit: Option<&Path>) -> Result<PathBuf> {
     bail!("no ONNX Runtime library found; {INSTALL_HINT}")
 }
 
-fn existing(p: &Path, source: &str) -> Result<PathBuf> {
+/// `p` when it is a file, else an error naming the flag or variable it came from and `hint`.
+pub(crate) fn existing(p: &Path, source: &str, hint: &str) -> Result<PathBuf> {
     if p.is_file() {
         Ok(p.to_path_buf())
     } else {
         bail!(
-            "{source} points to {}, which does not exist; {INSTALL_HINT}",
+            "{source} points to {}, which does not exist; {hint}",
             p.shown()
         )
     }

@@ -131,6 +131,24 @@ fn in_regions(features: &[serde_json::Value], x: f64, y: f64) -> bool {
     })
 }
 
+/// `runtime slide SLIDE --context` into `t/out`; returns that folder.
+fn with_context(slide: &Path, onnx: &Path, t: &Path, out: &str) -> PathBuf {
+    let out = t.join(out);
+    let args = [
+        "slide",
+        s(slide),
+        "--model",
+        s(onnx),
+        "--ep",
+        "cpu",
+        "--context",
+        "--out",
+        s(&out),
+    ];
+    exec("runtime", &args, t).ok();
+    out
+}
+
 #[test]
 fn a_slide_of_a_real_patient_gives_every_patch_its_eval_probability() {
     let Some(real) = shared_data("idc-real") else {
@@ -231,42 +249,10 @@ fn a_slide_of_a_real_patient_gives_every_patch_its_eval_probability() {
     }
     // Neighbour context on the tile grid is the same as on the patches' coordinates.
     let eval = eval_probs(&patient, &onnx, t, &["--context"]);
-    let ctx = t.join("context");
-    exec(
-        "runtime",
-        &[
-            "slide",
-            s(&native),
-            "--model",
-            s(&onnx),
-            "--ep",
-            "cpu",
-            "--context",
-            "--out",
-            s(&ctx),
-        ],
-        t,
-    )
-    .ok();
+    let ctx = with_context(&native, &onnx, t, "context");
     close(&slide_probs(&ctx.join("native"), 1), &eval, "context");
     // The same run twice gives the same files (the summary's timing aside).
-    let again = t.join("again");
-    exec(
-        "runtime",
-        &[
-            "slide",
-            s(&native),
-            "--model",
-            s(&onnx),
-            "--ep",
-            "cpu",
-            "--context",
-            "--out",
-            s(&again),
-        ],
-        t,
-    )
-    .ok();
+    let again = with_context(&native, &onnx, t, "again");
     for f in ["tiles.csv", "idc.geojson", "heatmap.png"] {
         assert_eq!(
             std::fs::read(ctx.join("native").join(f)).unwrap(),
