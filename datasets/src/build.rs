@@ -8,6 +8,7 @@ use crate::scan::{Scan, listed};
 use crate::split::SplitConfig;
 use crate::{CLASS_NAMES, SPLITS};
 use anyhow::{Context, Result, bail};
+use common::choice::Choice;
 use common::fsutil::{link_or_copy, remove_stale_siblings, temp_sibling};
 use common::text::Shown;
 use rayon::prelude::*;
@@ -43,14 +44,29 @@ impl Default for BuildOptions {
 }
 
 /// Two source files naming the same patch (patient, x, y): `x1` and `x01`, `X.png` and `X.PNG`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OnCollision {
-    /// Stop before anything is written, naming both files (default).
     #[default]
     Error,
-    /// Use the first in path order, list the others as skipped.
     KeepFirst,
 }
+
+impl Choice for OnCollision {
+    const CHOICES: &'static [(OnCollision, &'static str, &'static str)] = &[
+        (
+            OnCollision::Error,
+            "error",
+            "Stop before anything is written, naming both files (default)",
+        ),
+        (
+            OnCollision::KeepFirst,
+            "keep-first",
+            "Use the first in path order, list the others as skipped",
+        ),
+    ];
+}
+
+common::display_as_choice!(OnCollision);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

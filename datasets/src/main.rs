@@ -1,12 +1,12 @@
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use common::Shown;
-use common::cli::{exit_code, float_in, int_in, progress_bar};
+use common::cli::{choice, exit_code, float_in, int_in, progress_bar};
 use datasets::build::{BuildOptions, OnCollision, Outcome, build};
 use datasets::split::{SplitBy, SplitConfig};
 use datasets::synth::{self, SynthOptions};
 use datasets::{Scan, manifest};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -44,7 +44,7 @@ enum Command {
         #[arg(long, default_value = "datasets/idc")]
         out: PathBuf,
         /// Keep patients whole (default) or split images at random like the tutorial.
-        #[arg(long, value_enum, default_value_t = SplitBy::Patient)]
+        #[arg(long, value_parser = choice::<SplitBy>(), default_value_t = SplitBy::Patient)]
         split_by: SplitBy,
         /// Share of all patches for testing (tutorial: 0.2), in [0, 1).
         #[arg(long, default_value_t = 0.2, value_parser = fraction)]
@@ -60,7 +60,7 @@ enum Command {
         force: bool,
         /// Two files naming the same patch (x1 and x01, X.png and X.PNG): stop (error), or use
         /// the first in path order (keep-first).
-        #[arg(long, value_enum, default_value_t = OnCollision::Error)]
+        #[arg(long, value_parser = choice::<OnCollision>(), default_value_t = OnCollision::Error)]
         on_collision: OnCollision,
         /// Make any skipped file (unusable, colliding, Kaggle duplicate) an error.
         #[arg(long)]
@@ -104,31 +104,13 @@ fn run(args: Args) -> Result<()> {
             mean_patches,
             out,
             force,
-        } => {
-            let start = Instant::now();
-            let opts = SynthOptions {
-                patients,
-                seed,
-                mean_patches,
-                out,
-                force,
-            };
-            let report = synth::synth(&opts, &progress_bar(0, "synth"))?;
-            let verb = if report.outcome == synth::Outcome::UpToDate {
-                "already there"
-            } else {
-                "made"
-            };
-            println!(
-                "{}: {verb}: {} patients, {} patches ({:.1}% IDC, {} edge crops) in {:.1}s",
-                opts.out.shown(),
-                report.patients,
-                report.patches,
-                100.0 * report.idc as f64 / report.patches as f64,
-                report.edge_crops,
-                start.elapsed().as_secs_f64()
-            );
-        }
+        } => synth(SynthOptions {
+            patients,
+            seed,
+            mean_patches,
+            out,
+            force,
+        }),
         Command::Build {
             source,
             out,
@@ -139,64 +121,89 @@ fn run(args: Args) -> Result<()> {
             force,
             on_collision,
             strict,
-        } => {
-            let start = Instant::now();
-            let split = SplitConfig {
+        } => build_split(BuildOptions {
+            source,
+            out,
+            split: SplitConfig {
                 by: split_by,
                 test_fraction,
                 val_fraction,
                 seed,
-            };
-            let report = build(&BuildOptions {
-                source: source.clone(),
-                out: out.clone(),
-                split,
-                force,
-                on_collision,
-                strict,
-            })?;
-            eprint!("{}", report.scan.warnings(20));
-            println!("{report}");
-            match report.outcome {
-                Outcome::UpToDate => {
-                    println!("{}: already holds this split; nothing written", out.shown())
-                }
-                Outcome::Built => println!(
-                    "{}: {} hard links, {} copies, manifest {} in {:.1}s",
-                    out.shown(),
-                    report.linked,
-                    report.copied,
-                    out.join(manifest::FILE_NAME).shown(),
-                    start.elapsed().as_secs_f64()
-                ),
-            }
-        }
+            },
+            force,
+            on_collision,
+            strict,
+        }),
         Command::Scan {
             dir,
             max_listed,
             strict,
-        } => {
-            let scan = Scan::dir(&dir)?;
-            let [c0, c1] = scan.class_counts();
-            let patients: std::collections::BTreeSet<&str> = scan
-                .patches
-                .iter()
-                .map(|p| p.name.patient.as_str())
-                .collect();
-            println!(
-                "{}: {} patches ({c0} class 0, {c1} class 1), {} patients, {} problem files, {} collisions, {} duplicates",
-                dir.shown(),
-                c0 + c1,
-                patients.len(),
-                scan.problems.len(),
-                scan.collisions.len(),
-                scan.duplicates
-            );
-            eprint!("{}", scan.warnings(max_listed));
-            if strict {
-                scan.strict(&dir)?;
-            }
+        } => scan(&dir, max_listed, strict),
+    }
+}
+
+fn synth(opts: SynthOptions) -> Result<()> {
+    let start = Instant::now();
+    let report = synth::synth(&opts, &progress_bar(0, "synth"))?;
+    let verb = if report.outcome == synth::Outcome::UpToDate {
+        "already there"
+    } else {
+        "made"
+    };
+    println!(
+        "{}: {verb}: {} patients, {} patches ({:.1}% IDC, {} edge crops) in {:.1}s",
+        opts.out.shown(),
+        report.patients,
+        report.patches,
+        100.0 * report.idc as f64 / report.patches as f64,
+        report.edge_crops,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn build_split(opts: BuildOptions) -> Result<()> {
+    let start = Instant::now();
+    let report = build(&opts)?;
+    let out = &opts.out;
+    eprint!("{}", report.scan.warnings(20));
+    println!("{report}");
+    match report.outcome {
+        Outcome::UpToDate => {
+            println!("{}: already holds this split; nothing written", out.shown())
         }
+        Outcome::Built => println!(
+            "{}: {} hard links, {} copies, manifest {} in {:.1}s",
+            out.shown(),
+            report.linked,
+            report.copied,
+            out.join(manifest::FILE_NAME).shown(),
+            start.elapsed().as_secs_f64()
+        ),
+    }
+    Ok(())
+}
+
+fn scan(dir: &Path, max_listed: usize, strict: bool) -> Result<()> {
+    let scan = Scan::dir(dir)?;
+    let [c0, c1] = scan.class_counts();
+    let patients: std::collections::BTreeSet<&str> = scan
+        .patches
+        .iter()
+        .map(|p| p.name.patient.as_str())
+        .collect();
+    println!(
+        "{}: {} patches ({c0} class 0, {c1} class 1), {} patients, {} problem files, {} collisions, {} duplicates",
+        dir.shown(),
+        c0 + c1,
+        patients.len(),
+        scan.problems.len(),
+        scan.collisions.len(),
+        scan.duplicates
+    );
+    eprint!("{}", scan.warnings(max_listed));
+    if strict {
+        scan.strict(dir)?;
     }
     Ok(())
 }

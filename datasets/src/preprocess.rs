@@ -4,6 +4,7 @@
 //! (`to_metadata` / `from_metadata`), so both sides agree by construction.
 
 use anyhow::{Context, Result, bail};
+use common::choice::Choice;
 use common::text::Shown;
 use image::{ImageReader, Limits, RgbImage};
 use std::collections::HashMap;
@@ -20,9 +21,7 @@ pub const MAX_FILE_BYTES: u64 = 64 << 20;
 pub const MAX_PIXELS: u64 = 64 << 20;
 
 /// Resize filter. `nearest` is what Keras' `load_img(target_size=...)` (the tutorial) uses.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Filter {
     Nearest,
@@ -31,26 +30,14 @@ pub enum Filter {
     Lanczos3,
 }
 
-impl Filter {
-    pub fn name(self) -> &'static str {
-        match self {
-            Filter::Nearest => "nearest",
-            Filter::Bilinear => "bilinear",
-            Filter::Bicubic => "bicubic",
-            Filter::Lanczos3 => "lanczos3",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Filter> {
-        [
-            Filter::Nearest,
-            Filter::Bilinear,
-            Filter::Bicubic,
-            Filter::Lanczos3,
-        ]
-        .into_iter()
-        .find(|f| f.name() == name)
-    }
+/// The names are serde's too (lowercase): configs, metadata and flags spell them alike.
+impl Choice for Filter {
+    const CHOICES: &'static [(Filter, &'static str, &'static str)] = &[
+        (Filter::Nearest, "nearest", ""),
+        (Filter::Bilinear, "bilinear", ""),
+        (Filter::Bicubic, "bicubic", ""),
+        (Filter::Lanczos3, "lanczos3", ""),
+    ];
 }
 
 /// Why an image could not be used.
@@ -247,6 +234,16 @@ pub fn resize_nearest(img: &RgbImage, w: u32, h: u32) -> RgbImage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filter_names_are_serdes() {
+        for &(filter, name, _) in Filter::CHOICES {
+            assert_eq!(
+                serde_json::to_string(&filter).unwrap(),
+                format!("\"{name}\"")
+            );
+        }
+    }
     use image::{DynamicImage, ImageFormat, Rgb};
 
     fn encode(img: DynamicImage, format: ImageFormat) -> Vec<u8> {

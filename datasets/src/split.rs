@@ -6,15 +6,31 @@
 
 use crate::rng::Rng;
 use crate::scan::Patch;
+use common::choice::Choice;
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SplitBy {
-    /// Every patient's patches in one split, splits stratified by IDC share (default).
     Patient,
-    /// The tutorial's random image-level split (leaks patients across splits; for comparison).
     Image,
 }
+
+impl Choice for SplitBy {
+    const CHOICES: &'static [(SplitBy, &'static str, &'static str)] = &[
+        (
+            SplitBy::Patient,
+            "patient",
+            "Every patient's patches in one split, splits stratified by IDC share (default)",
+        ),
+        (
+            SplitBy::Image,
+            "image",
+            "The tutorial's random image-level split (leaks patients across splits; for comparison)",
+        ),
+    ];
+}
+
+common::display_as_choice!(SplitBy);
 
 /// How to split. Fractions follow the tutorial: 20% of all patches for testing, then 10% of
 /// the rest for validation.

@@ -70,6 +70,13 @@ pub struct Tile {
     pub look: f64,
 }
 
+impl Tile {
+    /// The value between a healthy tile's and an IDC tile's that the tile's look gives.
+    fn mix(&self, healthy: f64, idc: f64) -> f64 {
+        healthy + (idc - healthy) * self.look
+    }
+}
+
 /// A patient's slide: stain and tiles, fully determined by (seed, patient index).
 #[derive(Debug, Clone)]
 pub struct Slide {
@@ -87,17 +94,33 @@ pub struct Stain {
     pub e_strength: f32,
 }
 
-impl Slide {
-    pub fn plan(seed: u64, index: usize, mean_patches: f64) -> Slide {
-        let mut rng = Rng::derive(seed, index as u64);
-        let patient = (8900 + 28 * index).to_string();
+impl Stain {
+    /// The reference H&E vectors and strengths, jittered.
+    fn draw(rng: &mut Rng) -> Stain {
         let jitter = |rng: &mut Rng, v: [f32; 3]| v.map(|c| c * rng.range(0.85, 1.15) as f32);
-        let stain = Stain {
-            hematoxylin: jitter(&mut rng, [0.65, 0.70, 0.29]),
-            eosin: jitter(&mut rng, [0.07, 0.99, 0.11]),
+        Stain {
+            hematoxylin: jitter(rng, [0.65, 0.70, 0.29]),
+            eosin: jitter(rng, [0.07, 0.99, 0.11]),
             h_strength: rng.range(0.75, 1.25) as f32,
             e_strength: rng.range(0.7, 1.3) as f32,
-        };
+        }
+    }
+}
+
+/// Where a slide's tissue and IDC regions lie on its tile grid.
+struct Layout {
+    cols: i64,
+    rows: i64,
+    /// IDC regions: centre (column, row) and radius, in tiles.
+    centres: Vec<(f64, f64, f64)>,
+    /// The tissue outline's wobble: phase and amplitude.
+    wobble: (f64, f64),
+    /// Pixels cut off the last column and row.
+    cut: (u32, u32),
+}
+
+impl Layout {
+    fn draw(rng: &mut Rng, mean_patches: f64) -> Layout {
         let n = (mean_patches * (1.0 + 0.35 * rng.normal()))
             .clamp(mean_patches * 0.15, mean_patches * 2.5);
         let aspect = rng.range(0.7, 1.4);
@@ -130,50 +153,80 @@ impl Slide {
                 0
             }
         };
-        let (cut_x, cut_y) = (cut(), cut());
+        let cut = (cut(), cut());
+        Layout {
+            cols,
+            rows,
+            centres,
+            wobble,
+            cut,
+        }
+    }
+
+    /// The tile at (`r`, `c`), when it holds tissue: a wobbly ellipse that touches the slide's
+    /// right and bottom edges.
+    fn tile(&self, rng: &mut Rng, patient: &str, r: i64, c: i64) -> Option<Tile> {
+        let (cols, rows) = (self.cols, self.rows);
+        let (dx, dy) = (
+            (c as f64 + 0.5) / cols as f64 * 2.0 - 1.0,
+            (r as f64 + 0.5) / rows as f64 * 2.0 - 1.0,
+        );
+        let angle = dy.atan2(dx);
+        let (phase, amplitude) = self.wobble;
+        if (dx * dx + dy * dy).sqrt() > 1.08 + amplitude * (3.0 * angle + phase).sin() {
+            return None;
+        }
+        // Distance inside the nearest IDC region, in radii (> 0 inside).
+        let depth = self
+            .centres
+            .iter()
+            .map(|&(bx, by, br)| {
+                1.0 - ((c as f64 - bx).powi(2) + (r as f64 - by).powi(2)).sqrt() / br
+            })
+            .fold(f64::NEG_INFINITY, f64::max);
+        let class = u8::from(depth > 0.0);
+        let mut look = 1.0 / (1.0 + (-depth * 5.0).exp()) + 0.12 * rng.normal();
+        // Look-alikes of the other class: lymphocyte-rich stroma, low-grade IDC.
+        if rng.bool(0.06) {
+            look = if class == 1 {
+                rng.range(0.15, 0.4)
+            } else {
+                rng.range(0.6, 0.85)
+            };
+        }
+        let name = PatchName {
+            patient: patient.to_string(),
+            x: c as u32 * PATCH + 1,
+            y: r as u32 * PATCH + 1,
+            class,
+        };
+        Some(Tile {
+            name,
+            width: if c == cols - 1 {
+                PATCH - self.cut.0
+            } else {
+                PATCH
+            },
+            height: if r == rows - 1 {
+                PATCH - self.cut.1
+            } else {
+                PATCH
+            },
+            look: look.clamp(0.0, 1.0),
+        })
+    }
+}
+
+impl Slide {
+    pub fn plan(seed: u64, index: usize, mean_patches: f64) -> Slide {
+        let mut rng = Rng::derive(seed, index as u64);
+        let patient = (8900 + 28 * index).to_string();
+        let stain = Stain::draw(&mut rng);
+        let layout = Layout::draw(&mut rng, mean_patches);
         let mut tiles = Vec::new();
-        for r in 0..rows {
-            for c in 0..cols {
-                // Tissue: a wobbly ellipse that touches the slide's right and bottom edges.
-                let (dx, dy) = (
-                    (c as f64 + 0.5) / cols as f64 * 2.0 - 1.0,
-                    (r as f64 + 0.5) / rows as f64 * 2.0 - 1.0,
-                );
-                let angle = dy.atan2(dx);
-                if (dx * dx + dy * dy).sqrt() > 1.08 + wobble.1 * (3.0 * angle + wobble.0).sin() {
-                    continue;
-                }
-                // Distance inside the nearest IDC region, in radii (> 0 inside).
-                let depth = centres
-                    .iter()
-                    .map(|&(bx, by, br)| {
-                        1.0 - ((c as f64 - bx).powi(2) + (r as f64 - by).powi(2)).sqrt() / br
-                    })
-                    .fold(f64::NEG_INFINITY, f64::max);
-                let class = u8::from(depth > 0.0);
-                let mut look = 1.0 / (1.0 + (-depth * 5.0).exp()) + 0.12 * rng.normal();
-                // Look-alikes of the other class: lymphocyte-rich stroma, low-grade IDC.
-                if rng.bool(0.06) {
-                    look = if class == 1 {
-                        rng.range(0.15, 0.4)
-                    } else {
-                        rng.range(0.6, 0.85)
-                    };
-                }
-                let width = if c == cols - 1 { PATCH - cut_x } else { PATCH };
-                let height = if r == rows - 1 { PATCH - cut_y } else { PATCH };
-                let name = PatchName {
-                    patient: patient.clone(),
-                    x: c as u32 * PATCH + 1,
-                    y: r as u32 * PATCH + 1,
-                    class,
-                };
-                tiles.push(Tile {
-                    name,
-                    width,
-                    height,
-                    look: look.clamp(0.0, 1.0),
-                });
+        for r in 0..layout.rows {
+            for c in 0..layout.cols {
+                tiles.extend(layout.tile(&mut rng, &patient, r, c));
             }
         }
         Slide {
@@ -187,28 +240,9 @@ impl Slide {
 /// Renders one tile as an H&E-like RGB image.
 pub fn render(tile: &Tile, stain: &Stain, rng: &mut Rng) -> RgbImage {
     let (w, h) = (tile.width as usize, tile.height as usize);
-    let a = tile.look;
-    let lerp = |lo: f64, hi: f64| lo + (hi - lo) * a;
-    let mut hema = vec![0f32; w * h];
-    let mut eos = vec![0f32; w * h];
-    // Stroma: eosin with fibres along a random direction.
-    let (dir, freq, phase) = (
-        rng.range(0.0, std::f64::consts::PI),
-        rng.range(0.15, 0.45),
-        rng.range(0.0, std::f64::consts::TAU),
-    );
-    let (kx, ky) = ((dir.cos() * freq) as f32, (dir.sin() * freq) as f32);
-    let e0 = lerp(0.32, 0.22) as f32 * stain.e_strength;
-    // Cytoplasm: tumour tissue has a purple cast.
-    hema.fill(lerp(0.03, 0.22) as f32 * stain.h_strength);
-    for y in 0..h {
-        for x in 0..w {
-            let fibre = 0.5 + 0.5 * (kx * x as f32 + ky * y as f32 + phase as f32).sin();
-            eos[y * w + x] = e0 * (0.35 + 0.65 * fibre * fibre);
-        }
-    }
+    let (mut hema, mut eos) = stroma(tile, stain, rng);
     // Fat: white holes, mostly in healthy tissue.
-    let holes = (lerp(4.0, 0.2) * rng.range(0.0, 2.0)) as usize;
+    let holes = (tile.mix(4.0, 0.2) * rng.range(0.0, 2.0)) as usize;
     for _ in 0..holes {
         let (cx, cy, r) = (
             rng.range(0.0, w as f64),
@@ -224,40 +258,7 @@ pub fn render(tile: &Tile, stain: &Stain, rng: &mut Rng) -> RgbImage {
             true,
         );
     }
-    // Nuclei: IDC has more, larger, darker, irregular and clustered ones.
-    let count = (lerp(7.0, 42.0) * rng.range(0.75, 1.25)) as usize;
-    let clusters: Vec<(f64, f64)> = (0..3)
-        .map(|_| (rng.range(0.0, w as f64), rng.range(0.0, h as f64)))
-        .collect();
-    for _ in 0..count {
-        let (cx, cy) = if rng.bool(a * 0.7) {
-            let (px, py) = clusters[rng.below(3) as usize];
-            (px + 6.0 * rng.normal(), py + 6.0 * rng.normal())
-        } else {
-            (
-                rng.range(-2.0, w as f64 + 2.0),
-                rng.range(-2.0, h as f64 + 2.0),
-            )
-        };
-        let size = lerp(1.8, 3.6) * rng.range(0.7, 1.3);
-        let elong = 1.0 + lerp(0.1, 0.6) * rng.f64();
-        let dark = (lerp(0.55, 0.85) * rng.range(0.85, 1.15)) as f32 * stain.h_strength;
-        let shape = (
-            cx,
-            cy,
-            size * elong,
-            size / elong,
-            rng.range(0.0, std::f64::consts::PI),
-        );
-        stamp(
-            &mut [&mut hema],
-            w,
-            h,
-            shape,
-            |d2| dark * (1.0 - 0.35 * d2 as f32),
-            false,
-        );
-    }
+    nuclei(&mut hema, tile, stain, rng);
     let mut img = RgbImage::new(tile.width, tile.height);
     for (i, px) in img.pixels_mut().enumerate() {
         let noise = 0.04 * rng.normal() as f32;
@@ -267,6 +268,67 @@ pub fn render(tile: &Tile, stain: &Stain, rng: &mut Rng) -> RgbImage {
         }
     }
     img
+}
+
+/// The haematoxylin and eosin density planes of the tile's stroma: eosin with fibres along a
+/// random direction, and cytoplasm (tumour tissue has a purple cast).
+fn stroma(tile: &Tile, stain: &Stain, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
+    let (w, h) = (tile.width as usize, tile.height as usize);
+    let (dir, freq, phase) = (
+        rng.range(0.0, std::f64::consts::PI),
+        rng.range(0.15, 0.45),
+        rng.range(0.0, std::f64::consts::TAU),
+    );
+    let (kx, ky) = ((dir.cos() * freq) as f32, (dir.sin() * freq) as f32);
+    let e0 = tile.mix(0.32, 0.22) as f32 * stain.e_strength;
+    let hema = vec![tile.mix(0.03, 0.22) as f32 * stain.h_strength; w * h];
+    let mut eos = vec![0f32; w * h];
+    for y in 0..h {
+        for x in 0..w {
+            let fibre = 0.5 + 0.5 * (kx * x as f32 + ky * y as f32 + phase as f32).sin();
+            eos[y * w + x] = e0 * (0.35 + 0.65 * fibre * fibre);
+        }
+    }
+    (hema, eos)
+}
+
+/// Nuclei into the haematoxylin plane: IDC has more, larger, darker, irregular and clustered
+/// ones.
+fn nuclei(hema: &mut Vec<f32>, tile: &Tile, stain: &Stain, rng: &mut Rng) {
+    let (w, h) = (tile.width as usize, tile.height as usize);
+    let count = (tile.mix(7.0, 42.0) * rng.range(0.75, 1.25)) as usize;
+    let clusters: Vec<(f64, f64)> = (0..3)
+        .map(|_| (rng.range(0.0, w as f64), rng.range(0.0, h as f64)))
+        .collect();
+    for _ in 0..count {
+        let (cx, cy) = if rng.bool(tile.look * 0.7) {
+            let (px, py) = clusters[rng.below(3) as usize];
+            (px + 6.0 * rng.normal(), py + 6.0 * rng.normal())
+        } else {
+            (
+                rng.range(-2.0, w as f64 + 2.0),
+                rng.range(-2.0, h as f64 + 2.0),
+            )
+        };
+        let size = tile.mix(1.8, 3.6) * rng.range(0.7, 1.3);
+        let elong = 1.0 + tile.mix(0.1, 0.6) * rng.f64();
+        let dark = (tile.mix(0.55, 0.85) * rng.range(0.85, 1.15)) as f32 * stain.h_strength;
+        let shape = (
+            cx,
+            cy,
+            size * elong,
+            size / elong,
+            rng.range(0.0, std::f64::consts::PI),
+        );
+        stamp(
+            &mut [hema],
+            w,
+            h,
+            shape,
+            |d2| dark * (1.0 - 0.35 * d2 as f32),
+            false,
+        );
+    }
 }
 
 /// Draws an ellipse (cx, cy, rx, ry, angle) into the density planes: `value(d2)` at normalised

@@ -6,7 +6,7 @@
 use datasets::CLASS_NAMES;
 use std::fmt;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ClassStats {
     pub precision: f64,
     pub recall: f64,
@@ -14,7 +14,7 @@ pub struct ClassStats {
     pub support: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
     /// Probability of IDC at or above which a patch is called IDC.
     pub threshold: f64,

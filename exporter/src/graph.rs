@@ -242,133 +242,154 @@ pub fn graph<B: Backend>(
     fold_bn: bool,
     tta: bool,
 ) -> Result<GraphProto> {
-    if model.blocks.len() != cfg.widths.len() {
-        bail!(
-            "checkpoint has {} blocks, the model config {}: was it trained with another model config?",
-            model.blocks.len(),
-            cfg.widths.len()
-        );
-    }
     let mut g = Builder {
         nodes: Vec::new(),
         initializers: Vec::new(),
     };
-    let mut x = if tta {
+    let x = if tta {
         g.dihedral(INPUT)
     } else {
         INPUT.to_string()
     };
-    let mut c_in = cfg.channels as i64;
-    for (b, (block, (&width, &depth))) in model
-        .blocks
-        .iter()
-        .zip(cfg.widths.iter().zip(&cfg.depths))
-        .enumerate()
-    {
-        if block.units.len() != depth {
-            bail!(
-                "checkpoint block {} has {} units, the model config {depth}",
-                b + 1,
-                block.units.len()
-            );
-        }
-        let w = width as i64;
-        for (u, unit) in block.units.iter().enumerate() {
-            let p = format!("block{}.sepconv{}", b + 1, u + 1);
-            x = g.conv(
-                &format!("{p}.depthwise"),
-                x,
-                &unit.sepconv.depthwise,
-                [c_in, 1, 3, 3],
-                c_in,
-            )?;
-            x = g.conv(
-                &format!("{p}.pointwise"),
-                x,
-                &unit.sepconv.pointwise,
-                [w, c_in, 1, 1],
-                1,
-            )?;
-            x = g.node("Relu", &format!("{p}.relu"), vec![x], vec![]);
-            x = g.batch_norm(&format!("block{}.bn{}", b + 1, u + 1), x, &unit.bn, w)?;
-            c_in = w;
-        }
-        let pool = vec![
-            AttributeProto::from_ints("kernel_shape", vec![2, 2]),
-            AttributeProto::from_ints("strides", vec![2, 2]),
-        ];
-        x = g.node("MaxPool", &format!("block{}.maxpool", b + 1), vec![x], pool);
-    }
-    x = g.node(
-        "Flatten",
-        "flatten",
-        vec![x],
-        vec![AttributeProto::from_int("axis", 1)],
-    );
-    let (flat, dense, classes) = (
-        cfg.flat_features() as i64,
-        cfg.dense as i64,
-        cfg.classes as i64,
-    );
-    let (w, bias) = linear(&model.dense);
-    x = g.gemm("dense", x, w, bias, [flat, dense])?;
-    x = g.node("Relu", "dense.relu", vec![x], vec![]);
-    let (w, bias) = if fold_bn {
-        fold_bn_into(&model.dense_bn, &model.head)
-    } else {
-        x = g.batch_norm("dense_bn", x, &model.dense_bn, dense)?;
-        linear(&model.head)
-    };
-    let mut logits = g.gemm("head", x, w, bias, [dense, classes])?;
-    let mut out = g.node(
-        "Softmax",
-        "softmax",
-        vec![logits.clone()],
-        vec![AttributeProto::from_int("axis", 1)],
-    );
+    let x = g.features(model, cfg, x)?;
+    let (mut logits, mut out) = g.classifier(model, cfg, x, fold_bn)?;
     if tta {
-        // The eight views' probabilities averaged; logits = log(probabilities), so that
-        // softmax(logits) is still the probabilities.
-        let shape = g.int64s("tta.shape", vec![DIHEDRAL, -1, classes]);
-        let grouped = g.node("Reshape", "tta.reshape", vec![out, shape], vec![]);
-        out = g.node(
-            "ReduceMean",
-            "tta.mean",
-            vec![grouped],
-            vec![
-                AttributeProto::from_ints("axes", vec![0]),
-                AttributeProto::from_int("keepdims", 0),
-            ],
-        );
-        logits = g.node("Log", "tta.log", vec![out.clone()], vec![]);
+        (logits, out) = g.mean_of_views(out, cfg.classes as i64);
     }
     // Name the graph's outputs: rename the last nodes' outputs.
     rename_output(&mut g.nodes, &logits, LOGITS);
     rename_output(&mut g.nodes, &out, PROBABILITIES);
+    Ok(g.into_graph(cfg))
+}
 
-    let side = cfg.input_size as i64;
-    let image_dims = vec![
-        Dimension::symbolic(BATCH_DIM),
-        Dimension::fixed(cfg.channels as i64),
-        Dimension::fixed(side),
-        Dimension::fixed(side),
-    ];
-    let out_dims = || vec![Dimension::symbolic(BATCH_DIM), Dimension::fixed(classes)];
-    Ok(GraphProto {
-        node: g.nodes,
-        name: Some("CancerNet".into()),
-        initializer: g.initializers,
-        doc_string: Some(
-            "CancerNet (depthwise-separable CNN) for IDC vs healthy 50x50 breast histology patches"
-                .into(),
-        ),
-        input: vec![ValueInfoProto::tensor(INPUT, DataType::Float, image_dims)],
-        output: vec![
-            ValueInfoProto::tensor(PROBABILITIES, DataType::Float, out_dims()),
-            ValueInfoProto::tensor(LOGITS, DataType::Float, out_dims()),
-        ],
-        value_info: vec![],
-    })
+impl Builder {
+    /// The separable-conv blocks: per unit depthwise 3x3, pointwise 1x1, ReLU, BatchNorm; per
+    /// block a 2x2 max pool.
+    fn features<B: Backend>(
+        &mut self,
+        model: &CancerNet<B>,
+        cfg: &CancerNetConfig,
+        mut x: String,
+    ) -> Result<String> {
+        if model.blocks.len() != cfg.widths.len() {
+            bail!(
+                "checkpoint has {} blocks, the model config {}: was it trained with another model config?",
+                model.blocks.len(),
+                cfg.widths.len()
+            );
+        }
+        let mut c_in = cfg.channels as i64;
+        let shapes = cfg.widths.iter().zip(&cfg.depths);
+        for (b, (block, (&width, &depth))) in model.blocks.iter().zip(shapes).enumerate() {
+            if block.units.len() != depth {
+                bail!(
+                    "checkpoint block {} has {} units, the model config {depth}",
+                    b + 1,
+                    block.units.len()
+                );
+            }
+            let w = width as i64;
+            for (u, unit) in block.units.iter().enumerate() {
+                let p = format!("block{}.sepconv{}", b + 1, u + 1);
+                let sep = &unit.sepconv;
+                x = self.conv(
+                    &format!("{p}.depthwise"),
+                    x,
+                    &sep.depthwise,
+                    [c_in, 1, 3, 3],
+                    c_in,
+                )?;
+                x = self.conv(
+                    &format!("{p}.pointwise"),
+                    x,
+                    &sep.pointwise,
+                    [w, c_in, 1, 1],
+                    1,
+                )?;
+                x = self.node("Relu", &format!("{p}.relu"), vec![x], vec![]);
+                x = self.batch_norm(&format!("block{}.bn{}", b + 1, u + 1), x, &unit.bn, w)?;
+                c_in = w;
+            }
+            let pool = vec![
+                AttributeProto::from_ints("kernel_shape", vec![2, 2]),
+                AttributeProto::from_ints("strides", vec![2, 2]),
+            ];
+            x = self.node("MaxPool", &format!("block{}.maxpool", b + 1), vec![x], pool);
+        }
+        Ok(x)
+    }
+
+    /// Flatten, dense + ReLU, BatchNorm (or folded into the head), head, softmax: the logits'
+    /// and the probabilities' names.
+    fn classifier<B: Backend>(
+        &mut self,
+        model: &CancerNet<B>,
+        cfg: &CancerNetConfig,
+        x: String,
+        fold_bn: bool,
+    ) -> Result<(String, String)> {
+        let axis1 = || vec![AttributeProto::from_int("axis", 1)];
+        let mut x = self.node("Flatten", "flatten", vec![x], axis1());
+        let (flat, dense, classes) = (
+            cfg.flat_features() as i64,
+            cfg.dense as i64,
+            cfg.classes as i64,
+        );
+        let (w, bias) = linear(&model.dense);
+        x = self.gemm("dense", x, w, bias, [flat, dense])?;
+        x = self.node("Relu", "dense.relu", vec![x], vec![]);
+        let (w, bias) = if fold_bn {
+            fold_bn_into(&model.dense_bn, &model.head)
+        } else {
+            x = self.batch_norm("dense_bn", x, &model.dense_bn, dense)?;
+            linear(&model.head)
+        };
+        let logits = self.gemm("head", x, w, bias, [dense, classes])?;
+        let out = self.node("Softmax", "softmax", vec![logits.clone()], axis1());
+        Ok((logits, out))
+    }
+
+    /// The eight views' probabilities averaged; logits = log(probabilities), so that
+    /// softmax(logits) is still the probabilities.
+    fn mean_of_views(&mut self, probabilities: String, classes: i64) -> (String, String) {
+        let shape = self.int64s("tta.shape", vec![DIHEDRAL, -1, classes]);
+        let grouped = self.node("Reshape", "tta.reshape", vec![probabilities, shape], vec![]);
+        let mean = vec![
+            AttributeProto::from_ints("axes", vec![0]),
+            AttributeProto::from_int("keepdims", 0),
+        ];
+        let out = self.node("ReduceMean", "tta.mean", vec![grouped], mean);
+        let logits = self.node("Log", "tta.log", vec![out.clone()], vec![]);
+        (logits, out)
+    }
+
+    /// The graph of the nodes built, with its named, typed input and outputs.
+    fn into_graph(self, cfg: &CancerNetConfig) -> GraphProto {
+        let side = cfg.input_size as i64;
+        let image_dims = vec![
+            Dimension::symbolic(BATCH_DIM),
+            Dimension::fixed(cfg.channels as i64),
+            Dimension::fixed(side),
+            Dimension::fixed(side),
+        ];
+        let classes = cfg.classes as i64;
+        let out_dims = || vec![Dimension::symbolic(BATCH_DIM), Dimension::fixed(classes)];
+        GraphProto {
+            node: self.nodes,
+            name: Some("CancerNet".into()),
+            initializer: self.initializers,
+            doc_string: Some(
+                "CancerNet (depthwise-separable CNN) for IDC vs healthy 50x50 breast histology patches"
+                    .into(),
+            ),
+            input: vec![ValueInfoProto::tensor(INPUT, DataType::Float, image_dims)],
+            output: vec![
+                ValueInfoProto::tensor(PROBABILITIES, DataType::Float, out_dims()),
+                ValueInfoProto::tensor(LOGITS, DataType::Float, out_dims()),
+            ],
+            value_info: vec![],
+        }
+    }
 }
 
 fn rename_output(nodes: &mut [NodeProto], from: &str, to: &str) {

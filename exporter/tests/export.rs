@@ -12,7 +12,7 @@ use std::process::Command;
 use trainer::checkpoint;
 
 fn small() -> CancerNetConfig {
-    CancerNetConfig::new()
+    CancerNetConfig::default()
         .with_input_size(32)
         .with_widths(vec![8, 16])
         .with_depths(vec![2, 1])
@@ -22,7 +22,7 @@ fn small() -> CancerNetConfig {
 #[test]
 fn same_checkpoint_gives_identical_bytes_and_a_named_standard_graph() {
     let tmp = tempfile::tempdir().unwrap();
-    checkpoint::write_random_run(tmp.path(), &CancerNetConfig::new(), 1).unwrap();
+    checkpoint::write_random_run(tmp.path(), &CancerNetConfig::default(), 1).unwrap();
     let loaded = load(tmp.path(), Some(Checkpoint::Best)).unwrap();
     let a = to_onnx(&loaded, true, false).unwrap();
     let b = to_onnx(
@@ -175,7 +175,7 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
     });
     assert!(e.contains("epoch-007"), "{e}");
     // A checkpoint of another model config.
-    CancerNetConfig::new()
+    CancerNetConfig::default()
         .save(run.join(checkpoint::MODEL_CONFIG_FILE))
         .unwrap();
     let e = err(Options::new(&run, &out));

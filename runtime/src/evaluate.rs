@@ -9,8 +9,8 @@ use common::Shown;
 use common::fsutil::{AtomicFile, write_atomic};
 use datasets::Problem;
 use datasets::scan::{kaggle_duplicates_text, listed};
+use evaluation::patients::{PatientCounts, PatientRow};
 use evaluation::report::{Report, roc_curve};
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -127,16 +127,6 @@ impl Context {
     }
 }
 
-/// One patient's row: patches, true and predicted IDC share, accuracy.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PatientRow {
-    pub patient: String,
-    pub patches: usize,
-    pub true_idc_share: Option<f64>,
-    pub predicted_idc_share: f64,
-    pub accuracy: Option<f64>,
-}
-
 /// What `eval` and `predict` keep while the images stream past: the labelled (label,
 /// probability) pairs for the report and the ROC curve (5 bytes an image), counts per patient,
 /// and the predictions CSV, written row by row. With neighbour context every image waits in
@@ -149,17 +139,8 @@ pub struct Tally {
     pub predicted_idc: usize,
     pub labels: Vec<u8>,
     pub probs: Vec<f32>,
-    patients: BTreeMap<String, Counts>,
+    patients: PatientCounts,
     predictions: Option<csv::Writer<AtomicFile>>,
-}
-
-#[derive(Default)]
-struct Counts {
-    patches: usize,
-    labelled: usize,
-    true_idc: usize,
-    predicted_idc: usize,
-    correct: usize,
 }
 
 impl Tally {
@@ -194,7 +175,7 @@ impl Tally {
             predicted_idc: 0,
             labels: Vec::new(),
             probs: Vec::new(),
-            patients: BTreeMap::new(),
+            patients: PatientCounts::default(),
             predictions,
         })
     }
@@ -238,17 +219,7 @@ impl Tally {
             .name
             .as_ref()
             .map_or("(unnamed)", |n| n.patient.as_str());
-        if !self.patients.contains_key(patient) {
-            self.patients.insert(patient.to_string(), Counts::default());
-        }
-        let c = self.patients.get_mut(patient).expect("just inserted");
-        c.patches += 1;
-        c.predicted_idc += usize::from(idc);
-        if let Some(label) = item.label {
-            c.labelled += 1;
-            c.true_idc += usize::from(label == 1);
-            c.correct += usize::from(label == u8::from(idc));
-        }
+        self.patients.add(patient, item.label, idc);
         if let Some(w) = &mut self.predictions {
             let opt = |v: Option<String>| v.unwrap_or_default();
             w.write_record([
@@ -271,20 +242,7 @@ impl Tally {
 
     /// One row per patient (true share and accuracy only where every patch is labelled).
     pub fn patient_rows(&self) -> Vec<PatientRow> {
-        self.patients
-            .iter()
-            .map(|(patient, c)| {
-                let n = c.patches as f64;
-                let labelled = c.labelled == c.patches;
-                PatientRow {
-                    patient: patient.clone(),
-                    patches: c.patches,
-                    true_idc_share: labelled.then(|| c.true_idc as f64 / n),
-                    predicted_idc_share: c.predicted_idc as f64 / n,
-                    accuracy: labelled.then(|| c.correct as f64 / n),
-                }
-            })
-            .collect()
+        self.patients.rows()
     }
 
     /// Puts the predictions CSV in place (it is written to a temp file until then).
@@ -304,26 +262,6 @@ impl Tally {
             evaluation::report::roc_auc(&self.labels, &self.probs),
         )
     }
-}
-
-pub fn patient_table(rows: &[PatientRow]) -> String {
-    let mut s = format!(
-        "\n{:>10}{:>9}{:>12}{:>12}{:>10}\n",
-        "patient", "patches", "IDC true", "IDC pred", "accuracy"
-    );
-    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{:.1}%", 100.0 * v));
-    for r in rows {
-        let _ = writeln!(
-            s,
-            "{:>10}{:>9}{:>12}{:>12}{:>10}",
-            r.patient.shown(),
-            r.patches,
-            pct(r.true_idc_share),
-            pct(Some(r.predicted_idc_share)),
-            r.accuracy.map_or("-".into(), |a| format!("{a:.4}"))
-        );
-    }
-    s
 }
 
 /// The files a stream skipped: Kaggle's duplicates as a count, every other file named (at most

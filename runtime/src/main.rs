@@ -4,8 +4,9 @@
 use anyhow::{Result, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use common::Shown;
-use common::cli::{MAX_THREADS, exit_code, float_in, int_in, probability, progress_bar};
-use datasets::preprocess::{Filter, Preprocess};
+use common::cli::{MAX_THREADS, choice, exit_code, float_in, int_in, probability, progress_bar};
+use datasets::preprocess::{Filter, MAX_SIZE, MIN_SIZE, Preprocess};
+use datasets::scale::PatchScale;
 use runtime::evaluate::{self, RunInfo, Tally};
 use runtime::pipeline::{self, Pipeline, Streamed};
 use runtime::session::{Ep, Model, Options};
@@ -27,7 +28,7 @@ struct ModelArgs {
     #[arg(long, default_value = "models/cancernet.onnx")]
     model: PathBuf,
     /// Execution provider: auto tries CUDA then CPU; cuda fails loudly when it cannot run.
-    #[arg(long, value_enum, default_value_t = Ep::Auto)]
+    #[arg(long, value_parser = choice::<Ep>(), default_value_t = Ep::Auto)]
     ep: Ep,
     /// Images per inference batch (1 to 65536).
     #[arg(long, default_value_t = 256, value_parser = int_in::<1, 65536>)]
@@ -48,7 +49,7 @@ struct ModelArgs {
     #[arg(long, value_parser = input_size)]
     input_size: Option<u32>,
     /// Resize filter, for a model without the exporter's metadata.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Filter>())]
     resize_filter: Option<Filter>,
 }
 
@@ -179,7 +180,7 @@ enum Command {
 }
 
 fn input_size(s: &str) -> Result<u32, String> {
-    int_in::<8, 1024>(s).map(|v| v as u32)
+    int_in::<{ MIN_SIZE as usize }, { MAX_SIZE as usize }>(s).map(|v| v as u32)
 }
 
 fn context_weight(s: &str) -> Result<f64, String> {
@@ -247,6 +248,19 @@ fn pipeline_of(args: &ModelArgs) -> Pipeline {
     }
 }
 
+/// The size and scale of the patches the model was trained on, and where they come from.
+fn patch_scale(m: &Model, path: &Path) -> Result<(PatchScale, String)> {
+    Ok(match &m.contract.scale {
+        Ok(Some(p)) => (*p, "from the model's metadata".to_string()),
+        Ok(None) => (
+            PatchScale::default(),
+            "the Kaggle dataset's; the model's metadata has none (exported before it was written)"
+                .into(),
+        ),
+        Err(e) => bail!("{}: {e}", path.shown()),
+    })
+}
+
 /// Streams every image under `dir` through the model into a `Tally` (predictions CSV included).
 fn classify(dir: &Path, args: &ModelArgs, out: &OutputArgs) -> Result<(Tally, Streamed, RunInfo)> {
     let total = pipeline::count(dir)?;
@@ -300,7 +314,7 @@ fn finish(
         ),
     }
     if out.patients {
-        print!("{}", evaluate::patient_table(&patients));
+        print!("{}", evaluation::patients::table(&patients));
     }
     print!("{}", evaluate::skipped_text(streamed, 20));
     if let Some(path) = &out.json {
@@ -347,21 +361,11 @@ fn run(args: Args) -> Result<()> {
         } => {
             let selected = runtime::heatmap::select(&dir, &only, max_patients)?;
             let mut m = open(&model)?;
-            let context = settings::context(
-                &m.contract,
-                context.context,
-                context.context_weight,
-                &model.model,
-            )?;
-            runtime::heatmap::run(
-                selected,
-                &mut m,
-                &pipeline_of(&model),
-                context,
-                &out,
-                scale,
-                strict,
-            )
+            let c = &context;
+            let context =
+                settings::context(&m.contract, c.context, c.context_weight, &model.model)?;
+            let pipeline = pipeline_of(&model);
+            runtime::heatmap::run(selected, &mut m, &pipeline, context, &out, scale, strict)
         }
         Command::Slide {
             slides,
@@ -377,14 +381,7 @@ fn run(args: Args) -> Result<()> {
             let lib = runtime::openslide::load(openslide_lib.as_deref())?;
             let mut m = open(&model)?;
             let resolved = Resolved::new(&m.contract, flags(threshold, &context), &model.model)?;
-            let (patch, patch_source) = match &m.contract.scale {
-                Ok(Some(p)) => (*p, "from the model's metadata".to_string()),
-                Ok(None) => (
-                    Default::default(),
-                    "the Kaggle dataset's; the model's metadata has none (exported before it was written)".into(),
-                ),
-                Err(e) => bail!("{}: {e}", model.model.shown()),
-            };
+            let (patch, patch_source) = patch_scale(&m, &model.model)?;
             let settings = runtime::slide::Settings {
                 out,
                 mpp,

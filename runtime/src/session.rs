@@ -4,6 +4,7 @@
 use crate::ortlib::{self, OrtLib};
 use anyhow::{Context, Result, anyhow, bail};
 use common::Shown;
+use common::choice::Choice;
 use contract::Contract;
 use datasets::preprocess::{MAX_SIZE, MIN_SIZE, Preprocess};
 use ort::ep::{self, ExecutionProvider};
@@ -14,14 +15,30 @@ use std::collections::HashMap;
 use std::path::Path;
 
 /// Which execution provider to run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ep {
-    /// CUDA when it can be used, else CPU (the report says which ran).
     Auto,
     Cpu,
-    /// CUDA or a clear error (never a silent CPU run).
     Cuda,
 }
+
+impl Choice for Ep {
+    const CHOICES: &'static [(Ep, &'static str, &'static str)] = &[
+        (
+            Ep::Auto,
+            "auto",
+            "CUDA when it can be used, else CPU (the report says which ran)",
+        ),
+        (Ep::Cpu, "cpu", ""),
+        (
+            Ep::Cuda,
+            "cuda",
+            "CUDA or a clear error (never a silent CPU run)",
+        ),
+    ];
+}
+
+common::display_as_choice!(Ep);
 
 /// A loaded model: the session, what it expects, and where it runs.
 pub struct Model {

@@ -119,21 +119,26 @@ fn demo_chain_end_to_end() {
     assert!(dir.join("reports/roc.png").is_file());
 }
 
-/// The robust recipe's evaluation through the real binaries: the trainer reports the mean of the
-/// last epochs with precise BatchNorm statistics, TTA and neighbour context; `exporter` with no
-/// options ships that model with TTA in the graph and the context weight in its metadata;
-/// `runtime eval` on the same files applies both and prints the same report.
+/// The shipped robust recipe (`configs/cancernet-robust.yaml`, shortened to 2 epochs of 10
+/// steps, with a threshold chosen on the validation split for the best balanced accuracy)
+/// through the real binaries: the trainer reports the mean of the last epochs with precise
+/// BatchNorm statistics, TTA and neighbour context at that threshold; `exporter` with no options
+/// ships that model with TTA in the graph and the context weight and threshold in its metadata;
+/// `runtime eval` on the same files applies all of it and prints the same report, PR AUC and the
+/// per-patient table included.
 #[test]
 fn the_exported_model_is_the_one_the_robust_report_evaluated() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    std::fs::write(
-        dir.join("robust.yaml"),
-        "model:\n  bn_momentum: 0.9\ntrain:\n  epochs: 2\n  max_steps_per_epoch: 10\n  \
-         optimizer: adam\neval:\n  checkpoint: average\n  average_epochs: 2\n  \
-         precise_bn: true\n  tta: true\n  context: 0.5\n",
-    )
-    .unwrap();
+    let robust = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cancernet-robust.yaml");
+    let mut cfg = trainer::config::TrainConfig::load(&robust).unwrap();
+    // Short: two epochs, BatchNorm's running statistics quick to follow (the pitfall of short
+    // runs), the threshold chosen on validation.
+    cfg.train.epochs = 2;
+    cfg.train.max_steps_per_epoch = Some(10);
+    cfg.model.bn_momentum = 0.9;
+    cfg.eval.threshold = trainer::config::Threshold::Rule(trainer::config::ThresholdRule::MaxBac);
+    std::fs::write(dir.join("robust.yaml"), cfg.to_yaml().unwrap()).unwrap();
     run(
         dir,
         "datasets",
@@ -146,6 +151,16 @@ fn the_exported_model_is_the_one_the_robust_report_evaluated() {
     assert!(train.contains(line), "{line} missing from\n{train}");
     let line = "test-time augmentation (8 views), neighbour context (weight 0.5), threshold";
     assert!(train.contains(line), "{line} missing from\n{train}");
+    let test_report =
+        trainer::test_report::TestReport::read(&dir.join("models/cancernet")).unwrap();
+    let chosen = &test_report.threshold;
+    assert!(
+        !chosen.fixed
+            && chosen
+                .source
+                .contains("highest balanced accuracy on the validation"),
+        "{chosen:?}"
+    );
     let export = run(dir, "exporter", &[]);
     assert!(
         export.contains("test-time augmentation (8 views) in the graph")
@@ -156,18 +171,43 @@ fn the_exported_model_is_the_one_the_robust_report_evaluated() {
     let eval = run(
         dir,
         "runtime",
-        &["eval", "datasets/idc/testing", "--predictions", "ctx.csv"],
+        &[
+            "eval",
+            "datasets/idc/testing",
+            "--predictions",
+            "ctx.csv",
+            "--patients",
+            "--json",
+            "eval.json",
+        ],
     );
     assert_eq!(
         report_block(&train),
         report_block(&eval),
         "trainer and runtime reports differ"
     );
+    // The model's own threshold, chosen on validation, and the same per-patient table.
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("eval.json")).unwrap()).unwrap();
+    assert_eq!(
+        json["report"]["threshold"].as_f64(),
+        Some(test_report.threshold.threshold)
+    );
+    assert_eq!(
+        json["patients"],
+        serde_json::to_value(&test_report.per_patient).unwrap()
+    );
+    let table = evaluation::patients::table(&test_report.per_patient);
+    assert!(
+        test_report.per_patient.len() > 1 && eval.contains(&table),
+        "{table}\n{eval}"
+    );
     assert!(
         eval.contains("neighbour context (from the model's metadata): each patch's log-odds averaged with its grid neighbours' at weight 0.5"),
         "{eval}"
     );
-    // --context=false gives each patch alone: other probabilities, and no context line.
+    // --context=false gives each patch alone: other probabilities, no context line, and not the
+    // model's threshold, which was chosen with context.
     let alone = run(
         dir,
         "runtime",
@@ -179,7 +219,12 @@ fn the_exported_model_is_the_one_the_robust_report_evaluated() {
             "alone.csv",
         ],
     );
-    assert!(!alone.contains("neighbour context"), "{alone}");
+    assert!(
+        !alone.contains("neighbour context (from")
+            && alone.contains("threshold 0.5 (default; the model's threshold")
+            && alone.contains("this run evaluates without neighbour context"),
+        "{alone}"
+    );
     let probs = |f: &str| -> Vec<String> {
         let text = std::fs::read_to_string(dir.join(f)).unwrap();
         text.lines()
@@ -210,5 +255,5 @@ fn the_exported_model_is_the_one_the_robust_report_evaluated() {
         "runtime",
         &["eval", "datasets/idc/testing", "--model", "plain.onnx"],
     );
-    assert!(!eval.contains("neighbour context"), "{eval}");
+    assert!(!eval.contains("neighbour context (from"), "{eval}");
 }

@@ -369,7 +369,7 @@ fn the_models_threshold_is_used_and_named() {
     use prost::Message;
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    trainer::checkpoint::write_random_run(&run, &models::CancerNetConfig::new(), 11).unwrap();
+    trainer::checkpoint::write_random_run(&run, &models::CancerNetConfig::default(), 11).unwrap();
     std::fs::write(
         run.join(trainer::checkpoint::THRESHOLD_FILE),
         r#"{"threshold": 0.73, "source": "max BAC on a test split"}"#,
@@ -465,7 +465,7 @@ fn preprocessing_comes_from_the_models_metadata() {
     use prost::Message;
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let cfg = models::CancerNetConfig::new()
+    let cfg = models::CancerNetConfig::default()
         .with_input_size(32)
         .with_widths(vec![8, 16])
         .with_depths(vec![1, 1])
@@ -966,7 +966,7 @@ fn a_threshold_chosen_for_one_context_is_not_used_with_another() {
     assert!(given.starts_with("threshold 0.3 (--threshold)"), "{given}");
     // Through the exporter: a run whose report chose its threshold with context 0.75.
     let run = tmp.path().join("context-run");
-    trainer::checkpoint::write_random_run(&run, &models::CancerNetConfig::new(), 11).unwrap();
+    trainer::checkpoint::write_random_run(&run, &models::CancerNetConfig::default(), 11).unwrap();
     std::fs::write(
         run.join(trainer::checkpoint::CONFIG_FILE),
         "eval:\n  context: 0.75\n",

@@ -18,7 +18,7 @@ use common::time;
 
 /// Seconds per training step of `B` on `device` (after warm-up steps that also compile kernels).
 fn step_seconds<B: AutodiffBackend>(label: &str, device: B::Device, reps: usize) -> f64 {
-    let cfg = CancerNetConfig::new();
+    let cfg = CancerNetConfig::default();
     let mut model: CancerNet<B> = cfg.init_seeded(1, &device);
     let mut optim = KerasAdagrad {
         initial_accumulator: 0.1,

@@ -78,7 +78,7 @@ fn op_times<B: AutodiffBackend>(
 type Row = (&'static str, [f64; 4]);
 
 fn layer_rows<B: AutodiffBackend>(device: &B::Device, batch: usize, reps: usize) -> Vec<Row> {
-    let cfg = CancerNetConfig::new();
+    let cfg = CancerNetConfig::default();
     let mut rows: Vec<Row> = Vec::new();
     let mut add = |kind: &'static str, k: Kernels, t: (f64, f64)| {
         let at = match rows.iter().position(|r| r.0 == kind) {
@@ -143,7 +143,7 @@ fn step_times<B: AutodiffBackend>(
     reps: usize,
     k: Kernels,
 ) -> (f64, f64) {
-    let cfg = CancerNetConfig::new();
+    let cfg = CancerNetConfig::default();
     let mut model: CancerNet<B> = cfg.init_seeded(1, device);
     let mut optim = KerasAdagrad {
         initial_accumulator: 0.1,

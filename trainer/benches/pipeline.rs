@@ -75,7 +75,7 @@ fn main() {
     };
     let fresh = || {
         (
-            CancerNetConfig::new().init::<B>(&dev),
+            CancerNetConfig::default().init::<B>(&dev),
             KerasAdagrad {
                 initial_accumulator: 0.1,
                 epsilon: 1e-7,

@@ -22,7 +22,7 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let cfg = CancerNetConfig::new();
+    let cfg = CancerNetConfig::default();
     let mut model = cfg.init::<B>(&dev);
     let x = Tensor::<B, 4>::random(
         [batch, 3, 48, 48],
@@ -63,7 +63,7 @@ fn main() {
     time("train forward", batch, reps, || {
         model.forward(x.clone()).into_data();
     });
-    let no_dropout = CancerNetConfig::new()
+    let no_dropout = CancerNetConfig::default()
         .with_conv_dropout(0.0)
         .with_dense_dropout(0.0)
         .init::<B>(&dev);

@@ -71,7 +71,7 @@ mod tests {
     #[test]
     fn the_mean_of_models_is_their_element_wise_mean() {
         let dev = Default::default();
-        let cfg = CancerNetConfig::new();
+        let cfg = CancerNetConfig::default();
         let a = cfg.init_seeded::<Flex>(1, &dev);
         let b = cfg.init_seeded::<Flex>(2, &dev);
         let c = cfg.init_seeded::<Flex>(3, &dev);
@@ -103,10 +103,10 @@ mod tests {
     #[test]
     fn models_of_different_shapes_are_refused() {
         let dev = Default::default();
-        let small = CancerNetConfig::new()
+        let small = CancerNetConfig::default()
             .with_dense(8)
             .init_seeded::<Flex>(1, &dev);
-        let big = CancerNetConfig::new().init_seeded::<Flex>(1, &dev);
+        let big = CancerNetConfig::default().init_seeded::<Flex>(1, &dev);
         let err = mean_weights(vec![big, small]).unwrap_err().to_string();
         assert!(err.contains("model 2 of 2"), "{err}");
     }

@@ -3,8 +3,9 @@
 
 use anyhow::{Context, Result, bail};
 use common::Shown;
+use common::choice::Choice;
 use datasets::augment::Augment;
-use datasets::preprocess::{Filter, Preprocess};
+use datasets::preprocess::{Filter, MAX_SIZE, MIN_SIZE, Preprocess};
 use datasets::scale::PatchScale;
 use models::CancerNetConfig;
 use serde::{Deserialize, Serialize};
@@ -14,7 +15,8 @@ use std::path::{Path, PathBuf};
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     pub data: DataConfig,
-    pub model: ModelConfig,
+    #[serde(serialize_with = "model_section")]
+    pub model: CancerNetConfig,
     pub train: TrainSection,
     pub augment: Augment,
     /// `cpu` (burn's flex backend), `cuda` or `wgpu` (builds with `--features cuda` / `wgpu`).
@@ -119,18 +121,72 @@ pub struct DataConfig {
     pub scale: PatchScale,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    pub input_size: usize,
-    pub widths: Vec<usize>,
-    pub depths: Vec<usize>,
-    pub dense: usize,
-    pub conv_dropout: f64,
-    pub dense_dropout: f64,
-    /// Keras' BatchNormalization momentum (weight of the old running average).
-    pub bn_momentum: f64,
-    pub bn_epsilon: f64,
+/// Whether the model reads RGB patches and answers IDC or not, the tutorial's (and the
+/// trainer's data's) only shape.
+fn fixed_shape(m: &CancerNetConfig) -> bool {
+    let tutorial = CancerNetConfig::default();
+    (m.channels, m.classes) == (tutorial.channels, tutorial.classes)
+}
+
+/// The `model:` section's ranges, and that the sizes fit together.
+fn validate_model(m: &CancerNetConfig) -> Result<()> {
+    check_counts(&[
+        (
+            "model.input_size",
+            m.input_size,
+            MIN_SIZE as usize,
+            MAX_SIZE as usize,
+        ),
+        ("model.dense", m.dense, 1, 65_536),
+    ])?;
+    if !fixed_shape(m) {
+        bail!(
+            "model.channels = {} and model.classes = {}: the trainer reads RGB patches of two classes; leave both out",
+            m.channels,
+            m.classes
+        );
+    }
+    if let Some(w) = m.widths.iter().chain(&m.depths).find(|&&w| w > 4096) {
+        bail!("model.widths and model.depths must be at most 4096, got {w}");
+    }
+    check_ranges(&[
+        ("model.bn_momentum", m.bn_momentum, 0.0, 1.0),
+        ("model.bn_epsilon", m.bn_epsilon, 1e-12, 1.0),
+    ])?;
+    m.validate().map_err(anyhow::Error::msg)
+}
+
+/// Each (key, value, lowest, highest): an error naming the first key out of its range.
+fn check_counts(counts: &[(&str, usize, usize, usize)]) -> Result<()> {
+    for &(key, v, lo, hi) in counts {
+        if !(lo..=hi).contains(&v) {
+            bail!("{key} = {v} is out of range [{lo}, {hi}]");
+        }
+    }
+    Ok(())
+}
+
+/// As `check_counts`, for real numbers (NaN is out of every range).
+fn check_ranges(ranges: &[(&str, f64, f64, f64)]) -> Result<()> {
+    for &(key, v, lo, hi) in ranges {
+        if !(lo..=hi).contains(&v) || v.is_nan() {
+            bail!("{key} = {v} is out of range [{lo}, {hi}]");
+        }
+    }
+    Ok(())
+}
+
+/// The `model:` section as config.yaml holds it: `channels` and `classes` left out when they are
+/// the only ones the trainer takes (`fixed_shape`), so the file, and its hash in the ONNX
+/// metadata, read as before they were keys.
+fn model_section<S: serde::Serializer>(m: &CancerNetConfig, s: S) -> Result<S::Ok, S::Error> {
+    let mut v = yaml_serde::to_value(m).map_err(serde::ser::Error::custom)?;
+    if let Some(map) = v.as_mapping_mut().filter(|_| fixed_shape(m)) {
+        for key in ["channels", "classes"] {
+            map.shift_remove(key);
+        }
+    }
+    v.serialize(s)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -196,23 +252,40 @@ pub enum AutoWeights {
     None,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
-    /// burn's flex CPU backend with the project's fused kernels.
     Cpu,
-    /// burn's CUDA backend (build with `--features cuda`).
     Cuda,
-    /// burn's wgpu backend: Vulkan, Metal or DX12, or Mesa's lavapipe on the CPU (build with
-    /// `--features wgpu`).
     Wgpu,
+}
+
+/// The names are serde's too (lowercase): the config's `device:` and `--device` spell them alike.
+impl Choice for Device {
+    const CHOICES: &'static [(Device, &'static str, &'static str)] = &[
+        (
+            Device::Cpu,
+            "cpu",
+            "burn's flex CPU backend with the project's fused kernels",
+        ),
+        (
+            Device::Cuda,
+            "cuda",
+            "burn's CUDA backend (build with `--features cuda`)",
+        ),
+        (
+            Device::Wgpu,
+            "wgpu",
+            "burn's wgpu backend: Vulkan, Metal or DX12, or Mesa's lavapipe on the CPU (build with `--features wgpu`)",
+        ),
+    ];
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
             data: DataConfig::default(),
-            model: ModelConfig::default(),
+            model: CancerNetConfig::default(),
             train: TrainSection::default(),
             augment: Augment::default(),
             device: Device::Cpu,
@@ -230,22 +303,6 @@ impl Default for DataConfig {
             workers: 0,
             resize_filter: Filter::Nearest,
             scale: PatchScale::default(),
-        }
-    }
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        let m = CancerNetConfig::new();
-        ModelConfig {
-            input_size: m.input_size,
-            widths: m.widths,
-            depths: m.depths,
-            dense: m.dense,
-            conv_dropout: m.conv_dropout,
-            dense_dropout: m.dense_dropout,
-            bn_momentum: m.bn_momentum,
-            bn_epsilon: m.bn_epsilon,
         }
     }
 }
@@ -309,7 +366,6 @@ impl TrainConfig {
     /// Checks every range; the error names the key.
     pub fn validate(&self) -> Result<()> {
         let t = &self.train;
-        let m = &self.model;
         let max_threads = common::cli::MAX_THREADS;
         let counts = [
             ("train.epochs", t.epochs, 1, 100_000),
@@ -317,17 +373,8 @@ impl TrainConfig {
             ("train.threads", t.threads, 0, max_threads),
             ("eval.average_epochs", self.eval.average_epochs, 1, 100_000),
             ("data.workers", self.data.workers, 0, max_threads),
-            ("model.input_size", m.input_size, 8, 1024),
-            ("model.dense", m.dense, 1, 65_536),
         ];
-        for (key, v, lo, hi) in counts {
-            if !(lo..=hi).contains(&v) {
-                bail!("{key} = {v} is out of range [{lo}, {hi}]");
-            }
-        }
-        if let Some(w) = m.widths.iter().chain(&m.depths).find(|&&w| w > 4096) {
-            bail!("model.widths and model.depths must be at most 4096, got {w}");
-        }
+        check_counts(&counts)?;
         if t.max_steps_per_epoch == Some(0) {
             bail!("train.max_steps_per_epoch must be at least 1 (or absent)");
         }
@@ -344,8 +391,6 @@ impl TrainConfig {
             ("train.epsilon", t.epsilon, 0.0, 1.0),
             ("train.beta_1", t.beta_1, 0.0, 0.999_999),
             ("train.beta_2", t.beta_2, 0.0, 0.999_999_999),
-            ("model.bn_momentum", self.model.bn_momentum, 0.0, 1.0),
-            ("model.bn_epsilon", self.model.bn_epsilon, 1e-12, 1.0),
             (
                 "eval.target_sensitivity",
                 self.eval.target_sensitivity,
@@ -353,11 +398,7 @@ impl TrainConfig {
                 1.0,
             ),
         ];
-        for (key, v, lo, hi) in ranges {
-            if !(lo..=hi).contains(&v) || v.is_nan() {
-                bail!("{key} = {v} is out of range [{lo}, {hi}]");
-            }
-        }
+        check_ranges(&ranges)?;
         if let ClassWeights::Fixed(w) = &t.class_weights
             && w.iter().any(|&x| x <= 0.0 || !x.is_finite())
         {
@@ -381,21 +422,7 @@ impl TrainConfig {
             .check()
             .map_err(|e| anyhow::anyhow!("data.scale: {e}"))?;
         self.augment.validate().map_err(anyhow::Error::msg)?;
-        self.model_config().validate().map_err(anyhow::Error::msg)?;
-        Ok(())
-    }
-
-    pub fn model_config(&self) -> CancerNetConfig {
-        let m = &self.model;
-        CancerNetConfig::new()
-            .with_input_size(m.input_size)
-            .with_widths(m.widths.clone())
-            .with_depths(m.depths.clone())
-            .with_dense(m.dense)
-            .with_conv_dropout(m.conv_dropout)
-            .with_dense_dropout(m.dense_dropout)
-            .with_bn_momentum(m.bn_momentum)
-            .with_bn_epsilon(m.bn_epsilon)
+        validate_model(&self.model)
     }
 
     pub fn preprocess(&self) -> Preprocess {
@@ -426,251 +453,4 @@ impl TrainConfig {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn shipped_config_is_the_default() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cancernet.yaml");
-        let cfg = TrainConfig::load(&path).unwrap();
-        assert_eq!(cfg, TrainConfig::default());
-        cfg.validate().unwrap();
-        assert_eq!(cfg.model_config(), CancerNetConfig::new());
-    }
-
-    #[test]
-    fn a_run_is_its_numbers_not_its_place_or_speed() {
-        let a = TrainConfig::default();
-        let mut b = a.clone();
-        b.output = "elsewhere/run".into();
-        b.device = Device::Wgpu;
-        b.data.workers = 3;
-        b.data.cache = true;
-        b.train.threads = 1;
-        assert!(a.same_run(&b));
-        b.train.epochs += 1;
-        assert!(!a.same_run(&b));
-        let mut c = a.clone();
-        c.eval.tta = true;
-        assert!(!a.same_run(&c));
-    }
-
-    /// Every config the project ships (configs/, the cross-validation recipes in bench/cv/)
-    /// loads and validates.
-    #[test]
-    fn every_shipped_config_validates() {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let mut n = 0;
-        for dir in ["configs", "bench/cv"] {
-            for entry in std::fs::read_dir(root.join(dir)).unwrap() {
-                let path = entry.unwrap().path();
-                if path.extension().is_some_and(|e| e == "yaml") {
-                    let cfg = TrainConfig::load(&path).unwrap();
-                    cfg.validate()
-                        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-                    n += 1;
-                }
-            }
-        }
-        assert!(n >= 5, "{n} configs found");
-    }
-
-    /// The tutorial's recipe stays the default: no colour jitter, threshold 0.5, no TTA, and
-    /// the tutorial's numbers everywhere else.
-    #[test]
-    fn the_default_is_pinned_to_the_tutorial() {
-        let c = TrainConfig::default();
-        let a = &c.augment;
-        assert_eq!(
-            (a.rotation, a.zoom, a.width_shift, a.height_shift, a.shear),
-            (20.0, 0.05, 0.1, 0.1, 0.05)
-        );
-        assert!(a.horizontal_flip && a.vertical_flip && !a.quarter_turns && a.stain().is_off());
-        assert_eq!(c.eval.threshold, Threshold::Fixed(0.5));
-        assert!(!c.eval.tta && c.eval.context.is_none());
-        assert_eq!(c.eval.checkpoint, CheckpointChoice::Best);
-        let t = &c.train;
-        assert_eq!((t.epochs, t.batch_size, t.learning_rate), (40, 32, 1e-2));
-        assert_eq!(t.optimizer, OptimizerKind::Adagrad);
-        assert_eq!(
-            (t.initial_accumulator, t.epsilon, t.decay),
-            (0.1, 1e-7, None)
-        );
-        assert_eq!(c.model.bn_momentum, 0.99);
-    }
-
-    #[test]
-    fn unknown_keys_are_rejected_by_name() {
-        let err = format!(
-            "{:#}",
-            yaml_serde::from_str::<TrainConfig>("train:\n  epoch: 3\n").unwrap_err()
-        );
-        assert!(err.contains("epoch"), "{err}");
-        let err = format!(
-            "{:#}",
-            yaml_serde::from_str::<TrainConfig>("augment:\n  rotate: 3\n").unwrap_err()
-        );
-        assert!(err.contains("rotate"), "{err}");
-    }
-
-    #[test]
-    fn out_of_range_values_name_the_key() {
-        let cases = [
-            ("train:\n  epochs: 0\n", "train.epochs"),
-            ("train:\n  learning_rate: -1\n", "train.learning_rate"),
-            ("augment:\n  zoom: 3\n", "augment.zoom"),
-            ("model:\n  input_size: 4\n", "input_size"),
-            ("train:\n  class_weights: [1, -2]\n", "train.class_weights"),
-            ("train:\n  class_weights: [0, 1]\n", "train.class_weights"),
-            (
-                "train:\n  class_weights: [1, .inf]\n",
-                "train.class_weights",
-            ),
-            ("model:\n  widths: [32, 4097, 128]\n", "at most 4096"),
-            ("eval:\n  threshold: 1.5\n", "eval.threshold"),
-            ("eval:\n  context: 0\n", "eval.context"),
-            ("eval:\n  context: 4.5\n", "eval.context"),
-            ("eval:\n  context: .nan\n", "eval.context"),
-        ];
-        for (yaml, key) in cases {
-            let cfg: TrainConfig = yaml_serde::from_str(yaml).unwrap();
-            let err = cfg.validate().unwrap_err().to_string();
-            assert!(err.contains(key), "{yaml:?}: {err}");
-        }
-        // The edges of those ranges are accepted.
-        for yaml in [
-            "train:\n  class_weights: [0.5, 2]\n",
-            "model:\n  depths: [1, 4096, 3]\n",
-            "eval:\n  threshold: 1\n",
-            "eval:\n  context: 4\n",
-        ] {
-            let cfg: TrainConfig = yaml_serde::from_str(yaml).unwrap();
-            cfg.validate().unwrap_or_else(|e| panic!("{yaml:?}: {e}"));
-        }
-        let cfg: TrainConfig = yaml_serde::from_str("train:\n  class_weights: none\n").unwrap();
-        assert_eq!(
-            cfg.train.class_weights,
-            ClassWeights::Auto(AutoWeights::None)
-        );
-    }
-
-    #[test]
-    fn keras_legacy_decay() {
-        let cfg = TrainConfig::default();
-        assert_eq!(cfg.learning_rate_at(0, 4000), 1e-2);
-        let t = 1000;
-        let want = 1e-2 / (1.0 + 1e-2 / 40.0 * t as f64);
-        // The total does not enter the legacy decay.
-        for total in [1, 4000, usize::MAX] {
-            assert!((cfg.learning_rate_at(t, total) - want).abs() < 1e-15);
-        }
-    }
-
-    #[test]
-    fn cosine_falls_from_lr_to_zero_over_the_run() {
-        let cfg: TrainConfig =
-            yaml_serde::from_str("train:\n  learning_rate: 0.002\n  schedule: cosine\n").unwrap();
-        cfg.validate().unwrap();
-        let lr = |t| cfg.learning_rate_at(t, 1000);
-        assert_eq!(lr(0), 0.002);
-        assert!((lr(500) - 0.001).abs() < 1e-15);
-        assert!((lr(250) - 0.001 * (1.0 + 0.5f64.sqrt())).abs() < 1e-15);
-        assert!(lr(1000).abs() < 1e-15 && lr(5000).abs() < 1e-15);
-        assert!((1..1000).all(|t| lr(t) < lr(t - 1)));
-        let both: TrainConfig =
-            yaml_serde::from_str("train:\n  schedule: cosine\n  decay: 0.01\n").unwrap();
-        let err = both.validate().unwrap_err().to_string();
-        assert!(
-            err.contains("train.decay") && err.contains("cosine"),
-            "{err}"
-        );
-    }
-
-    use proptest::prelude::*;
-
-    /// YAML near the config's shape: known and unknown keys, values of every kind (NaN, inf,
-    /// huge, negative, strings, lists, nulls), nested at random.
-    fn yamlish() -> impl Strategy<Value = String> {
-        let key = prop_oneof![
-            Just("data"),
-            Just("model"),
-            Just("train"),
-            Just("augment"),
-            Just("device"),
-            Just("output"),
-            Just("root"),
-            Just("cache"),
-            Just("workers"),
-            Just("input_size"),
-            Just("widths"),
-            Just("depths"),
-            Just("dense"),
-            Just("epochs"),
-            Just("batch_size"),
-            Just("learning_rate"),
-            Just("decay"),
-            Just("schedule"),
-            Just("class_weights"),
-            Just("threads"),
-            Just("zoom"),
-            Just("rotation"),
-            Just("fill_mode"),
-            Just("bn_momentum"),
-            Just("nope"),
-        ];
-        let value = prop_oneof![
-            Just(".nan".to_string()),
-            Just(".inf".to_string()),
-            Just("-.inf".to_string()),
-            Just("null".to_string()),
-            Just("auto".to_string()),
-            Just("cuda".to_string()),
-            Just("cosine".to_string()),
-            Just("[1, -2]".to_string()),
-            Just("[]".to_string()),
-            Just("[0, 0, 0]".to_string()),
-            Just("1e308".to_string()),
-            Just("18446744073709551616".to_string()),
-            any::<i64>().prop_map(|v| v.to_string()),
-            any::<f64>().prop_map(|v| v.to_string()),
-            "[ -~]{0,12}".prop_map(|s| format!("{s:?}")),
-        ];
-        let line = (0usize..3, key, value)
-            .prop_map(|(indent, k, v)| format!("{}{k}: {v}", "  ".repeat(indent)));
-        proptest::collection::vec(line, 0..12).prop_map(|lines| lines.join("\n"))
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(1000))]
-
-        /// Any text is a config or an error; any config that parses validates or names its
-        /// problem: never a panic.
-        #[test]
-        fn arbitrary_yaml_never_panics(text in yamlish()) {
-            if let Ok(cfg) = yaml_serde::from_str::<TrainConfig>(&text)
-                && cfg.validate().is_ok()
-            {
-                let _ = cfg.model_config().flat_features();
-                let _ = cfg.learning_rate_at(usize::MAX, 0);
-                let _ = cfg.learning_rate_at(usize::MAX, usize::MAX);
-            }
-        }
-
-        #[test]
-        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
-            let _ = yaml_serde::from_str::<TrainConfig>(&String::from_utf8_lossy(&bytes));
-        }
-    }
-
-    #[test]
-    fn loading_from_a_file_names_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("bad.yaml");
-        std::fs::write(&path, b"train: [unclosed").unwrap();
-        let err = format!("{:#}", TrainConfig::load(&path).unwrap_err());
-        assert!(err.contains("bad.yaml"), "{err}");
-        std::fs::write(&path, b"\xff\xfe").unwrap();
-        let err = format!("{:#}", TrainConfig::load(&path).unwrap_err());
-        assert!(err.contains("bad.yaml"), "{err}");
-    }
-}
+mod tests;

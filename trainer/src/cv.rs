@@ -11,6 +11,7 @@ use crate::checkpoint::{RUN_FILE, RunDir};
 use crate::config::TrainConfig;
 use crate::data::Split;
 use crate::splits::Data;
+use crate::test_report::{PatientSummary, TestReport};
 use crate::train::{self, Options, Start};
 use anyhow::{Context, Result, bail, ensure};
 use burn::tensor::backend::AutodiffBackend;
@@ -18,6 +19,7 @@ use common::Shown;
 use common::fsutil::write_atomic;
 use datasets::split::{SplitConfig, kfold};
 use datasets::{Patch, Scan};
+use evaluation::report::Report;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -33,17 +35,42 @@ pub struct CvOptions {
     pub val_fraction: f64,
 }
 
+/// A metric summarized over folds: its name, and its value in a report variant.
+pub type Metric = (&'static str, fn(&Report, &PatientSummary) -> Option<f64>);
+
 /// The metrics summarized over folds.
-pub const METRICS: [&str; 7] = [
-    "balanced_accuracy",
-    "f1_idc",
-    "roc_auc",
-    "pr_auc",
-    "sensitivity",
-    "specificity",
-    "median_patient_roc_auc",
+pub const METRICS: [Metric; 7] = [
+    ("balanced_accuracy", |r, _| Some(r.balanced_accuracy)),
+    ("f1_idc", |r, _| Some(r.f1_idc)),
+    ("roc_auc", |r, _| r.roc_auc),
+    ("pr_auc", |r, _| r.pr_auc),
+    ("sensitivity", |r, _| Some(r.sensitivity)),
+    ("specificity", |r, _| Some(r.specificity)),
+    ("median_patient_roc_auc", |_, p| p.median_roc_auc),
 ];
 
+/// The files a cross-validation writes in its output folder, beside `fold-<k>/`.
+pub const SUMMARY_FILE: &str = "cv.json";
+pub const SUMMARY_CSV: &str = "cv.csv";
+pub const FOLDS_FILE: &str = "cv-folds.csv";
+
+impl CvOptions {
+    fn validate(&self) -> Result<()> {
+        ensure!(
+            (2..=50).contains(&self.folds),
+            "--folds {} must be between 2 and 50",
+            self.folds
+        );
+        ensure!(
+            (0.0..1.0).contains(&self.val_fraction) && self.val_fraction > 0.0,
+            "--cv-val-fraction {} must be in (0, 1)",
+            self.val_fraction
+        );
+        Ok(())
+    }
+}
+
+/// Cross-validates (see the module's notes); `Null` when `--stop-after` stopped it.
 pub fn run<B: AutodiffBackend>(
     cfg: &TrainConfig,
     device: B::Device,
@@ -51,48 +78,39 @@ pub fn run<B: AutodiffBackend>(
     cv: &CvOptions,
 ) -> Result<serde_json::Value> {
     cfg.validate()?;
-    ensure!(
-        (2..=50).contains(&cv.folds),
-        "--folds {} must be between 2 and 50",
-        cv.folds
-    );
-    ensure!(
-        (0.0..1.0).contains(&cv.val_fraction) && cv.val_fraction > 0.0,
-        "--cv-val-fraction {} must be in (0, 1)",
-        cv.val_fraction
-    );
+    cv.validate()?;
     let sources = if cv.sources.is_empty() {
         vec![cfg.data.root.clone()]
     } else {
         cv.sources.clone()
     };
     let pool = pool(&sources, opts.strict)?;
-    let patients: BTreeSet<&str> = pool.iter().map(|p| p.name.patient.as_str()).collect();
+    let patients = pool
+        .iter()
+        .map(|p| p.name.patient.as_str())
+        .collect::<BTreeSet<_>>()
+        .len();
     ensure!(
-        patients.len() >= cv.folds,
-        "{} patients cannot fill {} folds: use fewer folds",
-        patients.len(),
+        patients >= cv.folds,
+        "{patients} patients cannot fill {} folds: use fewer folds",
         cv.folds
     );
     let folds = kfold(&pool, cv.folds, cv.seed);
     let out = &cfg.output;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.shown()))?;
+    let sources: Vec<String> = sources.iter().map(|s| s.shown()).collect();
     println!(
-        "cross-validation: {} folds by patient over {} patients ({} patches) from {}; seed {}",
+        "cross-validation: {} folds by patient over {patients} patients ({} patches) from {}; seed {}",
         cv.folds,
-        patients.len(),
         pool.len(),
-        sources
-            .iter()
-            .map(|s| s.shown())
-            .collect::<Vec<_>>()
-            .join(", "),
+        sources.join(", "),
         cv.seed
     );
     let mut per_fold = Vec::new();
     for fold in 0..cv.folds {
         println!("\n=== fold {}/{}", fold + 1, cv.folds);
-        match train_fold::<B>(cfg, device.clone(), opts, cv, &pool, &folds, fold)? {
+        let split = FoldSplit::new(cv, &pool, &folds, fold);
+        match train_fold::<B>(cfg, device.clone(), opts, cv, split, fold)? {
             Some(report) => per_fold.push(report),
             None => {
                 println!(
@@ -105,34 +123,45 @@ pub fn run<B: AutodiffBackend>(
     }
     // Written with the summary: a refused or interrupted cross-validation leaves the last
     // finished one's table alone.
-    write_fold_table(&out.join("cv-folds.csv"), &pool, &folds)?;
+    write_fold_table(&out.join(FOLDS_FILE), &pool, &folds)?;
     let summary = summarize(&per_fold);
     let json = serde_json::json!({
         "folds": cv.folds,
         "seed": cv.seed,
         "val_fraction": cv.val_fraction,
-        "sources": sources.iter().map(|s| s.shown()).collect::<Vec<_>>(),
-        "patients": patients.len(),
+        "sources": sources,
+        "patients": patients,
         "patches": pool.len(),
-        "fold_assignment": "cv-folds.csv",
+        "fold_assignment": FOLDS_FILE,
         "config": cfg,
         "per_fold": per_fold,
         "summary": summary,
     });
+    write_summary(out, &json, &per_fold, &summary)?;
+    Ok(json)
+}
+
+/// cv.json, cv.csv and the summary table on the terminal.
+fn write_summary(
+    out: &Path,
+    json: &serde_json::Value,
+    per_fold: &[FoldResult],
+    summary: &Summary,
+) -> Result<()> {
     write_atomic(
-        &out.join("cv.json"),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
+        &out.join(SUMMARY_FILE),
+        serde_json::to_string_pretty(json)?.as_bytes(),
     )?;
     write_atomic(
-        &out.join("cv.csv"),
-        summary_csv(&per_fold, &summary)?.as_bytes(),
+        &out.join(SUMMARY_CSV),
+        summary_csv(per_fold, summary)?.as_bytes(),
     )?;
-    print!("\n{}", summary_table(&per_fold, &summary));
+    print!("\n{}", summary_table(per_fold, summary));
     println!(
-        "cross-validation written to {} (cv.json, cv.csv, cv-folds.csv, fold-*/)",
+        "cross-validation written to {} ({SUMMARY_FILE}, {SUMMARY_CSV}, {FOLDS_FILE}, fold-*/)",
         out.shown()
     );
-    Ok(json)
+    Ok(())
 }
 
 /// The patches of every source, one list; a patient in two sources is an error.
@@ -181,6 +210,81 @@ fn write_fold_table(path: &Path, pool: &[Patch], folds: &[usize]) -> Result<()> 
     write_atomic(path, text.as_bytes())
 }
 
+/// One fold's result in `cv.json`: its sizes and its run's test report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FoldResult {
+    pub sizes: FoldSizes,
+    pub test: TestReport,
+}
+
+/// Patients and patches per split of one fold.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FoldSizes {
+    pub fold: usize,
+    pub patients: SplitCounts,
+    pub patches: SplitCounts,
+    pub testing_idc_share: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SplitCounts {
+    pub training: usize,
+    pub validation: usize,
+    pub testing: usize,
+}
+
+/// One fold's patients: trained on, validated on, tested on.
+struct FoldSplit {
+    train: Vec<Patch>,
+    val: Vec<Patch>,
+    test: Vec<Patch>,
+}
+
+impl FoldSplit {
+    /// Fold `fold` tested, the other patients split into training and validation by patient.
+    fn new(cv: &CvOptions, pool: &[Patch], folds: &[usize], fold: usize) -> FoldSplit {
+        let (test, rest) = split_off(pool.iter().cloned().zip(folds.iter().copied()), fold);
+        let inner = SplitConfig {
+            test_fraction: 0.0,
+            val_fraction: cv.val_fraction,
+            seed: cv.seed,
+            ..SplitConfig::default()
+        }
+        .assign(&rest);
+        let (val, train) = split_off(rest.into_iter().zip(inner), 1);
+        FoldSplit { train, val, test }
+    }
+
+    fn patients(v: &[Patch]) -> BTreeSet<String> {
+        v.iter().map(|p| p.name.patient.clone()).collect()
+    }
+
+    /// The run's `splits` provenance: which patients each split holds.
+    fn provenance(&self, cv: &CvOptions, fold: usize) -> serde_json::Value {
+        serde_json::json!({
+            "cross_validation": { "fold": fold + 1, "folds": cv.folds, "seed": cv.seed },
+            "training": Self::patients(&self.train),
+            "validation": Self::patients(&self.val),
+            "testing": Self::patients(&self.test),
+        })
+    }
+
+    fn sizes(&self, fold: usize) -> FoldSizes {
+        let count = |f: &dyn Fn(&[Patch]) -> usize| SplitCounts {
+            training: f(&self.train),
+            validation: f(&self.val),
+            testing: f(&self.test),
+        };
+        let idc = self.test.iter().filter(|p| p.label == 1).count();
+        FoldSizes {
+            fold: fold + 1,
+            patients: count(&|v| Self::patients(v).len()),
+            patches: count(&|v| v.len()),
+            testing_idc_share: idc as f64 / self.test.len().max(1) as f64,
+        }
+    }
+}
+
 /// Trains (or reuses) one fold and returns its test report, with the fold's sizes; `None` when
 /// `--stop-after` stopped it.
 fn train_fold<B: AutodiffBackend>(
@@ -188,60 +292,65 @@ fn train_fold<B: AutodiffBackend>(
     device: B::Device,
     opts: &Options,
     cv: &CvOptions,
-    pool: &[Patch],
-    folds: &[usize],
+    split: FoldSplit,
     fold: usize,
-) -> Result<Option<serde_json::Value>> {
+) -> Result<Option<FoldResult>> {
     let mut fold_cfg = cfg.clone();
     fold_cfg.output = cfg.output.join(format!("fold-{}", fold + 1));
-    let (test, rest) = split_off(pool.iter().cloned().zip(folds.iter().copied()), fold);
-    let inner = SplitConfig {
-        test_fraction: 0.0,
-        val_fraction: cv.val_fraction,
-        seed: cv.seed,
-        ..SplitConfig::default()
-    }
-    .assign(&rest);
-    let (val, train) = split_off(rest.into_iter().zip(inner), 1);
-    let names = |v: &[Patch]| {
-        v.iter()
-            .map(|p| p.name.patient.clone())
-            .collect::<BTreeSet<_>>()
-    };
-    let provenance = serde_json::json!({
-        "cross_validation": { "fold": fold + 1, "folds": cv.folds, "seed": cv.seed },
-        "training": names(&train),
-        "validation": names(&val),
-        "testing": names(&test),
-    });
-    let sizes = serde_json::json!({
-        "fold": fold + 1,
-        "patients": { "training": names(&train).len(), "validation": names(&val).len(), "testing": names(&test).len() },
-        "patches": { "training": train.len(), "validation": val.len(), "testing": test.len() },
-        "testing_idc_share": test.iter().filter(|p| p.label == 1).count() as f64 / test.len().max(1) as f64,
-    });
+    let (provenance, sizes) = (split.provenance(cv, fold), split.sizes(fold));
     ensure!(
-        train.iter().any(|p| p.label == 0) && train.iter().any(|p| p.label == 1),
+        split.train.iter().any(|p| p.label == 0) && split.train.iter().any(|p| p.label == 1),
         "fold {}: the training patients have one class only; use fewer folds",
         fold + 1
     );
     let run = RunDir {
         root: fold_cfg.output.clone(),
     };
+    refuse_other_cv(&run, &provenance, opts.force, fold)?;
     let config_yaml = fold_cfg.to_yaml()?;
     let fold_opts = Options {
         resume: true,
         variants: true,
         ..opts.clone()
     };
-    // A fold folder of another cross-validation (other folds, seed, sources or validation
-    // share) holds other patients: never reused or resumed.
+    let start = train::plan_start(&run, &config_yaml, &fold_opts)?;
+    if start == Start::AlreadyDone {
+        println!(
+            "fold {} is complete in {}; reused",
+            fold + 1,
+            run.root.shown()
+        );
+    } else {
+        let splits = [
+            Split::from_patches("training", split.train, Vec::new()),
+            Split::from_patches("validation", split.val, Vec::new()),
+            Split::from_patches("testing", split.test, Vec::new()),
+        ];
+        let data = Data::new(&fold_cfg, &fold_opts, splits, provenance)?;
+        let outcome =
+            train::train_on::<B>(&fold_cfg, device, &fold_opts, &config_yaml, start, data)?;
+        if outcome.interrupted {
+            return Ok(None);
+        }
+    }
+    let test = TestReport::read(&run.root)?;
+    Ok(Some(FoldResult { sizes, test }))
+}
+
+/// A fold folder of another cross-validation (other folds, seed, sources or validation share)
+/// holds other patients: never reused or resumed, unless `force`.
+fn refuse_other_cv(
+    run: &RunDir,
+    provenance: &serde_json::Value,
+    force: bool,
+    fold: usize,
+) -> Result<()> {
     let earlier: Option<serde_json::Value> = std::fs::read_to_string(run.root.join(RUN_FILE))
         .ok()
         .and_then(|t| serde_json::from_str(&t).ok());
     if let Some(earlier) = earlier
-        && earlier["splits"] != provenance
-        && !opts.force
+        && earlier["splits"] != *provenance
+        && !force
     {
         bail!(
             "{} holds fold {} of another cross-validation (its patients differ: other --folds, \
@@ -251,32 +360,7 @@ fn train_fold<B: AutodiffBackend>(
             fold + 1
         );
     }
-    let start = train::plan_start(&run, &config_yaml, &fold_opts)?;
-    if start != Start::AlreadyDone {
-        let splits = [
-            Split::from_patches("training", train, Vec::new()),
-            Split::from_patches("validation", val, Vec::new()),
-            Split::from_patches("testing", test, Vec::new()),
-        ];
-        let data = Data::new(&fold_cfg, &fold_opts, splits, provenance)?;
-        let outcome =
-            train::train_on::<B>(&fold_cfg, device, &fold_opts, &config_yaml, start, data)?;
-        if outcome.interrupted {
-            return Ok(None);
-        }
-    } else {
-        println!(
-            "fold {} is complete in {}; reused",
-            fold + 1,
-            run.root.shown()
-        );
-    }
-    let path = run.root.join(crate::checkpoint::TEST_REPORT_FILE);
-    let report: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.shown()))?,
-    )
-    .with_context(|| format!("malformed {}", path.shown()))?;
-    Ok(Some(serde_json::json!({ "sizes": sizes, "test": report })))
+    Ok(())
 }
 
 /// The patches of group `g`, and the others.
@@ -293,18 +377,9 @@ fn split_off(patches: impl Iterator<Item = (Patch, usize)>, g: usize) -> (Vec<Pa
 }
 
 /// One metric of a fold's report variant (`configured` is the run's own setting).
-fn metric(fold: &serde_json::Value, variant: &str, name: &str) -> Option<f64> {
-    let t = &fold["test"];
-    let v = if variant == "configured" {
-        t
-    } else {
-        &t["variants"][variant]
-    };
-    if name == "median_patient_roc_auc" {
-        v["patients"]["median_roc_auc"].as_f64()
-    } else {
-        v["report"][name].as_f64()
-    }
+fn metric(fold: &FoldResult, variant: &str, (_, value): Metric) -> Option<f64> {
+    let (report, patients) = fold.test.variant(variant)?;
+    value(report, patients)
 }
 
 /// The variants summarized: the configured one, then TTA x threshold from the same models, then
@@ -336,25 +411,43 @@ pub const VARIANTS: [&str; 21] = [
     "tta-context@0.5",
 ];
 
-/// Mean and sample standard deviation of each metric of each variant over the folds.
-fn summarize(per_fold: &[serde_json::Value]) -> serde_json::Value {
-    let mut out = serde_json::Map::new();
-    for variant in VARIANTS {
-        let mut m = serde_json::Map::new();
-        for name in METRICS {
-            let values: Vec<f64> = per_fold
-                .iter()
-                .filter_map(|f| metric(f, variant, name))
-                .collect();
-            let (mean, sd) = mean_sd(&values);
-            m.insert(
-                name.into(),
-                serde_json::json!({ "mean": mean, "sd": sd, "folds": values.len() }),
-            );
-        }
-        out.insert(variant.into(), m.into());
+/// A metric's mean and sample standard deviation over the folds that have it (NaN where
+/// undefined: `null` in cv.json, blank in cv.csv).
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct Stat {
+    pub mean: f64,
+    pub sd: f64,
+    pub folds: usize,
+}
+
+impl Stat {
+    fn mean(&self) -> Option<f64> {
+        Some(self.mean).filter(|v| !v.is_nan())
     }
-    out.into()
+
+    fn sd(&self) -> Option<f64> {
+        Some(self.sd).filter(|v| !v.is_nan())
+    }
+}
+
+/// Each variant's metrics' statistics, by variant and metric name.
+pub type Summary = BTreeMap<&'static str, BTreeMap<&'static str, Stat>>;
+
+/// Mean and sample standard deviation of each metric of each variant over the folds.
+fn summarize(per_fold: &[FoldResult]) -> Summary {
+    let stat = |variant, m| {
+        let values: Vec<f64> = per_fold
+            .iter()
+            .filter_map(|f| metric(f, variant, m))
+            .collect();
+        let (mean, sd) = mean_sd(&values);
+        let folds = values.len();
+        Stat { mean, sd, folds }
+    };
+    VARIANTS
+        .into_iter()
+        .map(|v| (v, METRICS.into_iter().map(|m| (m.0, stat(v, m))).collect()))
+        .collect()
 }
 
 /// Mean and sample standard deviation (n - 1); NaN where undefined.
@@ -365,32 +458,29 @@ pub fn mean_sd(v: &[f64]) -> (f64, f64) {
     (mean, if v.len() > 1 { var.sqrt() } else { f64::NAN })
 }
 
-fn summary_csv(per_fold: &[serde_json::Value], summary: &serde_json::Value) -> Result<String> {
+fn summary_csv(per_fold: &[FoldResult], summary: &Summary) -> Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["variant".to_string(), "fold".to_string()];
-    header.extend(METRICS.iter().map(|m| m.to_string()));
+    header.extend(METRICS.iter().map(|m| m.0.to_string()));
     w.write_record(&header)?;
     let num = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     for variant in VARIANTS {
         for (k, fold) in per_fold.iter().enumerate() {
             let mut row = vec![variant.to_string(), (k + 1).to_string()];
-            row.extend(METRICS.iter().map(|m| num(metric(fold, variant, m))));
+            row.extend(METRICS.iter().map(|&m| num(metric(fold, variant, m))));
             w.write_record(&row)?;
         }
-        for stat in ["mean", "sd"] {
-            let mut row = vec![variant.to_string(), stat.to_string()];
-            row.extend(
-                METRICS
-                    .iter()
-                    .map(|m| num(summary[variant][m][stat].as_f64())),
-            );
+        let stats = &summary[variant];
+        for (name, value) in [("mean", Stat::mean as fn(&Stat) -> _), ("sd", Stat::sd)] {
+            let mut row = vec![variant.to_string(), name.to_string()];
+            row.extend(METRICS.iter().map(|m| num(value(&stats[m.0]))));
             w.write_record(&row)?;
         }
     }
     Ok(String::from_utf8(w.into_inner()?)?)
 }
 
-fn summary_table(per_fold: &[serde_json::Value], summary: &serde_json::Value) -> String {
+fn summary_table(per_fold: &[FoldResult], summary: &Summary) -> String {
     let short = ["BAC", "F1", "ROC AUC", "PR AUC", "sens", "spec", "pat. AUC"];
     // Wide enough for the longest variant's name and a space.
     let w = VARIANTS.iter().map(|v| v.len()).max().unwrap_or(0) + 1;
@@ -411,11 +501,8 @@ fn summary_table(per_fold: &[serde_json::Value], summary: &serde_json::Value) ->
     for variant in VARIANTS {
         let _ = write!(s, "{variant:<w$}");
         for m in METRICS {
-            let (mean, sd) = (
-                summary[variant][m]["mean"].as_f64(),
-                summary[variant][m]["sd"].as_f64(),
-            );
-            let text = match (mean, sd) {
+            let stat = &summary[variant][m.0];
+            let text = match (stat.mean(), stat.sd()) {
                 (Some(a), Some(b)) => format!("{a:.3}±{b:.3}"),
                 _ => "-".into(),
             };

@@ -2,8 +2,10 @@
 //! same with neighbour context, and the per-patient ranking summary the reports carry.
 
 use crate::data::{Loader, Split};
+use crate::test_report::PatientSummary;
 use crate::train::images_tensor;
 use burn::prelude::*;
+use evaluation::patients::{PatientCounts, PatientRow};
 use models::CancerNet;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,9 +92,9 @@ pub fn with_context(split: &Split, e: &Evaluated, weight: f64) -> Evaluated {
     }
 }
 
-/// Per-patient ranking quality: ROC AUC within each patient that has both classes, and the
-/// median of those (the guide's "each patient is ranked well, levels shift between patients").
-pub fn patient_summary(split: &Split, e: &Evaluated) -> serde_json::Value {
+/// Per-patient ranking quality (the guide's "each patient is ranked well, levels shift between
+/// patients").
+pub fn patient_summary(split: &Split, e: &Evaluated) -> PatientSummary {
     let mut by: BTreeMap<&str, (Vec<u8>, Vec<f32>)> = BTreeMap::new();
     for ((&i, &y), &p) in e.indices.iter().zip(&e.labels).zip(&e.probs) {
         let entry = by.entry(split.patients[i].as_str()).or_default();
@@ -109,5 +111,18 @@ pub fn patient_summary(split: &Split, e: &Evaluated) -> serde_json::Value {
         n if n % 2 == 1 => Some(aucs[n / 2]),
         n => Some((aucs[n / 2 - 1] + aucs[n / 2]) / 2.0),
     };
-    serde_json::json!({ "patients": by.len(), "with_both_classes": aucs.len(), "median_roc_auc": median })
+    PatientSummary {
+        patients: by.len(),
+        with_both_classes: aucs.len(),
+        median_roc_auc: median,
+    }
+}
+
+/// The per-patient table at `threshold`, as `runtime eval --patients` computes it.
+pub fn patient_rows(split: &Split, e: &Evaluated, threshold: f64) -> Vec<PatientRow> {
+    let mut counts = PatientCounts::default();
+    for ((&i, &y), &p) in e.indices.iter().zip(&e.labels).zip(&e.probs) {
+        counts.add(&split.patients[i], Some(y), p as f64 >= threshold);
+    }
+    counts.rows()
 }

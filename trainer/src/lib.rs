@@ -13,6 +13,7 @@ pub mod optim;
 pub mod precise_bn;
 pub mod report;
 pub mod splits;
+pub mod test_report;
 pub mod threshold;
 pub mod train;
 pub mod variants;

@@ -6,7 +6,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use common::Shown;
-use common::cli::{MAX_THREADS, int_in};
+use common::cli::{MAX_THREADS, choice, int_in};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use trainer::config::{Device, TrainConfig};
@@ -37,7 +37,7 @@ struct Args {
     #[arg(long)]
     seed: Option<u64>,
     /// Override device.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = choice::<Device>())]
     device: Option<Device>,
     /// Override data.root.
     #[arg(long)]

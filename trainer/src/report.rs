@@ -9,10 +9,11 @@
 use crate::checkpoint::{self, RunDir, State};
 use crate::config::{CheckpointChoice, TrainConfig};
 use crate::data::Split;
-use crate::evaluate::{Evaluated, evaluate, patient_summary, with_context};
+use crate::evaluate::{Evaluated, evaluate, patient_rows, patient_summary, with_context};
 use crate::precise_bn::precise_bn;
 use crate::splits::Data;
-use crate::threshold::choose_threshold;
+use crate::test_report::TestReport;
+use crate::threshold::{ChosenThreshold, choose_threshold};
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
@@ -40,7 +41,7 @@ fn configured<B: AutodiffBackend>(
     data: &mut Data,
     device: &B::Device,
 ) -> Result<Configured<B>> {
-    let model_cfg = cfg.model_config();
+    let model_cfg = &cfg.model;
     // Loaded on the autodiff backend, which recomputing BatchNorm statistics needs.
     let load = |dir: &Path| run.load_model(model_cfg.init::<B>(device), dir, device);
     let (last, last_dir) = run.latest().context("the run has no checkpoints")?;
@@ -55,7 +56,7 @@ fn configured<B: AutodiffBackend>(
             CheckpointChoice::Last => (last, load(&last_dir)?, String::new(), last_dir.clone()),
             CheckpointChoice::Average => {
                 let n = cfg.eval.average_epochs;
-                let (mean, first) = run.mean_of_last::<B>(&model_cfg, last, n, device)?;
+                let (mean, first) = run.mean_of_last::<B>(model_cfg, last, n, device)?;
                 write_derived(
                     run,
                     &run.average_dir(),
@@ -91,14 +92,8 @@ pub fn final_report<B: AutodiffBackend>(
     let Configured { epoch, model, what } = configured::<B>(cfg, run, state, data, device)?;
     let tta = cfg.eval.tta;
     // The configured views; with `variants`, the other too.
-    let mut runs: BTreeMap<bool, (Evaluated, Evaluated)> = BTreeMap::new();
-    for t in [tta, !tta].into_iter().take(if variants { 2 } else { 1 }) {
-        let val = evaluate(&model, &data.val, &data.loader, device, t);
-        let test = evaluate(&model, &data.test, &data.loader, device, t);
-        data.skipped.add("validation", &val.failed)?;
-        data.skipped.add("testing", &test.failed)?;
-        runs.insert(t, (val, test));
-    }
+    let views = [tta, !tta].into_iter().take(if variants { 2 } else { 1 });
+    let runs = evaluate_views(&model, data, device, views)?;
     // Neighbour context (eval.context) on the configured model, validation included: the
     // threshold is chosen on what `runtime` will compute.
     let configured = |split: &Split, e: &Evaluated| match cfg.eval.context {
@@ -115,21 +110,8 @@ pub fn final_report<B: AutodiffBackend>(
         serde_json::to_string_pretty(&chosen)?.as_bytes(),
     )?;
     let report = Report::new(&test.labels, &test.probs, chosen.threshold);
-    println!(
-        "\ntesting split, {} checkpoint (epoch {epoch}{what}), loss {:.4}{}{}, threshold {:.4} ({}):\n{report}",
-        cfg.eval.checkpoint.name(),
-        test.loss,
-        if tta {
-            ", test-time augmentation (8 views)"
-        } else {
-            ""
-        },
-        cfg.eval.context.map_or(String::new(), |w| format!(
-            ", neighbour context (weight {w})"
-        )),
-        chosen.threshold,
-        chosen.source
-    );
+    let heading = heading(cfg, epoch, &what, test.loss, &chosen);
+    println!("\n{heading}:\n{report}");
     let test_skipped: Vec<serde_json::Value> = test
         .failed
         .iter()
@@ -143,27 +125,70 @@ pub fn final_report<B: AutodiffBackend>(
             checkpoint::TEST_REPORT_FILE
         );
     }
-    let mut json = serde_json::json!({
-        "split": "testing",
-        "checkpoint": cfg.eval.checkpoint.name(),
-        "checkpoint_epoch": epoch,
-        "precise_bn": cfg.eval.precise_bn,
-        "loss": test.loss,
-        "tta": tta,
-        "context": cfg.eval.context,
-        "threshold": chosen,
-        "report": report,
-        "patients": patient_summary(&data.test, &test),
-        "skipped": test_skipped,
-    });
-    if variants {
-        json["variants"] = crate::variants::all::<B>(cfg, run, data, device, &runs)?.into();
+    let variants = if variants {
+        crate::variants::all::<B>(cfg, run, data, device, &runs)?
+    } else {
+        BTreeMap::new()
+    };
+    TestReport {
+        split: "testing".into(),
+        checkpoint: cfg.eval.checkpoint.name().into(),
+        checkpoint_epoch: epoch,
+        precise_bn: cfg.eval.precise_bn,
+        loss: test.loss,
+        tta,
+        context: cfg.eval.context,
+        threshold: chosen,
+        report: report.clone(),
+        patients: patient_summary(&data.test, &test),
+        per_patient: patient_rows(&data.test, &test, report.threshold),
+        skipped: test_skipped,
+        variants,
     }
-    write_atomic(
-        &run.root.join(checkpoint::TEST_REPORT_FILE),
-        serde_json::to_string_pretty(&json)?.as_bytes(),
-    )?;
+    .write(&run.root)?;
     Ok(report)
+}
+
+/// `model`'s validation and testing predictions for each of `views` (TTA or not).
+fn evaluate_views<B: Backend>(
+    model: &CancerNet<B>,
+    data: &mut Data,
+    device: &B::Device,
+    views: impl Iterator<Item = bool>,
+) -> Result<BTreeMap<bool, (Evaluated, Evaluated)>> {
+    let mut runs = BTreeMap::new();
+    for t in views {
+        let val = evaluate(model, &data.val, &data.loader, device, t);
+        let test = evaluate(model, &data.test, &data.loader, device, t);
+        data.skipped.add("validation", &val.failed)?;
+        data.skipped.add("testing", &test.failed)?;
+        runs.insert(t, (val, test));
+    }
+    Ok(runs)
+}
+
+/// The report's first line: which model, how it saw the patches, at which threshold.
+fn heading(
+    cfg: &TrainConfig,
+    epoch: usize,
+    what: &str,
+    loss: f64,
+    chosen: &ChosenThreshold,
+) -> String {
+    let tta = if cfg.eval.tta {
+        ", test-time augmentation (8 views)"
+    } else {
+        ""
+    };
+    let context = cfg.eval.context.map_or(String::new(), |w| {
+        format!(", neighbour context (weight {w})")
+    });
+    format!(
+        "testing split, {} checkpoint (epoch {epoch}{what}), loss {loss:.4}{tta}{context}, threshold {:.4} ({})",
+        cfg.eval.checkpoint.name(),
+        chosen.threshold,
+        chosen.source
+    )
 }
 
 /// Writes `model`, derived from the checkpoint `source` (an average, recomputed statistics), to

@@ -261,7 +261,7 @@ fn write_run_files(
     )?;
     write_atomic(
         &run.root.join(checkpoint::MODEL_CONFIG_FILE),
-        cfg.model_config().to_string().as_bytes(),
+        cfg.model.to_string().as_bytes(),
     )?;
     let manifest_path = cfg.data.root.join(manifest::FILE_NAME);
     let manifest_sha = manifest::sha256_file(&manifest_path)
@@ -304,7 +304,7 @@ impl<B: AutodiffBackend> Session<B> {
     fn start(cfg: &TrainConfig, run: &RunDir, start: &Start, device: &B::Device) -> Result<Self> {
         B::seed(device, cfg.train.seed);
         let mut s = Session {
-            model: cfg.model_config().init_seeded(cfg.train.seed, device),
+            model: cfg.model.init_seeded(cfg.train.seed, device),
             optim: Optim::new(&cfg.train),
             state: State::new(),
             history: Vec::new(),
@@ -382,27 +382,9 @@ fn train_epoch<B: AutodiffBackend>(
         if batch.is_empty() {
             continue;
         }
-        let logits = session
-            .model
-            .forward(images_tensor::<B>(&batch, size, device));
-        let loss = weighted_loss(logits.clone(), &batch.labels, weights, device);
-        let loss_value: f64 = loss.clone().into_scalar().elem();
-        finite_loss(loss_value, epoch, session.state.step, k)?;
-        let grads = GradientsParams::from_grads(loss.backward(), &session.model);
         lr = cfg.learning_rate_at(session.state.step, total_steps);
-        session.model = session.optim.step(lr, session.model.clone(), grads);
-        session.state.step += 1;
-        let pred: Vec<i64> = logits
-            .argmax(1)
-            .into_data()
-            .convert::<i64>()
-            .into_vec()
-            .expect("argmax");
-        correct += pred
-            .iter()
-            .zip(&batch.labels)
-            .filter(|(p, y)| **p == **y as i64)
-            .count();
+        let (loss_value, right) = step(session, &batch, (size, weights, lr), (epoch, k), device)?;
+        correct += right;
         loss_sum += loss_value * batch.len() as f64;
         seen += batch.len();
         bar.set_message(format!(
@@ -422,6 +404,38 @@ fn train_epoch<B: AutodiffBackend>(
         images_per_second: seen as f64 / started.elapsed().as_secs_f64(),
         started,
     })
+}
+
+/// One optimizer step on `batch` (batch `k` of `epoch`) at learning rate `lr`: the batch's loss,
+/// and how many of its patches the model got right before the step.
+fn step<B: AutodiffBackend>(
+    session: &mut Session<B>,
+    batch: &Batch,
+    (size, weights, lr): (usize, [f64; 2], f64),
+    (epoch, k): (usize, usize),
+    device: &B::Device,
+) -> Result<(f64, usize)> {
+    let logits = session
+        .model
+        .forward(images_tensor::<B>(batch, size, device));
+    let loss = weighted_loss(logits.clone(), &batch.labels, weights, device);
+    let loss_value: f64 = loss.clone().into_scalar().elem();
+    finite_loss(loss_value, epoch, session.state.step, k)?;
+    let grads = GradientsParams::from_grads(loss.backward(), &session.model);
+    session.model = session.optim.step(lr, session.model.clone(), grads);
+    session.state.step += 1;
+    let pred: Vec<i64> = logits
+        .argmax(1)
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .expect("argmax");
+    let right = pred
+        .iter()
+        .zip(&batch.labels)
+        .filter(|(p, y)| **p == **y as i64)
+        .count();
+    Ok((loss_value, right))
 }
 
 /// A loss that is not a number stops the run, saying where (the checkpoints so far stay).

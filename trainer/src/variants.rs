@@ -9,6 +9,7 @@ use crate::config::TrainConfig;
 use crate::evaluate::{Evaluated, evaluate, patient_summary, with_context};
 use crate::precise_bn::{evaluate_per_patient_bn, precise_bn};
 use crate::splits::Data;
+use crate::test_report::{PatientSummary, Variant};
 use anyhow::{Context, Result};
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
@@ -20,12 +21,13 @@ pub const AVERAGED: [usize; 3] = [5, 10, 20];
 
 /// One entry per way of evaluating: the threshold, the report at it, the patients (whose
 /// per-patient ranking does not depend on the threshold).
-fn variant(test: &Evaluated, threshold: f64, patients: &serde_json::Value) -> serde_json::Value {
-    serde_json::json!({
-        "threshold": threshold,
-        "report": Report::new(&test.labels, &test.probs, threshold),
-        "patients": patients,
-    })
+fn variant(test: &Evaluated, threshold: f64, patients: &PatientSummary) -> Variant {
+    Variant {
+        threshold,
+        report: Report::new(&test.labels, &test.probs, threshold),
+        patients: patients.clone(),
+        epoch: None,
+    }
 }
 
 fn view(tta: bool) -> &'static str {
@@ -40,8 +42,8 @@ pub fn all<B: AutodiffBackend>(
     data: &Data,
     device: &B::Device,
     runs: &BTreeMap<bool, (Evaluated, Evaluated)>,
-) -> Result<serde_json::Map<String, serde_json::Value>> {
-    let mut all = serde_json::Map::new();
+) -> Result<BTreeMap<String, Variant>> {
+    let mut all = BTreeMap::new();
     for (t, (val, test)) in runs {
         let max_bac = evaluation::report::threshold_max_bac(&val.labels, &val.probs).unwrap_or(0.5);
         let patients = patient_summary(&data.test, test);
@@ -61,7 +63,7 @@ pub fn all<B: AutodiffBackend>(
         );
     }
     let (last, last_dir) = run.latest().context("the run has no checkpoints")?;
-    let model_cfg = cfg.model_config();
+    let model_cfg = &cfg.model;
     // The last epoch's model instead of the best by validation loss (which a small validation
     // split makes noisy), the means of the last n epochs' weights, and the last and the mean of
     // 10 with BatchNorm statistics recomputed on the training split.
@@ -69,7 +71,7 @@ pub fn all<B: AutodiffBackend>(
     let mut models = vec![("last".to_string(), last_model.valid())];
     let mut avg10 = None;
     for n in AVERAGED.into_iter().filter(|&n| n <= last) {
-        let (mean, _) = run.mean_of_last::<B>(&model_cfg, last, n, device)?;
+        let (mean, _) = run.mean_of_last::<B>(model_cfg, last, n, device)?;
         models.push((format!("avg{n}"), mean.valid()));
         if n == 10 {
             avg10 = Some(mean);
@@ -80,7 +82,7 @@ pub fn all<B: AutodiffBackend>(
     // recomputed on the training split.
     let avg10 = match avg10 {
         Some(mean) => mean,
-        None => run.mean_of_last::<B>(&model_cfg, last, 10, device)?.0,
+        None => run.mean_of_last::<B>(model_cfg, last, 10, device)?.0,
     };
     let adapted = evaluate_per_patient_bn(cfg, &avg10, &data.test, &data.loader, device);
     models.push((
@@ -93,7 +95,7 @@ pub fn all<B: AutodiffBackend>(
     ));
     let mut entry = |name: String, test: &Evaluated| {
         let mut e = variant(test, 0.5, &patient_summary(&data.test, test));
-        e["epoch"] = last.into();
+        e.epoch = Some(last);
         all.insert(name, e);
     };
     for (name, model) in &models {

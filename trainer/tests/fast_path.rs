@@ -15,7 +15,7 @@ type B = Autodiff<Flex>;
 fn losses(kernels: Kernels) -> Vec<f32> {
     let dev = Default::default();
     B::seed(&dev, 7);
-    let cfg = CancerNetConfig::new()
+    let cfg = CancerNetConfig::default()
         .with_input_size(16)
         .with_widths(vec![6, 8])
         .with_depths(vec![1, 2])

@@ -27,7 +27,7 @@ use trainer::train::{images_tensor, weighted_loss};
 
 /// A small CancerNet without dropout (the two backends draw masks from different generators).
 fn config() -> CancerNetConfig {
-    CancerNetConfig::new()
+    CancerNetConfig::default()
         .with_input_size(16)
         .with_widths(vec![6, 8])
         .with_depths(vec![1, 2])
@@ -533,9 +533,9 @@ fn whole_run_exports_and_evaluates<B: Backend>(flag: &str, device: B::Device) {
     );
 }
 
-/// A run stopped on one device resumes on the other and ends as a straight CPU run does, within
-/// the cross-backend tolerance.
-fn resume_across_devices(flag: &str) {
+/// A run stopped on one device resumes on the other and ends as a straight CPU run does: its
+/// losses within `tolerance` (relative) of the straight run's, the resumed epochs included.
+fn resume_across_devices(flag: &str, tolerance: f64) {
     let tmp = tempfile::tempdir().unwrap();
     let config = setup(tmp.path(), flag);
     let trainer = Path::new(env!("CARGO_BIN_EXE_trainer"));
@@ -601,7 +601,7 @@ fn resume_across_devices(flag: &str) {
                 epoch + 1
             );
             assert!(
-                (tl - wtl).abs() <= 1e-4 * wtl && (vl - wvl).abs() <= 1e-4 * wvl,
+                (tl - wtl).abs() <= tolerance * wtl && (vl - wvl).abs() <= tolerance * wvl,
                 "{first} then {second}, epoch {}: losses {tl} {vl} vs straight {wtl} {wvl}",
                 epoch + 1
             );
@@ -655,7 +655,8 @@ mod wgpu {
     #[test]
     fn wgpu_run_resumes_on_the_cpu_and_back() {
         if device().is_some() {
-            resume_across_devices("wgpu");
+            // Measured on lavapipe: 7e-7 apart; 1e-5 leaves room for other drivers.
+            resume_across_devices("wgpu", 1e-5);
         }
     }
 }
@@ -744,7 +745,8 @@ mod cuda {
     #[test]
     fn cuda_run_resumes_on_the_cpu_and_back() {
         if device().is_some() {
-            resume_across_devices("cuda");
+            // Unmeasured on a GPU yet: the cross-backend tolerance of the other CUDA tests.
+            resume_across_devices("cuda", 1e-4);
         }
     }
 }

@@ -29,7 +29,7 @@ fn a_few_steps_lower_the_loss_on_synthetic_patches() {
         .collect();
     let dev = Default::default();
     <B as burn::tensor::backend::Backend>::seed(&dev, 1); // initial weights and dropout masks
-    let mut model: CancerNet<B> = CancerNetConfig::new().init(&dev);
+    let mut model: CancerNet<B> = CancerNetConfig::default().init(&dev);
     let mut optim = KerasAdagrad {
         initial_accumulator: 0.1,
         epsilon: 1e-7,

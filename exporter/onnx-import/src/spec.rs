@@ -2,7 +2,7 @@
 pub const SEED: u64 = 5;
 
 pub fn config() -> models::CancerNetConfig {
-    models::CancerNetConfig::new()
+    models::CancerNetConfig::default()
         .with_input_size(40)
         .with_widths(vec![8, 16])
         .with_depths(vec![1, 2])

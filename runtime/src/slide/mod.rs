@@ -167,7 +167,6 @@ pub fn run(
     let idc = tiles.iter().filter(|x| f64::from(x.prob) >= t).count();
     let total = u64::from(grid.cols) * u64::from(grid.rows);
     let tiles_per_second = total as f64 / seconds.max(1e-9);
-    let mm2 = grid.tile_mm2();
     let counts = Counts {
         total,
         tissue: tiles.len(),
@@ -179,35 +178,36 @@ pub fn run(
     let summary = summary(
         path, &slide, lib, &grid, &scale, s, &counts, model, model_path,
     );
-    let title = format!(
-        "{}: {} tissue tiles, {} predicted IDC ({:.1}%, {:.2} of {:.2} mm²)",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        tiles.len(),
-        idc,
-        100.0 * idc as f64 / tiles.len() as f64,
-        idc as f64 * mm2,
-        tiles.len() as f64 * mm2
-    );
+    let title = title(path, tiles.len(), idc, grid.tile_mm2());
     let heatmap = scanned.thumbnail.heatmap(tiles, t, &title);
     let dir = s.out.join(folder_name(path));
-    output::write_folder(
-        &dir,
-        &[
-            (output::TILES_FILE, output::tiles_csv(&grid, tiles, t)?),
-            (
-                output::REGIONS_FILE,
-                output::regions_geojson(&grid, tiles, t)?,
-            ),
-            (output::HEATMAP_FILE, common::png::encode(&heatmap)?),
-            (output::SUMMARY_FILE, serde_json::to_vec_pretty(&summary)?),
-        ],
-    )?;
+    let files = [
+        (output::TILES_FILE, output::tiles_csv(&grid, tiles, t)?),
+        (
+            output::REGIONS_FILE,
+            output::regions_geojson(&grid, tiles, t)?,
+        ),
+        (output::HEATMAP_FILE, common::png::encode(&heatmap)?),
+        (output::SUMMARY_FILE, serde_json::to_vec_pretty(&summary)?),
+    ];
+    output::write_folder(&dir, &files)?;
     Ok(Done {
         dir,
         tissue: tiles.len(),
         idc,
         tiles_per_second,
     })
+}
+
+/// The heatmap's title: the slide's name, its tissue and IDC tiles and areas.
+fn title(path: &Path, tissue: usize, idc: usize, tile_mm2: f64) -> String {
+    format!(
+        "{}: {tissue} tissue tiles, {idc} predicted IDC ({:.1}%, {:.2} of {:.2} mm²)",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        100.0 * idc as f64 / tissue as f64,
+        idc as f64 * tile_mm2,
+        tissue as f64 * tile_mm2
+    )
 }
 
 /// How many tiles of each kind a slide had, and how long it took.

@@ -100,7 +100,7 @@ pub fn exec(name: &str, args: &[&str], dir: &Path) -> Ran {
 /// A randomly initialized CancerNet exported (and verified) to `dir/model.onnx`.
 pub fn model(dir: &Path) -> PathBuf {
     let run = dir.join("run");
-    trainer::checkpoint::write_random_run(&run, &CancerNetConfig::new(), 11).unwrap();
+    trainer::checkpoint::write_random_run(&run, &CancerNetConfig::default(), 11).unwrap();
     let out = dir.join("model.onnx");
     export_run(&run, &out, false);
     out
