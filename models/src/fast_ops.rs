@@ -265,7 +265,7 @@ pub fn relu_batch_norm<B: Backend>(
                 )))
             }
             Err(z) => crate::cube::relu_batch_norm(bn, z)
-                .unwrap_or_else(|(bn, z)| crate::batch_norm_nchw(bn, relu(z))),
+                .unwrap_or_else(|(bn, z, _)| crate::batch_norm_nchw(bn, relu(z))),
         },
     }
 }
@@ -286,6 +286,10 @@ pub fn relu_batch_norm_pool<B: Backend>(
             same(bn_autodiff(bn, z, Some((p as f32, seed))))
         }
         Ok(z) => max_pool2_dropout(relu_batch_norm(bn, same(z), kernels), p, kernels),
+        Err(z) if kernels == Kernels::Fast => crate::cube::relu_batch_norm_pool(bn, z, p as f32)
+            .unwrap_or_else(|(bn, z, _)| {
+                max_pool2_dropout(relu_batch_norm(bn, z, kernels), p, kernels)
+            }),
         Err(z) => max_pool2_dropout(relu_batch_norm(bn, z, kernels), p, kernels),
     }
 }

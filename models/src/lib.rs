@@ -45,12 +45,22 @@ pub mod cube {
         Err((x, weight, bias))
     }
 
-    #[allow(clippy::type_complexity)]
+    /// A BatchNorm layer, its input, and the pool's dropout probability, handed back.
+    type BatchNormInputs<'a, B> = (&'a burn::nn::BatchNorm<B>, Tensor<B, 4>, Option<f32>);
+
     pub fn relu_batch_norm<B: Backend>(
         bn: &burn::nn::BatchNorm<B>,
         z: Tensor<B, 4>,
-    ) -> Result<Tensor<B, 4>, (&burn::nn::BatchNorm<B>, Tensor<B, 4>)> {
-        Err((bn, z))
+    ) -> Result<Tensor<B, 4>, BatchNormInputs<'_, B>> {
+        Err((bn, z, None))
+    }
+
+    pub fn relu_batch_norm_pool<B: Backend>(
+        bn: &burn::nn::BatchNorm<B>,
+        z: Tensor<B, 4>,
+        p: f32,
+    ) -> Result<Tensor<B, 4>, BatchNormInputs<'_, B>> {
+        Err((bn, z, Some(p)))
     }
 
     pub fn serves<B: Backend>() -> bool {

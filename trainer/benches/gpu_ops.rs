@@ -6,7 +6,8 @@
 //!
 //! Run: cargo bench -p trainer --features wgpu,cuda --bench gpu_ops
 //! Env: BATCHES (default "32,256"), REPS (timed repetitions, default 5), DEVICES (default
-//! "cpu,wgpu,cuda"; those the build or the machine lacks are reported and skipped).
+//! "cpu,wgpu,cuda"; those the build or the machine lacks are reported and skipped), KERNELS
+//! (default "burn,fast"; "fast" alone leaves burn's columns at 0, for quicker runs).
 //! Each repetition waits for the device (`Backend::sync`), so a time is a latency, launches
 //! included.
 
@@ -104,7 +105,7 @@ fn layer_rows<B: AutodiffBackend>(device: &B::Device, batch: usize, reps: usize)
             [batch, u.c_in, u.side, u.side],
             [batch, u.c_out, u.side, u.side],
         );
-        for k in [Kernels::Burn, Kernels::Fast] {
+        for k in kernels() {
             let t = op_times(device, reps, before, &|x| fast_ops::depthwise3x3(&dw, x, k));
             add("depthwise 3x3", k, t);
             let t = op_times(device, reps, before, &|x| fast_ops::pointwise(&pw, x, k));
@@ -126,7 +127,7 @@ fn layer_rows<B: AutodiffBackend>(device: &B::Device, batch: usize, reps: usize)
             add(kind, k, t);
         }
     }
-    for k in [Kernels::Burn, Kernels::Fast] {
+    for k in kernels() {
         add(
             "training step (fwd+bwd: + Adagrad)",
             k,
@@ -199,6 +200,18 @@ fn run<B: AutodiffBackend>(label: &str, device: B::Device, batches: &[usize], re
     for &batch in batches {
         print(label, batch, &layer_rows::<B>(&device, batch, reps));
     }
+}
+
+/// The implementations KERNELS names.
+fn kernels() -> Vec<Kernels> {
+    env_or("KERNELS", "burn,fast")
+        .split(',')
+        .map(|k| match k.trim() {
+            "burn" => Kernels::Burn,
+            "fast" => Kernels::Fast,
+            other => panic!("KERNELS: unknown kernels {other} (burn, fast)"),
+        })
+        .collect()
 }
 
 fn env_or(name: &str, default: &str) -> String {

@@ -9,7 +9,7 @@
 //! in an order fixed by the launch: the same bytes every time.
 
 use super::reduce::sum_leading;
-use super::{Cube, MAX_CUBES_YZ, empty};
+use super::{Cube, MAX_CUBES_YZ, empty, pool, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -27,7 +27,7 @@ use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
-    use crate::cube::reduce::tree_sum;
+    use crate::cube::reduce::{lanes_sum, tree_sum};
     use cubecl::prelude::*;
 
     /// One part of a per-channel sum over t `[n, c, positions]` of `relu(t)` (or, `centred`, of
@@ -36,8 +36,8 @@ mod kernels {
     /// its units' sums in a tree in shared memory (of `slots`, a power of two at least the
     /// cube's size) into `partial[s, c]`.
     #[cube(launch)]
-    pub(super) fn moments(
-        t: &Tensor<f32>,
+    pub(super) fn moments<N: Size>(
+        t: &Tensor<Vector<f32, N>>,
         mean_parts: &Tensor<f32>,
         partial: &mut Tensor<f32>,
         images: usize,
@@ -46,7 +46,7 @@ mod kernels {
         #[comptime] slots: usize,
     ) {
         let channels = t.shape(1);
-        let positions = t.shape(2);
+        let vectors = t.shape(2) / t.vector_size();
         let channel = CUBE_POS_X as usize;
         let part = CUBE_POS_Y as usize;
         let unit = UNIT_POS as usize;
@@ -70,12 +70,14 @@ mod kernels {
             sync_cube();
             shift = shared[slots];
         }
-        let mut sum = 0.0f32;
+        let zero = Vector::<f32, N>::cast_from(0.0f32);
+        let shift = Vector::<f32, N>::cast_from(shift);
+        let mut sum = zero;
         for n in first..last {
-            let base = (n * channels + channel) * positions;
+            let base = (n * channels + channel) * vectors;
             let mut p = unit;
-            while p < positions {
-                let a = f32::max(t[base + p], 0.0f32);
+            while p < vectors {
+                let a = max(t[base + p], zero);
                 if centred {
                     let d = a - shift;
                     sum += d * d;
@@ -85,7 +87,7 @@ mod kernels {
                 p += units;
             }
         }
-        shared[unit] = sum;
+        shared[unit] = lanes_sum(sum);
         tree_sum(&mut shared, 1usize, slots);
         if unit == 0usize {
             partial[part * channels + channel] = shared[0usize];
@@ -137,9 +139,9 @@ mod kernels {
     /// `(relu(z) - mean[c]) * inv_std[c]`), into `partial[s, 0, c]` and `partial[s, 1, c]`;
     /// laid out as `moments`.
     #[cube(launch)]
-    pub(super) fn grad_sums(
-        z: &Tensor<f32>,
-        dy: &Tensor<f32>,
+    pub(super) fn grad_sums<N: Size>(
+        z: &Tensor<Vector<f32, N>>,
+        dy: &Tensor<Vector<f32, N>>,
         mean: &Tensor<f32>,
         inv_std: &Tensor<f32>,
         partial: &mut Tensor<f32>,
@@ -147,7 +149,7 @@ mod kernels {
         #[comptime] slots: usize,
     ) {
         let channels = z.shape(1);
-        let positions = z.shape(2);
+        let vectors = z.shape(2) / z.vector_size();
         let channel = CUBE_POS_X as usize;
         let part = CUBE_POS_Y as usize;
         let unit = UNIT_POS as usize;
@@ -157,22 +159,24 @@ mod kernels {
         if last > z.shape(0) {
             last = z.shape(0);
         }
-        let (m, s) = (mean[channel], inv_std[channel]);
-        let mut sum_dy = 0.0f32;
-        let mut sum_dy_xhat = 0.0f32;
+        let zero = Vector::<f32, N>::cast_from(0.0f32);
+        let m = Vector::<f32, N>::cast_from(mean[channel]);
+        let s = Vector::<f32, N>::cast_from(inv_std[channel]);
+        let mut sum_dy = zero;
+        let mut sum_dy_xhat = zero;
         for n in first..last {
-            let base = (n * channels + channel) * positions;
+            let base = (n * channels + channel) * vectors;
             let mut p = unit;
-            while p < positions {
+            while p < vectors {
                 let g = dy[base + p];
                 sum_dy += g;
-                sum_dy_xhat += g * (f32::max(z[base + p], 0.0f32) - m) * s;
+                sum_dy_xhat += g * (max(z[base + p], zero) - m) * s;
                 p += units;
             }
         }
         let mut shared = SharedMemory::<f32>::new(2usize * slots);
-        shared[unit] = sum_dy;
-        shared[slots + unit] = sum_dy_xhat;
+        shared[unit] = lanes_sum(sum_dy);
+        shared[slots + unit] = lanes_sum(sum_dy_xhat);
         tree_sum(&mut shared, 2usize, slots);
         if unit == 0usize {
             partial[part * 2usize * channels + channel] = shared[0usize];
@@ -183,24 +187,25 @@ mod kernels {
     /// `y = relu(z) * scale[c] + shift[c]`. Cube (x, y) covers positions `x * units ..` of plane
     /// y (and of every plane `cubes along y` further).
     #[cube(launch)]
-    pub(super) fn relu_affine(
-        z: &Tensor<f32>,
+    pub(super) fn relu_affine<N: Size>(
+        z: &Tensor<Vector<f32, N>>,
         scale: &Tensor<f32>,
         shift: &Tensor<f32>,
-        y: &mut Tensor<f32>,
+        y: &mut Tensor<Vector<f32, N>>,
     ) {
         let channels = z.shape(1);
-        let positions = z.shape(2);
+        let vectors = z.shape(2) / z.vector_size();
         let p = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-        if p >= positions {
+        if p >= vectors {
             terminate!();
         }
+        let zero = Vector::<f32, N>::cast_from(0.0f32);
         let planes = z.shape(0) * channels;
         let mut plane = CUBE_POS_Y as usize;
         while plane < planes {
             let c = plane % channels;
-            let at = plane * positions + p;
-            y[at] = f32::max(z[at], 0.0f32) * scale[c] + shift[c];
+            let at = plane * vectors + p;
+            y[at] = max(z[at], zero) * Vector::cast_from(scale[c]) + Vector::cast_from(shift[c]);
             plane += CUBE_COUNT_Y as usize;
         }
     }
@@ -211,24 +216,25 @@ mod kernels {
     /// as `relu_affine`; and gamma's and beta's (the sums themselves), written by the units at
     /// position 0 of the first image's planes.
     #[cube(launch)]
-    pub(super) fn input_grad(
-        z: &Tensor<f32>,
-        dy: &Tensor<f32>,
+    pub(super) fn input_grad<N: Size>(
+        z: &Tensor<Vector<f32, N>>,
+        dy: &Tensor<Vector<f32, N>>,
         mean: &Tensor<f32>,
         inv_std: &Tensor<f32>,
         gamma: &Tensor<f32>,
         sums: &Tensor<f32>,
-        dz: &mut Tensor<f32>,
+        dz: &mut Tensor<Vector<f32, N>>,
         dgamma: &mut Tensor<f32>,
         dbeta: &mut Tensor<f32>,
         count: f32,
     ) {
         let channels = z.shape(1);
-        let positions = z.shape(2);
+        let vectors = z.shape(2) / z.vector_size();
         let p = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-        if p >= positions {
+        if p >= vectors {
             terminate!();
         }
+        let zero = Vector::<f32, N>::cast_from(0.0f32);
         let planes = z.shape(0) * channels;
         let mut plane = CUBE_POS_Y as usize;
         while plane < planes {
@@ -238,19 +244,23 @@ mod kernels {
                 dbeta[c] = sum_dy;
                 dgamma[c] = sum_dy_xhat;
             }
-            let at = plane * positions + p;
+            let at = plane * vectors + p;
             let v = z[at];
             let s = inv_std[c];
-            let xhat = (v - mean[c]) * s;
-            let g = gamma[c] * s * (dy[at] - sum_dy / count - xhat * sum_dy_xhat / count);
-            dz[at] = select(v > 0.0f32, g, 0.0f32);
+            let xhat = (v - Vector::cast_from(mean[c])) * Vector::cast_from(s);
+            let g = Vector::<f32, N>::cast_from(gamma[c] * s)
+                * (dy[at]
+                    - Vector::cast_from(sum_dy / count)
+                    - xhat * Vector::cast_from(sum_dy_xhat / count));
+            dz[at] = select_many(v.greater_than(zero), g, zero);
             plane += CUBE_COUNT_Y as usize;
         }
     }
 }
 
-/// The layer and its input, handed back when the backend is not one of ours.
-pub(super) type Inputs<'a, B> = (&'a BatchNorm<B>, Tensor<B, 4>);
+/// The layer, its input and, for a block's last layer, the dropout probability after its
+/// max-pool; handed back when the backend is not one of ours.
+pub(super) type Inputs<'a, B> = (&'a BatchNorm<B>, Tensor<B, 4>, Option<f32>);
 
 /// Units of a cube of the elementwise kernels, and of the reductions (whose units each sum at
 /// least `VALUES_PER_UNIT` values before the cube's tree).
@@ -258,11 +268,11 @@ const UNITS: usize = 64;
 const REDUCTION_UNITS: usize = 256;
 const VALUES_PER_UNIT: usize = 64;
 
-/// The grid of the elementwise kernels for t `[n, c, positions]`.
+/// The grid of the elementwise kernels for t `[n, c, positions]` (read as vectors).
 fn elementwise_count(dims: [usize; 3]) -> CubeCount {
     let [n, c, positions] = dims;
     CubeCount::Static(
-        positions.div_ceil(UNITS).max(1) as u32,
+        (positions / vector_size(positions)).div_ceil(UNITS).max(1) as u32,
         (n * c).clamp(1, MAX_CUBES_YZ) as u32,
         1,
     )
@@ -294,6 +304,7 @@ fn moment_parts<R: CubeRuntime>(z: &CubeTensor<R>, mean: Option<&CubeTensor<R>>)
         &z.client,
         CubeCount::Static(dims[1] as u32, parts as u32, 1),
         CubeDim::new_1d(REDUCTION_UNITS as u32),
+        vector_size(dims[2]),
         z.clone().into_tensor_arg(),
         mean.unwrap_or(&partial).clone().into_tensor_arg(),
         partial.clone().into_tensor_arg(),
@@ -316,6 +327,7 @@ fn relu_affine<R: CubeRuntime>(
         &z.client,
         elementwise_count(z.meta.shape().dims::<3>()),
         CubeDim::new_1d(UNITS as u32),
+        vector_size(z.meta.shape()[2]),
         z.clone().into_tensor_arg(),
         into_contiguous(scale).into_tensor_arg(),
         into_contiguous(shift).into_tensor_arg(),
@@ -332,13 +344,14 @@ fn row<R: CubeRuntime>(t: &CubeTensor<R>, i: usize) -> CubeTensor<R> {
 }
 
 /// What the backward pass keeps: z as `[n, c, positions]`, the batch mean, 1 / sqrt(var + eps),
-/// gamma, and z's own shape.
+/// gamma, z's own shape, and the pool's codes when a max-pool and dropout followed.
 type Saved<R> = (
     CubeTensor<R>,
     CubeTensor<R>,
     CubeTensor<R>,
     CubeTensor<R>,
     Shape,
+    Option<pool::Codes<R>>,
 );
 
 #[derive(Debug)]
@@ -348,10 +361,14 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for ReluBatchNorm
     type State = Saved<R>;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let (z, mean, inv_std, gamma, shape) = ops.state;
+        let (z, mean, inv_std, gamma, shape, codes) = ops.state;
         let dims = z.meta.shape().dims::<3>();
         let c = dims[1];
-        let dy = planes(grads.consume::<Cube<R, BT>>(&ops.node));
+        let dy = grads.consume::<Cube<R, BT>>(&ops.node);
+        let dy = planes(match codes {
+            Some(codes) => pool::backward(dy, codes, shape.clone()),
+            None => dy,
+        });
         let (parts, images) = reduction_parts(dims);
         let partial = empty(&z, Shape::new([parts, 2 * c]));
         let client = z.client.clone();
@@ -359,6 +376,7 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for ReluBatchNorm
             &client,
             CubeCount::Static(c as u32, parts as u32, 1),
             CubeDim::new_1d(REDUCTION_UNITS as u32),
+            vector_size(dims[2]),
             z.clone().into_tensor_arg(),
             dy.clone().into_tensor_arg(),
             mean.clone().into_tensor_arg(),
@@ -375,6 +393,7 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for ReluBatchNorm
             &client,
             elementwise_count(dims),
             CubeDim::new_1d(UNITS as u32),
+            vector_size(dims[2]),
             z.into_tensor_arg(),
             dy.into_tensor_arg(),
             mean.into_tensor_arg(),
@@ -398,12 +417,13 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for ReluBatchNorm
     }
 }
 
-/// Training mode: normalizes with the batch's statistics, moves bn's running averages. Four
-/// launches: the two moments, their finish (statistics, the affine map, running averages), the
-/// output.
+/// Training mode: normalizes with the batch's statistics, moves bn's running averages, then
+/// max-pools and drops out with probability p when `pool` is `Some(p)`. Four launches: the two
+/// moments, their finish (statistics, the affine map, running averages), the output.
 fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     bn: &BatchNorm<B>,
     z: Tensor<Autodiff<Cube<R, BT>>, 4>,
+    pool: Option<f32>,
 ) -> Tensor<Autodiff<Cube<R, BT>>, 4> {
     type Ad<R, BT> = Autodiff<Cube<R, BT>>;
     let param =
@@ -438,10 +458,7 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
         |i| -> Tensor<B, 1> { same(Tensor::<Ad<R, BT>, 1>::from_inner(tensor(row(&stats, i)))) };
     bn.running_mean.update(running(4));
     bn.running_var.update(running(5));
-    let y = reshape(
-        relu_affine(&zp, row(&stats, 2), row(&stats, 3)),
-        shape.clone(),
-    );
+    let (y, codes) = output::<R, BT>(&zp, &shape, &stats, pool);
     let prep = ReluBatchNormBackward
         .prepare::<NoCheckpointing>([z.node.clone(), gamma.node.clone(), beta.node.clone()])
         .compute_bound()
@@ -449,16 +466,38 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let gamma = into_contiguous(gamma.primitive);
     tensor(match prep {
         OpsKind::Tracked(prep) => {
-            prep.finish((zp, row(&stats, 0), row(&stats, 1), gamma, shape), y)
+            prep.finish((zp, row(&stats, 0), row(&stats, 1), gamma, shape, codes), y)
         }
         OpsKind::UnTracked(prep) => prep.finish(y),
     })
 }
 
-/// Inference: normalizes with bn's running statistics.
+/// The output from z `[n, c, positions]` (of `shape`) and the statistics' rows 2 and 3 (the
+/// affine map): `relu(z) * scale + shift`, max-pooled and dropped out with probability p when
+/// `pool` is `Some(p)` (with the pool's codes).
+fn output<R: CubeRuntime, BT: BoolElement>(
+    zp: &CubeTensor<R>,
+    shape: &Shape,
+    stats: &CubeTensor<R>,
+    pool: Option<f32>,
+) -> (CubeTensor<R>, Option<pool::Codes<R>>) {
+    let (scale, shift) = (row(stats, 2), row(stats, 3));
+    match pool {
+        Some(p) => {
+            let z = reshape(zp.clone(), shape.clone());
+            let (y, codes) = pool::forward::<R, BT>(&z, scale, shift, p);
+            (y, Some(codes))
+        }
+        None => (reshape(relu_affine(zp, scale, shift), shape.clone()), None),
+    }
+}
+
+/// Inference: normalizes with bn's running statistics, then max-pools when `pool` is given
+/// (dropout is off in inference).
 fn infer<B: Backend, R: CubeRuntime, BT: BoolElement>(
     bn: &BatchNorm<B>,
     z: Tensor<Cube<R, BT>, 4>,
+    pool: Option<f32>,
 ) -> Tensor<Cube<R, BT>, 4> {
     let vector = |t: Tensor<B, 1>| -> Tensor<Cube<R, BT>, 1> { same(t) };
     let inv_std = vector(bn.running_var.value())
@@ -469,20 +508,24 @@ fn infer<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let shift = vector(bn.beta.val()) - vector(bn.running_mean.value()) * scale.clone();
     let z = float(z);
     let shape = z.meta.shape().clone();
-    let y = relu_affine(&planes(z), float(scale), float(shift));
-    tensor(reshape(y, shape))
+    let (scale, shift) = (into_contiguous(float(scale)), into_contiguous(float(shift)));
+    match pool {
+        Some(_) => tensor(pool::forward::<R, BT>(&into_contiguous(z), scale, shift, 0.0).0),
+        None => tensor(reshape(relu_affine(&planes(z), scale, shift), shape)),
+    }
 }
 
-/// BatchNorm(ReLU(z)) by these kernels when `B` is `Cube<R, BT>`: training mode with autodiff,
-/// running statistics without; else z back.
+/// BatchNorm(ReLU(z)), then the max-pool and dropout when `pool` is given, by these kernels when
+/// `B` is `Cube<R, BT>`: training mode with autodiff, running statistics without; else the
+/// inputs back.
 pub(super) fn on<'a, B: Backend, R: CubeRuntime, BT: BoolElement>(
-    (bn, z): Inputs<'a, B>,
+    (bn, z, pool): Inputs<'a, B>,
 ) -> Result<Tensor<B, 4>, Inputs<'a, B>> {
     match cast::<_, Tensor<Autodiff<Cube<R, BT>>, 4>>(z) {
-        Ok(z) => Ok(same(train(bn, z))),
+        Ok(z) => Ok(same(train(bn, z, pool))),
         Err(z) => match cast::<_, Tensor<Cube<R, BT>, 4>>(z) {
-            Ok(z) => Ok(same(infer(bn, z))),
-            Err(z) => Err((bn, z)),
+            Ok(z) => Ok(same(infer(bn, z, pool))),
+            Err(z) => Err((bn, z, pool)),
         },
     }
 }

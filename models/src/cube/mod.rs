@@ -1,7 +1,8 @@
 //! CancerNet's layers on burn's cubecl backends (CUDA and wgpu) as CubeCL kernels with their own
 //! autodiff backward, used by `fast_ops` wherever the model runs on one of those backends, as
 //! the CPU kernels are on flex: the depthwise 3x3 convolution (`depthwise`), the pointwise
-//! convolution and dense layers (`pointwise`), and ReLU + BatchNorm (`batch_norm`).
+//! convolution and dense layers (`pointwise`), ReLU + BatchNorm (`batch_norm`), and a block's
+//! max-pool + dropout after it (`pool`).
 //!
 //! Why: burn-cubecl 0.21 computes a grouped convolution's filter gradient with one host-side
 //! convolution per channel (419 in CancerNet), each summing the whole batch on 9 threads; that
@@ -12,6 +13,7 @@
 mod batch_norm;
 mod depthwise;
 mod pointwise;
+mod pool;
 mod reduce;
 
 use burn::nn::BatchNorm;
@@ -80,7 +82,17 @@ pub fn relu_batch_norm<'a, B: Backend>(
     bn: &'a BatchNorm<B>,
     z: Tensor<B, 4>,
 ) -> Result<Tensor<B, 4>, batch_norm::Inputs<'a, B>> {
-    Err(on_each_backend!(batch_norm::on, (bn, z)))
+    Err(on_each_backend!(batch_norm::on, (bn, z, None)))
+}
+
+/// A block's end: BatchNorm(ReLU(z)), 2x2 max-pool, and dropout with probability `p` in
+/// training (with autodiff), when `B` is a cubecl backend of this build, else the inputs back.
+pub fn relu_batch_norm_pool<'a, B: Backend>(
+    bn: &'a BatchNorm<B>,
+    z: Tensor<B, 4>,
+    p: f32,
+) -> Result<Tensor<B, 4>, batch_norm::Inputs<'a, B>> {
+    Err(on_each_backend!(batch_norm::on, (bn, z, Some(p))))
 }
 
 /// Whether the model's layers on `B` run these kernels (a test and the trainer's header ask).
@@ -88,6 +100,13 @@ pub fn serves<B: Backend>() -> bool {
     let device = Default::default();
     let probe = || Tensor::<B, 4>::empty([1, 1, 1, 1], &device);
     depthwise3x3(probe(), probe()).is_ok()
+}
+
+/// Positions per vector the kernels read and write: 4 (one 16-byte load) where a plane's
+/// positions allow it, else 1. On a GPU that is one wide load instead of four; on lavapipe,
+/// which loads a lane's values one at a time, a quarter of the loads.
+fn vector_size(positions: usize) -> usize {
+    if positions % 4 == 0 { 4 } else { 1 }
 }
 
 /// An uninitialized contiguous f32 tensor on `like`'s device.

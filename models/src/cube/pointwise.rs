@@ -4,11 +4,11 @@
 //!
 //! Full f32 arithmetic on every device: burn's matrix product runs on tensor cores in TF32 on
 //! recent NVIDIA GPUs (10 bits of mantissa), which made the CUDA step differ from the CPU's by
-//! 1e-3 on the first step. Each unit computes a tile of 4 positions x 8 outputs, so that every
-//! input value loaded serves 8 products and every weight 4.
+//! 1e-3 on the first step. Each unit computes a tile of one vector of 4 positions x 16 outputs,
+//! so that every input value loaded serves 16 products and every weight 4.
 
 use super::reduce::{channel_sums, sum_leading};
-use super::{Cube, MAX_CUBES_YZ, empty};
+use super::{Cube, MAX_CUBES_YZ, empty, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -27,17 +27,17 @@ use cubecl::{CubeCount, CubeDim};
 /// back when the backend is not one of ours.
 pub(super) type Inputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, 1>);
 
-/// Positions and outputs of a unit's tile in the product.
-const TILE_P: usize = 4;
-const TILE_O: usize = 8;
+/// Outputs of a unit's tile in the product (times one vector of positions).
+const TILE_O: usize = 16;
 /// Outputs and inputs of a unit's tile in the weight gradient.
 const GRAD_TILE: usize = 4;
-/// Units of a cube.
+/// Units of a cube: at most, and at least (a warp).
 const UNITS: usize = 64;
+const MIN_UNITS: usize = 32;
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
-    use crate::cube::reduce::tree_sum;
+    use crate::cube::reduce::{lanes_sum, tree_sum};
     use cubecl::prelude::*;
 
     /// Where weight `(o, i)` is in a weight tensor: `[outs, ins]` (a convolution's), or `[ins, outs]`
@@ -58,107 +58,89 @@ mod kernels {
     }
 
     /// `y[n, o, p] = bias[o] + sum over i of weight(o, i) * x[n, i, p]` for x `[n, ins, positions]`
-    /// and y `[parts * n, outs, positions]`. Cube (bx, by, s) covers positions `bx * 4 * units ..`
-    /// (of all images, flattened), outputs `by * 8 ..` and inputs `s * k_chunk ..`, writing its
-    /// partial sum to part s of y (the bias goes to part 0). Its units take positions in turn,
-    /// so that neighbouring units read neighbouring values.
+    /// and y `[parts * n, outs, positions]`, both read as vectors of N positions. Cube (bx, by, s)
+    /// covers the vectors `bx * units ..` (of all images, flattened), outputs `by * TILE_O ..`
+    /// and inputs `s * k_chunk ..`, writing its partial sum to part s of y (the bias goes to part
+    /// 0). Neighbouring units read neighbouring vectors; a weight is the same for all of a cube's
+    /// units (one broadcast read).
     #[cube(launch)]
-    pub(super) fn product(
-        x: &Tensor<f32>,
+    pub(super) fn product<N: Size>(
+        x: &Tensor<Vector<f32, N>>,
         weight: &Tensor<f32>,
         bias: &Tensor<f32>,
-        y: &mut Tensor<f32>,
+        y: &mut Tensor<Vector<f32, N>>,
         k_chunk: usize,
+        #[comptime] tile_o: usize,
         #[comptime] transposed: bool,
         #[comptime] has_bias: bool,
     ) {
         let ins = x.shape(1);
         let outs = y.shape(1);
-        let positions = y.shape(2);
-        let total = x.shape(0) * positions;
-        let units = CUBE_DIM as usize;
-        let first_o = CUBE_POS_Y as usize * 8usize;
+        let vectors = y.shape(2) / x.vector_size();
+        let total = x.shape(0) * vectors;
+        let first_o = CUBE_POS_Y as usize * tile_o;
         let part = CUBE_POS_Z as usize;
         let first_i = part * k_chunk;
         let mut last_i = first_i + k_chunk;
         if last_i > ins {
             last_i = ins;
         }
-        let mut at = Array::<usize>::new(4usize);
-        let mut valid = Array::<bool>::new(4usize);
+        let m = CUBE_POS_X as usize * CUBE_DIM as usize + UNIT_POS as usize;
+        let valid = m < total;
+        // A unit past the end computes vector 0 and writes nothing.
+        let mv = select(valid, m, 0usize);
+        let at = (mv / vectors) * ins * vectors + mv % vectors;
+        let mut acc = Array::<Vector<f32, N>>::new(tile_o);
         #[unroll]
-        for k in 0..4usize {
-            let m = CUBE_POS_X as usize * 4usize * units + k * units + UNIT_POS as usize;
-            valid[k] = m < total;
-            // Where position m's image starts, plus the position (its input 0 in x).
-            at[k] = (m / positions) * ins * positions + m % positions;
-        }
-        let mut acc = Array::<f32>::new(32usize);
-        #[unroll]
-        for j in 0..8usize {
+        for j in 0..tile_o {
             let o = first_o + j;
             let mut b = 0.0f32;
             if has_bias {
                 b = select(o < outs && part == 0usize, bias[o], 0.0f32);
             }
-            #[unroll]
-            for k in 0..4usize {
-                acc[j * 4usize + k] = b;
-            }
+            acc[j] = Vector::cast_from(b);
         }
         for i in first_i..last_i {
-            let mut xs = Array::<f32>::new(4usize);
+            let xv = x[at + i * vectors];
             #[unroll]
-            for k in 0..4usize {
-                xs[k] = select(valid[k], x[at[k] + i * positions], 0.0f32);
-            }
-            #[unroll]
-            for j in 0..8usize {
+            for j in 0..tile_o {
                 let o = first_o + j;
                 let w = select(
                     o < outs,
                     weight[weight_at(o, i, outs, ins, transposed)],
                     0.0f32,
                 );
-                #[unroll]
-                for k in 0..4usize {
-                    acc[j * 4usize + k] += w * xs[k];
-                }
+                acc[j] += Vector::cast_from(w) * xv;
             }
         }
-        let part_offset = part * total * outs;
-        #[unroll]
-        for k in 0..4usize {
-            if valid[k] {
-                let m = CUBE_POS_X as usize * 4usize * units + k * units + UNIT_POS as usize;
-                let out = part_offset + (m / positions) * outs * positions + m % positions;
-                #[unroll]
-                for j in 0..8usize {
-                    let o = first_o + j;
-                    if o < outs {
-                        y[out + o * positions] = acc[j * 4usize + k];
-                    }
+        if valid {
+            let out = (part * total + (m / vectors) * vectors) * outs + m % vectors;
+            #[unroll]
+            for j in 0..tile_o {
+                let o = first_o + j;
+                if o < outs {
+                    y[out + o * vectors] = acc[j];
                 }
             }
         }
     }
 
-    /// One part of the weight gradient `sum over (n, p) of dy[n, o, p] * x[n, i, p]`: cube (bo, bi,
-    /// s) sums images `s * images ..` for outputs `bo * 4 ..` and inputs `bi * 4 ..`, its units
-    /// taking each image's positions in turn, then adds the units' 16 sums in a tree
-    /// in shared memory (of `slots`, a power of two at least the cube's size) into
-    /// `partial[s, o, i]`.
+    /// One part of the weight gradient `sum over (n, p) of dy[n, o, p] * x[n, i, p]`, both read
+    /// as vectors of N positions: cube (bo, bi, s) sums images `s * images ..` for outputs
+    /// `bo * 4 ..` and inputs `bi * 4 ..`, its units taking each image's vectors in turn, then
+    /// adds the units' 16 sums in a tree in shared memory (of `slots`, a power of two at least
+    /// the cube's size) into `partial[s, o, i]`.
     #[cube(launch)]
-    pub(super) fn weight_grad(
-        x: &Tensor<f32>,
-        dy: &Tensor<f32>,
+    pub(super) fn weight_grad<N: Size>(
+        x: &Tensor<Vector<f32, N>>,
+        dy: &Tensor<Vector<f32, N>>,
         partial: &mut Tensor<f32>,
         images: usize,
         #[comptime] slots: usize,
     ) {
         let ins = x.shape(1);
         let outs = dy.shape(1);
-        let positions = x.shape(2);
+        let vectors = x.shape(2) / x.vector_size();
         let part = CUBE_POS_Z as usize;
         let units = CUBE_DIM as usize;
         let unit = UNIT_POS as usize;
@@ -169,22 +151,23 @@ mod kernels {
         if last > x.shape(0) {
             last = x.shape(0);
         }
-        let mut acc = Array::<f32>::new(16usize);
+        let zero = Vector::<f32, N>::cast_from(0.0f32);
+        let mut acc = Array::<Vector<f32, N>>::new(16usize);
         #[unroll]
         for t in 0..16usize {
-            acc[t] = 0.0f32;
+            acc[t] = zero;
         }
         for n in first..last {
             let mut p = unit;
-            while p < positions {
-                let mut gs = Array::<f32>::new(4usize);
-                let mut xs = Array::<f32>::new(4usize);
+            while p < vectors {
+                let mut gs = Array::<Vector<f32, N>>::new(4usize);
+                let mut xs = Array::<Vector<f32, N>>::new(4usize);
                 #[unroll]
                 for j in 0..4usize {
                     let o = first_o + j;
-                    gs[j] = select(o < outs, dy[(n * outs + o) * positions + p], 0.0f32);
+                    gs[j] = select(o < outs, dy[(n * outs + o) * vectors + p], zero);
                     let i = first_i + j;
-                    xs[j] = select(i < ins, x[(n * ins + i) * positions + p], 0.0f32);
+                    xs[j] = select(i < ins, x[(n * ins + i) * vectors + p], zero);
                 }
                 #[unroll]
                 for j in 0..4usize {
@@ -199,7 +182,7 @@ mod kernels {
         let mut shared = SharedMemory::<f32>::new(16usize * slots);
         #[unroll]
         for t in 0..16usize {
-            shared[t * slots + unit] = acc[t];
+            shared[t * slots + unit] = lanes_sum(acc[t]);
         }
         tree_sum(&mut shared, 16usize, slots);
         // Units write the sixteen sums in turn (a cube may have fewer than sixteen units).
@@ -232,10 +215,10 @@ fn forward<R: CubeRuntime>(
     let (x, weight) = (into_contiguous(x), into_contiguous(weight));
     let [n, ins, positions] = x.meta.shape().dims::<3>();
     let client = x.client.clone();
-    let (bx, by) = (
-        (n * positions).div_ceil(TILE_P * UNITS).max(1),
-        outs.div_ceil(TILE_O),
-    );
+    let vector = vector_size(positions);
+    let total = n * positions / vector;
+    let units = total.next_power_of_two().clamp(MIN_UNITS, UNITS);
+    let (bx, by) = (total.div_ceil(units).max(1), outs.div_ceil(TILE_O));
     let parts = MIN_CUBES
         .div_ceil(bx * by)
         .min(ins / MIN_PART_INPUTS)
@@ -249,12 +232,14 @@ fn forward<R: CubeRuntime>(
     kernels::product::launch::<R>(
         &client,
         CubeCount::Static(bx as u32, by as u32, parts as u32),
-        CubeDim::new_1d(UNITS as u32),
+        CubeDim::new_1d(units as u32),
+        vector,
         x.into_tensor_arg(),
         weight.into_tensor_arg(),
         bias.into_tensor_arg(),
         y.clone().into_tensor_arg(),
         k_chunk,
+        TILE_O,
         transposed,
         has_bias,
     );
@@ -292,6 +277,7 @@ fn weight_grad_of<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTe
             parts as u32,
         ),
         CubeDim::new_1d(GRAD_UNITS as u32),
+        vector_size(positions),
         x.into_tensor_arg(),
         dy.into_tensor_arg(),
         partial.clone().into_tensor_arg(),

@@ -44,6 +44,17 @@ pub(super) fn tree_sum(
     }
 }
 
+/// The sum of a vector's lanes, in order.
+#[cube]
+pub(super) fn lanes_sum<N: Size>(v: Vector<f32, N>) -> f32 {
+    let mut sum = 0.0f32;
+    #[unroll]
+    for l in 0..v.vector_size() {
+        sum += v[l];
+    }
+    sum
+}
+
 /// `out[l] = sum over s of parts[s, l]`, in order of s. One unit per value.
 #[cube(launch)]
 fn sum_leading_kernel(parts: &Tensor<f32>, out: &mut Tensor<f32>) {

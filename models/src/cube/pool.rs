@@ -1,0 +1,186 @@
+//! A block's end on the GPU: the 2x2 max-pool (stride 2) and inverted dropout of
+//! `relu(z) * scale + shift`, in one kernel that reads z once and writes only the pooled output
+//! and one code per output (where the window's maximum was, and whether dropout kept it); its
+//! backward puts each kept output's gradient back at its window's maximum. burn's ops take a
+//! full-size affine output, a pool with its indices, a Bernoulli mask and a product for the same.
+//!
+//! The same rules as the CPU kernels (`kernels::max_pool2_dropout`): the first maximum in window
+//! order (top-left, top-right, bottom-left, bottom-right), a trailing odd row or column dropped.
+//! The masks come from a counter-based hash of the output's index and a seed the backend draws
+//! on the device (so `Backend::seed` makes them reproducible, with no wait for the device); they
+//! are not the CPU's masks, as burn's own dropout draws differ between backends too.
+
+use super::{Cube, empty};
+use burn::tensor::{DType, Distribution, Int, Shape, Tensor};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::tensor::CubeTensor;
+use burn_cubecl::{BoolElement, CubeRuntime};
+use cubecl::{CubeDim, calculate_cube_count_elemwise};
+
+/// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
+mod kernels {
+    use cubecl::prelude::*;
+
+    /// Chris Wellons' `lowbias32` integer hash: every input bit moves every output bit.
+    #[cube]
+    fn mix(x: u32) -> u32 {
+        let mut x = x;
+        x ^= x >> 16u32;
+        x *= 0x7feb_352du32;
+        x ^= x >> 15u32;
+        x *= 0x846c_a68bu32;
+        x ^ (x >> 16u32)
+    }
+
+    /// Output `at`'s draw for the mask of `seed` (two words).
+    #[cube]
+    fn draw(seed: &Tensor<i32>, at: usize) -> u32 {
+        mix(mix(u32::cast_from(at) ^ u32::cast_from(seed[0usize])) ^ u32::cast_from(seed[1usize]))
+    }
+
+    /// `y[n, c, i, j]` = the maximum of `relu(z) * scale[c] + shift[c]` over the window rows
+    /// 2i, 2i + 1 and columns 2j, 2j + 1 of z `[n, c, h, w]`, times `1 / keep` when its draw is
+    /// below `keep_below` (`dropout`), else 0; `code` gets the window position of the maximum
+    /// (0..4), plus 4 when kept. One unit per output.
+    #[cube(launch)]
+    pub(super) fn relu_affine_pool(
+        z: &Tensor<f32>,
+        scale: &Tensor<f32>,
+        shift: &Tensor<f32>,
+        seed: &Tensor<i32>,
+        y: &mut Tensor<f32>,
+        code: &mut Tensor<u32>,
+        keep_below: u32,
+        inv_keep: f32,
+        #[comptime] dropout: bool,
+    ) {
+        let at = ABSOLUTE_POS;
+        if at >= y.len() {
+            terminate!();
+        }
+        let (channels, width) = (z.shape(1), z.shape(3));
+        let (ho, wo) = (y.shape(2), y.shape(3));
+        let j = at % wo;
+        let i = (at / wo) % ho;
+        let plane = at / (wo * ho);
+        let c = plane % channels;
+        let (a, b) = (scale[c], shift[c]);
+        let top = (plane * z.shape(2) + 2usize * i) * width + 2usize * j;
+        let v0 = f32::max(z[top], 0.0f32) * a + b;
+        let v1 = f32::max(z[top + 1usize], 0.0f32) * a + b;
+        let v2 = f32::max(z[top + width], 0.0f32) * a + b;
+        let v3 = f32::max(z[top + width + 1usize], 0.0f32) * a + b;
+        let (m1, i1) = (select(v1 > v0, v1, v0), select(v1 > v0, 1u32, 0u32));
+        let (m2, i2) = (select(v3 > v2, v3, v2), select(v3 > v2, 3u32, 2u32));
+        let (m, arg) = (select(m2 > m1, m2, m1), select(m2 > m1, i2, i1));
+        let mut kept = true;
+        if dropout {
+            kept = draw(seed, at) < keep_below;
+        }
+        y[at] = select(kept, m * inv_keep, 0.0f32);
+        code[at] = arg + select(kept, 4u32, 0u32);
+    }
+
+    /// The gradient of `relu_affine_pool`'s pre-pool values `[n, c, h, w]` from its output's, dy
+    /// `[n, c, h/2, w/2]`: `dy * 1 / keep` at each kept window's maximum, 0 elsewhere. One unit
+    /// per input value.
+    #[cube(launch)]
+    pub(super) fn unpool(
+        dy: &Tensor<f32>,
+        code: &Tensor<u32>,
+        dx: &mut Tensor<f32>,
+        inv_keep: f32,
+    ) {
+        let at = ABSOLUTE_POS;
+        if at >= dx.len() {
+            terminate!();
+        }
+        let (height, width) = (dx.shape(2), dx.shape(3));
+        let (ho, wo) = (dy.shape(2), dy.shape(3));
+        let col = at % width;
+        let row = (at / width) % height;
+        let plane = at / (width * height);
+        let (i, j) = (row / 2usize, col / 2usize);
+        let mut g = 0.0f32;
+        if i < ho && j < wo {
+            let o = (plane * ho + i) * wo + j;
+            let here = u32::cast_from((row % 2usize) * 2usize + col % 2usize);
+            g = select(code[o] == here + 4u32, dy[o] * inv_keep, 0.0f32);
+        }
+        dx[at] = g;
+    }
+}
+
+/// What the backward pass needs of a pool: the codes and `1 / keep`.
+pub(super) type Codes<R> = (CubeTensor<R>, f32);
+
+/// The pooled, dropped-out `relu(z) * scale + shift` of z `[n, c, h, w]` (contiguous) with
+/// dropout probability `p`, and its codes.
+pub(super) fn forward<R: CubeRuntime, BT: BoolElement>(
+    z: &CubeTensor<R>,
+    scale: CubeTensor<R>,
+    shift: CubeTensor<R>,
+    p: f32,
+) -> (CubeTensor<R>, Codes<R>) {
+    let [n, c, h, w] = z.meta.shape().dims::<4>();
+    let out = Shape::new([n, c, h / 2, w / 2]);
+    let y = empty(z, out.clone());
+    let code = empty(z, out.clone());
+    let code = CubeTensor {
+        dtype: DType::U32,
+        ..code
+    };
+    // Two 30-bit draws of the backend's generator (its integers may be 32-bit signed); without
+    // dropout the kernel reads none, and any tensor fills the place.
+    let seed = match p > 0.0 {
+        true => Tensor::<Cube<R, BT>, 1, Int>::random(
+            [2],
+            Distribution::Uniform(0.0, (1u64 << 30) as f64),
+            &z.device,
+        )
+        .into_primitive(),
+        false => code.clone(),
+    };
+    let keep = 1.0 - p;
+    let client = z.client.clone();
+    let units = out.num_elements();
+    let cube_dim = CubeDim::new(&client, units);
+    kernels::relu_affine_pool::launch::<R>(
+        &client,
+        calculate_cube_count_elemwise(&client, units, cube_dim),
+        cube_dim,
+        z.clone().into_tensor_arg(),
+        scale.into_tensor_arg(),
+        shift.into_tensor_arg(),
+        seed.into_tensor_arg(),
+        y.clone().into_tensor_arg(),
+        code.clone().into_tensor_arg(),
+        (keep as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32,
+        1.0 / keep,
+        p > 0.0,
+    );
+    (y, (code, 1.0 / keep))
+}
+
+/// The gradient of the pool's input `[n, c, h, w]` (`shape`) from its output's, dy.
+pub(super) fn backward<R: CubeRuntime>(
+    dy: CubeTensor<R>,
+    (code, inv_keep): Codes<R>,
+    shape: Shape,
+) -> CubeTensor<R> {
+    let dy = into_contiguous(dy);
+    let dx = empty(&dy, shape);
+    let client = dy.client.clone();
+    let units = dx.meta.num_elements();
+    let cube_dim = CubeDim::new(&client, units);
+    kernels::unpool::launch::<R>(
+        &client,
+        calculate_cube_count_elemwise(&client, units, cube_dim),
+        cube_dim,
+        dy.into_tensor_arg(),
+        code.into_tensor_arg(),
+        dx.clone().into_tensor_arg(),
+        inv_keep,
+    );
+    dx
+}
