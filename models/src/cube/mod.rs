@@ -106,7 +106,7 @@ pub fn serves<B: Backend>() -> bool {
 /// positions allow it, else 1. On a GPU that is one wide load instead of four; on lavapipe,
 /// which loads a lane's values one at a time, a quarter of the loads.
 fn vector_size(positions: usize) -> usize {
-    if positions % 4 == 0 { 4 } else { 1 }
+    if positions.is_multiple_of(4) { 4 } else { 1 }
 }
 
 /// An uninitialized contiguous f32 tensor on `like`'s device.
