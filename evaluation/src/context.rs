@@ -25,7 +25,7 @@ pub fn valid_weight(w: f64) -> bool {
 }
 
 /// The 8 grid neighbours, in steps of `GRID`.
-const NEIGHBOURS: [(i64, i64); 8] = [
+const NEIGHBOURS: [(i32, i32); 8] = [
     (-1, -1),
     (-1, 0),
     (-1, 1),
@@ -80,10 +80,9 @@ pub fn smooth(names: &[Option<&PatchName>], probs: &[f32], weight: f64) -> Smoot
             let mut sum = 0.0;
             let mut count = 0usize;
             for (dx, dy) in NEIGHBOURS {
-                let x = i64::from(n.x) + dx * i64::from(GRID);
-                let y = i64::from(n.y) + dy * i64::from(GRID);
-                let (Ok(x), Ok(y)) = (u32::try_from(x), u32::try_from(y)) else {
-                    continue; // off the slide's top or left edge
+                let step = |at: u32, d: i32| at.checked_add_signed(d * GRID as i32);
+                let (Some(x), Some(y)) = (step(n.x, dx), step(n.y, dy)) else {
+                    continue; // off the slide's top or left edge (or past u32's end)
                 };
                 if let Some(&j) = at.get(&(n.patient.as_str(), x, y)) {
                     sum += z[j];
@@ -147,6 +146,66 @@ mod tests {
         assert_eq!(s.probs[0], 0.2, "its only named neighbour is NaN: not used");
         assert!(s.probs[2].is_nan());
         assert_eq!(s.with_neighbours, 0);
+    }
+
+    #[test]
+    fn weights_in_zero_to_max_are_valid() {
+        for w in [f64::MIN_POSITIVE, DEFAULT_WEIGHT, 1.0, MAX_WEIGHT] {
+            assert!(valid_weight(w), "{w}");
+        }
+        let above = MAX_WEIGHT * (1.0 + f64::EPSILON);
+        for w in [0.0, -0.5, above, f64::INFINITY, f64::NAN] {
+            assert!(!valid_weight(w), "{w}");
+        }
+    }
+
+    /// The formula of `smooth`'s documentation, written out for one patch.
+    fn mean_of_log_odds(own: f64, neighbours: &[f64], weight: f64) -> f32 {
+        let logit = |p: f64| (p / (1.0 - p)).ln();
+        let sum: f64 = neighbours.iter().map(|&p| logit(p)).sum();
+        let z = (logit(own) + weight * sum) / (1.0 + weight * neighbours.len() as f64);
+        (1.0 / (1.0 + (-z).exp())) as f32
+    }
+
+    #[test]
+    fn each_of_the_8_neighbours_counts_once() {
+        // The centre at (100, 100) and each neighbour with its own probability: a neighbour read
+        // at the wrong place (or twice) changes the mean.
+        let probs = [0.3, 0.11, 0.22, 0.33, 0.44, 0.55, 0.66, 0.77, 0.88];
+        let mut names = vec![name("a", 100, 100)];
+        names.extend(
+            NEIGHBOURS
+                .iter()
+                .map(|&(dx, dy)| name("a", (100 + dx * 50) as u32, (100 + dy * 50) as u32)),
+        );
+        let refs: Vec<_> = names.iter().map(Some).collect();
+        let s = smooth(&refs, &probs, 0.7);
+        let rest: Vec<f64> = probs[1..].iter().map(|&p| f64::from(p)).collect();
+        let want = mean_of_log_odds(f64::from(probs[0]), &rest, 0.7);
+        assert!((s.probs[0] - want).abs() < 1e-6, "{} vs {want}", s.probs[0]);
+        assert_eq!(s.with_neighbours, 9);
+    }
+
+    #[test]
+    fn certain_probabilities_are_clamped_before_their_log_odds() {
+        // 1 and 0 would be infinite log-odds, deciding alone: clamped 1e-6 from 1 and 0 they pull
+        // hard, as far as the weights say.
+        let names = [
+            name("a", 0, 0),
+            name("a", 50, 0),
+            name("a", 200, 0),
+            name("a", 250, 0),
+        ];
+        let refs: Vec<_> = names.iter().map(Some).collect();
+        let s = smooth(&refs, &[0.5, 1.0, 0.0, 0.5], 0.5);
+        let want = [
+            mean_of_log_odds(0.5, &[1.0 - EPS], 0.5),
+            mean_of_log_odds(1.0 - EPS, &[0.5], 0.5),
+            mean_of_log_odds(EPS, &[0.5], 0.5),
+        ];
+        for (got, want) in s.probs.iter().zip(want) {
+            assert!((got - want).abs() < 1e-6, "{:?} vs {want}", s.probs);
+        }
     }
 
     proptest! {

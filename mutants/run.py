@@ -1,0 +1,236 @@
+#!/usr/bin/env python3
+"""Mutation testing of the files `.cargo/mutants.toml` lists (`make mutants`), and its summary.
+
+    mutants/run.py [FILE...]   test the mutants of the given files (default: every listed file
+                               whose recorded results are not of its current text), record them
+                               in mutants/outcomes.tsv, write docs/mutants.md
+    mutants/run.py --summary   only write docs/mutants.md from the record
+    mutants/run.py --check     exit 1 unless every listed file has results of its current text,
+                               a score of at least 90%, and a reason for each mutant that lives
+
+What is tested is the commit HEAD (uncommitted changes are not): it is unpacked into
+target/mutants/tree, where cargo-mutants changes the code in place, one mutant at a time, sharing
+target/ with the checkout (incremental release builds: seconds a mutant). Each mutant runs its own
+crate's tests first; the ones that live run again with every test of the workspace, so a mutant
+counts as caught when any test that can reach it fails. Reasons for the ones that still live are
+kept by hand in mutants/why.toml, keyed by file and change (positions move as code changes).
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = ROOT / ".cargo/mutants.toml"
+RECORD = ROOT / "mutants/outcomes.tsv"
+WHY = ROOT / "mutants/why.toml"
+SUMMARY = ROOT / "docs/mutants.md"
+WORK = ROOT / "target/mutants"
+TREE = WORK / "tree"
+MIN_SCORE = 0.9
+HEADER = "file\tblob\tcommit\toutcome\tmutant\n"
+# cargo-mutants' outcome names, as the record and the summary spell them.
+OUTCOMES = {
+    "CaughtMutant": "caught",
+    "Timeout": "timeout",
+    "MissedMutant": "missed",
+    "Unviable": "unviable",
+}
+KILLED = ("caught", "timeout")
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def listed_files() -> list[str]:
+    """The files the config's globs name, as cargo-mutants would examine them."""
+    globs = tomllib.loads(CONFIG.read_text())["examine_globs"]
+    return sorted({str(p.relative_to(ROOT)) for g in globs for p in ROOT.glob(g) if p.is_file()})
+
+
+def blob(path: str, rev: str = "HEAD") -> str:
+    """The git object id of `path` at `rev` (what the record's results are of)."""
+    return git("rev-parse", f"{rev}:{path}")
+
+
+def current_blob(path: str) -> str:
+    """The object id of the file as it is in the checkout (committed or not)."""
+    return git("hash-object", path)
+
+
+def change(mutant: str) -> str:
+    """A mutant's name without its line and column: `file: change`, stable while code moves."""
+    return re.sub(r":\d+:\d+: ", ": ", mutant, count=1)
+
+
+def read_record() -> list[list[str]]:
+    if not RECORD.exists():
+        return []
+    return [line.rstrip("\n").split("\t") for line in RECORD.read_text().splitlines()[1:] if line]
+
+
+def write_record(rows: list[list[str]]) -> None:
+    tmp = RECORD.with_suffix(".tmp")
+    tmp.write_text(HEADER + "".join("\t".join(r) + "\n" for r in sorted(rows)))
+    tmp.replace(RECORD)
+
+
+def unpack_head() -> None:
+    """HEAD's files in TREE, with the checkout's Python environment and the real patches."""
+    if TREE.exists():
+        shutil.rmtree(TREE)
+    TREE.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(TREE)], input=archive, check=True)
+    if (ROOT / ".venv").exists():
+        (TREE / ".venv").symlink_to(ROOT / ".venv")
+
+
+def cargo_mutants(files: list[str], out: Path, extra: list[str]) -> dict:
+    """One cargo-mutants run over `files` in TREE; its outcomes.json."""
+    cmd = ["cargo", "mutants", "--no-config", "--in-place", "--profile", "release", "--no-shuffle",
+           "--output", str(out), *extra]
+    config = tomllib.loads(CONFIG.read_text())
+    for f in files:
+        cmd += ["--file", f]
+    for r in config.get("exclude_re", []):
+        cmd += ["--exclude-re", r]
+    env = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target"), CARGO_PROFILE_RELEASE_INCREMENTAL="true",
+               IDC_REQUIRE_ALL="1", PROPTEST_DISABLE_FAILURE_PERSISTENCE="1")
+    shared = (ROOT / "../shared/data").resolve()
+    if shared.is_dir():
+        env.setdefault("IDC_SHARED_DATA", str(shared))
+    print("+", " ".join(cmd), flush=True)
+    # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: results either way.
+    rc = subprocess.run(cmd, cwd=TREE, env=env).returncode
+    outcomes = out / "mutants.out/outcomes.json"
+    if rc not in (0, 2, 3) or not outcomes.exists():
+        sys.exit(f"cargo mutants failed (exit {rc}); its log: {out / 'mutants.out'}")
+    return json.loads(outcomes.read_text())
+
+
+def mutant_outcomes(report: dict) -> dict[str, tuple[str, str]]:
+    """Mutant name -> (file, outcome) from an outcomes.json."""
+    result = {}
+    for o in report["outcomes"]:
+        m = o["scenario"].get("Mutant") if isinstance(o["scenario"], dict) else None
+        if m and o["summary"] in OUTCOMES:
+            result[m["name"]] = (m["file"], OUTCOMES[o["summary"]])
+    return result
+
+
+def run(files: list[str]) -> None:
+    head = git("rev-parse", "HEAD")
+    unpack_head()
+    first = WORK / "own-crate"
+    shutil.rmtree(first, ignore_errors=True)
+    found = mutant_outcomes(cargo_mutants(files, first, []))
+    alive = sorted({f for f, o in found.values() if o == "missed"})
+    if alive:
+        # The survivors again, against every test of the workspace: cargo-mutants' --iterate skips
+        # the mutants the first run caught (it reads that run's caught.txt).
+        again = cargo_mutants(alive, first, ["--iterate", "--test-workspace=true"])
+        for name, (f, o) in mutant_outcomes(again).items():
+            if name in found and o != "unviable":
+                found[name] = (f, o)
+    tested = set(files)
+    rows = [r for r in read_record() if r[0] not in tested]
+    blobs = {f: blob(f) for f in files}
+    rows += [[f, blobs[f], head, o, name] for name, (f, o) in found.items()]
+    # A file without mutants (only declarations) is recorded as such, to count as tested.
+    rows += [[f, blobs[f], head, "none", "-"] for f in files if f not in {f for f, _ in found.values()}]
+    write_record(rows)
+
+
+def summarize() -> list[str]:
+    """Writes docs/mutants.md; returns what falls short of the standard (empty when all holds)."""
+    why = tomllib.loads(WHY.read_text()) if WHY.exists() else {}
+    rows = read_record()
+    problems = []
+    table = ["| file | caught | timeout | missed | unviable | score | tested at | current |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
+    alive = []
+    for f in listed_files():
+        mine = [r for r in rows if r[0] == f]
+        if not mine:
+            table.append(f"| `{f}` | | | | | | not yet | no |")
+            problems.append(f"{f}: no results")
+            continue
+        n = {o: sum(r[3] == o for r in mine) for o in OUTCOMES.values()}
+        viable = n["caught"] + n["timeout"] + n["missed"]
+        score = (n["caught"] + n["timeout"]) / viable if viable else 1.0
+        current = mine[0][1] == current_blob(f)
+        table.append(f"| `{f}` | {n['caught']} | {n['timeout']} | {n['missed']} | {n['unviable']} "
+                     f"| {score:.1%} | {mine[0][2][:10]} | {'yes' if current else 'no'} |")
+        if not current:
+            problems.append(f"{f}: changed since its results")
+        if score < MIN_SCORE:
+            problems.append(f"{f}: score {score:.1%} < {MIN_SCORE:.0%}")
+        for r in sorted(r for r in mine if r[3] == "missed"):
+            reason = why.get(change(r[4]))
+            alive.append(f"- `{r[4]}`: {reason or '**no reason recorded**'}")
+            if not reason:
+                problems.append(f"{r[4]}: lives, no reason in mutants/why.toml")
+    totals = {o: sum(r[3] == o for r in rows if r[0] in listed_files()) for o in OUTCOMES.values()}
+    text = [
+        "# Mutation testing",
+        "",
+        "Generated by `mutants/run.py` from `mutants/outcomes.tsv` and `mutants/why.toml`; do not edit.",
+        "`make mutants` tests the listed files whose results are not of their current text",
+        "(`make mutants MUTANTS_ARGS=evaluation/src/context.rs` one file); how it works: docs/testing.md.",
+        "Score: caught (a test failed, or ran past the time limit) over viable (built) mutants.",
+        "",
+        f"In all: {totals['caught']} caught, {totals['timeout']} timed out, {totals['missed']} missed, "
+        f"{totals['unviable']} unviable.",
+        "",
+        *table,
+        "",
+        "## The mutants that live, and why",
+        "",
+        *(alive or ["None."]),
+        "",
+    ]
+    if problems:
+        text += ["## Short of the standard", "", *(f"- {p}" for p in problems), ""]
+    tmp = SUMMARY.with_suffix(".tmp")
+    tmp.write_text("\n".join(text))
+    tmp.replace(SUMMARY)
+    return problems
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="*", help="files to test (default: the listed ones not current)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--summary", action="store_true", help="only write docs/mutants.md")
+    mode.add_argument("--check", action="store_true", help="fail unless every listed file meets the standard")
+    args = parser.parse_args()
+    listed = listed_files()
+    if not (args.summary or args.check):
+        if git("status", "--porcelain", "--untracked-files=no", "--", *listed):
+            print("note: uncommitted changes to listed files are not tested (HEAD is)", file=sys.stderr)
+        unknown = [f for f in args.files if f not in listed]
+        if unknown:
+            sys.exit(f"not listed in {CONFIG.relative_to(ROOT)}: {', '.join(unknown)}")
+        recorded = {r[0]: r[1] for r in read_record()}
+        files = args.files or [f for f in listed if recorded.get(f) != blob(f)]
+        if files:
+            run(files)
+        else:
+            print("every listed file has results of its committed text")
+    problems = summarize()
+    print(f"wrote {SUMMARY.relative_to(ROOT)}" + (f"; {len(problems)} short of the standard:" if problems else ""))
+    for p in problems:
+        print("  " + p)
+    if args.check and problems:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
