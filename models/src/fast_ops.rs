@@ -280,17 +280,17 @@ pub fn relu_batch_norm_pool<B: Backend>(
     p: f64,
     kernels: Kernels,
 ) -> Tensor<B, 4> {
+    // Burn's ops, or the two fused ops of this module, one after the other.
+    let composed = |bn, z| max_pool2_dropout(relu_batch_norm(bn, z, kernels), p, kernels);
     match cast::<_, Tensor<Ad, 4>>(z) {
         Ok(z) if kernels == Kernels::Fast => {
             let seed = dropout_seed(&z.device());
             same(bn_autodiff(bn, z, Some((p as f32, seed))))
         }
-        Ok(z) => max_pool2_dropout(relu_batch_norm(bn, same(z), kernels), p, kernels),
+        Ok(z) => composed(bn, same(z)),
         Err(z) if kernels == Kernels::Fast => crate::cube::relu_batch_norm_pool(bn, z, p as f32)
-            .unwrap_or_else(|(bn, z, _)| {
-                max_pool2_dropout(relu_batch_norm(bn, z, kernels), p, kernels)
-            }),
-        Err(z) => max_pool2_dropout(relu_batch_norm(bn, z, kernels), p, kernels),
+            .unwrap_or_else(|(bn, z, _)| composed(bn, z)),
+        Err(z) => composed(bn, z),
     }
 }
 

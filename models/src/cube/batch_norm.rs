@@ -9,7 +9,7 @@
 //! in an order fixed by the launch: the same bytes every time.
 
 use super::reduce::sum_leading;
-use super::{Cube, MAX_CUBES_YZ, empty, pool, vector_size};
+use super::{Cube, MAX_CUBES_YZ, elementwise, empty, pool, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -23,7 +23,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::reshape;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
-use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
+use cubecl::{CubeCount, CubeDim};
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
@@ -438,10 +438,10 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let mean_parts = moment_parts(&zp, None);
     let var_parts = moment_parts(&zp, Some(&mean_parts));
     let stats = empty(&zp, Shape::new([6, c]));
-    let cube_dim = CubeDim::new(&zp.client, c);
+    let (cube_count, cube_dim) = elementwise(&zp.client, c);
     kernels::finalize::launch::<R>(
         &zp.client,
-        calculate_cube_count_elemwise(&zp.client, c, cube_dim),
+        cube_count,
         cube_dim,
         mean_parts.into_tensor_arg(),
         var_parts.into_tensor_arg(),

@@ -8,7 +8,7 @@
 //! fixed by the launch, never by timing: a run gives the same bytes every time on a device.
 
 use super::reduce::sum_leading;
-use super::{Cube, MAX_CUBES_YZ, empty};
+use super::{Cube, MAX_CUBES_YZ, elementwise, empty};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -21,7 +21,7 @@ use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::reshape;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
-use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
+use cubecl::{CubeCount, CubeDim};
 
 /// The convolution's input and filter, handed back when the backend is not one of ours.
 pub(super) type Inputs<B> = (Tensor<B, 4>, Tensor<B, 4>);
@@ -209,10 +209,10 @@ fn forward<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, flip: bool) 
     let y = empty(&x, x.meta.shape().clone());
     let client = x.client.clone();
     let units = n * c * h.div_ceil(ROWS_PER_UNIT) * w;
-    let cube_dim = CubeDim::new(&client, units);
+    let (cube_count, cube_dim) = elementwise(&client, units);
     kernels::depthwise3x3::launch::<R>(
         &client,
-        calculate_cube_count_elemwise(&client, units, cube_dim),
+        cube_count,
         cube_dim,
         x.into_tensor_arg(),
         weight.into_tensor_arg(),

@@ -21,6 +21,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{CubeBackend, CubeRuntime};
+use cubecl::prelude::ComputeClient;
+use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
 /// A cubecl backend with f32 floats, the precision CancerNet trains in.
 type Cube<R, BT> = CubeBackend<R, f32, i32, BT>;
@@ -107,6 +109,15 @@ pub fn serves<B: Backend>() -> bool {
 /// which loads a lane's values one at a time, a quarter of the loads.
 fn vector_size(positions: usize) -> usize {
     if positions.is_multiple_of(4) { 4 } else { 1 }
+}
+
+/// The cube count and size of a launch with one unit per element of `units`.
+fn elementwise<R: CubeRuntime>(client: &ComputeClient<R>, units: usize) -> (CubeCount, CubeDim) {
+    let cube_dim = CubeDim::new(client, units);
+    (
+        calculate_cube_count_elemwise(client, units, cube_dim),
+        cube_dim,
+    )
 }
 
 /// An uninitialized contiguous f32 tensor on `like`'s device.

@@ -10,12 +10,11 @@
 //! on the device (so `Backend::seed` makes them reproducible, with no wait for the device); they
 //! are not the CPU's masks, as burn's own dropout draws differ between backends too.
 
-use super::{Cube, empty};
+use super::{Cube, elementwise, empty};
 use burn::tensor::{DType, Distribution, Int, Shape, Tensor};
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
-use cubecl::{CubeDim, calculate_cube_count_elemwise};
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
@@ -144,10 +143,10 @@ pub(super) fn forward<R: CubeRuntime, BT: BoolElement>(
     let keep = 1.0 - p;
     let client = z.client.clone();
     let units = out.num_elements();
-    let cube_dim = CubeDim::new(&client, units);
+    let (cube_count, cube_dim) = elementwise(&client, units);
     kernels::relu_affine_pool::launch::<R>(
         &client,
-        calculate_cube_count_elemwise(&client, units, cube_dim),
+        cube_count,
         cube_dim,
         z.clone().into_tensor_arg(),
         scale.into_tensor_arg(),
@@ -172,10 +171,10 @@ pub(super) fn backward<R: CubeRuntime>(
     let dx = empty(&dy, shape);
     let client = dy.client.clone();
     let units = dx.meta.num_elements();
-    let cube_dim = CubeDim::new(&client, units);
+    let (cube_count, cube_dim) = elementwise(&client, units);
     kernels::unpool::launch::<R>(
         &client,
-        calculate_cube_count_elemwise(&client, units, cube_dim),
+        cube_count,
         cube_dim,
         dy.into_tensor_arg(),
         code.into_tensor_arg(),

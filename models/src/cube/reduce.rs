@@ -2,13 +2,13 @@
 //! sums of an NCHW tensor. Each in a fixed order (no atomics), so a run gives the same bytes
 //! every time.
 
-use super::{MAX_CUBES_YZ, empty};
+use super::{MAX_CUBES_YZ, elementwise, empty};
 use burn::tensor::Shape;
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
-use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
+use cubecl::{CubeCount, CubeDim};
 
 /// Adds up the cube's units' values in shared memory in a tree, for each of `lanes` lanes: each
 /// unit has put its value of lane l at `shared[l * slots + unit]` (`slots`: a power of two, at
@@ -112,10 +112,10 @@ pub(super) fn sum_leading<R: CubeRuntime>(parts: CubeTensor<R>) -> CubeTensor<R>
     let len = parts.meta.shape()[1];
     let out = empty(&parts, Shape::new([len]));
     let client = parts.client.clone();
-    let cube_dim = CubeDim::new(&client, len);
+    let (cube_count, cube_dim) = elementwise(&client, len);
     sum_leading_kernel::launch::<R>(
         &client,
-        calculate_cube_count_elemwise(&client, len, cube_dim),
+        cube_count,
         cube_dim,
         parts.into_tensor_arg(),
         out.clone().into_tensor_arg(),
