@@ -4,6 +4,10 @@
     mutants/run.py [FILE...]   test the mutants of the given files (default: every listed file
                                whose recorded results are not of its current text), record them
                                in mutants/outcomes.tsv, write docs/mutants.md
+    mutants/run.py --survivors [FILE...]
+                               test the mutants that lived again (of the given files, default
+                               all), against every test of the workspace at HEAD, where their
+                               file's text is the one recorded: after tests were added
     mutants/run.py --summary   only write docs/mutants.md from the record
     mutants/run.py --check     exit 1 unless every listed file has results of its current text,
                                a score of at least 90%, and a reason for each mutant that lives
@@ -81,12 +85,12 @@ def write_record(rows: list[list[str]]) -> None:
     tmp.replace(RECORD)
 
 
-def unpack_head() -> None:
-    """HEAD's files in TREE, with the checkout's Python environment and the real patches."""
+def unpack(commit: str) -> None:
+    """The commit's files in TREE, with the checkout's Python environment and the real patches."""
     if TREE.exists():
         shutil.rmtree(TREE)
     TREE.mkdir(parents=True)
-    archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, check=True, capture_output=True).stdout
+    archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, capture_output=True).stdout
     subprocess.run(["tar", "-x", "-C", str(TREE)], input=archive, check=True)
     if (ROOT / ".venv").exists():
         (TREE / ".venv").symlink_to(ROOT / ".venv")
@@ -125,12 +129,24 @@ def mutant_outcomes(report: dict) -> dict[str, tuple[str, str]]:
     return result
 
 
+def record(head: str, files: list[str], found: dict[str, tuple[str, str]]) -> None:
+    """Replaces the record's rows of `files` with `found`, the outcomes of their text at `head`."""
+    blobs = {f: blob(f, head) for f in files}
+    rows = [r for r in read_record() if r[0] not in blobs]
+    rows += [[f, blobs[f], head, o, name] for name, (f, o) in found.items()]
+    # A file without mutants (only declarations) is recorded as such, to count as tested.
+    with_mutants = {f for f, _ in found.values()}
+    rows += [[f, blobs[f], head, "none", "-"] for f in files if f not in with_mutants]
+    write_record(rows)
+
+
 def run(files: list[str]) -> None:
-    head = git("rev-parse", "HEAD")
-    unpack_head()
+    head = git("rev-parse", "HEAD")  # commits made while it runs are not what it tests
+    unpack(head)
     first = WORK / "own-crate"
     shutil.rmtree(first, ignore_errors=True)
     found = mutant_outcomes(cargo_mutants(files, first, []))
+    record(head, files, found)  # an interrupted second pass leaves the survivors counted as missed
     alive = sorted({f for f, o in found.values() if o == "missed"})
     if alive:
         # The survivors again, against every test of the workspace: cargo-mutants' --iterate skips
@@ -139,12 +155,31 @@ def run(files: list[str]) -> None:
         for name, (f, o) in mutant_outcomes(again).items():
             if name in found and o != "unviable":
                 found[name] = (f, o)
-    tested = set(files)
-    rows = [r for r in read_record() if r[0] not in tested]
-    blobs = {f: blob(f) for f in files}
-    rows += [[f, blobs[f], head, o, name] for name, (f, o) in found.items()]
-    # A file without mutants (only declarations) is recorded as such, to count as tested.
-    rows += [[f, blobs[f], head, "none", "-"] for f in files if f not in {f for f, _ in found.values()}]
+        record(head, files, found)
+
+
+def regex_escape(text: str) -> str:
+    """`text` as a regex of the Rust `regex` crate (which cargo-mutants uses) that matches it."""
+    return "".join("\\" + c if c in "\\.+*?()|[]{}^$" else c for c in text)
+
+
+def retest_survivors(files: list[str]) -> None:
+    head = git("rev-parse", "HEAD")
+    rows = read_record()
+    alive = [r for r in rows if r[0] in files and r[3] == "missed" and r[1] == blob(r[0], head)]
+    if not alive:
+        print("no recorded survivor of a file whose text is HEAD's")
+        return
+    unpack(head)
+    out = WORK / "survivors"
+    shutil.rmtree(out, ignore_errors=True)
+    extra = ["--test-workspace=true"]
+    for r in alive:
+        extra += ["--examine-re", f"^{regex_escape(r[4])}$"]
+    again = mutant_outcomes(cargo_mutants(sorted({r[0] for r in alive}), out, extra))
+    for r in rows:
+        if r in alive and r[4] in again:
+            r[2], r[3] = head, again[r[4]][1]
     write_record(rows)
 
 
@@ -167,7 +202,7 @@ def summarize() -> list[str]:
         score = (n["caught"] + n["timeout"]) / viable if viable else 1.0
         current = mine[0][1] == current_blob(f)
         table.append(f"| `{f}` | {n['caught']} | {n['timeout']} | {n['missed']} | {n['unviable']} "
-                     f"| {score:.1%} | {mine[0][2][:10]} | {'yes' if current else 'no'} |")
+                     f"| {score:.1%} | {', '.join(sorted({r[2][:10] for r in mine}))} | {'yes' if current else 'no'} |")
         if not current:
             problems.append(f"{f}: changed since its results")
         if score < MIN_SCORE:
@@ -208,11 +243,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", help="files to test (default: the listed ones not current)")
     mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--survivors", action="store_true", help="test the recorded survivors again")
     mode.add_argument("--summary", action="store_true", help="only write docs/mutants.md")
     mode.add_argument("--check", action="store_true", help="fail unless every listed file meets the standard")
     args = parser.parse_args()
     listed = listed_files()
-    if not (args.summary or args.check):
+    if args.survivors:
+        retest_survivors(args.files or listed)
+    elif not (args.summary or args.check):
         if git("status", "--porcelain", "--untracked-files=no", "--", *listed):
             print("note: uncommitted changes to listed files are not tested (HEAD is)", file=sys.stderr)
         unknown = [f for f in args.files if f not in listed]

@@ -123,13 +123,20 @@ fn trains_writes_every_artifact_and_repeats_byte_for_byte() {
     ] {
         assert!(straight.join(f).is_file(), "{f} missing");
     }
-    assert_eq!(
+    // Each epoch's row: 6 steps an epoch (max_steps_per_epoch) counted, its training loss and
+    // accuracy the means over the patches it saw.
+    let rows: Vec<trainer::checkpoint::EpochMetrics> =
         csv::Reader::from_path(straight.join("metrics.csv"))
             .unwrap()
-            .records()
-            .count(),
-        3
-    );
+            .deserialize()
+            .map(Result::unwrap)
+            .collect();
+    assert_eq!(rows.len(), 3);
+    for (i, r) in rows.iter().enumerate() {
+        assert_eq!((r.epoch, r.step), (i + 1, 6 * (i + 1)), "{r:?}");
+        assert!(r.train_loss > 0.02 && r.train_loss < 5.0, "{r:?}");
+        assert!(r.train_accuracy > 0.0 && r.train_accuracy < 1.0, "{r:?}");
+    }
     // The same run at the default thread count (one per core) instead of 2: the same bytes.
     let default_threads = tmp.path().join("default-threads.yaml");
     let text = std::fs::read_to_string(&config).unwrap();

@@ -282,3 +282,20 @@ fn cancernet_loss_adagrad_and_decay_match_keras() {
         ) < 1e-4
     );
 }
+
+/// `class_weights: auto` is the tutorial's `classTotals.max() / classTotals`, per class (an
+/// empty class counted as 1); `none` is 1 for both, fixed weights pass through.
+#[test]
+fn auto_class_weights_are_the_tutorials() {
+    use trainer::config::{AutoWeights, ClassWeights};
+    use trainer::train::class_weights;
+    let mut cfg = TrainConfig::default();
+    cfg.train.class_weights = ClassWeights::Auto(AutoWeights::Auto);
+    assert_eq!(class_weights(&cfg, [300, 120]), [1.0, 2.5]);
+    assert_eq!(class_weights(&cfg, [80, 200]), [2.5, 1.0]);
+    assert_eq!(class_weights(&cfg, [0, 5]), [5.0, 1.0]);
+    cfg.train.class_weights = ClassWeights::Auto(AutoWeights::None);
+    assert_eq!(class_weights(&cfg, [300, 120]), [1.0, 1.0]);
+    cfg.train.class_weights = ClassWeights::Fixed([0.7, 3.0]);
+    assert_eq!(class_weights(&cfg, [300, 120]), [0.7, 3.0]);
+}
