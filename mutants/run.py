@@ -140,47 +140,52 @@ def record(head: str, files: list[str], found: dict[str, tuple[str, str]]) -> No
     write_record(rows)
 
 
-def run(files: list[str]) -> None:
-    head = git("rev-parse", "HEAD")  # commits made while it runs are not what it tests
-    unpack(head)
-    first = WORK / "own-crate"
-    shutil.rmtree(first, ignore_errors=True)
-    found = mutant_outcomes(cargo_mutants(files, first, []))
-    record(head, files, found)  # an interrupted second pass leaves the survivors counted as missed
-    alive = sorted({f for f, o in found.values() if o == "missed"})
-    if alive:
-        # The survivors again, against every test of the workspace: cargo-mutants' --iterate skips
-        # the mutants the first run caught (it reads that run's caught.txt).
-        again = cargo_mutants(alive, first, ["--iterate", "--test-workspace=true"])
-        for name, (f, o) in mutant_outcomes(again).items():
-            if name in found and o != "unviable":
-                found[name] = (f, o)
-        record(head, files, found)
-
-
 def regex_escape(text: str) -> str:
     """`text` as a regex of the Rust `regex` crate (which cargo-mutants uses) that matches it."""
     return "".join("\\" + c if c in "\\.+*?()|[]{}^$" else c for c in text)
 
 
+def two_passes(files: list[str], save, only: list[str] | None = None) -> None:
+    """Each mutant of `files` (or only the ones named) against its own crate's tests, then the
+    ones that lived against every test of the workspace; `save` gets the outcomes after each
+    pass (an interrupted second pass leaves the survivors counted as missed)."""
+    out = WORK / "passes"
+    shutil.rmtree(out, ignore_errors=True)
+    filters = [x for name in only or [] for x in ("--examine-re", f"^{regex_escape(name)}$")]
+    found = mutant_outcomes(cargo_mutants(files, out, filters))
+    save(found)
+    alive = sorted({f for f, o in found.values() if o == "missed"})
+    if alive:
+        # cargo-mutants' --iterate skips the mutants the first pass caught (its caught.txt).
+        again = cargo_mutants(alive, out, ["--iterate", "--test-workspace=true", *filters])
+        for name, (f, o) in mutant_outcomes(again).items():
+            if name in found and o != "unviable":
+                found[name] = (f, o)
+        save(found)
+
+
+def run(files: list[str]) -> None:
+    head = git("rev-parse", "HEAD")  # commits made while it runs are not what it tests
+    unpack(head)
+    two_passes(files, lambda found: record(head, files, found))
+
+
 def retest_survivors(files: list[str]) -> None:
     head = git("rev-parse", "HEAD")
-    rows = read_record()
-    alive = [r for r in rows if r[0] in files and r[3] == "missed" and r[1] == blob(r[0], head)]
+    alive = {r[4] for r in read_record() if r[0] in files and r[3] == "missed" and r[1] == blob(r[0], head)}
     if not alive:
         print("no recorded survivor of a file whose text is HEAD's")
         return
     unpack(head)
-    out = WORK / "survivors"
-    shutil.rmtree(out, ignore_errors=True)
-    extra = ["--test-workspace=true"]
-    for r in alive:
-        extra += ["--examine-re", f"^{regex_escape(r[4])}$"]
-    again = mutant_outcomes(cargo_mutants(sorted({r[0] for r in alive}), out, extra))
-    for r in rows:
-        if r in alive and r[4] in again:
-            r[2], r[3] = head, again[r[4]][1]
-    write_record(rows)
+
+    def save(found: dict[str, tuple[str, str]]) -> None:
+        rows = read_record()
+        for r in rows:
+            if r[4] in alive and r[4] in found:
+                r[2], r[3] = head, found[r[4]][1]
+        write_record(rows)
+
+    two_passes(sorted({m.split(":", 1)[0] for m in alive}), save, only=sorted(alive))
 
 
 def summarize() -> list[str]:
