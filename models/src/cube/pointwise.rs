@@ -125,16 +125,20 @@ mod kernels {
         }
     }
 
-    /// One part of the weight gradient `sum over (n, p) of dy[n, o, p] * x[n, i, p]`, both read
-    /// as vectors of N positions: cube (bo, bi, s) sums images `s * images ..` for outputs
-    /// `bo * 4 ..` and inputs `bi * 4 ..`, its units taking each image's vectors in turn, then
-    /// adds the units' 16 sums in a tree in shared memory (of `slots`, a power of two at least
-    /// the cube's size) into `partial[s, o, i]`.
+    /// One part of the weight gradient `sum over (n, p) of dy[n, o, p] * x[n, i, p]` and of the
+    /// bias gradient `sum over (n, p) of dy[n, o, p]`, both read as vectors of N positions: cube
+    /// (bo, bi, s) sums the vectors of images `s * images ..` for outputs `bo * 4 ..` and inputs
+    /// `bi * 4 ..`, its units taking them in turn across images (the last block's planes have
+    /// fewer vectors than a cube has units), then adds the units' sums in a tree in shared memory
+    /// (of `slots`, a power of two at least the cube's size) into `partial[s, o, i]`. The cubes of
+    /// the first inputs (bi = 0) sum dy alone as well, into `bias_partial[s, o]`: no second pass
+    /// over dy for the bias.
     #[cube(launch)]
     pub(super) fn weight_grad<N: Size>(
         x: &Tensor<Vector<f32, N>>,
         dy: &Tensor<Vector<f32, N>>,
         partial: &mut Tensor<f32>,
+        bias_partial: &mut Tensor<f32>,
         images: usize,
         #[comptime] slots: usize,
     ) {
@@ -146,52 +150,70 @@ mod kernels {
         let unit = UNIT_POS as usize;
         let first_o = CUBE_POS_X as usize * 4usize;
         let first_i = CUBE_POS_Y as usize * 4usize;
-        let first = part * images;
-        let mut last = first + images;
+        let sums_bias = first_i == 0usize;
+        let mut last = (part + 1usize) * images;
         if last > x.shape(0) {
             last = x.shape(0);
         }
         let zero = Vector::<f32, N>::cast_from(0.0f32);
-        let mut acc = Array::<Vector<f32, N>>::new(16usize);
+        let mut acc = Array::<Vector<f32, N>>::new(20usize);
         #[unroll]
-        for t in 0..16usize {
+        for t in 0..20usize {
             acc[t] = zero;
         }
-        for n in first..last {
-            let mut p = unit;
-            while p < vectors {
-                let mut gs = Array::<Vector<f32, N>>::new(4usize);
-                let mut xs = Array::<Vector<f32, N>>::new(4usize);
+        // The unit's vector: p of image n.
+        let mut n = part * images + unit / vectors;
+        let mut p = unit % vectors;
+        while n < last {
+            let mut gs = Array::<Vector<f32, N>>::new(4usize);
+            let mut xs = Array::<Vector<f32, N>>::new(4usize);
+            #[unroll]
+            for j in 0..4usize {
+                let o = first_o + j;
+                gs[j] = select(o < outs, dy[(n * outs + o) * vectors + p], zero);
+                let i = first_i + j;
+                xs[j] = select(i < ins, x[(n * ins + i) * vectors + p], zero);
+            }
+            #[unroll]
+            for j in 0..4usize {
+                #[unroll]
+                for k in 0..4usize {
+                    acc[j * 4usize + k] += gs[j] * xs[k];
+                }
+            }
+            if sums_bias {
                 #[unroll]
                 for j in 0..4usize {
-                    let o = first_o + j;
-                    gs[j] = select(o < outs, dy[(n * outs + o) * vectors + p], zero);
-                    let i = first_i + j;
-                    xs[j] = select(i < ins, x[(n * ins + i) * vectors + p], zero);
+                    acc[16usize + j] += gs[j];
                 }
-                #[unroll]
-                for j in 0..4usize {
-                    #[unroll]
-                    for k in 0..4usize {
-                        acc[j * 4usize + k] += gs[j] * xs[k];
-                    }
-                }
-                p += units;
+            }
+            // Subtractions, not a division: `units` is at most a few planes' vectors.
+            p += units;
+            while p >= vectors {
+                p -= vectors;
+                n += 1usize;
             }
         }
-        let mut shared = SharedMemory::<f32>::new(16usize * slots);
+        let mut shared = SharedMemory::<f32>::new(20usize * slots);
         #[unroll]
-        for t in 0..16usize {
+        for t in 0..20usize {
             shared[t * slots + unit] = lanes_sum(acc[t]);
         }
-        tree_sum(&mut shared, 16usize, slots);
-        // Units write the sixteen sums in turn (a cube may have fewer than sixteen units).
+        tree_sum(&mut shared, 20usize, slots);
+        // Units write the sums in turn (a cube may have fewer units than sums).
         let mut t = unit;
-        while t < 16usize {
-            let o = first_o + t / 4usize;
-            let i = first_i + t % 4usize;
-            if o < outs && i < ins {
-                partial[(part * outs + o) * ins + i] = shared[t * slots];
+        while t < 20usize {
+            if t < 16usize {
+                let o = first_o + t / 4usize;
+                let i = first_i + t % 4usize;
+                if o < outs && i < ins {
+                    partial[(part * outs + o) * ins + i] = shared[t * slots];
+                }
+            } else {
+                let o = first_o + t - 16usize;
+                if sums_bias && o < outs {
+                    bias_partial[part * outs + o] = shared[t * slots];
+                }
             }
             t += units;
         }
@@ -257,8 +279,12 @@ const GRAD_VALUES_PER_UNIT: usize = 256;
 /// Units of a cube of the weight-gradient kernel.
 const GRAD_UNITS: usize = 64;
 
-/// The weight gradient `[outs, ins]` of a 1x1 convolution of x that gave the output gradient dy.
-fn weight_grad_of<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTensor<R> {
+/// The weight gradient `[outs, ins]` and the bias gradient `[outs]` of a 1x1 convolution of x
+/// that gave the output gradient dy.
+fn weight_grad_of<R: CubeRuntime>(
+    x: CubeTensor<R>,
+    dy: CubeTensor<R>,
+) -> (CubeTensor<R>, CubeTensor<R>) {
     let (x, dy) = (into_contiguous(x), into_contiguous(dy));
     let [n, ins, positions] = x.meta.shape().dims::<3>();
     let outs = dy.meta.shape()[1];
@@ -269,6 +295,7 @@ fn weight_grad_of<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTe
     let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
     let parts = n.div_ceil(images).max(1);
     let partial = empty(&x, Shape::new([parts, outs * ins]));
+    let bias_partial = empty(&x, Shape::new([parts, outs]));
     kernels::weight_grad::launch::<R>(
         &client,
         CubeCount::Static(
@@ -281,10 +308,14 @@ fn weight_grad_of<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTe
         x.into_tensor_arg(),
         dy.into_tensor_arg(),
         partial.clone().into_tensor_arg(),
+        bias_partial.clone().into_tensor_arg(),
         images,
         GRAD_UNITS.next_power_of_two(),
     );
-    reshape(sum_leading(partial), Shape::new([outs, ins]))
+    (
+        reshape(sum_leading(partial), Shape::new([outs, ins])),
+        sum_leading(bias_partial),
+    )
 }
 
 /// x as `[n, ins, positions]`: a convolution's `[n, c, h, w]` or a dense layer's `[n, features]`.
@@ -326,22 +357,27 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for LayerBackward
             let dx = forward(dy.clone(), weight, None, x_shape[1], !transposed);
             grads.register::<Cube<R, BT>>(node.id, reshape(dx, x_shape));
         }
+        if w_node.is_none() && b_node.is_none() {
+            return;
+        }
+        // A convolution's weight and bias gradients come from one kernel; a dense layer's `[in,
+        // out]` weight gradient, x^T dy, sums over the batch only: the product with dy as one
+        // image of `n` inputs at `out` positions, and x read as a transposed weight.
+        let (dw, db) = if transposed {
+            let [n, ins, _] = x.meta.shape().dims::<3>();
+            let outs = dy.meta.shape()[1];
+            let db = channel_sums(dy.clone());
+            let dy = reshape(dy, Shape::new([1, n, outs]));
+            let dw = forward(dy, reshape(x, Shape::new([n, ins])), None, ins, true);
+            (dw, db)
+        } else {
+            weight_grad_of(x, dy)
+        };
         if let Some(node) = w_node {
-            let dw = if transposed {
-                // A dense layer's `[in, out]` gradient, x^T dy, sums over the batch only: the
-                // product with dy as one image of `n` inputs at `out` positions, and x read as
-                // a transposed weight.
-                let [n, ins, _] = x.meta.shape().dims::<3>();
-                let outs = dy.meta.shape()[1];
-                let dy = reshape(dy.clone(), Shape::new([1, n, outs]));
-                forward(dy, reshape(x, Shape::new([n, ins])), None, ins, true)
-            } else {
-                weight_grad_of(x, dy.clone())
-            };
             grads.register::<Cube<R, BT>>(node.id, reshape(dw, w_shape));
         }
         if let Some(node) = b_node {
-            grads.register::<Cube<R, BT>>(node.id, channel_sums(dy));
+            grads.register::<Cube<R, BT>>(node.id, db);
         }
     }
 }

@@ -126,3 +126,27 @@ pub fn write_folder(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write that fails leaves the folder as it was, and an earlier run's leftover beside it
+    /// (its `.old` sibling, here with the same process id) does not take its place.
+    #[test]
+    fn a_failed_write_leaves_the_folder_as_it_was() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("slide");
+        std::fs::create_dir(&dir).unwrap();
+        let stale = temp_sibling(&dir, "old");
+        std::fs::create_dir(&stale).unwrap();
+        std::fs::write(stale.join(TILES_FILE), "stale").unwrap();
+        // A file in a folder that does not exist cannot be written.
+        let files = [(TILES_FILE, b"new".to_vec()), ("missing/x", vec![])];
+        let err = write_folder(&dir, &files).unwrap_err();
+        assert!(format!("{err:#}").contains("cannot write"), "{err:#}");
+        assert!(dir.is_dir() && std::fs::read_dir(&dir).unwrap().next().is_none());
+        assert!(!temp_sibling(&dir, "tmp").exists());
+        assert_eq!(std::fs::read(stale.join(TILES_FILE)).unwrap(), b"stale");
+    }
+}
