@@ -91,7 +91,9 @@ def unpack(commit: str) -> None:
         shutil.rmtree(TREE)
     TREE.mkdir(parents=True)
     archive = subprocess.run(["git", "archive", commit], cwd=ROOT, check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(TREE)], input=archive, check=True)
+    # -m: the files dated now. With the commit's dates they would look older than the builds of
+    # the last run's final mutant, and cargo would test that mutant in place of the code.
+    subprocess.run(["tar", "-x", "-m", "-C", str(TREE)], input=archive, check=True)
     if (ROOT / ".venv").exists():
         (TREE / ".venv").symlink_to(ROOT / ".venv")
 
