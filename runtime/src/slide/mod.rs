@@ -139,7 +139,8 @@ pub fn run(
     let slide = Slide::open(lib, path)?;
     let scale = slide_scale(&slide, s.mpp, path)?;
     let grid = Grid::new(&slide, &scale, s.patch, path)?;
-    progress.set_length(u64::from(grid.cols) * u64::from(grid.rows));
+    let total = u64::from(grid.cols) * u64::from(grid.rows);
+    progress.set_length(total);
     let mut scanned = stream::classify(
         &slide,
         &grid,
@@ -165,8 +166,6 @@ pub fn run(
     let t = s.threshold.value;
     let tiles = &scanned.tiles;
     let idc = tiles.iter().filter(|x| f64::from(x.prob) >= t).count();
-    let total = u64::from(grid.cols) * u64::from(grid.rows);
-    let tiles_per_second = total as f64 / seconds.max(1e-9);
     let counts = Counts {
         total,
         tissue: tiles.len(),
@@ -195,7 +194,7 @@ pub fn run(
         dir,
         tissue: tiles.len(),
         idc,
-        tiles_per_second,
+        tiles_per_second: counts.tiles_per_second(),
     })
 }
 
@@ -219,6 +218,12 @@ struct Counts {
     /// Tiles that had neighbours, when context was applied.
     with_neighbours: Option<usize>,
     seconds: f64,
+}
+
+impl Counts {
+    fn tiles_per_second(&self) -> f64 {
+        self.total as f64 / self.seconds.max(1e-9)
+    }
 }
 
 /// `summary.json`: the slide, its scale and grid, the counts and areas, and how it was run.
@@ -258,7 +263,7 @@ fn summary(
         "provider": model.provider,
         "onnx_runtime": model.ort_version,
         "seconds": c.seconds,
-        "tiles_per_second": c.total as f64 / c.seconds.max(1e-9),
+        "tiles_per_second": c.tiles_per_second(),
     })
 }
 
@@ -282,4 +287,32 @@ fn in_context(tiles: &mut [Tile], weight: f64) -> usize {
         t.prob = p;
     }
     smoothed.with_neighbours
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A slide's output folder is its file name without the extension, and never a hidden one.
+    #[test]
+    fn a_slide_gets_a_visible_folder_named_for_it() {
+        for (slide, folder) in [
+            ("in/CMU-1.svs", "CMU-1"),
+            ("in/a.b.tiff", "a.b"),
+            ("in/.svs", "slide"),
+            ("in/.hidden.tiff", "slide"),
+            ("/", "slide"),
+        ] {
+            assert_eq!(folder_name(Path::new(slide)), folder, "{slide}");
+        }
+    }
+
+    /// The heatmap's title says what the slide gave (the test reads no picture's text).
+    #[test]
+    fn the_heatmap_title_counts_the_tiles_and_areas() {
+        assert_eq!(
+            title(Path::new("in/s.svs"), 8, 2, 0.25),
+            "s.svs: 8 tissue tiles, 2 predicted IDC (25.0%, 0.50 of 2.00 mm²)"
+        );
+    }
 }
