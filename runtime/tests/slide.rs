@@ -214,6 +214,12 @@ fn a_slide_of_a_real_patient_gives_every_patch_its_eval_probability() {
         );
         // A tile is a patch: 50 px at 4 µm, 0.04 mm².
         let mm2 = |k: &str| sum[k].as_f64().unwrap();
+        let number = |k: &str| sum[k].as_f64().unwrap();
+        let per_second = tiles as f64 / number("seconds");
+        assert!(
+            (number("tiles_per_second") / per_second - 1.0).abs() < 1e-9,
+            "{sum}"
+        );
         assert!(
             (mm2("idc_area_mm2") - idc as f64 * 0.04).abs() < 1e-9,
             "{sum}"
