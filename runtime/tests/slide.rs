@@ -213,7 +213,6 @@ fn a_slide_of_a_real_patient_gives_every_patch_its_eval_probability() {
             "{name}"
         );
         // A tile is a patch: 50 px at 4 µm, 0.04 mm².
-        let mm2 = |k: &str| sum[k].as_f64().unwrap();
         let number = |k: &str| sum[k].as_f64().unwrap();
         let per_second = tiles as f64 / number("seconds");
         assert!(
@@ -221,11 +220,11 @@ fn a_slide_of_a_real_patient_gives_every_patch_its_eval_probability() {
             "{sum}"
         );
         assert!(
-            (mm2("idc_area_mm2") - idc as f64 * 0.04).abs() < 1e-9,
+            (number("idc_area_mm2") - idc as f64 * 0.04).abs() < 1e-9,
             "{sum}"
         );
         assert!(
-            (mm2("tissue_area_mm2") - n as f64 * 0.04).abs() < 1e-9,
+            (number("tissue_area_mm2") - n as f64 * 0.04).abs() < 1e-9,
             "{sum}"
         );
         // The regions cover the centre of every positive tile and of no other tile.
@@ -371,6 +370,8 @@ fn bad_slides_are_named_and_the_good_one_is_still_done() {
     ran.fails_with("pip install openslide-bin");
 }
 
+/// `tiles.csv` predicts IDC for a tile at the threshold as well as above it (`>=`, as `runtime
+/// eval`), not below.
 #[test]
 fn a_tile_at_the_threshold_is_predicted_idc() {
     use runtime::slide::{grid::Grid, output::tiles_csv, stream::Tile};
