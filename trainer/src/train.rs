@@ -322,13 +322,30 @@ impl<B: AutodiffBackend> Session<B> {
             plot_history(run, &s.history)?;
             // A stop between an epoch's checkpoint and its `best/` copy leaves `best/` behind.
             let best_on_disk = RunDir::read_state(&run.best_dir()).map(|s| s.epoch).ok();
-            if s.state.best_epoch > 0 && best_on_disk != Some(s.state.best_epoch) {
+            if best_is_stale(s.state.best_epoch, best_on_disk) {
                 run.mark_best(&run.epoch_dir(s.state.best_epoch))?;
             }
             println!("resuming after epoch {epoch} (step {})", s.state.step);
         }
         Ok(s)
     }
+}
+
+/// Whether `best/` must be copied again on a resume: the state names a best epoch (0: none yet)
+/// that `best/` (holding `on_disk`, or nothing) is not.
+fn best_is_stale(best_epoch: usize, on_disk: Option<usize>) -> bool {
+    best_epoch > 0 && on_disk != Some(best_epoch)
+}
+
+/// The seeds epoch `epoch` of a run seeded `seed` draws from: burn's (dropout) and the
+/// augmentation stream's. Each (seed, epoch) has its own, so a resumed run repeats a straight one
+/// and no two epochs see the same dropout masks or augmentations.
+fn epoch_seeds(seed: u64, epoch: usize) -> (u64, u64) {
+    let epoch = epoch as u64;
+    (
+        seed ^ epoch.wrapping_mul(0x9E37_79B9),
+        seed ^ 0xA06 ^ epoch << 32,
+    )
 }
 
 /// What one epoch of training measured.
@@ -358,11 +375,8 @@ fn train_epoch<B: AutodiffBackend>(
         .len()
         .div_ceil(cfg.train.batch_size)
         .min(cfg.train.max_steps_per_epoch.unwrap_or(usize::MAX));
-    // Every epoch draws from its own seeds, so a resumed run repeats an uninterrupted one.
-    B::seed(
-        device,
-        cfg.train.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9),
-    );
+    let (burn_seed, aug_seed) = epoch_seeds(cfg.train.seed, epoch);
+    B::seed(device, burn_seed);
     let mut order: Vec<usize> = (0..data.train.len()).collect();
     Rng::derive(cfg.train.seed, epoch as u64).shuffle(&mut order);
     let bar = progress(
@@ -371,7 +385,6 @@ fn train_epoch<B: AutodiffBackend>(
         opts.quiet,
     );
     let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-    let aug_seed = cfg.train.seed ^ 0xA06 ^ (epoch as u64) << 32;
     let total_steps = steps.saturating_mul(cfg.train.epochs);
     let mut lr = cfg.learning_rate_at(session.state.step, total_steps);
     let batches = data
@@ -557,6 +570,42 @@ fn progress(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn best_is_copied_again_only_when_the_state_names_another() {
+        assert!(
+            !best_is_stale(0, None),
+            "no best epoch yet: nothing to copy"
+        );
+        assert!(!best_is_stale(3, Some(3)), "best/ already holds epoch 3");
+        assert!(
+            best_is_stale(3, Some(2)),
+            "the stop came before best/ was updated"
+        );
+        assert!(best_is_stale(3, None), "best/ missing or unreadable");
+    }
+
+    #[test]
+    fn every_seed_and_epoch_draws_its_own_numbers() {
+        // Seeds near the constants mixed in, and the extremes, where a weaker mixing collides.
+        let seeds = [0, 1, 2, 42, 0xA06, 0x9E37_79B9, u64::MAX];
+        let (mut burn, mut aug) = (HashSet::new(), HashSet::new());
+        for seed in seeds {
+            for epoch in 1..=100 {
+                let (b, a) = epoch_seeds(seed, epoch);
+                assert!(
+                    burn.insert(b),
+                    "burn's seed repeats at seed {seed}, epoch {epoch}"
+                );
+                assert!(
+                    aug.insert(a),
+                    "the augmentation seed repeats at seed {seed}, epoch {epoch}"
+                );
+            }
+        }
+        assert_eq!(epoch_seeds(42, 7), epoch_seeds(42, 7));
+    }
 
     #[test]
     fn a_loss_that_is_not_a_number_stops_the_run_naming_where() {
