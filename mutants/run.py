@@ -4,6 +4,10 @@
     mutants/run.py [FILE...]   test the mutants of the given files (default: every listed file
                                whose recorded results are not of its current text), record them
                                in mutants/outcomes.tsv, write docs/mutants.md
+    mutants/run.py --shard K/N FILE
+                               test only part K (0 .. N-1) of FILE's mutants, in N parts: a file
+                               with too many for one sitting (models/src/kernels.rs), one part a
+                               session; the file counts as tested once all N parts are recorded
     mutants/run.py --survivors [FILE...]
                                test the mutants that lived again (of the given files, default
                                all), against every test of the workspace at HEAD, where their
@@ -46,6 +50,9 @@ OUTCOMES = {
     "Unviable": "unviable",
 }
 KILLED = ("caught", "timeout")
+# The record's row saying which part of a file's mutants a sharded run tested (`K/N` in place of
+# the mutant's name).
+SHARD = "shard"
 
 
 def git(*args: str) -> str:
@@ -131,11 +138,31 @@ def mutant_outcomes(report: dict) -> dict[str, tuple[str, str]]:
     return result
 
 
-def record(head: str, files: list[str], found: dict[str, tuple[str, str]]) -> None:
-    """Replaces the record's rows of `files` with `found`, the outcomes of their text at `head`."""
+def shards_of(rows: list[list[str]]) -> tuple[int, set[int]]:
+    """Of one file's rows: in how many parts its mutants were tested (0: whole), and which."""
+    parts = [r[4].split("/") for r in rows if r[3] == SHARD]
+    return (int(parts[0][1]), {int(k) for k, _ in parts}) if parts else (0, set())
+
+
+def missing_parts(rows: list[list[str]]) -> list[int]:
+    parts, done = shards_of(rows)
+    return [k for k in range(parts) if k not in done]
+
+
+def record(head: str, files: list[str], found: dict[str, tuple[str, str]], shard: str | None = None) -> None:
+    """Replaces the record's rows of `files` with `found`, the outcomes of their text at `head`;
+    for part `shard` ("K/N") of a file, only that part's rows, keeping the other parts' of the
+    same text and count."""
     blobs = {f: blob(f, head) for f in files}
-    rows = [r for r in read_record() if r[0] not in blobs]
-    rows += [[f, blobs[f], head, o, name] for name, (f, o) in found.items()]
+    rows = read_record()
+    keep = [r for r in rows if r[0] not in blobs]
+    if shard:
+        (f,) = files
+        mine = [r for r in rows if r[0] == f and r[1] == blobs[f]]
+        if shards_of(mine)[0] == int(shard.split("/")[1]):
+            keep += [r for r in mine if r[4] not in found and r[4] != shard]
+        keep.append([f, blobs[f], head, SHARD, shard])
+    rows = keep + [[f, blobs[f], head, o, name] for name, (f, o) in found.items()]
     # A file without mutants (only declarations) is recorded as such, to count as tested.
     with_mutants = {f for f, _ in found.values()}
     rows += [[f, blobs[f], head, "none", "-"] for f in files if f not in with_mutants]
@@ -147,16 +174,21 @@ def regex_escape(text: str) -> str:
     return "".join("\\" + c if c in "\\.+*?()|[]{}^$" else c for c in text)
 
 
-def two_passes(files: list[str], save, only: list[str] | None = None) -> None:
-    """Each mutant of `files` (or only the ones named) against its own crate's tests, then the
-    ones that lived against every test of the workspace; `save` gets the outcomes after each
-    pass (an interrupted second pass leaves the survivors counted as missed)."""
+def two_passes(files: list[str], save, only: list[str] | None = None, shard: str | None = None) -> None:
+    """Each mutant of `files` (or only the ones named, or part `shard`) against its own crate's
+    tests, then the ones that lived against every test of the workspace; `save` gets the outcomes
+    after each pass (an interrupted second pass leaves the survivors counted as missed)."""
     out = WORK / "passes"
     shutil.rmtree(out, ignore_errors=True)
     filters = [x for name in only or [] for x in ("--examine-re", f"^{regex_escape(name)}$")]
-    found = mutant_outcomes(cargo_mutants(files, out, filters))
+    # The second pass names the survivors themselves, so only the first takes the part.
+    found = mutant_outcomes(cargo_mutants(files, out, filters + (["--shard", shard] if shard else [])))
     save(found)
     alive = sorted({f for f, o in found.values() if o == "missed"})
+    if shard:
+        # The other parts' mutants are in no list of the first pass's: name the survivors.
+        names = [name for name, (_, o) in found.items() if o == "missed"]
+        filters = [x for name in names for x in ("--examine-re", f"^{regex_escape(name)}$")]
     if alive:
         # cargo-mutants' --iterate skips the mutants the first pass caught (its caught.txt).
         again = cargo_mutants(alive, out, ["--iterate", "--test-workspace=true", *filters])
@@ -166,10 +198,10 @@ def two_passes(files: list[str], save, only: list[str] | None = None) -> None:
         save(found)
 
 
-def run(files: list[str]) -> None:
+def run(files: list[str], shard: str | None = None) -> None:
     head = git("rev-parse", "HEAD")  # commits made while it runs are not what it tests
     unpack(head)
-    two_passes(files, lambda found: record(head, files, found))
+    two_passes(files, lambda found: record(head, files, found, shard), shard=shard)
 
 
 def retest_survivors(files: list[str]) -> None:
@@ -208,10 +240,16 @@ def summarize() -> list[str]:
         viable = n["caught"] + n["timeout"] + n["missed"]
         score = (n["caught"] + n["timeout"]) / viable if viable else 1.0
         current = mine[0][1] == current_blob(f)
+        parts, done = shards_of(mine)
+        partly = f", {len(done)} of {parts} parts" if len(done) < parts else ""
         table.append(f"| `{f}` | {n['caught']} | {n['timeout']} | {n['missed']} | {n['unviable']} "
-                     f"| {score:.1%} | {', '.join(sorted({r[2][:10] for r in mine}))} | {'yes' if current else 'no'} |")
+                     f"| {score:.1%} | {', '.join(sorted({r[2][:10] for r in mine}))} "
+                     f"| {'yes' if current else 'no'}{partly} |")
         if not current:
             problems.append(f"{f}: changed since its results")
+        if partly:
+            problems.append(f"{f}: parts {', '.join(str(k) for k in missing_parts(mine))} of {parts} not "
+                            f"tested yet (`mutants/run.py --shard K/{parts} {f}`)")
         if score < MIN_SCORE:
             problems.append(f"{f}: score {score:.1%} < {MIN_SCORE:.0%}")
         for r in sorted(r for r in mine if r[3] == "missed"):
@@ -250,6 +288,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", help="files to test (default: the listed ones not current)")
     mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--shard", metavar="K/N", help="test only part K (0 .. N-1) of one file's mutants")
     mode.add_argument("--survivors", action="store_true", help="test the recorded survivors again")
     mode.add_argument("--summary", action="store_true", help="only write docs/mutants.md")
     mode.add_argument("--check", action="store_true", help="fail unless every listed file meets the standard")
@@ -263,10 +302,27 @@ def main() -> None:
         unknown = [f for f in args.files if f not in listed]
         if unknown:
             sys.exit(f"not listed in {CONFIG.relative_to(ROOT)}: {', '.join(unknown)}")
-        recorded = {r[0]: r[1] for r in read_record()}
+        rows = read_record()
+        recorded = {r[0]: r[1] for r in rows}
         files = args.files or [f for f in listed if recorded.get(f) != blob(f)]
-        if files:
-            run(files)
+        # Files tested in parts: the parts still missing, of their committed text.
+        partial = {} if args.files else {
+            f: missing_parts(mine) for f in listed if f not in files
+            for mine in [[r for r in rows if r[0] == f]] if missing_parts(mine)}
+        if args.shard:
+            if not re.fullmatch(r"\d+/\d+", args.shard) or len(files) != 1:
+                sys.exit("--shard K/N takes one file, and K and N as numbers (K from 0 to N-1)")
+            k, n = map(int, args.shard.split("/"))
+            if not k < n:
+                sys.exit(f"--shard {args.shard}: K goes from 0 to {n - 1}")
+            run(files, args.shard)
+        elif files or partial:
+            if files:
+                run(files)
+            for f, missing in partial.items():
+                parts = shards_of([r for r in rows if r[0] == f])[0]
+                for k in missing:
+                    run([f], f"{k}/{parts}")
         else:
             print("every listed file has results of its committed text")
     problems = summarize()
