@@ -29,11 +29,14 @@ pub mod cube {
         Err((x, weight))
     }
 
+    /// A layer's input, weight and bias, handed back.
+    type LayerInputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, 1>);
+
     pub fn pointwise<B: Backend>(
         x: Tensor<B, 4>,
         weight: Tensor<B, 4>,
         bias: Tensor<B, 1>,
-    ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 1>)> {
+    ) -> Result<Tensor<B, 4>, LayerInputs<B, 4>> {
         Err((x, weight, bias))
     }
 
@@ -41,7 +44,7 @@ pub mod cube {
         x: Tensor<B, 2>,
         weight: Tensor<B, 2>,
         bias: Tensor<B, 1>,
-    ) -> Result<Tensor<B, 2>, (Tensor<B, 2>, Tensor<B, 2>, Tensor<B, 1>)> {
+    ) -> Result<Tensor<B, 2>, LayerInputs<B, 2>> {
         Err((x, weight, bias))
     }
 

@@ -87,15 +87,20 @@ pub(crate) fn existing(p: &Path, source: &str, hint: &str) -> Result<PathBuf> {
 /// executable (`target/<profile>/`, or `target/<profile>/deps/` for tests) that holds both
 /// `Cargo.toml` and `.venv`. Never the working directory.
 pub(crate) fn venv_candidates() -> Vec<PathBuf> {
-    let Ok(exe) = std::env::current_exe() else {
-        return Vec::new();
-    };
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| project_venv(&exe))
+        .into_iter()
+        .collect()
+}
+
+/// The `.venv` of the first of the four folders above `exe` that holds `Cargo.toml` and `.venv`.
+fn project_venv(exe: &Path) -> Option<PathBuf> {
     exe.ancestors()
         .skip(1)
         .take(4)
         .find(|dir| dir.join("Cargo.toml").is_file() && dir.join(".venv").is_dir())
-        .map(|dir| vec![dir.join(".venv")])
-        .unwrap_or_default()
+        .map(|dir| dir.join(".venv"))
 }
 
 /// `<lib>/python3.*/site-packages/onnxruntime/capi/libonnxruntime.so.*` (newest version first).
@@ -209,6 +214,79 @@ pub fn version_of(path: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Empty files at `names` under `dir`, with their folders.
+    fn touch(dir: &Path, names: &[&str]) {
+        for name in names {
+            let p = dir.join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"").unwrap();
+        }
+    }
+
+    #[test]
+    fn the_venv_is_the_projects_above_the_executable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // A crate folder (Cargo.toml, no .venv) between the binary and the project.
+        touch(
+            root,
+            &[
+                "Cargo.toml",
+                "crate/Cargo.toml",
+                "crate/target/release/runtime",
+            ],
+        );
+        let exe = root.join("crate/target/release/runtime");
+        assert_eq!(project_venv(&exe), None, "no .venv anywhere yet");
+        std::fs::create_dir_all(root.join(".venv")).unwrap();
+        assert_eq!(project_venv(&exe), Some(root.join(".venv")));
+        // A .venv without Cargo.toml (a dataset's folder, say) is not a project's.
+        std::fs::create_dir_all(root.join("crate/target/.venv")).unwrap();
+        assert_eq!(project_venv(&exe), Some(root.join(".venv")));
+    }
+
+    #[test]
+    fn the_library_is_the_newest_libonnxruntime_of_the_newest_python() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = tmp.path().join("lib");
+        let capi = |py: &str, f: &str| format!("{py}/site-packages/onnxruntime/capi/{f}");
+        // What the wheel puts beside the library: other shared objects, some with more digits.
+        touch(
+            &lib,
+            &[
+                &capi("python3.9", "libonnxruntime.so.1.20.0"),
+                &capi("python3.11", "libonnxruntime.so.1.9.0"),
+                &capi("python3.11", "libonnxruntime.so.1.17.0"),
+                &capi("python3.11", "libonnxruntime_providers_shared.so"),
+                &capi(
+                    "python3.11",
+                    "onnxruntime_pybind11_state.cpython-311-x86_64-linux-gnu.so",
+                ),
+                &capi("python3.11", "libother.so.99.0"),
+            ],
+        );
+        let want = lib.join(capi("python3.11", "libonnxruntime.so.1.17.0"));
+        assert_eq!(lib_in_site_packages(&lib), Some(want));
+        assert_eq!(lib_in_site_packages(&tmp.path().join("none")), None);
+        // The names on macOS and Windows.
+        for name in ["libonnxruntime.dylib", "onnxruntime.dll"] {
+            let dir = tmp.path().join(name);
+            touch(&dir, &[name, "libother.so.99.0", "other.dll"]);
+            assert_eq!(capi_lib(&dir), Some(dir.join(name)));
+        }
+    }
+
+    #[test]
+    fn python_packages_are_found_where_python_imports_them() {
+        // `json` is in every Python's standard library.
+        let dir = python_package_dir("json").expect("python3 imports json");
+        assert!(
+            dir.ends_with("json") && dir.join("__init__.py").is_file(),
+            "{dir:?}"
+        );
+        assert_eq!(python_package_dir("no_such_package_idc"), None);
+    }
 
     #[test]
     fn newest_version_sorts_last() {

@@ -152,6 +152,35 @@ fn a_planted_library_or_python_module_never_runs() {
     );
     assert!(matches!(o.status.code(), Some(0) | Some(2)), "{all}");
     assert!(!ran("lib-ran") && !ran("py-ran"), "planted code ran: {all}");
+
+    // The same copy with the project's Python first on PATH: the isolated search finds that
+    // Python's onnxruntime (and still not the planted module).
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![venv.join("bin")];
+    dirs.extend(std::env::split_paths(&path));
+    let o = Command::new(far.join("runtime"))
+        .args([
+            "eval",
+            data.to_str().unwrap(),
+            "--model",
+            onnx.to_str().unwrap(),
+        ])
+        .args(["--ep", "cpu"])
+        .current_dir(&planted)
+        .env_remove("ORT_DYLIB_PATH")
+        .env("PYTHONPATH", &planted)
+        .env("PATH", std::env::join_paths(dirs).unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{all}");
+    assert!(!ran("lib-ran") && !ran("py-ran"), "planted code ran: {all}");
+    let capi = venv.join("lib");
+    assert!(
+        stdout.contains(&format!("({}", capi.display())) && stdout.contains("onnxruntime/capi/"),
+        "the header does not name the Python package's library:\n{stdout}"
+    );
 }
 
 #[test]
