@@ -196,6 +196,54 @@ fn predict_and_heatmap() {
     assert_eq!(std::fs::read_dir(&hm).unwrap().count(), 3);
 }
 
+/// `runtime bench`: each stage's rate and the bound they set, printed and in its JSON, for the
+/// images it was given at the batch size asked.
+#[test]
+fn bench_reports_each_stage_and_the_bound() {
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx = model(tmp.path());
+    let data = small_synth(tmp.path());
+    let images = datasets::Scan::dir(&data).unwrap().patches.len();
+    let json = tmp.path().join("bench.json");
+    let out = stdout_ok(&runtime(&[
+        "bench",
+        data.to_str().unwrap(),
+        "--model",
+        onnx.to_str().unwrap(),
+        "--ep",
+        "cpu",
+        "--batch-size",
+        "16",
+        "--json",
+        json.to_str().unwrap(),
+    ]));
+    let j: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(j["images"], images);
+    assert_eq!(j["batch_size"], 16);
+    let rate = |key: &str| {
+        let v = j[key].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite() && v > 0.0, "{key}: {}", j[key]);
+        v
+    };
+    let (decode, infer, e2e) = (
+        rate("decode_per_s"),
+        rate("inference_per_s"),
+        rate("end_to_end_per_s"),
+    );
+    let bound = 1.0 / (1.0 / decode + 1.0 / infer);
+    assert!((rate("bound_per_s") - bound).abs() < 1e-9 * bound, "{j}");
+    assert!(j["peak_rss_kib"].as_u64().is_some_and(|k| k > 0), "{j}");
+    assert!(
+        out.contains(&format!("runtime bench: {images} images under"))
+            && out.contains("batch 16")
+            && out.contains(&format!("{decode:.0} img/s"))
+            && out.contains(&format!("{e2e:.0} img/s"))
+            && out.contains(&format!("end-to-end at {:.0}% of it", 100.0 * e2e / bound)),
+        "{out}"
+    );
+}
+
 #[test]
 fn clear_one_line_errors() {
     let tmp = tempfile::tempdir().unwrap();
