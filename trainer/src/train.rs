@@ -384,7 +384,7 @@ fn train_epoch<B: AutodiffBackend>(
         &format!("epoch {epoch}/{}", cfg.train.epochs),
         opts.quiet,
     );
-    let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+    let mut tally = Tally::default();
     let total_steps = steps.saturating_mul(cfg.train.epochs);
     let mut lr = cfg.learning_rate_at(session.state.step, total_steps);
     let batches = data
@@ -397,24 +397,22 @@ fn train_epoch<B: AutodiffBackend>(
         }
         lr = cfg.learning_rate_at(session.state.step, total_steps);
         let (loss_value, right) = step(session, &batch, (size, weights, lr), (epoch, k), device)?;
-        correct += right;
-        loss_sum += loss_value * batch.len() as f64;
-        seen += batch.len();
+        tally.add(loss_value, right, batch.len());
         bar.set_message(format!(
             "loss {:.4} acc {:.4} {:.0} img/s",
-            loss_sum / seen as f64,
-            correct as f64 / seen as f64,
-            seen as f64 / started.elapsed().as_secs_f64()
+            tally.loss(),
+            tally.accuracy(),
+            tally.per_second(started.elapsed().as_secs_f64())
         ));
         bar.inc(1);
     }
     bar.finish_and_clear();
     Ok(Trained {
         epoch,
-        loss: loss_sum / seen.max(1) as f64,
-        accuracy: correct as f64 / seen.max(1) as f64,
+        loss: tally.loss(),
+        accuracy: tally.accuracy(),
         learning_rate: lr,
-        images_per_second: seen as f64 / started.elapsed().as_secs_f64(),
+        images_per_second: tally.per_second(started.elapsed().as_secs_f64()),
         started,
     })
 }
@@ -443,12 +441,46 @@ fn step<B: AutodiffBackend>(
         .convert::<i64>()
         .into_vec()
         .expect("argmax");
-    let right = pred
+    Ok((loss_value, right_answers(&pred, &batch.labels)))
+}
+
+/// How many of the predicted classes are the labels.
+fn right_answers(predicted: &[i64], labels: &[u8]) -> usize {
+    predicted
         .iter()
-        .zip(&batch.labels)
+        .zip(labels)
         .filter(|(p, y)| **p == **y as i64)
-        .count();
-    Ok((loss_value, right))
+        .count()
+}
+
+/// An epoch's running totals over its training batches.
+#[derive(Default)]
+struct Tally {
+    loss_sum: f64,
+    right: usize,
+    seen: usize,
+}
+
+impl Tally {
+    /// A batch of `n` patches with mean loss `loss`, `right` of them predicted right.
+    fn add(&mut self, loss: f64, right: usize, n: usize) {
+        self.loss_sum += loss * n as f64;
+        self.right += right;
+        self.seen += n;
+    }
+
+    /// The mean loss per patch so far (0 before any).
+    fn loss(&self) -> f64 {
+        self.loss_sum / self.seen.max(1) as f64
+    }
+
+    fn accuracy(&self) -> f64 {
+        self.right as f64 / self.seen.max(1) as f64
+    }
+
+    fn per_second(&self, seconds: f64) -> f64 {
+        self.seen as f64 / seconds
+    }
 }
 
 /// A loss that is not a number stops the run, saying where (the checkpoints so far stay).
@@ -571,6 +603,18 @@ fn progress(len: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
 mod tests {
     use super::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn an_epochs_loss_and_accuracy_are_per_patch_over_its_batches() {
+        assert_eq!(right_answers(&[1, 0, 1, 1], &[1, 1, 1, 1]), 3);
+        let mut t = Tally::default();
+        assert_eq!((t.loss(), t.accuracy()), (0.0, 0.0));
+        t.add(0.5, 3, 4);
+        t.add(2.0, 0, 2); // a smaller batch weighs less
+        assert!((t.loss() - 1.0).abs() < 1e-12, "{}", t.loss());
+        assert!((t.accuracy() - 0.5).abs() < 1e-12, "{}", t.accuracy());
+        assert!((t.per_second(1.5) - 4.0).abs() < 1e-12);
+    }
 
     #[test]
     fn best_is_copied_again_only_when_the_state_names_another() {
