@@ -7,7 +7,7 @@
 //! 1e-3 on the first step. Each unit computes a tile of one vector of 4 positions x 16 outputs,
 //! so that every input value loaded serves 16 products and every weight 4.
 
-use super::reduce::{channel_sums, sum_leading};
+use super::reduce::sum_leading;
 use super::{Cube, MAX_CUBES_YZ, empty, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
@@ -362,11 +362,12 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for LayerBackward
         }
         // A convolution's weight and bias gradients come from one kernel; a dense layer's `[in,
         // out]` weight gradient, x^T dy, sums over the batch only: the product with dy as one
-        // image of `n` inputs at `out` positions, and x read as a transposed weight.
+        // image of `n` inputs at `out` positions, and x read as a transposed weight. Its bias
+        // gradient sums dy `[n, out]` over the batch, one unit per output.
         let (dw, db) = if transposed {
             let [n, ins, _] = x.meta.shape().dims::<3>();
             let outs = dy.meta.shape()[1];
-            let db = channel_sums(dy.clone());
+            let db = sum_leading(reshape(dy.clone(), Shape::new([n, outs])));
             let dy = reshape(dy, Shape::new([1, n, outs]));
             let dw = forward(dy, reshape(x, Shape::new([n, ins])), None, ins, true);
             (dw, db)

@@ -1,14 +1,13 @@
-//! Sums the other kernels share: adding up the parts a kernel split its sums into, and per-channel
-//! sums of an NCHW tensor. Each in a fixed order (no atomics), so a run gives the same bytes
-//! every time.
+//! Sums the other kernels share: a cube's tree in shared memory, a vector's lanes, and adding up
+//! the parts a kernel split its sums into (or a dense layer's output gradient over the batch).
+//! Each in a fixed order (no atomics), so a run gives the same bytes every time.
 
-use super::{MAX_CUBES_YZ, elementwise, empty};
+use super::{elementwise, empty};
 use burn::tensor::Shape;
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
-use cubecl::{CubeCount, CubeDim};
 
 /// Adds up the cube's units' values in shared memory in a tree, for each of `lanes` lanes: each
 /// unit has put its value of lane l at `shared[l * slots + unit]` (`slots`: a power of two, at
@@ -70,42 +69,6 @@ fn sum_leading_kernel(parts: &Tensor<f32>, out: &mut Tensor<f32>) {
     out[l] = sum;
 }
 
-/// One part of the per-channel sums of t `[n, c, positions]`: cube (c, s) sums the flattened
-/// positions `s * chunk .. (s + 1) * chunk` of channel c, its units taking them in turn, then
-/// adds its units' sums in a tree in shared memory (of `slots`, a power of two at least the
-/// cube's size) into `partial[s, c]`.
-#[cube(launch)]
-fn channel_sums_kernel(
-    t: &Tensor<f32>,
-    partial: &mut Tensor<f32>,
-    chunk: usize,
-    #[comptime] slots: usize,
-) {
-    let channels = t.shape(1);
-    let positions = t.shape(2);
-    let total = t.shape(0) * positions;
-    let channel = CUBE_POS_X as usize;
-    let part = CUBE_POS_Y as usize;
-    let unit = UNIT_POS as usize;
-    let units = CUBE_DIM as usize;
-    let mut end = (part + 1usize) * chunk;
-    if end > total {
-        end = total;
-    }
-    let mut sum = 0.0f32;
-    let mut m = part * chunk + unit;
-    while m < end {
-        sum += t[((m / positions) * channels + channel) * positions + m % positions];
-        m += units;
-    }
-    let mut shared = SharedMemory::<f32>::new(slots);
-    shared[unit] = sum;
-    tree_sum(&mut shared, 1usize, slots);
-    if unit == 0usize {
-        partial[part * channels + channel] = shared[0usize];
-    }
-}
-
 /// `parts` `[s, l]` summed over s: `[l]`.
 pub(super) fn sum_leading<R: CubeRuntime>(parts: CubeTensor<R>) -> CubeTensor<R> {
     let parts = into_contiguous(parts);
@@ -121,32 +84,4 @@ pub(super) fn sum_leading<R: CubeRuntime>(parts: CubeTensor<R>) -> CubeTensor<R>
         out.clone().into_tensor_arg(),
     );
     out
-}
-
-/// Units of a cube of `channel_sums`, and values each sums before the cube's tree.
-const UNITS: usize = 256;
-const VALUES_PER_UNIT: usize = 64;
-
-/// Per-channel sums of t `[n, c, positions]`: `[c]`.
-pub(super) fn channel_sums<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
-    let t = into_contiguous(t);
-    let [n, c, positions] = t.meta.shape().dims::<3>();
-    let total = n * positions;
-    let units = UNITS.min(t.client.properties().hardware.max_units_per_cube as usize);
-    let parts = total
-        .div_ceil(VALUES_PER_UNIT * units)
-        .clamp(1, MAX_CUBES_YZ);
-    let chunk = total.div_ceil(parts).max(1);
-    let partial = empty(&t, Shape::new([parts, c]));
-    let client = t.client.clone();
-    channel_sums_kernel::launch::<R>(
-        &client,
-        CubeCount::Static(c as u32, parts as u32, 1),
-        CubeDim::new_1d(units as u32),
-        t.into_tensor_arg(),
-        partial.clone().into_tensor_arg(),
-        chunk,
-        units.next_power_of_two(),
-    );
-    sum_leading(partial)
 }
