@@ -105,6 +105,24 @@ def unpack(commit: str) -> None:
         (TREE / ".venv").symlink_to(ROOT / ".venv")
 
 
+def cargo_env() -> dict[str, str]:
+    env = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target"), CARGO_PROFILE_RELEASE_INCREMENTAL="true",
+               IDC_REQUIRE_ALL="1", PROPTEST_DISABLE_FAILURE_PERSISTENCE="1")
+    shared = (ROOT / "../shared/data").resolve()
+    if shared.is_dir():
+        env.setdefault("IDC_SHARED_DATA", str(shared))
+    return env
+
+
+def build_binaries() -> None:
+    """Every binary of the tree, unmutated. A crate's tests run the other crates' binaries from
+    target/ (runtime's run `datasets`, `trainer`, `exporter`), which its own build does not
+    remake: without this they would be whatever the last run built, its last mutant included."""
+    cmd = ["cargo", "build", "--release", "--workspace", "--bins"]
+    print("+", " ".join(cmd), flush=True)
+    subprocess.run(cmd, cwd=TREE, env=cargo_env(), check=True)
+
+
 def cargo_mutants(files: list[str], out: Path, extra: list[str]) -> dict:
     """One cargo-mutants run over `files` in TREE; its outcomes.json."""
     cmd = ["cargo", "mutants", "--no-config", "--in-place", "--profile", "release", "--no-shuffle",
@@ -114,14 +132,9 @@ def cargo_mutants(files: list[str], out: Path, extra: list[str]) -> dict:
         cmd += ["--file", f]
     for r in config.get("exclude_re", []):
         cmd += ["--exclude-re", r]
-    env = dict(os.environ, CARGO_TARGET_DIR=str(ROOT / "target"), CARGO_PROFILE_RELEASE_INCREMENTAL="true",
-               IDC_REQUIRE_ALL="1", PROPTEST_DISABLE_FAILURE_PERSISTENCE="1")
-    shared = (ROOT / "../shared/data").resolve()
-    if shared.is_dir():
-        env.setdefault("IDC_SHARED_DATA", str(shared))
     print("+", " ".join(cmd), flush=True)
     # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: results either way.
-    rc = subprocess.run(cmd, cwd=TREE, env=env).returncode
+    rc = subprocess.run(cmd, cwd=TREE, env=cargo_env()).returncode
     outcomes = out / "mutants.out/outcomes.json"
     if rc == 0 and not outcomes.exists():
         return {"outcomes": []}  # no mutants in the files: cargo-mutants writes no results
@@ -203,6 +216,7 @@ def two_passes(files: list[str], save, only: list[str] | None = None, shard: str
 def run(files: list[str], shard: str | None = None) -> None:
     head = git("rev-parse", "HEAD")  # commits made while it runs are not what it tests
     unpack(head)
+    build_binaries()
     two_passes(files, lambda found: record(head, files, found, shard), shard=shard)
 
 
@@ -213,6 +227,7 @@ def retest_survivors(files: list[str]) -> None:
         print("no recorded survivor of a file whose text is HEAD's")
         return
     unpack(head)
+    build_binaries()
 
     def save(found: dict[str, tuple[str, str]]) -> None:
         rows = read_record()
