@@ -117,8 +117,9 @@ def cargo_env() -> dict[str, str]:
 def build_binaries() -> None:
     """Every binary of the tree, unmutated. A crate's tests run the other crates' binaries from
     target/ (runtime's run `datasets`, `trainer`, `exporter`), which its own build does not
-    remake: without this they would be whatever the last run built, its last mutant included."""
-    cmd = ["cargo", "build", "--release", "--workspace", "--bins"]
+    remake: without this they would be whatever the last run built, its last mutant included.
+    Built as the second pass builds them (the same features: no second copy of the dependencies)."""
+    cmd = ["cargo", "test", "--release", "--workspace", "--no-run"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=TREE, env=cargo_env(), check=True)
 

@@ -234,7 +234,10 @@ fn bench_reports_each_stage_and_the_bound() {
     let bound = 1.0 / (1.0 / decode + 1.0 / infer);
     assert!((rate("bound_per_s") - bound).abs() < 1e-9 * bound, "{j}");
     // A process holding ONNX Runtime and a model is tens of MiB.
-    assert!(j["peak_rss_kib"].as_u64().is_some_and(|k| k > 10_000), "{j}");
+    assert!(
+        j["peak_rss_kib"].as_u64().is_some_and(|k| k > 10_000),
+        "{j}"
+    );
     assert!(
         out.contains(&format!("runtime bench: {images} images under"))
             && out.contains("batch 16")
