@@ -41,7 +41,9 @@ SUMMARY = ROOT / "docs/mutants.md"
 WORK = ROOT / "target/mutants"
 TREE = WORK / "tree"
 MIN_SCORE = 0.9
-HEADER = "file\tblob\tcommit\toutcome\tmutant\n"
+HEADER = "file\tblob\tcommit\toutcome\tmutant\tpart\n"
+# The part column of a row tested with the whole file.
+WHOLE = "-"
 # cargo-mutants' outcome names, as the record and the summary spell them.
 OUTCOMES = {
     "CaughtMutant": "caught",
@@ -50,8 +52,8 @@ OUTCOMES = {
     "Unviable": "unviable",
 }
 KILLED = ("caught", "timeout")
-# The record's row saying which part of a file's mutants a sharded run tested (`K/N` in place of
-# the mutant's name).
+# The outcome of the record's row saying that part K/N of a file's mutants was tested (each of
+# the part's mutants has its own row with that part).
 SHARD = "shard"
 
 
@@ -83,7 +85,8 @@ def change(mutant: str) -> str:
 def read_record() -> list[list[str]]:
     if not RECORD.exists():
         return []
-    return [line.rstrip("\n").split("\t") for line in RECORD.read_text().splitlines()[1:] if line]
+    rows = [line.rstrip("\n").split("\t") for line in RECORD.read_text().splitlines()[1:] if line]
+    return [r + [WHOLE] * (6 - len(r)) for r in rows]  # rows from before the part column
 
 
 def write_record(rows: list[list[str]]) -> None:
@@ -124,7 +127,7 @@ def build_binaries() -> None:
     subprocess.run(cmd, cwd=TREE, env=cargo_env(), check=True)
 
 
-def cargo_mutants(files: list[str], out: Path, extra: list[str]) -> dict:
+def cargo_mutants(files: list[str], out: Path, extra: list[str], may_find_none: bool = False) -> dict:
     """One cargo-mutants run over `files` in TREE; its outcomes.json."""
     cmd = ["cargo", "mutants", "--no-config", "--in-place", "--profile", "release", "--no-shuffle",
            "--output", str(out), *extra]
@@ -137,7 +140,7 @@ def cargo_mutants(files: list[str], out: Path, extra: list[str]) -> dict:
     # cargo-mutants exits 2 when mutants were missed, 3 on timeouts: results either way.
     rc = subprocess.run(cmd, cwd=TREE, env=cargo_env()).returncode
     outcomes = out / "mutants.out/outcomes.json"
-    if rc == 0 and not outcomes.exists():
+    if rc == 0 and not outcomes.exists() and may_find_none:
         return {"outcomes": []}  # no mutants in the files: cargo-mutants writes no results
     if rc not in (0, 2, 3) or not outcomes.exists():
         sys.exit(f"cargo mutants failed (exit {rc}); its log: {out / 'mutants.out'}")
@@ -156,7 +159,7 @@ def mutant_outcomes(report: dict) -> dict[str, tuple[str, str]]:
 
 def shards_of(rows: list[list[str]]) -> tuple[int, set[int]]:
     """Of one file's rows: in how many parts its mutants were tested (0: whole), and which."""
-    parts = [r[4].split("/") for r in rows if r[3] == SHARD]
+    parts = [r[5].split("/") for r in rows if r[3] == SHARD]
     return (int(parts[0][1]), {int(k) for k, _ in parts}) if parts else (0, set())
 
 
@@ -168,20 +171,19 @@ def missing_parts(rows: list[list[str]]) -> list[int]:
 def record(head: str, files: list[str], found: dict[str, tuple[str, str]], shard: str | None = None) -> None:
     """Replaces the record's rows of `files` with `found`, the outcomes of their text at `head`;
     for part `shard` ("K/N") of a file, only that part's rows, keeping the other parts' of the
-    same text and count."""
+    same text."""
     blobs = {f: blob(f, head) for f in files}
     rows = read_record()
     keep = [r for r in rows if r[0] not in blobs]
+    part = shard or WHOLE
     if shard:
         (f,) = files
-        mine = [r for r in rows if r[0] == f and r[1] == blobs[f]]
-        if shards_of(mine)[0] == int(shard.split("/")[1]):
-            keep += [r for r in mine if r[4] not in found and r[4] != shard]
-        keep.append([f, blobs[f], head, SHARD, shard])
-    rows = keep + [[f, blobs[f], head, o, name] for name, (f, o) in found.items()]
-    # A file without mutants (only declarations) is recorded as such, to count as tested.
+        keep += [r for r in rows if r[0] == f and r[1] == blobs[f] and r[5] not in (shard, WHOLE)]
+        keep.append([f, blobs[f], head, SHARD, "-", shard])
+    rows = keep + [[f, blobs[f], head, o, name, part] for name, (f, o) in found.items()]
+    # A file (or part) without mutants is recorded as such, to count as tested.
     with_mutants = {f for f, _ in found.values()}
-    rows += [[f, blobs[f], head, "none", "-"] for f in files if f not in with_mutants]
+    rows += [[f, blobs[f], head, "none", "-", part] for f in files if f not in with_mutants]
     write_record(rows)
 
 
@@ -198,7 +200,7 @@ def two_passes(files: list[str], save, only: list[str] | None = None, shard: str
     shutil.rmtree(out, ignore_errors=True)
     filters = [x for name in only or [] for x in ("--examine-re", f"^{regex_escape(name)}$")]
     # The second pass names the survivors themselves, so only the first takes the part.
-    found = mutant_outcomes(cargo_mutants(files, out, filters + (["--shard", shard] if shard else [])))
+    found = mutant_outcomes(cargo_mutants(files, out, filters + (["--shard", shard] if shard else []), True))
     save(found)
     alive = sorted({f for f, o in found.values() if o == "missed"})
     if shard:
@@ -214,11 +216,22 @@ def two_passes(files: list[str], save, only: list[str] | None = None, shard: str
         save(found)
 
 
+def by_crate(files: list[str]) -> list[list[str]]:
+    """`files` grouped by their crate (the first folder of the path), in order."""
+    crates: dict[str, list[str]] = {}
+    for f in files:
+        crates.setdefault(f.split("/", 1)[0], []).append(f)
+    return list(crates.values())
+
+
 def run(files: list[str], shard: str | None = None) -> None:
     head = git("rev-parse", "HEAD")  # commits made while it runs are not what it tests
     unpack(head)
-    build_binaries()
-    two_passes(files, lambda found: record(head, files, found, shard), shard=shard)
+    # One crate at a time, each after a fresh build of the binaries: the first pass of a crate
+    # leaves its last mutant's binary in target/, which the next crate's tests would run.
+    for group in by_crate(files):
+        build_binaries()
+        two_passes(group, lambda found, group=group: record(head, group, found, shard), shard=shard)
 
 
 def retest_survivors(files: list[str]) -> None:
@@ -302,6 +315,23 @@ def summarize() -> list[str]:
     return problems
 
 
+def shard_one(shard: str, files: list[str], mine: dict[str, list[list[str]]]) -> None:
+    """`--shard K/N FILE`: part K of FILE's mutants, in the N parts its text was recorded in."""
+    if not re.fullmatch(r"\d+/\d+", shard) or len(files) != 1:
+        sys.exit("--shard K/N takes one file, and K and N as numbers (K from 0 to N-1)")
+    k, n = map(int, shard.split("/"))
+    if not k < n:
+        sys.exit(f"--shard {shard}: K goes from 0 to {n - 1}")
+    f = files[0]
+    same_text = [r for r in mine[f] if r[1] == blob(f)]
+    recorded = shards_of(same_text)[0]
+    if recorded and recorded != n:
+        sys.exit(f"{f} is recorded in {recorded} parts for its text (missing: "
+                 f"{missing_parts(same_text) or 'none'}): use --shard K/{recorded}, or remove its rows "
+                 f"from {RECORD.relative_to(ROOT)} to start over")
+    run(files, shard)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="*", help="files to test (default: the listed ones not current)")
@@ -321,28 +351,22 @@ def main() -> None:
         if unknown:
             sys.exit(f"not listed in {CONFIG.relative_to(ROOT)}: {', '.join(unknown)}")
         rows = read_record()
-        recorded = {r[0]: r[1] for r in rows}
-        files = args.files or [f for f in listed if recorded.get(f) != blob(f)]
-        # Files tested in parts: the parts still missing, of their committed text.
-        partial = {} if args.files else {
-            f: missing_parts(mine) for f in listed if f not in files
-            for mine in [[r for r in rows if r[0] == f]] if missing_parts(mine)}
+        mine = {f: [r for r in rows if r[0] == f] for f in listed}
         if args.shard:
-            if not re.fullmatch(r"\d+/\d+", args.shard) or len(files) != 1:
-                sys.exit("--shard K/N takes one file, and K and N as numbers (K from 0 to N-1)")
-            k, n = map(int, args.shard.split("/"))
-            if not k < n:
-                sys.exit(f"--shard {args.shard}: K goes from 0 to {n - 1}")
-            run(files, args.shard)
-        elif files or partial:
-            if files:
-                run(files)
-            for f, missing in partial.items():
-                parts = shards_of([r for r in rows if r[0] == f])[0]
-                for k in missing:
-                    run([f], f"{k}/{parts}")
+            shard_one(args.shard, args.files, mine)
         else:
-            print("every listed file has results of its committed text")
+            todo = args.files or [f for f in listed if not mine[f] or mine[f][0][1] != blob(f)]
+            # Files tested in parts: all parts again when the text changed, else the ones missing.
+            parts = {f: (list(range(n)) if f in todo else missing_parts(mine[f]), n)
+                     for f in ([] if args.files else listed) for n in [shards_of(mine[f])[0]] if n}
+            whole = [f for f in todo if f not in parts]
+            if whole:
+                run(whole)
+            for f, (ks, n) in parts.items():
+                for k in ks:
+                    run([f], f"{k}/{n}")
+            if not whole and not any(ks for ks, _ in parts.values()):
+                print("every listed file has results of its committed text")
     problems = summarize()
     print(f"wrote {SUMMARY.relative_to(ROOT)}" + (f"; {len(problems)} short of the standard:" if problems else ""))
     for p in problems:

@@ -157,6 +157,11 @@ mod tests {
         let b = synthetic_batch(1000);
         assert_eq!(b.len(), 1000);
         assert!(b.iter().all(|v| (0.0..=1.0).contains(v)), "{b:?}");
+        assert_eq!(
+            b[1],
+            14.0 / 255.0,
+            "7919 % 255 = 14: the same numbers every run"
+        );
         let distinct: std::collections::BTreeSet<u32> = b.iter().map(|v| v.to_bits()).collect();
         assert!(distinct.len() > 100, "{} distinct values", distinct.len());
     }
