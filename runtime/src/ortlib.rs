@@ -315,6 +315,11 @@ mod tests {
             "{err}"
         );
         assert!(check_version("1.32.0", path).is_ok());
+        let oldest = format!("1.{}.0", ort::MINOR_VERSION);
+        assert!(
+            check_version(&oldest, path).is_ok(),
+            "{oldest} is new enough"
+        );
         assert!(check_version("garbage", path).is_err());
     }
 }

@@ -181,6 +181,57 @@ fn a_planted_library_or_python_module_never_runs() {
         stdout.contains(&format!("({}", capi.display())) && stdout.contains("onnxruntime/capi/"),
         "the header does not name the Python package's library:\n{stdout}"
     );
+
+    // ORT_DYLIB_PATH names the library for the far copy too (an empty one is no setting).
+    let named = venv_library(&venv);
+    for (value, found) in [(named.as_os_str(), true), ("".as_ref(), false)] {
+        let o = Command::new(far.join("runtime"))
+            .args([
+                "eval",
+                data.to_str().unwrap(),
+                "--model",
+                onnx.to_str().unwrap(),
+            ])
+            .args(["--ep", "cpu"])
+            .current_dir(&planted)
+            .env("ORT_DYLIB_PATH", value)
+            .env("PYTHONPATH", &planted)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        let all = format!("{stdout}{}", String::from_utf8_lossy(&o.stderr));
+        if found {
+            assert!(o.status.success(), "{all}");
+            assert!(
+                stdout.contains(&format!("({})", named.display())),
+                "the header does not name ORT_DYLIB_PATH's library:\n{stdout}"
+            );
+        } else {
+            // The search goes on past the variable (to the isolated Python, which may have none).
+            assert!(
+                matches!(o.status.code(), Some(0) | Some(2))
+                    && !all.contains("ORT_DYLIB_PATH points to"),
+                "an empty ORT_DYLIB_PATH: {all}"
+            );
+        }
+    }
+}
+
+/// The ONNX Runtime library of the project's .venv.
+fn venv_library(venv: &Path) -> std::path::PathBuf {
+    let lib = venv.join("lib");
+    std::fs::read_dir(&lib)
+        .unwrap()
+        .flatten()
+        .flat_map(|py| std::fs::read_dir(py.path().join("site-packages/onnxruntime/capi")))
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("libonnxruntime.so."))
+        })
+        .expect("make venv installs onnxruntime")
 }
 
 #[test]
