@@ -170,6 +170,7 @@ fn predict_and_heatmap() {
         std::fs::copy(&p.path, flat.join(format!("img{i}.png"))).unwrap();
     }
     let preds = tmp.path().join("p.csv");
+    // --strict passes when nothing was skipped.
     let out = stdout_ok(&runtime(&[
         "predict",
         flat.to_str().unwrap(),
@@ -177,8 +178,20 @@ fn predict_and_heatmap() {
         onnx.to_str().unwrap(),
         "--predictions",
         preds.to_str().unwrap(),
+        "--strict",
     ]));
     assert!(out.contains("10 images:"), "{out}");
+    // `eval` on the same unlabelled images says why it has no report.
+    let out = stdout_ok(&runtime(&[
+        "eval",
+        flat.to_str().unwrap(),
+        "--model",
+        onnx.to_str().unwrap(),
+    ]));
+    assert!(
+        out.contains("no labelled images") && !out.contains("10 images:"),
+        "{out}"
+    );
     assert_eq!(
         csv::Reader::from_path(&preds).unwrap().records().count(),
         10
