@@ -305,3 +305,42 @@ pub fn write_json(
     let json = serde_json::json!({ "run": info, "report": report, "patients": patients, "skipped": skipped });
     write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn streamed(problems: usize, kaggle_copies: usize) -> Streamed {
+        Streamed {
+            problems: (0..problems)
+                .map(|i| Problem::new(Path::new(&format!("f{i}.png")), "corrupt"))
+                .collect(),
+            kaggle_copies,
+            seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn skipped_files_are_listed_up_to_the_limit_then_counted() {
+        assert_eq!(skipped_text(&streamed(0, 0), 2), "");
+        let two = skipped_text(&streamed(2, 0), 2);
+        assert!(
+            two.contains("skipped 2 files:\n  f0.png: corrupt\n  f1.png: corrupt\n")
+                && !two.contains("more")
+                && !two.contains("--json")
+                && !two.contains("warning"),
+            "{two}"
+        );
+        let three = skipped_text(&streamed(3, 0), 2);
+        assert!(
+            three.contains("  ... and 1 more (all are in --json)\n") && !three.contains("f2.png"),
+            "{three}"
+        );
+        let copies = skipped_text(&streamed(0, 5), 2);
+        assert!(
+            copies.starts_with("\nwarning: skipped 5 duplicate patches")
+                && !copies.contains("files:"),
+            "{copies}"
+        );
+    }
+}
