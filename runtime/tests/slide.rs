@@ -249,8 +249,20 @@ fn a_slide_of_a_real_patient_gives_every_patch_its_eval_probability() {
                 );
             }
         }
+        // At the default thumbnail side (2048 px) a tile takes 2048 / the longer count of tiles
+        // pixels, up to its own 50: the picture and its tinted copy side by side.
+        let cell = (2048 / cols.max(rows)).min(50) as u32;
         let heatmap = image::open(dir.join("heatmap.png")).unwrap();
-        assert!(heatmap.width() >= 2 * cols as u32 && heatmap.height() > rows as u32);
+        assert!(
+            heatmap.width() >= 2 * cols as u32 * cell && heatmap.height() > rows as u32 * cell,
+            "{name}: {}x{} for {cols}x{rows} tiles",
+            heatmap.width(),
+            heatmap.height()
+        );
+        assert_eq!(
+            sum["patch"]["source"], "from the model's metadata",
+            "{name}"
+        );
     }
     // Neighbour context on the tile grid is the same as on the patches' coordinates.
     let eval = eval_probs(&patient, &onnx, t, &["--context"]);
