@@ -402,3 +402,28 @@ fn run(args: Args) -> Result<()> {
         }
     }
 }
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use std::hint::black_box;
+
+    /// Blocks glibc has served with mmap, now.
+    fn mmapped() -> usize {
+        // SAFETY: mallinfo2 only reads the allocator's counters.
+        unsafe { libc::mallinfo2() }.hblks
+    }
+
+    #[test]
+    fn batch_buffers_stay_mmapped_after_larger_ones_are_freed() {
+        super::limit_heap_growth();
+        // Freeing a large mmapped block raises glibc's own threshold to its size, after which
+        // batch-sized buffers would come from the heap; the fixed threshold keeps them mmapped.
+        drop(black_box(vec![1u8; 8 << 20]));
+        let before = mmapped();
+        let batch = black_box(vec![1u8; 1 << 20]);
+        assert_eq!(mmapped(), before + 1, "a 1 MiB buffer is mmapped");
+        let small = black_box(vec![1u8; 64 << 10]);
+        assert_eq!(mmapped(), before + 1, "a 64 KiB one comes from the heap");
+        drop((batch, small));
+    }
+}
