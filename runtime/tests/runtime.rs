@@ -181,6 +181,19 @@ fn predict_and_heatmap() {
         "--strict",
     ]));
     assert!(out.contains("10 images:"), "{out}");
+    // At threshold 0 every image is predicted IDC.
+    let out = stdout_ok(&runtime(&[
+        "predict",
+        flat.to_str().unwrap(),
+        "--model",
+        onnx.to_str().unwrap(),
+        "--threshold",
+        "0",
+    ]));
+    assert!(
+        out.contains("10 images: 10 predicted IDC, 0 predicted no IDC (threshold 0)"),
+        "{out}"
+    );
     // `eval` on the same unlabelled images says why it has no report.
     let out = stdout_ok(&runtime(&[
         "eval",
