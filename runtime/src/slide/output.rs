@@ -149,4 +149,37 @@ mod tests {
         assert!(!temp_sibling(&dir, "tmp").exists());
         assert_eq!(std::fs::read(stale.join(TILES_FILE)).unwrap(), b"stale");
     }
+
+    /// `tiles.csv` predicts IDC for a tile at the threshold as well as above it (`>=`, as `runtime
+    /// eval`), not below.
+    #[test]
+    fn a_tile_at_the_threshold_is_predicted_idc() {
+        use crate::slide::{grid::Grid, stream::Tile};
+        let grid = Grid {
+            width: 1000,
+            height: 100,
+            tile: 100.0,
+            cols: 10,
+            rows: 1,
+            level: 0,
+            downsample: 1.0,
+            read_side: 100,
+            side: 50,
+            mpp: 0.5,
+        };
+        let tile = |col, prob| Tile {
+            col,
+            row: 0,
+            tissue: 1.0,
+            prob,
+        };
+        let tiles = [tile(0, 0.25), tile(1, 0.5), tile(2, 0.75)];
+        let csv = String::from_utf8(tiles_csv(&grid, &tiles, 0.5).unwrap()).unwrap();
+        let predictions: Vec<&str> = csv
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.rsplit(',').next())
+            .collect();
+        assert_eq!(predictions, ["0", "1", "1"], "{csv}");
+    }
 }
