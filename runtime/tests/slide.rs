@@ -381,3 +381,50 @@ fn bad_slides_are_named_and_the_good_one_is_still_done() {
     );
     ran.fails_with("pip install openslide-bin");
 }
+
+/// A copy of the binary far from the project finds OpenSlide through `OPENSLIDE_LIB` (an empty
+/// one is no setting) or through the `openslide_bin` package of the `python3` on PATH.
+#[test]
+fn a_far_copy_finds_openslide_by_its_variable_or_python() {
+    let tmp = tempfile::tempdir().unwrap();
+    let far = tmp.path().join("runtime");
+    std::fs::copy(common::bin("runtime"), &far).unwrap();
+    let venv = python()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .canonicalize()
+        .unwrap();
+    let lib = std::fs::read_dir(venv.join("lib"))
+        .unwrap()
+        .flatten()
+        .map(|py| {
+            py.path()
+                .join("site-packages/openslide_bin/libopenslide.so.1")
+        })
+        .find(|p| p.is_file())
+        .expect("make venv installs openslide-bin");
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![venv.join("bin")];
+    dirs.extend(std::env::split_paths(&path));
+    let with_venv_python = std::env::join_paths(dirs).unwrap();
+    // Past OpenSlide, the missing model is the error: that OpenSlide was found.
+    let slide = |openslide_lib: &std::ffi::OsStr, path: &std::ffi::OsStr| {
+        let o = Command::new(&far)
+            .args(["slide", "x.svs", "--model", "missing.onnx"])
+            .current_dir(tmp.path())
+            .env("OPENSLIDE_LIB", openslide_lib)
+            .env("PATH", path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let found =
+        |err: &str| !err.contains("no OpenSlide library found") && err.contains("missing.onnx");
+    let err = slide(lib.as_os_str(), &path);
+    assert!(found(&err), "OPENSLIDE_LIB={}: {err}", lib.display());
+    let err = slide("".as_ref(), &with_venv_python);
+    assert!(found(&err), "python3 with openslide-bin on PATH: {err}");
+    assert!(!err.contains("OPENSLIDE_LIB points to"), "{err}");
+}
