@@ -169,38 +169,32 @@ fn predict_and_heatmap() {
     {
         std::fs::copy(&p.path, flat.join(format!("img{i}.png"))).unwrap();
     }
+    // `runtime <command> <dir> --model <onnx> <extra...>`, which must succeed: its stdout.
+    let with_model = |command: &str, dir: &Path, extra: &[&str]| {
+        let base = [
+            command,
+            dir.to_str().unwrap(),
+            "--model",
+            onnx.to_str().unwrap(),
+        ];
+        stdout_ok(&runtime(&[&base[..], extra].concat()))
+    };
     let preds = tmp.path().join("p.csv");
     // --strict passes when nothing was skipped.
-    let out = stdout_ok(&runtime(&[
+    let out = with_model(
         "predict",
-        flat.to_str().unwrap(),
-        "--model",
-        onnx.to_str().unwrap(),
-        "--predictions",
-        preds.to_str().unwrap(),
-        "--strict",
-    ]));
+        &flat,
+        &["--predictions", preds.to_str().unwrap(), "--strict"],
+    );
     assert!(out.contains("10 images:"), "{out}");
     // At threshold 0 every image is predicted IDC.
-    let out = stdout_ok(&runtime(&[
-        "predict",
-        flat.to_str().unwrap(),
-        "--model",
-        onnx.to_str().unwrap(),
-        "--threshold",
-        "0",
-    ]));
+    let out = with_model("predict", &flat, &["--threshold", "0"]);
     assert!(
         out.contains("10 images: 10 predicted IDC, 0 predicted no IDC (threshold 0)"),
         "{out}"
     );
     // `eval` on the same unlabelled images says why it has no report.
-    let out = stdout_ok(&runtime(&[
-        "eval",
-        flat.to_str().unwrap(),
-        "--model",
-        onnx.to_str().unwrap(),
-    ]));
+    let out = with_model("eval", &flat, &[]);
     assert!(
         out.contains("no labelled images") && !out.contains("10 images:"),
         "{out}"
@@ -210,14 +204,7 @@ fn predict_and_heatmap() {
         10
     );
     let hm = tmp.path().join("hm");
-    let out = stdout_ok(&runtime(&[
-        "heatmap",
-        data.to_str().unwrap(),
-        "--model",
-        onnx.to_str().unwrap(),
-        "--out",
-        hm.to_str().unwrap(),
-    ]));
+    let out = with_model("heatmap", &data, &["--out", hm.to_str().unwrap()]);
     assert!(out.contains("3 heatmaps"), "{out}");
     assert_eq!(std::fs::read_dir(&hm).unwrap().count(), 3);
 }

@@ -131,35 +131,11 @@ fn a_planted_library_or_python_module_never_runs() {
     let far = tmp.path().join("bin");
     std::fs::create_dir_all(&far).unwrap();
     std::fs::copy(bin("runtime"), far.join("runtime")).unwrap();
-    let o = Command::new(far.join("runtime"))
-        .args([
-            "eval",
-            data.to_str().unwrap(),
-            "--model",
-            onnx.to_str().unwrap(),
-            "--ep",
-            "cpu",
-        ])
-        .current_dir(&planted)
-        .env_remove("ORT_DYLIB_PATH")
-        .env("PYTHONPATH", &planted)
-        .output()
-        .unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(matches!(o.status.code(), Some(0) | Some(2)), "{all}");
-    assert!(!ran("lib-ran") && !ran("py-ran"), "planted code ran: {all}");
-
-    // The same copy with the project's Python first on PATH: the isolated search finds that
-    // Python's onnxruntime (and still not the planted module).
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    let mut dirs = vec![venv.join("bin")];
-    dirs.extend(std::env::split_paths(&path));
-    let o = Command::new(far.join("runtime"))
-        .args([
+    // `runtime eval` by the far copy in the planted folder, with the planted module on
+    // PYTHONPATH and `env` (variable, value; no value: unset): its exit code, stdout, and all.
+    let far_eval = |env: &[(&str, Option<&std::ffi::OsStr>)]| {
+        let mut cmd = Command::new(far.join("runtime"));
+        cmd.args([
             "eval",
             data.to_str().unwrap(),
             "--model",
@@ -167,14 +143,33 @@ fn a_planted_library_or_python_module_never_runs() {
         ])
         .args(["--ep", "cpu"])
         .current_dir(&planted)
-        .env_remove("ORT_DYLIB_PATH")
-        .env("PYTHONPATH", &planted)
-        .env("PATH", std::env::join_paths(dirs).unwrap())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let all = format!("{stdout}{}", String::from_utf8_lossy(&o.stderr));
-    assert!(o.status.success(), "{all}");
+        .env("PYTHONPATH", &planted);
+        for (key, value) in env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        let o = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+        let all = format!("{stdout}{}", String::from_utf8_lossy(&o.stderr));
+        (o.status.code(), stdout, all)
+    };
+    let (code, _, all) = far_eval(&[("ORT_DYLIB_PATH", None)]);
+    assert!(matches!(code, Some(0) | Some(2)), "{all}");
+    assert!(!ran("lib-ran") && !ran("py-ran"), "planted code ran: {all}");
+
+    // The same copy with the project's Python first on PATH: the isolated search finds that
+    // Python's onnxruntime (and still not the planted module).
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![venv.join("bin")];
+    dirs.extend(std::env::split_paths(&path));
+    let with_venv_python = std::env::join_paths(dirs).unwrap();
+    let (code, stdout, all) = far_eval(&[
+        ("ORT_DYLIB_PATH", None),
+        ("PATH", Some(with_venv_python.as_os_str())),
+    ]);
+    assert_eq!(code, Some(0), "{all}");
     assert!(!ran("lib-ran") && !ran("py-ran"), "planted code ran: {all}");
     let capi = venv.join("lib");
     assert!(
@@ -182,39 +177,21 @@ fn a_planted_library_or_python_module_never_runs() {
         "the header does not name the Python package's library:\n{stdout}"
     );
 
-    // ORT_DYLIB_PATH names the library for the far copy too (an empty one is no setting).
+    // ORT_DYLIB_PATH names the library for the far copy too.
     let named = venv_library(&venv);
-    for (value, found) in [(named.as_os_str(), true), ("".as_ref(), false)] {
-        let o = Command::new(far.join("runtime"))
-            .args([
-                "eval",
-                data.to_str().unwrap(),
-                "--model",
-                onnx.to_str().unwrap(),
-            ])
-            .args(["--ep", "cpu"])
-            .current_dir(&planted)
-            .env("ORT_DYLIB_PATH", value)
-            .env("PYTHONPATH", &planted)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&o.stdout);
-        let all = format!("{stdout}{}", String::from_utf8_lossy(&o.stderr));
-        if found {
-            assert!(o.status.success(), "{all}");
-            assert!(
-                stdout.contains(&format!("({})", named.display())),
-                "the header does not name ORT_DYLIB_PATH's library:\n{stdout}"
-            );
-        } else {
-            // The search goes on past the variable (to the isolated Python, which may have none).
-            assert!(
-                matches!(o.status.code(), Some(0) | Some(2))
-                    && !all.contains("ORT_DYLIB_PATH points to"),
-                "an empty ORT_DYLIB_PATH: {all}"
-            );
-        }
-    }
+    let (code, stdout, all) = far_eval(&[("ORT_DYLIB_PATH", Some(named.as_os_str()))]);
+    assert_eq!(code, Some(0), "{all}");
+    assert!(
+        stdout.contains(&format!("({})", named.display())),
+        "the header does not name ORT_DYLIB_PATH's library:\n{stdout}"
+    );
+    // An empty one is no setting: the search goes on past it (to the isolated Python, which may
+    // have none).
+    let (code, _, all) = far_eval(&[("ORT_DYLIB_PATH", Some("".as_ref()))]);
+    assert!(
+        matches!(code, Some(0) | Some(2)) && !all.contains("ORT_DYLIB_PATH points to"),
+        "an empty ORT_DYLIB_PATH: {all}"
+    );
 }
 
 /// The ONNX Runtime library of the project's .venv.
