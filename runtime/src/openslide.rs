@@ -150,6 +150,25 @@ fn from_python() -> Option<PathBuf> {
         .filter(|p| p.is_file())
 }
 
+// OpenSlide's answers as a slide can use them. It reports failures through the handle's error
+// state (`Slide::check`, asked first), so these only refuse what no readable slide has.
+
+/// A level count: at least one level.
+fn level_count(n: i32) -> Option<u32> {
+    u32::try_from(n).ok().filter(|&n| n > 0)
+}
+
+/// A level's width and height: both at least one pixel.
+fn level_size(w: i64, h: i64) -> Option<(u64, u64)> {
+    let (w, h) = (u64::try_from(w).ok()?, u64::try_from(h).ok()?);
+    (w > 0 && h > 0).then_some((w, h))
+}
+
+/// A level's downsample: finite and at least 1 (level 0 is 1).
+fn downsample(d: f64) -> Option<f64> {
+    (d.is_finite() && d >= 1.0).then_some(d)
+}
+
 /// An open slide. OpenSlide handles may be read from several threads at once.
 pub struct Slide {
     lib: &'static Lib,
@@ -212,25 +231,22 @@ impl Slide {
         // SAFETY: a live handle.
         let n = unsafe { (self.lib.api.level_count)(self.handle) };
         self.check()?;
-        u32::try_from(n)
-            .ok()
-            .filter(|&n| n > 0)
-            .with_context(|| format!("{}: no pyramid levels", self.path.shown()))
+        level_count(n).with_context(|| format!("{}: no pyramid levels", self.path.shown()))
     }
 
     /// Width and height of `level`.
     pub fn dimensions(&self, level: u32) -> Result<(u64, u64)> {
-        let (mut w, mut h) = (-1i64, -1i64);
+        // Left at 0 (no size) unless the library writes them.
+        let (mut w, mut h) = (0i64, 0i64);
         // SAFETY: a live handle and two valid out-pointers.
         unsafe { (self.lib.api.level_dimensions)(self.handle, level as i32, &mut w, &mut h) };
         self.check()?;
-        match (u64::try_from(w), u64::try_from(h)) {
-            (Ok(w), Ok(h)) if w > 0 && h > 0 => Ok((w, h)),
-            _ => bail!(
+        level_size(w, h).with_context(|| {
+            format!(
                 "{}: level {level} has no size ({w} x {h})",
                 self.path.shown()
-            ),
-        }
+            )
+        })
     }
 
     /// How many level-0 pixels one pixel of `level` spans.
@@ -238,10 +254,8 @@ impl Slide {
         // SAFETY: a live handle.
         let d = unsafe { (self.lib.api.level_downsample)(self.handle, level as i32) };
         self.check()?;
-        if !(d.is_finite() && d >= 1.0) {
-            bail!("{}: level {level} has downsample {d}", self.path.shown());
-        }
-        Ok(d)
+        downsample(d)
+            .with_context(|| format!("{}: level {level} has downsample {d}", self.path.shown()))
     }
 
     /// A slide property (`openslide.mpp-x`, `openslide.vendor`, ...).
@@ -277,5 +291,30 @@ impl Slide {
             *px = Rgb([r, g, b].map(|c| c.saturating_add(white)));
         }
         Ok(img)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_no_readable_slide_gives_are_refused() {
+        assert_eq!(level_count(1), Some(1));
+        assert_eq!(level_count(4), Some(4));
+        assert_eq!(level_count(0), None);
+        assert_eq!(level_count(-1), None);
+
+        assert_eq!(level_size(3, 2), Some((3, 2)));
+        assert_eq!(level_size(1, 1), Some((1, 1)));
+        for (w, h) in [(0, 2), (2, 0), (-1, 5), (5, -1), (0, 0)] {
+            assert_eq!(level_size(w, h), None, "{w} x {h}");
+        }
+
+        assert_eq!(downsample(1.0), Some(1.0));
+        assert_eq!(downsample(4.0), Some(4.0));
+        for d in [0.5, 0.0, -4.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            assert_eq!(downsample(d), None, "{d}");
+        }
     }
 }

@@ -37,6 +37,23 @@ struct Batch {
     images: Vec<f32>,
 }
 
+impl Batch {
+    /// Adds a tile; true when that fills a batch of `size`.
+    fn add(&mut self, at: (u32, u32, f32), input: &[f32], size: usize) -> bool {
+        self.at.push(at);
+        self.images.extend_from_slice(input);
+        self.at.len() == size
+    }
+}
+
+/// The tile indices `0..total` in runs of `size` (the last may be shorter): one run is read
+/// at a time, which bounds the reader's memory.
+fn runs(total: u64, size: u64) -> impl Iterator<Item = std::ops::Range<u64>> {
+    (0..total)
+        .step_by(size as usize)
+        .map(move |start| start..(start + size).min(total))
+}
+
 /// How tiles are read and set aside: the slide, its grid, the model's preprocessing, the tissue
 /// share below which a tile is background, and the batch size.
 struct Reader<'a> {
@@ -92,12 +109,12 @@ impl Reader<'_> {
         tx: SyncSender<Result<Batch>>,
         progress: &indicatif::ProgressBar,
     ) -> (Thumbnail, u64) {
-        let (cols, bs) = (u64::from(self.grid.cols), self.batch_size as u64);
+        let cols = u64::from(self.grid.cols);
         let total = cols * u64::from(self.grid.rows);
         let mut background = 0u64;
         let mut pending = self.empty();
-        for start in (0..total).step_by(bs as usize) {
-            let places: Vec<(u32, u32)> = (start..(start + bs).min(total))
+        for run in runs(total, self.batch_size as u64) {
+            let places: Vec<(u32, u32)> = run
                 .map(|i| ((i % cols) as u32, (i / cols) as u32))
                 .collect();
             let read = match self.read(pool, &thumb, &places) {
@@ -113,9 +130,7 @@ impl Reader<'_> {
                     background += 1;
                     continue;
                 };
-                pending.at.push((col, row, tissue));
-                pending.images.extend_from_slice(&input);
-                if pending.at.len() == self.batch_size {
+                if pending.add((col, row, tissue), &input, self.batch_size) {
                     let full = std::mem::replace(&mut pending, self.empty());
                     if tx.send(Ok(full)).is_err() {
                         return (thumb, background);
@@ -187,4 +202,30 @@ pub fn classify(
         background,
         thumbnail,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_are_read_in_runs_of_a_batch() {
+        let all = |total, size| runs(total, size).collect::<Vec<_>>();
+        assert_eq!(all(5, 2), [0..2, 2..4, 4..5]);
+        assert_eq!(all(4, 2), [0..2, 2..4]);
+        assert_eq!(all(3, 8), [0..3]);
+        assert_eq!(all(0, 2), []);
+    }
+
+    #[test]
+    fn a_batch_is_full_at_its_size() {
+        let mut batch = Batch {
+            at: Vec::new(),
+            images: Vec::new(),
+        };
+        assert!(!batch.add((0, 0, 0.5), &[1.0, 2.0], 2));
+        assert!(batch.add((1, 0, 0.75), &[3.0, 4.0], 2));
+        assert_eq!(batch.at, [(0, 0, 0.5), (1, 0, 0.75)]);
+        assert_eq!(batch.images, [1.0, 2.0, 3.0, 4.0]);
+    }
 }
