@@ -34,9 +34,9 @@ demo: venv build
 	$(BIN)/runtime heatmap datasets/idc/testing --model models/cancernet.onnx --max-patients 1 --out reports/heatmaps
 	@echo "demo done: models/cancernet/plot.png, models/cancernet.onnx, reports/eval.json, reports/roc.png, reports/heatmaps/"
 
-# Format, lints, every test, with the trainer built with both GPU backends: wgpu's code path runs
-# on any Vulkan device, Mesa's lavapipe on the CPU included (`apt-get install mesa-vulkan-drivers
-# libvulkan1`); the CUDA tests run where there is a GPU and elsewhere check that `--device cuda`
+# Format, lints (with and without the GPU features), every test, with the trainer built with both
+# GPU backends: wgpu's code path runs on any Vulkan device, Mesa's lavapipe on the CPU included
+# (`apt-get install mesa-vulkan-drivers libvulkan1`); the CUDA tests run where there is a GPU and elsewhere check that `--device cuda`
 # says what is missing. A test whose precondition is missing (the real patches in ../shared/data,
 # a Vulkan device, setpriv, a C compiler) fails: `make test IDC_REQUIRE_ALL=0` runs the rest and
 # lists what it skipped. Then one line counts what ran; docs/mutants.md checked against its
@@ -49,6 +49,8 @@ SKIP_LOG := target/test-skipped.tsv
 test: venv
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --release --workspace --all-targets $(GPU_FEATURES) -- -D warnings
+	# ...and without them, as `make build` compiles them (models' stand-ins for the GPU ops).
+	$(CARGO) clippy --release -p models -p trainer --all-targets -- -D warnings
 	rm -f $(SKIP_LOG)
 	set -o pipefail; IDC_SKIP_LOG=$(CURDIR)/$(SKIP_LOG) \
 		$(CARGO) test --release --workspace $(GPU_FEATURES) 2>&1 | tee $(TEST_LOG)
