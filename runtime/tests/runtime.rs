@@ -276,9 +276,10 @@ fn clear_one_line_errors() {
         use prost::Message;
         let dims = |d: &[i64]| {
             d.iter()
-                .map(|&v| {
+                .enumerate()
+                .map(|(i, &v)| {
                     if v < 0 {
-                        Dimension::symbolic("N")
+                        Dimension::symbolic(&format!("d{i}"))
                     } else {
                         Dimension::fixed(v)
                     }
@@ -340,6 +341,15 @@ fn clear_one_line_errors() {
         vec![-1, 3, 4096, 4096],
         &[],
     );
+    // Sides left open (accepted) and an open output [batch, ?] that is an image's every value:
+    // refused when a batch comes back with more than two columns.
+    let flat = tiny(
+        "flat.onnx",
+        vec![-1, 3, -1, -1],
+        "Flatten",
+        vec![-1, -1],
+        &[],
+    );
     // The real model with metadata that cannot be trusted: three classes, an absurd input size.
     let edited = |name: &str, key: &str, value: &str| {
         use exporter::onnx_proto::{ModelProto, StringStringEntryProto};
@@ -393,6 +403,19 @@ fn clear_one_line_errors() {
             "is not a side in [8, 1024]",
         ),
         (
+            vec![
+                "eval",
+                d,
+                "--model",
+                flat.to_str().unwrap(),
+                "--input-size",
+                "48",
+                "--resize-filter",
+                "bilinear",
+            ],
+            ", 6912], expected [",
+        ),
+        (
             vec!["eval", d, "--model", m, "--max-model-bytes", "1000"],
             "over the 1000-byte limit",
         ),
@@ -412,6 +435,19 @@ fn clear_one_line_errors() {
             "/nonexistent/libonnxruntime.so",
         ),
     ];
+    // The limit is inclusive: a model of exactly --max-model-bytes is read.
+    let exact = std::fs::metadata(&onnx).unwrap().len().to_string();
+    let o = runtime(&[
+        "eval",
+        d,
+        "--model",
+        m,
+        "--ep",
+        "cpu",
+        "--max-model-bytes",
+        &exact,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for (args, needle) in cases {
         let o = runtime(&args);
         let err = String::from_utf8_lossy(&o.stderr);
