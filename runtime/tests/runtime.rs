@@ -274,12 +274,14 @@ fn clear_one_line_errors() {
         use exporter::onnx_proto::tensor_shape_proto::Dimension;
         use exporter::onnx_proto::*;
         use prost::Message;
-        let dims = |d: &[i64]| {
+        // An open dimension is named for its tensor and place: ONNX Runtime takes one name for
+        // one size.
+        let dims = |tensor: &str, d: &[i64]| {
             d.iter()
                 .enumerate()
                 .map(|(i, &v)| {
                     if v < 0 {
-                        Dimension::symbolic(&format!("d{i}"))
+                        Dimension::symbolic(&format!("{tensor}{i}"))
                     } else {
                         Dimension::fixed(v)
                     }
@@ -295,8 +297,16 @@ fn clear_one_line_errors() {
         let graph = GraphProto {
             node: vec![node],
             name: Some("g".into()),
-            input: vec![ValueInfoProto::tensor("x", DataType::Float, dims(&input))],
-            output: vec![ValueInfoProto::tensor("y", DataType::Float, dims(&output))],
+            input: vec![ValueInfoProto::tensor(
+                "x",
+                DataType::Float,
+                dims("x", &input),
+            )],
+            output: vec![ValueInfoProto::tensor(
+                "y",
+                DataType::Float,
+                dims("y", &output),
+            )],
             ..Default::default()
         };
         let m = ModelProto {
@@ -341,15 +351,36 @@ fn clear_one_line_errors() {
         vec![-1, 3, 4096, 4096],
         &[],
     );
-    // Sides left open (accepted) and an open output [batch, ?] that is an image's every value:
-    // refused when a batch comes back with more than two columns.
-    let flat = tiny(
-        "flat.onnx",
-        vec![-1, 3, -1, -1],
-        "Flatten",
-        vec![-1, -1],
+    // A grey image in; an output of rank 4, or of three columns: refused when opened.
+    let grey = tiny(
+        "grey.onnx",
+        vec![-1, 1, 48, 48],
+        "Relu",
+        vec![-1, 1, 48, 48],
         &[],
     );
+    let rank4 = tiny(
+        "rank4.onnx",
+        vec![-1, -1, 48, 48],
+        "Relu",
+        vec![-1, 2, 48, 48],
+        &[],
+    );
+    let three_cols = tiny(
+        "3cols.onnx",
+        vec![-1, 3, -1, -1],
+        "Flatten",
+        vec![-1, 3],
+        &[],
+    );
+    // Inputs with open dimensions (accepted) and an open output [batch, ?], which Flatten fills
+    // with an image's every value: refused when a batch comes back with more than two columns.
+    let flat = |name, input| tiny(name, input, "Flatten", vec![-1, -1], &[]);
+    let open_inputs = [
+        flat("open.onnx", vec![-1, -1, -1, -1]),
+        flat("open-h.onnx", vec![-1, 3, -1, 48]),
+        flat("open-w.onnx", vec![-1, 3, 48, -1]),
+    ];
     // The real model with metadata that cannot be trusted: three classes, an absurd input size.
     let edited = |name: &str, key: &str, value: &str| {
         use exporter::onnx_proto::{ModelProto, StringStringEntryProto};
@@ -403,17 +434,16 @@ fn clear_one_line_errors() {
             "is not a side in [8, 1024]",
         ),
         (
-            vec![
-                "eval",
-                d,
-                "--model",
-                flat.to_str().unwrap(),
-                "--input-size",
-                "48",
-                "--resize-filter",
-                "bilinear",
-            ],
-            ", 6912], expected [",
+            vec!["eval", d, "--model", grey.to_str().unwrap()],
+            "not a square image tensor",
+        ),
+        (
+            vec!["eval", d, "--model", rank4.to_str().unwrap()],
+            "not the class probabilities [batch, 2]",
+        ),
+        (
+            vec!["eval", d, "--model", three_cols.to_str().unwrap()],
+            "not the class probabilities [batch, 2]",
         ),
         (
             vec!["eval", d, "--model", m, "--max-model-bytes", "1000"],
@@ -448,7 +478,13 @@ fn clear_one_line_errors() {
         &exact,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    for (args, needle) in cases {
+    let open_input_cases = open_inputs.iter().map(|model| {
+        let model = model.to_str().unwrap();
+        let args = ["--input-size", "48", "--resize-filter", "bilinear"];
+        let args = [&["eval", d, "--model", model][..], &args].concat();
+        (args, ", 6912], expected [")
+    });
+    for (args, needle) in cases.into_iter().chain(open_input_cases) {
         let o = runtime(&args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
