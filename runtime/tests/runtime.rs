@@ -204,9 +204,28 @@ fn predict_and_heatmap() {
         10
     );
     let hm = tmp.path().join("hm");
-    let out = with_model("heatmap", &data, &["--out", hm.to_str().unwrap()]);
+    // --strict passes here too: nothing was skipped.
+    let out = with_model(
+        "heatmap",
+        &data,
+        &["--out", hm.to_str().unwrap(), "--strict"],
+    );
     assert!(out.contains("3 heatmaps"), "{out}");
     assert_eq!(std::fs::read_dir(&hm).unwrap().count(), 3);
+}
+
+/// The heatmap's colour scale: blue at 0, yellow at 0.5, red at 1, straight lines between, and
+/// probabilities outside [0, 1] clamped.
+#[test]
+fn heatmap_colours_run_blue_yellow_red() {
+    let rgb = |p: f32| runtime::heatmap::colour(p).0;
+    assert_eq!(rgb(0.0), [49, 54, 149]);
+    assert_eq!(rgb(0.25), [152, 142, 100]);
+    assert_eq!(rgb(0.5), [255, 230, 50]);
+    assert_eq!(rgb(0.75), [228, 125, 40]);
+    assert_eq!(rgb(1.0), [200, 20, 30]);
+    assert_eq!(rgb(-1.0), rgb(0.0));
+    assert_eq!(rgb(2.0), rgb(1.0));
 }
 
 /// `runtime bench`: each stage's rate and the bound they set, printed and in its JSON, for the
