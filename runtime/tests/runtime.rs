@@ -429,42 +429,6 @@ fn clear_one_line_errors() {
             "no images under",
         ),
         (
-            vec!["eval", d, "--model", not_image.to_str().unwrap()],
-            "not a square image tensor",
-        ),
-        (
-            vec!["eval", d, "--model", image_out.to_str().unwrap()],
-            "not the class probabilities [batch, 2]",
-        ),
-        (
-            vec!["eval", d, "--model", oblong.to_str().unwrap()],
-            "not a square image tensor",
-        ),
-        (
-            vec!["eval", d, "--model", huge.to_str().unwrap()],
-            "not a square image tensor",
-        ),
-        (
-            vec!["eval", d, "--model", three.to_str().unwrap()],
-            "metadata classes",
-        ),
-        (
-            vec!["eval", d, "--model", size.to_str().unwrap()],
-            "is not a side in [8, 1024]",
-        ),
-        (
-            vec!["eval", d, "--model", grey.to_str().unwrap()],
-            "not a square image tensor",
-        ),
-        (
-            vec!["eval", d, "--model", rank4.to_str().unwrap()],
-            "not the class probabilities [batch, 2]",
-        ),
-        (
-            vec!["eval", d, "--model", three_cols.to_str().unwrap()],
-            "not the class probabilities [batch, 2]",
-        ),
-        (
             vec!["eval", d, "--model", m, "--max-model-bytes", "1000"],
             "over the 1000-byte limit",
         ),
@@ -497,13 +461,32 @@ fn clear_one_line_errors() {
         &exact,
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Models refused when opened, each for what it is.
+    let refused = [
+        (&not_image, "not a square image tensor"),
+        (&image_out, "not the class probabilities [batch, 2]"),
+        (&oblong, "not a square image tensor"),
+        (&huge, "not a square image tensor"),
+        (&three, "metadata classes"),
+        (&size, "is not a side in [8, 1024]"),
+        (&grey, "not a square image tensor"),
+        (&rank4, "not the class probabilities [batch, 2]"),
+        (&three_cols, "not the class probabilities [batch, 2]"),
+    ];
+    let refused_cases = refused
+        .iter()
+        .map(|(model, needle)| (vec!["eval", d, "--model", model.to_str().unwrap()], *needle));
     let open_input_cases = open_inputs.iter().map(|model| {
         let model = model.to_str().unwrap();
         let args = ["--input-size", "48", "--resize-filter", "bilinear"];
         let args = [&["eval", d, "--model", model][..], &args].concat();
         (args, ", 6912], expected [")
     });
-    for (args, needle) in cases.into_iter().chain(open_input_cases) {
+    let all = cases
+        .into_iter()
+        .chain(refused_cases)
+        .chain(open_input_cases);
+    for (args, needle) in all {
         let o = runtime(&args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
