@@ -740,8 +740,9 @@ fn a_report_that_cannot_be_written_leaves_the_old_one() {
     );
 }
 
-/// A heatmap puts each patch where its file name's x, y say: a patient with two patches of
-/// known colours, far apart, is drawn with each colour at its own cell and white between.
+/// A heatmap puts each patch where its file name's x, y say, counted from the patient's lowest
+/// x, y: a patient with two patches of known colours, far apart and away from the slide's
+/// origin, is drawn with each colour at its own cell and white between.
 #[test]
 fn heatmap_places_patches_by_their_coordinates() {
     use image::{Rgb, RgbImage};
@@ -751,9 +752,10 @@ fn heatmap_places_patches_by_their_coordinates() {
     std::fs::create_dir_all(&root).unwrap();
     let red = RgbImage::from_pixel(50, 50, Rgb([220, 20, 20]));
     let blue = RgbImage::from_pixel(50, 50, Rgb([20, 20, 220]));
-    // Grid cells (0, 0) and (3, 1): x 1 and 151, y 1 and 51 (the dataset's 50-pixel grid).
-    red.save(root.join("42_idx5_x1_y1_class0.png")).unwrap();
-    blue.save(root.join("42_idx5_x151_y51_class0.png")).unwrap();
+    // Grid cells (2, 5) and (5, 6) (the dataset's 50-pixel grid): the image starts at (2, 5).
+    red.save(root.join("42_idx5_x101_y251_class0.png")).unwrap();
+    blue.save(root.join("42_idx5_x251_y301_class0.png"))
+        .unwrap();
     let out = tmp.path().join("hm");
     stdout_ok(&runtime(&[
         "heatmap",
@@ -770,8 +772,12 @@ fn heatmap_places_patches_by_their_coordinates() {
     // probability panel, the gap, and the truth panel: (3 * 4 + 2) x 2 cells.
     assert_eq!(hm.dimensions(), (140, 20));
     let at = |x: u32, y: u32| hm.get_pixel(x, y).0;
-    assert_eq!(at(5, 5), [220, 20, 20], "red patch not at cell (0, 0)");
-    assert_eq!(at(35, 15), [20, 20, 220], "blue patch not at cell (3, 1)");
+    assert_eq!(at(5, 5), [220, 20, 20], "red patch not at the first cell");
+    assert_eq!(
+        at(35, 15),
+        [20, 20, 220],
+        "blue patch not at 3 right, 1 down"
+    );
     for (x, y) in [(15, 5), (25, 5), (35, 5), (5, 15), (15, 15)] {
         assert_eq!(
             at(x, y),
