@@ -29,7 +29,7 @@ pub const PLOT_FILE: &str = "plot.png";
 /// The final report on the testing split: its presence marks a complete run (cross-validation
 /// reads it back).
 pub const TEST_REPORT_FILE: &str = "test_report.json";
-/// The threshold the final report used, and what it holds for (`train::ChosenThreshold`): the
+/// The threshold the final report used, and what it holds for (`threshold::ChosenThreshold`): the
 /// exporter writes it into the model.
 pub const THRESHOLD_FILE: &str = "threshold.json";
 
