@@ -8,6 +8,7 @@ pub mod config;
 pub mod cv;
 pub mod data;
 pub mod device;
+pub mod epoch;
 pub mod evaluate;
 pub mod optim;
 pub mod precise_bn;
