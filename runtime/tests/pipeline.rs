@@ -6,7 +6,7 @@ mod common;
 use datasets::Problem;
 use image::{Rgb, RgbImage};
 use indicatif::ProgressBar;
-use runtime::pipeline::{Found, Item, MAX_BATCH_BYTES, Pipeline, count, list};
+use runtime::pipeline::{Found, Item, MAX_BATCH_BYTES, Padded, Pipeline, count, list};
 use runtime::session::{Ep, MAX_MODEL_BYTES, Model, Options};
 use std::path::{Path, PathBuf};
 
@@ -141,8 +141,33 @@ fn stream_batches_numbers_and_counts_what_it_takes() {
     assert_eq!((streamed.problems.len(), streamed.kaggle_copies), (2, 1));
     assert_eq!(streamed.problems[0].path, corrupt);
 
+    // A batch in which every file failed: nothing comes back for it, the next image keeps its
+    // number.
+    let alone = Pipeline {
+        batch_size: 1,
+        decode_threads: 1,
+    };
+    let first_fails = [corrupt.clone(), paths[0].clone()].map(an_image);
+    let mut results = 0;
+    alone
+        .stream(
+            &mut model,
+            first_fails.into_iter(),
+            &ProgressBar::hidden(),
+            |i, _, _| {
+                results += 1;
+                assert_eq!(i, 1);
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert_eq!(results, 1);
+
+    // Each image as if the corrupt file were not there: a failed file's slot in the batch is
+    // closed, not left to shift or blank the images after it.
     let items: Vec<Item> = paths
         .iter()
+        .filter(|path| **path != corrupt)
         .map(|path| Item {
             path: path.clone(),
             label: None,
@@ -155,12 +180,32 @@ fn stream_batches_numbers_and_counts_what_it_takes() {
     }
     .run(&mut model, &items, &ProgressBar::hidden())
     .unwrap();
-    assert_eq!(whole.probs[1], None, "the corrupt file");
-    for (i, _, p, _) in &seen {
-        let one_batch = whole.probs[*i].unwrap();
-        assert!(
-            (p - one_batch).abs() < 1e-5,
-            "image {i}: {p} vs {one_batch}"
-        );
+    for (k, (i, _, p, _)) in seen.iter().enumerate() {
+        let alone = whole.probs[k].unwrap();
+        assert!((p - alone).abs() < 1e-5, "image {i}: {p} vs {alone}");
+    }
+}
+
+/// A batch shorter than the full size is padded to it once a full one has run (ONNX Runtime then
+/// keeps one memory plan), not before; the padding's rows are not returned.
+#[test]
+fn short_batches_are_padded_only_after_a_full_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let onnx = common::model(tmp.path());
+    let opts = Options {
+        ep: Ep::Cpu,
+        threads: 1,
+        ort_lib: None,
+        preprocess: None,
+        max_model_bytes: MAX_MODEL_BYTES,
+    };
+    let mut model = Model::open(&onnx, &opts).unwrap();
+    let len = model.preprocess.len();
+    let mut padded = Padded::new(4);
+    // (images in the batch, rows the model was given)
+    for (n, rows) in [(2, 2), (3, 3), (4, 4), (3, 4), (1, 4)] {
+        let mut images: Vec<f32> = (0..n * len).map(|v| (v % 97) as f32 / 97.0).collect();
+        let p = padded.predict(&mut model, &mut images, n).unwrap();
+        assert_eq!((p.len(), images.len()), (n, rows * len), "a batch of {n}");
     }
 }
