@@ -10,12 +10,16 @@ use runtime::pipeline::{Found, Item, MAX_BATCH_BYTES, Padded, Pipeline, count, l
 use runtime::session::{Ep, MAX_MODEL_BYTES, Model, Options};
 use std::path::{Path, PathBuf};
 
-/// A 50x50 patch of one colour at `path` (its folders made).
+/// A 50x50 patch at `path` (its folders made): gradients, so that pixels moved by even one place
+/// in a batch make another image.
 fn patch(path: &Path, shade: u8) -> PathBuf {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    RgbImage::from_pixel(50, 50, Rgb([shade, 60, 255 - shade]))
-        .save(path)
-        .unwrap();
+    let ramp = |v: u32| (v * 5) as u8; // 0..=245 over the 50 pixels
+    RgbImage::from_fn(50, 50, |x, y| {
+        Rgb([shade.wrapping_add(ramp(x)), ramp(y), 255 - ramp(x)])
+    })
+    .save(path)
+    .unwrap();
     path.to_path_buf()
 }
 
