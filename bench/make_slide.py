@@ -13,7 +13,8 @@
       by their place, so `runtime eval` can classify the very same pixels (the benchmark).
   make_slide.py blank OUT.tif --width W --height H
       A white slide (no tissue).
-Every command takes --mpp M (write this scale instead) or --no-scale (write none).
+Every command takes --mpp M (write this scale instead; --mpp-y M2 another one down the slide)
+or --no-scale (write none).
 
 Needs numpy, pillow and tifffile (`make venv`).
 """
@@ -56,7 +57,8 @@ def write_pyramid(path, level0, mpp, args):
     def scale(down):
         if args.no_scale:
             return {}
-        return dict(resolution=(1e4 / (mpp * down), 1e4 / (mpp * down)), resolutionunit="CENTIMETER")
+        mpp_y = args.mpp_y or mpp
+        return dict(resolution=(1e4 / (mpp * down), 1e4 / (mpp_y * down)), resolutionunit="CENTIMETER")
 
     tmp = Path(str(path) + ".tmp")
     with tifffile.TiffWriter(tmp, bigtiff=level0.nbytes > 2**31) as tw:
@@ -130,6 +132,7 @@ def main():
     b.set_defaults(run=blank)
     for each in (p, g, b):
         each.add_argument("--mpp", type=float, help="write this level-0 scale (µm/px) instead")
+        each.add_argument("--mpp-y", type=float, help="a different scale down the slide (non-square pixels)")
         each.add_argument("--no-scale", action="store_true", help="write no scale")
     args = ap.parse_args()
     args.run(args)

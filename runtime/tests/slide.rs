@@ -302,23 +302,35 @@ fn bad_slides_are_named_and_the_good_one_is_still_done() {
     make_slide(&["patches", s(&patient), s(&unscaled), "--no-scale"]);
     let absurd = t.join("absurd.tif");
     make_slide(&["patches", s(&patient), s(&absurd), "--mpp", "1e-4"]);
+    // 0.25 x 0.26 µm: 4% apart, over the 1% allowed (and under 0.01 / 0.26, 3.8%).
+    let nonsquare = t.join("nonsquare.tif");
+    make_slide(&[
+        "patches",
+        s(&patient),
+        s(&nonsquare),
+        "--mpp",
+        "0.25",
+        "--mpp-y",
+        "0.26",
+    ]);
     let blank = t.join("blank.tif");
     make_slide(&["blank", s(&blank), "--width", "400", "--height", "300"]);
     let missing = t.join("missing.svs");
     let out = t.join("slides");
     let slides = [
-        &truncated, &text, &good, &unscaled, &absurd, &blank, &missing,
+        &truncated, &text, &good, &unscaled, &absurd, &nonsquare, &blank, &missing,
     ];
     let mut args = vec!["slide"];
     args.extend(slides.iter().map(|p| s(p)));
     args.extend(["--model", s(&onnx), "--ep", "cpu", "--out", s(&out)]);
     let ran: Ran = exec("runtime", &args, t);
-    let err = ran.fails_with("6 of 7 slides could not be done");
+    let err = ran.fails_with("7 of 8 slides could not be done");
     for (slide, why) in [
         (&truncated, "OpenSlide cannot read it"),
         (&text, "not a slide format"),
         (&unscaled, "pass --mpp"),
         (&absurd, "its scale is wrong"),
+        (&nonsquare, "pixels are not square (0.25 x 0.26 µm)"),
         (&blank, "no tissue"),
         (&missing, "no such file"),
     ] {
