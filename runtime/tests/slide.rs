@@ -440,3 +440,42 @@ fn a_far_copy_finds_openslide_by_its_variable_or_python() {
     assert!(found(&err), "python3 with openslide-bin on PATH: {err}");
     assert!(!err.contains("OPENSLIDE_LIB points to"), "{err}");
 }
+
+/// A tile's pixels: blocks of a whole-number ratio are averaged and rounded to the nearest
+/// value; other sides (smaller, but not a whole ratio) go through the triangle filter.
+#[test]
+fn tiles_are_resampled_by_rounded_block_means_or_the_triangle_filter() {
+    use image::{Rgb, RgbImage, imageops};
+    use runtime::slide::grid::resample;
+    // 2 x 2 blocks of 10, 11, 11, 11: a mean of 10.75, which rounds to 11.
+    let big = RgbImage::from_fn(4, 4, |x, y| {
+        let v = if x % 2 == 0 && y % 2 == 0 { 10 } else { 11 };
+        Rgb([v, v + 100, v + 200])
+    });
+    assert_eq!(
+        resample(big, 2),
+        RgbImage::from_pixel(2, 2, Rgb([11, 111, 211]))
+    );
+    let ramp = RgbImage::from_fn(20, 20, |x, y| Rgb([(x * 12) as u8, (y * 12) as u8, 9]));
+    let filtered = imageops::resize(&ramp, 15, 15, imageops::FilterType::Triangle);
+    assert_eq!(resample(ramp, 15), filtered);
+}
+
+/// Background is bright grey glass: a pixel is tissue when its channels' mean is under 220 (even
+/// grey) or they spread 25 or more (even bright).
+#[test]
+fn tissue_is_dark_or_coloured_pixels() {
+    use image::{Rgb, RgbImage};
+    use runtime::slide::grid::tissue_fraction;
+    for (pixel, tissue) in [
+        ([100, 100, 100], true),  // dark grey
+        ([219, 219, 220], true),  // mean 219
+        ([220, 220, 220], false), // mean 220, grey
+        ([250, 222, 240], true),  // bright, spread 28
+        ([250, 226, 240], false), // bright, spread 24
+    ] {
+        let img = RgbImage::from_pixel(2, 2, Rgb(pixel));
+        let want = if tissue { 1.0 } else { 0.0 };
+        assert_eq!(tissue_fraction(&img), want, "{pixel:?}");
+    }
+}
