@@ -7,7 +7,6 @@ use datasets::Problem;
 use image::{Rgb, RgbImage};
 use indicatif::ProgressBar;
 use runtime::pipeline::{Found, Item, MAX_BATCH_BYTES, Padded, Pipeline, count, list};
-use runtime::session::{Ep, MAX_MODEL_BYTES, Model, Options};
 use std::path::{Path, PathBuf};
 
 /// A 50x50 patch at `path` (its folders made): gradients, so that pixels moved by even one place
@@ -93,20 +92,12 @@ fn a_batch_over_the_memory_limit_is_refused() {
 
 /// `stream` takes `batch_size` images at a time (a file that fails to decode among them), numbers
 /// each image by its place among the images taken, moves the progress bar a batch at a time by
-/// everything the batch took (problems and Kaggle copies too), and gives the same probabilities
-/// as one batch of everything.
+/// everything the batch took (problems and Kaggle copies too), and gives each image the
+/// probability it gets without the corrupt file.
 #[test]
 fn stream_batches_numbers_and_counts_what_it_takes() {
     let tmp = tempfile::tempdir().unwrap();
-    let onnx = common::model(tmp.path());
-    let opts = Options {
-        ep: Ep::Cpu,
-        threads: 1,
-        ort_lib: None,
-        preprocess: None,
-        max_model_bytes: MAX_MODEL_BYTES,
-    };
-    let mut model = Model::open(&onnx, &opts).unwrap();
+    let mut model = common::cpu_model(&common::model(tmp.path()), 1);
     let corrupt = tmp.path().join("corrupt.png");
     std::fs::write(&corrupt, b"\x89PNG not really").unwrap();
     let mut paths: Vec<PathBuf> = (0..7u8)
@@ -195,15 +186,7 @@ fn stream_batches_numbers_and_counts_what_it_takes() {
 #[test]
 fn short_batches_are_padded_only_after_a_full_one() {
     let tmp = tempfile::tempdir().unwrap();
-    let onnx = common::model(tmp.path());
-    let opts = Options {
-        ep: Ep::Cpu,
-        threads: 1,
-        ort_lib: None,
-        preprocess: None,
-        max_model_bytes: MAX_MODEL_BYTES,
-    };
-    let mut model = Model::open(&onnx, &opts).unwrap();
+    let mut model = common::cpu_model(&common::model(tmp.path()), 1);
     let len = model.preprocess.len();
     let mut padded = Padded::new(4);
     // (images in the batch, rows the model was given)

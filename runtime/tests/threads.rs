@@ -4,7 +4,6 @@
 
 mod common;
 
-use runtime::session::{Ep, MAX_MODEL_BYTES, Model, Options};
 use std::time::{Duration, Instant};
 
 fn threads() -> usize {
@@ -24,16 +23,7 @@ fn back_to(n: usize) -> usize {
 fn a_session_runs_on_the_intra_op_threads_asked_for() {
     let tmp = tempfile::tempdir().unwrap();
     let onnx = common::model(tmp.path());
-    let open = |threads| {
-        let opts = Options {
-            ep: Ep::Cpu,
-            threads,
-            ort_lib: None,
-            preprocess: None,
-            max_model_bytes: MAX_MODEL_BYTES,
-        };
-        Model::open(&onnx, &opts).unwrap()
-    };
+    let open = |threads| common::cpu_model(&onnx, threads);
     // ONNX Runtime and its environment are loaded once, with the first session.
     drop(open(1));
     let idle = threads();

@@ -106,6 +106,19 @@ pub fn model(dir: &Path) -> PathBuf {
     out
 }
 
+/// The ONNX model at `onnx`, opened on the CPU with `threads` intra-op threads.
+pub fn cpu_model(onnx: &Path, threads: usize) -> runtime::session::Model {
+    use runtime::session::{Ep, MAX_MODEL_BYTES, Model, Options};
+    let opts = Options {
+        ep: Ep::Cpu,
+        threads,
+        ort_lib: None,
+        preprocess: None,
+        max_model_bytes: MAX_MODEL_BYTES,
+    };
+    Model::open(onnx, &opts).unwrap()
+}
+
 /// Every entry below `root` (not following symlinks) and its fingerprint: the SHA-256 of a
 /// file's bytes, the target of a symlink, the mode of a folder.
 pub fn fingerprints(root: &Path) -> BTreeMap<PathBuf, String> {
