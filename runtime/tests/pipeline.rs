@@ -22,12 +22,17 @@ fn patch(path: &Path, shade: u8) -> PathBuf {
     path.to_path_buf()
 }
 
-fn an_image(path: PathBuf) -> Found {
-    Found::Image(Item {
+/// An image with nothing known from its path.
+fn unnamed(path: PathBuf) -> Item {
+    Item {
         path,
         label: None,
         name: None,
-    })
+    }
+}
+
+fn an_image(path: PathBuf) -> Found {
+    Found::Image(unnamed(path))
 }
 
 /// `count` (eval's progress bar) counts the files with an image extension; `list` sorts images,
@@ -163,11 +168,8 @@ fn stream_batches_numbers_and_counts_what_it_takes() {
     let items: Vec<Item> = paths
         .iter()
         .filter(|path| **path != corrupt)
-        .map(|path| Item {
-            path: path.clone(),
-            label: None,
-            name: None,
-        })
+        .cloned()
+        .map(unnamed)
         .collect();
     let whole = Pipeline {
         batch_size: 16,
