@@ -13,8 +13,10 @@
       by their place, so `runtime eval` can classify the very same pixels (the benchmark).
   make_slide.py blank OUT.tif --width W --height H
       A white slide (no tissue).
-Every command takes --mpp M (write this scale instead; --mpp-y M2 another one down the slide)
-or --no-scale (write none).
+Every command takes --mpp M (write this scale instead; --mpp-y M2 another one down the slide),
+--no-scale (write none) or --aperio-mpp TEXT (none in the TIFF's resolution: an Aperio
+description whose MPP field is TEXT, which OpenSlide gives as openslide.mpp-x/-y whatever it
+says, 0 or inf too).
 
 Needs numpy, pillow and tifffile (`make venv`).
 """
@@ -55,14 +57,21 @@ def write_pyramid(path, level0, mpp, args):
     opts = dict(tile=(256, 256), photometric="rgb", compression="zlib")
 
     def scale(down):
-        if args.no_scale:
+        if args.no_scale or args.aperio_mpp is not None:
             return {}
         mpp_y = args.mpp_y or mpp
         return dict(resolution=(1e4 / (mpp * down), 1e4 / (mpp_y * down)), resolutionunit="CENTIMETER")
 
+    first = {}
+    if args.aperio_mpp is not None:
+        # OpenSlide takes a TIFF for Aperio's by its first description; tifffile's own (JSON)
+        # would stand in its place.
+        h, w = level0.shape[:2]
+        first = dict(description=f"Aperio Image Library v12.0.15 \r\n{w}x{h} [0,0 {w}x{h}] (256x256) "
+                                 f"RAW|AppMag = 40|MPP = {args.aperio_mpp}", metadata=None)
     tmp = Path(str(path) + ".tmp")
     with tifffile.TiffWriter(tmp, bigtiff=level0.nbytes > 2**31) as tw:
-        tw.write(level0, **scale(1), **opts)
+        tw.write(level0, **scale(1), **first, **opts)
         img, down = level0, 1
         while max(img.shape[:2]) > 512 and min(img.shape[:2]) >= 8:
             h, w = (img.shape[0] // 4) * 4, (img.shape[1] // 4) * 4
@@ -134,6 +143,7 @@ def main():
         each.add_argument("--mpp", type=float, help="write this level-0 scale (µm/px) instead")
         each.add_argument("--mpp-y", type=float, help="a different scale down the slide (non-square pixels)")
         each.add_argument("--no-scale", action="store_true", help="write no scale")
+        each.add_argument("--aperio-mpp", metavar="TEXT", help="the scale as an Aperio description's MPP field")
     args = ap.parse_args()
     args.run(args)
 

@@ -315,16 +315,32 @@ fn bad_slides_are_named_and_the_good_one_is_still_done() {
     ]);
     let blank = t.join("blank.tif");
     make_slide(&["blank", s(&blank), "--width", "400", "--height", "300"]);
+    // Aperio's MPP field, which OpenSlide passes on whatever it says: 0 and inf are no scale.
+    let [zero, infinite] = ["0", "inf"].map(|mpp| {
+        let path = t.join(format!("aperio-{mpp}.svs"));
+        make_slide(&[
+            "blank",
+            s(&path),
+            "--width",
+            "400",
+            "--height",
+            "300",
+            "--aperio-mpp",
+            mpp,
+        ]);
+        path
+    });
     let missing = t.join("missing.svs");
     let out = t.join("slides");
     let slides = [
-        &truncated, &text, &good, &unscaled, &absurd, &nonsquare, &blank, &missing,
+        &truncated, &text, &good, &unscaled, &absurd, &nonsquare, &blank, &zero, &infinite,
+        &missing,
     ];
     let mut args = vec!["slide"];
     args.extend(slides.iter().map(|p| s(p)));
     args.extend(["--model", s(&onnx), "--ep", "cpu", "--out", s(&out)]);
     let ran: Ran = exec("runtime", &args, t);
-    let err = ran.fails_with("7 of 8 slides could not be done");
+    let err = ran.fails_with("9 of 10 slides could not be done");
     for (slide, why) in [
         (&truncated, "OpenSlide cannot read it"),
         (&text, "not a slide format"),
@@ -332,6 +348,8 @@ fn bad_slides_are_named_and_the_good_one_is_still_done() {
         (&absurd, "its scale is wrong"),
         (&nonsquare, "pixels are not square (0.25 x 0.26 µm)"),
         (&blank, "no tissue"),
+        (&zero, "does not say its scale"),
+        (&infinite, "does not say its scale"),
         (&missing, "no such file"),
     ] {
         let line = err

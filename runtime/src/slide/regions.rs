@@ -106,7 +106,9 @@ fn region(group: &[(u32, u32)], cells: &HashSet<(u32, u32)>) -> Region {
 }
 
 /// Follows sides from `start` back to it, using them up; at a corner with two ways on, takes
-/// the left turn (see the module's notes). Corners where the direction goes on are dropped.
+/// the left turn (see the module's notes). Corners where the direction goes on are dropped;
+/// the start is never one: `region` starts each ring at its first corner in row, column order
+/// (those before have no sides left), where a ring of grid sides turns.
 fn ring(start: Corner, from: &mut HashMap<Corner, Vec<Corner>>) -> Vec<Corner> {
     let mut path = vec![start];
     let mut at = start;
@@ -132,15 +134,6 @@ fn ring(start: Corner, from: &mut HashMap<Corner, Vec<Corner>>) -> Vec<Corner> {
         at = to;
         if at == start {
             break;
-        }
-    }
-    // Closing a straight run through the start corner drops it too.
-    let n = path.len();
-    if n > 3 {
-        let (a, b, c) = (path[n - 2], path[0], path[1]);
-        if (b.0 - a.0, b.1 - a.1) == (c.0 - b.0, c.1 - b.1) {
-            path.remove(0);
-            *path.last_mut().unwrap() = path[0];
         }
     }
     path
@@ -233,6 +226,54 @@ mod tests {
         );
     }
 
+    /// `contains` (the tests' point-in-polygon) against each shape's own inequalities, at points
+    /// off the rings: slanted sides, rows level with a vertex, a notch the ray crosses twice.
+    #[test]
+    fn contains_follows_the_even_odd_rule() {
+        type Inside = fn(f64, f64) -> bool;
+        let shapes: [(&[(f64, f64)], Inside); 3] = [
+            (&[(1.0, 1.0), (5.0, 1.0), (1.0, 5.0), (1.0, 1.0)], |x, y| {
+                x > 1.0 && y > 1.0 && x + y < 6.0
+            }),
+            (
+                &[(2.0, 0.0), (4.0, 2.0), (2.0, 4.0), (0.0, 2.0), (2.0, 0.0)],
+                |x, y| (x - 2.0).abs() + (y - 2.0).abs() < 2.0,
+            ),
+            (
+                &[
+                    (0.0, 0.0),
+                    (3.0, 0.0),
+                    (3.0, 3.0),
+                    (2.0, 3.0),
+                    (2.0, 1.0),
+                    (1.0, 1.0),
+                    (1.0, 3.0),
+                    (0.0, 3.0),
+                    (0.0, 0.0),
+                ],
+                |x, y| {
+                    (0.0..3.0).contains(&x)
+                        && (0.0..3.0).contains(&y)
+                        && !(x > 1.0 && x < 2.0 && y > 1.0)
+                },
+            ),
+        ];
+        for (ring, inside) in shapes {
+            // Never on a ring: x in quarters and y in fifths, each off the grid lines (and
+            // so off every side, slanted ones too); the rows y = 2 and 5 meet only vertices.
+            let ys: Vec<f64> = (-5..35)
+                .map(|j| f64::from(j) / 5.0 + 0.1)
+                .chain([2.0, 5.0])
+                .collect();
+            for i in -4..28 {
+                let x = f64::from(i) / 4.0 + 0.125;
+                for &y in &ys {
+                    assert_eq!(contains(ring, x, y), inside(x, y), "{x}, {y} in {ring:?}");
+                }
+            }
+        }
+    }
+
     proptest! {
         #[test]
         fn the_regions_cover_exactly_the_cells(
@@ -255,6 +296,13 @@ mod tests {
                     // Simple: no corner twice but the closing one.
                     let mut seen = HashSet::new();
                     prop_assert!(ring[1..].iter().all(|c| seen.insert(*c)), "{:?}", ring);
+                    // Every corner turns, the first too: a straight run is one side.
+                    let n = ring.len() - 1;
+                    let way = |a: Corner, b: Corner| ((b.0 - a.0).signum(), (b.1 - a.1).signum());
+                    for i in 0..n {
+                        let before = ring[(i + n - 1) % n];
+                        prop_assert_ne!(way(before, ring[i]), way(ring[i], ring[i + 1]), "{:?}", ring);
+                    }
                 }
             }
         }
