@@ -158,3 +158,15 @@ fn small_cells_are_tinted_without_an_outline() {
         assert_eq!(*out.get_pixel(120 + 16 + x, y), want, "at {x}, {y}");
     }
 }
+
+/// A picture over 800 pixels wide gets a scale a quarter of its width (under that, 200 pixels).
+#[test]
+fn the_scale_is_a_quarter_of_a_wide_picture() {
+    let thumb = filled(&grid(60, 5), 420);
+    let out = thumb.heatmap(&[], 0.5, "slide");
+    // 2 x 420 + 16 = 856 wide: a 214-pixel scale from x = 10, 3 x 12 under the 35-pixel picture.
+    assert_eq!(out.dimensions(), (856, 35 + 60));
+    let y = 35 + 36 + 6;
+    assert_eq!(*out.get_pixel(10 + 213, y), colour(1.0));
+    assert_eq!(*out.get_pixel(10 + 214, y), WHITE);
+}
