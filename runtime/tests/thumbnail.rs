@@ -79,13 +79,13 @@ fn tiles_are_shrunk_to_a_cell_and_put_in_place() {
 #[test]
 fn the_heatmap_tints_tissue_tiles_and_outlines_predicted_idc() {
     let thumb = filled(&grid(60, 5), 240);
-    let tiles = [(2, 1, 0.1), (5, 3, 0.25), (59, 4, 0.9)].map(|(col, row, prob)| Tile {
+    let tiles = [(2, 1, 0.1), (5, 3, 0.75), (59, 4, 0.9)].map(|(col, row, prob)| Tile {
         col,
         row,
         tissue: 1.0,
         prob,
     });
-    let threshold = 0.25; // the second tile's probability: it counts as IDC
+    let threshold = 0.75; // the second tile's probability: it counts as IDC
     let out = thumb.heatmap(&tiles, threshold, "slide");
     // 2 x 240 + a 16-pixel gap wide; under the picture, a legend 5 x 12 pixels high.
     assert_eq!(out.dimensions(), (496, 80));
@@ -108,8 +108,8 @@ fn the_heatmap_tints_tissue_tiles_and_outlines_predicted_idc() {
         }
     }
     // The scale: 200 pixels from x = 10, 12 high, 3 x 12 under the picture; the threshold's
-    // tick (round(0.25 x 199) = 50 pixels in) one pixel wide and 3 pixels longer each way.
-    let (y0, tick) = (h + 36, 10 + 50);
+    // tick (round(0.75 x 199) = 149 pixels in) one pixel wide and 3 pixels longer each way.
+    let (y0, tick) = (h + 36, 10 + 149);
     for y in y0..y0 + 12 {
         for x in 0..200 {
             let want = if 10 + x == tick {
