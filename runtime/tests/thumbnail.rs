@@ -159,14 +159,21 @@ fn small_cells_are_tinted_without_an_outline() {
     }
 }
 
-/// A picture over 800 pixels wide gets a scale a quarter of its width (under that, 200 pixels).
+/// A picture over 800 pixels wide gets a scale a quarter of its width (under that, 200 pixels);
+/// over 1,600 the legend's text is larger and the tick wider.
 #[test]
-fn the_scale_is_a_quarter_of_a_wide_picture() {
-    let thumb = filled(&grid(60, 5), 420);
+fn the_scale_grows_with_a_wide_picture() {
+    let thumb = filled(&grid(60, 5), 840);
     let out = thumb.heatmap(&[], 0.5, "slide");
-    // 2 x 420 + 16 = 856 wide: a 214-pixel scale from x = 10, 3 x 12 under the 35-pixel picture.
-    assert_eq!(out.dimensions(), (856, 35 + 60));
-    let y = 35 + 36 + 6;
-    assert_eq!(*out.get_pixel(10 + 213, y), colour(1.0));
-    assert_eq!(*out.get_pixel(10 + 214, y), WHITE);
+    // 2 x 840 + 16 = 1,696 wide: text 16 pixels high, a legend of 5 x 16 under the 70-pixel
+    // picture, a 424-pixel scale from x = 10 starting 3 x 16 under the picture.
+    assert_eq!(out.dimensions(), (1696, 70 + 80));
+    let y0 = 70 + 48;
+    assert_eq!(*out.get_pixel(10 + 423, y0 + 8), colour(1.0));
+    assert_eq!(*out.get_pixel(10 + 424, y0 + 8), WHITE);
+    // The tick at round(0.5 x 423) = 212 pixels in, 16 / 8 = 2 pixels wide, under the scale.
+    let y = y0 + 16 + 2;
+    for (x, want) in [(221, WHITE), (222, BLACK), (223, BLACK), (224, WHITE)] {
+        assert_eq!(*out.get_pixel(x, y), want, "tick at {x}");
+    }
 }
