@@ -519,7 +519,9 @@ mod tests {
 
     #[test]
     fn pointwise_matches_burns_conv() {
-        for dims in [[3, 5, 4, 6], [2, 3, 1, 1]] {
+        // Many input channels (the GEMM) and a few (dot products); 9 samples make three groups
+        // whose weight and bias gradients are summed (`SAMPLES_PER_TASK`).
+        for dims in [[3, 5, 4, 6], [2, 3, 1, 1], [9, 6, 2, 3]] {
             let conv = burn::nn::conv::Conv2dConfig::new([dims[1], 7], [1, 1])
                 .init::<Ad>(&Default::default());
             let (out, dx, gf, gr) = compare(input(dims), |x, k| match k {
