@@ -262,6 +262,9 @@ pub fn depthwise3x3_backward(
 /// zeros cancel the terms that wrap from one row into the next.
 #[inline(always)]
 fn tap_sums(pad_x: &[f32], pad_dy: &[f32], h: usize, w: usize) -> [f32; 9] {
+    if h == 0 {
+        return [0.0; 9]; // no rows: no first inner cell to start from
+    }
     let pw = w + 2;
     let len = h * pw - 2; // up to dy's last cell
     let d = &pad_dy[pw + 1..pw + 1 + len];
@@ -347,6 +350,10 @@ pub fn pointwise_backward(
     input_grad: bool,
 ) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let (hw, ci) = (s.plane(), s.c);
+    if hw == 0 {
+        // Planes of no pixels: nothing to sum (and no rows to cut them into).
+        return (input_grad.then(Vec::new), vec![0.0; co * ci], vec![0.0; co]);
+    }
     let mut dx = Vec::new();
     let dx_chunks = input_grad_chunks(&mut dx, input_grad, s.len(), s.n);
     let mut tasks: Vec<_> = dx_chunks.into_iter().enumerate().collect();
