@@ -73,3 +73,65 @@ fn planes_too_small_to_pool_give_no_output_and_no_gradient() {
         vec![0.0; s.len()]
     );
 }
+
+/// SplitMix64 (Steele, Lea and Flood 2014), as published.
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Plane `plane`'s 16-bit draws for `seed`: SplitMix64 from `seed ^ plane * 0x9E3779B97F4A7C15`,
+/// four draws a number, low bits first.
+fn draws(seed: u64, plane: usize, count: usize) -> Vec<u64> {
+    let mut state = seed ^ (plane as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (0..count.div_ceil(4))
+        .flat_map(|_| {
+            let v = splitmix64(&mut state);
+            (0..4).map(move |k| v >> (16 * k) & 0xFFFF)
+        })
+        .take(count)
+        .collect()
+}
+
+/// Dropout's mask is a fixed function of the seed, so a seed gives the same mask in every
+/// version: each plane's windows in row-major order take its draws in turn, and a window is kept
+/// when its draw is below round((1 - p) x 2^16), its maximum then scaled by 1 / (1 - p).
+#[test]
+fn dropout_masks_are_splitmix64_draws_of_the_seed() {
+    let mut zero = 0;
+    assert_eq!(
+        splitmix64(&mut zero),
+        0xE220_A839_7B1D_CDAF,
+        "the published first value"
+    );
+    // 11 windows a row: a group of eight and a tail.
+    let s = shape(3, 5, 6, 22);
+    let windows = 3 * 11;
+    let x: Vec<f32> = (0..s.len()).map(|i| (i % 7) as f32).collect();
+    let plain = max_pool2_dropout(&x, s, None).0;
+    // A p whose threshold is exactly plane 0's first draw: that window is dropped (below, not
+    // at the threshold, is kept).
+    let first = draws(7, 0, 1)[0];
+    let at_first = (1.0 - first as f64 / 65536.0) as f32;
+    for (p, seed) in [(0.25f32, 7u64), (0.5, 123_456_789), (at_first, 7)] {
+        let (y, code) = max_pool2_dropout(&x, s, Some((p, seed)));
+        let threshold = ((1.0 - f64::from(p)) * 65536.0).round() as u64;
+        for plane in 0..s.n * s.c {
+            let at = plane * windows..(plane + 1) * windows;
+            for (i, draw) in at.zip(draws(seed, plane, windows)) {
+                let kept = draw < threshold;
+                assert_eq!(code[i] & 4 != 0, kept, "p {p} seed {seed} window {i}");
+                let want = if kept { plain[i] / (1.0 - p) } else { 0.0 };
+                assert!(
+                    (y[i] - want).abs() < 1e-5,
+                    "p {p} window {i}: {} vs {want}",
+                    y[i]
+                );
+            }
+        }
+    }
+    assert_eq!(max_pool2_dropout(&x, s, Some((at_first, 7))).1[0] & 4, 0);
+}
