@@ -464,6 +464,15 @@ mod tests {
         Tensor::random(dims, Distribution::Normal(0.2, 1.0), &Default::default()).require_grad()
     }
 
+    /// An input of the values -1, 0 and 1, scattered: ties within pooling windows, in every
+    /// pairing of their cells.
+    fn stepped(dims: [usize; 4]) -> Tensor<Ad, 4> {
+        let n = dims.iter().product::<usize>();
+        let level = |i: usize| ((i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % 3;
+        let v: Vec<f32> = (0..n).map(|i| level(i) as f32 - 1.0).collect();
+        Tensor::from_data(TensorData::new(v, dims), &Default::default()).require_grad()
+    }
+
     /// Runs `f` on both implementations with the same input and output weights; returns the
     /// outputs' and the input gradients' largest differences.
     fn compare(
@@ -650,9 +659,12 @@ mod tests {
     fn max_pool_matches_burns_and_drops_by_seed() {
         // Odd sides: the trailing row and column are dropped, as burn does. More than eight
         // windows a row: one vector group and a tail.
+        // Ties: the gradient goes to the first maximum in window order, as in burn.
         for dims in [[2, 3, 8, 6], [2, 2, 7, 5], [2, 3, 5, 21]] {
-            let (out, dx, ..) = compare(input(dims), |x, k| max_pool2_dropout(x, 0.0, k));
-            assert!(out < 1e-6 && dx < 1e-6, "{dims:?}: {out} {dx}");
+            for x in [input(dims), stepped(dims)] {
+                let (out, dx, ..) = compare(x, |x, k| max_pool2_dropout(x, 0.0, k));
+                assert!(out < 1e-6 && dx < 1e-6, "{dims:?}: {out} {dx}");
+            }
         }
         // With dropout: the kept outputs are the scaled maxima, gradients flow only through
         // them, the mask follows the backend's seed.
