@@ -135,3 +135,18 @@ fn dropout_masks_are_splitmix64_draws_of_the_seed() {
     }
     assert_eq!(max_pool2_dropout(&x, s, Some((at_first, 7))).1[0] & 4, 0);
 }
+
+/// ReLU passes no gradient where its input is 0 or below (as burn's does): BatchNorm(ReLU)'s
+/// input gradient is 0 exactly there, and not elsewhere.
+#[test]
+fn no_gradient_flows_where_relu_is_flat() {
+    let s = shape(2, 2, 3, 4);
+    let z: Vec<f32> = (0..s.len()).map(|i| (i % 4) as f32 - 1.0).collect(); // -1, 0, 1, 2
+    let dy: Vec<f32> = (0..s.len()).map(|i| 1.0 + (i % 7) as f32).collect();
+    let gamma = vec![1.5f32; s.c];
+    let (_, stats) = relu_batch_norm(&z, &gamma, &[0.0; 2], 1e-3, s);
+    let (dz, ..) = relu_batch_norm_backward(&z, &gamma, &stats, 1e-3, OutputGrad::Dense(&dy), s);
+    for (i, (&z, &g)) in z.iter().zip(&dz).enumerate() {
+        assert_eq!(g == 0.0, z <= 0.0, "at {i}: z {z}, gradient {g}");
+    }
+}
