@@ -9,9 +9,10 @@
                                with too many for one sitting (models/src/kernels.rs), one part a
                                session; the file counts as tested once all N parts are recorded
     mutants/run.py --survivors [FILE...]
-                               test the mutants that lived again (of the given files, default
-                               all), against every test of the workspace at HEAD, where their
-                               file's text is the one recorded: after tests were added
+                               test the mutants that lived or timed out again (of the given
+                               files, default all), against every test of the workspace at HEAD,
+                               where their file's text is the one recorded: after tests were
+                               added (a timeout is tested again in case it was a slow test)
     mutants/run.py --summary   only write docs/mutants.md from the record
     mutants/run.py --check     exit 1 unless every listed file has results of its current text,
                                a score of at least 90%, and a reason for each mutant that lives
@@ -52,6 +53,11 @@ OUTCOMES = {
     "Unviable": "unviable",
 }
 KILLED = ("caught", "timeout")
+# The second pass's time limit for a mutant's tests, in seconds. cargo-mutants sets its own from
+# the baseline, which in that pass too runs only the crate's own tests (models': under a second,
+# so a 20 s limit), while every test of the workspace takes ~40 s here: with the automatic limit
+# a mutant no test catches would count as timed out, which counts as caught.
+WORKSPACE_TIMEOUT = 300
 # The outcome of the record's row saying that part K/N of a file's mutants was tested (each of
 # the part's mutants has its own row with that part).
 SHARD = "shard"
@@ -220,7 +226,8 @@ def two_passes(files: list[str], save, only: list[str] | None = None, shard: str
         filters = [x for name in names for x in ("--examine-re", f"^{regex_escape(name)}$")]
     if alive:
         # cargo-mutants' --iterate skips the mutants the first pass caught (its caught.txt).
-        again = cargo_mutants(alive, out, ["--iterate", "--test-workspace=true", *filters])
+        again = cargo_mutants(alive, out, ["--iterate", "--test-workspace=true", "--timeout",
+                                           str(WORKSPACE_TIMEOUT), *filters])
         for name, (f, o) in mutant_outcomes(again).items():
             if name in found and o != "unviable":
                 found[name] = (f, o)
@@ -247,7 +254,8 @@ def run(files: list[str], shard: str | None = None) -> None:
 
 def retest_survivors(files: list[str]) -> None:
     head = git("rev-parse", "HEAD")
-    alive = {r[4] for r in read_record() if r[0] in files and r[3] == "missed" and r[1] == blob(r[0], head)}
+    alive = {r[4] for r in read_record()
+             if r[0] in files and r[3] in ("missed", "timeout") and r[1] == blob(r[0], head)}
     if not alive:
         print("no recorded survivor of a file whose text is HEAD's")
         return
@@ -348,7 +356,8 @@ def main() -> None:
     parser.add_argument("files", nargs="*", help="files to test (default: the listed ones not current)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--shard", metavar="K/N", help="test only part K (0 .. N-1) of one file's mutants")
-    mode.add_argument("--survivors", action="store_true", help="test the recorded survivors again")
+    mode.add_argument("--survivors", action="store_true",
+                      help="test the recorded survivors (and timeouts) again")
     mode.add_argument("--summary", action="store_true", help="only write docs/mutants.md")
     mode.add_argument("--check", action="store_true", help="fail unless every listed file meets the standard")
     args = parser.parse_args()
