@@ -216,18 +216,15 @@ def two_passes(files: list[str], save, only: list[str] | None = None, shard: str
     out = WORK / "passes"
     shutil.rmtree(out, ignore_errors=True)
     filters = [x for name in only or [] for x in ("--examine-re", f"^{regex_escape(name)}$")]
-    # The second pass names the survivors themselves, so only the first takes the part.
     found = mutant_outcomes(cargo_mutants(files, out, filters + (["--shard", shard] if shard else []), True))
     save(found)
-    alive = sorted({f for f, o in found.values() if o == "missed"})
-    if shard:
-        # The other parts' mutants are in no list of the first pass's: name the survivors.
-        names = [name for name, (_, o) in found.items() if o == "missed"]
+    # The second pass names the ones that lived: not the first pass's timeouts (a mutant that
+    # hangs its crate's tests hangs the workspace's too, each for the whole limit).
+    names = sorted(name for name, (_, o) in found.items() if o == "missed")
+    if names:
+        alive = sorted({found[name][0] for name in names})
         filters = [x for name in names for x in ("--examine-re", f"^{regex_escape(name)}$")]
-    if alive:
-        # cargo-mutants' --iterate skips the mutants the first pass caught (its caught.txt).
-        again = cargo_mutants(alive, out, ["--iterate", "--test-workspace=true", "--timeout",
-                                           str(WORKSPACE_TIMEOUT), *filters])
+        again = cargo_mutants(alive, out, ["--test-workspace=true", "--timeout", str(WORKSPACE_TIMEOUT), *filters])
         for name, (f, o) in mutant_outcomes(again).items():
             if name in found and o != "unviable":
                 found[name] = (f, o)
