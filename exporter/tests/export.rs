@@ -173,7 +173,16 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
         checkpoint: Some(Checkpoint::Epoch(7)),
         ..Options::new(&run, &out)
     });
-    assert!(e.contains("epoch-007"), "{e}");
+    assert!(
+        e.contains("epoch-007") && e.contains("does not exist (available: none)"),
+        "{e}"
+    );
+    // The precise-BN model is written with the final report: without it, the error says so.
+    let e = err(Options {
+        checkpoint: Some(Checkpoint::PreciseBn),
+        ..Options::new(&run, &out)
+    });
+    assert!(e.contains("has not written its final report yet"), "{e}");
     // A checkpoint of another model config.
     CancerNetConfig::default()
         .save(run.join(checkpoint::MODEL_CONFIG_FILE))

@@ -4,6 +4,7 @@
 mod common;
 
 use common::bin;
+use prost::Message;
 use std::path::Path;
 use std::process::Command;
 
@@ -58,6 +59,21 @@ fn demo_chain_end_to_end() {
     assert!(dir.join("models/cancernet/plot.png").is_file());
     let export = run(dir, "exporter", &[]);
     assert!(export.contains("verified with ONNX Runtime"), "{export}");
+    // The model names the run it came from: run.json's hashes of the config and the dataset.
+    let run_file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("models/cancernet/run.json")).unwrap(),
+    )
+    .unwrap();
+    let onnx = std::fs::read(dir.join("models/cancernet.onnx")).unwrap();
+    let model = exporter::onnx_proto::ModelProto::decode(onnx.as_slice()).unwrap();
+    for key in ["config_sha256", "dataset_manifest_sha256"] {
+        let meta = model
+            .metadata_props
+            .iter()
+            .find(|e| e.key.as_deref() == Some(&format!("train.{key}")))
+            .and_then(|e| e.value.as_deref());
+        assert_eq!(meta, run_file[key].as_str(), "{key}");
+    }
     let eval = run(
         dir,
         "runtime",
