@@ -30,16 +30,16 @@ fn empty_shapes_give_empty_results() {
         let (ones, zeros) = (vec![1f32; s.c], vec![0f32; s.c]);
         let depthwise = vec![0.1f32; 9 * s.c];
         assert!(depthwise3x3(&x, &depthwise, s).is_empty(), "{s:?}");
+        let (pw, bias) = (vec![0.1f32; co * s.c], vec![0.2f32; co]);
+        let dy = vec![1f32; s.n * co * s.plane()];
+        assert_eq!(pointwise(&x, &pw, &bias, s).len(), dy.len(), "{s:?}");
         for input_grad in [true, false] {
             let (dx, dw) = depthwise3x3_backward(&x, &depthwise, &x, s, input_grad);
             assert_eq!(dx.map(|d| d.len()), input_grad.then_some(0), "{s:?}");
             assert_eq!(dw.len(), 9 * s.c, "{s:?}");
-            let (pw, bias) = (vec![0.1f32; co * s.c], vec![0.2f32; co]);
-            let dy = vec![1f32; s.n * co * s.plane()];
             let (dx, dw, db) = pointwise_backward(&x, &pw, &dy, co, s, input_grad);
             assert_eq!(dx.map(|d| d.len()), input_grad.then_some(0), "{s:?}");
             assert_eq!((dw.len(), db.len()), (co * s.c, co), "{s:?}");
-            assert_eq!(pointwise(&x, &pw, &bias, s).len(), dy.len(), "{s:?}");
         }
         let (y, stats) = relu_batch_norm(&x, &ones, &zeros, 1e-3, s);
         assert_eq!((y.len(), stats.mean.len(), stats.var.len()), (0, s.c, s.c));
