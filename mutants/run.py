@@ -6,8 +6,8 @@
                                in mutants/outcomes.tsv, write docs/mutants.md
     mutants/run.py --shard K/N FILE
                                test only part K (0 .. N-1) of FILE's mutants, in N parts: a file
-                               with too many for one sitting (models/src/kernels.rs), one part a
-                               session; the file counts as tested once all N parts are recorded
+                               with too many for one sitting, one part a session;
+                               the file counts as tested once all N parts are recorded
     mutants/run.py --survivors [FILE...]
                                test the mutants that lived or timed out again (of the given
                                files, default all), against every test of the workspace at HEAD,
