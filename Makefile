@@ -39,8 +39,9 @@ demo: venv build
 # (`apt-get install mesa-vulkan-drivers libvulkan1`); the CUDA tests run where there is a GPU and elsewhere check that `--device cuda`
 # says what is missing. A test whose precondition is missing (the real patches in ../shared/data,
 # a Vulkan device, setpriv, a C compiler) fails: `make test IDC_REQUIRE_ALL=0` runs the rest and
-# lists what it skipped. Then one line counts what ran; docs/mutants.md checked against its
-# record; a smoke run of the per-op GPU benchmark, and the dependency check.
+# lists what it skipped. Then one line counts what ran; the tests the docs name checked to exist;
+# docs/mutants.md checked against its record; a smoke run of the per-op GPU benchmark, and the
+# dependency check.
 GPU_FEATURES := --features trainer/wgpu,trainer/cuda
 IDC_REQUIRE_ALL ?= 1
 export IDC_REQUIRE_ALL
@@ -55,6 +56,8 @@ test: venv
 	set -o pipefail; IDC_SKIP_LOG=$(CURDIR)/$(SKIP_LOG) \
 		$(CARGO) test --release --workspace $(GPU_FEATURES) 2>&1 | tee $(TEST_LOG)
 	python3 .ci/test-summary.py $(TEST_LOG) $(SKIP_LOG)
+	# Every test that README.md's and docs/testing.md's tables name exists in the file they name.
+	python3 .ci/test-map.py
 	# docs/mutants.md is generated: it must say which files changed since their mutation results.
 	python3 mutants/run.py --summary >/dev/null && git diff --exit-code -- docs/mutants.md
 	BATCHES=4 REPS=1 $(CARGO) bench --workspace $(GPU_FEATURES) --bench gpu_ops

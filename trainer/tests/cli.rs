@@ -672,7 +672,8 @@ fn cache_and_worker_count_give_the_same_run() {
 }
 
 /// Killed at any moment (SIGKILL, no chance to clean up), a run leaves only whole files: every
-/// checkpoint that exists loads, metrics.csv parses, and --resume ends where a straight run ends.
+/// checkpoint that exists is whole, metrics.csv parses, and --resume goes on from the last
+/// checkpoint (loading it) and ends where a straight run ends.
 #[test]
 fn a_killed_run_leaves_whole_files_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -713,11 +714,15 @@ fn a_killed_run_leaves_whole_files_and_resumes() {
                     .all(|r| r.is_ok())
             );
         }
+        let mut last_epoch = 0;
         for e in std::fs::read_dir(out.join("checkpoints")).unwrap() {
             let dir = e.unwrap().path();
             let name = dir.file_name().unwrap().to_string_lossy().into_owned();
             if name.starts_with('.') {
                 continue; // a temp folder being written: never read
+            }
+            if let Some(n) = name.strip_prefix("epoch-") {
+                last_epoch = last_epoch.max(n.parse::<usize>().unwrap());
             }
             for f in ["model.mpk", "state.json"] {
                 assert!(dir.join(f).is_file(), "{name} lacks {f}");
@@ -725,9 +730,15 @@ fn a_killed_run_leaves_whole_files_and_resumes() {
             let state = std::fs::read_to_string(dir.join("state.json")).unwrap();
             serde_json::from_str::<serde_json::Value>(&state).unwrap();
         }
-        ok(&trainer(&[
+        // It goes on from the last whole checkpoint (not from scratch, which would also end
+        // with the same bytes), then ends where the straight run did.
+        let resumed = ok(&trainer(&[
             "--config", cfg, "--output", o, "--quiet", "--resume",
         ]));
+        assert!(
+            resumed.contains(&format!("resuming after epoch {last_epoch} ")),
+            "{delay_ms} ms: {resumed}"
+        );
         same_bytes(&straight, &out);
         std::fs::remove_dir_all(&out).unwrap();
     }

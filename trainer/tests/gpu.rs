@@ -737,7 +737,9 @@ fn resume_across_devices(flag: &str, tolerance: f64) {
                 && resumed.contains(&format!("device {second}")),
             "{resumed}"
         );
-        for (epoch, ((tl, vl), (wtl, wvl))) in metrics(&out).iter().zip(&want).enumerate() {
+        let got = metrics(&out);
+        assert_eq!(got.len(), want.len(), "{first} then {second}: epochs in metrics.csv");
+        for (epoch, ((tl, vl), (wtl, wvl))) in got.iter().zip(&want).enumerate() {
             eprintln!(
                 "{first} then {second}, epoch {}: train loss {tl} vs {wtl}, val loss {vl} vs {wvl}",
                 epoch + 1

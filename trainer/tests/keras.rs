@@ -235,7 +235,7 @@ fn cancernet_loss_adagrad_and_decay_match_keras() {
             &eval,
             &numbers(&g["eval_logits"]),
             1.0
-        ) < 1e-4
+        ) < 1e-6
     );
     let train = logits(model.forward(x.clone()));
     assert!(
@@ -244,7 +244,7 @@ fn cancernet_loss_adagrad_and_decay_match_keras() {
             &train,
             &numbers(&g["train_logits"]),
             1.0
-        ) < 1e-4
+        ) < 4e-5
     );
 
     // Training mode moved the running statistics: the steps start from the formula again.
@@ -258,7 +258,7 @@ fn cancernet_loss_adagrad_and_decay_match_keras() {
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         model = optim.step(cfg.learning_rate_at(t, 100), model, grads);
     }
-    assert!(worst("losses", &losses, &numbers(&g["losses"]), 0.0) < 1e-5);
+    assert!(worst("losses", &losses, &numbers(&g["losses"]), 0.0) < 6e-6);
     let after = logits(model.valid().forward(x.inner()));
     assert!(
         worst(
@@ -266,7 +266,7 @@ fn cancernet_loss_adagrad_and_decay_match_keras() {
             &after,
             &numbers(&g["after_eval_logits"]),
             1.0
-        ) < 1e-4
+        ) < 3e-6
     );
     let sums: Vec<f64> = tensors(&model).iter().flat_map(|t| checksums(t)).collect();
     let want: Vec<f64> = names
