@@ -738,7 +738,11 @@ fn resume_across_devices(flag: &str, tolerance: f64) {
             "{resumed}"
         );
         let got = metrics(&out);
-        assert_eq!(got.len(), want.len(), "{first} then {second}: epochs in metrics.csv");
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{first} then {second}: epochs in metrics.csv"
+        );
         for (epoch, ((tl, vl), (wtl, wvl))) in got.iter().zip(&want).enumerate() {
             eprintln!(
                 "{first} then {second}, epoch {}: train loss {tl} vs {wtl}, val loss {vl} vs {wvl}",
