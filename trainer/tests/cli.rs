@@ -453,7 +453,8 @@ fn every_skipped_file_is_named_in_the_log_and_the_run_files() {
 
 /// A loss that is not a number stops the run at once, exit status 2, naming where, with nothing
 /// written for the epoch it was in. Class weights near f32's largest value make the very first
-/// batch's loss overflow to infinity (a weight that large is valid YAML and a positive number).
+/// batch's loss overflow to infinity (a weight that large is valid YAML and a positive number);
+/// a NaN output bias in a checkpoint makes a resumed run's loss NaN.
 #[test]
 fn a_loss_that_is_not_a_number_stops_the_run() {
     let tmp = tempfile::tempdir().unwrap();
@@ -482,6 +483,52 @@ fn a_loss_that_is_not_a_number_stops_the_run() {
     );
     assert!(!out.join("checkpoints/epoch-001").exists());
     assert!(!out.join("test_report.json").exists());
+
+    // NaN too, later in a run: resumed from a checkpoint whose output layer's bias is NaN, the
+    // run stops at its first batch, the checkpoint it resumed from left as it was.
+    use burn::config::Config;
+    use burn::module::{Module, Param};
+    type Cpu = burn::backend::Flex;
+    let nan = tmp.path().join("nan");
+    let n = nan.to_str().unwrap();
+    let cfg = config.to_str().unwrap();
+    ok(&trainer(&[
+        "--config",
+        cfg,
+        "--output",
+        n,
+        "--quiet",
+        "--stop-after",
+        "1",
+    ]));
+    let run = trainer::checkpoint::RunDir { root: nan.clone() };
+    let epoch1 = run.epoch_dir(1);
+    let device = Default::default();
+    let model_cfg =
+        models::CancerNetConfig::load(nan.join(trainer::checkpoint::MODEL_CONFIG_FILE)).unwrap();
+    let mut model = run
+        .load_model(model_cfg.init::<Cpu>(&device), &epoch1, &device)
+        .unwrap();
+    let bias = model.head.bias.take().unwrap();
+    let nans = burn::tensor::Tensor::full(bias.dims(), f32::NAN, &device);
+    model.head.bias = Some(Param::initialized(bias.id, nans));
+    model
+        .save_file(epoch1.join("model"), &trainer::checkpoint::recorder())
+        .unwrap();
+    let saved = std::fs::read(epoch1.join(trainer::checkpoint::MODEL_FILE)).unwrap();
+    let o = trainer(&["--config", cfg, "--output", n, "--quiet", "--resume"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(
+        err.trim(),
+        "error: loss became NaN at epoch 2, step 6 (batch 0); lower train.learning_rate (or \
+         train.class_weights, when set by hand)"
+    );
+    assert!(!nan.join("checkpoints/epoch-002").exists());
+    assert_eq!(
+        std::fs::read(epoch1.join(trainer::checkpoint::MODEL_FILE)).unwrap(),
+        saved
+    );
 }
 
 #[test]
