@@ -2,8 +2,8 @@
 //!
 //! Each works plane by plane (one `h x w` image of one channel of one sample), in parallel over
 //! the planes with rayon (BatchNorm over the channels, a channel's planes together), and writes
-//! its result into a fresh buffer. `fast_ops` wraps them as burn
-//! operations with their own backward; its tests check values and gradients against burn's ops.
+//! its result into a fresh buffer. `fast_ops` wraps them as burn operations with their own
+//! backward; its tests check values and gradients against burn's ops.
 //!
 //! The public kernels are compiled twice, for AVX2 + FMA and for baseline x86-64, and pick one
 //! at run time (`multiversion`). Closures defined inside a kernel inherit its target features,
