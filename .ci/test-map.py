@@ -2,6 +2,7 @@
 it: `make test` runs this, so the map from each promise to its test cannot point at nothing.
 A cell names a file (`cli.rs`, `trainer/src/config/tests.rs`: any tracked file whose path ends
 so), then its tests (`snake_case` names); text in parentheses is commentary and not read."""
+import functools
 import re
 import subprocess
 import sys
@@ -13,8 +14,6 @@ FILES = subprocess.run(["git", "ls-files", "*.rs", "*.py", "*.sh"], cwd=ROOT, ch
                        capture_output=True, text=True).stdout.split()
 NAME = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)+")
 SOURCE = re.compile(r"[\w./-]+\.(rs|py|sh)")
-
-
 INTERVAL = re.compile(r"[(\[] *-?[\d.e]+ *, *-?[\d.e]+ *[)\]]")  # (0, 4], [0, 1): not parentheses
 
 
@@ -29,8 +28,13 @@ def without_parentheses(text: str) -> str:
     return "".join(out)
 
 
+@functools.cache
+def source(path: str) -> str:
+    return (ROOT / path).read_text()
+
+
 def defines(path: str, name: str) -> bool:
-    return re.search(rf"\bfn {name}\b|\bdef {name}\b", (ROOT / path).read_text()) is not None
+    return re.search(rf"\bfn {name}\b|\bdef {name}\b", source(path)) is not None
 
 
 problems, checked = [], 0

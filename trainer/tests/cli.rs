@@ -474,13 +474,19 @@ fn a_loss_that_is_not_a_number_stops_the_run() {
         out.to_str().unwrap(),
         "--quiet",
     ]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert_eq!(
-        err.trim(),
-        "error: loss became inf at epoch 1, step 0 (batch 0); lower train.learning_rate (or \
-         train.class_weights, when set by hand)"
-    );
+    // Exit status 2 and the whole message, `at` saying what the loss became and where.
+    let stopped = |o: &Output, at: &str| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert_eq!(
+            err.trim(),
+            format!(
+                "error: loss became {at} (batch 0); lower train.learning_rate (or \
+                 train.class_weights, when set by hand)"
+            )
+        );
+    };
+    stopped(&o, "inf at epoch 1, step 0");
     assert!(!out.join("checkpoints/epoch-001").exists());
     assert!(!out.join("test_report.json").exists());
 
@@ -517,13 +523,7 @@ fn a_loss_that_is_not_a_number_stops_the_run() {
         .unwrap();
     let saved = std::fs::read(epoch1.join(trainer::checkpoint::MODEL_FILE)).unwrap();
     let o = trainer(&["--config", cfg, "--output", n, "--quiet", "--resume"]);
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert_eq!(
-        err.trim(),
-        "error: loss became NaN at epoch 2, step 6 (batch 0); lower train.learning_rate (or \
-         train.class_weights, when set by hand)"
-    );
+    stopped(&o, "NaN at epoch 2, step 6");
     assert!(!nan.join("checkpoints/epoch-002").exists());
     assert_eq!(
         std::fs::read(epoch1.join(trainer::checkpoint::MODEL_FILE)).unwrap(),
