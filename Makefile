@@ -40,8 +40,9 @@ demo: venv build
 # says what is missing. A test whose precondition is missing (the real patches in ../shared/data,
 # a Vulkan device, setpriv, a C compiler) fails: `make test IDC_REQUIRE_ALL=0` runs the rest and
 # lists what it skipped. Then one line counts what ran; the tests the docs name checked to exist;
-# docs/mutants.md checked against its record; a smoke run of the per-op GPU benchmark, and the
-# dependency check.
+# docs/mutants.md checked against its record; a smoke run of the per-op GPU benchmark; every
+# CUDA kernel compiled by NVRTC and ptxas for the H100/H200 (bench/nvrtc-check.sh, nothing runs),
+# and the dependency check.
 GPU_FEATURES := --features trainer/wgpu,trainer/cuda
 IDC_REQUIRE_ALL ?= 1
 export IDC_REQUIRE_ALL
@@ -61,6 +62,8 @@ test: venv
 	# docs/mutants.md is generated: it must say which files changed since their mutation results.
 	python3 mutants/run.py --summary >/dev/null && git diff --exit-code -- docs/mutants.md
 	BATCHES=4 REPS=1 $(CARGO) bench --workspace $(GPU_FEATURES) --bench gpu_ops
+	# Every CUDA kernel of a training run and of the bench, compiled for sm_90a without a GPU.
+	bench/nvrtc-check.sh
 	$(MAKE) deny
 
 # Dependency hygiene (deny.toml: crates.io only, allowed licenses, no wildcards), checked offline

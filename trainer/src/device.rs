@@ -3,8 +3,8 @@
 //! CUDA and wgpu runs share every line of the training path.
 //!
 //! - `cpu`: burn's `flex` backend (with the project's fused CPU kernels).
-//! - `cuda`: burn's CUDA backend (cubecl; libcuda and NVRTC loaded at run time), with
-//!   `--features cuda`.
+//! - `cuda`: burn's CUDA backend (cubecl; libcuda and NVRTC loaded at run time, the kernels
+//!   compiled against the CUDA headers), with `--features cuda`.
 //! - `wgpu`: burn's wgpu backend (cubecl's WGSL kernels through Vulkan, Metal or DX12), with
 //!   `--features wgpu`. Any GPU with such a driver, or Mesa's lavapipe, a Vulkan device on the CPU
 //!   (Debian: `mesa-vulkan-drivers`), on which CI runs the GPU code path.
@@ -53,7 +53,7 @@ pub mod cuda {
     const NVRTC: [&str; 3] = ["libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12"];
 
     /// The first GPU's name and how many the NVIDIA driver sees, or what is missing: the driver,
-    /// a GPU, NVRTC.
+    /// a GPU, NVRTC, the CUDA headers.
     /// burn's backend panics on a missing part, on a thread of its own, and the panic reaches
     /// the caller as a bare `RecvError`: each part is asked for here first.
     fn probe() -> std::result::Result<(String, i32), String> {
@@ -114,8 +114,30 @@ pub mod cuda {
                     NVRTC.join(", ")
                 ));
             }
+            headers()?;
             Ok((name, gpus))
         }
+    }
+
+    /// The header every kernel burn's CUDA backend compiles includes, where the backend looks for
+    /// it (cubecl's lookup: CUDA_PATH, else /usr/local/cuda, /opt/cuda, /usr); without it the
+    /// backend panics at its first kernel.
+    fn headers() -> std::result::Result<(), String> {
+        let root = cubecl::cuda::install::cuda_path();
+        let header = root.as_ref().map(|r| r.join("include/cuda_runtime.h"));
+        if header.as_ref().is_some_and(|h| h.is_file()) {
+            return Ok(());
+        }
+        let looked = match header {
+            Some(h) => format!("{} is not there", h.display()),
+            None => "no CUDA_PATH, /usr/local/cuda, /opt/cuda or /usr/bin/nvcc".into(),
+        };
+        Err(format!(
+            "burn's CUDA backend compiles its kernels against the CUDA headers, and {looked}: \
+             install the CUDA toolkit's headers (NVIDIA's `cuda-cudart-dev-13-0` package, or `pip \
+             install nvidia-cuda-runtime nvidia-cuda-crt`) and set CUDA_PATH to the folder whose \
+             include/ holds them (/usr/local/cuda by default)"
+        ))
     }
 }
 

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Every CUDA kernel that a training run and the per-op benchmark launch, compiled for the H100's
+# and H200's architecture (sm_90a) on a machine without a GPU. burn's CUDA backend writes each
+# kernel's CUDA C++ as it would on a GPU, the real NVRTC 13.0 compiles it and the real ptxas
+# assembles the PTX; the GPU itself is a compile-only driver (bench/nvrtc-check/libcuda.c) that
+# runs nothing. So this proves that the kernels compile for sm_90, fit its launch limits, and
+# what registers they use -- not that they compute the right thing, nor how fast: that takes a
+# GPU (bench/gpu.sh). The numbers the runs below print are meaningless and stay in the logs.
+# It also checks that `trainer --device cuda` names a missing NVRTC and missing CUDA headers.
+#
+# Needs: the trainer and the gpu_ops bench built with --features cuda (`make test` builds both
+# before it runs this), a C compiler, and .venv-nvrtc (bench/requirements-nvrtc.txt, ~130 MB from
+# PyPI, made on first use). Logs and PTX in target/nvrtc-check/. About a minute on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+make --quiet .venv-nvrtc/.installed
+DIR=$PWD/target/nvrtc-check
+BIN=$PWD/target/release
+rm -rf "$DIR" && mkdir -p "$DIR/lib" "$DIR/empty"
+fail() { echo "nvrtc check FAILED: $*" >&2; exit 1; }
+cc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$DIR/lib/libcuda.so.1" bench/nvrtc-check/libcuda.c
+CUDA=$(echo "$PWD"/.venv-nvrtc/lib/python3*/site-packages/nvidia/cu13)
+[ -f "$CUDA/include/cuda_runtime.h" ] || fail "no CUDA headers in $CUDA/include"
+# Built before CUDA_PATH is set: cudarc's build script reads it, and would rebuild burn's backend.
+BENCH=$(cargo bench --workspace --features trainer/wgpu,trainer/cuda --bench gpu_ops --no-run 2>&1 |
+  sed -n 's/.*Executable .* (\(.*\))$/\1/p')
+[ -x "$BENCH" ] || fail "the gpu_ops bench did not build"
+# A command on the compile-only GPU ($1 names the run): its PTX modules, launches and the CUDA
+# C++ burn's backend wrote (kernels.log) in $DIR/$1/.
+on_cuda() {
+  local run=$DIR/$1; shift
+  mkdir -p "$run"
+  CUDA_PATH=$CUDA NVRTC_CHECK_DIR=$run CUBECL_DEBUG_LOG=$run/kernels.log \
+    LD_LIBRARY_PATH=$DIR/lib:$CUDA/lib "$@" >"$run/output.log" 2>&1
+}
+# What a user without NVRTC or without the headers is told (the probe stops before any kernel).
+echo "data:
+  root: $DIR/idc
+train:
+  epochs: 1
+  batch_size: 32
+device: cuda" >"$DIR/config.yaml"
+expect_error() { # $1: what the error must say; the rest: the environment to run in
+  local want=$1; shift
+  if env "$@" "$BIN/trainer" --config "$DIR/config.yaml" --output "$DIR/none" >"$DIR/probe.log" 2>&1 ||
+    ! grep -q "CUDA cannot be used here: .*$want" "$DIR/probe.log"; then
+    fail "trainer --device cuda with $* should say '$want': $(cat "$DIR/probe.log")"
+  fi
+}
+if ! ldconfig -p | grep -q libnvrtc; then # (a machine with NVRTC installed finds it anyway)
+  expect_error "NVRTC, which burn's CUDA backend compiles its kernels with, cannot be loaded" \
+    LD_LIBRARY_PATH="$DIR/lib" CUDA_PATH="$CUDA"
+fi
+expect_error "$DIR/empty/include/cuda_runtime.h is not there" \
+  LD_LIBRARY_PATH="$DIR/lib:$CUDA/lib" CUDA_PATH="$DIR/empty"
+
+"$BIN/datasets" synth --patients 6 --mean-patches 40 --out "$DIR/orig" >/dev/null
+"$BIN/datasets" build --source "$DIR/orig" --out "$DIR/idc" >/dev/null
+on_cuda trainer "$BIN/trainer" --config "$DIR/config.yaml" --output "$DIR/run" ||
+  fail "trainer --device cuda (target/nvrtc-check/trainer/output.log)"
+on_cuda gpu_ops env DEVICES=cuda BATCHES=4 REPS=1 "$BENCH" --bench ||
+  fail "the gpu_ops bench on cuda (target/nvrtc-check/gpu_ops/output.log)"
+# burn's backend reports a kernel that does not compile, or a driver call it lacks, as a panic
+# on its own thread, which a run may survive: any is a failure here.
+if grep -h -A3 "panicked" "$DIR"/{trainer,gpu_ops}/output.log; then
+  fail "a panic on the CUDA backend (above; logs in target/nvrtc-check/)"
+fi
+for ptx in "$DIR"/{trainer,gpu_ops}/*.ptx; do
+  "$CUDA/bin/ptxas" -arch=sm_90a -v "$ptx" -o /dev/null >"${ptx%.ptx}.ptxas" 2>&1 ||
+    fail "ptxas rejects $ptx ($(cat "${ptx%.ptx}.ptxas"))"
+done
+python3 bench/nvrtc-check/summary.py "$DIR"/trainer "$DIR"/gpu_ops
