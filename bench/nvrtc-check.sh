@@ -60,13 +60,28 @@ on_cuda trainer "$BIN/trainer" --config "$DIR/config.yaml" --output "$DIR/run" |
   fail "trainer --device cuda (target/nvrtc-check/trainer/output.log)"
 on_cuda gpu_ops env DEVICES=cuda BATCHES=4 REPS=1 "$BENCH" --bench ||
   fail "the gpu_ops bench on cuda (target/nvrtc-check/gpu_ops/output.log)"
+# The kernel launches of one training step at batch 32 (forward, loss, backward, Adagrad), with
+# burn's ops and with CancerNet's own: runs of 1 and 2 timed steps (after one warm-up), differenced.
+# (burn's autotuned ops pick by timing; here every time is 0, so they pick as no GPU would.)
+STEPS=()
+for kernels in burn fast; do
+  for reps in 1 2; do
+    on_cuda "step-$kernels-$reps" env DEVICES=cuda BATCHES=32 REPS=$reps KERNELS=$kernels PARTS=step \
+      "$BENCH" --bench || fail "the gpu_ops bench's step on cuda (target/nvrtc-check/step-$kernels-$reps/)"
+  done
+  STEPS+=($(($(wc -l <"$DIR/step-$kernels-2/launches.tsv") - $(wc -l <"$DIR/step-$kernels-1/launches.tsv"))))
+done
 # burn's backend reports a kernel that does not compile, or a driver call it lacks, as a panic
 # on its own thread, which a run may survive: any is a failure here.
-if grep -h -A3 "panicked" "$DIR"/{trainer,gpu_ops}/output.log; then
+RUNS=("$DIR"/{trainer,gpu_ops,step-*})
+if grep -h -A3 "panicked" "${RUNS[@]/%//output.log}"; then
   fail "a panic on the CUDA backend (above; logs in target/nvrtc-check/)"
 fi
-for ptx in "$DIR"/{trainer,gpu_ops}/*.ptx; do
-  "$CUDA/bin/ptxas" -arch=sm_90a -v "$ptx" -o /dev/null >"${ptx%.ptx}.ptxas" 2>&1 ||
-    fail "ptxas rejects $ptx ($(cat "${ptx%.ptx}.ptxas"))"
+for run in "${RUNS[@]}"; do
+  for ptx in "$run"/*.ptx; do
+    "$CUDA/bin/ptxas" -arch=sm_90a -v "$ptx" -o /dev/null >"${ptx%.ptx}.ptxas" 2>&1 ||
+      fail "ptxas rejects $ptx ($(cat "${ptx%.ptx}.ptxas"))"
+  done
 done
-python3 bench/nvrtc-check/summary.py "$DIR"/trainer "$DIR"/gpu_ops
+python3 bench/nvrtc-check/summary.py "${RUNS[@]}"
+echo "kernel launches in one training step at batch 32: ${STEPS[0]} with burn's ops, ${STEPS[1]} with CancerNet's own"

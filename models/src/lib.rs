@@ -66,6 +66,15 @@ pub mod cube {
         Err((bn, z, Some(p)))
     }
 
+    /// An Adagrad update's parameter, gradient, accumulator, learning rate and epsilon.
+    type AdagradInputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>, f32, f32);
+
+    pub fn adagrad<B: Backend, const D: usize>(
+        inputs: AdagradInputs<B, D>,
+    ) -> Result<(Tensor<B, D>, Tensor<B, D>), AdagradInputs<B, D>> {
+        Err(inputs)
+    }
+
     pub fn serves<B: Backend>() -> bool {
         false
     }

@@ -7,7 +7,9 @@
 //! Run: cargo bench -p trainer --features wgpu,cuda --bench gpu_ops
 //! Env: BATCHES (default "32,256"), REPS (timed repetitions, default 5), DEVICES (default
 //! "cpu,wgpu,cuda"; those the build or the machine lacks are reported and skipped), KERNELS
-//! (default "burn,fast"; "fast" alone leaves burn's columns at 0, for quicker runs).
+//! (default "burn,fast"; "fast" alone leaves burn's columns at 0, for quicker runs), PARTS (default
+//! "layers,forward,step": the layer kinds, the whole model's forward, the training step; those
+//! left out read 0; bench/nvrtc-check.sh counts one step's kernel launches with PARTS=step).
 //! Each repetition waits for the device (`Backend::sync`), so a time is a latency, launches
 //! included.
 
@@ -93,7 +95,8 @@ fn layer_rows<B: AutodiffBackend>(device: &B::Device, batch: usize, reps: usize)
         rows[at].1[col] += t.0;
         rows[at].1[col + 1] += t.1;
     };
-    for u in units(&cfg) {
+    let units = if part("layers") { units(&cfg) } else { vec![] };
+    for u in units {
         let dw: Conv2d<B> = Conv2dConfig::new([u.c_in, u.c_in], [3, 3])
             .with_groups(u.c_in)
             .with_padding(PaddingConfig2d::Same)
@@ -157,7 +160,13 @@ fn step_times<B: AutodiffBackend>(
         device,
     );
     let labels: Vec<u8> = (0..batch).map(|i| (i % 2) as u8).collect();
-    let fwd = seconds::<B>(device, reps, || drop(model.forward_with(x.clone(), k)));
+    let mut fwd = 0.0;
+    if part("forward") {
+        fwd = seconds::<B>(device, reps, || drop(model.forward_with(x.clone(), k)));
+    }
+    if !part("step") {
+        return (fwd, 0.0);
+    }
     let step = seconds::<B>(device, reps, || {
         let loss = weighted_loss(
             model.forward_with(x.clone(), k),
@@ -187,7 +196,7 @@ fn print(device: &str, batch: usize, rows: &[Row]) {
             t[1] / t[3]
         );
     }
-    if let Some((_, t)) = rows.last() {
+    if let Some((_, t)) = rows.last().filter(|(_, t)| t[1] > 0.0 && t[3] > 0.0) {
         println!(
             "training step: {:.0} img/s with burn's ops, {:.0} img/s with CancerNet's own",
             batch as f64 / t[1],
@@ -200,6 +209,13 @@ fn run<B: AutodiffBackend>(label: &str, device: B::Device, batches: &[usize], re
     for &batch in batches {
         print(label, batch, &layer_rows::<B>(&device, batch, reps));
     }
+}
+
+/// Whether PARTS names `name`.
+fn part(name: &str) -> bool {
+    env_or("PARTS", "layers,forward,step")
+        .split(',')
+        .any(|p| p.trim() == name)
 }
 
 /// The implementations KERNELS names.

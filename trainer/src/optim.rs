@@ -41,26 +41,28 @@ impl<B: Backend> SimpleOptimizer<B> for KerasAdagrad {
             Some(s) => s.accumulator,
             None => grad.zeros_like().add_scalar(self.initial_accumulator),
         };
-        // On the flex CPU backend, one pass over the three tensors instead of seven ops.
+        // On the flex CPU backend, and with the GPU kernel on burn's cubecl backends, one pass
+        // over the three tensors instead of seven ops.
+        let (lr32, eps32) = (lr as f32, self.epsilon as f32);
+        let state = |accumulator| Some(AdagradState { accumulator });
         let fused =
             cast::<_, (Tensor<Flex, D>, Tensor<Flex, D>, Tensor<Flex, D>)>((tensor, grad, acc));
         let (tensor, grad, acc) = match fused {
             Ok((p, g, a)) => {
-                let (p, a) = adagrad_flex(p, g, a, lr as f32, self.epsilon as f32);
-                return (
-                    same(p),
-                    Some(AdagradState {
-                        accumulator: same(a),
-                    }),
-                );
+                let (p, a) = adagrad_flex(p, g, a, lr32, eps32);
+                return (same(p), state(same(a)));
             }
             Err(unfused) => unfused,
+        };
+        let (tensor, grad, acc) = match models::cube::adagrad((tensor, grad, acc, lr32, eps32)) {
+            Ok((p, a)) => return (p, state(a)),
+            Err((p, g, a, _, _)) => (p, g, a),
         };
         let acc = acc + grad.clone().powi_scalar(2);
         let update = grad
             .div(acc.clone().sqrt().add_scalar(self.epsilon))
             .mul_scalar(lr);
-        (tensor - update, Some(AdagradState { accumulator: acc }))
+        (tensor - update, state(acc))
     }
 
     fn to_device<const D: usize>(state: Self::State<D>, device: &B::Device) -> Self::State<D> {

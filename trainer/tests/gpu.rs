@@ -215,7 +215,7 @@ fn check<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor
 /// The device's own kernels (`models::cube`) against burn's own ops on the CPU (flex, f32), from
 /// the same data: outputs and the gradients of every input, for the depthwise convolution, the
 /// pointwise convolution, the dense layer and ReLU + BatchNorm (training and inference, running
-/// statistics included), on CancerNet's shapes and on edge shapes (planes of
+/// statistics included) and the trainer's Adagrad update, on CancerNet's shapes and on edge shapes (planes of
 /// one row or column, one image, channel counts that fill no tile). Both compute in f32, so the
 /// tolerance is f32's, on every device: 1e-5 of the largest value. Measured on lavapipe: at most
 /// 4e-6 (filter gradients, sums over whole batches); a tap read from the wrong neighbour, a lost
@@ -370,6 +370,35 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
                 b.grad(&g).unwrap(),
                 cb.grad(&cg).unwrap(),
             ));
+    }
+    // Keras' Adagrad, the trainer's optimizer, takes the device's kernel: two updates from a
+    // fresh accumulator against the CPU's, on a length read in vectors of 4 (36) and an odd one.
+    {
+        use burn::optim::SimpleOptimizer;
+        type Inner<B> = <B as AutodiffBackend>::InnerBackend;
+        let opt = KerasAdagrad {
+            initial_accumulator: 0.1,
+            epsilon: 1e-7,
+        };
+        for dims in [[4, 9], [3, 5]] {
+            let (p, g) = (next(&dims), next(&dims));
+            let on = |d: &TensorData| Tensor::<Inner<B>, 2>::from_data(d.clone(), &device);
+            let off = |d: &TensorData| Tensor::<Flex, 2>::from_data(d.clone(), &cpu);
+            assert!(
+                models::cube::adagrad((on(&p), on(&g), on(&g), 0.01, 1e-7)).is_ok(),
+                "Adagrad does not use the device's kernel on this backend"
+            );
+            let (dp, ds) = opt.step(0.01, on(&p), on(&g), None);
+            let (dp, ds) = opt.step(0.02, dp, on(&g), ds);
+            let (cp, cs) = opt.step(0.01, off(&p), off(&g), None);
+            let (cp, cs) = opt.step(0.02, cp, off(&g), cs);
+            let what = |t: &str| format!("adagrad {dims:?}: {t}");
+            worst = worst.max(check(&what("parameter"), dp, cp)).max(check(
+                &what("accumulator"),
+                ds.unwrap().accumulator,
+                cs.unwrap().accumulator,
+            ));
+        }
     }
     eprintln!(
         "the device's kernels vs burn's ops on the CPU: worst relative difference {worst:.1e}"

@@ -2,7 +2,7 @@
 //! autodiff backward, used by `fast_ops` wherever the model runs on one of those backends, as
 //! the CPU kernels are on flex: the depthwise 3x3 convolution (`depthwise`), the pointwise
 //! convolution and dense layers (`pointwise`), ReLU + BatchNorm (`batch_norm`), and a block's
-//! max-pool + dropout after it (`pool`).
+//! max-pool + dropout after it (`pool`); and the trainer's Keras Adagrad update (`adagrad`).
 //!
 //! Why: burn-cubecl 0.21 computes a grouped convolution's filter gradient with one host-side
 //! convolution per channel (419 in CancerNet), each summing the whole batch on 9 threads; that
@@ -10,6 +10,7 @@
 //! NVIDIA tensor cores, so a CUDA run could not be compared with a CPU run closely; these
 //! kernels compute in f32 everywhere. See docs/performance.md.
 
+mod adagrad;
 mod batch_norm;
 mod depthwise;
 mod pointwise;
@@ -95,6 +96,15 @@ pub fn relu_batch_norm_pool<'a, B: Backend>(
     p: f32,
 ) -> Result<Tensor<B, 4>, batch_norm::Inputs<'a, B>> {
     Err(on_each_backend!(batch_norm::on, (bn, z, Some(p))))
+}
+
+/// Keras' Adagrad update of a parameter `p`, its gradient `g` and accumulator `a` (`a += g^2;
+/// p -= lr * g / (sqrt(a) + epsilon)`): the new `(p, a)` when `B` is a cubecl backend of this
+/// build, else the inputs back.
+pub fn adagrad<B: Backend, const D: usize>(
+    inputs: adagrad::Inputs<B, D>,
+) -> Result<(Tensor<B, D>, Tensor<B, D>), adagrad::Inputs<B, D>> {
+    Err(on_each_backend!(adagrad::on<D>, inputs))
 }
 
 /// Whether the model's layers on `B` run these kernels (a test and the trainer's header ask).
