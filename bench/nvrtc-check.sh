@@ -6,32 +6,45 @@
 # runs nothing. So this proves that the kernels compile for sm_90, fit its launch limits, and
 # what registers they use -- not that they compute the right thing, nor how fast: that takes a
 # GPU (bench/gpu.sh). The numbers the runs below print are meaningless and stay in the logs.
+# It compiles the kernels these runs launch (batch 4 and 32), not every shape a user could ask.
 # It also checks that `trainer --device cuda` names a missing NVRTC and missing CUDA headers.
 #
-# Needs: the trainer and the gpu_ops bench built with --features cuda (`make test` builds both
-# before it runs this), a C compiler, and .venv-nvrtc (bench/requirements-nvrtc.txt, ~130 MB from
-# PyPI, made on first use). Logs and PTX in target/nvrtc-check/. About a minute on 2 cores.
+# Builds the gpu_ops bench, and with it the trainer, with --features cuda (as `make test` has
+# before it runs this). Needs a C compiler and .venv-nvrtc (bench/requirements-nvrtc.txt, ~130 MB from
+# PyPI, ~500 MB installed, made on first use). Logs and PTX in target/nvrtc-check/. About a
+# minute on 2 cores once built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make --quiet .venv-nvrtc/.installed
 DIR=$PWD/target/nvrtc-check
 BIN=$PWD/target/release
-rm -rf "$DIR" && mkdir -p "$DIR/lib" "$DIR/empty"
+rm -rf "$DIR" && mkdir -p "$DIR/driver" "$DIR/nvrtc" "$DIR/empty"
 fail() { echo "nvrtc check FAILED: $*" >&2; exit 1; }
-cc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$DIR/lib/libcuda.so.1" bench/nvrtc-check/libcuda.c
 CUDA=$(echo "$PWD"/.venv-nvrtc/lib/python3*/site-packages/nvidia/cu13)
 [ -f "$CUDA/include/cuda_runtime.h" ] || fail "no CUDA headers in $CUDA/include"
+# The compile-only driver and the pinned NVRTC under every name cudarc tries first, so that no
+# driver or NVRTC installed on the machine is loaded instead.
+cc -shared -fPIC -O2 -Wall -Wextra -Werror -o "$DIR/driver/libcuda.so.1" bench/nvrtc-check/libcuda.c
+ln -s libcuda.so.1 "$DIR/driver/libcuda.so"
+for name in libnvrtc.so libnvrtc.so.13; do ln -s "$CUDA/lib/libnvrtc.so.13" "$DIR/nvrtc/$name"; done
 # Built before CUDA_PATH is set: cudarc's build script reads it, and would rebuild burn's backend.
-BENCH=$(cargo bench --workspace --features trainer/wgpu,trainer/cuda --bench gpu_ops --no-run 2>&1 |
-  sed -n 's/.*Executable .* (\(.*\))$/\1/p')
-[ -x "$BENCH" ] || fail "the gpu_ops bench did not build"
+cargo bench --workspace --features trainer/wgpu,trainer/cuda --bench gpu_ops --no-run \
+  --message-format=json >"$DIR/build.json"
+BENCH=$(python3 -c 'import json, sys
+for line in open(sys.argv[1]):
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_ops":
+        print(m["executable"])' "$DIR/build.json")
+[ -x "$BENCH" ] || fail "no gpu_ops bench in cargo's messages ($DIR/build.json)"
 # A command on the compile-only GPU ($1 names the run): its PTX modules, launches and the CUDA
 # C++ burn's backend wrote (kernels.log) in $DIR/$1/.
 on_cuda() {
   local run=$DIR/$1; shift
   mkdir -p "$run"
   CUDA_PATH=$CUDA NVRTC_CHECK_DIR=$run CUBECL_DEBUG_LOG=$run/kernels.log \
-    LD_LIBRARY_PATH=$DIR/lib:$CUDA/lib "$@" >"$run/output.log" 2>&1
+    LD_LIBRARY_PATH=$DIR/driver:$DIR/nvrtc:$CUDA/lib "$@" >"$run/output.log" 2>&1 || return 1
+  # A run that fell back from CUDA, or compiled nothing, did not check anything.
+  ! grep -q "cuda: not measured" "$run/output.log" && [ -s "$run/kernels.log" ] && [ -s "$run/launches.tsv" ]
 }
 # What a user without NVRTC or without the headers is told (the probe stops before any kernel).
 echo "data:
@@ -47,12 +60,16 @@ expect_error() { # $1: what the error must say; the rest: the environment to run
     fail "trainer --device cuda with $* should say '$want': $(cat "$DIR/probe.log")"
   fi
 }
-if ! ldconfig -p | grep -q libnvrtc; then # (a machine with NVRTC installed finds it anyway)
+# (A machine with NVRTC installed finds it anyway.)
+if ! PATH=$PATH:/sbin:/usr/sbin ldconfig -p 2>/dev/null | grep libnvrtc >/dev/null; then
   expect_error "NVRTC, which burn's CUDA backend compiles its kernels with, cannot be loaded" \
-    LD_LIBRARY_PATH="$DIR/lib" CUDA_PATH="$CUDA"
+    LD_LIBRARY_PATH="$DIR/driver" CUDA_PATH="$CUDA"
 fi
 expect_error "$DIR/empty/include/cuda_runtime.h is not there" \
-  LD_LIBRARY_PATH="$DIR/lib:$CUDA/lib" CUDA_PATH="$DIR/empty"
+  LD_LIBRARY_PATH="$DIR/driver:$DIR/nvrtc" CUDA_PATH="$DIR/empty"
+mkdir -p "$DIR/no-crt/include" && ln -s "$CUDA/include/cuda_runtime.h" "$DIR/no-crt/include/"
+expect_error "$DIR/no-crt/include/crt/host_config.h is not there" \
+  LD_LIBRARY_PATH="$DIR/driver:$DIR/nvrtc" CUDA_PATH="$DIR/no-crt"
 
 "$BIN/datasets" synth --patients 6 --mean-patches 40 --out "$DIR/orig" >/dev/null
 "$BIN/datasets" build --source "$DIR/orig" --out "$DIR/idc" >/dev/null
@@ -62,7 +79,7 @@ on_cuda gpu_ops env DEVICES=cuda BATCHES=4 REPS=1 "$BENCH" --bench ||
   fail "the gpu_ops bench on cuda (target/nvrtc-check/gpu_ops/output.log)"
 # The kernel launches of one training step at batch 32 (forward, loss, backward, Adagrad), with
 # burn's ops and with CancerNet's own: runs of 1 and 2 timed steps (after one warm-up), differenced.
-# (burn's autotuned ops pick by timing; here every time is 0, so they pick as no GPU would.)
+# (burn's kernel choices do not depend on timings here: its autotune is not in this build.)
 STEPS=()
 for kernels in burn fast; do
   for reps in 1 2; do

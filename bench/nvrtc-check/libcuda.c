@@ -4,10 +4,11 @@
 // NVRTC for the device's architecture and hands the PTX to the driver. This library answers the
 // driver calls as an H100/H200 (sm_90, 132 SMs, 227 KiB of shared memory a block) would, keeps
 // "device" memory in host memory, writes each PTX module it is given to $NVRTC_CHECK_DIR and
-// logs each launch there (launches.tsv) -- and runs nothing: kernels leave their outputs as they
-// were. So a program run under it proves only that every kernel it launches is accepted by
-// NVRTC and by the launch checks for sm_90 (the PTX is then assembled by ptxas), never that a
-// kernel computes the right thing or how fast: that needs a GPU (bench/gpu.sh).
+// logs each launch there (launches.tsv), refuses a launch outside sm_90's limits -- and runs
+// nothing: kernels leave their outputs as they were. So a program run under it proves only that
+// every kernel it launches is accepted by NVRTC and fits sm_90's launch limits (the PTX is then
+// assembled by ptxas), never that a kernel computes the right thing or how fast: that needs a
+// GPU (bench/gpu.sh).
 //
 // Build: cc -shared -fPIC -O2 -o libcuda.so.1 libcuda.c (bench/nvrtc-check.sh does it).
 #include <stdio.h>
@@ -50,7 +51,7 @@ CUresult cuDeviceGetName(char *name, int len, CUdevice device) {
   return OK;
 }
 
-// The attributes cubecl-cuda asks for, as an H100 and an H200 report them (CUdevice_attribute
+// The attributes cubecl-cuda asks for, as an H100 SXM and an H200 report them (CUdevice_attribute
 // numbers from cuda.h); every other one is 0.
 CUresult cuDeviceGetAttribute(int *value, int attribute, CUdevice device) {
   (void)device;
@@ -226,12 +227,24 @@ CUresult cuFuncSetAttribute(CUhandle function, int attribute, int value) {
   return OK;
 }
 
-// One line a launch: module, kernel, grid, block, dynamic shared memory. Nothing runs.
+// A launch the real driver would refuse on sm_90, said on stderr; burn's backend fails the run.
+static CUresult refuse(const struct function *f, const char *why) {
+  fprintf(stderr, "compile-only driver: launch of %s refused: %s\n", f->name, why);
+  return INVALID_VALUE;
+}
+
+// One line a launch: module, kernel, grid, block, dynamic shared memory. Nothing runs. (Registers
+// times units, the one limit that needs the assembled kernel, summary.py checks with ptxas'.)
 CUresult cuLaunchKernel(CUhandle function, unsigned gx, unsigned gy, unsigned gz, unsigned bx,
                         unsigned by, unsigned bz, unsigned shared, CUhandle stream, void **params,
                         void **extra) {
   (void)stream; (void)params; (void)extra;
   struct function *f = function;
+  if (!gx || !gy || !gz || !bx || !by || !bz) return refuse(f, "an empty grid or cube");
+  if (gx > 2147483647u || gy > 65535 || gz > 65535) return refuse(f, "too many cubes");
+  if (bx > 1024 || by > 1024 || bz > 64 || bx * by * bz > 1024)
+    return refuse(f, "more than 1,024 units a cube");
+  if (shared > 232448) return refuse(f, "more than 227 KiB of shared memory");
   FILE *log = open_in_dir("launches.tsv", "a");
   if (log) {
     fprintf(log, "%04d\t%s\t%u,%u,%u\t%u,%u,%u\t%u\n", f->module, f->name, gx, gy, gz, bx, by, bz,

@@ -1,16 +1,21 @@
 """What bench/nvrtc-check.sh compiled: per run folder, the kernels burn's CUDA backend wrote
 (kernels.log, in compile order), their modules as the compile-only driver numbered them (NNNN.ptx,
 ptxas' report beside each in NNNN.ptxas) and its launches (launches.tsv). Prints one table of
-CancerNet's own kernels (models::cube) and a summary line; fails if the kernels and modules do
-not pair up, or if one of CancerNet's kernels spills registers on sm_90 (slow on a GPU: look at it).
+CancerNet's own kernels (models::cube) and a summary line, counting a kernel compiled in several
+runs once (by its PTX). Fails if the kernels and modules do not pair up, if a launch asks for more
+registers than an SM has (ptxas' count times the cube's units: the one launch limit the driver
+cannot see), or if one of CancerNet's kernels spills registers on sm_90 (slow on a GPU).
 """
 
+import hashlib
+import math
 import re
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 ENTRY = re.compile(r'extern "C" __global__ void\s*(?:__launch_bounds__\((\d+)\))?\s*(\w+)\s*\(')
+REGISTERS_PER_SM = 65536
 
 
 def kernels(run):
@@ -36,24 +41,33 @@ def ptxas(report):
     return regs, stores + loads, stack
 
 
+def registers(regs, threads):
+    """The registers a cube of `threads` units takes on an SM: allocated per warp of 32, in 256s."""
+    per_warp = -(-regs * 32 // 256) * 256
+    return -(-threads // 32) * per_warp
+
+
 def main(runs):
-    ours = defaultdict(lambda: {"variants": 0, "regs": 0, "spill": 0, "stack": 0, "threads": set(), "launches": 0})
-    modules = launches = 0
+    ours = defaultdict(lambda: {"ptx": set(), "regs": 0, "spill": 0, "stack": 0, "threads": set()})
+    distinct, distinct_ours = set(), set()
+    launches = 0
     problems = []
     for run in map(Path, runs):
         compiled = kernels(run)
-        ptx = sorted(run.glob("*.ptx"))
+        ptx = sorted(run.glob("*.ptx"), key=lambda p: int(p.stem))
         if len(ptx) != len(compiled):
             problems.append(f"{run}: {len(compiled)} kernels compiled but {len(ptx)} modules loaded")
             continue
-        modules += len(ptx)
-        by_module = {}
+        modules = {}
         for (rust, entry, threads), module in zip(compiled, ptx):
+            digest = hashlib.sha256(module.read_bytes()).hexdigest()
             regs, spill, stack = ptxas(module.with_suffix(".ptxas"))
-            by_module[module.stem] = (rust, entry)
+            modules[module.stem] = (rust, entry, regs)
+            distinct.add(digest)
             if rust.startswith("models::"):
+                distinct_ours.add(digest)
                 k = ours[entry]
-                k["variants"] += 1
+                k["ptx"].add(digest)
                 k["regs"] = max(k["regs"], regs)
                 k["spill"] = max(k["spill"], spill)
                 k["stack"] = max(k["stack"], stack)
@@ -61,26 +75,25 @@ def main(runs):
                 if spill:
                     problems.append(f"{rust} ({entry}, {module}) spills {spill} bytes on sm_90")
         for line in (run / "launches.tsv").read_text().splitlines():
-            module, entry = line.split("\t")[:2]
+            module, entry, _grid, block = line.split("\t")[:4]
             launches += 1
-            rust, compiled_entry = by_module[module]
+            rust, compiled_entry, regs = modules[module]
             if compiled_entry != entry:
                 problems.append(f"{run}: module {module} launched as {entry}, compiled as {compiled_entry}")
-            if rust.startswith("models::"):
-                ours[entry]["launches"] += 1
+            threads = math.prod(map(int, block.split(",")))
+            if registers(regs, threads) > REGISTERS_PER_SM:
+                problems.append(f"{rust} ({entry}): {regs} registers x {threads} units exceed an SM's")
     print("CancerNet's own CUDA kernels (models::cube) on sm_90a (ptxas; max over variants):")
-    print(f"{'kernel':<28} {'variants':>8} {'registers':>9} {'spill B':>7} {'stack B':>7} {'threads':>8} {'launches':>8}")
+    print(f"{'kernel':<28} {'variants':>8} {'registers':>9} {'spill B':>7} {'stack B':>7} {'units a cube':>13}")
     for entry, k in sorted(ours.items()):
         threads = ",".join(map(str, sorted(k["threads"])))
-        print(
-            f"{entry:<28} {k['variants']:>8} {k['regs']:>9} {k['spill']:>7} {k['stack']:>7} {threads:>8} {k['launches']:>8}"
-        )
-    for p in problems:
+        print(f"{entry:<28} {len(k['ptx']):>8} {k['regs']:>9} {k['spill']:>7} {k['stack']:>7} {threads:>13}")
+    for p in sorted(set(problems)):
         print("PROBLEM:", p)
     print(
-        f"nvrtc check: {modules} kernels ({sum(k['variants'] for k in ours.values())} of CancerNet's own) "
-        f"compiled by NVRTC and assembled by ptxas for sm_90a, {launches} launches accepted, "
-        f"{len(problems)} problems (nothing ran: compile-only driver)"
+        f"nvrtc check: {len(distinct)} distinct kernels ({len(distinct_ours)} of them CancerNet's own) "
+        f"compiled by NVRTC and assembled by ptxas for sm_90a, {launches} launches within sm_90's "
+        f"limits, {len(set(problems))} problems (nothing ran: compile-only driver)"
     )
     sys.exit(1 if problems or not ours else 0)
 

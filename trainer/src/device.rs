@@ -119,18 +119,21 @@ pub mod cuda {
         }
     }
 
-    /// The header every kernel burn's CUDA backend compiles includes, where the backend looks for
-    /// it (cubecl's lookup: CUDA_PATH, else /usr/local/cuda, /opt/cuda, /usr); without it the
+    /// The header every kernel burn's CUDA backend compiles includes, and the one it includes in
+    /// turn (from another package when installed from wheels), where the backend looks for them
+    /// (cubecl's lookup: CUDA_PATH, else /usr/local/cuda, /opt/cuda, /usr); without them the
     /// backend panics at its first kernel.
     fn headers() -> std::result::Result<(), String> {
-        let root = cubecl::cuda::install::cuda_path();
-        let header = root.as_ref().map(|r| r.join("include/cuda_runtime.h"));
-        if header.as_ref().is_some_and(|h| h.is_file()) {
-            return Ok(());
-        }
-        let looked = match header {
-            Some(h) => format!("{} is not there", h.display()),
-            None => "no CUDA_PATH, /usr/local/cuda, /opt/cuda or /usr/bin/nvcc".into(),
+        let looked = match cubecl::cuda::install::cuda_path() {
+            None => "no CUDA_PATH, /usr/local/cuda, /opt/cuda or /usr/bin/nvcc".to_string(),
+            Some(root) => match ["cuda_runtime.h", "crt/host_config.h"]
+                .iter()
+                .map(|h| root.join("include").join(h))
+                .find(|h| !h.is_file())
+            {
+                None => return Ok(()),
+                Some(h) => format!("{} is not there", h.display()),
+            },
         };
         Err(format!(
             "burn's CUDA backend compiles its kernels against the CUDA headers, and {looked}: \
