@@ -12,6 +12,10 @@
 #   run(command="cp .gpu/ort-cuda.partaa /tmp/", carry=[".gpu/ort-cuda.partaa"])  ... then gpu.sh
 # (gpu.sh joins /tmp/ort-cuda.part*; without them runtime's CUDA rows say "not run").
 # About 6 minutes on an H200, within one call's 10.
+# A dry run here, on bench/nvrtc-check.sh's compile-only driver (it runs no kernel: the CUDA
+# numbers are meaningless, the CUDA tests fail on values), checks the plumbing:
+#   D=target/nvrtc-check; CUDA=$(echo $PWD/.venv-nvrtc/lib/python3*/site-packages/nvidia/cu13)
+#   CUDA_PATH=$CUDA LD_LIBRARY_PATH=$D/driver:$D/nvrtc:$CUDA/lib bash bench/gpu.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$(mktemp -d)}
@@ -33,9 +37,10 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
 nproc
 mkdir -p "$W/pack" && xz -dc .gpu/pack.tar.xz | tar -C "$W/pack" -xf -
 BIN=$W/pack/bin
-# The CUDA test looks for the workspace's binaries where they were built.
+# The CUDA test looks for the workspace's binaries where they were built (on the machine that
+# built them, a dry run, they are there already: never written over).
 BUILT=$(cat "$BIN/built-in")
-mkdir -p "$BUILT" && cp "$BIN"/{datasets,trainer,exporter,runtime} "$BUILT/"
+[ -e "$BUILT/trainer" ] || { mkdir -p "$BUILT" && cp "$BIN"/{datasets,trainer,exporter,runtime} "$BUILT/"; }
 # NVRTC (for burn's CUDA kernels) and the CUDA libraries of the python3's nvidia packages (for
 # ONNX Runtime's provider).
 NV=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2>/dev/null || true)
@@ -116,7 +121,10 @@ for v, b, r in re.findall(r"torch train (\S+)\s+batch\s+(\d+):\s+(\d+) img/s", l
     rows.append((f"PyTorch train {v}, batch {b}", r + " img/s"))
 rows.append(("runtime: pure inference (batch 1024)", last(r"pure inference \(batch 1024\)\s+(\d+ img/s)")))
 rows.append(("runtime: end-to-end eval", last(r"end-to-end eval\s+(\d+ img/s)")))
-rows.append(("runtime eval: BAC / ROC AUC", " / ".join(re.findall(r"balanced accuracy\s+([\d.]+)", log)[-1:] + re.findall(r"ROC AUC\s+([\d.]+)", log)[-1:]) or "failed"))
+m = re.search(r"== export \+ runtime.*?(?===)", log, re.S)
+runtime = m.group(0) if m else ""
+scores = re.findall(r"balanced accuracy\s+([\d.]+)", runtime)[-1:] + re.findall(r"ROC AUC\s+([\d.]+)", runtime)[-1:]
+rows.append(("runtime eval: BAC / ROC AUC", " / ".join(scores) or "failed"))
 width = max(len(r[0]) for r in rows)
 print(f"{'what':<{width}}  result")
 for what, result in rows:
