@@ -17,16 +17,10 @@ mkdir -p "$PACK"
 grep -qxs "/$PACK/" .git/info/exclude 2>/dev/null || echo "/$PACK/" >>.git/info/exclude
 
 cargo build --release --workspace "${FEATURES[@]}"
-# The test and bench binaries; their names end in a hash, read from cargo's messages (which
-# also name the workspace's binaries, built alongside: the target's name picks the one).
+# The test and bench binaries (their names end in a hash).
 built() { # $1: the target's name; the rest: cargo subcommand and args; prints its executable
   local name=$1; shift
-  cargo "$@" --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for l in sys.stdin:
-    m = json.loads(l)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]:
-        print(m["executable"])' "$name"
+  cargo "$@" --message-format=json 2>/dev/null | python3 bench/executable.py "$name"
 }
 GPU_TEST=$(built gpu test --release --workspace "${FEATURES[@]}" --test gpu --no-run)
 GPU_OPS=$(built gpu_ops bench --workspace "${FEATURES[@]}" --bench gpu_ops --no-run)

@@ -106,14 +106,16 @@ log = open(sys.argv[1]).read()
 def last(pattern, default="not measured"):
     found = re.findall(pattern, log)
     return found[-1] if found else default
+def section(title):
+    """The log of the step whose title starts so, up to the next step ("" if it did not run)."""
+    m = re.search(r"== " + title + r".*?(?===)", log, re.S)
+    return m.group(0) if m else ""
 tests = last(r"test result: (\w+\. \d+ passed; \d+ failed)")
 rows = [("CUDA tests (trainer/tests/gpu.rs)", tests)]
 for b in (32, 256):
-    m = re.search(rf"== trainer --device cuda, batch {b}.*?(?===)", log, re.S)
-    rates = re.findall(r"\| (\d+) img/s", m.group(0)) if m else []
+    rates = re.findall(r"\| (\d+) img/s", section(f"trainer --device cuda, batch {b}"))
     rows.append((f"trainer --device cuda, batch {b} (epochs 2-3)", " / ".join(rates[1:]) + " img/s" if rates else "failed"))
-m = re.search(r"== trainer --device cpu.*?(?===)", log, re.S)
-rate = re.findall(r"\| (\d+) img/s", m.group(0)) if m else []
+rate = re.findall(r"\| (\d+) img/s", section("trainer --device cpu"))
 rows.append(("trainer --device cpu, batch 32", rate[-1] + " img/s" if rate else "failed"))
 for b, burn, ours in re.findall(r"cuda: .*?, batch (\d+) .*?training step: (\d+) img/s with burn's ops, (\d+) img/s with CancerNet's own", log, re.S):
     rows.append((f"training step, batch {b} (gpu_ops, in memory)", f"{ours} img/s (burn's ops: {burn})"))
@@ -121,8 +123,7 @@ for v, b, r in re.findall(r"torch train (\S+)\s+batch\s+(\d+):\s+(\d+) img/s", l
     rows.append((f"PyTorch train {v}, batch {b}", r + " img/s"))
 rows.append(("runtime: pure inference (batch 1024)", last(r"pure inference \(batch 1024\)\s+(\d+ img/s)")))
 rows.append(("runtime: end-to-end eval", last(r"end-to-end eval\s+(\d+ img/s)")))
-m = re.search(r"== export \+ runtime.*?(?===)", log, re.S)
-runtime = m.group(0) if m else ""
+runtime = section(r"export \+ runtime")
 scores = re.findall(r"balanced accuracy\s+([\d.]+)", runtime)[-1:] + re.findall(r"ROC AUC\s+([\d.]+)", runtime)[-1:]
 rows.append(("runtime eval: BAC / ROC AUC", " / ".join(scores) or "failed"))
 width = max(len(r[0]) for r in rows)

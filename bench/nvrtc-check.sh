@@ -30,11 +30,7 @@ for name in libnvrtc.so libnvrtc.so.13; do ln -s "$CUDA/lib/libnvrtc.so.13" "$DI
 # Built before CUDA_PATH is set: cudarc's build script reads it, and would rebuild burn's backend.
 cargo bench --workspace --features trainer/wgpu,trainer/cuda --bench gpu_ops --no-run \
   --message-format=json >"$DIR/build.json"
-BENCH=$(python3 -c 'import json, sys
-for line in open(sys.argv[1]):
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "gpu_ops":
-        print(m["executable"])' "$DIR/build.json")
+BENCH=$(python3 bench/executable.py gpu_ops <"$DIR/build.json")
 [ -x "$BENCH" ] || fail "no gpu_ops bench in cargo's messages ($DIR/build.json)"
 # A command on the compile-only GPU ($1 names the run): its PTX modules, launches and the CUDA
 # C++ burn's backend wrote (kernels.log) in $DIR/$1/.

@@ -215,8 +215,9 @@ fn check<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor
 /// The device's own kernels (`models::cube`) against burn's own ops on the CPU (flex, f32), from
 /// the same data: outputs and the gradients of every input, for the depthwise convolution, the
 /// pointwise convolution, the dense layer and ReLU + BatchNorm (training and inference, running
-/// statistics included) and the trainer's Adagrad update, on CancerNet's shapes and on edge shapes (planes of
-/// one row or column, one image, channel counts that fill no tile). Both compute in f32, so the
+/// statistics included), and the trainer's Adagrad update against the CPU's, on CancerNet's
+/// shapes and on edge shapes (planes of one row or column, one image, channel counts that fill no
+/// tile). Both compute in f32, so the
 /// tolerance is f32's, on every device: 1e-5 of the largest value. Measured on lavapipe: at most
 /// 4e-6 (filter gradients, sums over whole batches); a tap read from the wrong neighbour, a lost
 /// part of a sum or a weight read transposed is > 1e-2. Also: the model's layers use these
