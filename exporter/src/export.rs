@@ -477,13 +477,21 @@ pub fn write_verified(loaded: &Loaded, bytes: &[u8], opts: &Options) -> Result<R
 }
 
 /// The largest |burn - ONNX Runtime| IDC probability and the number of patches whose argmax
-/// differs; `burn` holds both classes' probabilities per patch, `ort_idc` the IDC one.
+/// differs; `burn` holds both classes' probabilities per patch, `ort_idc` the IDC one. A NaN on
+/// either side makes the difference NaN (`f32::max` would drop it) and counts as a disagreement,
+/// so weights that give NaN never pass as verified.
 fn compare(burn: &[f32], ort_idc: &[f32]) -> (f32, usize) {
     let mut max_abs_diff = 0f32;
     let mut disagree = 0;
     for (b, &o) in burn.chunks_exact(2).zip(ort_idc) {
-        max_abs_diff = max_abs_diff.max((b[1] - o).abs());
-        disagree += usize::from((b[1] >= b[0]) != (o >= 1.0 - o));
+        let diff = (b[1] - o).abs();
+        max_abs_diff = if max_abs_diff.is_nan() || diff.is_nan() {
+            f32::NAN
+        } else {
+            max_abs_diff.max(diff)
+        };
+        let nan = b[0].is_nan() || diff.is_nan();
+        disagree += usize::from(nan || (b[1] >= b[0]) != (o >= 1.0 - o));
     }
     (max_abs_diff, disagree)
 }

@@ -23,6 +23,22 @@ fn verification_compares_probabilities_and_calls() {
 }
 
 #[test]
+fn verification_fails_on_nan_on_either_side() {
+    let nan = f32::NAN;
+    // NaN on both sides (weights that overflowed): `f32::max` would read it as difference 0.
+    let (d, n) = compare(&[0.9, 0.1, nan, nan], &[0.1, nan]);
+    assert!(d.is_nan() && n == 1 && !agree(d, n), "{d} {n}");
+    // Once NaN, the largest difference stays NaN whatever follows.
+    let (d, n) = compare(&[nan, nan, 0.9, 0.1], &[nan, 0.5]);
+    assert!(d.is_nan() && n == 2, "{d} {n}");
+    // NaN on one side only: the other class's probability alone, or ONNX Runtime's.
+    let (d, n) = compare(&[nan, 0.1], &[0.1]);
+    assert!(d == 0.0 && n == 1 && !agree(d, n), "{d} {n}");
+    let (d, n) = compare(&[0.9, 0.1], &[nan]);
+    assert!(d.is_nan() && n == 1, "{d} {n}");
+}
+
+#[test]
 fn the_runs_threshold_is_read_and_checked() {
     let (tmp, _) = small_random_run();
     assert!(
