@@ -284,6 +284,9 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         ([3, 64, 12, 12], 128),
         ([1, 5, 3, 7], 9),
         ([2, 1, 1, 1], 1),
+        // 200 vectors of positions: the product's last cube has units with two vectors, with
+        // one and with none; the weight gradient's tiles of 8 end past 7 inputs and 19 outputs.
+        ([2, 7, 20, 20], 19),
         // The weight gradient's sum in several parts.
         ([40, 3, 48, 48], 5),
     ] {

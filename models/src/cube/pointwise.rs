@@ -1,11 +1,15 @@
 //! The pointwise (1x1) convolution and the dense layers as one CubeCL matrix product with bias,
 //! `y[n, o, p] = b[o] + sum over i of w(o, i) * x[n, i, p]`, with its input, weight and bias
-//! gradients. A dense layer is the case of one position (`p` = 0) with burn's `[in, out]` weight.
+//! gradients. A dense layer (burn's `[in, out]` weight) is the same product turned round: its
+//! weight read as the input, one image of `in` inputs at `out` positions.
 //!
 //! Full f32 arithmetic on every device: burn's matrix product runs on tensor cores in TF32 on
 //! recent NVIDIA GPUs (10 bits of mantissa), which made the CUDA step differ from the CPU's by
-//! 1e-3 on the first step. Each unit computes a tile of one vector of 4 positions x 16 outputs,
-//! so that every input value loaded serves 16 products and every weight 4.
+//! 1e-3 on the first step. Each unit computes a tile of two vectors of 4 positions x 16 outputs,
+//! so that every input value loaded serves 16 products and every weight 8; in the weight
+//! gradient, 8 outputs x 8 inputs. Loads are what these kernels wait on: on a GPU each load
+//! served more products is arithmetic intensity, on lavapipe (which loads a storage buffer one
+//! lane and one value at a time) it is most of the time.
 
 use super::reduce::sum_leading;
 use super::{Cube, MAX_CUBES_YZ, empty, vector_size};
@@ -16,9 +20,10 @@ use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::Backend;
+use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Shape, Tensor};
 use burn_cubecl::kernel::into_contiguous;
-use burn_cubecl::ops::reshape;
+use burn_cubecl::ops::{permute, reshape};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
 use cubecl::{CubeCount, CubeDim};
@@ -27,10 +32,12 @@ use cubecl::{CubeCount, CubeDim};
 /// back when the backend is not one of ours.
 pub(super) type Inputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, 1>);
 
-/// Outputs of a unit's tile in the product (times one vector of positions).
+/// Outputs and vectors of positions of a unit's tile in the product: each input vector read
+/// serves 16 products, each weight 2 vectors.
 const TILE_O: usize = 16;
+const TILE_V: usize = 2;
 /// Outputs and inputs of a unit's tile in the weight gradient.
-const GRAD_TILE: usize = 4;
+const GRAD_TILE: usize = 8;
 /// Units of a cube: at most, and at least (a warp).
 const UNITS: usize = 64;
 const MIN_UNITS: usize = 32;
@@ -59,10 +66,11 @@ mod kernels {
 
     /// `y[n, o, p] = bias[o] + sum over i of weight(o, i) * x[n, i, p]` for x `[n, ins, positions]`
     /// and y `[parts * n, outs, positions]`, both read as vectors of N positions. Cube (bx, by, s)
-    /// covers the vectors `bx * units ..` (of all images, flattened), outputs `by * TILE_O ..`
-    /// and inputs `s * k_chunk ..`, writing its partial sum to part s of y (the bias goes to part
-    /// 0). Neighbouring units read neighbouring vectors; a weight is the same for all of a cube's
-    /// units (one broadcast read).
+    /// covers `tile_v` runs of `units` vectors from `bx * tile_v * units` (of all images,
+    /// flattened), outputs `by * tile_o ..` and inputs `s * k_chunk ..`, writing its partial sum
+    /// to part s of y (the bias goes to part 0). Each unit takes one vector of each run:
+    /// neighbouring units read neighbouring vectors; a weight is the same for all of a cube's
+    /// units (one broadcast read) and serves `tile_v` vectors.
     #[cube(launch)]
     pub(super) fn product<N: Size>(
         x: &Tensor<Vector<f32, N>>,
@@ -70,6 +78,7 @@ mod kernels {
         bias: &Tensor<f32>,
         y: &mut Tensor<Vector<f32, N>>,
         k_chunk: usize,
+        #[comptime] tile_v: usize,
         #[comptime] tile_o: usize,
         #[comptime] transposed: bool,
         #[comptime] has_bias: bool,
@@ -85,12 +94,18 @@ mod kernels {
         if last_i > ins {
             last_i = ins;
         }
-        let m = CUBE_POS_X as usize * CUBE_DIM as usize + UNIT_POS as usize;
-        let valid = m < total;
-        // A unit past the end computes vector 0 and writes nothing.
-        let mv = select(valid, m, 0usize);
-        let at = (mv / vectors) * ins * vectors + mv % vectors;
-        let mut acc = Array::<Vector<f32, N>>::new(tile_o);
+        let units = CUBE_DIM as usize;
+        let first_m = CUBE_POS_X as usize * tile_v * units + UNIT_POS as usize;
+        // Where each of the unit's vectors starts in x (input 0). A unit past the end computes
+        // vector 0 and writes nothing.
+        let mut at = Array::<u32>::new(tile_v);
+        #[unroll]
+        for t in 0..tile_v {
+            let m = first_m + t * units;
+            let mv = select(m < total, m, 0usize);
+            at[t] = u32::cast_from((mv / vectors) * ins * vectors + mv % vectors);
+        }
+        let mut acc = Array::<Vector<f32, N>>::new(tile_v * tile_o);
         #[unroll]
         for j in 0..tile_o {
             let o = first_o + j;
@@ -98,28 +113,42 @@ mod kernels {
             if has_bias {
                 b = select(o < outs && part == 0usize, bias[o], 0.0f32);
             }
-            acc[j] = Vector::cast_from(b);
+            #[unroll]
+            for t in 0..tile_v {
+                acc[t * tile_o + j] = Vector::cast_from(b);
+            }
         }
+        let mut xv = Array::<Vector<f32, N>>::new(tile_v);
         for i in first_i..last_i {
-            let xv = x[at + i * vectors];
+            #[unroll]
+            for t in 0..tile_v {
+                xv[t] = x[usize::cast_from(at[t]) + i * vectors];
+            }
             #[unroll]
             for j in 0..tile_o {
                 let o = first_o + j;
-                let w = select(
+                let w = Vector::cast_from(select(
                     o < outs,
                     weight[weight_at(o, i, outs, ins, transposed)],
                     0.0f32,
-                );
-                acc[j] += Vector::cast_from(w) * xv;
+                ));
+                #[unroll]
+                for t in 0..tile_v {
+                    acc[t * tile_o + j] += w * xv[t];
+                }
             }
         }
-        if valid {
-            let out = (part * total + (m / vectors) * vectors) * outs + m % vectors;
-            #[unroll]
-            for j in 0..tile_o {
-                let o = first_o + j;
-                if o < outs {
-                    y[out + o * vectors] = acc[j];
+        #[unroll]
+        for t in 0..tile_v {
+            let m = first_m + t * units;
+            if m < total {
+                let out = (part * total + (m / vectors) * vectors) * outs + m % vectors;
+                #[unroll]
+                for j in 0..tile_o {
+                    let o = first_o + j;
+                    if o < outs {
+                        y[out + o * vectors] = acc[t * tile_o + j];
+                    }
                 }
             }
         }
@@ -127,12 +156,14 @@ mod kernels {
 
     /// One part of the weight gradient `sum over (n, p) of dy[n, o, p] * x[n, i, p]` and of the
     /// bias gradient `sum over (n, p) of dy[n, o, p]`, both read as vectors of N positions: cube
-    /// (bo, bi, s) sums the vectors of images `s * images ..` for outputs `bo * 4 ..` and inputs
-    /// `bi * 4 ..`, its units taking them in turn across images (the last block's planes have
-    /// fewer vectors than a cube has units), then adds the units' sums in a tree in shared memory
-    /// (of `slots`, a power of two at least the cube's size) into `partial[s, o, i]`. The cubes of
-    /// the first inputs (bi = 0) sum dy alone as well, into `bias_partial[s, o]`: no second pass
-    /// over dy for the bias.
+    /// (bo, bi, s) sums the vectors of images `s * images ..` for outputs `bo * GRAD_TILE ..` and
+    /// inputs `bi * GRAD_TILE ..`, its units taking them in turn across images (the last block's
+    /// planes have fewer vectors than a cube has units), then adds the units' sums in a tree in
+    /// shared memory (of `slots`, a power of two at least the cube's size) into
+    /// `partial[s, o, i]`. The cubes of the first inputs (bi = 0) sum dy alone as well, into
+    /// `bias_partial[s, o]`: no second pass over dy for the bias. Each vector pair read serves a
+    /// tile of 8 x 8 sums (a dot product of the two vectors each, into one f32 each): 16 vector
+    /// loads for 256 products.
     #[cube(launch)]
     pub(super) fn weight_grad<N: Size>(
         x: &Tensor<Vector<f32, N>>,
@@ -140,6 +171,7 @@ mod kernels {
         partial: &mut Tensor<f32>,
         bias_partial: &mut Tensor<f32>,
         images: usize,
+        #[comptime] tile: usize,
         #[comptime] slots: usize,
     ) {
         let ins = x.shape(1);
@@ -148,43 +180,50 @@ mod kernels {
         let part = CUBE_POS_Z as usize;
         let units = CUBE_DIM as usize;
         let unit = UNIT_POS as usize;
-        let first_o = CUBE_POS_X as usize * 4usize;
-        let first_i = CUBE_POS_Y as usize * 4usize;
+        let first_o = CUBE_POS_X as usize * tile;
+        let first_i = CUBE_POS_Y as usize * tile;
         let sums_bias = first_i == 0usize;
         let mut last = (part + 1usize) * images;
         if last > x.shape(0) {
             last = x.shape(0);
         }
         let zero = Vector::<f32, N>::cast_from(0.0f32);
-        let mut acc = Array::<Vector<f32, N>>::new(20usize);
+        // tile x tile weight sums, then tile bias sums.
+        let sums = tile * tile + tile;
+        let mut acc = Array::<f32>::new(sums);
         #[unroll]
-        for t in 0..20usize {
-            acc[t] = zero;
+        for t in 0..sums {
+            acc[t] = 0.0f32;
         }
         // The unit's vector: p of image n.
         let mut n = part * images + unit / vectors;
         let mut p = unit % vectors;
         while n < last {
-            let mut gs = Array::<Vector<f32, N>>::new(4usize);
-            let mut xs = Array::<Vector<f32, N>>::new(4usize);
+            let mut gs = Array::<Vector<f32, N>>::new(tile);
+            let mut xs = Array::<Vector<f32, N>>::new(tile);
             #[unroll]
-            for j in 0..4usize {
+            for j in 0..tile {
                 let o = first_o + j;
                 gs[j] = select(o < outs, dy[(n * outs + o) * vectors + p], zero);
                 let i = first_i + j;
                 xs[j] = select(i < ins, x[(n * ins + i) * vectors + p], zero);
             }
             #[unroll]
-            for j in 0..4usize {
+            for j in 0..tile {
+                let g = gs[j];
                 #[unroll]
-                for k in 0..4usize {
-                    acc[j * 4usize + k] += gs[j] * xs[k];
+                for k in 0..tile {
+                    let xv = xs[k];
+                    #[unroll]
+                    for l in 0..g.vector_size() {
+                        acc[j * tile + k] += g[l] * xv[l];
+                    }
                 }
             }
             if sums_bias {
                 #[unroll]
-                for j in 0..4usize {
-                    acc[16usize + j] += gs[j];
+                for j in 0..tile {
+                    acc[tile * tile + j] += lanes_sum(gs[j]);
                 }
             }
             // Subtractions, not a division: `units` is at most a few planes' vectors.
@@ -194,23 +233,23 @@ mod kernels {
                 n += 1usize;
             }
         }
-        let mut shared = SharedMemory::<f32>::new(20usize * slots);
+        let mut shared = SharedMemory::<f32>::new(sums * slots);
         #[unroll]
-        for t in 0..20usize {
-            shared[t * slots + unit] = lanes_sum(acc[t]);
+        for t in 0..sums {
+            shared[t * slots + unit] = acc[t];
         }
-        tree_sum(&mut shared, 20usize, slots);
+        tree_sum(&mut shared, sums, slots);
         // Units write the sums in turn (a cube may have fewer units than sums).
         let mut t = unit;
-        while t < 20usize {
-            if t < 16usize {
-                let o = first_o + t / 4usize;
-                let i = first_i + t % 4usize;
+        while t < sums {
+            if t < tile * tile {
+                let o = first_o + t / tile;
+                let i = first_i + t % tile;
                 if o < outs && i < ins {
                     partial[(part * outs + o) * ins + i] = shared[t * slots];
                 }
             } else {
-                let o = first_o + t - 16usize;
+                let o = first_o + t - tile * tile;
                 if sums_bias && o < outs {
                     bias_partial[part * outs + o] = shared[t * slots];
                 }
@@ -240,7 +279,9 @@ fn forward<R: CubeRuntime>(
     let vector = vector_size(positions);
     let total = n * positions / vector;
     let units = total.next_power_of_two().clamp(MIN_UNITS, UNITS);
-    let (bx, by) = (total.div_ceil(units).max(1), outs.div_ceil(TILE_O));
+    // Two vectors a unit where there are enough for every cube's units to have two.
+    let tile_v = if total >= 2 * units { TILE_V } else { 1 };
+    let (bx, by) = (total.div_ceil(units * tile_v).max(1), outs.div_ceil(TILE_O));
     let parts = MIN_CUBES
         .div_ceil(bx * by)
         .min(ins / MIN_PART_INPUTS)
@@ -261,6 +302,7 @@ fn forward<R: CubeRuntime>(
         bias.into_tensor_arg(),
         y.clone().into_tensor_arg(),
         k_chunk,
+        tile_v,
         TILE_O,
         transposed,
         has_bias,
@@ -310,6 +352,7 @@ fn weight_grad_of<R: CubeRuntime>(
         partial.clone().into_tensor_arg(),
         bias_partial.clone().into_tensor_arg(),
         images,
+        GRAD_TILE,
         GRAD_UNITS.next_power_of_two(),
     );
     (
@@ -325,6 +368,18 @@ fn as_positions<R: CubeRuntime>(x: CubeTensor<R>) -> CubeTensor<R> {
     reshape(x, Shape::new([dims[0], dims[1], positions]))
 }
 
+/// A dense layer's `x w` (x `[n, ins]`, w `[ins, outs]`) as the product with the roles turned
+/// round: w is the input, one image of `ins` inputs at `outs` positions, and x the weight,
+/// `[n, ins]` read as `n` outputs. So the large operand (4608 x 256 in CancerNet) is the one read
+/// as vectors of neighbouring values, and each of its values serves a tile of 16 images, where
+/// the other way round each weight read served one image (`n` positions). `[n, outs]`.
+fn dense_product<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>) -> CubeTensor<R> {
+    let [n, ins] = x.meta.shape().dims::<2>();
+    let outs = w.meta.shape()[1];
+    let y = forward(reshape(w, Shape::new([1, ins, outs])), x, None, n, false);
+    reshape(y, Shape::new([n, outs]))
+}
+
 /// The layer on x: a dense layer's weight is `[ins, outs]` (`transposed`), a convolution's
 /// `[outs, ins, 1, 1]`. The output has x's shape with `outs` channels.
 fn layer<R: CubeRuntime>(
@@ -335,6 +390,12 @@ fn layer<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let mut shape = x.meta.shape().clone();
     shape[1] = bias.meta.shape()[0];
+    if transposed {
+        // The bias added by burn's broadcast sum: one small launch.
+        let y = dense_product(x, weight);
+        let bias = reshape(bias, Shape::new([1, shape[1]]));
+        return Cube::<R, u32>::float_add(y, bias);
+    }
     let y = forward(as_positions(x), weight, Some(bias), shape[1], transposed);
     reshape(y, shape)
 }
@@ -353,8 +414,15 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for LayerBackward
         let x = as_positions(x);
         let [x_node, w_node, b_node] = ops.parents;
         if let Some(node) = x_node {
-            // The input gradient is the product with the weight read the other way round.
-            let dx = forward(dy.clone(), weight, None, x_shape[1], !transposed);
+            // The input gradient is the product with the weight read the other way round; a
+            // dense layer's, dy `[n, outs]` times w^T, turned round as its forward is.
+            let dx = if transposed {
+                let [n, outs] = [dy.meta.shape()[0], dy.meta.shape()[1]];
+                let w_t = into_contiguous(permute(weight, &[1, 0]));
+                dense_product(reshape(dy.clone(), Shape::new([n, outs])), w_t)
+            } else {
+                forward(dy.clone(), weight, None, x_shape[1], !transposed)
+            };
             grads.register::<Cube<R, BT>>(node.id, reshape(dx, x_shape));
         }
         if w_node.is_none() && b_node.is_none() {

@@ -82,31 +82,47 @@ mod kernels {
 
     /// The gradient of `relu_affine_pool`'s pre-pool values `[n, c, h, w]` from its output's, dy
     /// `[n, c, h/2, w/2]`: `dy * 1 / keep` at each kept window's maximum, 0 elsewhere. One unit
-    /// per input value.
+    /// per window of `cells` (`[n, c, ceil(h/2), ceil(w/2)]`), which reads its output's gradient
+    /// and code once and writes the window's values (up to four); the windows of a trailing odd
+    /// row or column, which the pool dropped, get zeros.
     #[cube(launch)]
     pub(super) fn unpool(
         dy: &Tensor<f32>,
         code: &Tensor<u32>,
         dx: &mut Tensor<f32>,
+        cells: usize,
         inv_keep: f32,
     ) {
         let at = ABSOLUTE_POS;
-        if at >= dx.len() {
+        if at >= cells {
             terminate!();
         }
         let (height, width) = (dx.shape(2), dx.shape(3));
         let (ho, wo) = (dy.shape(2), dy.shape(3));
-        let col = at % width;
-        let row = (at / width) % height;
-        let plane = at / (width * height);
-        let (i, j) = (row / 2usize, col / 2usize);
+        let (hc, wc) = (height.div_ceil(2usize), width.div_ceil(2usize));
+        let j = at % wc;
+        let i = (at / wc) % hc;
+        let plane = at / (wc * hc);
+        let pooled = i < ho && j < wo;
         let mut g = 0.0f32;
-        if i < ho && j < wo {
+        // 8: no window position, never matched (codes are 0..8, kept ones 4..8).
+        let mut kept_at = 8u32;
+        if pooled {
             let o = (plane * ho + i) * wo + j;
-            let here = u32::cast_from((row % 2usize) * 2usize + col % 2usize);
-            g = select(code[o] == here + 4u32, dy[o] * inv_keep, 0.0f32);
+            g = dy[o] * inv_keep;
+            kept_at = code[o];
         }
-        dx[at] = g;
+        let top = (plane * height + 2usize * i) * width + 2usize * j;
+        #[unroll]
+        for dr in 0..2usize {
+            #[unroll]
+            for dc in 0..2usize {
+                if 2usize * i + dr < height && 2usize * j + dc < width {
+                    let here = kept_at == u32::cast_from(dr * 2usize + dc) + 4u32;
+                    dx[top + dr * width + dc] = select(here, g, 0.0f32);
+                }
+            }
+        }
     }
 }
 
@@ -168,10 +184,11 @@ pub(super) fn backward<R: CubeRuntime>(
     shape: Shape,
 ) -> CubeTensor<R> {
     let dy = into_contiguous(dy);
+    let [n, c, h, w] = shape.dims::<4>();
     let dx = empty(&dy, shape);
     let client = dy.client.clone();
-    let units = dx.meta.num_elements();
-    let (cube_count, cube_dim) = elementwise(&client, units);
+    let cells = n * c * h.div_ceil(2) * w.div_ceil(2);
+    let (cube_count, cube_dim) = elementwise(&client, cells);
     kernels::unpool::launch::<R>(
         &client,
         cube_count,
@@ -179,6 +196,7 @@ pub(super) fn backward<R: CubeRuntime>(
         dy.into_tensor_arg(),
         code.into_tensor_arg(),
         dx.clone().into_tensor_arg(),
+        cells,
         inv_keep,
     );
     dx
