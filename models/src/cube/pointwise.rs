@@ -44,7 +44,6 @@ const MIN_UNITS: usize = 32;
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
-    use crate::cube::reduce::{lanes_sum, tree_sum};
     use cubecl::prelude::*;
 
     /// Where weight `(o, i)` is in a weight tensor: `[outs, ins]` (a convolution's), or `[ins, outs]`
@@ -156,14 +155,14 @@ mod kernels {
 
     /// One part of the weight gradient `sum over (n, p) of dy[n, o, p] * x[n, i, p]` and of the
     /// bias gradient `sum over (n, p) of dy[n, o, p]`, both read as vectors of N positions: cube
-    /// (bo, bi, s) sums the vectors of images `s * images ..` for outputs `bo * GRAD_TILE ..` and
-    /// inputs `bi * GRAD_TILE ..`, its units taking them in turn across images (the last block's
-    /// planes have fewer vectors than a cube has units), then adds the units' sums in a tree in
-    /// shared memory (of `slots`, a power of two at least the cube's size) into
-    /// `partial[s, o, i]`. The cubes of the first inputs (bi = 0) sum dy alone as well, into
-    /// `bias_partial[s, o]`: no second pass over dy for the bias. Each vector pair read serves a
-    /// tile of 8 x 8 sums (a dot product of the two vectors each, into one f32 each): 16 vector
-    /// loads for 256 products.
+    /// (bo, bi, s) sums the vectors of images `s * images ..` for outputs `bo * tile ..` and
+    /// inputs `bi * tile ..`, its units taking them in turn across images (the last block's
+    /// planes have fewer vectors than a cube has units), then adds the units' sums in shared
+    /// memory (rows for `slots` units, at least the cube's) into `partial[s, o, i]`. The bias is the weight of an input that is 1 everywhere, input `ins`
+    /// (one past the last): the cube whose tile holds it writes those sums to `bias_partial[s,
+    /// o]`, with no second pass over dy and no registers of their own. Each vector read serves a
+    /// tile of 8 x 8 sums (a dot product of two vectors each, into one f32 each): 16 vector loads
+    /// for 256 products; 8 input vectors live, then one output's at a time.
     #[cube(launch)]
     pub(super) fn weight_grad<N: Size>(
         x: &Tensor<Vector<f32, N>>,
@@ -182,14 +181,13 @@ mod kernels {
         let unit = UNIT_POS as usize;
         let first_o = CUBE_POS_X as usize * tile;
         let first_i = CUBE_POS_Y as usize * tile;
-        let sums_bias = first_i == 0usize;
         let mut last = (part + 1usize) * images;
         if last > x.shape(0) {
             last = x.shape(0);
         }
         let zero = Vector::<f32, N>::cast_from(0.0f32);
-        // tile x tile weight sums, then tile bias sums.
-        let sums = tile * tile + tile;
+        let one = Vector::<f32, N>::cast_from(1.0f32);
+        let sums = tile * tile;
         let mut acc = Array::<f32>::new(sums);
         #[unroll]
         for t in 0..sums {
@@ -199,18 +197,25 @@ mod kernels {
         let mut n = part * images + unit / vectors;
         let mut p = unit % vectors;
         while n < last {
-            let mut gs = Array::<Vector<f32, N>>::new(tile);
             let mut xs = Array::<Vector<f32, N>>::new(tile);
             #[unroll]
-            for j in 0..tile {
-                let o = first_o + j;
-                gs[j] = select(o < outs, dy[(n * outs + o) * vectors + p], zero);
-                let i = first_i + j;
-                xs[j] = select(i < ins, x[(n * ins + i) * vectors + p], zero);
+            for k in 0..tile {
+                let i = first_i + k;
+                let mut v = zero;
+                if i < ins {
+                    v = x[(n * ins + i) * vectors + p];
+                } else if i == ins {
+                    v = one;
+                }
+                xs[k] = v;
             }
             #[unroll]
             for j in 0..tile {
-                let g = gs[j];
+                let o = first_o + j;
+                let mut g = zero;
+                if o < outs {
+                    g = dy[(n * outs + o) * vectors + p];
+                }
                 #[unroll]
                 for k in 0..tile {
                     let xv = xs[k];
@@ -220,12 +225,6 @@ mod kernels {
                     }
                 }
             }
-            if sums_bias {
-                #[unroll]
-                for j in 0..tile {
-                    acc[tile * tile + j] += lanes_sum(gs[j]);
-                }
-            }
             // Subtractions, not a division: `units` is at most a few planes' vectors.
             p += units;
             while p >= vectors {
@@ -233,25 +232,31 @@ mod kernels {
                 n += 1usize;
             }
         }
-        let mut shared = SharedMemory::<f32>::new(sums * slots);
+        // The units' sums as rows of shared memory, `sums + 1` apart (so that neither the units
+        // writing their rows nor those reading a column meet in one bank of a GPU's shared
+        // memory); then each unit adds up columns, in order of the units: one barrier and 2
+        // accesses a sum, where a tree takes 6 barriers and 3.
+        let stride = sums + 1;
+        let mut shared = SharedMemory::<f32>::new(slots * stride);
         #[unroll]
         for t in 0..sums {
-            shared[t * slots + unit] = acc[t];
+            shared[unit * stride + t] = acc[t];
         }
-        tree_sum(&mut shared, sums, slots);
-        // Units write the sums in turn (a cube may have fewer units than sums).
+        sync_cube();
+        // Units add up the columns in turn (a cube may have fewer units than sums).
         let mut t = unit;
         while t < sums {
-            if t < tile * tile {
-                let o = first_o + t / tile;
-                let i = first_i + t % tile;
-                if o < outs && i < ins {
-                    partial[(part * outs + o) * ins + i] = shared[t * slots];
-                }
-            } else {
-                let o = first_o + t - tile * tile;
-                if sums_bias && o < outs {
-                    bias_partial[part * outs + o] = shared[t * slots];
+            let mut total = 0.0f32;
+            for u in 0..units {
+                total += shared[u * stride + t];
+            }
+            let o = first_o + t / tile;
+            let i = first_i + t % tile;
+            if o < outs {
+                if i < ins {
+                    partial[(part * outs + o) * ins + i] = total;
+                } else if i == ins {
+                    bias_partial[part * outs + o] = total;
                 }
             }
             t += units;
@@ -342,7 +347,8 @@ fn weight_grad_of<R: CubeRuntime>(
         &client,
         CubeCount::Static(
             outs.div_ceil(GRAD_TILE) as u32,
-            ins.div_ceil(GRAD_TILE) as u32,
+            // One more input, 1 everywhere: the bias.
+            (ins + 1).div_ceil(GRAD_TILE) as u32,
             parts as u32,
         ),
         CubeDim::new_1d(GRAD_UNITS as u32),
@@ -353,7 +359,7 @@ fn weight_grad_of<R: CubeRuntime>(
         bias_partial.clone().into_tensor_arg(),
         images,
         GRAD_TILE,
-        GRAD_UNITS.next_power_of_two(),
+        GRAD_UNITS,
     );
     (
         reshape(sum_leading(partial), Shape::new([outs, ins])),
