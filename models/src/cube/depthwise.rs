@@ -32,57 +32,40 @@ mod kernels {
     use crate::cube::reduce::tree_sum;
     use cubecl::prelude::*;
 
-    /// Loads into `win` the window of plane `base` (of x `[n, c, h, w]`) around the `cols`
-    /// values from row `first`, column `col`: rows first - 1 ..= first + 1, columns col - 1 ..=
-    /// col + cols, zero outside the plane; row-major, `cols + 2` values a row.
+    /// Loads into rows `slot ..= 2` of `win` (`cols + 2` values a row) rows of plane `base` (of x
+    /// `[n, c, h, w]`) from row `r - 1` (`r` is the row plus one, kept unsigned), columns col - 1
+    /// ..= col + cols, zero outside the plane. A unit's window is 3 rows: all three when it
+    /// starts (slot 0), then, sliding down, the new last one after `shift_up` (slot 2).
     #[cube]
-    fn load_window(
+    fn load_rows(
         x: &Tensor<f32>,
         win: &mut Array<f32>,
         base: usize,
-        first: usize,
+        r: usize,
         col: usize,
+        #[comptime] slot: usize,
         #[comptime] cols: usize,
     ) {
         let (height, width) = (x.shape(2), x.shape(3));
         #[unroll]
-        for ky in 0..3usize {
-            // Row `first + ky - 1`, kept unsigned: `r` is that row plus one.
-            let r = first + ky;
+        for k in 0..3 - slot {
+            let rk = r + k;
             #[unroll]
             for kx in 0..cols + 2 {
                 let c = col + kx;
-                let inside = r >= 1usize && r <= height && c >= 1usize && c <= width;
-                win[ky * (cols + 2) + kx] =
-                    select(inside, x[base + (r - 1usize) * width + c - 1usize], 0.0f32);
+                let inside = rk >= 1usize && rk <= height && c >= 1usize && c <= width;
+                win[(slot + k) * (cols + 2) + kx] =
+                    select(inside, x[base + (rk - 1usize) * width + c - 1usize], 0.0f32);
             }
         }
     }
 
-    /// Slides `win` down to centre on row `row`: its rows move up one, and row `row + 1` comes in.
+    /// Moves the window's rows up one, making room for the next row in the last.
     #[cube]
-    fn slide_window(
-        x: &Tensor<f32>,
-        win: &mut Array<f32>,
-        base: usize,
-        row: usize,
-        col: usize,
-        #[comptime] cols: usize,
-    ) {
-        let (height, width) = (x.shape(2), x.shape(3));
+    fn shift_up(win: &mut Array<f32>, #[comptime] cols: usize) {
         #[unroll]
         for at in 0..2 * (cols + 2) {
             win[at] = win[at + cols + 2];
-        }
-        #[unroll]
-        for kx in 0..cols + 2 {
-            let c = col + kx;
-            let inside = row + 1usize < height && c >= 1usize && c <= width;
-            win[2 * (cols + 2) + kx] = select(
-                inside,
-                x[base + (row + 1usize) * width + c - 1usize],
-                0.0f32,
-            );
         }
     }
 
@@ -124,7 +107,7 @@ mod kernels {
             w[tap] = weight[(plane % channels) * 9usize + k];
         }
         let mut win = Array::<f32>::new(3 * (cols + 2));
-        load_window(x, &mut win, base, first, col, cols);
+        load_rows(x, &mut win, base, first, col, 0usize, cols);
         let mut row = first;
         let mut last = first + rows;
         if last > height {
@@ -146,7 +129,8 @@ mod kernels {
                 }
             }
             row += 1usize;
-            slide_window(x, &mut win, base, row, col, cols);
+            shift_up(&mut win, cols);
+            load_rows(x, &mut win, base, row + 2usize, col, 2usize, cols);
         }
     }
 
@@ -193,7 +177,7 @@ mod kernels {
             let n = first_image + item / (groups * strips);
             let base = (n * channels + channel) * height * width;
             let first = strip * rows;
-            load_window(x, &mut win, base, first, col, cols);
+            load_rows(x, &mut win, base, first, col, 0usize, cols);
             let mut row = first;
             let mut last = first + rows;
             if last > height {
@@ -215,7 +199,8 @@ mod kernels {
                     }
                 }
                 row += 1usize;
-                slide_window(x, &mut win, base, row, col, cols);
+                shift_up(&mut win, cols);
+                load_rows(x, &mut win, base, row + 2usize, col, 2usize, cols);
             }
             item += units;
         }
