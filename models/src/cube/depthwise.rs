@@ -5,8 +5,8 @@
 //! Every tensor is a contiguous f32 NCHW tensor; the launchers make it so. Each unit slides a
 //! window of inputs 3 rows by 6 columns down 4 neighbouring columns in registers: 6 loads a row
 //! for 4 values, 1.5 a value instead of nine (loads are what these kernels wait on, on a GPU and
-//! on lavapipe alike). Every sum is taken in an order
-//! fixed by the launch, never by timing: a run gives the same bytes every time on a device.
+//! on lavapipe alike). Every sum is taken in an order fixed by the launch, never by timing: a run
+//! gives the same bytes every time on a device.
 
 use super::reduce::sum_leading;
 use super::{Cube, MAX_CUBES_YZ, elementwise, empty};

@@ -47,7 +47,8 @@ mod kernels {
     use cubecl::prelude::*;
 
     /// Where weight `(o, i)` is in a weight tensor: `[outs, ins]` (a convolution's), or `[ins, outs]`
-    /// (`transposed`: a dense layer's, or a convolution's read for its input gradient).
+    /// (`transposed`: a convolution's read for its input gradient, or a dense layer's input read
+    /// for its weight gradient).
     #[cube]
     fn weight_at(
         o: usize,
@@ -158,9 +159,10 @@ mod kernels {
     /// (bo, bi, s) sums the vectors of images `s * images ..` for outputs `bo * tile ..` and
     /// inputs `bi * tile ..`, its units taking them in turn across images (the last block's
     /// planes have fewer vectors than a cube has units), then adds the units' sums in shared
-    /// memory (rows for `slots` units, at least the cube's) into `partial[s, o, i]`. The bias is the weight of an input that is 1 everywhere, input `ins`
-    /// (one past the last): the cube whose tile holds it writes those sums to `bias_partial[s,
-    /// o]`, with no second pass over dy and no registers of their own. Each vector read serves a
+    /// memory (rows for `slots` units, at least the cube's) into `partial[s, o, i]`. The bias is
+    /// the weight of an input that is 1 everywhere, input `ins` (one past the last): the cube
+    /// whose tile holds it writes those sums to `bias_partial[s, o]`, with no second pass over
+    /// dy and no registers of their own. Each vector read serves a
     /// tile of 8 x 8 sums (a dot product of two vectors each, into one f32 each): 16 vector loads
     /// for 256 products; 8 input vectors live, then one output's at a time.
     #[cube(launch)]
@@ -402,7 +404,7 @@ fn layer<R: CubeRuntime>(
         let bias = reshape(bias, Shape::new([1, shape[1]]));
         return Cube::<R, u32>::float_add(y, bias);
     }
-    let y = forward(as_positions(x), weight, Some(bias), shape[1], transposed);
+    let y = forward(as_positions(x), weight, Some(bias), shape[1], false);
     reshape(y, shape)
 }
 
@@ -427,7 +429,7 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for LayerBackward
                 let w_t = into_contiguous(permute(weight, &[1, 0]));
                 dense_product(reshape(dy.clone(), Shape::new([n, outs])), w_t)
             } else {
-                forward(dy.clone(), weight, None, x_shape[1], !transposed)
+                forward(dy.clone(), weight, None, x_shape[1], true)
             };
             grads.register::<Cube<R, BT>>(node.id, reshape(dx, x_shape));
         }
