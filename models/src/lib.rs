@@ -403,7 +403,7 @@ impl<B: Backend> CancerNet<B> {
         // Flatten in NCHW order (c, h, w), as ONNX's Flatten does.
         let x: Tensor<B, 2> = x.flatten(1, 3);
         let x = fast_ops::linear(&self.dense, x, kernels);
-        let x = self.dense_bn.forward(burn::tensor::activation::relu(x));
+        let x = fast_ops::dense_relu_batch_norm(&self.dense_bn, x, kernels);
         fast_ops::linear(&self.head, self.dense_dropout.forward(x), kernels)
     }
 

@@ -287,6 +287,8 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         // 200 vectors of positions: the product's last cube has units with two vectors, with
         // one and with none; the weight gradient's tiles of 8 end past 7 inputs and 19 outputs.
         ([2, 7, 20, 20], 19),
+        // Weights read 4 to a load (8 inputs; outputs 12 of a tile of 16, 8 read transposed).
+        ([2, 8, 5, 5], 12),
         // The weight gradient's sum in several parts.
         ([40, 3, 48, 48], 5),
     ] {
@@ -441,6 +443,8 @@ fn batch_norm_kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         (3, [4, 16, 12, 12], Some(0.0)),
         (4, [2, 3, 7, 9], Some(0.0)),
         (5, [8, 32, 24, 24], Some(0.25)),
+        // The dense head's: features as channels of one position.
+        (6, [32, 256, 1, 1], None),
     ] {
         let c = dims[1];
         let (zd, gamma, beta) = (

@@ -30,9 +30,50 @@ mod kernels {
     use crate::cube::reduce::{lanes_sum, tree_sum};
     use cubecl::prelude::*;
 
+    /// A unit's way through the vectors of a run of images' planes of one channel, the cube's
+    /// units taking them in turn (across images where planes have fewer vectors than the cube
+    /// has units): at vector p of image n, then `units` vectors on, with no division per step.
+    #[derive(CubeType)]
+    pub(super) struct Walk {
+        pub n: usize,
+        p: usize,
+        vectors: usize,
+        skip_images: usize,
+        skip_vectors: usize,
+    }
+
+    #[cube]
+    impl Walk {
+        /// From image `first`, for planes of `vectors` vectors.
+        pub fn new(first: usize, vectors: usize) -> Walk {
+            let (unit, units) = (UNIT_POS as usize, CUBE_DIM as usize);
+            Walk {
+                n: first + unit / vectors,
+                p: unit % vectors,
+                vectors,
+                skip_images: units / vectors,
+                skip_vectors: units % vectors,
+            }
+        }
+
+        /// Where the vector is in a tensor `[n, channels, vectors]`.
+        pub fn at(&self, channels: usize, channel: usize) -> usize {
+            (self.n * channels + channel) * self.vectors + self.p
+        }
+
+        pub fn step(&mut self) {
+            self.n += self.skip_images;
+            self.p += self.skip_vectors;
+            if self.p >= self.vectors {
+                self.p -= self.vectors;
+                self.n += 1usize;
+            }
+        }
+    }
+
     /// One part of a per-channel sum over t `[n, c, positions]` of `relu(t)` (or, `centred`, of
     /// `(relu(t) - mean)^2`, the mean being `sum over s of mean_parts[s, c] / count`): cube (c, s)
-    /// sums images `s * images ..` of channel c, its units taking positions in turn, then adds
+    /// sums images `s * images ..` of channel c, its units taking vectors in turn (`Walk`), then adds
     /// its units' sums in a tree in shared memory (of `slots`, a power of two at least the
     /// cube's size) into `partial[s, c]`.
     #[cube(launch)]
@@ -50,7 +91,6 @@ mod kernels {
         let channel = CUBE_POS_X as usize;
         let part = CUBE_POS_Y as usize;
         let unit = UNIT_POS as usize;
-        let units = CUBE_DIM as usize;
         let first = part * images;
         let mut last = first + images;
         if last > t.shape(0) {
@@ -73,19 +113,16 @@ mod kernels {
         let zero = Vector::<f32, N>::cast_from(0.0f32);
         let shift = Vector::<f32, N>::cast_from(shift);
         let mut sum = zero;
-        for n in first..last {
-            let base = (n * channels + channel) * vectors;
-            let mut p = unit;
-            while p < vectors {
-                let a = max(t[base + p], zero);
-                if centred {
-                    let d = a - shift;
-                    sum += d * d;
-                } else {
-                    sum += a;
-                }
-                p += units;
+        let mut walk = Walk::new(first, vectors);
+        while walk.n < last {
+            let a = max(t[walk.at(channels, channel)], zero);
+            if centred {
+                let d = a - shift;
+                sum += d * d;
+            } else {
+                sum += a;
             }
+            walk.step();
         }
         shared[unit] = lanes_sum(sum);
         tree_sum(&mut shared, 1usize, slots);
@@ -153,7 +190,6 @@ mod kernels {
         let channel = CUBE_POS_X as usize;
         let part = CUBE_POS_Y as usize;
         let unit = UNIT_POS as usize;
-        let units = CUBE_DIM as usize;
         let first = part * images;
         let mut last = first + images;
         if last > z.shape(0) {
@@ -164,15 +200,13 @@ mod kernels {
         let s = Vector::<f32, N>::cast_from(inv_std[channel]);
         let mut sum_dy = zero;
         let mut sum_dy_xhat = zero;
-        for n in first..last {
-            let base = (n * channels + channel) * vectors;
-            let mut p = unit;
-            while p < vectors {
-                let g = dy[base + p];
-                sum_dy += g;
-                sum_dy_xhat += g * (max(z[base + p], zero) - m) * s;
-                p += units;
-            }
+        let mut walk = Walk::new(first, vectors);
+        while walk.n < last {
+            let at = walk.at(channels, channel);
+            let g = dy[at];
+            sum_dy += g;
+            sum_dy_xhat += g * (max(z[at], zero) - m) * s;
+            walk.step();
         }
         let mut shared = SharedMemory::<f32>::new(2usize * slots);
         shared[unit] = lanes_sum(sum_dy);
@@ -263,29 +297,61 @@ mod kernels {
 pub(super) type Inputs<'a, B> = (&'a BatchNorm<B>, Tensor<B, 4>, Option<f32>);
 
 /// Units of a cube of the elementwise kernels, and of the reductions (whose units each sum at
-/// least `VALUES_PER_UNIT` values before the cube's tree).
+/// least `VALUES_PER_UNIT` values before the cube's tree): at most, where a plane (a part's
+/// planes) has as many vectors.
 const UNITS: usize = 64;
 const REDUCTION_UNITS: usize = 256;
+const MIN_REDUCTION_UNITS: usize = 32;
 const VALUES_PER_UNIT: usize = 64;
 
-/// The grid of the elementwise kernels for t `[n, c, positions]` (read as vectors).
-fn elementwise_count(dims: [usize; 3]) -> CubeCount {
-    let [n, c, positions] = dims;
-    CubeCount::Static(
-        (positions / vector_size(positions)).div_ceil(UNITS).max(1) as u32,
-        (n * c).clamp(1, MAX_CUBES_YZ) as u32,
-        1,
-    )
+/// Vectors in a plane of `positions`.
+fn vectors(positions: usize) -> usize {
+    positions / vector_size(positions)
 }
 
-/// The reductions' parts: (how many, images in each).
-fn reduction_parts(dims: [usize; 3]) -> (usize, usize) {
-    let [n, _, positions] = dims;
-    let images = (VALUES_PER_UNIT * REDUCTION_UNITS)
-        .div_ceil(positions.max(1))
-        .clamp(1, n.max(1));
-    let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
-    (n.div_ceil(images).max(1), images)
+/// The grid of the elementwise kernels for t `[n, c, positions]`.
+fn elementwise_grid(dims: [usize; 3]) -> (CubeCount, CubeDim) {
+    let [n, c, positions] = dims;
+    let units = vectors(positions).next_power_of_two().min(UNITS);
+    let count = CubeCount::Static(
+        vectors(positions).div_ceil(units) as u32,
+        (n * c).clamp(1, MAX_CUBES_YZ) as u32,
+        1,
+    );
+    (count, CubeDim::new_1d(units as u32))
+}
+
+/// A reduction over t `[n, c, positions]`, one cube a channel and part of the images.
+struct Reduction {
+    parts: usize,
+    images: usize,
+    /// A power of two: the slots of the cube's tree.
+    units: usize,
+}
+
+impl Reduction {
+    fn new(dims: [usize; 3]) -> Self {
+        let [n, _, positions] = dims;
+        let images = (VALUES_PER_UNIT * REDUCTION_UNITS)
+            .div_ceil(positions.max(1))
+            .clamp(1, n.max(1));
+        let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
+        let units = (images * vectors(positions))
+            .next_power_of_two()
+            .clamp(MIN_REDUCTION_UNITS, REDUCTION_UNITS);
+        Reduction {
+            parts: n.div_ceil(images).max(1),
+            images,
+            units,
+        }
+    }
+
+    fn grid(&self, channels: usize) -> (CubeCount, CubeDim) {
+        (
+            CubeCount::Static(channels as u32, self.parts as u32, 1),
+            CubeDim::new_1d(self.units as u32),
+        )
+    }
 }
 
 /// z as a contiguous `[n, c, positions]`.
@@ -298,20 +364,21 @@ fn planes<R: CubeRuntime>(z: CubeTensor<R>) -> CubeTensor<R> {
 /// `(relu(z) - mean)^2`.
 fn moment_parts<R: CubeRuntime>(z: &CubeTensor<R>, mean: Option<&CubeTensor<R>>) -> CubeTensor<R> {
     let dims = z.meta.shape().dims::<3>();
-    let (parts, images) = reduction_parts(dims);
-    let partial = empty(z, Shape::new([parts, dims[1]]));
+    let reduction = Reduction::new(dims);
+    let partial = empty(z, Shape::new([reduction.parts, dims[1]]));
+    let (cube_count, cube_dim) = reduction.grid(dims[1]);
     kernels::moments::launch::<R>(
         &z.client,
-        CubeCount::Static(dims[1] as u32, parts as u32, 1),
-        CubeDim::new_1d(REDUCTION_UNITS as u32),
+        cube_count,
+        cube_dim,
         vector_size(dims[2]),
         z.clone().into_tensor_arg(),
         mean.unwrap_or(&partial).clone().into_tensor_arg(),
         partial.clone().into_tensor_arg(),
-        images,
+        reduction.images,
         (dims[0] * dims[2]) as f32,
         mean.is_some(),
-        REDUCTION_UNITS.next_power_of_two(),
+        reduction.units,
     );
     partial
 }
@@ -323,10 +390,11 @@ fn relu_affine<R: CubeRuntime>(
     shift: CubeTensor<R>,
 ) -> CubeTensor<R> {
     let y = empty(z, z.meta.shape().clone());
+    let (cube_count, cube_dim) = elementwise_grid(z.meta.shape().dims::<3>());
     kernels::relu_affine::launch::<R>(
         &z.client,
-        elementwise_count(z.meta.shape().dims::<3>()),
-        CubeDim::new_1d(UNITS as u32),
+        cube_count,
+        cube_dim,
         vector_size(z.meta.shape()[2]),
         z.clone().into_tensor_arg(),
         into_contiguous(scale).into_tensor_arg(),
@@ -369,30 +437,32 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for ReluBatchNorm
             Some(codes) => pool::backward(dy, codes, shape.clone()),
             None => dy,
         });
-        let (parts, images) = reduction_parts(dims);
-        let partial = empty(&z, Shape::new([parts, 2 * c]));
+        let reduction = Reduction::new(dims);
+        let partial = empty(&z, Shape::new([reduction.parts, 2 * c]));
         let client = z.client.clone();
+        let (cube_count, cube_dim) = reduction.grid(c);
         kernels::grad_sums::launch::<R>(
             &client,
-            CubeCount::Static(c as u32, parts as u32, 1),
-            CubeDim::new_1d(REDUCTION_UNITS as u32),
+            cube_count,
+            cube_dim,
             vector_size(dims[2]),
             z.clone().into_tensor_arg(),
             dy.clone().into_tensor_arg(),
             mean.clone().into_tensor_arg(),
             inv_std.clone().into_tensor_arg(),
             partial.clone().into_tensor_arg(),
-            images,
-            REDUCTION_UNITS.next_power_of_two(),
+            reduction.images,
+            reduction.units,
         );
         let sums = sum_leading(partial);
         let [z_node, gamma_node, beta_node] = ops.parents;
         let (dgamma, dbeta) = (empty(&z, Shape::new([c])), empty(&z, Shape::new([c])));
         let dz = empty(&z, z.meta.shape().clone());
+        let (cube_count, cube_dim) = elementwise_grid(dims);
         kernels::input_grad::launch::<R>(
             &client,
-            elementwise_count(dims),
-            CubeDim::new_1d(UNITS as u32),
+            cube_count,
+            cube_dim,
             vector_size(dims[2]),
             z.into_tensor_arg(),
             dy.into_tensor_arg(),

@@ -114,11 +114,12 @@ pub fn serves<B: Backend>() -> bool {
     depthwise3x3(probe(), probe()).is_ok()
 }
 
-/// Positions per vector the kernels read and write: 4 (one 16-byte load) where a plane's
-/// positions allow it, else 1. On a GPU that is one wide load instead of four; on lavapipe,
-/// which loads a lane's values one at a time, a quarter of the loads.
-fn vector_size(positions: usize) -> usize {
-    if positions.is_multiple_of(4) { 4 } else { 1 }
+/// Values per vector the kernels read and write along an axis of `len` values (a plane's
+/// positions, a weight's rows): 4 (one 16-byte load) where `len` allows it, else 1. On a GPU that
+/// is one wide load instead of four; on lavapipe, which loads a lane's values one at a time, a
+/// quarter of the loads.
+fn vector_size(len: usize) -> usize {
+    if len.is_multiple_of(4) { 4 } else { 1 }
 }
 
 /// The cube count and size of a launch with one unit per element of `units`.
