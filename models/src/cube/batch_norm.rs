@@ -144,6 +144,7 @@ mod kernels {
         running_mean: &Tensor<f32>,
         running_var: &Tensor<f32>,
         stats: &mut Tensor<f32>,
+        stride: usize,
         count: f32,
         epsilon: f32,
         momentum: f32,
@@ -163,13 +164,14 @@ mod kernels {
         let var = squares / count;
         let inv_std = 1.0f32 / f32::sqrt(var + epsilon);
         let scale = gamma[c] * inv_std;
-        // stats rows: mean, inv_std, scale, shift, new running mean, new running variance.
+        // stats rows (`stride` apart): mean, inv_std, scale, shift, new running mean, new
+        // running variance.
         stats[c] = mean;
-        stats[channels + c] = inv_std;
-        stats[2usize * channels + c] = scale;
-        stats[3usize * channels + c] = beta[c] - mean * scale;
-        stats[4usize * channels + c] = running_mean[c] * (1.0f32 - momentum) + mean * momentum;
-        stats[5usize * channels + c] = running_var[c] * (1.0f32 - momentum) + var * momentum;
+        stats[stride + c] = inv_std;
+        stats[2usize * stride + c] = scale;
+        stats[3usize * stride + c] = beta[c] - mean * scale;
+        stats[4usize * stride + c] = running_mean[c] * (1.0f32 - momentum) + mean * momentum;
+        stats[5usize * stride + c] = running_var[c] * (1.0f32 - momentum) + var * momentum;
     }
 
     /// One part of the two per-channel sums of the gradient, of dy and of `dy * xhat` (xhat =
@@ -404,11 +406,36 @@ fn relu_affine<R: CubeRuntime>(
     y
 }
 
-/// Row `i` of a contiguous `[rows, c]` tensor, as `[c]` (a view).
-fn row<R: CubeRuntime>(t: &CubeTensor<R>, i: usize) -> CubeTensor<R> {
-    let c = t.meta.shape()[1];
-    let rows = tensor::<Cube<R, u8>, 2>(t.clone()).narrow(0, i, 1);
-    into_contiguous(reshape(float(rows), Shape::new([c])))
+/// What `finalize` writes: six rows of a value per channel (the mean, 1 / sqrt(var + eps), the
+/// affine map's scale and shift, the new running mean and variance), `stride` apart in one
+/// buffer that the last row ends. `stride` is a multiple of the device's alignment for a view,
+/// so every row starts and ends at one and taking it launches nothing (burn's slice copies an
+/// unaligned row: 18 launches a step at batch 32).
+struct Stats<R: CubeRuntime> {
+    buffer: CubeTensor<R>,
+    channels: usize,
+    stride: usize,
+}
+
+impl<R: CubeRuntime> Stats<R> {
+    const ROWS: usize = 6;
+
+    fn new(like: &CubeTensor<R>, channels: usize) -> Self {
+        let alignment = like.client.properties().memory.alignment as usize / size_of::<f32>();
+        let stride = channels.next_multiple_of(alignment.max(1));
+        let buffer = empty(like, Shape::new([(Self::ROWS - 1) * stride + channels]));
+        Stats {
+            buffer,
+            channels,
+            stride,
+        }
+    }
+
+    /// Row `i`, `[channels]` (a view).
+    fn row(&self, i: usize) -> CubeTensor<R> {
+        let buffer = tensor::<Cube<R, u8>, 1>(self.buffer.clone());
+        float(buffer.narrow(0, i * self.stride, self.channels))
+    }
 }
 
 /// What the backward pass keeps: z as `[n, c, positions]`, the batch mean, 1 / sqrt(var + eps),
@@ -507,7 +534,7 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let c = dims[1];
     let mean_parts = moment_parts(&zp, None);
     let var_parts = moment_parts(&zp, Some(&mean_parts));
-    let stats = empty(&zp, Shape::new([6, c]));
+    let stats = Stats::new(&zp, c);
     let (cube_count, cube_dim) = elementwise(&zp.client, c);
     kernels::finalize::launch::<R>(
         &zp.client,
@@ -519,13 +546,14 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
         into_contiguous(beta.primitive.clone()).into_tensor_arg(),
         param(bn.running_mean.value_sync()).into_tensor_arg(),
         param(bn.running_var.value_sync()).into_tensor_arg(),
-        stats.clone().into_tensor_arg(),
+        stats.buffer.clone().into_tensor_arg(),
+        stats.stride,
         (dims[0] * dims[2]) as f32,
         bn.epsilon as f32,
         bn.momentum as f32,
     );
     let running =
-        |i| -> Tensor<B, 1> { same(Tensor::<Ad<R, BT>, 1>::from_inner(tensor(row(&stats, i)))) };
+        |i| -> Tensor<B, 1> { same(Tensor::<Ad<R, BT>, 1>::from_inner(tensor(stats.row(i)))) };
     bn.running_mean.update(running(4));
     bn.running_var.update(running(5));
     let (y, codes) = output::<R, BT>(&zp, &shape, &stats, pool);
@@ -536,7 +564,7 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let gamma = into_contiguous(gamma.primitive);
     tensor(match prep {
         OpsKind::Tracked(prep) => {
-            prep.finish((zp, row(&stats, 0), row(&stats, 1), gamma, shape, codes), y)
+            prep.finish((zp, stats.row(0), stats.row(1), gamma, shape, codes), y)
         }
         OpsKind::UnTracked(prep) => prep.finish(y),
     })
@@ -548,10 +576,10 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
 fn output<R: CubeRuntime, BT: BoolElement>(
     zp: &CubeTensor<R>,
     shape: &Shape,
-    stats: &CubeTensor<R>,
+    stats: &Stats<R>,
     pool: Option<f32>,
 ) -> (CubeTensor<R>, Option<pool::Codes<R>>) {
-    let (scale, shift) = (row(stats, 2), row(stats, 3));
+    let (scale, shift) = (stats.row(2), stats.row(3));
     match pool {
         Some(p) => {
             let z = reshape(zp.clone(), shape.clone());
