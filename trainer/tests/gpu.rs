@@ -287,7 +287,7 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         // 200 vectors of positions: the product's last cube has units with two vectors, with
         // one and with none; the weight gradient's tiles of 8 end past 7 inputs and 19 outputs.
         ([2, 7, 20, 20], 19),
-        // Weights read 4 to a load (8 inputs; outputs 12 of a tile of 16, 8 read transposed).
+        // Outputs 12 of a tile of 16 (the input gradient's: 8).
         ([2, 8, 5, 5], 12),
         // The weight gradient's sum in several parts.
         ([40, 3, 48, 48], 5),

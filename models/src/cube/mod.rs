@@ -116,8 +116,7 @@ pub fn serves<B: Backend>() -> bool {
 
 /// Values per vector the kernels read and write along an axis of `len` values (a plane's
 /// positions, a weight's rows): 4 (one 16-byte load) where `len` allows it, else 1. On a GPU that
-/// is one wide load instead of four; on lavapipe, which loads a lane's values one at a time, a
-/// quarter of the loads.
+/// is one wide load instead of four (lavapipe still fetches each of its values on its own).
 fn vector_size(len: usize) -> usize {
     if len.is_multiple_of(4) { 4 } else { 1 }
 }

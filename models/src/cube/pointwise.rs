@@ -6,10 +6,10 @@
 //! Full f32 arithmetic on every device: burn's matrix product runs on tensor cores in TF32 on
 //! recent NVIDIA GPUs (10 bits of mantissa), which made the CUDA step differ from the CPU's by
 //! 1e-3 on the first step. Each unit computes a tile of two vectors of 4 positions x 16 outputs,
-//! so that every input value loaded serves 16 products and every weight 8 (the input gradient's
-//! weights read 4 to a load); in the weight gradient, 8 outputs x 8 inputs. Loads are what these
-//! kernels wait on: on a GPU each load served more products is arithmetic intensity, on lavapipe
-//! (which loads a storage buffer one lane and one value at a time) it is most of the time.
+//! so that every input value loaded serves 16 products and every weight 8; in the weight
+//! gradient, 8 outputs x 8 inputs. Loads are what these kernels wait on: on a GPU each load
+//! served more products is arithmetic intensity, on lavapipe (which loads a storage buffer one
+//! lane and one value at a time) it is most of the time.
 
 use super::reduce::sum_leading;
 use super::{Cube, MAX_CUBES_YZ, empty, vector_size};
@@ -46,19 +46,35 @@ const MIN_UNITS: usize = 32;
 mod kernels {
     use cubecl::prelude::*;
 
-    /// `y[n, o, p] = bias[o] + sum over i of w(o, i) * x[n, i, p]` for x `[n, ins, positions]`
-    /// and y `[parts * n, outs, positions]`, both read as vectors of N positions; the weight is
-    /// `[outs, ins]`, or `[ins, outs]` when `transposed` (a convolution's read for its input
-    /// gradient, a dense layer's input read for its weight gradient), read as vectors of W
-    /// outputs when transposed. Cube (bx, by, s) covers `tile_v` runs of `units` vectors from
-    /// `bx * tile_v * units` (of all images, flattened), outputs `by * tile_o ..` and inputs
-    /// `s * k_chunk ..`, writing its partial sum to part s of y (the bias goes to part 0). Each
-    /// unit takes one vector of each run: neighbouring units read neighbouring vectors; a weight
-    /// is the same for all of a cube's units (one broadcast read) and serves `tile_v` vectors.
+    /// Where weight `(o, i)` is in a weight tensor: `[outs, ins]` (a convolution's), or `[ins, outs]`
+    /// (`transposed`: a convolution's read for its input gradient, or a dense layer's input read
+    /// for its weight gradient).
+    #[cube]
+    fn weight_at(
+        o: usize,
+        i: usize,
+        outs: usize,
+        ins: usize,
+        #[comptime] transposed: bool,
+    ) -> usize {
+        if transposed {
+            i * outs + o
+        } else {
+            o * ins + i
+        }
+    }
+
+    /// `y[n, o, p] = bias[o] + sum over i of weight(o, i) * x[n, i, p]` for x `[n, ins, positions]`
+    /// and y `[parts * n, outs, positions]`, both read as vectors of N positions. Cube (bx, by, s)
+    /// covers `tile_v` runs of `units` vectors from `bx * tile_v * units` (of all images,
+    /// flattened), outputs `by * tile_o ..` and inputs `s * k_chunk ..`, writing its partial sum
+    /// to part s of y (the bias goes to part 0). Each unit takes one vector of each run:
+    /// neighbouring units read neighbouring vectors; a weight is the same for all of a cube's
+    /// units (one broadcast read) and serves `tile_v` vectors.
     #[cube(launch)]
-    pub(super) fn product<N: Size, W: Size>(
+    pub(super) fn product<N: Size>(
         x: &Tensor<Vector<f32, N>>,
-        weight: &Tensor<Vector<f32, W>>,
+        weight: &Tensor<f32>,
         bias: &Tensor<f32>,
         y: &mut Tensor<Vector<f32, N>>,
         k_chunk: usize,
@@ -102,11 +118,6 @@ mod kernels {
                 acc[t * tile_o + j] = Vector::cast_from(b);
             }
         }
-        // W weights a load: those of W neighbouring outputs, transposed (`outs` and `tile_o` are
-        // multiples of W); else W is 1. (W inputs a load would keep W times the vectors of x in
-        // registers: 254 on sm_90, where this takes 195.)
-        let zero = Vector::<f32, W>::cast_from(0.0f32);
-        let wv = comptime!(zero.vector_size());
         let mut xv = Array::<Vector<f32, N>>::new(tile_v);
         for i in first_i..last_i {
             #[unroll]
@@ -114,23 +125,16 @@ mod kernels {
                 xv[t] = x[usize::cast_from(at[t]) + i * vectors];
             }
             #[unroll]
-            for q in 0..comptime!(tile_o / wv) {
-                let o = first_o + q * wv;
-                let mut w = zero;
-                if o < outs {
-                    if transposed {
-                        w = weight[(i * outs + o) / wv];
-                    } else {
-                        w = weight[o * ins + i];
-                    }
-                }
+            for j in 0..tile_o {
+                let o = first_o + j;
+                let w = Vector::cast_from(select(
+                    o < outs,
+                    weight[weight_at(o, i, outs, ins, transposed)],
+                    0.0f32,
+                ));
                 #[unroll]
-                for l in 0..wv {
-                    let wl = Vector::<f32, N>::cast_from(w[l]);
-                    #[unroll]
-                    for t in 0..tile_v {
-                        acc[t * tile_o + q * wv + l] += wl * xv[t];
-                    }
+                for t in 0..tile_v {
+                    acc[t * tile_o + j] += w * xv[t];
                 }
             }
         }
@@ -289,8 +293,6 @@ fn forward<R: CubeRuntime>(
         .div_ceil(bx * by)
         .min(ins / MIN_PART_INPUTS)
         .clamp(1, MAX_CUBES_YZ);
-    // A transposed weight as vectors of 4 outputs where their number allows.
-    let weight_vector = if transposed { vector_size(outs) } else { 1 };
     let k_chunk = ins.div_ceil(parts).max(1);
     let parts = ins.div_ceil(k_chunk).max(1);
     let y = empty(&x, Shape::new([parts * n, outs, positions]));
@@ -302,7 +304,6 @@ fn forward<R: CubeRuntime>(
         CubeCount::Static(bx as u32, by as u32, parts as u32),
         CubeDim::new_1d(units as u32),
         vector,
-        weight_vector,
         x.into_tensor_arg(),
         weight.into_tensor_arg(),
         bias.into_tensor_arg(),
