@@ -27,49 +27,8 @@ use cubecl::{CubeCount, CubeDim};
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
-    use crate::cube::reduce::{lanes_sum, tree_sum};
+    use crate::cube::reduce::{Walk, lanes_sum, tree_sum};
     use cubecl::prelude::*;
-
-    /// A unit's way through the vectors of a run of images' planes of one channel, the cube's
-    /// units taking them in turn (across images where planes have fewer vectors than the cube
-    /// has units): at vector p of image n, then `units` vectors on, with no division per step.
-    #[derive(CubeType)]
-    pub(super) struct Walk {
-        pub n: usize,
-        p: usize,
-        vectors: usize,
-        skip_images: usize,
-        skip_vectors: usize,
-    }
-
-    #[cube]
-    impl Walk {
-        /// From image `first`, for planes of `vectors` vectors.
-        pub fn new(first: usize, vectors: usize) -> Walk {
-            let (unit, units) = (UNIT_POS as usize, CUBE_DIM as usize);
-            Walk {
-                n: first + unit / vectors,
-                p: unit % vectors,
-                vectors,
-                skip_images: units / vectors,
-                skip_vectors: units % vectors,
-            }
-        }
-
-        /// Where the vector is in a tensor `[n, channels, vectors]`.
-        pub fn at(&self, channels: usize, channel: usize) -> usize {
-            (self.n * channels + channel) * self.vectors + self.p
-        }
-
-        pub fn step(&mut self) {
-            self.n += self.skip_images;
-            self.p += self.skip_vectors;
-            if self.p >= self.vectors {
-                self.p -= self.vectors;
-                self.n += 1usize;
-            }
-        }
-    }
 
     /// One part of a per-channel sum over t `[n, c, positions]` of `relu(t)` (or, `centred`, of
     /// `(relu(t) - mean)^2`, the mean being `sum over s of mean_parts[s, c] / count`): cube (c, s)

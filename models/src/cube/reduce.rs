@@ -1,5 +1,6 @@
-//! Sums the other kernels share: a cube's tree in shared memory, a vector's lanes, and adding up
-//! the parts a kernel split its sums into (or a dense layer's output gradient over the batch).
+//! Sums the other kernels share: a cube's tree in shared memory, a vector's lanes, a unit's walk
+//! through a channel's planes, and adding up the parts a kernel split its sums into (or a dense
+//! layer's output gradient over the batch).
 //! Each in a fixed order (no atomics), so a run gives the same bytes every time.
 
 use super::{elementwise, empty};
@@ -41,6 +42,47 @@ pub(super) fn tree_sum(
         }
         sync_cube();
         half /= 2usize;
+    }
+}
+
+/// A unit's way through the vectors of a run of images' planes of one channel, the cube's
+/// units taking them in turn (across images where planes have fewer vectors than the cube
+/// has units): at vector p of image n, then `units` vectors on, with no division per step.
+#[derive(CubeType)]
+pub(super) struct Walk {
+    pub n: usize,
+    p: usize,
+    vectors: usize,
+    skip_images: usize,
+    skip_vectors: usize,
+}
+
+#[cube]
+impl Walk {
+    /// From image `first`, for planes of `vectors` vectors.
+    pub fn new(first: usize, vectors: usize) -> Walk {
+        let (unit, units) = (UNIT_POS as usize, CUBE_DIM as usize);
+        Walk {
+            n: first + unit / vectors,
+            p: unit % vectors,
+            vectors,
+            skip_images: units / vectors,
+            skip_vectors: units % vectors,
+        }
+    }
+
+    /// Where the vector is in a tensor `[n, channels, vectors]`.
+    pub fn at(&self, channels: usize, channel: usize) -> usize {
+        (self.n * channels + channel) * self.vectors + self.p
+    }
+
+    pub fn step(&mut self) {
+        self.n += self.skip_images;
+        self.p += self.skip_vectors;
+        if self.p >= self.vectors {
+            self.p -= self.vectors;
+            self.n += 1usize;
+        }
     }
 }
 
