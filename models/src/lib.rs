@@ -75,6 +75,13 @@ pub mod cube {
         Err(inputs)
     }
 
+    pub fn cross_entropy<B: Backend>(
+        logits: Tensor<B, 2>,
+        target: Tensor<B, 2>,
+    ) -> Result<Tensor<B, 1>, (Tensor<B, 2>, Tensor<B, 2>)> {
+        Err((logits, target))
+    }
+
     pub fn serves<B: Backend>() -> bool {
         false
     }

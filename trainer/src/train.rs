@@ -65,7 +65,8 @@ pub fn images_tensor<B: Backend>(batch: &Batch, size: usize, device: &B::Device)
     )
 }
 
-/// Mean over the batch of -w[y] * log p[y] (Keras' class_weight with sum-over-batch-size).
+/// Mean over the batch of -w[y] * log p[y] (Keras' class_weight with sum-over-batch-size): on
+/// a GPU one kernel (`models::cube::cross_entropy`, and one for its gradient), else burn's ops.
 pub fn weighted_loss<B: Backend>(
     logits: Tensor<B, 2>,
     labels: &[u8],
@@ -78,10 +79,12 @@ pub fn weighted_loss<B: Backend>(
         target[i * 2 + y as usize] = weights[y as usize] as f32;
     }
     let target = Tensor::<B, 2>::from_data(TensorData::new(target, [n, 2]), device);
-    (log_softmax(logits, 1) * target)
-        .sum()
-        .neg()
-        .div_scalar(n as f32)
+    models::cube::cross_entropy(logits, target).unwrap_or_else(|(logits, target)| {
+        (log_softmax(logits, 1) * target)
+            .sum()
+            .neg()
+            .div_scalar(n as f32)
+    })
 }
 
 /// Trains the run `cfg` describes on the `training`, `validation` and `testing` folders under

@@ -215,7 +215,8 @@ fn check<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor
 /// The device's own kernels (`models::cube`) against burn's own ops on the CPU (flex, f32), from
 /// the same data: outputs and the gradients of every input, for the depthwise convolution, the
 /// pointwise convolution, the dense layer and ReLU + BatchNorm (training and inference, running
-/// statistics included), and the trainer's Adagrad update against the CPU's, on CancerNet's
+/// statistics included), the trainer's loss (burn's log-softmax times the weighted target) and its
+/// Adagrad update against the CPU's, on CancerNet's
 /// shapes and on edge shapes (planes of one row or column, one image, channel counts that fill no
 /// tile). Both compute in f32, so the
 /// tolerance is f32's, on every device: 1e-5 of the largest value. Measured on lavapipe: at most
@@ -375,6 +376,32 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
                 &what("bias grad"),
                 b.grad(&g).unwrap(),
                 cb.grad(&cg).unwrap(),
+            ));
+    }
+    // The trainer's loss (cross-entropy against a weighted target) and its gradient, scaled by
+    // 3 on the way back so that the loss's own gradient is read. Batches of 32 and 256, one
+    // walked by the cube's units (300 rows), and odd class counts.
+    for (n, k) in [(32, 2), (256, 2), (300, 2), (3, 5), (1, 1)] {
+        let (xd, td) = (next(&[n, k]), next(&[n, k]));
+        let x = leaf::<B, 2>(&xd, &device);
+        let loss = models::cube::cross_entropy(x.clone(), Tensor::from_data(td.clone(), &device))
+            .ok()
+            .unwrap();
+        let g = loss.clone().mul_scalar(3.0).backward();
+        let cx = leaf::<Cpu, 2>(&xd, &cpu);
+        let closs = (burn::tensor::activation::log_softmax(cx.clone(), 1)
+            * Tensor::from_data(td, &cpu))
+        .sum()
+        .neg()
+        .div_scalar(n as f32);
+        let cg = closs.clone().mul_scalar(3.0).backward();
+        let what = |t: &str| format!("cross-entropy {n}x{k} {t}");
+        worst = worst
+            .max(check(&what("loss"), loss.inner(), closs.inner()))
+            .max(check(
+                &what("grad"),
+                x.grad(&g).unwrap(),
+                cx.grad(&cg).unwrap(),
             ));
     }
     // Keras' Adagrad, the trainer's optimizer, takes the device's kernel: two updates from a

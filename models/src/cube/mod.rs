@@ -2,7 +2,8 @@
 //! autodiff backward, used by `fast_ops` wherever the model runs on one of those backends, as
 //! the CPU kernels are on flex: the depthwise 3x3 convolution (`depthwise`), the pointwise
 //! convolution and dense layers (`pointwise`), ReLU + BatchNorm (`batch_norm`), and a block's
-//! max-pool + dropout after it (`pool`); and the trainer's Keras Adagrad update (`adagrad`).
+//! max-pool + dropout after it (`pool`); and the trainer's loss (`loss`) and Keras Adagrad update
+//! (`adagrad`).
 //!
 //! Why: burn-cubecl 0.21 computes a grouped convolution's filter gradient with one host-side
 //! convolution per channel (419 in CancerNet), each summing the whole batch on 9 threads; that
@@ -13,6 +14,7 @@
 mod adagrad;
 mod batch_norm;
 mod depthwise;
+mod loss;
 mod pointwise;
 mod pool;
 mod reduce;
@@ -105,6 +107,16 @@ pub fn adagrad<B: Backend, const D: usize>(
     inputs: adagrad::Inputs<B, D>,
 ) -> Result<(Tensor<B, D>, Tensor<B, D>), adagrad::Inputs<B, D>> {
     Err(on_each_backend!(adagrad::on<D>, inputs))
+}
+
+/// The trainer's loss: the mean over rows of `-sum_c target * log_softmax(logits)` (`[n, k]`
+/// each; the target a weighted one-hot), as `[1]`, when `B` is a cubecl backend of this build,
+/// else the inputs back.
+pub fn cross_entropy<B: Backend>(
+    logits: Tensor<B, 2>,
+    target: Tensor<B, 2>,
+) -> Result<Tensor<B, 1>, loss::Inputs<B>> {
+    Err(on_each_backend!(loss::on, (logits, target)))
 }
 
 /// Whether the model's layers on `B` run these kernels (a test and the trainer's header ask).
