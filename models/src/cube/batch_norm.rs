@@ -16,6 +16,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::module::{Module, ModuleMapper, Param, RunningState};
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor};
@@ -473,6 +474,23 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for ReluBatchNorm
     }
 }
 
+/// Replaces a running statistic's value with `value`, the new average the finish kernel computed.
+/// burn's `RunningState::update` would keep it per thread and, when next read, divide the sum of
+/// the threads' values by their count: one launch for x / 1 per statistic, 14 a CancerNet step.
+/// A `RunningState`'s clones share its value (that is how burn's threads share it), so mapping a
+/// clone sets the layer's own; with no update pending, its reads are that value as it is.
+fn set_running<B: Backend>(state: &RunningState<Tensor<B, 1>>, value: Tensor<B, 1>) {
+    struct SetTo<B: Backend>(Option<Tensor<B, 1>>);
+    impl<B: Backend> ModuleMapper<B> for SetTo<B> {
+        fn map_float<const D: usize>(&mut self, p: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            let (id, old, mapper) = p.consume();
+            let value = self.0.take().expect("one statistic");
+            Param::from_mapped_value(id, value.reshape(old.shape()), mapper)
+        }
+    }
+    let _ = state.clone().map(&mut SetTo(Some(value)));
+}
+
 /// Training mode: normalizes with the batch's statistics, moves bn's running averages, then
 /// max-pools and drops out with probability p when `pool` is `Some(p)`. Four launches: the two
 /// moments, their finish (statistics, the affine map, running averages), the output.
@@ -513,8 +531,8 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     );
     let running =
         |i| -> Tensor<B, 1> { same(Tensor::<Ad<R, BT>, 1>::from_inner(tensor(stats.row(i)))) };
-    bn.running_mean.update(running(4));
-    bn.running_var.update(running(5));
+    set_running(&bn.running_mean, running(4));
+    set_running(&bn.running_var, running(5));
     let (y, codes) = output::<R, BT>(&zp, &shape, &stats, pool);
     let prep = ReluBatchNormBackward
         .prepare::<NoCheckpointing>([z.node.clone(), gamma.node.clone(), beta.node.clone()])
