@@ -472,6 +472,9 @@ fn batch_norm_kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         (5, [8, 32, 24, 24], Some(0.25)),
         // The dense head's: features as channels of one position.
         (6, [32, 256, 1, 1], None),
+        // Planes of one vector (64 a cube, 15 of them) and of 15 (4 a cube, the last cube half).
+        (7, [3, 5, 2, 2], None),
+        (8, [2, 3, 6, 10], None),
     ] {
         let c = dims[1];
         let (zd, gamma, beta) = (

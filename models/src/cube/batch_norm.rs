@@ -180,8 +180,8 @@ mod kernels {
         }
     }
 
-    /// `y = relu(z) * scale[c] + shift[c]`. Cube (x, y) covers positions `x * units ..` of plane
-    /// y (and of every plane `cubes along y` further).
+    /// `y = relu(z) * scale[c] + shift[c]`. Cube (x, y) covers positions `x * units along x ..`
+    /// of planes `y * units along y ..` (and of the planes `cubes along y` times as far on).
     #[cube(launch)]
     pub(super) fn relu_affine<N: Size>(
         z: &Tensor<Vector<f32, N>>,
@@ -197,12 +197,12 @@ mod kernels {
         }
         let zero = Vector::<f32, N>::cast_from(0.0f32);
         let planes = z.shape(0) * channels;
-        let mut plane = CUBE_POS_Y as usize;
+        let mut plane = (CUBE_POS_Y * CUBE_DIM_Y + UNIT_POS_Y) as usize;
         while plane < planes {
             let c = plane % channels;
             let at = plane * vectors + p;
             y[at] = max(z[at], zero) * Vector::cast_from(scale[c]) + Vector::cast_from(shift[c]);
-            plane += CUBE_COUNT_Y as usize;
+            plane += (CUBE_COUNT_Y * CUBE_DIM_Y) as usize;
         }
     }
 
@@ -232,7 +232,7 @@ mod kernels {
         }
         let zero = Vector::<f32, N>::cast_from(0.0f32);
         let planes = z.shape(0) * channels;
-        let mut plane = CUBE_POS_Y as usize;
+        let mut plane = (CUBE_POS_Y * CUBE_DIM_Y + UNIT_POS_Y) as usize;
         while plane < planes {
             let c = plane % channels;
             let (sum_dy, sum_dy_xhat) = (sums[c], sums[channels + c]);
@@ -249,7 +249,7 @@ mod kernels {
                     - Vector::cast_from(sum_dy / count)
                     - xhat * Vector::cast_from(sum_dy_xhat / count));
             dz[at] = select_many(v.greater_than(zero), g, zero);
-            plane += CUBE_COUNT_Y as usize;
+            plane += (CUBE_COUNT_Y * CUBE_DIM_Y) as usize;
         }
     }
 }
@@ -258,9 +258,9 @@ mod kernels {
 /// max-pool; handed back when the backend is not one of ours.
 pub(super) type Inputs<'a, B> = (&'a BatchNorm<B>, Tensor<B, 4>, Option<f32>);
 
-/// Units of a cube of the elementwise kernels, and of the reductions (whose units each sum at
-/// least `VALUES_PER_UNIT` values before the cube's tree): at most, where a plane (a part's
-/// planes) has as many vectors.
+/// Units of a cube of the elementwise kernels (over a plane's vectors, then planes), and of the
+/// reductions at most (whose units each sum at least `VALUES_PER_UNIT` values before the cube's
+/// tree, where a part's planes have as many vectors).
 const UNITS: usize = 64;
 const REDUCTION_UNITS: usize = 256;
 const MIN_REDUCTION_UNITS: usize = 32;
@@ -271,16 +271,22 @@ fn vectors(positions: usize) -> usize {
     positions / vector_size(positions)
 }
 
-/// The grid of the elementwise kernels for t `[n, c, positions]`.
+/// The grid of the elementwise kernels for t `[n, c, positions]`: cubes of `UNITS` units, along
+/// x a plane's vectors and along y as many planes as fit beside them (the dense head's planes
+/// have one value: 64 planes a cube, where one unit a cube left a GPU's warps 1/32 busy).
 fn elementwise_grid(dims: [usize; 3]) -> (CubeCount, CubeDim) {
     let [n, c, positions] = dims;
-    let units = vectors(positions).next_power_of_two().min(UNITS);
+    let along_plane = vectors(positions).next_power_of_two().min(UNITS);
+    let planes_a_cube = UNITS / along_plane;
     let count = CubeCount::Static(
-        vectors(positions).div_ceil(units) as u32,
-        (n * c).clamp(1, MAX_CUBES_YZ) as u32,
+        vectors(positions).div_ceil(along_plane) as u32,
+        (n * c).div_ceil(planes_a_cube).clamp(1, MAX_CUBES_YZ) as u32,
         1,
     );
-    (count, CubeDim::new_1d(units as u32))
+    (
+        count,
+        CubeDim::new_2d(along_plane as u32, planes_a_cube as u32),
+    )
 }
 
 /// A reduction over t `[n, c, positions]`, one cube a channel and part of the images.
