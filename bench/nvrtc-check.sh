@@ -84,6 +84,13 @@ for kernels in burn fast; do
   done
   STEPS+=($(($(wc -l <"$DIR/step-$kernels-2/launches.tsv") - $(wc -l <"$DIR/step-$kernels-1/launches.tsv"))))
 done
+# WAVES=<batch>: also the step at that batch, and how its launches would fill the GPU (waves.py).
+if [ -n "${WAVES:-}" ]; then
+  for reps in 1 2; do
+    on_cuda "step-waves-$reps" env DEVICES=cuda BATCHES="$WAVES" REPS=$reps KERNELS=fast PARTS=step \
+      "$BENCH" --bench || fail "the gpu_ops bench's step at batch $WAVES (target/nvrtc-check/step-waves-$reps/)"
+  done
+fi
 # burn's backend reports a kernel that does not compile, or a driver call it lacks, as a panic
 # on its own thread, which a run may survive: any is a failure here.
 RUNS=("$DIR"/{trainer,gpu_ops,step-*})
@@ -98,3 +105,6 @@ for run in "${RUNS[@]}"; do
 done
 python3 bench/nvrtc-check/summary.py "${RUNS[@]}"
 echo "kernel launches in one training step at batch 32: ${STEPS[0]} with burn's ops, ${STEPS[1]} with CancerNet's own"
+if [ -n "${WAVES:-}" ]; then
+  python3 bench/nvrtc-check/waves.py "$DIR/step-waves-1" "$DIR/step-waves-2"
+fi
