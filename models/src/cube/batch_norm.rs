@@ -481,8 +481,9 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for ReluBatchNorm
 }
 
 /// Replaces a running statistic's value with `value`, the new average the finish kernel computed.
-/// burn's `RunningState::update` would keep it per thread and, when next read, divide the sum of
-/// the threads' values by their count: one launch for x / 1 per statistic, 14 a CancerNet step.
+/// burn's `RunningState::update` would keep it per thread and, at the next `value_sync` (the next
+/// step's, before this kernel), divide the sum of the threads' values by their count: one launch
+/// of x / 1 per statistic, 14 a CancerNet step.
 /// A `RunningState`'s clones share its value (that is how burn's threads share it), so mapping a
 /// clone sets the layer's own; with no update pending, its reads are that value as it is.
 fn set_running<B: Backend>(state: &RunningState<Tensor<B, 1>>, value: Tensor<B, 1>) {
