@@ -44,6 +44,7 @@ const MIN_UNITS: usize = 32;
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
+    use crate::cube::reduce::Walk;
     use cubecl::prelude::*;
 
     /// Where weight `(o, i)` is in a weight tensor: `[outs, ins]` (a convolution's), or `[ins, outs]`
@@ -157,8 +158,8 @@ mod kernels {
     /// One part of the weight gradient `sum over (n, p) of dy[n, o, p] * x[n, i, p]` and of the
     /// bias gradient `sum over (n, p) of dy[n, o, p]`, both read as vectors of N positions: cube
     /// (bo, bi, s) sums the vectors of images `s * images ..` for outputs `bo * tile ..` and
-    /// inputs `bi * tile ..`, its units taking them in turn across images (the last block's
-    /// planes have fewer vectors than a cube has units), then adds the units' sums in shared
+    /// inputs `bi * tile ..`, its units taking them in turn across images (`Walk`; the last
+    /// block's planes have fewer vectors than a cube has units), then adds the units' sums in shared
     /// memory (rows for `slots` units, at least the cube's) into `partial[s, o, i]`. The bias is
     /// the weight of an input that is 1 everywhere, input `ins` (one past the last): the cube
     /// whose tile holds it writes those sums to `bias_partial[s, o]`, with no second pass over
@@ -195,17 +196,15 @@ mod kernels {
         for t in 0..sums {
             acc[t] = 0.0f32;
         }
-        // The unit's vector: p of image n.
-        let mut n = part * images + unit / vectors;
-        let mut p = unit % vectors;
-        while n < last {
+        let mut walk = Walk::new(part * images, vectors);
+        while walk.n < last {
             let mut xs = Array::<Vector<f32, N>>::new(tile);
             #[unroll]
             for k in 0..tile {
                 let i = first_i + k;
                 let mut v = zero;
                 if i < ins {
-                    v = x[(n * ins + i) * vectors + p];
+                    v = x[walk.at(ins, i)];
                 } else if i == ins {
                     v = one;
                 }
@@ -216,7 +215,7 @@ mod kernels {
                 let o = first_o + j;
                 let mut g = zero;
                 if o < outs {
-                    g = dy[(n * outs + o) * vectors + p];
+                    g = dy[walk.at(outs, o)];
                 }
                 #[unroll]
                 for k in 0..tile {
@@ -227,12 +226,7 @@ mod kernels {
                     }
                 }
             }
-            // Subtractions, not a division: `units` is at most a few planes' vectors.
-            p += units;
-            while p >= vectors {
-                p -= vectors;
-                n += 1usize;
-            }
+            walk.step();
         }
         // The units' sums as rows of shared memory, `sums + 1` apart (so that neither the units
         // writing their rows nor those reading a column meet in one bank of a GPU's shared
