@@ -66,12 +66,14 @@ pub mod cube {
         Err((bn, z, Some(p)))
     }
 
-    /// An Adagrad update's parameter, gradient, accumulator, learning rate and epsilon.
-    type AdagradInputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, D>, Tensor<B, D>, f32, f32);
+    /// Adagrad updates (parameter, gradient, accumulator), learning rate and epsilon.
+    type AdagradInputs<B> = (Vec<(Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>)>, f32, f32);
+    /// Each tensor's new values and accumulator.
+    type AdagradUpdated<B> = Vec<(Tensor<B, 1>, Tensor<B, 1>)>;
 
-    pub fn adagrad<B: Backend, const D: usize>(
-        inputs: AdagradInputs<B, D>,
-    ) -> Result<(Tensor<B, D>, Tensor<B, D>), AdagradInputs<B, D>> {
+    pub fn adagrad<B: Backend>(
+        inputs: AdagradInputs<B>,
+    ) -> Result<AdagradUpdated<B>, AdagradInputs<B>> {
         Err(inputs)
     }
 
@@ -83,6 +85,10 @@ pub mod cube {
     }
 
     pub fn serves<B: Backend>() -> bool {
+        false
+    }
+
+    pub fn is_cube<B: Backend>() -> bool {
         false
     }
 }

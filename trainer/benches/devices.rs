@@ -5,12 +5,12 @@
 //! Run: cargo bench -p trainer --features wgpu --bench devices   (REPS=n, default 3)
 
 use burn::backend::{Autodiff, Flex};
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use models::{CancerNet, CancerNetConfig};
 use trainer::data::Batch;
-use trainer::optim::KerasAdagrad;
+use trainer::optim::{KerasAdagrad, Optim};
 use trainer::train::{images_tensor, weighted_loss};
 
 mod common;
@@ -20,11 +20,13 @@ use common::time;
 fn step_seconds<B: AutodiffBackend>(label: &str, device: B::Device, reps: usize) -> f64 {
     let cfg = CancerNetConfig::default();
     let mut model: CancerNet<B> = cfg.init_seeded(1, &device);
-    let mut optim = KerasAdagrad {
-        initial_accumulator: 0.1,
-        epsilon: 1e-7,
-    }
-    .init::<B, CancerNet<B>>();
+    let mut optim = Optim::Adagrad(
+        KerasAdagrad {
+            initial_accumulator: 0.1,
+            epsilon: 1e-7,
+        }
+        .init(),
+    );
     let batch = Batch {
         images: (0..32 * 3 * 48 * 48)
             .map(|i| ((i * 7919) % 255) as f32 / 255.0)

@@ -16,14 +16,14 @@
 use burn::backend::{Autodiff, Flex};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use models::fast_ops::{self, Kernels};
 use models::{CancerNet, CancerNetConfig};
 use std::time::Instant;
-use trainer::optim::KerasAdagrad;
+use trainer::optim::{KerasAdagrad, Optim};
 use trainer::train::weighted_loss;
 
 /// Seconds per call of `f` (after one warm-up call that also compiles the kernels).
@@ -149,11 +149,13 @@ fn step_times<B: AutodiffBackend>(
 ) -> (f64, f64) {
     let cfg = CancerNetConfig::default();
     let mut model: CancerNet<B> = cfg.init_seeded(1, device);
-    let mut optim = KerasAdagrad {
-        initial_accumulator: 0.1,
-        epsilon: 1e-7,
-    }
-    .init::<B, CancerNet<B>>();
+    let mut optim = Optim::Adagrad(
+        KerasAdagrad {
+            initial_accumulator: 0.1,
+            epsilon: 1e-7,
+        }
+        .init(),
+    );
     let x = Tensor::<B, 4>::random(
         [batch, 3, cfg.input_size, cfg.input_size],
         Distribution::Uniform(0.0, 1.0),

@@ -16,6 +16,8 @@ use models::CancerNet;
 use models::fast_ops::{cast, same};
 use rayon::prelude::*;
 
+mod fused;
+
 #[derive(Clone, Debug)]
 pub struct KerasAdagrad {
     pub initial_accumulator: f64,
@@ -54,10 +56,16 @@ impl<B: Backend> SimpleOptimizer<B> for KerasAdagrad {
             }
             Err(unfused) => unfused,
         };
-        let (tensor, grad, acc) = match models::cube::adagrad((tensor, grad, acc, lr32, eps32)) {
-            Ok((p, a)) => return (p, state(a)),
-            Err((p, g, a, _, _)) => (p, g, a),
-        };
+        if models::cube::is_cube::<B>() {
+            let shape = tensor.shape();
+            let flat = |t: Tensor<B, D>| t.reshape([shape.num_elements()]);
+            let update = vec![(flat(tensor), flat(grad), flat(acc))];
+            let Ok(mut new) = models::cube::adagrad((update, lr32, eps32)) else {
+                unreachable!("a cubecl backend takes the update kernel")
+            };
+            let (p, a) = new.remove(0);
+            return (p.reshape(shape.clone()), state(a.reshape(shape)));
+        }
         let acc = acc + grad.clone().powi_scalar(2);
         let update = grad
             .div(acc.clone().sqrt().add_scalar(self.epsilon))
@@ -138,7 +146,7 @@ impl<B: AutodiffBackend> Optim<B> {
 
     pub fn step(&mut self, lr: f64, model: CancerNet<B>, grads: GradientsParams) -> CancerNet<B> {
         match self {
-            Optim::Adagrad(o) => o.step(lr, model, grads),
+            Optim::Adagrad(o) => fused::step(o, lr, model, grads),
             Optim::Adam(o) => o.step(lr, model, grads),
         }
     }

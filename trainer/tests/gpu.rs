@@ -16,14 +16,14 @@
 use burn::backend::{Autodiff, Flex};
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::{BatchNorm, BatchNormConfig};
-use burn::optim::{GradientsParams, Optimizer};
+use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::AutodiffBackend;
 use models::{CancerNet, CancerNetConfig};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use trainer::optim::KerasAdagrad;
+use trainer::optim::{KerasAdagrad, Optim};
 use trainer::train::{images_tensor, weighted_loss};
 
 /// A small CancerNet without dropout (the two backends draw masks from different generators).
@@ -77,11 +77,13 @@ fn train<B: AutodiffBackend>(
     device: &B::Device,
     steps: usize,
 ) -> (Vec<f32>, CancerNet<B>) {
-    let mut optim = KerasAdagrad {
-        initial_accumulator: 0.1,
-        epsilon: 1e-7,
-    }
-    .init::<B, CancerNet<B>>();
+    let mut optim = Optim::Adagrad(
+        KerasAdagrad {
+            initial_accumulator: 0.1,
+            epsilon: 1e-7,
+        }
+        .init(),
+    );
     let batches = batches(4);
     let losses = (0..steps)
         .map(|step| {
@@ -404,8 +406,9 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
                 cx.grad(&cg).unwrap(),
             ));
     }
-    // Keras' Adagrad, the trainer's optimizer, takes the device's kernel: two updates from a
-    // fresh accumulator against the CPU's, on a length read in vectors of 4 (36) and an odd one.
+    // Keras' Adagrad, the trainer's optimizer, takes the device's kernel: more tensors than
+    // CancerNet has (36), of lengths read in vectors of 4 and odd ones, mixed, updated twice from
+    // Keras' initial accumulator, each against the CPU's update of it.
     {
         use burn::optim::SimpleOptimizer;
         type Inner<B> = <B as AutodiffBackend>::InnerBackend;
@@ -413,22 +416,36 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
             initial_accumulator: 0.1,
             epsilon: 1e-7,
         };
-        for dims in [[4, 9], [3, 5]] {
-            let (p, g) = (next(&dims), next(&dims));
-            let on = |d: &TensorData| Tensor::<Inner<B>, 2>::from_data(d.clone(), &device);
-            let off = |d: &TensorData| Tensor::<Flex, 2>::from_data(d.clone(), &cpu);
-            assert!(
-                models::cube::adagrad((on(&p), on(&g), on(&g), 0.01, 1e-7)).is_ok(),
-                "Adagrad does not use the device's kernel on this backend"
-            );
-            let (dp, ds) = opt.step(0.01, on(&p), on(&g), None);
-            let (dp, ds) = opt.step(0.02, dp, on(&g), ds);
-            let (cp, cs) = opt.step(0.01, off(&p), off(&g), None);
-            let (cp, cs) = opt.step(0.02, cp, off(&g), cs);
-            let what = |t: &str| format!("adagrad {dims:?}: {t}");
+        let lens: Vec<usize> = (0..40)
+            .map(|k| [36, 15, 4, 1, 4608][k % 5] + 8 * (k / 5))
+            .collect();
+        let values: Vec<(TensorData, TensorData)> =
+            lens.iter().map(|&n| (next(&[n]), next(&[n]))).collect();
+        let on = |d: &TensorData| Tensor::<Inner<B>, 1>::from_data(d.clone(), &device);
+        let off = |d: &TensorData| Tensor::<Flex, 1>::from_data(d.clone(), &cpu);
+        let mut updates: Vec<_> = values
+            .iter()
+            .map(|(p, g)| (on(p), on(g), on(g).zeros_like().add_scalar(0.1)))
+            .collect();
+        let mut device_steps = Vec::new();
+        for lr in [0.01, 0.02] {
+            let Ok(new) = models::cube::adagrad((updates.clone(), lr, 1e-7)) else {
+                panic!("Adagrad does not use the device's kernel on this backend")
+            };
+            updates = new
+                .iter()
+                .zip(&updates)
+                .map(|((p, a), (_, g, _))| (p.clone(), g.clone(), a.clone()))
+                .collect();
+            device_steps = new;
+        }
+        for ((n, (p, g)), (dp, da)) in lens.iter().zip(&values).zip(device_steps) {
+            let (cp, cs) = opt.step(0.01, off(p), off(g), None);
+            let (cp, cs) = opt.step(0.02, cp, off(g), cs);
+            let what = |t: &str| format!("adagrad of {n} values: {t}");
             worst = worst.max(check(&what("parameter"), dp, cp)).max(check(
                 &what("accumulator"),
-                ds.unwrap().accumulator,
+                da,
                 cs.unwrap().accumulator,
             ));
         }

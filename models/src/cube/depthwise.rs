@@ -306,13 +306,19 @@ fn depthwise_autodiff<R: CubeRuntime, BT: BoolElement>(
     weight: Tensor<Autodiff<Cube<R, BT>>, 4>,
 ) -> Tensor<Autodiff<Cube<R, BT>>, 4> {
     let (x, weight) = (float(x), float(weight));
-    let y = forward(x.primitive.clone(), weight.primitive.clone(), false);
+    // Made contiguous once, for the forward and the filter gradient: on CUDA the network's input
+    // comes from burn's upload with its rows padded (cubecl's pitched layout), a copy each time.
+    let (x_values, w_values) = (
+        into_contiguous(x.primitive),
+        into_contiguous(weight.primitive),
+    );
+    let y = forward(x_values.clone(), w_values.clone(), false);
     let prep = DepthwiseBackward
         .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])
         .compute_bound()
         .stateful();
     tensor(match prep {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive), y),
+        OpsKind::Tracked(prep) => prep.finish((x_values, w_values), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     })
 }

@@ -19,11 +19,12 @@ mod pointwise;
 mod pool;
 mod reduce;
 
+use crate::fast_ops::cast;
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};
 use burn_cubecl::tensor::CubeTensor;
-use burn_cubecl::{CubeBackend, CubeRuntime};
+use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
 use cubecl::prelude::ComputeClient;
 use cubecl::{CubeCount, CubeDim, calculate_cube_count_elemwise};
 
@@ -100,13 +101,14 @@ pub fn relu_batch_norm_pool<'a, B: Backend>(
     Err(on_each_backend!(batch_norm::on, (bn, z, Some(p))))
 }
 
-/// Keras' Adagrad update of a parameter `p`, its gradient `g` and accumulator `a` (`a += g^2;
-/// p -= lr * g / (sqrt(a) + epsilon)`): the new `(p, a)` when `B` is a cubecl backend of this
-/// build, else the inputs back.
-pub fn adagrad<B: Backend, const D: usize>(
-    inputs: adagrad::Inputs<B, D>,
-) -> Result<(Tensor<B, D>, Tensor<B, D>), adagrad::Inputs<B, D>> {
-    Err(on_each_backend!(adagrad::on<D>, inputs))
+/// Keras' Adagrad update of parameter tensors, each flattened: `(p, g, a)` (values, gradient,
+/// accumulator; `a += g^2; p -= lr * g / (sqrt(a) + epsilon)`), with the learning rate and
+/// epsilon: each tensor's new `(p, a)`, in the same order, from one launch for all of them where
+/// the device's bindings allow, when `B` is a cubecl backend of this build, else the inputs back.
+pub fn adagrad<B: Backend>(
+    inputs: adagrad::Inputs<B>,
+) -> Result<adagrad::Updated<B>, adagrad::Inputs<B>> {
+    Err(on_each_backend!(adagrad::on, inputs))
 }
 
 /// The trainer's loss: the mean over rows of `-sum_c target * log_softmax(logits)` (`[n, k]`
@@ -124,6 +126,22 @@ pub fn serves<B: Backend>() -> bool {
     let device = Default::default();
     let probe = || Tensor::<B, 4>::empty([1, 1, 1, 1], &device);
     depthwise3x3(probe(), probe()).is_ok()
+}
+
+/// Whether `B` is one of this build's cubecl backends, without autodiff: a test of its type, no
+/// launch (the trainer asks each step).
+pub fn is_cube<B: Backend>() -> bool {
+    fn probe<B: Backend>() -> Result<(), Option<Tensor<B, 1>>> {
+        Err(on_each_backend!(cube_type, None))
+    }
+    probe::<B>().is_ok()
+}
+
+/// `Ok` when `B` is `Cube<R, BT>` (the value is `None`: only its type is tested).
+fn cube_type<B: Backend, R: CubeRuntime, BT: BoolElement>(
+    none: Option<Tensor<B, 1>>,
+) -> Result<(), Option<Tensor<B, 1>>> {
+    cast::<_, Option<Tensor<Cube<R, BT>, 1>>>(none).map(drop)
 }
 
 /// Values per vector the kernels read and write along an axis of `len` values (a plane's
