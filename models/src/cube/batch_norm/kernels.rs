@@ -1,0 +1,227 @@
+//! The BatchNorm kernels (in their own module: CubeCL's `Tensor` is not burn's): the moments and
+//! their finish, the output, and the backward's sums and input gradient.
+
+use crate::cube::reduce::{Walk, lanes_sum, tree_sum};
+use cubecl::prelude::*;
+
+/// One part of a per-channel sum over t `[n, c, positions]` of `relu(t)` (or, `centred`, of
+/// `(relu(t) - mean)^2`, the mean being `sum over s of mean_parts[s, c] / count`): cube (c, s)
+/// sums images `s * images ..` of channel c, its units taking vectors in turn (`Walk`), then adds
+/// its units' sums in a tree in shared memory (of `slots`, a power of two at least the
+/// cube's size) into `partial[s, c]`.
+#[cube(launch)]
+pub(super) fn moments<N: Size>(
+    t: &Tensor<Vector<f32, N>>,
+    mean_parts: &Tensor<f32>,
+    partial: &mut Tensor<f32>,
+    images: usize,
+    count: f32,
+    #[comptime] centred: bool,
+    #[comptime] slots: usize,
+) {
+    let channels = t.shape(1);
+    let vectors = t.shape(2) / t.vector_size();
+    let channel = CUBE_POS_X as usize;
+    let part = CUBE_POS_Y as usize;
+    let unit = UNIT_POS as usize;
+    let first = part * images;
+    let mut last = first + images;
+    if last > t.shape(0) {
+        last = t.shape(0);
+    }
+    // The tree's slots, and one more that hands the mean from unit 0 to the others.
+    let mut shared = SharedMemory::<f32>::new(slots + 1usize);
+    let mut shift = 0.0f32;
+    if centred {
+        if unit == 0usize {
+            let mut sum = 0.0f32;
+            for s in 0..mean_parts.shape(0) {
+                sum += mean_parts[s * channels + channel];
+            }
+            shared[slots] = sum / count;
+        }
+        sync_cube();
+        shift = shared[slots];
+    }
+    let zero = Vector::<f32, N>::cast_from(0.0f32);
+    let shift = Vector::<f32, N>::cast_from(shift);
+    let mut sum = zero;
+    let mut walk = Walk::new(first, vectors);
+    while walk.n < last {
+        let a = max(t[walk.at(channels, channel)], zero);
+        if centred {
+            let d = a - shift;
+            sum += d * d;
+        } else {
+            sum += a;
+        }
+        walk.step();
+    }
+    shared[unit] = lanes_sum(sum);
+    tree_sum(&mut shared, 1usize, slots);
+    if unit == 0usize {
+        partial[part * channels + channel] = shared[0usize];
+    }
+}
+
+/// Per channel c (one unit each), from the parts of the sums of relu(z) and of its squared
+/// deviations over `count` values: the batch mean, 1 / sqrt(var + eps), the affine map
+/// `scale * relu(z) + shift` that normalizes, and the running averages moved towards the
+/// batch's mean and (biased) variance by `momentum`, as burn's BatchNorm moves them.
+#[cube(launch)]
+pub(super) fn finalize(
+    mean_parts: &Tensor<f32>,
+    var_parts: &Tensor<f32>,
+    gamma: &Tensor<f32>,
+    beta: &Tensor<f32>,
+    running_mean: &Tensor<f32>,
+    running_var: &Tensor<f32>,
+    stats: &mut Tensor<f32>,
+    stride: usize,
+    count: f32,
+    epsilon: f32,
+    momentum: f32,
+) {
+    let c = ABSOLUTE_POS;
+    let channels = gamma.len();
+    if c >= channels {
+        terminate!();
+    }
+    let mut sum = 0.0f32;
+    let mut squares = 0.0f32;
+    for s in 0..mean_parts.shape(0) {
+        sum += mean_parts[s * channels + c];
+        squares += var_parts[s * channels + c];
+    }
+    let mean = sum / count;
+    let var = squares / count;
+    let inv_std = 1.0f32 / f32::sqrt(var + epsilon);
+    let scale = gamma[c] * inv_std;
+    // stats rows (`stride` apart): mean, inv_std, scale, shift, new running mean, new
+    // running variance.
+    stats[c] = mean;
+    stats[stride + c] = inv_std;
+    stats[2usize * stride + c] = scale;
+    stats[3usize * stride + c] = beta[c] - mean * scale;
+    stats[4usize * stride + c] = running_mean[c] * (1.0f32 - momentum) + mean * momentum;
+    stats[5usize * stride + c] = running_var[c] * (1.0f32 - momentum) + var * momentum;
+}
+
+/// One part of the two per-channel sums of the gradient, of dy and of `dy * xhat` (xhat =
+/// `(relu(z) - mean[c]) * inv_std[c]`), into `partial[s, 0, c]` and `partial[s, 1, c]`;
+/// laid out as `moments`.
+#[cube(launch)]
+pub(super) fn grad_sums<N: Size>(
+    z: &Tensor<Vector<f32, N>>,
+    dy: &Tensor<Vector<f32, N>>,
+    mean: &Tensor<f32>,
+    inv_std: &Tensor<f32>,
+    partial: &mut Tensor<f32>,
+    images: usize,
+    #[comptime] slots: usize,
+) {
+    let channels = z.shape(1);
+    let vectors = z.shape(2) / z.vector_size();
+    let channel = CUBE_POS_X as usize;
+    let part = CUBE_POS_Y as usize;
+    let unit = UNIT_POS as usize;
+    let first = part * images;
+    let mut last = first + images;
+    if last > z.shape(0) {
+        last = z.shape(0);
+    }
+    let zero = Vector::<f32, N>::cast_from(0.0f32);
+    let m = Vector::<f32, N>::cast_from(mean[channel]);
+    let s = Vector::<f32, N>::cast_from(inv_std[channel]);
+    let mut sum_dy = zero;
+    let mut sum_dy_xhat = zero;
+    let mut walk = Walk::new(first, vectors);
+    while walk.n < last {
+        let at = walk.at(channels, channel);
+        let g = dy[at];
+        sum_dy += g;
+        sum_dy_xhat += g * (max(z[at], zero) - m) * s;
+        walk.step();
+    }
+    let mut shared = SharedMemory::<f32>::new(2usize * slots);
+    shared[unit] = lanes_sum(sum_dy);
+    shared[slots + unit] = lanes_sum(sum_dy_xhat);
+    tree_sum(&mut shared, 2usize, slots);
+    if unit == 0usize {
+        partial[part * 2usize * channels + channel] = shared[0usize];
+        partial[(part * 2usize + 1usize) * channels + channel] = shared[slots];
+    }
+}
+
+/// `y = relu(z) * scale[c] + shift[c]`. Cube (x, y) covers positions `x * units along x ..`
+/// of planes `y * units along y ..` (and of the planes `cubes along y` times as far on).
+#[cube(launch)]
+pub(super) fn relu_affine<N: Size>(
+    z: &Tensor<Vector<f32, N>>,
+    scale: &Tensor<f32>,
+    shift: &Tensor<f32>,
+    y: &mut Tensor<Vector<f32, N>>,
+) {
+    let channels = z.shape(1);
+    let vectors = z.shape(2) / z.vector_size();
+    let p = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    if p >= vectors {
+        terminate!();
+    }
+    let zero = Vector::<f32, N>::cast_from(0.0f32);
+    let planes = z.shape(0) * channels;
+    let mut plane = (CUBE_POS_Y * CUBE_DIM_Y + UNIT_POS_Y) as usize;
+    while plane < planes {
+        let c = plane % channels;
+        let at = plane * vectors + p;
+        y[at] = max(z[at], zero) * Vector::cast_from(scale[c]) + Vector::cast_from(shift[c]);
+        plane += (CUBE_COUNT_Y * CUBE_DIM_Y) as usize;
+    }
+}
+
+/// The gradients of training-mode BatchNorm(ReLU(z)) from the two per-channel sums over its
+/// `count` values (`sums[0, c]` of dy, `sums[1, c]` of dy * xhat): the input's, `dz = [z > 0]
+/// * gamma[c] * inv_std[c] * (dy - sums[0, c] / count - xhat * sums[1, c] / count)`, laid out
+/// as `relu_affine`; and gamma's and beta's (the sums themselves), written by the units at
+/// position 0 of the first image's planes.
+#[cube(launch)]
+pub(super) fn input_grad<N: Size>(
+    z: &Tensor<Vector<f32, N>>,
+    dy: &Tensor<Vector<f32, N>>,
+    mean: &Tensor<f32>,
+    inv_std: &Tensor<f32>,
+    gamma: &Tensor<f32>,
+    sums: &Tensor<f32>,
+    dz: &mut Tensor<Vector<f32, N>>,
+    dgamma: &mut Tensor<f32>,
+    dbeta: &mut Tensor<f32>,
+    count: f32,
+) {
+    let channels = z.shape(1);
+    let vectors = z.shape(2) / z.vector_size();
+    let p = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+    if p >= vectors {
+        terminate!();
+    }
+    let zero = Vector::<f32, N>::cast_from(0.0f32);
+    let planes = z.shape(0) * channels;
+    let mut plane = (CUBE_POS_Y * CUBE_DIM_Y + UNIT_POS_Y) as usize;
+    while plane < planes {
+        let c = plane % channels;
+        let (sum_dy, sum_dy_xhat) = (sums[c], sums[channels + c]);
+        if plane < channels && p == 0usize {
+            dbeta[c] = sum_dy;
+            dgamma[c] = sum_dy_xhat;
+        }
+        let at = plane * vectors + p;
+        let v = z[at];
+        let s = inv_std[c];
+        let xhat = (v - Vector::cast_from(mean[c])) * Vector::cast_from(s);
+        let g = Vector::<f32, N>::cast_from(gamma[c] * s)
+            * (dy[at]
+                - Vector::cast_from(sum_dy / count)
+                - xhat * Vector::cast_from(sum_dy_xhat / count));
+        dz[at] = select_many(v.greater_than(zero), g, zero);
+        plane += (CUBE_COUNT_Y * CUBE_DIM_Y) as usize;
+    }
+}
