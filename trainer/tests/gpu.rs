@@ -449,6 +449,22 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
                 cs.unwrap().accumulator,
             ));
         }
+        // burn's optimizer interface (one tensor a call, as burn's `OptimizerAdaptor` calls it)
+        // takes the same kernel, on a tensor of any rank.
+        let (p, g) = (next(&[4, 9]), next(&[4, 9]));
+        let on = |d: &TensorData| Tensor::<Inner<B>, 2>::from_data(d.clone(), &device);
+        let off = |d: &TensorData| Tensor::<Flex, 2>::from_data(d.clone(), &cpu);
+        let (dp, ds) = opt.step(0.01, on(&p), on(&g), None);
+        let (dp, ds) = opt.step(0.02, dp, on(&g), ds);
+        let (cp, cs) = opt.step(0.01, off(&p), off(&g), None);
+        let (cp, cs) = opt.step(0.02, cp, off(&g), cs);
+        worst = worst
+            .max(check("adagrad [4, 9]: parameter", dp, cp))
+            .max(check(
+                "adagrad [4, 9]: accumulator",
+                ds.unwrap().accumulator,
+                cs.unwrap().accumulator,
+            ));
     }
     eprintln!(
         "the device's kernels vs burn's ops on the CPU: worst relative difference {worst:.1e}"

@@ -1,8 +1,9 @@
 //! Keras' Adagrad update on the GPU, `a += g^2; p -= lr * g / (sqrt(a) + eps)`, of many parameter
 //! tensors in one launch: each unit updates one vector of each tensor, reading p, g and a once and
 //! writing the new p and a. burn's ops take seven launches a tensor, and one launch a tensor left
-//! CancerNet's 36 launches a step of one or two cubes each (bench/nvrtc-check.sh counts them); a
-//! launch takes as many tensors as the device's bindings allow (5 each; CUDA: 1,024).
+//! CancerNet's 36 launches a step of one or two cubes each (bench/nvrtc-check.sh counts them).
+//! Tensors of alike lengths share a launch (`launches`: CancerNet's take 4 on CUDA), as many as
+//! the device's bindings allow (5 each; CUDA: 1,024; lavapipe: 31) and at most `MAX_TENSORS`.
 
 use super::{Cube, elementwise, empty, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
@@ -58,6 +59,10 @@ pub type Updated<B> = Vec<(Tensor<B, 1>, Tensor<B, 1>)>;
 /// Buffers each tensor takes in a launch (p, g, a, new p, new a).
 const BUFFERS: usize = 5;
 
+/// Tensors a launch takes at most: CUDA passes each buffer and each tensor's shape as kernel
+/// parameters, of 32 KB in all (~28 bytes a buffer: 9 KB here).
+const MAX_TENSORS: usize = 64;
+
 /// Units a launch may run for its tensors, each visiting them all: a quarter more than their
 /// vectors, or this many (a few waves of a GPU, where a unit past a tensor's end skips it; on
 /// lavapipe, which runs a unit's code for every tensor of its launch, such a unit costs about
@@ -107,7 +112,7 @@ pub(super) fn on<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let client = first.client.clone();
     // One binding is the launch's metadata.
     let bindings = client.properties().hardware.max_bindings as usize;
-    let per_launch = (bindings.saturating_sub(1) / BUFFERS).max(1);
+    let per_launch = (bindings.saturating_sub(1) / BUFFERS).clamp(1, MAX_TENSORS);
     let lens: Vec<usize> = updates
         .iter()
         .map(|u| u[0].meta.shape().num_elements())
@@ -203,7 +208,7 @@ mod tests {
     #[test]
     fn cancernet_takes_four_launches_with_its_largest_layer_alone() {
         let lens = cancernet();
-        let plan = launches(&lens, 204);
+        let plan = launches(&lens, super::MAX_TENSORS);
         check(&lens, &plan);
         assert_eq!(plan.len(), 4, "{plan:?}");
         assert_eq!(plan[0].1.len(), 1);

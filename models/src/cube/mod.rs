@@ -103,8 +103,8 @@ pub fn relu_batch_norm_pool<'a, B: Backend>(
 
 /// Keras' Adagrad update of parameter tensors, each flattened: `(p, g, a)` (values, gradient,
 /// accumulator; `a += g^2; p -= lr * g / (sqrt(a) + epsilon)`), with the learning rate and
-/// epsilon: each tensor's new `(p, a)`, in the same order, from one launch for all of them where
-/// the device's bindings allow, when `B` is a cubecl backend of this build, else the inputs back.
+/// epsilon: each tensor's new `(p, a)`, in the same order, from a few launches (tensors of alike
+/// lengths together), when `B` is a cubecl backend of this build, else the inputs back.
 pub fn adagrad<B: Backend>(
     inputs: adagrad::Inputs<B>,
 ) -> Result<adagrad::Updated<B>, adagrad::Inputs<B>> {

@@ -1,5 +1,6 @@
 //! Keras Adagrad's step of all of a model's parameters at once on a GPU (`models::cube::adagrad`:
-//! one launch where burn's `OptimizerAdaptor` makes one a parameter tensor). The accumulators stay
+//! a few launches, 4 for CancerNet on CUDA, where burn's `OptimizerAdaptor` makes one a parameter
+//! tensor). The accumulators stay
 //! in the adaptor's record, one per parameter as it keeps them, so checkpoints do not change and
 //! either step resumes from the other's state.
 
@@ -18,8 +19,9 @@ type Flat<B> = Tensor<Inner<B>, 1>;
 /// The adaptor's accumulators by parameter.
 type Records<B, M> = <OptimizerAdaptor<KerasAdagrad, M, B> as Optimizer<M, B>>::Record;
 
-/// The step of `optim` on `module` with `grads` at learning rate `lr`: all parameters in one
-/// launch on a cubecl backend; elsewhere the adaptor's own step, one parameter at a time.
+/// The step of `optim` on `module` with `grads` at learning rate `lr`: all parameters at once on
+/// a cubecl backend (one device: the model's); elsewhere the adaptor's own step, one parameter at
+/// a time.
 pub fn step<B: AutodiffBackend, M: AutodiffModule<B>>(
     optim: &mut OptimizerAdaptor<KerasAdagrad, M, B>,
     lr: f64,
@@ -53,8 +55,8 @@ pub fn step<B: AutodiffBackend, M: AutodiffModule<B>>(
         records: &mut records,
     };
     let module = module.map(&mut apply);
-    let fresh = std::mem::replace(optim, settings.init());
-    *optim = fresh.load_record(records);
+    let old = std::mem::replace(optim, settings.init());
+    *optim = old.load_record(records);
     module
 }
 
@@ -70,14 +72,19 @@ struct Gather<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
 
 impl<B: AutodiffBackend, M: AutodiffModule<B>> ModuleVisitor<B> for Gather<'_, B, M> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        // A parameter without a gradient keeps its value, as with the adaptor; one met twice
+        // (a module sharing it) is updated once.
         let Some(grad) = self.grads.get::<Inner<B>, D>(param.id) else {
             return;
         };
+        if self.ids.contains(&param.id) {
+            return;
+        }
         let p = param.val().inner();
         let len = p.shape().num_elements();
         let acc = match self.records.remove(&param.id) {
             Some(r) => r.into_state::<D>().accumulator,
-            None => Tensor::full(p.shape(), self.settings.initial_accumulator, &p.device()),
+            None => grad.full_like(self.settings.initial_accumulator),
         };
         self.ids.push(param.id);
         self.updates
