@@ -41,7 +41,7 @@ impl<B: Backend> SimpleOptimizer<B> for KerasAdagrad {
     ) -> (Tensor<B, D>, Option<Self::State<D>>) {
         let acc = match state {
             Some(s) => s.accumulator,
-            None => grad.zeros_like().add_scalar(self.initial_accumulator),
+            None => self.first_accumulator(&grad),
         };
         // On the flex CPU backend, and with the GPU kernel on burn's cubecl backends, one pass
         // over the three tensors instead of seven ops.
@@ -112,6 +112,11 @@ fn adagrad_update(p: &mut [f32], a: &mut [f32], g: &[f32], lr: f32, eps: f32) {
 }
 
 impl KerasAdagrad {
+    /// A parameter's accumulator before its first step: `initial_accumulator` everywhere.
+    fn first_accumulator<B: Backend, const D: usize>(&self, grad: &Tensor<B, D>) -> Tensor<B, D> {
+        grad.full_like(self.initial_accumulator)
+    }
+
     pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(self) -> OptimizerAdaptor<Self, M, B> {
         OptimizerAdaptor::from(self)
     }

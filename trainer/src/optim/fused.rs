@@ -1,8 +1,7 @@
 //! Keras Adagrad's step of all of a model's parameters at once on a GPU (`models::cube::adagrad`:
 //! a few launches, 4 for CancerNet on CUDA, where burn's `OptimizerAdaptor` makes one a parameter
-//! tensor). The accumulators stay
-//! in the adaptor's record, one per parameter as it keeps them, so checkpoints do not change and
-//! either step resumes from the other's state.
+//! tensor). The accumulators stay in the adaptor's record, one per parameter as it keeps them, so
+//! checkpoints do not change and either step resumes from the other's state.
 
 use super::{AdagradState, KerasAdagrad};
 use burn::module::{AutodiffModule, ModuleMapper, ModuleVisitor, Param, ParamId};
@@ -84,7 +83,7 @@ impl<B: AutodiffBackend, M: AutodiffModule<B>> ModuleVisitor<B> for Gather<'_, B
         let len = p.shape().num_elements();
         let acc = match self.records.remove(&param.id) {
             Some(r) => r.into_state::<D>().accumulator,
-            None => grad.full_like(self.settings.initial_accumulator),
+            None => self.settings.first_accumulator(&grad),
         };
         self.ids.push(param.id);
         self.updates
