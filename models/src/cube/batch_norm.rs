@@ -1,5 +1,5 @@
 //! ReLU then BatchNorm (the tutorial's order) in CubeCL, as one autodiff operation: in training,
-//! two passes for the batch statistics (mean, then the variance around it), one for the output;
+//! one pass for the batch statistics (sums around a value of each channel), one for the output;
 //! backward, one pass for the two per-channel sums the gradient needs and one for the input
 //! gradient. burn's composed ops take some 30 passes over the tensor for the same.
 //!
@@ -103,12 +103,11 @@ fn planes<R: CubeRuntime>(z: CubeTensor<R>) -> CubeTensor<R> {
     into_contiguous(reshape(z, Shape::new([n, c, h * w])))
 }
 
-/// The parts `[parts, c]` of the per-channel sum of relu(z), or (given the mean's parts) of
-/// `(relu(z) - mean)^2`.
-fn moment_parts<R: CubeRuntime>(z: &CubeTensor<R>, mean: Option<&CubeTensor<R>>) -> CubeTensor<R> {
+/// The parts `[parts, 2, c]` of `kernels::moments`' two per-channel sums over z.
+fn moment_parts<R: CubeRuntime>(z: &CubeTensor<R>) -> CubeTensor<R> {
     let dims = z.meta.shape().dims::<3>();
     let reduction = Reduction::new(dims);
-    let partial = empty(z, Shape::new([reduction.parts, dims[1]]));
+    let partial = empty(z, Shape::new([reduction.parts, 2 * dims[1]]));
     let (cube_count, cube_dim) = reduction.grid(dims[1]);
     kernels::moments::launch::<R>(
         &z.client,
@@ -116,11 +115,8 @@ fn moment_parts<R: CubeRuntime>(z: &CubeTensor<R>, mean: Option<&CubeTensor<R>>)
         cube_dim,
         vector_size(dims[2]),
         z.clone().into_tensor_arg(),
-        mean.unwrap_or(&partial).clone().into_tensor_arg(),
         partial.clone().into_tensor_arg(),
         reduction.images,
-        (dims[0] * dims[2]) as f32,
-        mean.is_some(),
         reduction.units,
     );
     partial
@@ -291,16 +287,15 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let zp = planes(z.primitive.clone());
     let dims = zp.meta.shape().dims::<3>();
     let c = dims[1];
-    let mean_parts = moment_parts(&zp, None);
-    let var_parts = moment_parts(&zp, Some(&mean_parts));
+    let parts = moment_parts(&zp);
     let stats = Stats::new(&zp, c);
     let (cube_count, cube_dim) = elementwise(&zp.client, c);
     kernels::finalize::launch::<R>(
         &zp.client,
         cube_count,
         cube_dim,
-        mean_parts.into_tensor_arg(),
-        var_parts.into_tensor_arg(),
+        zp.clone().into_tensor_arg(),
+        parts.into_tensor_arg(),
         into_contiguous(gamma.primitive.clone()).into_tensor_arg(),
         into_contiguous(beta.primitive.clone()).into_tensor_arg(),
         param(bn.running_mean.value_sync()).into_tensor_arg(),

@@ -29,7 +29,7 @@ pub(super) type Inputs<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
-    use crate::cube::reduce::tree_sum;
+    use crate::cube::reduce::{part_end, tree_sum};
     use cubecl::prelude::*;
 
     /// Loads into rows `slot ..= 2` of `win` (`cols + 2` values a row) rows of plane `base` (of x
@@ -159,10 +159,7 @@ mod kernels {
         let strips = height.div_ceil(rows);
         let groups = width.div_ceil(cols);
         let first_image = part * images;
-        let mut items = images * strips * groups;
-        if first_image + images > x.shape(0) {
-            items = (x.shape(0) - first_image) * strips * groups;
-        }
+        let items = (part_end(part, images, x.shape(0)) - first_image) * strips * groups;
 
         let mut acc = Array::<f32>::new(9usize);
         #[unroll]

@@ -86,6 +86,17 @@ impl Walk {
     }
 }
 
+/// One past the last image of part `part` of a batch of `batch` images, `images` a part (the
+/// last part may have fewer).
+#[cube]
+pub(super) fn part_end(part: usize, images: usize, batch: usize) -> usize {
+    let mut end = (part + 1usize) * images;
+    if end > batch {
+        end = batch;
+    }
+    end
+}
+
 /// The sum of a vector's lanes, in order.
 #[cube]
 pub(super) fn lanes_sum<N: Size>(v: Vector<f32, N>) -> f32 {

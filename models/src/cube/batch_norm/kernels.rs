@@ -1,77 +1,76 @@
 //! The BatchNorm kernels (in their own module: CubeCL's `Tensor` is not burn's): the moments and
 //! their finish, the output, and the backward's sums and input gradient.
 
-use crate::cube::reduce::{Walk, lanes_sum, tree_sum};
+use crate::cube::reduce::{Walk, lanes_sum, part_end, tree_sum};
 use cubecl::prelude::*;
 
-/// One part of a per-channel sum over t `[n, c, positions]` of `relu(t)` (or, `centred`, of
-/// `(relu(t) - mean)^2`, the mean being `sum over s of mean_parts[s, c] / count`): cube (c, s)
-/// sums images `s * images ..` of channel c, its units taking vectors in turn (`Walk`), then adds
-/// its units' sums in a tree in shared memory (of `slots`, a power of two at least the
-/// cube's size) into `partial[s, c]`.
+/// One part of the two per-channel sums over t `[n, c, positions]` of `d = relu(t) - k` and
+/// of `d^2`, around the channel's first value `k = relu(t[0, c, 0])` (the shift; see
+/// `finalize`), into `partial[s, 0, c]` and `partial[s, 1, c]`: cube (c, s) sums images
+/// `s * images ..` of channel c, its units taking vectors in turn (`Walk`), then adds its
+/// units' sums in a tree in shared memory (of `slots`, a power of two at least the cube's
+/// size). One pass over t for the mean and the variance.
 #[cube(launch)]
 pub(super) fn moments<N: Size>(
     t: &Tensor<Vector<f32, N>>,
-    mean_parts: &Tensor<f32>,
     partial: &mut Tensor<f32>,
     images: usize,
-    count: f32,
-    #[comptime] centred: bool,
     #[comptime] slots: usize,
 ) {
     let channels = t.shape(1);
     let vectors = t.shape(2) / t.vector_size();
     let channel = CUBE_POS_X as usize;
     let part = CUBE_POS_Y as usize;
-    let unit = UNIT_POS as usize;
-    let first = part * images;
-    let mut last = first + images;
-    if last > t.shape(0) {
-        last = t.shape(0);
-    }
-    // The tree's slots, and one more that hands the mean from unit 0 to the others.
-    let mut shared = SharedMemory::<f32>::new(slots + 1usize);
-    let mut shift = 0.0f32;
-    if centred {
-        if unit == 0usize {
-            let mut sum = 0.0f32;
-            for s in 0..mean_parts.shape(0) {
-                sum += mean_parts[s * channels + channel];
-            }
-            shared[slots] = sum / count;
-        }
-        sync_cube();
-        shift = shared[slots];
-    }
     let zero = Vector::<f32, N>::cast_from(0.0f32);
-    let shift = Vector::<f32, N>::cast_from(shift);
+    let shift = Vector::<f32, N>::cast_from(max(t[channel * vectors][0], 0.0f32));
     let mut sum = zero;
-    let mut walk = Walk::new(first, vectors);
+    let mut squares = zero;
+    let last = part_end(part, images, t.shape(0));
+    let mut walk = Walk::new(part * images, vectors);
     while walk.n < last {
-        let a = max(t[walk.at(channels, channel)], zero);
-        if centred {
-            let d = a - shift;
-            sum += d * d;
-        } else {
-            sum += a;
-        }
+        let d = max(t[walk.at(channels, channel)], zero) - shift;
+        sum += d;
+        squares += d * d;
         walk.step();
     }
-    shared[unit] = lanes_sum(sum);
-    tree_sum(&mut shared, 1usize, slots);
+    two_sums(sum, squares, partial, part, slots);
+}
+
+/// Adds up the cube's units' two vectors of sums (a unit's lanes, then the units in a tree in
+/// shared memory of `slots`) into `partial[part, 0, c]` and `partial[part, 1, c]` for the cube's
+/// channel c.
+#[cube]
+fn two_sums<N: Size>(
+    a: Vector<f32, N>,
+    b: Vector<f32, N>,
+    partial: &mut Tensor<f32>,
+    part: usize,
+    #[comptime] slots: usize,
+) {
+    let (channel, unit) = (CUBE_POS_X as usize, UNIT_POS as usize);
+    let channels = partial.shape(1) / 2usize;
+    let mut shared = SharedMemory::<f32>::new(2usize * slots);
+    shared[unit] = lanes_sum(a);
+    shared[slots + unit] = lanes_sum(b);
+    tree_sum(&mut shared, 2usize, slots);
     if unit == 0usize {
-        partial[part * channels + channel] = shared[0usize];
+        partial[part * 2usize * channels + channel] = shared[0usize];
+        partial[(part * 2usize + 1usize) * channels + channel] = shared[slots];
     }
 }
 
-/// Per channel c (one unit each), from the parts of the sums of relu(z) and of its squared
-/// deviations over `count` values: the batch mean, 1 / sqrt(var + eps), the affine map
-/// `scale * relu(z) + shift` that normalizes, and the running averages moved towards the
-/// batch's mean and (biased) variance by `momentum`, as burn's BatchNorm moves them.
+/// Per channel c (one unit each), from the parts of `moments`' sums over `count` values (z
+/// `[n, c, positions]`, whose first value of each channel was their shift k): the batch mean,
+/// 1 / sqrt(var + eps), the affine map `scale * relu(z) + shift` that normalizes, and the
+/// running averages moved towards the batch's mean and (biased) variance by `momentum`, as
+/// burn's BatchNorm moves them. The variance is `E[d^2] - E[d]^2` for `d = relu(z) - k`: around a
+/// value of the channel's own, the two terms are of the variance's size and the subtraction
+/// loses little, where around 0 a channel far from 0 for its spread (10 +- 1) loses most of
+/// its digits (two passes, the mean then the squares around it, cost a second read of z).
 #[cube(launch)]
 pub(super) fn finalize(
-    mean_parts: &Tensor<f32>,
-    var_parts: &Tensor<f32>,
+    z: &Tensor<f32>,
+    parts: &Tensor<f32>,
     gamma: &Tensor<f32>,
     beta: &Tensor<f32>,
     running_mean: &Tensor<f32>,
@@ -89,12 +88,13 @@ pub(super) fn finalize(
     }
     let mut sum = 0.0f32;
     let mut squares = 0.0f32;
-    for s in 0..mean_parts.shape(0) {
-        sum += mean_parts[s * channels + c];
-        squares += var_parts[s * channels + c];
+    for s in 0..parts.shape(0) {
+        sum += parts[s * 2usize * channels + c];
+        squares += parts[(s * 2usize + 1usize) * channels + c];
     }
-    let mean = sum / count;
-    let var = squares / count;
+    let shifted_mean = sum / count;
+    let mean = max(z[c * z.shape(2)], 0.0f32) + shifted_mean;
+    let var = max(squares / count - shifted_mean * shifted_mean, 0.0f32);
     let inv_std = 1.0f32 / f32::sqrt(var + epsilon);
     let scale = gamma[c] * inv_std;
     // stats rows (`stride` apart): mean, inv_std, scale, shift, new running mean, new
@@ -109,7 +109,7 @@ pub(super) fn finalize(
 
 /// One part of the two per-channel sums of the gradient, of dy and of `dy * xhat` (xhat =
 /// `(relu(z) - mean[c]) * inv_std[c]`), into `partial[s, 0, c]` and `partial[s, 1, c]`;
-/// laid out as `moments`.
+/// laid out as `moments`' sums.
 #[cube(launch)]
 pub(super) fn grad_sums<N: Size>(
     z: &Tensor<Vector<f32, N>>,
@@ -124,18 +124,13 @@ pub(super) fn grad_sums<N: Size>(
     let vectors = z.shape(2) / z.vector_size();
     let channel = CUBE_POS_X as usize;
     let part = CUBE_POS_Y as usize;
-    let unit = UNIT_POS as usize;
-    let first = part * images;
-    let mut last = first + images;
-    if last > z.shape(0) {
-        last = z.shape(0);
-    }
     let zero = Vector::<f32, N>::cast_from(0.0f32);
     let m = Vector::<f32, N>::cast_from(mean[channel]);
     let s = Vector::<f32, N>::cast_from(inv_std[channel]);
     let mut sum_dy = zero;
     let mut sum_dy_xhat = zero;
-    let mut walk = Walk::new(first, vectors);
+    let last = part_end(part, images, z.shape(0));
+    let mut walk = Walk::new(part * images, vectors);
     while walk.n < last {
         let at = walk.at(channels, channel);
         let g = dy[at];
@@ -143,14 +138,7 @@ pub(super) fn grad_sums<N: Size>(
         sum_dy_xhat += g * (max(z[at], zero) - m) * s;
         walk.step();
     }
-    let mut shared = SharedMemory::<f32>::new(2usize * slots);
-    shared[unit] = lanes_sum(sum_dy);
-    shared[slots + unit] = lanes_sum(sum_dy_xhat);
-    tree_sum(&mut shared, 2usize, slots);
-    if unit == 0usize {
-        partial[part * 2usize * channels + channel] = shared[0usize];
-        partial[(part * 2usize + 1usize) * channels + channel] = shared[slots];
-    }
+    two_sums(sum_dy, sum_dy_xhat, partial, part, slots);
 }
 
 /// `y = relu(z) * scale[c] + shift[c]`. Cube (x, y) covers positions `x * units along x ..`
