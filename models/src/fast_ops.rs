@@ -271,7 +271,7 @@ pub fn relu_batch_norm<B: Backend>(
 }
 
 /// The dense head's `BatchNorm(ReLU(x))`, x `[n, features]`. On burn's cubecl backends the
-/// kernels of `relu_batch_norm`, the features as channels of one position (6 launches a training
+/// kernels of `relu_batch_norm`, the features as channels of one position (5 launches a training
 /// step where burn's ops took some 60); elsewhere burn's BatchNorm.
 pub fn dense_relu_batch_norm<B: Backend>(
     bn: &BatchNorm<B>,

@@ -185,12 +185,6 @@ fn steps_match_flex<B: AutodiffBackend>(device: B::Device) {
 }
 
 /// Pseudo-random values in [-1, 1) from `seed` (xorshift): the same data for both backends.
-/// `d + offset`.
-fn shifted(d: TensorData, offset: f32) -> TensorData {
-    let values = d.iter::<f32>().map(|v| v + offset).collect();
-    TensorData::new(values, d.shape.clone())
-}
-
 fn data(dims: &[usize], seed: u64) -> TensorData {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let values: Vec<f32> = (0..dims.iter().product::<usize>())
@@ -202,6 +196,12 @@ fn data(dims: &[usize], seed: u64) -> TensorData {
         })
         .collect();
     TensorData::new(values, dims.to_vec())
+}
+
+/// `d + offset`.
+fn shifted(d: TensorData, offset: f32) -> TensorData {
+    let values = d.iter::<f32>().map(|v| v + offset).collect();
+    TensorData::new(values, d.shape.clone())
 }
 
 /// A tensor of data on a backend's device, tracked for gradients.
@@ -503,23 +503,27 @@ fn batch_norm_kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
     let cpu = Default::default();
     let pool = |y: Tensor<Cpu, 4>| max_pool2d(y, [2, 2], [2, 2], [0, 0], [1, 1], false);
     let mut worst = 0f32;
-    for (seed, dims, end) in [
-        (1, [2, 32, 48, 48], None),
-        (2, [3, 5, 7, 9], None),
-        (3, [4, 16, 12, 12], Some(0.0)),
-        (4, [2, 3, 7, 9], Some(0.0)),
-        (5, [8, 32, 24, 24], Some(0.25)),
+    // (seed, z's shape, the block's end's dropout if any, an offset added to z)
+    for (seed, dims, end, offset) in [
+        (1, [2, 32, 48, 48], None, 0.0),
+        (2, [3, 5, 7, 9], None, 0.0),
+        (3, [4, 16, 12, 12], Some(0.0), 0.0),
+        (4, [2, 3, 7, 9], Some(0.0), 0.0),
+        (5, [8, 32, 24, 24], Some(0.25), 0.0),
         // The dense head's: features as channels of one position.
-        (6, [32, 256, 1, 1], None),
+        (6, [32, 256, 1, 1], None, 0.0),
         // Planes of one vector (64 a cube, 15 of them) and of 15 (4 a cube, the last cube half).
-        (7, [3, 5, 2, 2], None),
-        (8, [2, 3, 6, 10], None),
-        // Channels far from 0 for their spread (10 +- 1): the variance's sums are taken around a
-        // value of the channel; around 0 f32 would keep a few of its digits.
-        (9, [4, 8, 12, 12], None),
+        (7, [3, 5, 2, 2], None, 0.0),
+        (8, [2, 3, 6, 10], None, 0.0),
+        // Channels far from 0 for their spread (10 +- 1), read as vectors and as single values:
+        // the variance's sums are taken around a value of the channel; around 0 f32 would keep
+        // a few of its digits.
+        (9, [4, 8, 12, 12], None, 10.0),
+        (10, [4, 8, 7, 9], None, 10.0),
+        // Sums in two parts of 5 and 4 images (more values than a part takes).
+        (11, [9, 2, 48, 48], None, 10.0),
     ] {
         let c = dims[1];
-        let offset = if seed == 9 { 10.0 } else { 0.0 };
         let (zd, gamma, beta) = (
             shifted(data(&dims, seed), offset),
             data(&[c], seed + 10),

@@ -103,6 +103,12 @@ fn planes<R: CubeRuntime>(z: CubeTensor<R>) -> CubeTensor<R> {
     into_contiguous(reshape(z, Shape::new([n, c, h * w])))
 }
 
+/// Where in a plane of `positions` the moments take their shift: the middle vector's first
+/// value (a whole vector's offset, so that the kernels read it as a vector or as a value).
+fn shift_at(positions: usize) -> usize {
+    vectors(positions) / 2 * vector_size(positions)
+}
+
 /// The parts `[parts, 2, c]` of `kernels::moments`' two per-channel sums over z.
 fn moment_parts<R: CubeRuntime>(z: &CubeTensor<R>) -> CubeTensor<R> {
     let dims = z.meta.shape().dims::<3>();
@@ -117,6 +123,7 @@ fn moment_parts<R: CubeRuntime>(z: &CubeTensor<R>) -> CubeTensor<R> {
         z.clone().into_tensor_arg(),
         partial.clone().into_tensor_arg(),
         reduction.images,
+        shift_at(dims[2]),
         reduction.units,
     );
     partial
@@ -270,7 +277,7 @@ fn set_running<B: Backend>(state: &RunningState<Tensor<B, 1>>, value: Tensor<B, 
 }
 
 /// Training mode: normalizes with the batch's statistics, moves bn's running averages, then
-/// max-pools and drops out with probability p when `pool` is `Some(p)`. Four launches: the two
+/// max-pools and drops out with probability p when `pool` is `Some(p)`. Three launches: the
 /// moments, their finish (statistics, the affine map, running averages), the output.
 fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     bn: &BatchNorm<B>,
@@ -302,6 +309,7 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
         param(bn.running_var.value_sync()).into_tensor_arg(),
         stats.buffer.clone().into_tensor_arg(),
         stats.stride,
+        shift_at(dims[2]),
         (dims[0] * dims[2]) as f32,
         bn.epsilon as f32,
         bn.momentum as f32,

@@ -5,7 +5,7 @@ use crate::cube::reduce::{Walk, lanes_sum, part_end, tree_sum};
 use cubecl::prelude::*;
 
 /// One part of the two per-channel sums over t `[n, c, positions]` of `d = relu(t) - k` and
-/// of `d^2`, around the channel's first value `k = relu(t[0, c, 0])` (the shift; see
+/// of `d^2`, around a value of the channel, `k = relu(t[0, c, shift_at])` (the shift; see
 /// `finalize`), into `partial[s, 0, c]` and `partial[s, 1, c]`: cube (c, s) sums images
 /// `s * images ..` of channel c, its units taking vectors in turn (`Walk`), then adds its
 /// units' sums in a tree in shared memory (of `slots`, a power of two at least the cube's
@@ -15,6 +15,7 @@ pub(super) fn moments<N: Size>(
     t: &Tensor<Vector<f32, N>>,
     partial: &mut Tensor<f32>,
     images: usize,
+    shift_at: usize,
     #[comptime] slots: usize,
 ) {
     let channels = t.shape(1);
@@ -22,7 +23,8 @@ pub(super) fn moments<N: Size>(
     let channel = CUBE_POS_X as usize;
     let part = CUBE_POS_Y as usize;
     let zero = Vector::<f32, N>::cast_from(0.0f32);
-    let shift = Vector::<f32, N>::cast_from(max(t[channel * vectors][0], 0.0f32));
+    let k = t[channel * vectors + shift_at / t.vector_size()][0];
+    let shift = Vector::<f32, N>::cast_from(max(k, 0.0f32));
     let mut sum = zero;
     let mut squares = zero;
     let last = part_end(part, images, t.shape(0));
@@ -60,11 +62,12 @@ fn two_sums<N: Size>(
 }
 
 /// Per channel c (one unit each), from the parts of `moments`' sums over `count` values (z
-/// `[n, c, positions]`, whose first value of each channel was their shift k): the batch mean,
+/// `[n, c, positions]`, whose `relu(z[0, c, shift_at])` was their shift k): the batch mean,
 /// 1 / sqrt(var + eps), the affine map `scale * relu(z) + shift` that normalizes, and the
 /// running averages moved towards the batch's mean and (biased) variance by `momentum`, as
 /// burn's BatchNorm moves them. The variance is `E[d^2] - E[d]^2` for `d = relu(z) - k`: around a
-/// value of the channel's own, the two terms are of the variance's size and the subtraction
+/// value of the channel's own (a typical one: the middle of a plane, not a corner that the
+/// padding made unlike the rest), the two terms are of the variance's size and the subtraction
 /// loses little, where around 0 a channel far from 0 for its spread (10 +- 1) loses most of
 /// its digits (two passes, the mean then the squares around it, cost a second read of z).
 #[cube(launch)]
@@ -77,6 +80,7 @@ pub(super) fn finalize(
     running_var: &Tensor<f32>,
     stats: &mut Tensor<f32>,
     stride: usize,
+    shift_at: usize,
     count: f32,
     epsilon: f32,
     momentum: f32,
@@ -93,7 +97,7 @@ pub(super) fn finalize(
         squares += parts[(s * 2usize + 1usize) * channels + c];
     }
     let shifted_mean = sum / count;
-    let mean = max(z[c * z.shape(2)], 0.0f32) + shifted_mean;
+    let mean = max(z[c * z.shape(2) + shift_at], 0.0f32) + shifted_mean;
     let var = max(squares / count - shifted_mean * shifted_mean, 0.0f32);
     let inv_std = 1.0f32 / f32::sqrt(var + epsilon);
     let scale = gamma[c] * inv_std;
