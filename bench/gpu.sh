@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check in one device call: the CUDA test suite (a missing GPU fails it: IDC_REQUIRE_CUDA),
-# the per-op benchmark (burn's ops vs CancerNet's own kernels, batch 32 and 256), `trainer --device
-# cuda` at batch 32 and 256 on synthetic data (and `--device cpu` on the same cores), export,
-# `runtime eval` and `runtime bench` with the CUDA provider, and PyTorch's CancerNet on the same
-# card; then one table. Everything it prints is also in $OUT/gpu.log.
+# the per-op benchmark (burn's ops vs CancerNet's own kernels, batch 32 and 256), a training
+# step's time kernel by kernel (cubecl's profile), `trainer --device cuda` at batch 32 and 256 on
+# synthetic data (and `--device cpu` on the same cores), export, `runtime eval` and `runtime
+# bench` with the CUDA provider, and PyTorch's CancerNet on the same card; then one table.
+# Everything it prints is also in $OUT/gpu.log.
 #
 # Prepared here by bench/gpu-pack.sh (the device machine has no Rust). Then one call:
 #   run(command="bash bench/gpu.sh", carry=[".gpu"], timeout_s=600)
@@ -60,6 +61,15 @@ IDC_REQUIRE_CUDA=1 try 240 "$BIN/gpu-test" cuda --test-threads=1 --nocapture
 
 step "per-op benchmark, batch 32 and 256"
 BATCHES=32,256 REPS=20 DEVICES=cuda try 240 "$BIN/gpu-ops" --bench
+
+# Where a step's time goes, kernel by kernel (cubecl waits for each launch and times it): what
+# the next change to the kernels needs, from this one call. Each step's launches in order in $OUT.
+for b in 32 256; do
+  step "one training step's kernels, batch $b (cubecl's profile)"
+  CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG="$W/profile-$b.log" BATCHES=$b REPS=3 PARTS=step \
+    KERNELS=fast DEVICES=cuda try 120 "$BIN/gpu-ops" --bench | tail -2
+  python3 bench/kernel_profile.py "$W/profile-$b.log" "$OUT/launches-$b.txt"
+done
 
 step "synthetic data (40 patients)"
 "$BIN/datasets" synth --patients 40 --mean-patches 600 --out "$W/orig" | tail -1

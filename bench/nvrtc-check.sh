@@ -84,6 +84,13 @@ for kernels in burn fast; do
   done
   STEPS+=($(($(wc -l <"$DIR/step-$kernels-2/launches.tsv") - $(wc -l <"$DIR/step-$kernels-1/launches.tsv"))))
 done
+# bench/gpu.sh's profile of a step, kernel by kernel, here on nothing that runs: it must see the
+# launches the driver counted.
+on_cuda profile env CUBECL_DEBUG_OPTION=profile DEVICES=cuda BATCHES=32 REPS=2 KERNELS=fast PARTS=step \
+  "$BENCH" --bench || fail "the gpu_ops bench's profiled step on cuda (target/nvrtc-check/profile/)"
+PROFILED=$(python3 bench/kernel_profile.py "$DIR/profile/kernels.log" | awk '$1 == "all" { print $2 }') || true
+[ "$PROFILED" = "${STEPS[1]}" ] ||
+  fail "bench/kernel_profile.py counts ${PROFILED:-no} launches in a profiled step, the driver ${STEPS[1]}"
 # WAVES=<batch>: also the step at that batch, and how its launches would fill the GPU (waves.py).
 if [ -n "${WAVES:-}" ]; then
   for reps in 1 2; do
