@@ -109,10 +109,7 @@ mod kernels {
         let mut win = Array::<f32>::new(3 * (cols + 2));
         load_rows(x, &mut win, base, first, col, 0usize, cols);
         let mut row = first;
-        let mut last = first + rows;
-        if last > height {
-            last = height;
-        }
+        let last = part_end(strip, rows, height);
         while row < last {
             #[unroll]
             for q in 0..cols {
@@ -176,10 +173,7 @@ mod kernels {
             let first = strip * rows;
             load_rows(x, &mut win, base, first, col, 0usize, cols);
             let mut row = first;
-            let mut last = first + rows;
-            if last > height {
-                last = height;
-            }
+            let last = part_end(strip, rows, height);
             while row < last {
                 #[unroll]
                 for q in 0..cols {

@@ -86,13 +86,13 @@ impl Walk {
     }
 }
 
-/// One past the last image of part `part` of a batch of `batch` images, `images` a part (the
-/// last part may have fewer).
+/// One past the last item of part `part` of `total` items cut in parts of `size` (the last
+/// part may have fewer): a part's images of a batch, a strip's rows of a plane.
 #[cube]
-pub(super) fn part_end(part: usize, images: usize, batch: usize) -> usize {
-    let mut end = (part + 1usize) * images;
-    if end > batch {
-        end = batch;
+pub(super) fn part_end(part: usize, size: usize, total: usize) -> usize {
+    let mut end = (part + 1usize) * size;
+    if end > total {
+        end = total;
     }
     end
 }

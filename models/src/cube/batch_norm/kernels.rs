@@ -145,8 +145,55 @@ pub(super) fn grad_sums<N: Size>(
     two_sums(sum_dy, sum_dy_xhat, partial, part, slots);
 }
 
-/// `y = relu(z) * scale[c] + shift[c]`. Cube (x, y) covers positions `x * units along x ..`
-/// of planes `y * units along y ..` (and of the planes `cubes along y` times as far on).
+/// A unit's way through the elementwise kernels' layout of a tensor `[n, c, vectors]`: cube
+/// (x, y) covers vectors `x * units along x ..` of planes `y * units along y ..`, and of the
+/// planes `cubes along y` times as far on; each unit one vector `p` of its planes.
+#[derive(CubeType)]
+struct Planes {
+    p: usize,
+    plane: usize,
+    planes: usize,
+    channels: usize,
+    vectors: usize,
+}
+
+#[cube]
+impl Planes {
+    /// For t's layout read as vectors; ends the unit if it is past a plane's last vector.
+    fn new<N: Size>(t: &Tensor<Vector<f32, N>>) -> Planes {
+        let vectors = t.shape(2) / t.vector_size();
+        let p = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
+        if p >= vectors {
+            terminate!();
+        }
+        Planes {
+            p,
+            plane: (CUBE_POS_Y * CUBE_DIM_Y + UNIT_POS_Y) as usize,
+            planes: t.shape(0) * t.shape(1),
+            channels: t.shape(1),
+            vectors,
+        }
+    }
+
+    fn more(&self) -> bool {
+        self.plane < self.planes
+    }
+
+    fn channel(&self) -> usize {
+        self.plane % self.channels
+    }
+
+    /// Where the unit's vector of its plane is.
+    fn at(&self) -> usize {
+        self.plane * self.vectors + self.p
+    }
+
+    fn step(&mut self) {
+        self.plane += (CUBE_COUNT_Y * CUBE_DIM_Y) as usize;
+    }
+}
+
+/// `y = relu(z) * scale[c] + shift[c]`, laid out as `Planes`.
 #[cube(launch)]
 pub(super) fn relu_affine<N: Size>(
     z: &Tensor<Vector<f32, N>>,
@@ -154,20 +201,12 @@ pub(super) fn relu_affine<N: Size>(
     shift: &Tensor<f32>,
     y: &mut Tensor<Vector<f32, N>>,
 ) {
-    let channels = z.shape(1);
-    let vectors = z.shape(2) / z.vector_size();
-    let p = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-    if p >= vectors {
-        terminate!();
-    }
     let zero = Vector::<f32, N>::cast_from(0.0f32);
-    let planes = z.shape(0) * channels;
-    let mut plane = (CUBE_POS_Y * CUBE_DIM_Y + UNIT_POS_Y) as usize;
-    while plane < planes {
-        let c = plane % channels;
-        let at = plane * vectors + p;
+    let mut unit = Planes::new(z);
+    while unit.more() {
+        let (c, at) = (unit.channel(), unit.at());
         y[at] = max(z[at], zero) * Vector::cast_from(scale[c]) + Vector::cast_from(shift[c]);
-        plane += (CUBE_COUNT_Y * CUBE_DIM_Y) as usize;
+        unit.step();
     }
 }
 
@@ -190,22 +229,15 @@ pub(super) fn input_grad<N: Size>(
     count: f32,
 ) {
     let channels = z.shape(1);
-    let vectors = z.shape(2) / z.vector_size();
-    let p = (CUBE_POS_X * CUBE_DIM_X + UNIT_POS_X) as usize;
-    if p >= vectors {
-        terminate!();
-    }
     let zero = Vector::<f32, N>::cast_from(0.0f32);
-    let planes = z.shape(0) * channels;
-    let mut plane = (CUBE_POS_Y * CUBE_DIM_Y + UNIT_POS_Y) as usize;
-    while plane < planes {
-        let c = plane % channels;
+    let mut unit = Planes::new(z);
+    while unit.more() {
+        let (c, at) = (unit.channel(), unit.at());
         let (sum_dy, sum_dy_xhat) = (sums[c], sums[channels + c]);
-        if plane < channels && p == 0usize {
+        if unit.plane < channels && unit.p == 0usize {
             dbeta[c] = sum_dy;
             dgamma[c] = sum_dy_xhat;
         }
-        let at = plane * vectors + p;
         let v = z[at];
         let s = inv_std[c];
         let xhat = (v - Vector::cast_from(mean[c])) * Vector::cast_from(s);
@@ -214,6 +246,6 @@ pub(super) fn input_grad<N: Size>(
                 - Vector::cast_from(sum_dy / count)
                 - xhat * Vector::cast_from(sum_dy_xhat / count));
         dz[at] = select_many(v.greater_than(zero), g, zero);
-        plane += (CUBE_COUNT_Y * CUBE_DIM_Y) as usize;
+        unit.step();
     }
 }
