@@ -16,7 +16,7 @@ use models::CancerNet;
 use models::fast_ops::{cast, same};
 use rayon::prelude::*;
 
-mod fused;
+pub mod fused;
 
 #[derive(Clone, Debug)]
 pub struct KerasAdagrad {

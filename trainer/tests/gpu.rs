@@ -472,9 +472,63 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
                 cs.unwrap().accumulator,
             ));
     }
+    // The trainer's step of a whole module (`optim::fused`) where a parameter stands twice (a
+    // shared weight): updated once a step, as burn's adaptor on the CPU does it, three steps.
+    {
+        let values = [next(&[6]), next(&[6]), next(&[6]), next(&[6])];
+        let (d, c) = (
+            tied_steps::<B>(&values, &device),
+            tied_steps::<Cpu>(&values, &cpu),
+        );
+        let pairs = [
+            ("shared", d.shared, c.shared),
+            ("shared again", d.again, c.again),
+            ("own", d.own, c.own),
+        ];
+        for (what, got, want) in pairs {
+            let what = format!("adagrad over a module with a shared parameter: {what}");
+            worst = worst.max(check(&what, got.val().inner(), want.val().inner()));
+        }
+    }
     eprintln!(
         "the device's kernels vs burn's ops on the CPU: worst relative difference {worst:.1e}"
     );
+}
+
+/// A module holding one parameter twice, as modules sharing a weight do, and one once.
+#[derive(Module, Debug)]
+struct Tied<B: Backend> {
+    shared: Param<Tensor<B, 1>>,
+    again: Param<Tensor<B, 1>>,
+    own: Param<Tensor<B, 1>>,
+}
+
+/// `Tied` from `[shared, own, x, y]` after three of the trainer's Adagrad steps (`optim::fused`:
+/// the fused kernel on a cubecl backend, burn's adaptor elsewhere) on `sum(shared * x + again * y
+/// + own^2)`.
+fn tied_steps<B: AutodiffBackend>(values: &[TensorData; 4], device: &B::Device) -> Tied<B> {
+    let tensor = |d: &TensorData| Tensor::<B, 1>::from_data(d.clone(), device);
+    let shared = Param::from_tensor(tensor(&values[0]));
+    let mut model = Tied {
+        again: shared.clone(),
+        shared,
+        own: Param::from_tensor(tensor(&values[1])),
+    };
+    let (x, y) = (tensor(&values[2]), tensor(&values[3]));
+    let mut optim = KerasAdagrad {
+        initial_accumulator: 0.1,
+        epsilon: 1e-7,
+    }
+    .init();
+    for lr in [0.01, 0.02, 0.03] {
+        let own = model.own.val();
+        let loss =
+            (model.shared.val() * x.clone() + model.again.val() * y.clone() + own.clone() * own)
+                .sum();
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = trainer::optim::fused::step(&mut optim, lr, model, grads);
+    }
+    model
 }
 
 /// A BatchNorm layer on `device` with the given gamma and beta.
