@@ -12,7 +12,8 @@
 # back (the machine goes back after 30 s idle, /tmp with it):
 #   run(command="cp .gpu/ort-cuda.partaa /tmp/", carry=[".gpu/ort-cuda.partaa"])  ... then gpu.sh
 # (gpu.sh joins /tmp/ort-cuda.part*; without them runtime's CUDA rows say "not run").
-# About 6 minutes on an H200, within one call's 10.
+# About 6 minutes on an H200 before the two profile runs were added (~10 s each here), within one
+# call's 10.
 # A dry run here, on bench/nvrtc-check.sh's compile-only driver (it runs no kernel: the CUDA
 # numbers are meaningless, the CUDA tests fail on values), checks the plumbing:
 #   D=target/nvrtc-check; CUDA=$(echo $PWD/.venv-nvrtc/lib/python3*/site-packages/nvidia/cu13)
@@ -62,12 +63,14 @@ IDC_REQUIRE_CUDA=1 try 240 "$BIN/gpu-test" cuda --test-threads=1 --nocapture
 step "per-op benchmark, batch 32 and 256"
 BATCHES=32,256 REPS=20 DEVICES=cuda try 240 "$BIN/gpu-ops" --bench
 
-# Where a step's time goes, kernel by kernel (cubecl waits for each launch and times it): what
-# the next change to the kernels needs, from this one call. Each step's launches in order in $OUT.
+# Where a step's time goes, kernel by kernel (cubecl times each launch alone: its kernel, a launch
+# call and a wait; see bench/kernel_profile.py): what the next change to the kernels needs, from
+# this one call. Each step's launches in order in $OUT. (The bench's own step time, slowed by the
+# waits, is left out: only try's status line is printed.)
 for b in 32 256; do
   step "one training step's kernels, batch $b (cubecl's profile)"
   CUBECL_DEBUG_OPTION=profile CUBECL_DEBUG_LOG="$W/profile-$b.log" BATCHES=$b REPS=3 PARTS=step \
-    KERNELS=fast DEVICES=cuda try 120 "$BIN/gpu-ops" --bench | tail -2
+    KERNELS=fast DEVICES=cuda try 120 "$BIN/gpu-ops" --bench | tail -1
   python3 bench/kernel_profile.py "$W/profile-$b.log" "$OUT/launches-$b.txt"
 done
 

@@ -101,7 +101,7 @@ fi
 # burn's backend reports a kernel that does not compile, or a driver call it lacks, as a panic
 # on its own thread, which a run may survive: any is a failure here.
 RUNS=("$DIR"/{trainer,gpu_ops,step-*})
-if grep -h -A3 "panicked" "${RUNS[@]/%//output.log}"; then
+if grep -h -A3 "panicked" "${RUNS[@]/%//output.log}" "$DIR/profile/output.log"; then
   fail "a panic on the CUDA backend (above; logs in target/nvrtc-check/)"
 fi
 for run in "${RUNS[@]}"; do

@@ -16,6 +16,7 @@ use models::CancerNet;
 use models::fast_ops::{cast, same};
 use rayon::prelude::*;
 
+#[doc(hidden)] // public for the GPU tests
 pub mod fused;
 
 #[derive(Clone, Debug)]

@@ -473,7 +473,8 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
             ));
     }
     // The trainer's step of a whole module (`optim::fused`) where a parameter stands twice (a
-    // shared weight): updated once a step, as burn's adaptor on the CPU does it, three steps.
+    // shared weight) does what burn's adaptor does on the CPU, three steps: the first place is
+    // updated once a step, the second keeps its value (burn does not keep the two tied).
     {
         let values = [next(&[6]), next(&[6]), next(&[6]), next(&[6])];
         let (d, c) = (

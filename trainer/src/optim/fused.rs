@@ -72,7 +72,7 @@ struct Gather<'a, B: AutodiffBackend, M: AutodiffModule<B>> {
 impl<B: AutodiffBackend, M: AutodiffModule<B>> ModuleVisitor<B> for Gather<'_, B, M> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         // A parameter without a gradient keeps its value, as with the adaptor; one met twice
-        // (a module sharing it) is updated once.
+        // (a module sharing it) is updated once, in its first place, as the adaptor does.
         let Some(grad) = self.grads.get::<Inner<B>, D>(param.id) else {
             return;
         };
