@@ -20,13 +20,7 @@ use common::time;
 fn step_seconds<B: AutodiffBackend>(label: &str, device: B::Device, reps: usize) -> f64 {
     let cfg = CancerNetConfig::default();
     let mut model: CancerNet<B> = cfg.init_seeded(1, &device);
-    let mut optim = Optim::Adagrad(
-        KerasAdagrad {
-            initial_accumulator: 0.1,
-            epsilon: 1e-7,
-        }
-        .init(),
-    );
+    let mut optim = Optim::Adagrad(KerasAdagrad::default().init());
     let batch = Batch {
         images: (0..32 * 3 * 48 * 48)
             .map(|i| ((i * 7919) % 255) as f32 / 255.0)

@@ -149,13 +149,7 @@ fn step_times<B: AutodiffBackend>(
 ) -> (f64, f64) {
     let cfg = CancerNetConfig::default();
     let mut model: CancerNet<B> = cfg.init_seeded(1, device);
-    let mut optim = Optim::Adagrad(
-        KerasAdagrad {
-            initial_accumulator: 0.1,
-            epsilon: 1e-7,
-        }
-        .init(),
-    );
+    let mut optim = Optim::Adagrad(KerasAdagrad::default().init());
     let x = Tensor::<B, 4>::random(
         [batch, 3, cfg.input_size, cfg.input_size],
         Distribution::Uniform(0.0, 1.0),

@@ -76,11 +76,7 @@ fn main() {
     let fresh = || {
         (
             CancerNetConfig::default().init::<B>(&dev),
-            KerasAdagrad {
-                initial_accumulator: 0.1,
-                epsilon: 1e-7,
-            }
-            .init::<B, CancerNet<B>>(),
+            KerasAdagrad::default().init::<B, CancerNet<B>>(),
         )
     };
 

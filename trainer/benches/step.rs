@@ -37,11 +37,7 @@ fn main() {
         &dev,
     );
     let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&dev);
-    let mut optim = KerasAdagrad {
-        initial_accumulator: 0.1,
-        epsilon: 1e-7,
-    }
-    .init::<B, models::CancerNet<B>>();
+    let mut optim = KerasAdagrad::default().init::<B, models::CancerNet<B>>();
     println!(
         "CancerNet, batch {batch}, burn flex, {} rayon threads",
         rayon::current_num_threads()

@@ -25,6 +25,13 @@ pub struct KerasAdagrad {
     pub epsilon: f64,
 }
 
+/// Keras' settings, the config's defaults.
+impl Default for KerasAdagrad {
+    fn default() -> KerasAdagrad {
+        KerasAdagrad::from_train(&TrainSection::default())
+    }
+}
+
 #[derive(Record, Clone)]
 pub struct AdagradState<B: Backend, const D: usize> {
     pub accumulator: Tensor<B, D>,
@@ -118,6 +125,14 @@ impl KerasAdagrad {
         grad.full_like(self.initial_accumulator)
     }
 
+    /// The settings of a run's `train` section.
+    pub fn from_train(train: &TrainSection) -> KerasAdagrad {
+        KerasAdagrad {
+            initial_accumulator: train.initial_accumulator,
+            epsilon: train.epsilon,
+        }
+    }
+
     pub fn init<B: AutodiffBackend, M: AutodiffModule<B>>(self) -> OptimizerAdaptor<Self, M, B> {
         OptimizerAdaptor::from(self)
     }
@@ -133,13 +148,7 @@ impl<B: AutodiffBackend> Optim<B> {
     /// Fresh state for the optimizer `train` names, with its settings.
     pub fn new(train: &TrainSection) -> Optim<B> {
         match train.optimizer {
-            OptimizerKind::Adagrad => Optim::Adagrad(
-                KerasAdagrad {
-                    initial_accumulator: train.initial_accumulator,
-                    epsilon: train.epsilon,
-                }
-                .init(),
-            ),
+            OptimizerKind::Adagrad => Optim::Adagrad(KerasAdagrad::from_train(train).init()),
             OptimizerKind::Adam => Optim::Adam(
                 AdamConfig::new()
                     .with_beta_1(train.beta_1 as f32)
@@ -167,10 +176,7 @@ mod tests {
     fn fused_update_matches_the_generic_one() {
         // Flex takes the fused kernel; the same math on an autodiff backend takes burn's ops.
         use burn::backend::Autodiff;
-        let opt = KerasAdagrad {
-            initial_accumulator: 0.1,
-            epsilon: 1e-7,
-        };
+        let opt = KerasAdagrad::default();
         let dev = Default::default();
         let p = Tensor::<Flex, 2>::random([70, 300], burn::tensor::Distribution::Default, &dev);
         let g = Tensor::<Flex, 2>::random([70, 300], burn::tensor::Distribution::Default, &dev);

@@ -26,11 +26,7 @@ fn losses(kernels: Kernels) -> Vec<f32> {
     // use them in different orders: materialize them first (into_record), in one fixed order.
     let record = cfg.init::<B>(&dev).into_record();
     let mut model = cfg.init::<B>(&dev).load_record(record);
-    let mut optim = KerasAdagrad {
-        initial_accumulator: 0.1,
-        epsilon: 1e-7,
-    }
-    .init::<B, models::CancerNet<B>>();
+    let mut optim = KerasAdagrad::default().init::<B, models::CancerNet<B>>();
     let loss_fn = burn::nn::loss::CrossEntropyLossConfig::new().init(&dev);
     let batches: Vec<(Tensor<B, 4>, Tensor<B, 1, Int>)> = (0..5)
         .map(|i| {

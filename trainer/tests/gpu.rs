@@ -77,13 +77,7 @@ fn train<B: AutodiffBackend>(
     device: &B::Device,
     steps: usize,
 ) -> (Vec<f32>, CancerNet<B>) {
-    let mut optim = Optim::Adagrad(
-        KerasAdagrad {
-            initial_accumulator: 0.1,
-            epsilon: 1e-7,
-        }
-        .init(),
-    );
+    let mut optim = Optim::Adagrad(KerasAdagrad::default().init());
     let batches = batches(4);
     let losses = (0..steps)
         .map(|step| {
@@ -418,10 +412,7 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
     {
         use burn::optim::SimpleOptimizer;
         type Inner<B> = <B as AutodiffBackend>::InnerBackend;
-        let opt = KerasAdagrad {
-            initial_accumulator: 0.1,
-            epsilon: 1e-7,
-        };
+        let opt = KerasAdagrad::default();
         let lens: Vec<usize> = (0..40)
             .map(|k| [36, 15, 4, 1, 4608][k % 5] + 8 * (k / 5))
             .collect();
@@ -516,11 +507,7 @@ fn tied_steps<B: AutodiffBackend>(values: &[TensorData; 4], device: &B::Device) 
         own: Param::from_tensor(tensor(&values[1])),
     };
     let (x, y) = (tensor(&values[2]), tensor(&values[3]));
-    let mut optim = KerasAdagrad {
-        initial_accumulator: 0.1,
-        epsilon: 1e-7,
-    }
-    .init();
+    let mut optim = KerasAdagrad::default().init();
     for lr in [0.01, 0.02, 0.03] {
         let own = model.own.val();
         let loss =

@@ -30,11 +30,7 @@ fn a_few_steps_lower_the_loss_on_synthetic_patches() {
     let dev = Default::default();
     <B as burn::tensor::backend::Backend>::seed(&dev, 1); // initial weights and dropout masks
     let mut model: CancerNet<B> = CancerNetConfig::default().init(&dev);
-    let mut optim = KerasAdagrad {
-        initial_accumulator: 0.1,
-        epsilon: 1e-7,
-    }
-    .init::<B, CancerNet<B>>();
+    let mut optim = KerasAdagrad::default().init::<B, CancerNet<B>>();
     // Train-mode loss (batch statistics) is what the optimizer lowers; track it over the steps.
     let train_loss = |model: &CancerNet<B>| -> f32 {
         let losses: Vec<f32> = batches
