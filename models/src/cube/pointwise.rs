@@ -9,7 +9,10 @@
 //! so that every input value loaded serves 16 products and every weight 8; in the weight
 //! gradient, 8 outputs x 8 inputs. Loads are what these kernels wait on: on a GPU each load
 //! served more products is arithmetic intensity, on lavapipe (which loads a storage buffer one
-//! lane and one value at a time) it is most of the time.
+//! lane and one value at a time) it is most of the time. So the product reads its weights laid
+//! out `[ins, outs]`, 4 outputs to a load: a convolution's forward turns its weight round first
+//! (a copy of at most 128 x 128 values), its input gradient and a dense layer's weight gradient
+//! read them that way already.
 
 use super::reduce::sum_leading;
 use super::{Cube, MAX_CUBES_YZ, empty, vector_size};
@@ -71,11 +74,13 @@ mod kernels {
     /// flattened), outputs `by * tile_o ..` and inputs `s * k_chunk ..`, writing its partial sum
     /// to part s of y (the bias goes to part 0). Each unit takes one vector of each run:
     /// neighbouring units read neighbouring vectors; a weight is the same for all of a cube's
-    /// units (one broadcast read) and serves `tile_v` vectors.
+    /// units (one broadcast read) and serves `tile_v` vectors. Weights laid out `[ins, outs]`
+    /// (`transposed`) are read as vectors of W outputs (outs a multiple of W): 4 loads a tile's
+    /// input instead of 16.
     #[cube(launch)]
-    pub(super) fn product<N: Size>(
+    pub(super) fn product<N: Size, W: Size>(
         x: &Tensor<Vector<f32, N>>,
-        weight: &Tensor<f32>,
+        weight: &Tensor<Vector<f32, W>>,
         bias: &Tensor<f32>,
         y: &mut Tensor<Vector<f32, N>>,
         k_chunk: usize,
@@ -125,17 +130,22 @@ mod kernels {
             for t in 0..tile_v {
                 xv[t] = x[usize::cast_from(at[t]) + i * vectors];
             }
+            let w_size = weight.vector_size();
             #[unroll]
-            for j in 0..tile_o {
-                let o = first_o + j;
-                let w = Vector::cast_from(select(
+            for g in 0..comptime!(tile_o / w_size) {
+                let o = first_o + g * w_size;
+                let ws = select(
                     o < outs,
-                    weight[weight_at(o, i, outs, ins, transposed)],
-                    0.0f32,
-                ));
+                    weight[weight_at(o, i, outs, ins, transposed) / w_size],
+                    Vector::cast_from(0.0f32),
+                );
                 #[unroll]
-                for t in 0..tile_v {
-                    acc[t * tile_o + j] += w * xv[t];
+                for l in 0..w_size {
+                    let w = Vector::<f32, N>::cast_from(ws[l]);
+                    #[unroll]
+                    for t in 0..tile_v {
+                        acc[t * tile_o + g * w_size + l] += w * xv[t];
+                    }
                 }
             }
         }
@@ -300,6 +310,8 @@ fn forward<R: CubeRuntime>(
         CubeCount::Static(bx as u32, by as u32, parts as u32),
         CubeDim::new_1d(units as u32),
         vector,
+        // Transposed weights are read 4 outputs to a load where the outputs allow.
+        if transposed { vector_size(outs) } else { 1 },
         x.into_tensor_arg(),
         weight.into_tensor_arg(),
         bias.into_tensor_arg(),
@@ -400,7 +412,11 @@ fn layer<R: CubeRuntime>(
         let bias = reshape(bias, Shape::new([1, shape[1]]));
         return Cube::<R, u32>::float_add(y, bias);
     }
-    let y = forward(as_positions(x), weight, Some(bias), shape[1], false);
+    // The weight turned to `[ins, outs]` (a small copy), so that the product reads it 4
+    // outputs to a load.
+    let [outs, ins] = [shape[1], x.meta.shape()[1]];
+    let weight = permute(reshape(weight, Shape::new([outs, ins])), &[1, 0]);
+    let y = forward(as_positions(x), weight, Some(bias), outs, true);
     reshape(y, shape)
 }
 
