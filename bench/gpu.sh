@@ -139,6 +139,10 @@ rows.append(("runtime: end-to-end eval", last(r"end-to-end eval\s+(\d+ img/s)"))
 runtime = section(r"export \+ runtime")
 scores = re.findall(r"balanced accuracy\s+([\d.]+)", runtime)[-1:] + re.findall(r"ROC AUC\s+([\d.]+)", runtime)[-1:]
 rows.append(("runtime eval: BAC / ROC AUC", " / ".join(scores) or "failed"))
+# A kernel that fails to compile panics on the backend's own thread, and the run goes on
+# without it: any panic in the log makes the numbers above suspect.
+panics = re.findall(r"panicked at (\S+)", log)
+rows.append(("panics in the log (any thread)", f"{len(panics)} {sorted(set(panics))}" if panics else "0"))
 width = max(len(r[0]) for r in rows)
 print(f"{'what':<{width}}  result")
 for what, result in rows:

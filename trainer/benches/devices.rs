@@ -45,6 +45,7 @@ fn step_seconds<B: AutodiffBackend>(label: &str, device: B::Device, reps: usize)
 }
 
 fn main() {
+    common::exit_on_any_panic();
     trainer::alloc::keep_freed_buffers();
     let reps = std::env::var("REPS")
         .ok()

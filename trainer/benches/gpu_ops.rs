@@ -13,6 +13,8 @@
 //! Each repetition waits for the device (`Backend::sync`), so a time is a latency, launches
 //! included.
 
+mod common;
+
 use burn::backend::{Autodiff, Flex};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
@@ -231,6 +233,7 @@ fn env_or(name: &str, default: &str) -> String {
 }
 
 fn main() {
+    common::exit_on_any_panic();
     trainer::alloc::keep_freed_buffers();
     let batches: Vec<usize> = env_or("BATCHES", "32,256")
         .split(',')

@@ -6,6 +6,16 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
 use std::time::Instant;
 
+/// Ends the process on a panic on any thread: a GPU kernel that fails to compile panics on the
+/// backend's own thread, and the bench's thread would go on timing steps that lack it.
+pub fn exit_on_any_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::exit(101);
+    }));
+}
+
 /// Runs `f` once to warm up, then `reps` times; prints the mean time per run (and images/s
 /// when `images` > 0) and returns the mean seconds.
 pub fn time<F: FnMut()>(label: &str, images: usize, reps: usize, mut f: F) -> f64 {
