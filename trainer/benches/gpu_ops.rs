@@ -11,7 +11,7 @@
 //! "layers,forward,step": the layer kinds, the whole model's forward, the training step; those
 //! left out read 0; bench/nvrtc-check.sh counts one step's kernel launches with PARTS=step).
 //! Each repetition waits for the device (`Backend::sync`), so a time is a latency, launches
-//! included.
+//! included. A panic on any thread ends the run (`common::exit_on_any_panic`).
 
 mod common;
 
