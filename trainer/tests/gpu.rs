@@ -248,6 +248,10 @@ fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         [2, 3, 1, 1],
         [2, 2, 5, 1],
         [1, 2, 1, 6],
+        // Rows read as vectors of 4, 8 columns a unit: a row of one vector, and a row whose
+        // last unit has one vector inside it and one past its end.
+        [2, 3, 6, 4],
+        [1, 2, 9, 20],
         // Enough images for the filter gradient's sum to come in several parts.
         [40, 2, 48, 48],
     ] {

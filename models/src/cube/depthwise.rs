@@ -3,13 +3,15 @@
 //! the filter gradient, whose parts `reduce::sum_leading` adds up.
 //!
 //! Every tensor is a contiguous f32 NCHW tensor; the launchers make it so. Each unit slides a
-//! window of inputs 3 rows by 6 columns down 4 neighbouring columns in registers: 6 loads a row
-//! for 4 values, 1.5 a value instead of nine (loads are what these kernels wait on, on a GPU and
-//! on lavapipe alike). Every sum is taken in an order fixed by the launch, never by timing: a run
-//! gives the same bytes every time on a device.
+//! window of inputs 3 rows by `cols + 2` columns down `cols` neighbouring columns in registers:
+//! where rows are a multiple of 4 long (every layer of CancerNet), 8 columns read as 4 vectors
+//! of 4 a row, 0.5 loads a value; else 4 columns, 6 loads a row, 1.5 a value; a 3x3 window
+//! each would take 9 (loads are what these kernels wait on, on a GPU and on lavapipe alike).
+//! Every sum is taken in an order fixed by the launch, never by timing: a run gives the same
+//! bytes every time on a device.
 
 use super::reduce::sum_leading;
-use super::{Cube, MAX_CUBES_YZ, elementwise, empty};
+use super::{Cube, MAX_CUBES_YZ, elementwise, empty, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -33,12 +35,14 @@ mod kernels {
     use cubecl::prelude::*;
 
     /// Loads into rows `slot ..= 2` of `win` (`cols + 2` values a row) rows of plane `base` (of x
-    /// `[n, c, h, w]`) from row `r - 1` (`r` is the row plus one, kept unsigned), columns col - 1
-    /// ..= col + cols, zero outside the plane. A unit's window is 3 rows: all three when it
-    /// starts (slot 0), then, sliding down, the new last one after `shift_up` (slot 2).
+    /// `[n, c, h, w]`, read as vectors of N along a row) from row `r - 1` (`r` is the row plus
+    /// one, kept unsigned), columns col - 1 ..= col + cols, zero outside the plane: the `cols /
+    /// N` vectors from column col, and one value of each vector beside them. A unit's window is
+    /// 3 rows: all three when it starts (slot 0), then, sliding down, the new last one after
+    /// `shift_up` (slot 2).
     #[cube]
-    fn load_rows(
-        x: &Tensor<f32>,
+    fn load_rows<N: Size>(
+        x: &Tensor<Vector<f32, N>>,
         win: &mut Array<f32>,
         base: usize,
         r: usize,
@@ -47,16 +51,31 @@ mod kernels {
         #[comptime] cols: usize,
     ) {
         let (height, width) = (x.shape(2), x.shape(3));
+        let n = x.vector_size();
+        let zero = Vector::<f32, N>::cast_from(0.0f32);
         #[unroll]
         for k in 0..3 - slot {
             let rk = r + k;
+            let row = rk >= 1usize && rk <= height;
+            // Vector `v` of the row from column col (v = 0: the one before it).
+            let first = (base + select(row, rk - 1usize, 0usize) * width + col) / n;
+            let row_at = (slot + k) * (cols + 2);
+            let left = select(row && col >= 1usize, x[first - 1usize], zero);
+            win[row_at] = left[comptime!(n - 1)];
             #[unroll]
-            for kx in 0..cols + 2 {
-                let c = col + kx;
-                let inside = rk >= 1usize && rk <= height && c >= 1usize && c <= width;
-                win[(slot + k) * (cols + 2) + kx] =
-                    select(inside, x[base + (rk - 1usize) * width + c - 1usize], 0.0f32);
+            for v in 0..comptime!(cols / n) {
+                let values = select(row && col + v * n < width, x[first + v], zero);
+                #[unroll]
+                for l in 0..n {
+                    win[row_at + 1usize + v * n + l] = values[l];
+                }
             }
+            let right = select(
+                row && col + cols < width,
+                x[first + comptime!(cols / n)],
+                zero,
+            );
+            win[row_at + cols + 1usize] = right[0usize];
         }
     }
 
@@ -73,14 +92,13 @@ mod kernels {
     /// outside the plane ('same' padding). With `flip` the filter is turned half a turn
     /// (`w[c, 2 - ky, 2 - kx]`): the convolution that maps an output gradient to the input gradient.
     /// Each unit computes `rows` x `cols` values of one plane, going down `cols` neighbouring
-    /// columns with a window of inputs held in registers: `cols + 2` loads a row for `cols`
-    /// values (1.5 a value at 4 columns, where a 3x3 window each would take 9), and the filter
-    /// loaded once.
+    /// columns with a window of inputs held in registers (`load_rows`), writing vectors of N,
+    /// and the filter loaded once.
     #[cube(launch)]
-    pub(super) fn depthwise3x3(
-        x: &Tensor<f32>,
+    pub(super) fn depthwise3x3<N: Size>(
+        x: &Tensor<Vector<f32, N>>,
         weight: &Tensor<f32>,
-        y: &mut Tensor<f32>,
+        y: &mut Tensor<Vector<f32, N>>,
         #[comptime] rows: usize,
         #[comptime] cols: usize,
         #[comptime] flip: bool,
@@ -110,19 +128,26 @@ mod kernels {
         load_rows(x, &mut win, base, first, col, 0usize, cols);
         let mut row = first;
         let last = part_end(strip, rows, height);
+        let n = y.vector_size();
         while row < last {
             #[unroll]
-            for q in 0..cols {
-                let mut sum = 0.0f32;
+            for v in 0..comptime!(cols / n) {
+                let mut out = Vector::<f32, N>::empty();
                 #[unroll]
-                for ky in 0..3usize {
+                for l in 0..n {
+                    let q = v * n + l;
+                    let mut sum = 0.0f32;
                     #[unroll]
-                    for kx in 0..3usize {
-                        sum += win[ky * (cols + 2) + q + kx] * w[ky * 3usize + kx];
+                    for ky in 0..3usize {
+                        #[unroll]
+                        for kx in 0..3usize {
+                            sum += win[ky * (cols + 2) + q + kx] * w[ky * 3usize + kx];
+                        }
                     }
+                    out[l] = sum;
                 }
-                if col + q < width {
-                    y[base + row * width + col + q] = sum;
+                if col + v * n < width {
+                    y[(base + row * width + col) / n + v] = out;
                 }
             }
             row += 1usize;
@@ -137,9 +162,9 @@ mod kernels {
     /// a window of inputs in registers, as `depthwise3x3` does), then the units' sums are added
     /// in a tree in shared memory of `slots`, a power of two at least the cube's size.
     #[cube(launch)]
-    pub(super) fn depthwise3x3_filter_grad(
-        x: &Tensor<f32>,
-        dy: &Tensor<f32>,
+    pub(super) fn depthwise3x3_filter_grad<N: Size>(
+        x: &Tensor<Vector<f32, N>>,
+        dy: &Tensor<Vector<f32, N>>,
         partial: &mut Tensor<f32>,
         images: usize,
         #[comptime] rows: usize,
@@ -164,6 +189,7 @@ mod kernels {
             acc[tap] = 0.0f32;
         }
         let mut win = Array::<f32>::new(3 * (cols + 2));
+        let zero = Vector::<f32, N>::cast_from(0.0f32);
         let mut item = unit;
         while item < items {
             let col = (item % groups) * cols;
@@ -175,17 +201,21 @@ mod kernels {
             let mut row = first;
             let last = part_end(strip, rows, height);
             while row < last {
+                let n = dy.vector_size();
                 #[unroll]
-                for q in 0..cols {
-                    // Past the plane's last column the gradient is zero (and not read).
-                    let inside = col + q < width;
-                    let at = select(inside, base + row * width + col + q, base);
-                    let g = select(inside, dy[at], 0.0f32);
+                for v in 0..comptime!(cols / n) {
+                    // Past the plane's last column the gradient is zero.
+                    let inside = col + v * n < width;
+                    let g = select(inside, dy[(base + row * width + col) / n + v], zero);
                     #[unroll]
-                    for ky in 0..3usize {
+                    for l in 0..n {
+                        let q = v * n + l;
                         #[unroll]
-                        for kx in 0..3usize {
-                            acc[ky * 3usize + kx] += g * win[ky * (cols + 2) + q + kx];
+                        for ky in 0..3usize {
+                            #[unroll]
+                            for kx in 0..3usize {
+                                acc[ky * 3usize + kx] += g[l] * win[ky * (cols + 2) + q + kx];
+                            }
                         }
                     }
                 }
@@ -211,10 +241,19 @@ mod kernels {
     }
 }
 
-/// Values each unit of the convolution computes: down `ROWS_PER_UNIT` rows of
-/// `COLS_PER_UNIT` neighbouring columns.
+/// Values each unit of the convolution computes: down `ROWS_PER_UNIT` rows of `cols`
+/// neighbouring columns.
 const ROWS_PER_UNIT: usize = 8;
-const COLS_PER_UNIT: usize = 4;
+
+/// How a unit reads a plane of `width` columns: (the vector size, the columns it takes). Rows of
+/// a multiple of 4 are read 4 to a load, two vectors and a value of each vector beside them: 4
+/// loads a row for 8 values. Others one value to a load, 4 columns: 6 loads for 4 values.
+fn row_layout(width: usize) -> (usize, usize) {
+    match vector_size(width) {
+        1 => (1, 4),
+        n => (n, 2 * n),
+    }
+}
 
 /// The convolution (`flip`: with the filter turned half a turn, for the input gradient).
 fn forward<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, flip: bool) -> CubeTensor<R> {
@@ -222,17 +261,19 @@ fn forward<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, flip: bool) 
     let [n, c, h, w] = x.meta.shape().dims::<4>();
     let y = empty(&x, x.meta.shape().clone());
     let client = x.client.clone();
-    let units = n * c * h.div_ceil(ROWS_PER_UNIT) * w.div_ceil(COLS_PER_UNIT);
+    let (vector, cols) = row_layout(w);
+    let units = n * c * h.div_ceil(ROWS_PER_UNIT) * w.div_ceil(cols);
     let (cube_count, cube_dim) = elementwise(&client, units);
     kernels::depthwise3x3::launch::<R>(
         &client,
         cube_count,
         cube_dim,
+        vector,
         x.into_tensor_arg(),
         weight.into_tensor_arg(),
         y.clone().into_tensor_arg(),
         ROWS_PER_UNIT,
-        COLS_PER_UNIT,
+        cols,
         flip,
     );
     y
@@ -253,7 +294,8 @@ fn filter_grad<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTenso
     let client = x.client.clone();
     let max_units = client.properties().hardware.max_units_per_cube as usize;
     let units = GRAD_UNITS.min(max_units);
-    let strips_per_image = (h.div_ceil(ROWS_PER_UNIT) * w.div_ceil(COLS_PER_UNIT)).max(1);
+    let (vector, cols) = row_layout(w);
+    let strips_per_image = (h.div_ceil(ROWS_PER_UNIT) * w.div_ceil(cols)).max(1);
     let images = (STRIPS_PER_UNIT * units / strips_per_image).clamp(1, n.max(1));
     let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
     let parts = n.div_ceil(images).max(1);
@@ -262,12 +304,13 @@ fn filter_grad<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTenso
         &client,
         CubeCount::Static(c as u32, parts as u32, 1),
         CubeDim::new_1d(units as u32),
+        vector,
         x.into_tensor_arg(),
         dy.into_tensor_arg(),
         partial.clone().into_tensor_arg(),
         images,
         ROWS_PER_UNIT,
-        COLS_PER_UNIT,
+        cols,
         units.next_power_of_two(),
     );
     reshape(sum_leading(partial), Shape::new([c, 1, 3, 3]))
