@@ -568,6 +568,9 @@ fn batch_norm_kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         (10, [4, 8, 7, 9], None, 10.0),
         // Sums in two parts of 5 and 4 images (more values than a part takes).
         (11, [9, 2, 48, 48], None, 10.0),
+        // A block's end read as vectors, with a trailing odd row (the pool drops it) and rows of
+        // one vector.
+        (12, [2, 3, 9, 4], Some(0.0), 0.0),
     ] {
         let c = dims[1];
         let (zd, gamma, beta) = (
