@@ -37,6 +37,9 @@ pub(super) type Inputs<'a, B> = (&'a BatchNorm<B>, Tensor<B, 4>, Option<f32>);
 /// reductions at most (whose units each sum at least `VALUES_PER_UNIT` values before the cube's
 /// tree, where a part's planes have as many vectors).
 const UNITS: usize = 64;
+/// Vectors of a plane an elementwise unit takes at most: the channel's values it loads once
+/// serve them all.
+const VECTORS_PER_UNIT: usize = 4;
 const REDUCTION_UNITS: usize = 256;
 const MIN_REDUCTION_UNITS: usize = 32;
 const VALUES_PER_UNIT: usize = 64;
@@ -47,14 +50,15 @@ fn vectors(positions: usize) -> usize {
 }
 
 /// The grid of the elementwise kernels for t `[n, c, positions]`: cubes of `UNITS` units, along
-/// x a plane's vectors and along y as many planes as fit beside them (the dense head's planes
-/// have one value: 64 planes a cube, where one unit a cube left a GPU's warps 1/32 busy).
+/// x a plane's vectors (up to `VECTORS_PER_UNIT` a unit, a grid's width apart) and along y as
+/// many planes as fit beside them (the dense head's planes have one value: 64 planes a cube,
+/// where one unit a cube left a GPU's warps 1/32 busy).
 fn elementwise_grid(dims: [usize; 3]) -> (CubeCount, CubeDim) {
     let [n, c, positions] = dims;
     let along_plane = vectors(positions).next_power_of_two().min(UNITS);
     let planes_a_cube = UNITS / along_plane;
     let count = CubeCount::Static(
-        vectors(positions).div_ceil(along_plane) as u32,
+        vectors(positions).div_ceil(along_plane * VECTORS_PER_UNIT) as u32,
         (n * c).div_ceil(planes_a_cube).clamp(1, MAX_CUBES_YZ) as u32,
         1,
     );

@@ -3,7 +3,7 @@
 //! layer's output gradient over the batch).
 //! Each in a fixed order (no atomics), so a run gives the same bytes every time.
 
-use super::{elementwise, empty};
+use super::{elementwise, empty, vector_size};
 use burn::tensor::Shape;
 use burn_cubecl::CubeRuntime;
 use burn_cubecl::kernel::into_contiguous;
@@ -108,15 +108,15 @@ pub(super) fn lanes_sum<N: Size>(v: Vector<f32, N>) -> f32 {
     sum
 }
 
-/// `out[l] = sum over s of parts[s, l]`, in order of s. One unit per value.
+/// `out[l] = sum over s of parts[s, l]`, in order of s. One unit per vector of N values.
 #[cube(launch)]
-fn sum_leading_kernel(parts: &Tensor<f32>, out: &mut Tensor<f32>) {
+fn sum_leading_kernel<N: Size>(parts: &Tensor<Vector<f32, N>>, out: &mut Tensor<Vector<f32, N>>) {
     let l = ABSOLUTE_POS;
     if l >= out.len() {
         terminate!();
     }
     let len = out.len();
-    let mut sum = 0.0f32;
+    let mut sum = Vector::<f32, N>::cast_from(0.0f32);
     for s in 0..parts.shape(0) {
         sum += parts[s * len + l];
     }
@@ -132,11 +132,13 @@ pub(super) fn sum_leading<R: CubeRuntime>(parts: CubeTensor<R>) -> CubeTensor<R>
     }
     let out = empty(&parts, Shape::new([len]));
     let client = parts.client.clone();
-    let (cube_count, cube_dim) = elementwise(&client, len);
+    let vector = vector_size(len);
+    let (cube_count, cube_dim) = elementwise(&client, len / vector);
     sum_leading_kernel::launch::<R>(
         &client,
         cube_count,
         cube_dim,
+        vector,
         parts.into_tensor_arg(),
         out.clone().into_tensor_arg(),
     );

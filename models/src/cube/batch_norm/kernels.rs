@@ -147,10 +147,13 @@ pub(super) fn grad_sums<N: Size>(
 
 /// A unit's way through the elementwise kernels' layout of a tensor `[n, c, vectors]`: cube
 /// (x, y) covers vectors `x * units along x ..` of planes `y * units along y ..`, and of the
-/// planes `cubes along y` times as far on; each unit one vector `p` of its planes.
+/// planes `cubes along y` times as far on; each unit the vectors `p`, `p + across`, ... of its
+/// planes (`across`: the grid's units along x), so that what it loads for a plane's channel
+/// serves them all.
 #[derive(CubeType)]
 struct Planes {
     p: usize,
+    across: usize,
     plane: usize,
     planes: usize,
     channels: usize,
@@ -168,6 +171,7 @@ impl Planes {
         }
         Planes {
             p,
+            across: (CUBE_COUNT_X * CUBE_DIM_X) as usize,
             plane: (CUBE_POS_Y * CUBE_DIM_Y + UNIT_POS_Y) as usize,
             planes: t.shape(0) * t.shape(1),
             channels: t.shape(1),
@@ -183,9 +187,14 @@ impl Planes {
         self.plane % self.channels
     }
 
-    /// Where the unit's vector of its plane is.
+    /// Where the unit's first vector of its plane is.
     fn at(&self) -> usize {
         self.plane * self.vectors + self.p
+    }
+
+    /// One past the plane's last vector.
+    fn end(&self) -> usize {
+        (self.plane + 1usize) * self.vectors
     }
 
     fn step(&mut self) {
@@ -204,8 +213,13 @@ pub(super) fn relu_affine<N: Size>(
     let zero = Vector::<f32, N>::cast_from(0.0f32);
     let mut unit = Planes::new(z);
     while unit.more() {
-        let (c, at) = (unit.channel(), unit.at());
-        y[at] = max(z[at], zero) * Vector::cast_from(scale[c]) + Vector::cast_from(shift[c]);
+        let c = unit.channel();
+        let (a, b) = (Vector::cast_from(scale[c]), Vector::cast_from(shift[c]));
+        let mut at = unit.at();
+        while at < unit.end() {
+            y[at] = max(z[at], zero) * a + b;
+            at += unit.across;
+        }
         unit.step();
     }
 }
@@ -232,20 +246,27 @@ pub(super) fn input_grad<N: Size>(
     let zero = Vector::<f32, N>::cast_from(0.0f32);
     let mut unit = Planes::new(z);
     while unit.more() {
-        let (c, at) = (unit.channel(), unit.at());
+        let c = unit.channel();
         let (sum_dy, sum_dy_xhat) = (sums[c], sums[channels + c]);
         if unit.plane < channels && unit.p == 0usize {
             dbeta[c] = sum_dy;
             dgamma[c] = sum_dy_xhat;
         }
-        let v = z[at];
         let s = inv_std[c];
-        let xhat = (v - Vector::cast_from(mean[c])) * Vector::cast_from(s);
-        let g = Vector::<f32, N>::cast_from(gamma[c] * s)
-            * (dy[at]
-                - Vector::cast_from(sum_dy / count)
-                - xhat * Vector::cast_from(sum_dy_xhat / count));
-        dz[at] = select_many(v.greater_than(zero), g, zero);
+        let (m, scale) = (Vector::cast_from(mean[c]), Vector::cast_from(s));
+        let (slope, mean_dy) = (
+            Vector::<f32, N>::cast_from(gamma[c] * s),
+            Vector::cast_from(sum_dy / count),
+        );
+        let mean_dy_xhat = Vector::cast_from(sum_dy_xhat / count);
+        let mut at = unit.at();
+        while at < unit.end() {
+            let v = z[at];
+            let xhat = (v - m) * scale;
+            let g = slope * (dy[at] - mean_dy - xhat * mean_dy_xhat);
+            dz[at] = select_many(v.greater_than(zero), g, zero);
+            at += unit.across;
+        }
         unit.step();
     }
 }
