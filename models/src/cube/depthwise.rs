@@ -279,8 +279,9 @@ fn forward<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, flip: bool) 
     y
 }
 
-/// Units in a cube of the filter-gradient kernel.
+/// Units in a cube of the filter-gradient kernel: at most, and at least (a warp).
 const GRAD_UNITS: usize = 256;
+const MIN_GRAD_UNITS: usize = 32;
 
 /// Strips each unit of the filter-gradient kernel sums before the cube's tree: enough work per
 /// unit to hide the tree, and cubes enough for a large GPU where the layer is large (CancerNet
@@ -293,12 +294,18 @@ fn filter_grad<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTenso
     let [n, c, h, w] = x.meta.shape().dims::<4>();
     let client = x.client.clone();
     let max_units = client.properties().hardware.max_units_per_cube as usize;
-    let units = GRAD_UNITS.min(max_units);
+    let most = GRAD_UNITS.min(max_units);
     let (vector, cols) = row_layout(w);
     let strips_per_image = (h.div_ceil(ROWS_PER_UNIT) * w.div_ceil(cols)).max(1);
-    let images = (STRIPS_PER_UNIT * units / strips_per_image).clamp(1, n.max(1));
+    let images = (STRIPS_PER_UNIT * most / strips_per_image).clamp(1, n.max(1));
     let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
     let parts = n.div_ceil(images).max(1);
+    // Units for `STRIPS_PER_UNIT` strips each of a part: the small last blocks' parts have few
+    // strips (block 3 at batch 32: 128), and the cube's tree costs as much as its units.
+    let units = (images * strips_per_image)
+        .div_ceil(STRIPS_PER_UNIT)
+        .next_power_of_two()
+        .clamp(MIN_GRAD_UNITS.min(most), most);
     let partial = empty(&x, Shape::new([parts, c * 9]));
     kernels::depthwise3x3_filter_grad::launch::<R>(
         &client,
