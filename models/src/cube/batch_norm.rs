@@ -9,7 +9,7 @@
 //! in an order fixed by the launch: the same bytes every time.
 
 use super::reduce::sum_leading;
-use super::{Cube, MAX_CUBES_YZ, elementwise, empty, pool, vector_size};
+use super::{Cube, MAX_CUBES_YZ, WARP, elementwise, empty, pool, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -41,7 +41,6 @@ const UNITS: usize = 64;
 /// serve them all.
 const VECTORS_PER_UNIT: usize = 4;
 const REDUCTION_UNITS: usize = 256;
-const MIN_REDUCTION_UNITS: usize = 32;
 const VALUES_PER_UNIT: usize = 64;
 
 /// Vectors in a plane of `positions`.
@@ -85,7 +84,7 @@ impl Reduction {
         let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
         let units = (images * vectors(positions))
             .next_power_of_two()
-            .clamp(MIN_REDUCTION_UNITS, REDUCTION_UNITS);
+            .clamp(WARP, REDUCTION_UNITS);
         Reduction {
             parts: n.div_ceil(images).max(1),
             images,

@@ -4,14 +4,15 @@
 //!
 //! Every tensor is a contiguous f32 NCHW tensor; the launchers make it so. Each unit slides a
 //! window of inputs 3 rows by `cols + 2` columns down `cols` neighbouring columns in registers:
-//! where rows are a multiple of 4 long (every layer of CancerNet), 8 columns read as 4 vectors
-//! of 4 a row, 0.5 loads a value; else 4 columns, 6 loads a row, 1.5 a value; a 3x3 window
-//! each would take 9 (loads are what these kernels wait on, on a GPU and on lavapipe alike).
+//! where rows are a multiple of 4 long (every layer of CancerNet), 8 columns, a row's 10 inputs
+//! in 4 vector loads (0.5 a value); else 4 columns, a row's 6 inputs in 6 loads (1.5 a value);
+//! a 3x3 window each would take 9 (loads are what these kernels wait on, on a GPU and on
+//! lavapipe alike).
 //! Every sum is taken in an order fixed by the launch, never by timing: a run gives the same
 //! bytes every time on a device.
 
 use super::reduce::sum_leading;
-use super::{Cube, MAX_CUBES_YZ, elementwise, empty, vector_size};
+use super::{Cube, MAX_CUBES_YZ, WARP, elementwise, empty, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -51,28 +52,28 @@ mod kernels {
         #[comptime] cols: usize,
     ) {
         let (height, width) = (x.shape(2), x.shape(3));
-        let n = x.vector_size();
+        let lanes = x.vector_size();
         let zero = Vector::<f32, N>::cast_from(0.0f32);
         #[unroll]
         for k in 0..3 - slot {
             let rk = r + k;
             let row = rk >= 1usize && rk <= height;
             // Vector `v` of the row from column col (v = 0: the one before it).
-            let first = (base + select(row, rk - 1usize, 0usize) * width + col) / n;
+            let first = (base + select(row, rk - 1usize, 0usize) * width + col) / lanes;
             let row_at = (slot + k) * (cols + 2);
             let left = select(row && col >= 1usize, x[first - 1usize], zero);
-            win[row_at] = left[comptime!(n - 1)];
+            win[row_at] = left[comptime!(lanes - 1)];
             #[unroll]
-            for v in 0..comptime!(cols / n) {
-                let values = select(row && col + v * n < width, x[first + v], zero);
+            for v in 0..comptime!(cols / lanes) {
+                let values = select(row && col + v * lanes < width, x[first + v], zero);
                 #[unroll]
-                for l in 0..n {
-                    win[row_at + 1usize + v * n + l] = values[l];
+                for l in 0..lanes {
+                    win[row_at + 1usize + v * lanes + l] = values[l];
                 }
             }
             let right = select(
                 row && col + cols < width,
-                x[first + comptime!(cols / n)],
+                x[first + comptime!(cols / lanes)],
                 zero,
             );
             win[row_at + cols + 1usize] = right[0usize];
@@ -128,14 +129,14 @@ mod kernels {
         load_rows(x, &mut win, base, first, col, 0usize, cols);
         let mut row = first;
         let last = part_end(strip, rows, height);
-        let n = y.vector_size();
+        let lanes = y.vector_size();
         while row < last {
             #[unroll]
-            for v in 0..comptime!(cols / n) {
+            for v in 0..comptime!(cols / lanes) {
                 let mut out = Vector::<f32, N>::empty();
                 #[unroll]
-                for l in 0..n {
-                    let q = v * n + l;
+                for l in 0..lanes {
+                    let q = v * lanes + l;
                     let mut sum = 0.0f32;
                     #[unroll]
                     for ky in 0..3usize {
@@ -146,8 +147,8 @@ mod kernels {
                     }
                     out[l] = sum;
                 }
-                if col + v * n < width {
-                    y[(base + row * width + col) / n + v] = out;
+                if col + v * lanes < width {
+                    y[(base + row * width + col) / lanes + v] = out;
                 }
             }
             row += 1usize;
@@ -201,15 +202,15 @@ mod kernels {
             let mut row = first;
             let last = part_end(strip, rows, height);
             while row < last {
-                let n = dy.vector_size();
+                let lanes = dy.vector_size();
                 #[unroll]
-                for v in 0..comptime!(cols / n) {
+                for v in 0..comptime!(cols / lanes) {
                     // Past the plane's last column the gradient is zero.
-                    let inside = col + v * n < width;
-                    let g = select(inside, dy[(base + row * width + col) / n + v], zero);
+                    let inside = col + v * lanes < width;
+                    let g = select(inside, dy[(base + row * width + col) / lanes + v], zero);
                     #[unroll]
-                    for l in 0..n {
-                        let q = v * n + l;
+                    for l in 0..lanes {
+                        let q = v * lanes + l;
                         #[unroll]
                         for ky in 0..3usize {
                             #[unroll]
@@ -279,13 +280,13 @@ fn forward<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, flip: bool) 
     y
 }
 
-/// Units in a cube of the filter-gradient kernel: at most, and at least (a warp).
+/// Units in a cube of the filter-gradient kernel, at most.
 const GRAD_UNITS: usize = 256;
-const MIN_GRAD_UNITS: usize = 32;
 
 /// Strips each unit of the filter-gradient kernel sums before the cube's tree: enough work per
-/// unit to hide the tree, and cubes enough for a large GPU where the layer is large (CancerNet
-/// at batch 256: 111 cubes in the first block, 3 channels; 320 to 512 in the others).
+/// unit to hide the tree. Its cubes are a channel and a part of the batch each: CancerNet at
+/// batch 256 takes 15 for the first layer (3 channels), 64 to 128 for the others, fewer than an
+/// H200's 132 multiprocessors for most layers (the balance there is unmeasured).
 const STRIPS_PER_UNIT: usize = 8;
 
 /// The filter gradient `[c, 1, 3, 3]` of the convolution of `x` that gave the output gradient `dy`.
@@ -305,7 +306,7 @@ fn filter_grad<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTenso
     let units = (images * strips_per_image)
         .div_ceil(STRIPS_PER_UNIT)
         .next_power_of_two()
-        .clamp(MIN_GRAD_UNITS.min(most), most);
+        .clamp(WARP.min(most), most);
     let partial = empty(&x, Shape::new([parts, c * 9]));
     kernels::depthwise3x3_filter_grad::launch::<R>(
         &client,

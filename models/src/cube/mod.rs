@@ -34,6 +34,9 @@ type Cube<R, BT> = CubeBackend<R, f32, i32, BT>;
 /// At most this many cubes along y and z: the limit every backend allows.
 const MAX_CUBES_YZ: usize = 65_535;
 
+/// The fewest units a cube of these kernels has: an NVIDIA warp.
+const WARP: usize = 32;
+
 /// Tries `$on::<B, runtime, bool element, $extra>($inputs)` for each cubecl backend of this build:
 /// returns its output, else evaluates to the inputs handed back.
 macro_rules! on_each_backend {

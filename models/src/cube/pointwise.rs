@@ -9,13 +9,14 @@
 //! so that every input value loaded serves 16 products and every weight 8; in the weight
 //! gradient, 8 outputs x 8 inputs. Loads are what these kernels wait on: on a GPU each load
 //! served more products is arithmetic intensity, on lavapipe (which loads a storage buffer one
-//! lane and one value at a time) it is most of the time. So the product reads its weights laid
-//! out `[ins, outs]`, 4 outputs to a load: a convolution's forward turns its weight round first
-//! (a copy of at most 128 x 128 values), its input gradient and a dense layer's weight gradient
-//! read them that way already.
+//! lane and one value at a time) it is most of the time. So where the outputs are a multiple of
+//! 4 the product reads weights laid out `[ins, outs]`, 4 outputs to a load: a convolution's
+//! forward turns its weight round first (a copy of the weight's outs x ins values), its input
+//! gradient and a dense layer's weight gradient read them that way already; a dense layer's
+//! forward and input gradient read `[outs, ins]`, one weight a load.
 
 use super::reduce::sum_leading;
-use super::{Cube, MAX_CUBES_YZ, empty, vector_size};
+use super::{Cube, MAX_CUBES_YZ, WARP, empty, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -41,18 +42,17 @@ const TILE_O: usize = 16;
 const TILE_V: usize = 2;
 /// Outputs and inputs of a unit's tile in the weight gradient.
 const GRAD_TILE: usize = 8;
-/// Units of a cube: at most, and at least (a warp).
+/// Units of a cube, at most.
 const UNITS: usize = 64;
-const MIN_UNITS: usize = 32;
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
     use crate::cube::reduce::Walk;
     use cubecl::prelude::*;
 
-    /// Where weight `(o, i)` is in a weight tensor: `[outs, ins]` (a convolution's), or `[ins, outs]`
-    /// (`transposed`: a convolution's read for its input gradient, or a dense layer's input read
-    /// for its weight gradient).
+    /// Where weight `(o, i)` is in a weight tensor: `[outs, ins]`, or `[ins, outs]` (`transposed`:
+    /// a convolution's weight turned round for its forward, or read as it is for its input
+    /// gradient; a dense layer's input read for its weight gradient).
     #[cube]
     fn weight_at(
         o: usize,
@@ -291,7 +291,7 @@ fn forward<R: CubeRuntime>(
     let client = x.client.clone();
     let vector = vector_size(positions);
     let total = n * positions / vector;
-    let units = total.next_power_of_two().clamp(MIN_UNITS, UNITS);
+    let units = total.next_power_of_two().clamp(WARP, UNITS);
     // Two vectors a unit where there are enough for every cube's units to have two.
     let tile_v = if total >= 2 * units { TILE_V } else { 1 };
     let (bx, by) = (total.div_ceil(units * tile_v).max(1), outs.div_ceil(TILE_O));
@@ -396,27 +396,31 @@ fn dense_product<R: CubeRuntime>(x: CubeTensor<R>, w: CubeTensor<R>) -> CubeTens
     reshape(y, Shape::new([n, outs]))
 }
 
-/// The layer on x: a dense layer's weight is `[ins, outs]` (`transposed`), a convolution's
-/// `[outs, ins, 1, 1]`. The output has x's shape with `outs` channels.
+/// The layer on x: a dense layer's weight is `[ins, outs]`, a convolution's `[outs, ins, 1,
+/// 1]`. The output has x's shape with `outs` channels.
 fn layer<R: CubeRuntime>(
     x: CubeTensor<R>,
     weight: CubeTensor<R>,
     bias: CubeTensor<R>,
-    transposed: bool,
+    dense: bool,
 ) -> CubeTensor<R> {
     let mut shape = x.meta.shape().clone();
     shape[1] = bias.meta.shape()[0];
-    if transposed {
+    if dense {
         // The bias added by burn's broadcast sum: one small launch.
         let y = dense_product(x, weight);
         let bias = reshape(bias, Shape::new([1, shape[1]]));
         return Cube::<R, u32>::float_add(y, bias);
     }
-    // The weight turned to `[ins, outs]` (a small copy), so that the product reads it 4
+    // The weight turned to `[ins, outs]` (a small copy) where the product then reads it 4
     // outputs to a load.
     let [outs, ins] = [shape[1], x.meta.shape()[1]];
-    let weight = permute(reshape(weight, Shape::new([outs, ins])), &[1, 0]);
-    let y = forward(as_positions(x), weight, Some(bias), outs, true);
+    let turn = vector_size(outs) > 1;
+    let weight = match turn {
+        true => permute(reshape(weight, Shape::new([outs, ins])), &[1, 0]),
+        false => weight,
+    };
+    let y = forward(as_positions(x), weight, Some(bias), outs, turn);
     reshape(y, shape)
 }
 
@@ -424,19 +428,19 @@ fn layer<R: CubeRuntime>(
 struct LayerBackward;
 
 impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for LayerBackward {
-    /// x, the weight, and whether it is a dense layer's (`transposed`).
+    /// x, the weight, and whether it is a dense layer's.
     type State = (CubeTensor<R>, CubeTensor<R>, bool);
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = as_positions(grads.consume::<Cube<R, BT>>(&ops.node));
-        let (x, weight, transposed) = ops.state;
+        let (x, weight, dense) = ops.state;
         let (x_shape, w_shape) = (x.meta.shape().clone(), weight.meta.shape().clone());
         let x = as_positions(x);
         let [x_node, w_node, b_node] = ops.parents;
         if let Some(node) = x_node {
             // The input gradient is the product with the weight read the other way round; a
             // dense layer's, dy `[n, outs]` times w^T, turned round as its forward is.
-            let dx = if transposed {
+            let dx = if dense {
                 let [n, outs] = [dy.meta.shape()[0], dy.meta.shape()[1]];
                 let w_t = into_contiguous(permute(weight, &[1, 0]));
                 dense_product(reshape(dy.clone(), Shape::new([n, outs])), w_t)
@@ -451,8 +455,8 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for LayerBackward
         // A convolution's weight and bias gradients come from one kernel; a dense layer's `[in,
         // out]` weight gradient, x^T dy, sums over the batch only: the product with dy as one
         // image of `n` inputs at `out` positions, and x read as a transposed weight. Its bias
-        // gradient sums dy `[n, out]` over the batch, one unit per output.
-        let (dw, db) = if transposed {
+        // gradient sums dy `[n, out]` over the batch (`sum_leading`).
+        let (dw, db) = if dense {
             let [n, ins, _] = x.meta.shape().dims::<3>();
             let outs = dy.meta.shape()[1];
             let db = sum_leading(reshape(dy.clone(), Shape::new([n, outs])));
@@ -473,21 +477,21 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for LayerBackward
 
 fn layer_autodiff<R: CubeRuntime, BT: BoolElement, const D: usize>(
     (x, weight, bias): Inputs<Autodiff<Cube<R, BT>>, D>,
-    transposed: bool,
+    dense: bool,
 ) -> Tensor<Autodiff<Cube<R, BT>>, D> {
     let (x, weight, bias) = (float(x), float(weight), float(bias));
     let y = layer(
         x.primitive.clone(),
         weight.primitive.clone(),
         bias.primitive,
-        transposed,
+        dense,
     );
     let prep = LayerBackward
         .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone(), bias.node.clone()])
         .compute_bound()
         .stateful();
     tensor(match prep {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, transposed), y),
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, dense), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     })
 }
@@ -497,15 +501,15 @@ fn layer_autodiff<R: CubeRuntime, BT: BoolElement, const D: usize>(
 pub(super) fn on<B: Backend, R: CubeRuntime, BT: BoolElement, const D: usize>(
     inputs: Inputs<B, D>,
 ) -> Result<Tensor<B, D>, Inputs<B, D>> {
-    let transposed = D == 2;
+    let dense = D == 2;
     match cast::<_, Inputs<Autodiff<Cube<R, BT>>, D>>(inputs) {
-        Ok(inputs) => Ok(same(layer_autodiff(inputs, transposed))),
+        Ok(inputs) => Ok(same(layer_autodiff(inputs, dense))),
         Err(inputs) => match cast::<_, Inputs<Cube<R, BT>, D>>(inputs) {
             Ok((x, w, b)) => Ok(same(tensor::<Cube<R, BT>, D>(layer(
                 float(x),
                 float(w),
                 float(b),
-                transposed,
+                dense,
             )))),
             Err(inputs) => Err(inputs),
         },

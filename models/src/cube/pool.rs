@@ -171,7 +171,7 @@ mod kernels {
 /// How the pool's units read a plane of `width` columns: (the vector size of z's rows, the
 /// outputs a unit takes). Rows a multiple of 4 long (every layer of CancerNet): 2 outputs from
 /// one vector of each of their two rows; others one output from one value a load.
-fn row_layout(width: usize) -> (usize, usize) {
+fn unit_layout(width: usize) -> (usize, usize) {
     match vector_size(width) {
         1 => (1, 1),
         n => (n, n / 2),
@@ -210,7 +210,7 @@ pub(super) fn forward<R: CubeRuntime, BT: BoolElement>(
     };
     let keep = 1.0 - p;
     let client = z.client.clone();
-    let (vector, outputs) = row_layout(w);
+    let (vector, outputs) = unit_layout(w);
     let (cube_count, cube_dim) = elementwise(&client, out.num_elements() / outputs);
     kernels::relu_affine_pool::launch::<R>(
         &client,
@@ -241,7 +241,7 @@ pub(super) fn backward<R: CubeRuntime>(
     let [n, c, h, w] = shape.dims::<4>();
     let dx = empty(&dy, shape);
     let client = dy.client.clone();
-    let (vector, outputs) = row_layout(w);
+    let (vector, outputs) = unit_layout(w);
     let cells = n * c * h.div_ceil(2) * w.div_ceil(2) / outputs;
     let (cube_count, cube_dim) = elementwise(&client, cells);
     kernels::unpool::launch::<R>(
