@@ -558,7 +558,8 @@ fn batch_norm_kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         (5, [8, 32, 24, 24], Some(0.25), 0.0),
         // The dense head's: features as channels of one position.
         (6, [32, 256, 1, 1], None, 0.0),
-        // Planes of one vector (64 a cube, 15 of them) and of 15 (4 a cube, the last cube half).
+        // Planes of one vector (64 a cube, 15 of them) and of 15 (4 units each, 3 of them
+        // taking 4 vectors and one 3; 16 planes a cube, 6 of them).
         (7, [3, 5, 2, 2], None, 0.0),
         (8, [2, 3, 6, 10], None, 0.0),
         // Channels far from 0 for their spread (10 +- 1), read as vectors and as single values:
@@ -566,8 +567,8 @@ fn batch_norm_kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         // a few of its digits.
         (9, [4, 8, 12, 12], None, 10.0),
         (10, [4, 8, 7, 9], None, 10.0),
-        // Sums in two parts of 5 and 4 images (more values than a part takes).
-        (11, [9, 2, 48, 48], None, 10.0),
+        // Sums in two parts of 15 images (more values than a part takes).
+        (11, [30, 2, 48, 48], None, 10.0),
         // A block's end read as vectors, with a trailing odd row (the pool drops it) and rows of
         // one vector; and with dropout.
         (12, [2, 3, 9, 4], Some(0.0), 0.0),

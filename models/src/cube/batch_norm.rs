@@ -33,15 +33,16 @@ mod kernels;
 /// max-pool; handed back when the backend is not one of ours.
 pub(super) type Inputs<'a, B> = (&'a BatchNorm<B>, Tensor<B, 4>, Option<f32>);
 
-/// Units of a cube of the elementwise kernels (over a plane's vectors, then planes), and of the
-/// reductions at most (whose units each sum at least `VALUES_PER_UNIT` values before the cube's
-/// tree, where a part's planes have as many vectors).
+/// Units of a cube of the elementwise kernels (over a plane's vectors, then planes).
 const UNITS: usize = 64;
 /// Vectors of a plane an elementwise unit takes at most: the channel's values it loads once
 /// serve them all.
 const VECTORS_PER_UNIT: usize = 4;
+/// Units of a reduction's cube at most, and values each sums at least before the cube's tree
+/// (where the part has as many): each of the tree's levels waits for all of the cube's units
+/// (block 3 at batch 32 had 256 units of 4 or 5 vectors each, and 8 levels).
 const REDUCTION_UNITS: usize = 256;
-const VALUES_PER_UNIT: usize = 64;
+const VALUES_PER_UNIT: usize = 256;
 
 /// Vectors in a plane of `positions`.
 fn vectors(positions: usize) -> usize {
@@ -50,11 +51,15 @@ fn vectors(positions: usize) -> usize {
 
 /// The grid of the elementwise kernels for t `[n, c, positions]`: cubes of `UNITS` units, along
 /// x a plane's vectors (up to `VECTORS_PER_UNIT` a unit, a grid's width apart) and along y as
-/// many planes as fit beside them (the dense head's planes have one value: 64 planes a cube,
-/// where one unit a cube left a GPU's warps 1/32 busy).
+/// many planes as fit beside them: block 3's planes of 36 vectors take 16 units each, 4 planes
+/// a cube (with a cube a plane, 28 of its 64 units had nothing to do); the dense head's planes
+/// have one value, 64 planes a cube.
 fn elementwise_grid(dims: [usize; 3]) -> (CubeCount, CubeDim) {
     let [n, c, positions] = dims;
-    let along_plane = vectors(positions).next_power_of_two().min(UNITS);
+    let along_plane = vectors(positions)
+        .div_ceil(VECTORS_PER_UNIT)
+        .next_power_of_two()
+        .min(UNITS);
     let planes_a_cube = UNITS / along_plane;
     let count = CubeCount::Static(
         vectors(positions).div_ceil(along_plane * VECTORS_PER_UNIT) as u32,
@@ -82,9 +87,9 @@ impl Reduction {
             .div_ceil(positions.max(1))
             .clamp(1, n.max(1));
         let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
-        let units = (images * vectors(positions))
-            .next_power_of_two()
-            .clamp(WARP, REDUCTION_UNITS);
+        // The most units, a power of two, that each have `VALUES_PER_UNIT` values to sum.
+        let per_unit = (images * positions / VALUES_PER_UNIT).max(1);
+        let units = (1 << per_unit.ilog2()).clamp(WARP, REDUCTION_UNITS);
         Reduction {
             parts: n.div_ceil(images).max(1),
             images,

@@ -194,8 +194,9 @@ mod kernels {
         let unit = UNIT_POS as usize;
         let first_o = CUBE_POS_X as usize * tile;
         let first_i = CUBE_POS_Y as usize * tile;
-        // `reduce::part_end` written out: through the helper ptxas gave this kernel 168 registers
-        // on sm_90 instead of 128 (same values, 6 cubes an SM instead of 8).
+        // `reduce::part_end` written out: through the helper ptxas gave this kernel 40 more
+        // registers on sm_90 (168, not 128, when its loads were branched; 168 now, with every
+        // load made and selected after: 16 vectors in flight).
         let mut last = (part + 1usize) * images;
         if last > x.shape(0) {
             last = x.shape(0);
@@ -211,24 +212,20 @@ mod kernels {
         let mut walk = Walk::new(part * images, vectors);
         while walk.n < last {
             let mut xs = Array::<Vector<f32, N>>::new(tile);
+            let x_at = walk.at(ins, 0usize);
             #[unroll]
             for k in 0..tile {
                 let i = first_i + k;
-                let mut v = zero;
-                if i < ins {
-                    v = x[walk.at(ins, i)];
-                } else if i == ins {
-                    v = one;
-                }
-                xs[k] = v;
+                // Every load in bounds (clamped) and its value selected after, where a branch
+                // around each load cost lavapipe a quarter of this kernel's time.
+                let v = x[x_at + min(i, ins - 1usize) * vectors];
+                xs[k] = select(i < ins, v, select(i == ins, one, zero));
             }
+            let dy_at = walk.at(outs, 0usize);
             #[unroll]
             for j in 0..tile {
                 let o = first_o + j;
-                let mut g = zero;
-                if o < outs {
-                    g = dy[walk.at(outs, o)];
-                }
+                let g = select(o < outs, dy[dy_at + min(o, outs - 1usize) * vectors], zero);
                 #[unroll]
                 for k in 0..tile {
                     let xv = xs[k];
