@@ -567,7 +567,8 @@ fn batch_norm_kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         // a few of its digits.
         (9, [4, 8, 12, 12], None, 10.0),
         (10, [4, 8, 7, 9], None, 10.0),
-        // Sums in two parts of 15 images (more values than a part takes).
+        // Sums in four parts of 8, 8, 8 and 6 images (more values than a part takes), 256
+        // units a cube.
         (11, [30, 2, 48, 48], None, 10.0),
         // A block's end read as vectors, with a trailing odd row (the pool drops it) and rows of
         // one vector; and with dropout.

@@ -38,11 +38,13 @@ const UNITS: usize = 64;
 /// Vectors of a plane an elementwise unit takes at most: the channel's values it loads once
 /// serve them all.
 const VECTORS_PER_UNIT: usize = 4;
-/// Units of a reduction's cube at most, and values each sums at least before the cube's tree
-/// (where the part has as many): each of the tree's levels waits for all of the cube's units
-/// (block 3 at batch 32 had 256 units of 4 or 5 vectors each, and 8 levels).
+/// Units of a reduction's cube at most, and the values each is given to sum before the cube's
+/// tree: a part takes `VALUES_PER_UNIT * REDUCTION_UNITS` values, and a cube as many units as
+/// have `VALUES_PER_UNIT` each (a power of two, `WARP` at least): each of the tree's levels waits
+/// for all of the cube's units (block 3 at batch 32: 64 units of 18 vectors and 6 levels, where
+/// it had 256 units of 4 or 5 and 8 levels).
 const REDUCTION_UNITS: usize = 256;
-const VALUES_PER_UNIT: usize = 256;
+const VALUES_PER_UNIT: usize = 64;
 
 /// Vectors in a plane of `positions`.
 fn vectors(positions: usize) -> usize {
@@ -88,8 +90,8 @@ impl Reduction {
             .clamp(1, n.max(1));
         let images = n.div_ceil(n.div_ceil(images).min(MAX_CUBES_YZ)).max(1);
         // The most units, a power of two, that each have `VALUES_PER_UNIT` values to sum.
-        let per_unit = (images * positions / VALUES_PER_UNIT).max(1);
-        let units = (1 << per_unit.ilog2()).clamp(WARP, REDUCTION_UNITS);
+        let filled = (images * positions / VALUES_PER_UNIT).max(1);
+        let units = (1 << filled.ilog2()).clamp(WARP, REDUCTION_UNITS);
         Reduction {
             parts: n.div_ceil(images).max(1),
             images,

@@ -175,7 +175,8 @@ mod kernels {
     /// whose tile holds it writes those sums to `bias_partial[s, o]`, with no second pass over
     /// dy and no registers of their own. Each vector read serves a
     /// tile of 8 x 8 sums (a dot product of two vectors each, into one f32 each): 16 vector loads
-    /// for 256 products; 8 input vectors live, then one output's at a time.
+    /// for 256 products, all of them made (at indices clamped into the tensors) and the values
+    /// past the tile's end selected away after.
     #[cube(launch)]
     pub(super) fn weight_grad<N: Size>(
         x: &Tensor<Vector<f32, N>>,
@@ -194,9 +195,9 @@ mod kernels {
         let unit = UNIT_POS as usize;
         let first_o = CUBE_POS_X as usize * tile;
         let first_i = CUBE_POS_Y as usize * tile;
-        // `reduce::part_end` written out: through the helper ptxas gave this kernel 40 more
-        // registers on sm_90 (168, not 128, when its loads were branched; 168 now, with every
-        // load made and selected after: 16 vectors in flight).
+        // `reduce::part_end` written out: through the helper ptxas gave this kernel 168 registers
+        // on sm_90 instead of 128 when its loads were branched (not measured since: it has 168
+        // now, its 16 loads all in flight).
         let mut last = (part + 1usize) * images;
         if last > x.shape(0) {
             last = x.shape(0);
