@@ -20,7 +20,7 @@ mod kernels {
 
     /// The update of each tensor k of the sequences (p, g and a `[len_k]`, N values a unit):
     /// unit i updates vector i of every tensor that long.
-    #[cube(launch)]
+    #[cube(launch_unchecked)]
     pub(super) fn adagrad<N: Size>(
         p: &Sequence<Tensor<Vector<f32, N>>>,
         g: &Sequence<Tensor<Vector<f32, N>>>,
@@ -117,6 +117,14 @@ pub(super) fn on<B: Backend, R: CubeRuntime, BT: BoolElement>(
         .iter()
         .map(|u| u[0].meta.shape().num_elements())
         .collect();
+    // The kernel bounds its loads by the values' length alone (it launches unchecked).
+    for (u, &len) in updates.iter().zip(&lens) {
+        let [_, g, a] = u.each_ref().map(|t| t.meta.shape().num_elements());
+        assert!(
+            g == len && a == len,
+            "adagrad: a gradient or accumulator of {g} or {a} values for {len}"
+        );
+    }
     let mut outs: Vec<Option<[CubeTensor<R>; 2]>> = vec![None; updates.len()];
     for (vector, chunk) in launches(&lens, per_launch) {
         let longest = lens[chunk[0]];
@@ -136,19 +144,23 @@ pub(super) fn on<B: Backend, R: CubeRuntime, BT: BoolElement>(
                 .map(|n| n[i].clone().into_tensor_arg())
                 .collect()
         };
-        kernels::adagrad::launch::<R>(
-            &client,
-            cube_count,
-            cube_dim,
-            vector,
-            input(0),
-            input(1),
-            input(2),
-            output(0),
-            output(1),
-            lr,
-            epsilon,
-        );
+        // SAFETY: each unit past a tensor's vectors skips it; the tensors are as long as their
+        // values (asserted above).
+        unsafe {
+            kernels::adagrad::launch_unchecked::<R>(
+                &client,
+                cube_count,
+                cube_dim,
+                vector,
+                input(0),
+                input(1),
+                input(2),
+                output(0),
+                output(1),
+                lr,
+                epsilon,
+            )
+        };
         for (&k, new) in chunk.iter().zip(news) {
             outs[k] = Some(new);
         }

@@ -125,17 +125,20 @@ fn moment_parts<R: CubeRuntime>(z: &CubeTensor<R>) -> CubeTensor<R> {
     let reduction = Reduction::new(dims);
     let partial = empty(z, Shape::new([reduction.parts, 2 * dims[1]]));
     let (cube_count, cube_dim) = reduction.grid(dims[1]);
-    kernels::moments::launch::<R>(
-        &z.client,
-        cube_count,
-        cube_dim,
-        vector_size(dims[2]),
-        z.clone().into_tensor_arg(),
-        partial.clone().into_tensor_arg(),
-        reduction.images,
-        shift_at(dims[2]),
-        reduction.units,
-    );
+    // SAFETY: the units walk images up to their part's end; shared memory has a slot per unit.
+    unsafe {
+        kernels::moments::launch_unchecked::<R>(
+            &z.client,
+            cube_count,
+            cube_dim,
+            vector_size(dims[2]),
+            z.clone().into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
+            reduction.images,
+            shift_at(dims[2]),
+            reduction.units,
+        )
+    };
     partial
 }
 
@@ -147,16 +150,19 @@ fn relu_affine<R: CubeRuntime>(
 ) -> CubeTensor<R> {
     let y = empty(z, z.meta.shape().clone());
     let (cube_count, cube_dim) = elementwise_grid(z.meta.shape().dims::<3>());
-    kernels::relu_affine::launch::<R>(
-        &z.client,
-        cube_count,
-        cube_dim,
-        vector_size(z.meta.shape()[2]),
-        z.clone().into_tensor_arg(),
-        into_contiguous(scale).into_tensor_arg(),
-        into_contiguous(shift).into_tensor_arg(),
-        y.clone().into_tensor_arg(),
-    );
+    // SAFETY: a unit past a plane's vectors ends; planes stop at the tensor's.
+    unsafe {
+        kernels::relu_affine::launch_unchecked::<R>(
+            &z.client,
+            cube_count,
+            cube_dim,
+            vector_size(z.meta.shape()[2]),
+            z.clone().into_tensor_arg(),
+            into_contiguous(scale).into_tensor_arg(),
+            into_contiguous(shift).into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+        )
+    };
     y
 }
 
@@ -222,40 +228,46 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for ReluBatchNorm
         let partial = empty(&z, Shape::new([reduction.parts, 2 * c]));
         let client = z.client.clone();
         let (cube_count, cube_dim) = reduction.grid(c);
-        kernels::grad_sums::launch::<R>(
-            &client,
-            cube_count,
-            cube_dim,
-            vector_size(dims[2]),
-            z.clone().into_tensor_arg(),
-            dy.clone().into_tensor_arg(),
-            mean.clone().into_tensor_arg(),
-            inv_std.clone().into_tensor_arg(),
-            partial.clone().into_tensor_arg(),
-            reduction.images,
-            reduction.units,
-        );
+        // SAFETY: as `moments`: the walk stops at the part's end.
+        unsafe {
+            kernels::grad_sums::launch_unchecked::<R>(
+                &client,
+                cube_count,
+                cube_dim,
+                vector_size(dims[2]),
+                z.clone().into_tensor_arg(),
+                dy.clone().into_tensor_arg(),
+                mean.clone().into_tensor_arg(),
+                inv_std.clone().into_tensor_arg(),
+                partial.clone().into_tensor_arg(),
+                reduction.images,
+                reduction.units,
+            )
+        };
         let sums = sum_leading(partial);
         let [z_node, gamma_node, beta_node] = ops.parents;
         let (dgamma, dbeta) = (empty(&z, Shape::new([c])), empty(&z, Shape::new([c])));
         let dz = empty(&z, z.meta.shape().clone());
         let (cube_count, cube_dim) = elementwise_grid(dims);
-        kernels::input_grad::launch::<R>(
-            &client,
-            cube_count,
-            cube_dim,
-            vector_size(dims[2]),
-            z.into_tensor_arg(),
-            dy.into_tensor_arg(),
-            mean.into_tensor_arg(),
-            inv_std.into_tensor_arg(),
-            gamma.into_tensor_arg(),
-            sums.into_tensor_arg(),
-            dz.clone().into_tensor_arg(),
-            dgamma.clone().into_tensor_arg(),
-            dbeta.clone().into_tensor_arg(),
-            (dims[0] * dims[2]) as f32,
-        );
+        // SAFETY: as `relu_affine`.
+        unsafe {
+            kernels::input_grad::launch_unchecked::<R>(
+                &client,
+                cube_count,
+                cube_dim,
+                vector_size(dims[2]),
+                z.into_tensor_arg(),
+                dy.into_tensor_arg(),
+                mean.into_tensor_arg(),
+                inv_std.into_tensor_arg(),
+                gamma.into_tensor_arg(),
+                sums.into_tensor_arg(),
+                dz.clone().into_tensor_arg(),
+                dgamma.clone().into_tensor_arg(),
+                dbeta.clone().into_tensor_arg(),
+                (dims[0] * dims[2]) as f32,
+            )
+        };
         if let Some(node) = z_node {
             grads.register::<Cube<R, BT>>(node.id, reshape(dz, shape));
         }
@@ -307,23 +319,26 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let parts = moment_parts(&zp);
     let stats = Stats::new(&zp, c);
     let (cube_count, cube_dim) = elementwise(&zp.client, c);
-    kernels::finalize::launch::<R>(
-        &zp.client,
-        cube_count,
-        cube_dim,
-        zp.clone().into_tensor_arg(),
-        parts.into_tensor_arg(),
-        into_contiguous(gamma.primitive.clone()).into_tensor_arg(),
-        into_contiguous(beta.primitive.clone()).into_tensor_arg(),
-        param(bn.running_mean.value_sync()).into_tensor_arg(),
-        param(bn.running_var.value_sync()).into_tensor_arg(),
-        stats.buffer.clone().into_tensor_arg(),
-        stats.stride,
-        shift_at(dims[2]),
-        (dims[0] * dims[2]) as f32,
-        bn.epsilon as f32,
-        bn.momentum as f32,
-    );
+    // SAFETY: one unit a channel, those past the last end.
+    unsafe {
+        kernels::finalize::launch_unchecked::<R>(
+            &zp.client,
+            cube_count,
+            cube_dim,
+            zp.clone().into_tensor_arg(),
+            parts.into_tensor_arg(),
+            into_contiguous(gamma.primitive.clone()).into_tensor_arg(),
+            into_contiguous(beta.primitive.clone()).into_tensor_arg(),
+            param(bn.running_mean.value_sync()).into_tensor_arg(),
+            param(bn.running_var.value_sync()).into_tensor_arg(),
+            stats.buffer.clone().into_tensor_arg(),
+            stats.stride,
+            shift_at(dims[2]),
+            (dims[0] * dims[2]) as f32,
+            bn.epsilon as f32,
+            bn.momentum as f32,
+        )
+    };
     let running =
         |i| -> Tensor<B, 1> { same(Tensor::<Ad<R, BT>, 1>::from_inner(tensor(stats.row(i)))) };
     set_running(&bn.running_mean, running(4));

@@ -40,7 +40,17 @@ mod kernels {
     /// one, kept unsigned), columns col - 1 ..= col + cols, zero outside the plane: the `cols /
     /// N` vectors from column col, and one value of each vector beside them. A unit's window is
     /// 3 rows: all three when it starts (slot 0), then, sliding down, the new last one after
-    /// `shift_up` (slot 2).
+    /// `shift_up` (slot 2). Every load is made at an index clamped into x (these kernels launch
+    /// unchecked) and its value selected after.
+    /// x's planes and last vector, read from the launch's metadata once by each unit (on
+    /// lavapipe every read of it is a load of its own).
+    #[derive(CubeType)]
+    struct Frame {
+        height: usize,
+        width: usize,
+        last: usize,
+    }
+
     #[cube]
     fn load_rows<N: Size>(
         x: &Tensor<Vector<f32, N>>,
@@ -48,10 +58,11 @@ mod kernels {
         base: usize,
         r: usize,
         col: usize,
+        frame: &Frame,
         #[comptime] slot: usize,
         #[comptime] cols: usize,
     ) {
-        let (height, width) = (x.shape(2), x.shape(3));
+        let (height, width, last) = (frame.height, frame.width, frame.last);
         let lanes = x.vector_size();
         let zero = Vector::<f32, N>::cast_from(0.0f32);
         #[unroll]
@@ -61,11 +72,15 @@ mod kernels {
             // Vector `v` of the row from column col (v = 0: the one before it).
             let first = (base + select(row, rk - 1usize, 0usize) * width + col) / lanes;
             let row_at = (slot + k) * (cols + 2);
-            let left = select(row && col >= 1usize, x[first - 1usize], zero);
+            let left = select(row && col >= 1usize, x[max(first, 1usize) - 1usize], zero);
             win[row_at] = left[comptime!(lanes - 1)];
             #[unroll]
             for v in 0..comptime!(cols / lanes) {
-                let values = select(row && col + v * lanes < width, x[first + v], zero);
+                let values = select(
+                    row && col + v * lanes < width,
+                    x[min(first + v, last)],
+                    zero,
+                );
                 #[unroll]
                 for l in 0..lanes {
                     win[row_at + 1usize + v * lanes + l] = values[l];
@@ -73,7 +88,7 @@ mod kernels {
             }
             let right = select(
                 row && col + cols < width,
-                x[first + comptime!(cols / lanes)],
+                x[min(first + comptime!(cols / lanes), last)],
                 zero,
             );
             win[row_at + cols + 1usize] = right[0usize];
@@ -95,7 +110,7 @@ mod kernels {
     /// Each unit computes `rows` x `cols` values of one plane, going down `cols` neighbouring
     /// columns with a window of inputs held in registers (`load_rows`), writing vectors of N,
     /// and the filter loaded once.
-    #[cube(launch)]
+    #[cube(launch_unchecked)]
     pub(super) fn depthwise3x3<N: Size>(
         x: &Tensor<Vector<f32, N>>,
         weight: &Tensor<f32>,
@@ -125,8 +140,13 @@ mod kernels {
             let k = if flip { 8usize - tap } else { tap };
             w[tap] = weight[(plane % channels) * 9usize + k];
         }
+        let frame = Frame {
+            height,
+            width,
+            last: x.len() - 1usize,
+        };
         let mut win = Array::<f32>::new(3 * (cols + 2));
-        load_rows(x, &mut win, base, first, col, 0usize, cols);
+        load_rows(x, &mut win, base, first, col, &frame, 0usize, cols);
         let mut row = first;
         let last = part_end(strip, rows, height);
         let lanes = y.vector_size();
@@ -153,7 +173,7 @@ mod kernels {
             }
             row += 1usize;
             shift_up(&mut win, cols);
-            load_rows(x, &mut win, base, row + 2usize, col, 2usize, cols);
+            load_rows(x, &mut win, base, row + 2usize, col, &frame, 2usize, cols);
         }
     }
 
@@ -162,7 +182,7 @@ mod kernels {
     /// `partial[s, c, tap]`. Its units take turns over strips of `rows` x `cols` values (sliding
     /// a window of inputs in registers, as `depthwise3x3` does), then the units' sums are added
     /// in a tree in shared memory of `slots`, a power of two at least the cube's size.
-    #[cube(launch)]
+    #[cube(launch_unchecked)]
     pub(super) fn depthwise3x3_filter_grad<N: Size>(
         x: &Tensor<Vector<f32, N>>,
         dy: &Tensor<Vector<f32, N>>,
@@ -190,6 +210,11 @@ mod kernels {
             acc[tap] = 0.0f32;
         }
         let mut win = Array::<f32>::new(3 * (cols + 2));
+        let frame = Frame {
+            height,
+            width,
+            last: x.len() - 1usize,
+        };
         let zero = Vector::<f32, N>::cast_from(0.0f32);
         let mut item = unit;
         while item < items {
@@ -198,16 +223,18 @@ mod kernels {
             let n = first_image + item / (groups * strips);
             let base = (n * channels + channel) * height * width;
             let first = strip * rows;
-            load_rows(x, &mut win, base, first, col, 0usize, cols);
+            load_rows(x, &mut win, base, first, col, &frame, 0usize, cols);
             let mut row = first;
             let last = part_end(strip, rows, height);
             while row < last {
                 let lanes = dy.vector_size();
                 #[unroll]
                 for v in 0..comptime!(cols / lanes) {
-                    // Past the plane's last column the gradient is zero.
+                    // Past the plane's last column the gradient is zero (its load clamped into
+                    // dy, of x's shape).
                     let inside = col + v * lanes < width;
-                    let g = select(inside, dy[(base + row * width + col) / lanes + v], zero);
+                    let g_at = min((base + row * width + col) / lanes + v, frame.last);
+                    let g = select(inside, dy[g_at], zero);
                     #[unroll]
                     for l in 0..lanes {
                         let q = v * lanes + l;
@@ -222,7 +249,7 @@ mod kernels {
                 }
                 row += 1usize;
                 shift_up(&mut win, cols);
-                load_rows(x, &mut win, base, row + 2usize, col, 2usize, cols);
+                load_rows(x, &mut win, base, row + 2usize, col, &frame, 2usize, cols);
             }
             item += units;
         }
@@ -260,23 +287,30 @@ fn row_layout(width: usize) -> (usize, usize) {
 fn forward<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, flip: bool) -> CubeTensor<R> {
     let (x, weight) = (into_contiguous(x), into_contiguous(weight));
     let [n, c, h, w] = x.meta.shape().dims::<4>();
+    // The kernel reads 9 weights a channel, unchecked.
+    let filter = weight.meta.shape().dims::<4>();
+    assert_eq!(filter, [c, 1, 3, 3], "depthwise filter for {c} channels");
     let y = empty(&x, x.meta.shape().clone());
     let client = x.client.clone();
     let (vector, cols) = row_layout(w);
     let units = n * c * h.div_ceil(ROWS_PER_UNIT) * w.div_ceil(cols);
     let (cube_count, cube_dim) = elementwise(&client, units);
-    kernels::depthwise3x3::launch::<R>(
-        &client,
-        cube_count,
-        cube_dim,
-        vector,
-        x.into_tensor_arg(),
-        weight.into_tensor_arg(),
-        y.clone().into_tensor_arg(),
-        ROWS_PER_UNIT,
-        cols,
-        flip,
-    );
+    // SAFETY: loads are clamped into x (`load_rows`), stores made inside the plane only; the
+    // filter is [c, 1, 3, 3] (asserted above).
+    unsafe {
+        kernels::depthwise3x3::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            cube_dim,
+            vector,
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            ROWS_PER_UNIT,
+            cols,
+            flip,
+        )
+    };
     y
 }
 
@@ -293,6 +327,8 @@ const STRIPS_PER_UNIT: usize = 8;
 fn filter_grad<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTensor<R> {
     let (x, dy) = (into_contiguous(x), into_contiguous(dy));
     let [n, c, h, w] = x.meta.shape().dims::<4>();
+    // The kernel reads dy where it reads x, unchecked.
+    assert_eq!(dy.meta.shape(), x.meta.shape(), "depthwise output gradient");
     let client = x.client.clone();
     let max_units = client.properties().hardware.max_units_per_cube as usize;
     let most = GRAD_UNITS.min(max_units);
@@ -308,19 +344,22 @@ fn filter_grad<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTenso
         .next_power_of_two()
         .clamp(WARP.min(most), most);
     let partial = empty(&x, Shape::new([parts, c * 9]));
-    kernels::depthwise3x3_filter_grad::launch::<R>(
-        &client,
-        CubeCount::Static(c as u32, parts as u32, 1),
-        CubeDim::new_1d(units as u32),
-        vector,
-        x.into_tensor_arg(),
-        dy.into_tensor_arg(),
-        partial.clone().into_tensor_arg(),
-        images,
-        ROWS_PER_UNIT,
-        cols,
-        units.next_power_of_two(),
-    );
+    // SAFETY: loads are clamped into x and dy (of x's shape, asserted above).
+    unsafe {
+        kernels::depthwise3x3_filter_grad::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(c as u32, parts as u32, 1),
+            CubeDim::new_1d(units as u32),
+            vector,
+            x.into_tensor_arg(),
+            dy.into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
+            images,
+            ROWS_PER_UNIT,
+            cols,
+            units.next_power_of_two(),
+        )
+    };
     reshape(sum_leading(partial), Shape::new([c, 1, 3, 3]))
 }
 

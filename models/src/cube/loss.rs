@@ -46,7 +46,7 @@ mod kernels {
 
     /// `loss[0] = -(sum over rows i and classes c of target[i, c] * log_softmax(logits)[i, c])
     /// / n`. One cube of `slots` units (a power of two), each taking rows `units` apart.
-    #[cube(launch)]
+    #[cube(launch_unchecked)]
     pub(super) fn cross_entropy(
         logits: &Tensor<f32>,
         target: &Tensor<f32>,
@@ -76,7 +76,7 @@ mod kernels {
 
     /// The logits' gradient from the loss's, `dy[0]`: `dy / n * (softmax[i, c] * sum_c
     /// target[i, c] - target[i, c])`. One unit per logit.
-    #[cube(launch)]
+    #[cube(launch_unchecked)]
     pub(super) fn cross_entropy_grad(
         logits: &Tensor<f32>,
         target: &Tensor<f32>,
@@ -108,15 +108,18 @@ fn forward<R: CubeRuntime>(logits: &CubeTensor<R>, target: &CubeTensor<R>) -> Cu
     let units = logits.meta.shape()[0]
         .next_power_of_two()
         .clamp(32, MAX_UNITS);
-    kernels::cross_entropy::launch::<R>(
-        &logits.client,
-        CubeCount::Static(1, 1, 1),
-        CubeDim::new_1d(units as u32),
-        logits.clone().into_tensor_arg(),
-        target.clone().into_tensor_arg(),
-        loss.clone().into_tensor_arg(),
-        units,
-    );
+    // SAFETY: rows past the last are not walked; shared memory has a slot per unit.
+    unsafe {
+        kernels::cross_entropy::launch_unchecked::<R>(
+            &logits.client,
+            CubeCount::Static(1, 1, 1),
+            CubeDim::new_1d(units as u32),
+            logits.clone().into_tensor_arg(),
+            target.clone().into_tensor_arg(),
+            loss.clone().into_tensor_arg(),
+            units,
+        )
+    };
     loss
 }
 
@@ -134,15 +137,18 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 1> for CrossEntropyB
         let dx = empty(&logits, logits.meta.shape().clone());
         let client = logits.client.clone();
         let (cube_count, cube_dim) = elementwise(&client, logits.meta.shape().num_elements());
-        kernels::cross_entropy_grad::launch::<R>(
-            &client,
-            cube_count,
-            cube_dim,
-            logits.into_tensor_arg(),
-            target.into_tensor_arg(),
-            dy.into_tensor_arg(),
-            dx.clone().into_tensor_arg(),
-        );
+        // SAFETY: a unit past the last logit ends.
+        unsafe {
+            kernels::cross_entropy_grad::launch_unchecked::<R>(
+                &client,
+                cube_count,
+                cube_dim,
+                logits.into_tensor_arg(),
+                target.into_tensor_arg(),
+                dy.into_tensor_arg(),
+                dx.clone().into_tensor_arg(),
+            )
+        };
         grads.register::<Cube<R, BT>>(node.id, dx);
     }
 }

@@ -10,6 +10,12 @@
 //! alone made a CUDA training step slower than the CPU's. And its matrix product runs in TF32 on
 //! NVIDIA tensor cores, so a CUDA run could not be compared with a CPU run closely; these
 //! kernels compute in f32 everywhere. See docs/performance.md.
+//!
+//! Every kernel launches unchecked, as burn's own do: a checked launch wraps each load and store
+//! in a bounds test that reads the buffer's length from the launch's metadata (on lavapipe a
+//! storage-buffer load of its own each time: a tenth of a training step). So each kernel keeps
+//! its indices in bounds itself, and each launch says how (`SAFETY`): loads at indices clamped
+//! into the tensor, their values selected after; stores under a condition.
 
 mod adagrad;
 mod batch_norm;
@@ -127,8 +133,8 @@ pub fn cross_entropy<B: Backend>(
 /// Whether the model's layers on `B` run these kernels (a test and the trainer's header ask).
 pub fn serves<B: Backend>() -> bool {
     let device = Default::default();
-    let probe = || Tensor::<B, 4>::empty([1, 1, 1, 1], &device);
-    depthwise3x3(probe(), probe()).is_ok()
+    let probe = |shape: [usize; 4]| Tensor::<B, 4>::empty(shape, &device);
+    depthwise3x3(probe([1, 1, 1, 1]), probe([1, 1, 3, 3])).is_ok()
 }
 
 /// Whether `B` is one of this build's cubecl backends, without autodiff: a test of its type, no

@@ -77,7 +77,7 @@ mod kernels {
     /// units (one broadcast read) and serves `tile_v` vectors. Weights laid out `[ins, outs]`
     /// (`transposed`) are read as vectors of W outputs (outs a multiple of W): 4 loads a tile's
     /// input instead of 16.
-    #[cube(launch)]
+    #[cube(launch_unchecked)]
     pub(super) fn product<N: Size, W: Size>(
         x: &Tensor<Vector<f32, N>>,
         weight: &Tensor<Vector<f32, W>>,
@@ -117,7 +117,11 @@ mod kernels {
             let o = first_o + j;
             let mut b = 0.0f32;
             if has_bias {
-                b = select(o < outs && part == 0usize, bias[o], 0.0f32);
+                b = select(
+                    o < outs && part == 0usize,
+                    bias[min(o, outs - 1usize)],
+                    0.0f32,
+                );
             }
             #[unroll]
             for t in 0..tile_v {
@@ -134,9 +138,12 @@ mod kernels {
             #[unroll]
             for g in 0..comptime!(tile_o / w_size) {
                 let o = first_o + g * w_size;
+                // Past the last output (the last tile's overhang) the load is made at the last
+                // output's index and its value selected away.
+                let loaded = min(o, outs - w_size);
                 let ws = select(
                     o < outs,
-                    weight[weight_at(o, i, outs, ins, transposed) / w_size],
+                    weight[weight_at(loaded, i, outs, ins, transposed) / w_size],
                     Vector::cast_from(0.0f32),
                 );
                 #[unroll]
@@ -177,7 +184,7 @@ mod kernels {
     /// tile of 8 x 8 sums (a dot product of two vectors each, into one f32 each): 16 vector loads
     /// for 256 products, all of them made (at indices clamped into the tensors) and the values
     /// past the tile's end selected away after.
-    #[cube(launch)]
+    #[cube(launch_unchecked)]
     pub(super) fn weight_grad<N: Size>(
         x: &Tensor<Vector<f32, N>>,
         dy: &Tensor<Vector<f32, N>>,
@@ -303,23 +310,27 @@ fn forward<R: CubeRuntime>(
     let has_bias = bias.is_some();
     // Without a bias the kernel reads none: any f32 tensor fills the place.
     let bias = into_contiguous(bias.unwrap_or_else(|| weight.clone()));
-    kernels::product::launch::<R>(
-        &client,
-        CubeCount::Static(bx as u32, by as u32, parts as u32),
-        CubeDim::new_1d(units as u32),
-        vector,
-        // Transposed weights are read 4 outputs to a load where the outputs allow.
-        if transposed { vector_size(outs) } else { 1 },
-        x.into_tensor_arg(),
-        weight.into_tensor_arg(),
-        bias.into_tensor_arg(),
-        y.clone().into_tensor_arg(),
-        k_chunk,
-        tile_v,
-        TILE_O,
-        transposed,
-        has_bias,
-    );
+    // SAFETY: loads are clamped into x, the weight and the bias; stores made for outputs and
+    // vectors that exist only.
+    unsafe {
+        kernels::product::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(bx as u32, by as u32, parts as u32),
+            CubeDim::new_1d(units as u32),
+            vector,
+            // Transposed weights are read 4 outputs to a load where the outputs allow.
+            if transposed { vector_size(outs) } else { 1 },
+            x.into_tensor_arg(),
+            weight.into_tensor_arg(),
+            bias.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            k_chunk,
+            tile_v,
+            TILE_O,
+            transposed,
+            has_bias,
+        )
+    };
     match parts {
         1 => y,
         _ => {
@@ -351,24 +362,27 @@ fn weight_grad_of<R: CubeRuntime>(
     let parts = n.div_ceil(images).max(1);
     let partial = empty(&x, Shape::new([parts, outs * ins]));
     let bias_partial = empty(&x, Shape::new([parts, outs]));
-    kernels::weight_grad::launch::<R>(
-        &client,
-        CubeCount::Static(
-            outs.div_ceil(GRAD_TILE) as u32,
-            // One more input, 1 everywhere: the bias.
-            (ins + 1).div_ceil(GRAD_TILE) as u32,
-            parts as u32,
-        ),
-        CubeDim::new_1d(GRAD_UNITS as u32),
-        vector_size(positions),
-        x.into_tensor_arg(),
-        dy.into_tensor_arg(),
-        partial.clone().into_tensor_arg(),
-        bias_partial.clone().into_tensor_arg(),
-        images,
-        GRAD_TILE,
-        GRAD_UNITS,
-    );
+    // SAFETY: loads are clamped into x and dy; sums stored for weights that exist only.
+    unsafe {
+        kernels::weight_grad::launch_unchecked::<R>(
+            &client,
+            CubeCount::Static(
+                outs.div_ceil(GRAD_TILE) as u32,
+                // One more input, 1 everywhere: the bias.
+                (ins + 1).div_ceil(GRAD_TILE) as u32,
+                parts as u32,
+            ),
+            CubeDim::new_1d(GRAD_UNITS as u32),
+            vector_size(positions),
+            x.into_tensor_arg(),
+            dy.into_tensor_arg(),
+            partial.clone().into_tensor_arg(),
+            bias_partial.clone().into_tensor_arg(),
+            images,
+            GRAD_TILE,
+            GRAD_UNITS,
+        )
+    };
     (
         reshape(sum_leading(partial), Shape::new([outs, ins])),
         sum_leading(bias_partial),

@@ -62,7 +62,7 @@ mod kernels {
     /// below `keep_below` (`dropout`), else 0; `code` gets the window position of the maximum
     /// (0..4), plus 4 when kept. One unit per vector of M outputs along a row (whose windows'
     /// two rows of z it reads as vectors of N: N = 2M, or N = 1).
-    #[cube(launch)]
+    #[cube(launch_unchecked)]
     pub(super) fn relu_affine_pool<N: Size, M: Size>(
         z: &Tensor<Vector<f32, N>>,
         scale: &Tensor<f32>,
@@ -120,7 +120,7 @@ mod kernels {
     /// two rows as vectors of N (N = 2M, or N = 1); the windows of a trailing odd row or column,
     /// which the pool dropped, get zeros (with M = 2 the rows are a multiple of 4 long: a
     /// vector's windows are all pooled or all in the trailing row).
-    #[cube(launch)]
+    #[cube(launch_unchecked)]
     pub(super) fn unpool<N: Size, M: Size>(
         dy: &Tensor<Vector<f32, M>>,
         code: &Tensor<Vector<u32, M>>,
@@ -212,22 +212,25 @@ pub(super) fn forward<R: CubeRuntime, BT: BoolElement>(
     let client = z.client.clone();
     let (vector, outputs) = unit_layout(w);
     let (cube_count, cube_dim) = elementwise(&client, out.num_elements() / outputs);
-    kernels::relu_affine_pool::launch::<R>(
-        &client,
-        cube_count,
-        cube_dim,
-        vector,
-        outputs,
-        z.clone().into_tensor_arg(),
-        scale.into_tensor_arg(),
-        shift.into_tensor_arg(),
-        seed.into_tensor_arg(),
-        y.clone().into_tensor_arg(),
-        code.clone().into_tensor_arg(),
-        (keep as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32,
-        1.0 / keep,
-        p > 0.0,
-    );
+    // SAFETY: a unit past the last output ends; a window's rows and columns are inside z.
+    unsafe {
+        kernels::relu_affine_pool::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            cube_dim,
+            vector,
+            outputs,
+            z.clone().into_tensor_arg(),
+            scale.into_tensor_arg(),
+            shift.into_tensor_arg(),
+            seed.into_tensor_arg(),
+            y.clone().into_tensor_arg(),
+            code.clone().into_tensor_arg(),
+            (keep as f64 * 4_294_967_296.0).round().min(u32::MAX as f64) as u32,
+            1.0 / keep,
+            p > 0.0,
+        )
+    };
     (y, (code, 1.0 / keep))
 }
 
@@ -244,17 +247,21 @@ pub(super) fn backward<R: CubeRuntime>(
     let (vector, outputs) = unit_layout(w);
     let cells = n * c * h.div_ceil(2) * w.div_ceil(2) / outputs;
     let (cube_count, cube_dim) = elementwise(&client, cells);
-    kernels::unpool::launch::<R>(
-        &client,
-        cube_count,
-        cube_dim,
-        vector,
-        outputs,
-        dy.into_tensor_arg(),
-        code.into_tensor_arg(),
-        dx.clone().into_tensor_arg(),
-        cells,
-        inv_keep,
-    );
+    // SAFETY: a unit past the last cell ends; dy is read for pooled windows only, dx written
+    // inside the plane only.
+    unsafe {
+        kernels::unpool::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            cube_dim,
+            vector,
+            outputs,
+            dy.into_tensor_arg(),
+            code.into_tensor_arg(),
+            dx.clone().into_tensor_arg(),
+            cells,
+            inv_keep,
+        )
+    };
     dx
 }

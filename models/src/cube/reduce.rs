@@ -109,7 +109,7 @@ pub(super) fn lanes_sum<N: Size>(v: Vector<f32, N>) -> f32 {
 }
 
 /// `out[l] = sum over s of parts[s, l]`, in order of s. One unit per vector of N values.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 fn sum_leading_kernel<N: Size>(parts: &Tensor<Vector<f32, N>>, out: &mut Tensor<Vector<f32, N>>) {
     let l = ABSOLUTE_POS;
     if l >= out.len() {
@@ -134,13 +134,16 @@ pub(super) fn sum_leading<R: CubeRuntime>(parts: CubeTensor<R>) -> CubeTensor<R>
     let client = parts.client.clone();
     let vector = vector_size(len);
     let (cube_count, cube_dim) = elementwise(&client, len / vector);
-    sum_leading_kernel::launch::<R>(
-        &client,
-        cube_count,
-        cube_dim,
-        vector,
-        parts.into_tensor_arg(),
-        out.clone().into_tensor_arg(),
-    );
+    // SAFETY: a unit past the last vector ends.
+    unsafe {
+        sum_leading_kernel::launch_unchecked::<R>(
+            &client,
+            cube_count,
+            cube_dim,
+            vector,
+            parts.into_tensor_arg(),
+            out.clone().into_tensor_arg(),
+        )
+    };
     out
 }

@@ -10,7 +10,7 @@ use cubecl::prelude::*;
 /// `s * images ..` of channel c, its units taking vectors in turn (`Walk`), then adds its
 /// units' sums in a tree in shared memory (of `slots`, a power of two at least the cube's
 /// size). One pass over t for the mean and the variance.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub(super) fn moments<N: Size>(
     t: &Tensor<Vector<f32, N>>,
     partial: &mut Tensor<f32>,
@@ -70,7 +70,7 @@ fn two_sums<N: Size>(
 /// padding made unlike the rest), the two terms are of the variance's size and the subtraction
 /// loses little, where around 0 a channel far from 0 for its spread (10 +- 1) loses most of
 /// its digits (two passes, the mean then the squares around it, cost a second read of z).
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub(super) fn finalize(
     z: &Tensor<f32>,
     parts: &Tensor<f32>,
@@ -114,7 +114,7 @@ pub(super) fn finalize(
 /// One part of the two per-channel sums of the gradient, of dy and of `dy * xhat` (xhat =
 /// `(relu(z) - mean[c]) * inv_std[c]`), into `partial[s, 0, c]` and `partial[s, 1, c]`;
 /// laid out as `moments`' sums.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub(super) fn grad_sums<N: Size>(
     z: &Tensor<Vector<f32, N>>,
     dy: &Tensor<Vector<f32, N>>,
@@ -203,7 +203,7 @@ impl Planes {
 }
 
 /// `y = relu(z) * scale[c] + shift[c]`, laid out as `Planes`.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub(super) fn relu_affine<N: Size>(
     z: &Tensor<Vector<f32, N>>,
     scale: &Tensor<f32>,
@@ -229,7 +229,7 @@ pub(super) fn relu_affine<N: Size>(
 /// * gamma[c] * inv_std[c] * (dy - sums[0, c] / count - xhat * sums[1, c] / count)`, laid out
 /// as `relu_affine`; and gamma's and beta's (the sums themselves), written by the units at
 /// position 0 of the first image's planes.
-#[cube(launch)]
+#[cube(launch_unchecked)]
 pub(super) fn input_grad<N: Size>(
     z: &Tensor<Vector<f32, N>>,
     dy: &Tensor<Vector<f32, N>>,
