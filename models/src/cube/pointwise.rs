@@ -299,7 +299,10 @@ fn forward<R: CubeRuntime>(
     let units = total.next_power_of_two().clamp(WARP, UNITS);
     // Two vectors a unit where there are enough for every cube's units to have two.
     let tile_v = if total >= 2 * units { TILE_V } else { 1 };
-    let (bx, by) = (total.div_ceil(units * tile_v).max(1), outs.div_ceil(TILE_O));
+    // Fewer outputs than a tile (block 1's input gradient: 3) take a smaller one: every
+    // weight of a tile is loaded, past the last output too.
+    let tile_o = TILE_O.min(outs.next_power_of_two().max(4));
+    let (bx, by) = (total.div_ceil(units * tile_v).max(1), outs.div_ceil(tile_o));
     let parts = MIN_CUBES
         .div_ceil(bx * by)
         .min(ins / MIN_PART_INPUTS)
@@ -326,7 +329,7 @@ fn forward<R: CubeRuntime>(
             y.clone().into_tensor_arg(),
             k_chunk,
             tile_v,
-            TILE_O,
+            tile_o,
             transposed,
             has_bias,
         )
