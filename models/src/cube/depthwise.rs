@@ -35,13 +35,6 @@ mod kernels {
     use crate::cube::reduce::{part_end, tree_sum};
     use cubecl::prelude::*;
 
-    /// Loads into rows `slot ..= 2` of `win` (`cols + 2` values a row) rows of plane `base` (of x
-    /// `[n, c, h, w]`, read as vectors of N along a row) from row `r - 1` (`r` is the row plus
-    /// one, kept unsigned), columns col - 1 ..= col + cols, zero outside the plane: the `cols /
-    /// N` vectors from column col, and one value of each vector beside them. A unit's window is
-    /// 3 rows: all three when it starts (slot 0), then, sliding down, the new last one after
-    /// `shift_up` (slot 2). Every load is made at an index clamped into x (these kernels launch
-    /// unchecked) and its value selected after.
     /// x's planes and last vector, read from the launch's metadata once by each unit (on
     /// lavapipe every read of it is a load of its own).
     #[derive(CubeType)]
@@ -51,6 +44,24 @@ mod kernels {
         last: usize,
     }
 
+    #[cube]
+    impl Frame {
+        fn new<N: Size>(x: &Tensor<Vector<f32, N>>) -> Frame {
+            Frame {
+                height: x.shape(2),
+                width: x.shape(3),
+                last: x.len() - 1usize,
+            }
+        }
+    }
+
+    /// Loads into rows `slot ..= 2` of `win` (`cols + 2` values a row) rows of plane `base` (of x
+    /// `[n, c, h, w]`, read as vectors of N along a row) from row `r - 1` (`r` is the row plus
+    /// one, kept unsigned), columns col - 1 ..= col + cols, zero outside the plane: the `cols /
+    /// N` vectors from column col, and one value of each vector beside them. A unit's window is
+    /// 3 rows: all three when it starts (slot 0), then, sliding down, the new last one after
+    /// `shift_up` (slot 2). Every load is made at an index clamped into x (these kernels launch
+    /// unchecked) and its value selected after.
     #[cube]
     fn load_rows<N: Size>(
         x: &Tensor<Vector<f32, N>>,
@@ -120,8 +131,9 @@ mod kernels {
         #[comptime] flip: bool,
     ) {
         let channels = y.shape(1);
-        let height = y.shape(2);
-        let width = y.shape(3);
+        // y has x's shape.
+        let frame = Frame::new(x);
+        let (height, width) = (frame.height, frame.width);
         let strips = height.div_ceil(rows);
         let groups = width.div_ceil(cols);
         let pos = ABSOLUTE_POS;
@@ -140,11 +152,6 @@ mod kernels {
             let k = if flip { 8usize - tap } else { tap };
             w[tap] = weight[(plane % channels) * 9usize + k];
         }
-        let frame = Frame {
-            height,
-            width,
-            last: x.len() - 1usize,
-        };
         let mut win = Array::<f32>::new(3 * (cols + 2));
         load_rows(x, &mut win, base, first, col, &frame, 0usize, cols);
         let mut row = first;
@@ -197,8 +204,8 @@ mod kernels {
         let unit = UNIT_POS as usize;
         let units = CUBE_DIM as usize;
         let channels = x.shape(1);
-        let height = x.shape(2);
-        let width = x.shape(3);
+        let frame = Frame::new(x);
+        let (height, width) = (frame.height, frame.width);
         let strips = height.div_ceil(rows);
         let groups = width.div_ceil(cols);
         let first_image = part * images;
@@ -210,11 +217,6 @@ mod kernels {
             acc[tap] = 0.0f32;
         }
         let mut win = Array::<f32>::new(3 * (cols + 2));
-        let frame = Frame {
-            height,
-            width,
-            last: x.len() - 1usize,
-        };
         let zero = Vector::<f32, N>::cast_from(0.0f32);
         let mut item = unit;
         while item < items {
