@@ -3,7 +3,8 @@
 # the per-op benchmark (burn's ops vs CancerNet's own kernels, batch 32 and 256), a training
 # step's time kernel by kernel (cubecl's profile), `trainer --device cuda` at batch 32 and 256 on
 # synthetic data (and `--device cpu` on the same cores), export, `runtime eval` and `runtime
-# bench` with the CUDA provider, and PyTorch's CancerNet on the same card; then one table.
+# bench` with the CUDA provider, and PyTorch's CancerNet on the same card; then one table; last,
+# the kernel tests under compute-sanitizer (the kernels launch unchecked).
 # Everything it prints is also in $OUT/gpu.log.
 #
 # Prepared here by bench/gpu-pack.sh (the device machine has no Rust). Then one call:
@@ -13,7 +14,7 @@
 #   run(command="cp .gpu/ort-cuda.partaa /tmp/", carry=[".gpu/ort-cuda.partaa"])  ... then gpu.sh
 # (gpu.sh joins /tmp/ort-cuda.part*; without them runtime's CUDA rows say "not run").
 # About 6 minutes on an H200 before the two profile runs were added (~10 s each here), within one
-# call's 10.
+# call's 10; the sanitizer's step after the table at most 150 s more.
 # A dry run here, on bench/nvrtc-check.sh's compile-only driver (it runs no kernel: the CUDA
 # numbers are meaningless, the CUDA tests fail on values), checks the plumbing:
 #   D=target/nvrtc-check; CUDA=$(echo $PWD/.venv-nvrtc/lib/python3*/site-packages/nvidia/cu13)
@@ -123,8 +124,8 @@ def section(title):
     """The log of the step whose title starts so, up to the next step ("" if it did not run)."""
     m = re.search(r"== " + title + r".*?(?===)", log, re.S)
     return m.group(0) if m else ""
-tests = last(r"test result: (\w+\. \d+ passed; \d+ failed)")
-rows = [("CUDA tests (trainer/tests/gpu.rs)", tests)]
+tests = re.findall(r"test result: (\w+\. \d+ passed; \d+ failed)", section("CUDA test suite"))
+rows = [("CUDA tests (trainer/tests/gpu.rs)", tests[-1] if tests else "failed")]
 for b in (32, 256):
     rates = re.findall(r"\| (\d+) img/s", section(f"trainer --device cuda, batch {b}"))
     rows.append((f"trainer --device cuda, batch {b} (epochs 2-3)", " / ".join(rates[1:]) + " img/s" if rates else "failed"))
@@ -148,4 +149,20 @@ print(f"{'what':<{width}}  result")
 for what, result in rows:
     print(f"{what:<{width}}  {result}")
 EOF
+# The kernels launch unchecked (models/src/cube/mod.rs): a bounds checker over their tests. It sees
+# an access outside every allocation, not one into a neighbour inside cubecl's memory pages.
+# Needs the Firecracker runtime (on gVisor it refuses the device: .library/device/KINDS.md). Last,
+# after the summary: where the call runs out of time, only this is lost.
+step "compute-sanitizer memcheck, the kernel tests"
+if command -v compute-sanitizer >/dev/null; then
+  t0=$SECONDS
+  IDC_REQUIRE_CUDA=1 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 3 --log-file "$OUT/sanitizer.log" \
+    "$BIN/gpu-test" cuda_kernels_match_burns cuda_batch_norm_kernels_match_burns --test-threads=1 \
+    >"$W/sanitized.log" 2>&1
+  echo "[rc=$?, $((SECONDS - t0)) s] compute-sanitizer (its report: \$OUT/sanitizer.log)"
+  grep -m 12 -E "Invalid|ERROR SUMMARY" "$OUT/sanitizer.log"
+  grep -h "test result" "$W/sanitized.log"
+else
+  echo "compute-sanitizer: not on this machine"
+fi
 echo "done in ${SECONDS}s; log in \$OUT/gpu.log"
