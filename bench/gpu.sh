@@ -58,7 +58,7 @@ export ORT_DYLIB_PATH=$(ls "$ORT_DIR"/libonnxruntime.so.* | head -1)
 CUDA_EP=no; [ -f "$ORT_DIR/libonnxruntime_providers_cuda.so" ] && CUDA_EP=yes
 echo "ONNX Runtime: $ORT_DYLIB_PATH (CUDA provider: $CUDA_EP)"
 
-step "CUDA test suite (trainer/tests/gpu.rs)"
+step "CUDA test suite (trainer/tests/gpu/)"
 IDC_REQUIRE_CUDA=1 try 240 "$BIN/gpu-test" cuda --test-threads=1 --nocapture
 
 step "per-op benchmark, batch 32 and 256"
@@ -125,7 +125,7 @@ def section(title):
     m = re.search(r"== " + title + r".*?(?===)", log, re.S)
     return m.group(0) if m else ""
 tests = re.findall(r"test result: (\w+\. \d+ passed; \d+ failed)", section("CUDA test suite"))
-rows = [("CUDA tests (trainer/tests/gpu.rs)", tests[-1] if tests else "failed")]
+rows = [("CUDA tests (trainer/tests/gpu/)", tests[-1] if tests else "failed")]
 for b in (32, 256):
     rates = re.findall(r"\| (\d+) img/s", section(f"trainer --device cuda, batch {b}"))
     rows.append((f"trainer --device cuda, batch {b} (epochs 2-3)", " / ".join(rates[1:]) + " img/s" if rates else "failed"))

@@ -579,7 +579,7 @@ fn clear_errors() {
         assert!(o.stdout.is_empty(), "{args:?}");
     }
     // Built with CUDA on a machine without a usable GPU: the missing part, on one line
-    // (trainer/tests/gpu.rs checks each part's message; a machine with a GPU trains).
+    // (trainer/tests/gpu/ checks each part's message; a machine with a GPU trains).
     #[cfg(feature = "cuda")]
     {
         let o = trainer(&["--config", cfg, "--device", "cuda", "--output", o]);
