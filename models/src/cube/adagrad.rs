@@ -5,11 +5,10 @@
 //! Tensors of alike lengths share a launch (`launches`: CancerNet's take 4 on CUDA), as many as
 //! the device's bindings allow (5 each; CUDA: 1,024; lavapipe: 31) and at most `MAX_TENSORS`.
 
-use super::{Cube, elementwise, empty, vector_size};
+use super::{Cube, contiguous, elementwise, empty, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor};
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
 use cubecl::prelude::SequenceArg;
@@ -104,7 +103,7 @@ pub(super) fn on<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let (updates, lr, epsilon) = cast::<_, Inputs<Cube<R, BT>>>(inputs)?;
     let updates: Vec<[CubeTensor<R>; 3]> = updates
         .into_iter()
-        .map(|(p, g, a)| [p, g, a].map(|t| into_contiguous(float(t))))
+        .map(|(p, g, a)| [p, g, a].map(|t| contiguous(float(t))))
         .collect();
     let Some([first, ..]) = updates.first() else {
         return Ok(Vec::new());

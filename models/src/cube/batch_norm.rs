@@ -9,7 +9,7 @@
 //! in an order fixed by the launch: the same bytes every time.
 
 use super::reduce::sum_leading;
-use super::{Cube, MAX_CUBES_YZ, WARP, elementwise, empty, pool, vector_size};
+use super::{Cube, MAX_CUBES_YZ, WARP, contiguous, elementwise, empty, pool, vector_size};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -20,7 +20,6 @@ use burn::module::{Module, ModuleMapper, Param, RunningState};
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor};
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::reshape;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
@@ -110,7 +109,7 @@ impl Reduction {
 /// z as a contiguous `[n, c, positions]`.
 fn planes<R: CubeRuntime>(z: CubeTensor<R>) -> CubeTensor<R> {
     let [n, c, h, w] = z.meta.shape().dims::<4>();
-    into_contiguous(reshape(z, Shape::new([n, c, h * w])))
+    contiguous(reshape(z, Shape::new([n, c, h * w])))
 }
 
 /// Where in a plane of `positions` the moments take their shift: the middle vector's first
@@ -149,6 +148,9 @@ fn relu_affine<R: CubeRuntime>(
     shift: CubeTensor<R>,
 ) -> CubeTensor<R> {
     let y = empty(z, z.meta.shape().clone());
+    if z.meta.shape().num_elements() == 0 {
+        return y;
+    }
     let (cube_count, cube_dim) = elementwise_grid(z.meta.shape().dims::<3>());
     // SAFETY: a unit past a plane's vectors ends; planes stop at the tensor's.
     unsafe {
@@ -158,8 +160,8 @@ fn relu_affine<R: CubeRuntime>(
             cube_dim,
             vector_size(z.meta.shape()[2]),
             z.clone().into_tensor_arg(),
-            into_contiguous(scale).into_tensor_arg(),
-            into_contiguous(shift).into_tensor_arg(),
+            contiguous(scale).into_tensor_arg(),
+            contiguous(shift).into_tensor_arg(),
             y.clone().into_tensor_arg(),
         )
     };
@@ -307,14 +309,17 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     pool: Option<f32>,
 ) -> Tensor<Autodiff<Cube<R, BT>>, 4> {
     type Ad<R, BT> = Autodiff<Cube<R, BT>>;
-    let param =
-        |t: Tensor<B, 1>| into_contiguous(float(same::<_, Tensor<Ad<R, BT>, 1>>(t)).primitive);
+    let param = |t: Tensor<B, 1>| contiguous(float(same::<_, Tensor<Ad<R, BT>, 1>>(t)).primitive);
     let gamma: Tensor<Ad<R, BT>, 1> = same(bn.gamma.val());
     let beta: Tensor<Ad<R, BT>, 1> = same(bn.beta.val());
     let (z, gamma, beta) = (float(z), float(gamma), float(beta));
     let shape = z.primitive.meta.shape().clone();
     let zp = planes(z.primitive.clone());
     let dims = zp.meta.shape().dims::<3>();
+    assert!(
+        dims.iter().all(|&d| d > 0),
+        "BatchNorm in training needs values: z of shape {shape:?} has none (an empty batch?)"
+    );
     let c = dims[1];
     let parts = moment_parts(&zp);
     let stats = Stats::new(&zp, c);
@@ -327,8 +332,8 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
             cube_dim,
             zp.clone().into_tensor_arg(),
             parts.into_tensor_arg(),
-            into_contiguous(gamma.primitive.clone()).into_tensor_arg(),
-            into_contiguous(beta.primitive.clone()).into_tensor_arg(),
+            contiguous(gamma.primitive.clone()).into_tensor_arg(),
+            contiguous(beta.primitive.clone()).into_tensor_arg(),
             param(bn.running_mean.value_sync()).into_tensor_arg(),
             param(bn.running_var.value_sync()).into_tensor_arg(),
             stats.buffer.clone().into_tensor_arg(),
@@ -348,7 +353,7 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
         .prepare::<NoCheckpointing>([z.node.clone(), gamma.node.clone(), beta.node.clone()])
         .compute_bound()
         .stateful();
-    let gamma = into_contiguous(gamma.primitive);
+    let gamma = contiguous(gamma.primitive);
     tensor(match prep {
         OpsKind::Tracked(prep) => {
             prep.finish((zp, stats.row(0), stats.row(1), gamma, shape, codes), y)
@@ -384,6 +389,16 @@ fn infer<B: Backend, R: CubeRuntime, BT: BoolElement>(
     z: Tensor<Cube<R, BT>, 4>,
     pool: Option<f32>,
 ) -> Tensor<Cube<R, BT>, 4> {
+    let z = float(z);
+    if z.meta.shape().num_elements() == 0 {
+        // Nothing to normalize: the output's (empty) shape, no launch.
+        let [n, c, h, w] = z.meta.shape().dims::<4>();
+        let out = match pool {
+            Some(_) => Shape::new([n, c, h / 2, w / 2]),
+            None => z.meta.shape().clone(),
+        };
+        return tensor(empty(&z, out));
+    }
     let vector = |t: Tensor<B, 1>| -> Tensor<Cube<R, BT>, 1> { same(t) };
     let inv_std = vector(bn.running_var.value())
         .add_scalar(bn.epsilon)
@@ -391,11 +406,10 @@ fn infer<B: Backend, R: CubeRuntime, BT: BoolElement>(
         .recip();
     let scale = vector(bn.gamma.val()) * inv_std;
     let shift = vector(bn.beta.val()) - vector(bn.running_mean.value()) * scale.clone();
-    let z = float(z);
     let shape = z.meta.shape().clone();
-    let (scale, shift) = (into_contiguous(float(scale)), into_contiguous(float(shift)));
+    let (scale, shift) = (contiguous(float(scale)), contiguous(float(shift)));
     match pool {
-        Some(_) => tensor(pool::forward::<R, BT>(&into_contiguous(z), scale, shift, 0.0).0),
+        Some(_) => tensor(pool::forward::<R, BT>(&contiguous(z), scale, shift, 0.0).0),
         None => tensor(reshape(relu_affine(&planes(z), scale, shift), shape)),
     }
 }

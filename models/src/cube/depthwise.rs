@@ -12,7 +12,7 @@
 //! bytes every time on a device.
 
 use super::reduce::sum_leading;
-use super::{Cube, MAX_CUBES_YZ, WARP, elementwise, empty, vector_size};
+use super::{Cube, MAX_CUBES_YZ, WARP, contiguous, elementwise, empty, vector_size, zeros};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -21,7 +21,6 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor};
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::reshape;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
@@ -287,12 +286,15 @@ fn row_layout(width: usize) -> (usize, usize) {
 
 /// The convolution (`flip`: with the filter turned half a turn, for the input gradient).
 fn forward<R: CubeRuntime>(x: CubeTensor<R>, weight: CubeTensor<R>, flip: bool) -> CubeTensor<R> {
-    let (x, weight) = (into_contiguous(x), into_contiguous(weight));
+    let (x, weight) = (contiguous(x), contiguous(weight));
     let [n, c, h, w] = x.meta.shape().dims::<4>();
     // The kernel reads 9 weights a channel, unchecked.
     let filter = weight.meta.shape().dims::<4>();
     assert_eq!(filter, [c, 1, 3, 3], "depthwise filter for {c} channels");
     let y = empty(&x, x.meta.shape().clone());
+    if n * c * h * w == 0 {
+        return y;
+    }
     let client = x.client.clone();
     let (vector, cols) = row_layout(w);
     let units = n * c * h.div_ceil(ROWS_PER_UNIT) * w.div_ceil(cols);
@@ -327,10 +329,13 @@ const STRIPS_PER_UNIT: usize = 8;
 
 /// The filter gradient `[c, 1, 3, 3]` of the convolution of `x` that gave the output gradient `dy`.
 fn filter_grad<R: CubeRuntime>(x: CubeTensor<R>, dy: CubeTensor<R>) -> CubeTensor<R> {
-    let (x, dy) = (into_contiguous(x), into_contiguous(dy));
+    let (x, dy) = (contiguous(x), contiguous(dy));
     let [n, c, h, w] = x.meta.shape().dims::<4>();
     // The kernel reads dy where it reads x, unchecked.
     assert_eq!(dy.meta.shape(), x.meta.shape(), "depthwise output gradient");
+    if n * c * h * w == 0 {
+        return zeros(&x, Shape::new([c, 1, 3, 3]));
+    }
     let client = x.client.clone();
     let max_units = client.properties().hardware.max_units_per_cube as usize;
     let most = GRAD_UNITS.min(max_units);
@@ -391,10 +396,7 @@ fn depthwise_autodiff<R: CubeRuntime, BT: BoolElement>(
     let (x, weight) = (float(x), float(weight));
     // Made contiguous once, for the forward and the filter gradient: on CUDA the network's input
     // comes from burn's upload with its rows padded (cubecl's pitched layout), a copy each time.
-    let (x_values, w_values) = (
-        into_contiguous(x.primitive),
-        into_contiguous(weight.primitive),
-    );
+    let (x_values, w_values) = (contiguous(x.primitive), contiguous(weight.primitive));
     let y = forward(x_values.clone(), w_values.clone(), false);
     let prep = DepthwiseBackward
         .prepare::<NoCheckpointing>([x.node.clone(), weight.node.clone()])

@@ -8,7 +8,7 @@
 //! The same formula as burn's `log_softmax` (the row's maximum subtracted before the exponent),
 //! in f32; the rows' sum in a fixed order (a tree in one cube), so a run gives the same bytes.
 
-use super::{Cube, elementwise, empty};
+use super::{Cube, contiguous, elementwise, empty};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -17,7 +17,6 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Shape, Tensor};
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
 use cubecl::{CubeCount, CubeDim};
@@ -130,11 +129,15 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 1> for CrossEntropyB
     type State = (CubeTensor<R>, CubeTensor<R>);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = into_contiguous(grads.consume::<Cube<R, BT>>(&ops.node));
+        let dy = contiguous(grads.consume::<Cube<R, BT>>(&ops.node));
         let (logits, target) = ops.state;
         let [node] = ops.parents;
         let Some(node) = node else { return };
         let dx = empty(&logits, logits.meta.shape().clone());
+        if dx.meta.shape().num_elements() == 0 {
+            grads.register::<Cube<R, BT>>(node.id, dx);
+            return;
+        }
         let client = logits.client.clone();
         let (cube_count, cube_dim) = elementwise(&client, logits.meta.shape().num_elements());
         // SAFETY: a unit past the last logit ends.
@@ -159,8 +162,8 @@ fn cross_entropy_autodiff<R: CubeRuntime, BT: BoolElement>(
 ) -> Tensor<Autodiff<Cube<R, BT>>, 1> {
     let logits = float(logits);
     let (x, t) = (
-        into_contiguous(logits.primitive.clone()),
-        into_contiguous(float(target.inner())),
+        contiguous(logits.primitive.clone()),
+        contiguous(float(target.inner())),
     );
     let loss = forward(&x, &t);
     let prep = CrossEntropyBackward
@@ -187,7 +190,7 @@ pub(super) fn on<B: Backend, R: CubeRuntime, BT: BoolElement>(
         Ok((x, t)) => Ok(same(cross_entropy_autodiff(x, t))),
         Err(inputs) => match cast::<_, (Tensor<Cube<R, BT>, 2>, Tensor<Cube<R, BT>, 2>)>(inputs) {
             Ok((x, t)) => {
-                let (x, t) = (into_contiguous(float(x)), into_contiguous(float(t)));
+                let (x, t) = (contiguous(float(x)), contiguous(float(t)));
                 Ok(same(tensor::<Cube<R, BT>, 1>(forward(&x, &t))))
             }
             Err(inputs) => Err(inputs),

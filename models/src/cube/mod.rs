@@ -16,6 +16,10 @@
 //! storage-buffer load of its own each time: a tenth of a training step). So each kernel keeps
 //! its indices in bounds itself, and each launch says how (`SAFETY`): loads at indices clamped
 //! into the tensor, their values selected after; stores under a condition.
+//!
+//! Tensors of no values (an empty batch, no channels, planes of no pixels) launch nothing: CUDA
+//! refuses a grid of no cubes, and a load clamped into a tensor of none has no index to take.
+//! The results have their (empty) sizes, and sums over nothing are zeros, as the CPU kernels'.
 
 mod adagrad;
 mod batch_norm;
@@ -29,6 +33,8 @@ use crate::fast_ops::cast;
 use burn::nn::BatchNorm;
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Shape, Tensor};
+use burn_cubecl::kernel::into_contiguous;
+use burn_cubecl::ops::numeric::zeros_client;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeBackend, CubeRuntime};
 use cubecl::prelude::ComputeClient;
@@ -167,6 +173,23 @@ fn elementwise<R: CubeRuntime>(client: &ComputeClient<R>, units: usize) -> (Cube
         calculate_cube_count_elemwise(client, units, cube_dim),
         cube_dim,
     )
+}
+
+/// `t` laid out contiguous, as the kernels read it (burn's copy where it is not); a tensor of no
+/// values as a new one, where burn's copy would launch no cubes (CUDA's upload pitches rows).
+fn contiguous<R: CubeRuntime>(t: CubeTensor<R>) -> CubeTensor<R> {
+    match t.meta.shape().num_elements() {
+        0 => empty(&t, t.meta.shape().clone()),
+        _ => into_contiguous(t),
+    }
+}
+
+/// Zeros of `shape` on `like`'s device: sums over nothing (an empty batch).
+fn zeros<R: CubeRuntime>(like: &CubeTensor<R>, shape: Shape) -> CubeTensor<R> {
+    match shape.num_elements() {
+        0 => empty(like, shape),
+        _ => zeros_client(like.client.clone(), like.device.clone(), shape, DType::F32),
+    }
 }
 
 /// An uninitialized contiguous f32 tensor on `like`'s device.

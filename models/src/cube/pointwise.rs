@@ -16,7 +16,7 @@
 //! forward and input gradient read `[outs, ins]`, one weight a load.
 
 use super::reduce::sum_leading;
-use super::{Cube, MAX_CUBES_YZ, WARP, empty, vector_size};
+use super::{Cube, MAX_CUBES_YZ, WARP, contiguous, empty, vector_size, zeros};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -26,7 +26,6 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::FloatTensorOps;
 use burn::tensor::{Shape, Tensor};
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::{permute, reshape};
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
@@ -291,8 +290,11 @@ fn forward<R: CubeRuntime>(
     outs: usize,
     transposed: bool,
 ) -> CubeTensor<R> {
-    let (x, weight) = (into_contiguous(x), into_contiguous(weight));
+    let (x, weight) = (contiguous(x), contiguous(weight));
     let [n, ins, positions] = x.meta.shape().dims::<3>();
+    if n * positions * outs == 0 {
+        return empty(&x, Shape::new([n, outs, positions]));
+    }
     let client = x.client.clone();
     let vector = vector_size(positions);
     let total = n * positions / vector;
@@ -312,7 +314,7 @@ fn forward<R: CubeRuntime>(
     let y = empty(&x, Shape::new([parts * n, outs, positions]));
     let has_bias = bias.is_some();
     // Without a bias the kernel reads none: any f32 tensor fills the place.
-    let bias = into_contiguous(bias.unwrap_or_else(|| weight.clone()));
+    let bias = contiguous(bias.unwrap_or_else(|| weight.clone()));
     // SAFETY: loads are clamped into x, the weight and the bias; stores made for outputs and
     // vectors that exist only.
     unsafe {
@@ -354,9 +356,23 @@ fn weight_grad_of<R: CubeRuntime>(
     x: CubeTensor<R>,
     dy: CubeTensor<R>,
 ) -> (CubeTensor<R>, CubeTensor<R>) {
-    let (x, dy) = (into_contiguous(x), into_contiguous(dy));
+    let (x, dy) = (contiguous(x), contiguous(dy));
     let [n, ins, positions] = x.meta.shape().dims::<3>();
     let outs = dy.meta.shape()[1];
+    if n * positions * outs == 0 {
+        return (
+            zeros(&x, Shape::new([outs, ins])),
+            zeros(&x, Shape::new([outs])),
+        );
+    }
+    if ins == 0 {
+        // No weights: the bias gradient alone, dy summed over the images and positions.
+        let db = Cube::<R, u32>::float_sum_dim(Cube::<R, u32>::float_sum_dim(dy, 2), 0);
+        return (
+            empty(&x, Shape::new([outs, 0])),
+            reshape(db, Shape::new([outs])),
+        );
+    }
     let client = x.client.clone();
     let images = (GRAD_VALUES_PER_UNIT * GRAD_UNITS)
         .div_ceil(positions.max(1))
@@ -422,8 +438,12 @@ fn layer<R: CubeRuntime>(
     let mut shape = x.meta.shape().clone();
     shape[1] = bias.meta.shape()[0];
     if dense {
-        // The bias added by burn's broadcast sum: one small launch.
+        // The bias added by burn's broadcast sum: one small launch (none for an empty batch:
+        // burn-cubecl broadcasts [0, out] + [1, out] to [1, out]).
         let y = dense_product(x, weight);
+        if shape[0] == 0 {
+            return y;
+        }
         let bias = reshape(bias, Shape::new([1, shape[1]]));
         return Cube::<R, u32>::float_add(y, bias);
     }
@@ -457,7 +477,7 @@ impl<R: CubeRuntime, BT: BoolElement> Backward<Cube<R, BT>, 3> for LayerBackward
             // dense layer's, dy `[n, outs]` times w^T, turned round as its forward is.
             let dx = if dense {
                 let [n, outs] = [dy.meta.shape()[0], dy.meta.shape()[1]];
-                let w_t = into_contiguous(permute(weight, &[1, 0]));
+                let w_t = contiguous(permute(weight, &[1, 0]));
                 dense_product(reshape(dy.clone(), Shape::new([n, outs])), w_t)
             } else {
                 forward(dy.clone(), weight, None, x_shape[1], true)

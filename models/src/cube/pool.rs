@@ -10,9 +10,8 @@
 //! on the device (so `Backend::seed` makes them reproducible, with no wait for the device); they
 //! are not the CPU's masks, as burn's own dropout draws differ between backends too.
 
-use super::{Cube, elementwise, empty, vector_size};
+use super::{Cube, contiguous, elementwise, empty, vector_size};
 use burn::tensor::{DType, Distribution, Int, Shape, Tensor};
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::{BoolElement, CubeRuntime};
 
@@ -209,6 +208,9 @@ pub(super) fn forward<R: CubeRuntime, BT: BoolElement>(
         false => code.clone(),
     };
     let keep = 1.0 - p;
+    if out.num_elements() == 0 {
+        return (y, (code, 1.0 / keep));
+    }
     let client = z.client.clone();
     let (vector, outputs) = unit_layout(w);
     let (cube_count, cube_dim) = elementwise(&client, out.num_elements() / outputs);
@@ -240,9 +242,12 @@ pub(super) fn backward<R: CubeRuntime>(
     (code, inv_keep): Codes<R>,
     shape: Shape,
 ) -> CubeTensor<R> {
-    let dy = into_contiguous(dy);
+    let dy = contiguous(dy);
     let [n, c, h, w] = shape.dims::<4>();
     let dx = empty(&dy, shape);
+    if dx.meta.shape().num_elements() == 0 {
+        return dx;
+    }
     let client = dy.client.clone();
     let (vector, outputs) = unit_layout(w);
     let cells = n * c * h.div_ceil(2) * w.div_ceil(2) / outputs;

@@ -3,10 +3,9 @@
 //! layer's output gradient over the batch).
 //! Each in a fixed order (no atomics), so a run gives the same bytes every time.
 
-use super::{elementwise, empty, vector_size};
+use super::{contiguous, elementwise, empty, vector_size};
 use burn::tensor::Shape;
 use burn_cubecl::CubeRuntime;
-use burn_cubecl::kernel::into_contiguous;
 use burn_cubecl::ops::reshape;
 use burn_cubecl::tensor::CubeTensor;
 use cubecl::prelude::*;
@@ -125,12 +124,15 @@ fn sum_leading_kernel<N: Size>(parts: &Tensor<Vector<f32, N>>, out: &mut Tensor<
 
 /// `parts` `[s, l]` summed over s: `[l]` (one part: itself, with no launch).
 pub(super) fn sum_leading<R: CubeRuntime>(parts: CubeTensor<R>) -> CubeTensor<R> {
-    let parts = into_contiguous(parts);
+    let parts = contiguous(parts);
     let len = parts.meta.shape()[1];
     if parts.meta.shape()[0] == 1 {
         return reshape(parts, Shape::new([len]));
     }
     let out = empty(&parts, Shape::new([len]));
+    if len == 0 {
+        return out;
+    }
     let client = parts.client.clone();
     let vector = vector_size(len);
     let (cube_count, cube_dim) = elementwise(&client, len / vector);

@@ -12,12 +12,14 @@
 //! under `IDC_REQUIRE_ALL`).
 //!
 //! The suite's parts, each run on every backend by the `wgpu` and `cuda` modules below: each
-//! kernel against burn's ops (`kernels`, `batch_norm`), training steps against the CPU's
+//! kernel against burn's ops (`kernels`, `batch_norm`) and at the edges of its shapes (`empty`),
+//! training steps against the CPU's
 //! (`steps`), and the commands on the device (`runs`); here also the helpers they share.
 #![cfg(any(feature = "wgpu", feature = "cuda"))]
 #![allow(dead_code)] // each backend uses the suite's parts it can
 
 mod batch_norm;
+mod empty;
 mod kernels;
 mod runs;
 mod steps;
@@ -26,6 +28,7 @@ use batch_norm::batch_norm_kernels_match_burns;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use empty::empty_shapes_give_empty_results;
 use kernels::kernels_match_burns;
 use runs::{resume_across_devices, whole_run_exports_and_evaluates};
 use steps::steps_match_flex;
@@ -104,6 +107,13 @@ mod wgpu {
     fn wgpu_batch_norm_kernels_match_burns() {
         if let Some(d) = device() {
             batch_norm_kernels_match_burns::<Autodiff<Wgpu>>(d);
+        }
+    }
+
+    #[test]
+    fn wgpu_empty_shapes_give_empty_results() {
+        if let Some(d) = device() {
+            empty_shapes_give_empty_results::<Autodiff<Wgpu>>(d, true);
         }
     }
 
@@ -197,6 +207,17 @@ mod cuda {
         #[cfg(feature = "cuda")]
         if let Some(d) = device() {
             batch_norm_kernels_match_burns::<Autodiff<burn::backend::Cuda>>(d);
+        }
+        #[cfg(not(feature = "cuda"))]
+        device();
+    }
+
+    #[test]
+    fn cuda_empty_shapes_give_empty_results() {
+        #[cfg(feature = "cuda")]
+        if let Some(d) = device() {
+            // Without gradients: burn's backward seeds them with a launch CUDA refuses (empty.rs).
+            empty_shapes_give_empty_results::<Autodiff<burn::backend::Cuda>>(d, false);
         }
         #[cfg(not(feature = "cuda"))]
         device();
