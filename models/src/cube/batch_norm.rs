@@ -314,12 +314,12 @@ fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     let beta: Tensor<Ad<R, BT>, 1> = same(bn.beta.val());
     let (z, gamma, beta) = (float(z), float(gamma), float(beta));
     let shape = z.primitive.meta.shape().clone();
-    let zp = planes(z.primitive.clone());
-    let dims = zp.meta.shape().dims::<3>();
     assert!(
-        dims.iter().all(|&d| d > 0),
+        shape.num_elements() > 0,
         "BatchNorm in training needs values: z of shape {shape:?} has none (an empty batch?)"
     );
+    let zp = planes(z.primitive.clone());
+    let dims = zp.meta.shape().dims::<3>();
     let c = dims[1];
     let parts = moment_parts(&zp);
     let stats = Stats::new(&zp, c);

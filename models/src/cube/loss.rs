@@ -179,12 +179,13 @@ fn cross_entropy_autodiff<R: CubeRuntime, BT: BoolElement>(
 pub(super) fn on<B: Backend, R: CubeRuntime, BT: BoolElement>(
     inputs: Inputs<B>,
 ) -> Result<Tensor<B, 1>, Inputs<B>> {
-    // The kernels read the target at the logits' indices.
+    // The kernels read the target at the logits' indices, and each row's first logit.
     assert_eq!(
         inputs.0.shape(),
         inputs.1.shape(),
         "logits and target differ in shape"
     );
+    assert!(inputs.0.dims()[1] > 0, "cross-entropy of no classes");
     type Ad<R, BT> = Autodiff<Cube<R, BT>>;
     match cast::<_, (Tensor<Ad<R, BT>, 2>, Tensor<Ad<R, BT>, 2>)>(inputs) {
         Ok((x, t)) => Ok(same(cross_entropy_autodiff(x, t))),

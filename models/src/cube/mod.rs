@@ -17,9 +17,12 @@
 //! its indices in bounds itself, and each launch says how (`SAFETY`): loads at indices clamped
 //! into the tensor, their values selected after; stores under a condition.
 //!
-//! Tensors of no values (an empty batch, no channels, planes of no pixels) launch nothing: CUDA
-//! refuses a grid of no cubes, and a load clamped into a tensor of none has no index to take.
-//! The results have their (empty) sizes, and sums over nothing are zeros, as the CPU kernels'.
+//! Tensors of no values (an empty batch, no channels, planes of no pixels) launch no grid of no
+//! cubes (CUDA refuses one) and no load clamped into a tensor of none (it has no index to take):
+//! the results have their (empty) sizes, and sums over nothing are zeros, as the CPU kernels'
+//! (the loss of an empty batch and Adagrad of empty tensors alone launch one cube that loads
+//! nothing). BatchNorm in training of an empty batch stops with a message, where the CPU
+//! kernel gives statistics of nothing (NaN) that would reach the running averages.
 
 mod adagrad;
 mod batch_norm;

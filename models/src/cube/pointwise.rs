@@ -438,10 +438,10 @@ fn layer<R: CubeRuntime>(
     let mut shape = x.meta.shape().clone();
     shape[1] = bias.meta.shape()[0];
     if dense {
-        // The bias added by burn's broadcast sum: one small launch (none for an empty batch:
+        // The bias added by burn's broadcast sum: one small launch (none without values:
         // burn-cubecl broadcasts [0, out] + [1, out] to [1, out]).
         let y = dense_product(x, weight);
-        if shape[0] == 0 {
+        if y.meta.shape().num_elements() == 0 {
             return y;
         }
         let bias = reshape(bias, Shape::new([1, shape[1]]));

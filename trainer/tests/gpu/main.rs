@@ -216,7 +216,7 @@ mod cuda {
     fn cuda_empty_shapes_give_empty_results() {
         #[cfg(feature = "cuda")]
         if let Some(d) = device() {
-            // Without gradients: burn's backward seeds them with a launch CUDA refuses (empty.rs).
+            // burn's backward seeds an output of no values with a launch CUDA refuses (empty.rs).
             empty_shapes_give_empty_results::<Autodiff<burn::backend::Cuda>>(d, false);
         }
         #[cfg(not(feature = "cuda"))]
