@@ -390,24 +390,22 @@ fn infer<B: Backend, R: CubeRuntime, BT: BoolElement>(
     pool: Option<f32>,
 ) -> Tensor<Cube<R, BT>, 4> {
     let z = float(z);
-    if z.meta.shape().num_elements() == 0 {
-        // Nothing to normalize: the output's (empty) shape, no launch.
-        let [n, c, h, w] = z.meta.shape().dims::<4>();
-        let out = match pool {
-            Some(_) => Shape::new([n, c, h / 2, w / 2]),
-            None => z.meta.shape().clone(),
-        };
-        return tensor(empty(&z, out));
-    }
-    let vector = |t: Tensor<B, 1>| -> Tensor<Cube<R, BT>, 1> { same(t) };
-    let inv_std = vector(bn.running_var.value())
-        .add_scalar(bn.epsilon)
-        .sqrt()
-        .recip();
-    let scale = vector(bn.gamma.val()) * inv_std;
-    let shift = vector(bn.beta.val()) - vector(bn.running_mean.value()) * scale.clone();
     let shape = z.meta.shape().clone();
-    let (scale, shift) = (contiguous(float(scale)), contiguous(float(shift)));
+    let (scale, shift) = if shape.num_elements() == 0 {
+        // Nothing to normalize, so no affine map: burn's ops on vectors of no channels would
+        // launch no cubes. The kernels below launch nothing and give the output's shape.
+        let none = empty(&z, Shape::new([shape[1]]));
+        (none.clone(), none)
+    } else {
+        let vector = |t: Tensor<B, 1>| -> Tensor<Cube<R, BT>, 1> { same(t) };
+        let inv_std = vector(bn.running_var.value())
+            .add_scalar(bn.epsilon)
+            .sqrt()
+            .recip();
+        let scale = vector(bn.gamma.val()) * inv_std;
+        let shift = vector(bn.beta.val()) - vector(bn.running_mean.value()) * scale.clone();
+        (contiguous(float(scale)), contiguous(float(shift)))
+    };
     match pool {
         Some(_) => tensor(pool::forward::<R, BT>(&contiguous(z), scale, shift, 0.0).0),
         None => tensor(reshape(relu_affine(&planes(z), scale, shift), shape)),
