@@ -94,7 +94,9 @@ pub mod cube {
 }
 pub mod fast_ops;
 pub mod kernels;
+mod quiet;
 pub use fast_ops::Kernels;
+pub use quiet::catch_quietly;
 
 /// Everything that shapes the network: the trainer config's `model:` section (a key left out
 /// keeps the tutorial's value), and saved as JSON beside the weights (`model.json`), so the
@@ -558,22 +560,6 @@ pub(crate) fn update_running_stats<B: Backend>(
     let running_var = bn.running_var.value_sync().mul_scalar(1.0 - m) + var.detach().mul_scalar(m);
     bn.running_mean.update(running_mean.detach());
     bn.running_var.update(running_var.detach());
-}
-
-/// Runs `f`, turning a panic into `Err(message)` without printing it. burn reports some
-/// conditions only by panicking (a record that does not fit the module, a CUDA device that
-/// cannot start); callers turn them into clear errors.
-pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-    std::panic::set_hook(hook);
-    result.map_err(|e| {
-        e.downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into())
-    })
 }
 
 /// (all, trainable) parameter counts as Keras reports them: BatchNorm's running mean and
