@@ -1,7 +1,7 @@
 //! The real `runtime` binary with ONNX Runtime, one part a file: `eval` and `bench` (reports,
 //! parity with burn through the shared preprocessing, bad files of every kind), `predict` and
-//! `heatmap`, errors (models, libraries, execution providers), what travels in the model's metadata, and neighbour
-//! context. Here the helpers they share.
+//! `heatmap`, errors (models, libraries, execution providers), what travels in the model's
+//! metadata, and neighbour context. Here the helpers they share.
 
 #[path = "../common/mod.rs"]
 mod common;
