@@ -8,7 +8,7 @@
 //! The same formula as burn's `log_softmax` (the row's maximum subtracted before the exponent),
 //! in f32; the rows' sum in a fixed order (a tree in one cube), so a run gives the same bytes.
 
-use super::{Cube, contiguous, elementwise, empty};
+use super::{Cube, WARP, contiguous, elementwise, empty};
 use crate::fast_ops::{cast, float, same, tensor};
 use burn::backend::Autodiff;
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -106,7 +106,7 @@ fn forward<R: CubeRuntime>(logits: &CubeTensor<R>, target: &CubeTensor<R>) -> Cu
     let loss = empty(logits, Shape::new([1]));
     let units = logits.meta.shape()[0]
         .next_power_of_two()
-        .clamp(32, MAX_UNITS);
+        .clamp(WARP, MAX_UNITS);
     // SAFETY: rows past the last are not walked; shared memory has a slot per unit.
     unsafe {
         kernels::cross_entropy::launch_unchecked::<R>(

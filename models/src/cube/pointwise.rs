@@ -46,7 +46,7 @@ const UNITS: usize = 64;
 
 /// The kernels (in their own module: CubeCL's `Tensor` is not burn's).
 mod kernels {
-    use crate::cube::reduce::Walk;
+    use crate::cube::reduce::{Walk, part_end};
     use cubecl::prelude::*;
 
     /// Where weight `(o, i)` is in a weight tensor: `[outs, ins]`, or `[ins, outs]` (`transposed`:
@@ -201,13 +201,7 @@ mod kernels {
         let unit = UNIT_POS as usize;
         let first_o = CUBE_POS_X as usize * tile;
         let first_i = CUBE_POS_Y as usize * tile;
-        // `reduce::part_end` written out: through the helper ptxas gave this kernel 168 registers
-        // on sm_90 instead of 128 when its loads were branched (not measured since: it has 168
-        // now, its 16 loads all in flight).
-        let mut last = (part + 1usize) * images;
-        if last > x.shape(0) {
-            last = x.shape(0);
-        }
+        let last = part_end(part, images, x.shape(0));
         let zero = Vector::<f32, N>::cast_from(0.0f32);
         let one = Vector::<f32, N>::cast_from(1.0f32);
         let sums = tile * tile;
