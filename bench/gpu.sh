@@ -9,6 +9,9 @@
 #
 # Prepared here by bench/gpu-pack.sh (the device machine has no Rust). Then one call:
 #   run(command="bash bench/gpu.sh", carry=[".gpu"], timeout_s=600)
+# The device tool's first call gets an H100 unless it names kind="nvidia-h200". Either is sm_90
+# and runs the same; PyTorch runs on the same card, so the table compares side by side on
+# either, but the issue's absolute numbers (PyTorch's 45,677 img/s) are the H200's.
 # For ONNX Runtime's CUDA provider, first send each .gpu/ort-cuda.part* in its own call, back to
 # back (the machine goes back after 30 s idle, /tmp with it):
 #   run(command="cp .gpu/ort-cuda.partaa /tmp/", carry=[".gpu/ort-cuda.partaa"])  ... then gpu.sh
