@@ -1,6 +1,7 @@
 //! `catch_quietly`: burn reports some conditions only by panicking (a record that does not fit
 //! the module, a CUDA device that cannot start), and its callers turn them into clear errors.
 
+use std::any::Any;
 use std::cell::Cell;
 use std::io::Write;
 use std::sync::{Mutex, MutexGuard, Once};
@@ -21,17 +22,22 @@ pub fn catch_quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     install();
     let window = Window::open();
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
-        let own = e
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown panic".into());
+        let own = message(&*e);
         match window.take_elsewhere() {
             // A panic on a thread of `f`'s own (rayon's) comes back as the caller's.
             Some(other) if other != own => format!("{own}; on another thread: {other}"),
             _ => own,
         }
     })
+}
+
+/// A panic's message: its payload where that is text (`panic!`'s always is).
+fn message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown panic".into())
 }
 
 /// What the calls running share: how many there are, and the panics of other threads since the
@@ -75,7 +81,7 @@ fn install() {
             }
             if INSIDE.get() == 0 {
                 calls.kept.push(Kept {
-                    message: info.payload_as_str().unwrap_or("unknown panic").to_string(),
+                    message: message(info.payload()),
                     printed: info.to_string(),
                     taken: false,
                 });
