@@ -23,7 +23,7 @@ build-gpu:
 	$(CARGO) build --release -p trainer --features wgpu,cuda
 
 # Synthetic IDC patches -> patient split -> CancerNet (configs/demo.yaml) -> ONNX -> report,
-# ROC plot and the heatmap of one patient. ~5 minutes of work after the build on 2 cores.
+# ROC plot and the heatmap of one patient. ~15-25 s of work after the build on 2 cores.
 demo: venv build
 	$(BIN)/datasets synth --patients 10 --mean-patches 400 --out datasets/orig
 	$(BIN)/datasets build --source datasets/orig --out datasets/idc

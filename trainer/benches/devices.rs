@@ -1,7 +1,8 @@
 //! A training step of the full CancerNet at batch 32 on each device the build has, side by side in
-//! one run: `cpu` (flex, fused kernels) and `wgpu` (burn's composed ops on the wgpu backend; in CI
-//! and on machines without a GPU that is Mesa's lavapipe, a Vulkan device on the CPU), so that a
-//! regression in the device-generic path shows up as a number.
+//! one run: `cpu` (flex, fused kernels) and `wgpu` (CancerNet's own GPU kernels, `models::cube`,
+//! on the wgpu backend; on machines without a GPU that is Mesa's lavapipe, a Vulkan device on the
+//! CPU), so that a regression in the device-generic path shows up as a number. The per-op bench
+//! (`gpu_ops`) times each layer kind, and burn's ops beside these kernels.
 //! Run: cargo bench -p trainer --features wgpu --bench devices   (REPS=n, default 3)
 
 use burn::backend::{Autodiff, Flex};

@@ -26,6 +26,42 @@ fn a_run_is_its_numbers_not_its_place_or_speed() {
     assert!(!a.same_run(&c));
 }
 
+/// configs/cancernet.yaml holds every knob, as it says: each key of the config (with its
+/// default) is in the file, or shown there commented out (`# context: 0.5`, a key absent by
+/// default).
+#[test]
+fn shipped_config_names_every_key() {
+    fn keys(v: &yaml_serde::Value, path: &str, out: &mut Vec<String>) {
+        if let yaml_serde::Value::Mapping(m) = v {
+            for (k, v) in m {
+                let k = format!("{path}{}", k.as_str().unwrap());
+                keys(v, &format!("{k}."), out);
+                out.push(k);
+            }
+        }
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs/cancernet.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let shipped: yaml_serde::Value = yaml_serde::from_str(&text).unwrap();
+    let (mut all, mut present) = (Vec::new(), Vec::new());
+    keys(
+        &yaml_serde::to_value(TrainConfig::default()).unwrap(),
+        "",
+        &mut all,
+    );
+    keys(&shipped, "", &mut present);
+    let missing: Vec<&String> = all
+        .iter()
+        .filter(|k| !present.contains(k))
+        .filter(|k| !text.contains(&format!("# {}:", k.rsplit('.').next().unwrap())))
+        .collect();
+    assert!(all.len() > 40, "{all:?}");
+    assert!(
+        missing.is_empty(),
+        "not in configs/cancernet.yaml: {missing:?}"
+    );
+}
+
 /// Every config the project ships (configs/, the cross-validation recipes in bench/cv/)
 /// loads and validates.
 #[test]
