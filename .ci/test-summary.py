@@ -1,6 +1,8 @@
-"""One line for `make test`: how many tests ran, and each one that skipped (cargo hides a passing
-test's stderr, so a skip reads as "ok" in its output). Usage: test-summary.py TEST_OUTPUT SKIP_LOG
-(the second written by datasets::testdata::skip, one tab-separated line per skip)."""
+"""`make test`'s summary: one line counting the tests that ran, the CUDA tests that could only
+check the no-GPU error and those that skipped, then a line for each that skipped (cargo hides a
+passing test's stderr, so a skip reads as "ok" in its output). Usage: test-summary.py
+TEST_OUTPUT SKIP_LOG (the second written by datasets::testdata::skip and not_on_this_machine,
+one tab-separated line each)."""
 import re
 import sys
 

@@ -1,6 +1,7 @@
 """CancerNet in PyTorch, layer for layer the model `models` defines (the tutorial's Keras model):
 [SeparableConv2D ReLU BatchNorm] x depth, MaxPool 2, Dropout per block; Dense ReLU BatchNorm
-Dropout Dense. Used by the peer benchmarks only (bench/train_peers.sh, bench/onnx_graphs.sh).
+Dropout Dense. Used by the peer benchmarks (bench/peers.sh: bench/train_pytorch.py,
+bench/compare_graphs.py) and, packed by bench/gpu-pack.sh, PyTorch's run on a GPU.
 """
 import torch
 from torch import nn

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check in one device call: the CUDA test suite (a missing GPU fails it: IDC_REQUIRE_CUDA),
-# the per-op benchmark (burn's ops vs CancerNet's own kernels, batch 32 and 256), a training
+# the per-op benchmark (burn's layer ops vs CancerNet's own kernels, batch 32 and 256), a training
 # step's time kernel by kernel (cubecl's profile), `trainer --device cuda` at batch 32 and 256 on
 # synthetic data (and `--device cpu` on the same cores), export, `runtime eval` and `runtime
 # bench` with the CUDA provider, and PyTorch's CancerNet on the same card; then one table; last,

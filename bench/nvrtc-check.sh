@@ -74,7 +74,8 @@ on_cuda trainer "$BIN/trainer" --config "$DIR/config.yaml" --output "$DIR/run" |
 on_cuda gpu_ops env DEVICES=cuda BATCHES=4 REPS=1 "$BENCH" --bench ||
   fail "the gpu_ops bench on cuda (target/nvrtc-check/gpu_ops/output.log)"
 # The kernel launches of one training step at batch 32 (forward, loss, backward, Adagrad), with
-# burn's ops and with CancerNet's own: runs of 1 and 2 timed steps (after one warm-up), differenced.
+# burn's layer ops and with CancerNet's own (the loss and Adagrad are the project's kernels in
+# both): runs of 1 and 2 timed steps (after one warm-up), differenced.
 # (burn's kernel choices do not depend on timings here: its autotune is not in this build.)
 STEPS=()
 for kernels in burn fast; do

@@ -2,7 +2,7 @@
 # Inference benchmark: `runtime bench` against the same job in Python (Pillow + numpy +
 # onnxruntime), on the same ONNX file and the same folder of PNGs, in one run; then peak memory
 # for a small and a large folder (flat memory).
-# Usage: bench/runtime.sh [MODEL.onnx] [WORKDIR]   (default model: a random-init CancerNet export)
+# Usage: bench/runtime.sh [MODEL.onnx] [WORKDIR]   (default model: CancerNet after one training step on a tiny synthetic split, exported)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 make -s venv

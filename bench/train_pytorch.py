@@ -1,4 +1,4 @@
-"""PyTorch's side of the training-speed comparison (bench/train_peers.sh): CancerNet, batch 32,
+"""PyTorch's side of the training-speed comparison (bench/peers.sh): CancerNet, batch 32,
 in-memory random tensors, Adagrad (Keras' accumulator 0.1, eps 1e-7), training mode, as many
 threads as cores. Prints images/s over STEPS timed steps after a warm-up.
 

@@ -1,8 +1,10 @@
-//! CancerNet's layers as single burn operations with their own backward, for burn's flex CPU
-//! backend: depthwise 3x3 convolution, ReLU + BatchNorm, and max-pool + dropout. On flex with
-//! autodiff (training) they run the `kernels` forward and backward; on plain flex (inference)
-//! their forward; on any other backend (CUDA) the same functions compose burn's own ops, which
-//! is also the reference the tests compare against.
+//! CancerNet's layers as single burn operations with their own backward: depthwise 3x3
+//! convolution, pointwise 1x1 convolution, the dense layers, ReLU + BatchNorm, and max-pool +
+//! dropout. On flex with autodiff (training) they run the CPU `kernels` forward and backward
+//! (the dense layers stay burn's `Linear` there); on plain flex (inference) their forward; on
+//! burn's cubecl backends (CUDA, wgpu) the CubeCL kernels of `crate::cube`; on any other backend,
+//! or with `Kernels::Burn`, burn's own ops, which are also the reference the tests compare
+//! against.
 //!
 //! Why: composed from burn's generic ops, these layers cost ~4x a training step's useful work on
 //! a CPU (broadcasts through strided iterators, one full-size temporary per op, a grouped
@@ -30,7 +32,7 @@ type Ad = Autodiff<Flex>;
 /// Which implementation of the layers a forward pass uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernels {
-    /// The fused CPU kernels where the backend is flex, burn's ops elsewhere.
+    /// The fused CPU kernels on flex, `crate::cube`'s on CUDA and wgpu, burn's ops elsewhere.
     Fast,
     /// burn's own ops everywhere (the reference).
     Burn,

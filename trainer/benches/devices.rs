@@ -3,7 +3,8 @@
 //! on the wgpu backend; on machines without a GPU that is Mesa's lavapipe, a Vulkan device on the
 //! CPU), so that a regression in the device-generic path shows up as a number. The per-op bench
 //! (`gpu_ops`) times each layer kind, and burn's ops beside these kernels.
-//! Run: cargo bench -p trainer --features wgpu --bench devices   (REPS=n, default 3)
+//! Run: cargo bench -p trainer --features wgpu --bench devices   (REPS=n timed steps on the GPU
+//! device, default 3; 10 times as many on the CPU, whose steps are shorter)
 
 use burn::backend::{Autodiff, Flex};
 use burn::optim::GradientsParams;
@@ -52,7 +53,10 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    println!("training step, full CancerNet, batch 32, {reps} timed steps each");
+    println!(
+        "training step, full CancerNet, batch 32, {reps} timed steps a GPU device, {} on the CPU",
+        reps * 10
+    );
     let cpu =
         step_seconds::<Autodiff<Flex>>("cpu (flex, fused kernels)", Default::default(), reps * 10);
     #[cfg(feature = "wgpu")]

@@ -1,5 +1,5 @@
-//! `trainer --config configs/cancernet.yaml`: fit CancerNet with burn (CPU, or CUDA when built
-//! with `--features cuda`).
+//! `trainer --config configs/cancernet.yaml`: fit CancerNet with burn (CPU, or a GPU through CUDA
+//! or wgpu when built with `--features cuda` / `wgpu`).
 
 use anyhow::Result;
 use burn::backend::{Autodiff, Flex};

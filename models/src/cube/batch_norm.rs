@@ -3,9 +3,10 @@
 //! backward, one pass for the two per-channel sums the gradient needs and one for the input
 //! gradient. burn's composed ops take some 30 passes over the tensor for the same.
 //!
-//! Tensors are contiguous f32 `[n, c, positions]`. A cube covers positions of one (n, c) plane
-//! (and the planes `cubes along y` apart), so a unit finds its channel with one division per
-//! plane, not per value; a reduction's cube covers one channel of a run of images. Sums are taken
+//! Tensors are contiguous f32 `[n, c, positions]`. An elementwise cube covers vectors of up to 64
+//! planes (its units along a plane's vectors, then along planes; and the planes `cubes along y`
+//! apart), so a unit finds its channel with one division per plane, not per value; a
+//! reduction's cube covers one channel of a run of images. Sums are taken
 //! in an order fixed by the launch: the same bytes every time.
 
 use super::reduce::sum_leading;
@@ -302,7 +303,8 @@ fn set_running<B: Backend>(state: &RunningState<Tensor<B, 1>>, value: Tensor<B, 
 
 /// Training mode: normalizes with the batch's statistics, moves bn's running averages, then
 /// max-pools and drops out with probability p when `pool` is `Some(p)`. Three launches: the
-/// moments, their finish (statistics, the affine map, running averages), the output.
+/// moments, their finish (statistics, the affine map, running averages), the output (and with
+/// dropout one more, the backend's draw of the masks' seed).
 fn train<B: Backend, R: CubeRuntime, BT: BoolElement>(
     bn: &BatchNorm<B>,
     z: Tensor<Autodiff<Cube<R, BT>>, 4>,

@@ -139,7 +139,8 @@ pub fn cross_entropy<B: Backend>(
     Err(on_each_backend!(loss::on, (logits, target)))
 }
 
-/// Whether the model's layers on `B` run these kernels (a test and the trainer's header ask).
+/// Whether the model's layers on `B` run these kernels (the GPU kernel tests ask before they
+/// compare them with burn's ops).
 pub fn serves<B: Backend>() -> bool {
     let device = Default::default();
     let probe = |shape: [usize; 4]| Tensor::<B, 4>::empty(shape, &device);

@@ -271,8 +271,9 @@ mod kernels {
 }
 
 /// At least this many cubes per product (an H200 has 132 multiprocessors): fewer are made up by
-/// splitting the inputs into parts, each at least `MIN_PART_INPUTS` long, added up after. Only
-/// the dense layers need it (4608 inputs at one position: 32 cubes unsplit).
+/// splitting the inputs into parts, each at least `MIN_PART_INPUTS` long, added up after. At
+/// batch 32 the dense layers need it (turned round: 256 positions, 2 cubes unsplit), and the last
+/// block's convolutions of 128 inputs (12x12 planes: 72 cubes).
 const MIN_CUBES: usize = 512;
 const MIN_PART_INPUTS: usize = 64;
 
@@ -339,7 +340,7 @@ fn forward<R: CubeRuntime>(
     }
 }
 
-/// Values each unit of the weight-gradient kernel sums before the cube's tree.
+/// Values each unit of the weight-gradient kernel sums before the cube's units' sums are added.
 const GRAD_VALUES_PER_UNIT: usize = 256;
 /// Units of a cube of the weight-gradient kernel.
 const GRAD_UNITS: usize = 64;

@@ -9,8 +9,8 @@
 //! at run time (`multiversion`). Closures defined inside a kernel inherit its target features,
 //! so the per-plane loops that rayon runs are 8 floats wide where the CPU allows.
 //!
-//! `depthwise` holds the depthwise 3x3 convolution, `pointwise` the 1x1 convolution (and dense
-//! layers), `batch_norm` training-mode ReLU + BatchNorm (with a block's pool fused in), `pool` the
+//! `depthwise` holds the depthwise 3x3 convolution, `pointwise` the 1x1 convolution (the dense
+//! layers are burn's `Linear` on the CPU), `batch_norm` training-mode ReLU + BatchNorm (with a block's pool fused in), `pool` the
 //! max-pool + dropout, and `buffers` the plumbing they share (buffers filled in parallel without
 //! zeroing, planes grouped by channel).
 

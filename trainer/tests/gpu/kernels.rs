@@ -86,8 +86,9 @@ pub(super) fn kernels_match_burns<B: AutodiffBackend>(device: B::Device) {
         ([3, 64, 12, 12], 128),
         ([1, 5, 3, 7], 9),
         ([2, 1, 1, 1], 1),
-        // 200 vectors of positions: the product's last cube has units with two vectors, with
-        // one and with none; the weight gradient's tiles of 8 end past 7 inputs and 19 outputs.
+        // 200 vectors of positions: the product's last cube has 72 of its 128, units with two
+        // vectors and with one (units with none: [1, 5, 3, 7] above, 21 of 32); the weight
+        // gradient's tiles of 8 end past 7 inputs and 19 outputs.
         ([2, 7, 20, 20], 19),
         // Outputs 12 of a tile of 16 (the input gradient's: 8).
         ([2, 8, 5, 5], 12),

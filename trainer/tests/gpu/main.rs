@@ -3,8 +3,8 @@
 //! autodiff, the optimizer, BatchNorm
 //! statistics, checkpoints written from device tensors and exported from them. On `wgpu` this
 //! runs anywhere with a Vulkan device, Mesa's lavapipe on the CPU included, which is how CI runs
-//! it on every build (`cargo test --release -p trainer --features wgpu --test gpu`); the same
-//! suite runs on `cuda` where the trainer is built with `--features cuda` and a GPU is present.
+//! it on every build (`make test`, which builds the tests with `--features trainer/wgpu,trainer/cuda`);
+//! the same suite runs on `cuda` where a GPU is present.
 //!
 //! Without a device the wgpu tests print `SKIPPED` with what to install (under
 //! `IDC_REQUIRE_ALL`, as in `make test`, they fail instead); the CUDA ones, where there is no GPU,
@@ -63,7 +63,7 @@ fn leaf<B: AutodiffBackend, const D: usize>(d: &TensorData, device: &B::Device) 
     Tensor::from_data(d.clone(), device).require_grad()
 }
 
-/// Asserts `got` (any backend) is within `tol` of `want` relative to want's largest magnitude
+/// Asserts `got` (any backend) is within 1e-5 of `want` relative to want's largest magnitude
 /// (at least 1); returns that relative difference.
 fn check<B: Backend, const D: usize>(what: &str, got: Tensor<B, D>, want: Tensor<Flex, D>) -> f32 {
     let got = Tensor::<Flex, D>::from_data(got.into_data(), &Default::default());

@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// A small synthetic split and a config for `trainer --device <device>` (a short run). Dropout
-/// is off: the CPU's fused kernels and burn's ops draw their masks from different generators, so
-/// with dropout two devices train like two seeds; without it they train alike. 8 steps an epoch:
+/// is off: the devices draw their masks from different generators (the CPU's fused kernels, the
+/// GPU's block-end kernel, burn's dropout in the dense head on each), so with dropout two devices
+/// train like two seeds; without it they train alike. 8 steps an epoch:
 /// the trainer reads steps back from the device in groups of 8, and a whole last group must leave
 /// nothing (no empty read) behind.
 fn setup(tmp: &Path, device: &str) -> PathBuf {
