@@ -73,7 +73,8 @@ pub struct Options {
     pub context: Option<bool>,
     pub verify: bool,
     pub ort_lib: Option<PathBuf>,
-    /// Patches to verify with (default: the run's testing split when present, else synthetic).
+    /// Patches to verify with, which must hold a decodable one (default: the run's testing split
+    /// when it holds one, else synthetic).
     pub verify_data: Option<PathBuf>,
 }
 
@@ -501,39 +502,27 @@ fn agree(max_abs_diff: f32, disagree: usize) -> bool {
     max_abs_diff <= 1e-4 && disagree == 0
 }
 
-/// Up to `n` patches for verification: real ones from `dir` when it has decodable ones, else
+/// Up to `n` patches for verification: real ones from `given` (`--verify-data`; an error when
+/// it holds no decodable patch), else from the run's testing split when it holds some, else
 /// synthetic.
 fn verification_batch(
-    dir: Option<&Path>,
+    given: Option<&Path>,
+    testing: Option<&Path>,
     pre: &Preprocess,
     n: usize,
 ) -> Result<(Vec<f32>, usize, String)> {
-    let per = pre.len();
-    if let Some(dir) = dir.filter(|d| d.is_dir())
-        && let Ok(scan) = Scan::dir(dir)
-        && !scan.patches.is_empty()
-    {
-        let mut patches = scan.patches;
-        patches.sort_by(|a, b| a.path.cmp(&b.path));
-        let step = (patches.len() / n).max(1);
-        let mut images = Vec::new();
-        // A file that cannot be decoded is passed over (runtime and trainer report those).
-        for p in patches.iter().step_by(step).take(n) {
-            let start = images.len();
-            images.resize(start + per, 0.0);
-            if pre.load_into(&p.path, &mut images[start..]).is_err() {
-                images.truncate(start);
-            }
-        }
-        let count = images.len() / per;
-        if count > 0 {
-            return Ok((
-                images,
-                count,
-                format!("{count} patches from {}", dir.shown()),
-            ));
-        }
+    if let Some(dir) = given {
+        return real_patches(dir, pre, n).with_context(|| {
+            format!(
+                "--verify-data {} holds no patch that decodes: give a folder of patches (a split, or a Kaggle-layout tree), or leave the flag out",
+                dir.shown()
+            )
+        });
     }
+    if let Some(found) = testing.and_then(|dir| real_patches(dir, pre, n)) {
+        return Ok(found);
+    }
+    let per = pre.len();
     let slide = datasets::synth::Slide::plan(7, 0, 200.0);
     let mut rng = datasets::rng::Rng::new(7);
     let mut images = vec![0.0; n * per];
@@ -544,14 +533,41 @@ fn verification_batch(
     Ok((images, n, format!("{n} synthetic patches")))
 }
 
+/// Up to `n` of `dir`'s patches, spread over it in path order, those that decode (a file that
+/// does not is passed over: runtime and trainer report those); None when none does or `dir` is
+/// no folder.
+fn real_patches(dir: &Path, pre: &Preprocess, n: usize) -> Option<(Vec<f32>, usize, String)> {
+    if !dir.is_dir() {
+        return None;
+    }
+    let mut patches = Scan::dir(dir).ok()?.patches;
+    patches.sort_by(|a, b| a.path.cmp(&b.path));
+    let per = pre.len();
+    let step = (patches.len() / n).max(1);
+    let mut images = Vec::new();
+    for p in patches.iter().step_by(step).take(n) {
+        let start = images.len();
+        images.resize(start + per, 0.0);
+        if pre.load_into(&p.path, &mut images[start..]).is_err() {
+            images.truncate(start);
+        }
+    }
+    let count = images.len() / per;
+    (count > 0).then(|| {
+        (
+            images,
+            count,
+            format!("{count} patches from {}", dir.shown()),
+        )
+    })
+}
+
 /// Runs the same batch through burn and ONNX Runtime (CPU); fails with the numbers when they differ.
 pub fn verify(loaded: &Loaded, onnx: &Path, opts: &Options) -> Result<Verification> {
     let pre = loaded.preprocess;
-    let dir = opts
-        .verify_data
-        .clone()
-        .or_else(|| loaded.data_root.as_ref().map(|r| r.join("testing")));
-    let (images, n, source) = verification_batch(dir.as_deref(), &pre, 64)?;
+    let testing = loaded.data_root.as_ref().map(|r| r.join("testing"));
+    let (images, n, source) =
+        verification_batch(opts.verify_data.as_deref(), testing.as_deref(), &pre, 64)?;
     let s = pre.size as usize;
     let x = Tensor::<B, 4>::from_data(
         TensorData::new(images.clone(), [n, 3, s, s]),

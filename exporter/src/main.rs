@@ -20,7 +20,8 @@ struct Args {
     /// [default: the run's eval.checkpoint, or precise-bn with eval.precise_bn; best by default]
     #[arg(long)]
     checkpoint: Option<Checkpoint>,
-    /// The ONNX file to write (atomically; an existing file is replaced only by a verified one).
+    /// The ONNX file to write (atomically; an existing file is replaced only by a verified one,
+    /// or with --no-verify by an unverified one).
     #[arg(long, default_value = "models/cancernet.onnx")]
     out: PathBuf,
     /// Fold the classifier's BatchNorm into the following Gemm (exact; the conv BatchNorms stay).
@@ -39,7 +40,8 @@ struct Args {
     /// Skip the check that ONNX Runtime and burn agree on a batch of patches.
     #[arg(long)]
     no_verify: bool,
-    /// Patches to verify with (default: the run's testing split, else synthetic patches).
+    /// Patches to verify with; an error when none decodes (default: the run's testing split,
+    /// else synthetic patches).
     #[arg(long)]
     verify_data: Option<PathBuf>,
     /// The ONNX Runtime library (default: $ORT_DYLIB_PATH, the project's .venv, python's onnxruntime).

@@ -323,7 +323,8 @@ fn test_time_augmentation_in_the_graph_matches_burn() {
 }
 
 /// Verification runs on the given folder's patches (an undecodable one passed over), every one
-/// of them when there are fewer than the batch, and on synthetic patches when none decodes.
+/// of them when there are fewer than the batch; a given folder with none that decodes, or none
+/// at all, is an error naming it; without one (and a run without a testing split), synthetic.
 #[test]
 fn verification_uses_the_real_patches_it_is_given() {
     let tmp = tempfile::tempdir().unwrap();
@@ -351,6 +352,23 @@ fn verification_uses_the_real_patches_it_is_given() {
     let junk = tmp.path().join("junk");
     std::fs::create_dir_all(&junk).unwrap();
     std::fs::write(junk.join("p0_idx5_x1_y1_class0.png"), b"not a png").unwrap();
-    let v = verify(&junk, "b.onnx");
-    assert!(!v.source.contains("from"), "{}", v.source);
+    for dir in [junk, tmp.path().join("absent")] {
+        let o = Options {
+            verify_data: Some(dir.clone()),
+            ..Options::new(&run, &tmp.path().join("b.onnx"))
+        };
+        let err = match export(&o) {
+            Ok(_) => panic!("{} was accepted", dir.display()),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            err.contains(&format!("--verify-data {}", dir.display()))
+                && err.contains("holds no patch that decodes"),
+            "{err}"
+        );
+        assert!(!tmp.path().join("b.onnx").exists());
+    }
+    let o = Options::new(&run, &tmp.path().join("c.onnx"));
+    let v = export(&o).unwrap().verification.unwrap();
+    assert_eq!(v.source, "64 synthetic patches");
 }

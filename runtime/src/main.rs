@@ -45,11 +45,12 @@ struct ModelArgs {
     /// Refuse ONNX files larger than this many bytes (a model from elsewhere is input too).
     #[arg(long, default_value_t = runtime::session::MAX_MODEL_BYTES)]
     max_model_bytes: u64,
-    /// Input side, for a model without the exporter's metadata (8 to 1024).
+    /// Input side, for a model without the exporter's metadata (8 to 1024; resized with
+    /// --resize-filter, default nearest).
     #[arg(long, value_parser = input_size)]
     input_size: Option<u32>,
-    /// Resize filter, for a model without the exporter's metadata.
-    #[arg(long, value_parser = choice::<Filter>())]
+    /// Resize filter, for a model without the exporter's metadata (with --input-size).
+    #[arg(long, value_parser = choice::<Filter>(), requires = "input_size")]
     resize_filter: Option<Filter>,
 }
 
@@ -85,8 +86,8 @@ struct ContextArgs {
     /// eval.context, written by the exporter), else off]
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     context: Option<bool>,
-    /// Each neighbour's weight against the patch's own 1, in (0, 4]; implies --context
-    /// [default: the model's, else 0.5]
+    /// Each neighbour's weight against the patch's own 1, in (0, 4]; implies --context (an
+    /// error with --context=false) [default: the model's, else 0.5]
     #[arg(long, value_parser = context_weight)]
     context_weight: Option<f64>,
 }
@@ -145,7 +146,8 @@ enum Command {
         /// Folder for the slides' folders.
         #[arg(long, default_value = "reports/slides")]
         out: PathBuf,
-        /// Microns per pixel at level 0, for slides that do not say (about 0.25 at 40x, 0.5 at 20x).
+        /// Microns per pixel at level 0 of every slide given, over what a slide says (0.05 to
+        /// 100; about 0.25 at 40x, 0.5 at 20x): for slides that do not say it, or say it wrong.
         #[arg(long, value_parser = mpp)]
         mpp: Option<f64>,
         /// A tile with less tissue than this share (in [0, 1]) is background, not classified.

@@ -336,10 +336,14 @@ fn bad_slides_are_named_and_the_good_one_is_still_done() {
         &truncated, &text, &good, &unscaled, &absurd, &nonsquare, &blank, &zero, &infinite,
         &missing,
     ];
-    let mut args = vec!["slide"];
-    args.extend(slides.iter().map(|p| s(p)));
-    args.extend(["--model", s(&onnx), "--ep", "cpu", "--out", s(&out)]);
-    let ran: Ran = exec("runtime", &args, t);
+    // `runtime slide` on the CPU into `out`: the slides, and any flags after them.
+    let slide = |given: &[&str]| {
+        let mut args = vec!["slide"];
+        args.extend(given);
+        args.extend(["--model", s(&onnx), "--ep", "cpu", "--out", s(&out)]);
+        exec("runtime", &args, t)
+    };
+    let ran: Ran = slide(&slides.map(|p| s(p)));
     let err = ran.fails_with("9 of 10 slides could not be done");
     for (slide, why) in [
         (&truncated, "OpenSlide cannot read it"),
@@ -374,24 +378,21 @@ fn bad_slides_are_named_and_the_good_one_is_still_done() {
         files,
         ["heatmap.png", "idc.geojson", "summary.json", "tiles.csv"]
     );
+    // A folder of someone's own where the slide's would go is refused before any work, and
+    // left as it is; an earlier result's folder is replaced.
+    std::fs::write(out.join("good/notes.txt"), "mine").unwrap();
+    let ran = slide(&[s(&good)]);
+    let err = ran.fails_with("1 of 1 slides could not be done");
+    assert!(
+        err.contains("holds notes.txt, which `runtime slide` does not write"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(out.join("good/notes.txt")).unwrap(), b"mine");
+    assert!(out.join("good/tiles.csv").is_file());
+    std::fs::remove_file(out.join("good/notes.txt")).unwrap();
+    slide(&[s(&good)]).ok();
     // The unscaled slide with --mpp is done, as the error said.
-    exec(
-        "runtime",
-        &[
-            "slide",
-            s(&unscaled),
-            "--mpp",
-            "4",
-            "--model",
-            s(&onnx),
-            "--ep",
-            "cpu",
-            "--out",
-            s(&out),
-        ],
-        t,
-    )
-    .ok();
+    slide(&[s(&unscaled), "--mpp", "4"]).ok();
     assert_eq!(
         std::fs::read(out.join("good/tiles.csv")).unwrap(),
         std::fs::read(out.join("unscaled/tiles.csv")).unwrap()

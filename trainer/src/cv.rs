@@ -114,8 +114,9 @@ pub fn run<B: AutodiffBackend>(
             Some(report) => per_fold.push(report),
             None => {
                 println!(
-                    "stopped in fold {} as asked (--stop-after); the same command continues it",
-                    fold + 1
+                    "stopped in fold {} as asked (--stop-after); the same command{} continues it",
+                    fold + 1,
+                    if opts.force { " without --force" } else { "" }
                 );
                 return Ok(serde_json::Value::Null);
             }

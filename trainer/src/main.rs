@@ -52,9 +52,10 @@ struct Args {
     #[arg(long)]
     output: Option<PathBuf>,
     /// Continue an interrupted run from its last checkpoint (optimizer state included).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "force")]
     resume: bool,
-    /// Stop after this many epochs in this session; continue later with --resume.
+    /// Stop after this many epochs in this session; continue later with --resume (with --folds:
+    /// the same command, without --force).
     #[arg(long, value_parser = int_in::<1, { usize::MAX }>)]
     stop_after: Option<usize>,
     /// Start over in an output folder that holds another run.
@@ -67,18 +68,20 @@ struct Args {
     #[arg(long)]
     strict: bool,
     /// Patient-level K-fold cross-validation instead of one training (2 to 50 folds): each fold
-    /// trained into <output>/fold-<k>/, the summary in <output>/cv.json and cv.csv.
+    /// trained into <output>/fold-<k>/, the summary in <output>/cv.json, cv.csv and cv-folds.csv;
+    /// finished folds are kept and reused on a rerun (--force starts them over).
     #[arg(long, value_parser = int_in::<2, 50>)]
     folds: Option<usize>,
     /// A Kaggle-layout tree whose patients join the cross-validation pool (repeatable;
     /// default: data.root).
-    #[arg(long = "cv-source")]
+    #[arg(long = "cv-source", requires = "folds")]
     cv_sources: Vec<PathBuf>,
-    /// Seed of the fold assignment and of each fold's training/validation split.
-    #[arg(long, default_value_t = 42)]
+    /// Seed of the fold assignment and of each fold's training/validation split (with --folds).
+    #[arg(long, default_value_t = 42, requires = "folds")]
     cv_seed: u64,
-    /// Share of each fold's training patches (whole patients) held out for validation.
-    #[arg(long, default_value_t = 0.1, value_parser = val_fraction)]
+    /// Share of each fold's training patches (whole patients) held out for validation, in (0, 1)
+    /// (with --folds).
+    #[arg(long, default_value_t = 0.1, value_parser = val_fraction, requires = "folds")]
     cv_val_fraction: f64,
 }
 

@@ -136,6 +136,9 @@ pub fn run(
     progress: &indicatif::ProgressBar,
 ) -> Result<Done> {
     let start = Instant::now();
+    // Before the slide's minutes of work: a folder in the way would refuse them at the end.
+    let dir = s.out.join(folder_name(path));
+    output::check_replaceable(&dir)?;
     let slide = Slide::open(lib, path)?;
     let scale = slide_scale(&slide, s.mpp, path)?;
     let grid = Grid::new(&slide, &scale, s.patch, path)?;
@@ -179,7 +182,6 @@ pub fn run(
     );
     let title = title(path, tiles.len(), idc, grid.tile_mm2());
     let heatmap = scanned.thumbnail.heatmap(tiles, t, &title);
-    let dir = s.out.join(folder_name(path));
     let files = [
         (output::TILES_FILE, output::tiles_csv(&grid, tiles, t)?),
         (

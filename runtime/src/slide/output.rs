@@ -5,7 +5,7 @@
 use super::grid::Grid;
 use super::regions::{Region, regions};
 use super::stream::Tile;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use common::Shown;
 use common::fsutil::temp_sibling;
 use serde_json::json;
@@ -16,6 +16,9 @@ pub const TILES_FILE: &str = "tiles.csv";
 pub const SUMMARY_FILE: &str = "summary.json";
 pub const HEATMAP_FILE: &str = "heatmap.png";
 pub const REGIONS_FILE: &str = "idc.geojson";
+/// Everything a slide's folder holds: an existing folder is replaced only when it holds nothing
+/// else (an earlier result), never one with files of someone's own.
+const FILES: [&str; 4] = [TILES_FILE, SUMMARY_FILE, HEATMAP_FILE, REGIONS_FILE];
 
 /// The class name and colour QuPath shows the regions with.
 const CLASS: &str = "IDC";
@@ -94,9 +97,41 @@ pub fn regions_geojson(grid: &Grid, tiles: &[Tile], threshold: f64) -> Result<Ve
     Ok(serde_json::to_vec_pretty(&doc)?)
 }
 
+/// Refuses `dir` unless it is absent or a folder of an earlier result: one holding only what a
+/// slide's folder holds (a link, a file, or a folder with anything else in it is someone's own,
+/// and replacing it would delete it).
+pub fn check_replaceable(dir: &Path) -> Result<()> {
+    let fix = "move it, or choose another --out (a slide's results replace only an earlier result's folder)";
+    match std::fs::symlink_metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.shown())),
+        Ok(m) if !m.is_dir() => bail!(
+            "{} exists and is not a folder `runtime slide` wrote: {fix}",
+            dir.shown()
+        ),
+        Ok(_) => {}
+    }
+    let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.shown()))?;
+    for entry in entries {
+        let name = entry
+            .with_context(|| format!("cannot read {}", dir.shown()))?
+            .file_name();
+        if !FILES.iter().any(|f| name == *f) {
+            bail!(
+                "{} holds {}, which `runtime slide` does not write: {fix}",
+                dir.shown(),
+                Path::new(&name).shown()
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Writes `files` (name, bytes) as the folder `dir`, whole or not at all: into a temp sibling
-/// first, then renamed into place (an older `dir` is replaced only once the new one is complete).
+/// first, then renamed into place (an older `dir` is replaced only once the new one is complete,
+/// and only if it is an earlier result: `check_replaceable`).
 pub fn write_folder(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    check_replaceable(dir)?;
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create folder {}", parent.shown()))?;
@@ -148,6 +183,42 @@ mod tests {
         assert!(dir.is_dir() && std::fs::read_dir(&dir).unwrap().next().is_none());
         assert!(!temp_sibling(&dir, "tmp").exists());
         assert_eq!(std::fs::read(stale.join(TILES_FILE)).unwrap(), b"stale");
+    }
+
+    /// An earlier result's folder is replaced; a folder with anything else in it, a file or a
+    /// link in its place is someone's own, and is refused with what is in the way, untouched.
+    #[test]
+    fn only_an_earlier_results_folder_is_replaced() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("slide");
+        let write = |bytes: &[u8]| write_folder(&dir, &[(TILES_FILE, bytes.to_vec())]);
+        write(b"first").unwrap();
+        std::fs::write(dir.join(SUMMARY_FILE), "{}").unwrap();
+        write(b"second").unwrap();
+        assert_eq!(std::fs::read(dir.join(TILES_FILE)).unwrap(), b"second");
+        assert!(!dir.join(SUMMARY_FILE).exists());
+        std::fs::write(dir.join("notes.txt"), "mine").unwrap();
+        let err = format!("{:#}", write(b"third").unwrap_err());
+        assert!(
+            err.contains("holds notes.txt, which `runtime slide` does not write"),
+            "{err}"
+        );
+        assert!(err.contains("choose another --out"), "{err}");
+        assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"mine");
+        assert_eq!(std::fs::read(dir.join(TILES_FILE)).unwrap(), b"second");
+        let file = root.path().join("file");
+        std::fs::write(&file, "mine").unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        for path in [&file, &link] {
+            let err = format!("{:#}", write_folder(path, &[]).unwrap_err());
+            assert!(
+                err.contains("is not a folder `runtime slide` wrote"),
+                "{err}"
+            );
+        }
+        assert_eq!(std::fs::read(&file).unwrap(), b"mine");
+        assert_eq!(std::fs::read(link.join("notes.txt")).unwrap(), b"mine");
     }
 
     /// `tiles.csv` predicts IDC for a tile at the threshold as well as above it (`>=`, as `runtime

@@ -130,8 +130,8 @@ fn preprocessing_comes_from_the_models_metadata() {
         size: 32,
         filter: Filter::Bilinear,
     };
-    let check = |model: &Path, extra: &[&str]| {
-        let preds = tmp.path().join("p.csv");
+    // `runtime eval` of the patches with `model` on the CPU, and any flags after.
+    let eval = |model: &Path, extra: &[&str]| {
         let args = [
             &[
                 "eval",
@@ -141,11 +141,15 @@ fn preprocessing_comes_from_the_models_metadata() {
                 "--ep",
                 "cpu",
             ][..],
-            &["--predictions", preds.to_str().unwrap()],
             extra,
         ]
         .concat();
-        stdout_ok(&runtime(&args));
+        runtime(&args)
+    };
+    let check = |model: &Path, extra: &[&str]| {
+        let preds = tmp.path().join("p.csv");
+        let args = [&["--predictions", preds.to_str().unwrap()][..], extra].concat();
+        stdout_ok(&eval(model, &args));
         burn_agrees_with_csv(&loaded.model, pre, &preds, 5);
     };
     check(&onnx, &[]);
@@ -154,37 +158,25 @@ fn preprocessing_comes_from_the_models_metadata() {
     proto.metadata_props.clear();
     let bare = tmp.path().join("bare.onnx");
     std::fs::write(&bare, proto.encode_to_vec()).unwrap();
-    let o = runtime(&[
-        "eval",
-        data.to_str().unwrap(),
-        "--model",
-        bare.to_str().unwrap(),
-        "--ep",
-        "cpu",
-    ]);
-    assert_eq!(o.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        err.contains("pass --input-size and --resize-filter"),
-        "{err}"
-    );
+    let refused = |extra: &[&str], want: &str| {
+        let o = eval(&bare, extra);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert!(err.contains(want), "{extra:?}: {err}");
+    };
+    refused(&[], "pass --input-size and --resize-filter");
     check(
         &bare,
         &["--input-size", "32", "--resize-filter", "bilinear"],
     );
+    // A filter without a size would be ignored: it is refused, naming the flag it needs.
+    refused(
+        &["--resize-filter", "bilinear"],
+        "--input-size <INPUT_SIZE>",
+    );
     // A size that contradicts the graph's input is refused.
-    let o = runtime(&[
-        "eval",
-        data.to_str().unwrap(),
-        "--model",
-        bare.to_str().unwrap(),
-        "--ep",
-        "cpu",
-        "--input-size",
-        "48",
-    ]);
-    assert!(
-        String::from_utf8_lossy(&o.stderr)
-            .contains("the model's input side is 32 but its preprocessing says 48")
+    refused(
+        &["--input-size", "48"],
+        "the model's input side is 32 but its preprocessing says 48",
     );
 }

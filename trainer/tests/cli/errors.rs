@@ -131,6 +131,25 @@ fn clear_errors() {
         assert_eq!(err.trim(), format!("error: {want}"), "{args:?}");
         assert!(o.stdout.is_empty(), "{args:?}");
     }
+    // Flags that do not go together are refused before anything runs: --resume with --force
+    // (which would start over), the cross-validation's flags without --folds.
+    for (args, want) in [
+        (
+            vec!["--resume", "--force"],
+            "the argument '--resume' cannot be used with '--force'",
+        ),
+        (vec!["--cv-seed", "7"], "--folds <FOLDS>"),
+        (vec!["--cv-val-fraction", "0.2"], "--folds <FOLDS>"),
+        (vec!["--cv-source", "."], "--folds <FOLDS>"),
+    ] {
+        let mut all = vec!["--config", cfg, "--output", o];
+        all.extend(&args);
+        let out = trainer(&all);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert!(!out.exists(), "a refused run wrote {}", out.display());
     // Built with CUDA on a machine without a usable GPU: the missing part, on one line
     // (trainer/tests/gpu/ checks each part's message; a machine with a GPU trains).
     #[cfg(feature = "cuda")]
