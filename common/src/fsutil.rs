@@ -150,6 +150,61 @@ pub fn remove_stale_siblings(path: &Path, tag: &str) -> Result<()> {
     Ok(())
 }
 
+/// Moves the finished folder `tmp` to `out` (`what` it holds names it in errors), replacing an
+/// old `out` only once the new one is in place: moved aside first, put back if the move fails,
+/// removed last (a leftover that cannot be removed is the next run's to clear).
+pub fn replace_folder(tmp: &Path, out: &Path, what: &str) -> Result<()> {
+    if !out.exists() {
+        return std::fs::rename(tmp, out)
+            .with_context(|| format!("cannot move the new {what} to {}", out.shown()));
+    }
+    remove_stale_siblings(out, "old")?;
+    let old = temp_sibling(out, "old");
+    std::fs::rename(out, &old)
+        .with_context(|| format!("cannot move the old {what} {} aside", out.shown()))?;
+    if let Err(e) = std::fs::rename(tmp, out) {
+        // Put the old one back: never leave the user with none.
+        let _ = std::fs::rename(&old, out);
+        return Err(e).with_context(|| format!("cannot move the new {what} to {}", out.shown()));
+    }
+    if let Err(e) = std::fs::remove_dir_all(&old) {
+        eprintln!("warning: cannot remove the old {what} {}: {e}", old.shown());
+    }
+    Ok(())
+}
+
+/// The first entry under `dir` (depth first) that `ours` does not accept, as a path relative to
+/// `dir`: `ours` is asked of every file and folder (whether it is a folder), and a link is never
+/// ours. So a command that replaces a folder whole can refuse one holding someone else's files.
+pub fn first_foreign(dir: &Path, ours: &dyn Fn(&Path, bool) -> bool) -> Result<Option<PathBuf>> {
+    fn walk(
+        root: &Path,
+        rel: &Path,
+        ours: &dyn Fn(&Path, bool) -> bool,
+    ) -> Result<Option<PathBuf>> {
+        let dir = root.join(rel);
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.shown()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot read {}", dir.shown()))?;
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("cannot read {}", dir.shown()))?;
+            let path = rel.join(entry.file_name());
+            if kind.is_symlink() || !ours(&path, kind.is_dir()) {
+                return Ok(Some(path));
+            }
+            if kind.is_dir()
+                && let Some(found) = walk(root, &path, ours)?
+            {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
+    }
+    walk(dir, Path::new(""), ours)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,9 @@ use crate::split::SplitConfig;
 use crate::{CLASS_NAMES, SPLITS};
 use anyhow::{Context, Result, bail};
 use common::choice::Choice;
-use common::fsutil::{link_or_copy, remove_stale_siblings, temp_sibling};
+use common::fsutil::{
+    first_foreign, link_or_copy, remove_stale_siblings, replace_folder, temp_sibling,
+};
 use common::text::Shown;
 use rayon::prelude::*;
 use std::collections::{BTreeSet, HashSet};
@@ -201,6 +203,14 @@ fn output_is_up_to_date(opts: &BuildOptions, csv: &[u8]) -> Result<bool> {
             opts.out.shown()
         );
     }
+    if let Some(foreign) = first_foreign(&opts.out, &split_entry)? {
+        bail!(
+            "{} holds {}, which `datasets build` does not make, so it is not a split build made \
+             alone; it is never replaced: choose another --out, or move that away",
+            opts.out.shown(),
+            foreign.shown()
+        );
+    }
     if !opts.force && !empty {
         bail!(
             "{} already holds a different split (its manifest.csv differs); pass --force to \
@@ -210,6 +220,19 @@ fn output_is_up_to_date(opts: &BuildOptions, csv: &[u8]) -> Result<bool> {
         );
     }
     Ok(false)
+}
+
+/// Whether `rel` (a path in an output folder, a folder or not) is what `datasets build` makes
+/// there: manifest.csv, the split folders, their class folders, the files in those.
+fn split_entry(rel: &Path, is_dir: bool) -> bool {
+    let parts: Vec<_> = rel.iter().filter_map(|p| p.to_str()).collect();
+    match parts[..] {
+        [name] if !is_dir => name == manifest::FILE_NAME,
+        [split] => SPLITS.contains(&split),
+        [_, class] => is_dir && ["0", "1"].contains(&class),
+        [_, _, _] => !is_dir,
+        _ => false,
+    }
 }
 
 /// Links (or copies) every file into a temp sibling of `out` with the manifest, then swaps it
@@ -233,7 +256,7 @@ fn materialize(rows: &[(Row, &Path)], csv: &[u8], out: &Path) -> Result<usize> {
     });
     let finish = result.and_then(|()| {
         common::fsutil::write_atomic(&tmp.join(manifest::FILE_NAME), csv)?;
-        swap_into_place(&tmp, out)
+        replace_folder(&tmp, out, "split")
     });
     if let Err(e) = finish {
         let _ = std::fs::remove_dir_all(&tmp);
@@ -279,29 +302,6 @@ fn split_rank(row: &Row) -> usize {
         .iter()
         .position(|s| *s == row.split)
         .unwrap_or(SPLITS.len())
-}
-
-/// Moves a finished tree to `out`, replacing an old one only after the new one is complete.
-fn swap_into_place(tmp: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        remove_stale_siblings(out, "old")?;
-        let old = temp_sibling(out, "old");
-        std::fs::rename(out, &old)
-            .with_context(|| format!("cannot move old {} aside", out.shown()))?;
-        if let Err(e) = std::fs::rename(tmp, out) {
-            // Put the old split back: never leave the user with none.
-            let _ = std::fs::rename(&old, out);
-            return Err(e).with_context(|| format!("cannot move new split to {}", out.shown()));
-        }
-        if let Err(e) = std::fs::remove_dir_all(&old) {
-            // The new split is in place; the next build removes the leftover.
-            eprintln!("warning: cannot remove old split {}: {e}", old.shown());
-        }
-    } else {
-        std::fs::rename(tmp, out)
-            .with_context(|| format!("cannot move new split to {}", out.shown()))?;
-    }
-    Ok(())
 }
 
 impl fmt::Display for BuildReport {

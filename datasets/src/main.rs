@@ -23,7 +23,7 @@ enum Command {
     /// Make an IDC-like dataset offline, in the Kaggle layout and naming.
     Synth {
         /// Number of patients (the Kaggle set has 279), 1 to 100000.
-        #[arg(long, default_value_t = 20, value_parser = int_in::<1, 100_000>)]
+        #[arg(long, default_value_t = 20, value_parser = int_in::<1, { datasets::synth::MAX_PATIENTS }>)]
         patients: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
@@ -80,7 +80,7 @@ enum Command {
 }
 
 fn mean_patches(s: &str) -> Result<f64, String> {
-    float_in(s, 0.0, 100_000.0, true)
+    float_in(s, 0.0, datasets::synth::MAX_MEAN_PATCHES, true)
 }
 
 fn fraction(s: &str) -> Result<f64, String> {

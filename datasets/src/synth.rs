@@ -11,14 +11,20 @@
 use crate::patch::PatchName;
 use crate::rng::Rng;
 use anyhow::{Context, Result, bail};
-use common::fsutil::{remove_stale_siblings, temp_sibling, write_atomic};
+use common::fsutil::{
+    first_foreign, remove_stale_siblings, replace_folder, temp_sibling, write_atomic,
+};
 use common::text::Shown;
 use image::RgbImage;
 use rayon::prelude::*;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 /// Marker written into a synthetic tree: what made it (so a rerun can reuse it).
 pub const MARKER: &str = ".synth.json";
+/// The most patients, and the largest mean of patches per patient, a set may have.
+pub const MAX_PATIENTS: usize = 100_000;
+pub const MAX_MEAN_PATCHES: f64 = 100_000.0;
 pub const PATCH: u32 = 50;
 
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -393,7 +399,7 @@ pub fn synth(opts: &SynthOptions, progress: &indicatif::ProgressBar) -> Result<S
     if opts.out.exists() {
         match std::fs::read_to_string(opts.out.join(MARKER)) {
             Ok(old) if old == marker => return Ok(report(Outcome::UpToDate)),
-            Ok(_) if opts.force => {}
+            Ok(old) if opts.force => refuse_foreign(&opts.out, &old)?,
             Ok(_) => bail!(
                 "{} holds a synthetic set made with other settings; pass --force to replace it",
                 opts.out.shown()
@@ -413,7 +419,7 @@ pub fn synth(opts: &SynthOptions, progress: &indicatif::ProgressBar) -> Result<S
         .try_for_each(|(i, slide)| write_slide(&tmp, opts.seed, i, slide, progress));
     let result = result
         .and_then(|()| write_atomic(&tmp.join(MARKER), marker.as_bytes()))
-        .and_then(|()| replace_dir(&tmp, &opts.out));
+        .and_then(|()| replace_folder(&tmp, &opts.out, "synthetic set"));
     if let Err(e) = result {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
@@ -448,18 +454,64 @@ fn write_slide(
     Ok(())
 }
 
-fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        std::fs::remove_dir_all(out)
-            .with_context(|| format!("cannot remove old {}", out.shown()))?;
+/// Refuses to replace `out`, whose marker is `marker`, when it holds anything that set did not:
+/// a Kaggle download unpacked into it, say. Its files are planned again from the marker's
+/// settings (cheap: no pixels), so each of its paths is checked.
+fn refuse_foreign(out: &Path, marker: &str) -> Result<()> {
+    let Some(made) = made_by(marker) else {
+        bail!(
+            "{} was made by another version of `datasets synth` ({MARKER}), so what it holds \
+             cannot be checked; it is left untouched: remove it yourself, or choose another --out",
+            out.shown()
+        );
+    };
+    if let Some(foreign) = first_foreign(out, &|rel, _| made.contains(rel))? {
+        bail!(
+            "{} holds {}, which `datasets synth` did not make; it is left untouched: choose \
+             another --out, or move that away",
+            out.shown(),
+            foreign.shown()
+        );
     }
-    std::fs::rename(tmp, out)
-        .with_context(|| format!("cannot move {} to {}", tmp.shown(), out.shown()))
+    Ok(())
 }
+
+/// Every path (relative, folders too) of the set `marker` records, or None when the marker is
+/// not this version's.
+fn made_by(marker: &str) -> Option<HashSet<PathBuf>> {
+    let v: serde_json::Value = serde_json::from_str(marker).ok()?;
+    let patients = v["patients"]
+        .as_u64()
+        .filter(|&p| p <= MAX_PATIENTS as u64)?;
+    let mean = v["mean_patches"]
+        .as_f64()
+        .filter(|&m| m <= MAX_MEAN_PATCHES)?;
+    let seed = v["seed"].as_u64()?;
+    if v["generator"] != GENERATOR {
+        return None;
+    }
+    let mut paths = HashSet::from([PathBuf::from(MARKER)]);
+    for i in 0..patients as usize {
+        let slide = Slide::plan(seed, i, mean);
+        let patient = PathBuf::from(&slide.patient);
+        for class in 0..2 {
+            paths.insert(patient.join(class.to_string()));
+        }
+        for tile in &slide.tiles {
+            let class = tile.name.class.to_string();
+            paths.insert(patient.join(class).join(tile.name.to_string()));
+        }
+        paths.insert(patient);
+    }
+    Some(paths)
+}
+
+/// What `.synth.json` names as its maker.
+const GENERATOR: &str = "idc-onnx datasets synth v2";
 
 fn serde_json_string(opts: &SynthOptions) -> String {
     format!(
-        "{{\"generator\":\"idc-onnx datasets synth v2\",\"patients\":{},\"seed\":{},\"mean_patches\":{}}}\n",
+        "{{\"generator\":\"{GENERATOR}\",\"patients\":{},\"seed\":{},\"mean_patches\":{}}}\n",
         opts.patients, opts.seed, opts.mean_patches
     )
 }

@@ -51,6 +51,28 @@ fn synth_makes_the_kaggle_layout_and_reuses_it() {
         err.to_string().contains("not made by `datasets synth`"),
         "{err}"
     );
+    // A set with someone's files added (a download unpacked into it) is not replaced, even with
+    // --force; without them it is.
+    let theirs = out.join("10253/0/10253_idx5_x1_y1_class0.png");
+    std::fs::create_dir_all(theirs.parent().unwrap()).unwrap();
+    std::fs::write(&theirs, b"an original").unwrap();
+    let forced = SynthOptions {
+        force: true,
+        ..other
+    };
+    let err = format!(
+        "{:#}",
+        synth(&forced, &indicatif::ProgressBar::hidden()).unwrap_err()
+    );
+    assert!(
+        err.contains("holds 10253, which `datasets synth` did not make"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"an original");
+    std::fs::remove_dir_all(out.join("10253")).unwrap();
+    let made = synth(&forced, &indicatif::ProgressBar::hidden()).unwrap();
+    assert_eq!(made.outcome, datasets::synth::Outcome::Made);
+    assert_eq!(made.patients, 7);
 }
 
 #[test]
@@ -204,9 +226,40 @@ fn build_never_replaces_what_it_did_not_make() {
     std::fs::write(mine.join("thesis.docx"), b"precious").unwrap();
     let err = forced_build_error(&mine);
     assert!(err.contains("never replaced"), "{err}");
+    // A manifest.csv beside it does not make it a split; nor does one a split holds beside
+    // someone's notes.
+    std::fs::write(mine.join(manifest::FILE_NAME), b"mine too").unwrap();
+    let err = forced_build_error(&mine);
+    assert!(
+        err.contains("holds thesis.docx, which `datasets build` does not make"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read(mine.join("thesis.docx")).unwrap(),
         b"precious"
+    );
+    let split = tmp.path().join("split");
+    let opts = BuildOptions {
+        source: src.clone(),
+        out: split.clone(),
+        ..Default::default()
+    };
+    build(&opts).unwrap();
+    std::fs::write(split.join("training/notes.txt"), b"mine").unwrap();
+    let err = build(&BuildOptions {
+        force: true,
+        split: SplitConfig {
+            seed: 7,
+            ..Default::default()
+        },
+        ..opts
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("holds training/notes.txt"), "{err}");
+    assert_eq!(
+        std::fs::read(split.join("training/notes.txt")).unwrap(),
+        b"mine"
     );
     assert_eq!(Scan::dir(&src).unwrap().patches.len(), before);
 }

@@ -3,7 +3,7 @@
 //! checkpoints are written into a hidden temp folder and renamed into place.
 
 use crate::optim::Optim;
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::module::ParamId;
 use burn::optim::adaptor::OptimizerAdaptor;
@@ -32,6 +32,34 @@ pub const TEST_REPORT_FILE: &str = "test_report.json";
 /// The threshold the final report used, and what it holds for (`threshold::ChosenThreshold`): the
 /// exporter writes it into the model.
 pub const THRESHOLD_FILE: &str = "threshold.json";
+/// The folders of `checkpoints/` besides the epochs' (`epoch-NNN`).
+const BEST_DIR: &str = "best";
+const AVERAGE_DIR: &str = "average";
+const PRECISE_BN_DIR: &str = "precise-bn";
+/// What a run writes at the top of its folder besides `run.json` and `checkpoints/`, each
+/// replaced or removed when a run starts over.
+const RUN_OUTPUTS: [&str; 7] = [
+    CONFIG_FILE,
+    MODEL_CONFIG_FILE,
+    METRICS_FILE,
+    TIMING_FILE,
+    PLOT_FILE,
+    TEST_REPORT_FILE,
+    THRESHOLD_FILE,
+];
+
+/// Whether an entry of `checkpoints/` named `name` is the trainer's: an epoch's folder,
+/// `best/`, `average/`, `precise-bn/`, or a leftover of writing one (`.<name>.saving-<pid>`).
+fn is_trainers(name: &str) -> bool {
+    let name = name
+        .strip_prefix('.')
+        .and_then(|n| n.split_once(".saving-"))
+        .map_or(name, |(n, _)| n);
+    [BEST_DIR, AVERAGE_DIR, PRECISE_BN_DIR].contains(&name)
+        || name
+            .strip_prefix("epoch-")
+            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
 
 /// `run.json`: where a run came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -216,7 +244,7 @@ impl RunDir {
     }
 
     pub fn best_dir(&self) -> PathBuf {
-        self.checkpoints().join("best")
+        self.checkpoints().join(BEST_DIR)
     }
 
     /// The newest complete epoch checkpoint, if any.
@@ -274,7 +302,7 @@ impl RunDir {
     }
 
     pub fn average_dir(&self) -> PathBuf {
-        self.checkpoints().join("average")
+        self.checkpoints().join(AVERAGE_DIR)
     }
 
     /// The element-wise mean of the weights of the `n` epochs up to `last` (fewer when the run
@@ -297,7 +325,7 @@ impl RunDir {
 
     /// The configured model with BatchNorm statistics recomputed (`eval.precise_bn`).
     pub fn precise_bn_dir(&self) -> PathBuf {
-        self.checkpoints().join("precise-bn")
+        self.checkpoints().join(PRECISE_BN_DIR)
     }
 
     /// Writes a model derived from the run's checkpoints (`average/`, `precise-bn/`) to `dir`,
@@ -375,25 +403,53 @@ impl RunDir {
         serde_json::from_str(&text).with_context(|| format!("malformed {}", path.shown()))
     }
 
-    /// Removes what an earlier run in this folder left (checkpoints, metrics, plot, reports), so
+    /// Removes what an earlier run in this folder wrote (checkpoints, metrics, plot, reports), so
     /// that nothing of it can pass for the new run's: a fresh start begins from an empty slate.
+    /// What the trainer does not write stays, in `checkpoints/` too (a copy kept there by hand).
     pub fn clear_outputs(&self) -> Result<()> {
-        if self.checkpoints().exists() {
-            std::fs::remove_dir_all(self.checkpoints())
-                .with_context(|| format!("cannot remove {}", self.checkpoints().shown()))?;
+        let checkpoints = self.checkpoints();
+        if let Ok(entries) = std::fs::read_dir(&checkpoints) {
+            for entry in entries {
+                let path = entry
+                    .with_context(|| format!("cannot read {}", checkpoints.shown()))?
+                    .path();
+                if path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(is_trainers)
+                {
+                    match path.is_dir() {
+                        true => std::fs::remove_dir_all(&path),
+                        false => std::fs::remove_file(&path),
+                    }
+                    .with_context(|| format!("cannot remove {}", path.shown()))?;
+                }
+            }
+            // Gone unless something of someone else's is left in it.
+            let _ = std::fs::remove_dir(&checkpoints);
         }
-        for name in [
-            METRICS_FILE,
-            TIMING_FILE,
-            PLOT_FILE,
-            TEST_REPORT_FILE,
-            THRESHOLD_FILE,
-        ] {
+        for name in RUN_OUTPUTS {
             let path = self.root.join(name);
             if path.exists() {
                 std::fs::remove_file(&path)
                     .with_context(|| format!("cannot remove {}", path.shown()))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a folder that is not a trainer's (no `run.json`, no checkpoint) but holds what a
+    /// run would write or remove there: someone's own files, which a run must not touch.
+    pub fn refuse_foreign(&self) -> Result<()> {
+        if self.root.join(RUN_FILE).is_file() {
+            return Ok(());
+        }
+        let names = std::iter::once("checkpoints").chain(RUN_OUTPUTS);
+        if let Some(name) = names.into_iter().find(|n| self.root.join(n).exists()) {
+            bail!(
+                "{} holds {name} but is not a trainer's run folder (no {RUN_FILE}, no checkpoint);                  a run would replace it: choose another --output, or move {name} away",
+                self.root.shown()
+            );
         }
         Ok(())
     }

@@ -128,6 +128,7 @@ pub enum Start {
 /// unfinished run without `--resume`, and torn checkpoints are dealt with here.
 pub fn plan_start(run: &RunDir, config_yaml: &str, opts: &Options) -> Result<Start> {
     let Some((epoch, dir)) = run.latest() else {
+        run.refuse_foreign()?;
         if opts.resume {
             eprintln!(
                 "note: nothing to resume in {}; starting from epoch 1",
@@ -252,14 +253,6 @@ fn write_run_files(
 ) -> Result<()> {
     std::fs::create_dir_all(&run.root)
         .with_context(|| format!("cannot create {}", run.root.shown()))?;
-    write_atomic(
-        &run.root.join(checkpoint::CONFIG_FILE),
-        config_yaml.as_bytes(),
-    )?;
-    write_atomic(
-        &run.root.join(checkpoint::MODEL_CONFIG_FILE),
-        cfg.model.to_string().as_bytes(),
-    )?;
     let manifest_path = cfg.data.root.join(manifest::FILE_NAME);
     let manifest_sha = manifest::sha256_file(&manifest_path)
         .unwrap_or_else(|_| "unknown (no manifest.csv)".into());
@@ -281,9 +274,19 @@ fn write_run_files(
         epochs: cfg.train.epochs,
         skipped: data.skipped.to_json(),
     };
+    // run.json first: a folder holding any other file of a run holds it too, which is how a
+    // run tells its own folder from someone else's (`RunDir::refuse_foreign`), even after a kill.
     write_atomic(
         &run.root.join(checkpoint::RUN_FILE),
         serde_json::to_string_pretty(&file)?.as_bytes(),
+    )?;
+    write_atomic(
+        &run.root.join(checkpoint::CONFIG_FILE),
+        config_yaml.as_bytes(),
+    )?;
+    write_atomic(
+        &run.root.join(checkpoint::MODEL_CONFIG_FILE),
+        cfg.model.to_string().as_bytes(),
     )
 }
 

@@ -192,10 +192,33 @@ fn clear_errors() {
         "{err}"
     );
     assert!(!out.exists(), "a refused run wrote {}", out.display());
+    // A folder of someone's own that holds what a run writes (no run.json, no checkpoint) is
+    // refused, --force or not, and left as it was; other files beside a run's do not matter.
+    let own = tmp.path().join("own");
+    std::fs::create_dir_all(own.join("checkpoints")).unwrap();
+    std::fs::write(own.join("checkpoints/weights.h5"), "mine").unwrap();
+    std::fs::write(own.join("metrics.csv"), "mine").unwrap();
+    for force in [&[][..], &["--force"]] {
+        let mut args = vec!["--config", cfg, "--output", own.to_str().unwrap()];
+        args.extend(force);
+        let o = trainer(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains("holds checkpoints but is not a trainer's run folder"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(own.join("checkpoints/weights.h5")).unwrap(),
+        b"mine"
+    );
+    assert_eq!(std::fs::read(own.join("metrics.csv")).unwrap(), b"mine");
 }
 
 /// Another config in a run folder is refused (nothing of the old run changes); --force starts
-/// over there; the best checkpoint is the epoch with the lowest validation loss.
+/// over there, leaving what the trainer did not write (a copy kept in checkpoints/); the best
+/// checkpoint is the epoch with the lowest validation loss.
 #[test]
 fn another_config_is_refused_and_force_starts_over() {
     let tmp = tempfile::tempdir().unwrap();
@@ -232,11 +255,19 @@ fn another_config_is_refused_and_force_starts_over() {
         "{err}"
     );
     assert_eq!(std::fs::read(out.join("metrics.csv")).unwrap(), metrics);
+    let kept = out.join("checkpoints/kept-best");
+    std::fs::create_dir(&kept).unwrap();
+    std::fs::copy(
+        out.join("checkpoints/best/model.mpk"),
+        kept.join("model.mpk"),
+    )
+    .unwrap();
     let forced = ok(&trainer(&[
         "--config", cfg, "--output", o, "--quiet", "--seed", "7", "--force",
     ]));
     assert!(forced.contains("epoch 1/3"), "{forced}");
     assert_ne!(std::fs::read(out.join("metrics.csv")).unwrap(), metrics);
+    assert!(kept.join("model.mpk").is_file());
     assert!(
         std::fs::read_to_string(out.join("config.yaml"))
             .unwrap()
