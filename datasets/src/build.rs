@@ -225,7 +225,11 @@ fn output_is_up_to_date(opts: &BuildOptions, csv: &[u8]) -> Result<bool> {
 /// Whether `rel` (a path in an output folder, a folder or not) is what `datasets build` makes
 /// there: manifest.csv, the split folders, their class folders, the files in those.
 fn split_entry(rel: &Path, is_dir: bool) -> bool {
-    let parts: Vec<_> = rel.iter().filter_map(|p| p.to_str()).collect();
+    // A name that is not UTF-8 is no name build gives: not ours (and dropping it would shift
+    // the depth).
+    let Some(parts) = rel.iter().map(|p| p.to_str()).collect::<Option<Vec<_>>>() else {
+        return false;
+    };
     match parts[..] {
         [name] if !is_dir => name == manifest::FILE_NAME,
         [split] => SPLITS.contains(&split),

@@ -465,7 +465,11 @@ fn refuse_foreign(out: &Path, marker: &str) -> Result<()> {
             out.shown()
         );
     };
-    if let Some(foreign) = first_foreign(out, &|rel, _| made.contains(rel))? {
+    let ours = |rel: &Path, is_dir: bool| match is_dir {
+        true => made.folders.contains(rel),
+        false => made.files.contains(rel),
+    };
+    if let Some(foreign) = first_foreign(out, &ours)? {
         bail!(
             "{} holds {}, which `datasets synth` did not make; it is left untouched: choose \
              another --out, or move that away",
@@ -476,34 +480,48 @@ fn refuse_foreign(out: &Path, marker: &str) -> Result<()> {
     Ok(())
 }
 
-/// Every path (relative, folders too) of the set `marker` records, or None when the marker is
-/// not this version's.
-fn made_by(marker: &str) -> Option<HashSet<PathBuf>> {
+/// The paths (relative) of a synthetic set: its folders and its files.
+struct Made {
+    folders: HashSet<PathBuf>,
+    files: HashSet<PathBuf>,
+}
+
+/// Most patches a set is planned again for, to check it (a real set this large is ~10 GB): a
+/// marker that says more is refused as one that cannot be checked, not planned for hours.
+const MAX_CHECKED_PATCHES: f64 = 1e8;
+
+/// Every path of the set `marker` records, or None when the marker is not this version's, or
+/// its settings are ones `synth` refuses or too large to plan again.
+fn made_by(marker: &str) -> Option<Made> {
     let v: serde_json::Value = serde_json::from_str(marker).ok()?;
     let patients = v["patients"]
         .as_u64()
-        .filter(|&p| p <= MAX_PATIENTS as u64)?;
-    let mean = v["mean_patches"]
-        .as_f64()
-        .filter(|&m| m <= MAX_MEAN_PATCHES)?;
+        .filter(|&p| (1..=MAX_PATIENTS as u64).contains(&p))?;
+    let mean = v["mean_patches"].as_f64().filter(|&m| {
+        m > 0.0 && m <= MAX_MEAN_PATCHES && patients as f64 * m <= MAX_CHECKED_PATCHES
+    })?;
     let seed = v["seed"].as_u64()?;
     if v["generator"] != GENERATOR {
         return None;
     }
-    let mut paths = HashSet::from([PathBuf::from(MARKER)]);
+    let mut made = Made {
+        folders: HashSet::new(),
+        files: HashSet::from([PathBuf::from(MARKER)]),
+    };
     for i in 0..patients as usize {
         let slide = Slide::plan(seed, i, mean);
         let patient = PathBuf::from(&slide.patient);
         for class in 0..2 {
-            paths.insert(patient.join(class.to_string()));
+            made.folders.insert(patient.join(class.to_string()));
         }
         for tile in &slide.tiles {
             let class = tile.name.class.to_string();
-            paths.insert(patient.join(class).join(tile.name.to_string()));
+            made.files
+                .insert(patient.join(class).join(tile.name.to_string()));
         }
-        paths.insert(patient);
+        made.folders.insert(patient);
     }
-    Some(paths)
+    Some(made)
 }
 
 /// What `.synth.json` names as its maker.

@@ -70,6 +70,19 @@ fn synth_makes_the_kaggle_layout_and_reuses_it() {
     );
     assert_eq!(std::fs::read(&theirs).unwrap(), b"an original");
     std::fs::remove_dir_all(out.join("10253")).unwrap();
+    // A marker whose settings synth would refuse (damaged, or edited by hand) cannot vouch for
+    // the folder: refused, without planning it.
+    let marker = out.join(datasets::synth::MARKER);
+    let kept = std::fs::read_to_string(&marker).unwrap();
+    let damaged = kept.replace("\"mean_patches\":60", "\"mean_patches\":-1");
+    assert_ne!(damaged, kept);
+    std::fs::write(&marker, damaged).unwrap();
+    let err = format!(
+        "{:#}",
+        synth(&forced, &indicatif::ProgressBar::hidden()).unwrap_err()
+    );
+    assert!(err.contains("cannot be checked"), "{err}");
+    std::fs::write(&marker, kept).unwrap();
     let made = synth(&forced, &indicatif::ProgressBar::hidden()).unwrap();
     assert_eq!(made.outcome, datasets::synth::Outcome::Made);
     assert_eq!(made.patients, 7);
@@ -252,7 +265,7 @@ fn build_never_replaces_what_it_did_not_make() {
             seed: 7,
             ..Default::default()
         },
-        ..opts
+        ..opts.clone()
     })
     .unwrap_err()
     .to_string();
@@ -261,6 +274,28 @@ fn build_never_replaces_what_it_did_not_make() {
         std::fs::read(split.join("training/notes.txt")).unwrap(),
         b"mine"
     );
+    // A folder whose name is not UTF-8, deep in a class folder, is someone's too.
+    std::fs::remove_file(split.join("training/notes.txt")).unwrap();
+    let odd = split
+        .join("training/0")
+        .join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"caf\xe9"));
+    std::fs::create_dir(&odd).unwrap();
+    std::fs::write(odd.join("mine.png"), b"mine").unwrap();
+    let err = build(&BuildOptions {
+        force: true,
+        split: SplitConfig {
+            seed: 7,
+            ..Default::default()
+        },
+        ..opts
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("which `datasets build` does not make"),
+        "{err}"
+    );
+    assert!(odd.join("mine.png").is_file());
     assert_eq!(Scan::dir(&src).unwrap().patches.len(), before);
 }
 

@@ -447,7 +447,8 @@ impl RunDir {
         let names = std::iter::once("checkpoints").chain(RUN_OUTPUTS);
         if let Some(name) = names.into_iter().find(|n| self.root.join(n).exists()) {
             bail!(
-                "{} holds {name} but is not a trainer's run folder (no {RUN_FILE}, no checkpoint);                  a run would replace it: choose another --output, or move {name} away",
+                "{} holds {name} but is not a trainer's run folder (no {RUN_FILE}, no checkpoint); \
+                 a run would replace it: choose another --output, or move {name} away",
                 self.root.shown()
             );
         }

@@ -113,10 +113,11 @@ pub fn check_replaceable(dir: &Path) -> Result<()> {
     }
     let entries = std::fs::read_dir(dir).with_context(|| format!("cannot read {}", dir.shown()))?;
     for entry in entries {
-        let name = entry
-            .with_context(|| format!("cannot read {}", dir.shown()))?
-            .file_name();
-        if !FILES.iter().any(|f| name == *f) {
+        let entry = entry.with_context(|| format!("cannot read {}", dir.shown()))?;
+        let name = entry.file_name();
+        // A result's files are files: a folder or a link under one of their names is not ours.
+        let file = entry.file_type().is_ok_and(|t| t.is_file());
+        if !file || !FILES.iter().any(|f| name == *f) {
             bail!(
                 "{} holds {}, which `runtime slide` does not write: {fix}",
                 dir.shown(),
@@ -206,6 +207,13 @@ mod tests {
         assert!(err.contains("choose another --out"), "{err}");
         assert_eq!(std::fs::read(dir.join("notes.txt")).unwrap(), b"mine");
         assert_eq!(std::fs::read(dir.join(TILES_FILE)).unwrap(), b"second");
+        // A folder under a result file's name is not a result's file.
+        std::fs::remove_file(dir.join("notes.txt")).unwrap();
+        std::fs::remove_file(dir.join(TILES_FILE)).unwrap();
+        std::fs::create_dir(dir.join(TILES_FILE)).unwrap();
+        let err = format!("{:#}", write(b"third").unwrap_err());
+        assert!(err.contains("holds tiles.csv, which"), "{err}");
+        assert!(dir.join(TILES_FILE).is_dir());
         let file = root.path().join("file");
         std::fs::write(&file, "mine").unwrap();
         let link = root.path().join("link");
@@ -218,7 +226,7 @@ mod tests {
             );
         }
         assert_eq!(std::fs::read(&file).unwrap(), b"mine");
-        assert_eq!(std::fs::read(link.join("notes.txt")).unwrap(), b"mine");
+        assert!(link.join(TILES_FILE).is_dir());
     }
 
     /// `tiles.csv` predicts IDC for a tile at the threshold as well as above it (`>=`, as `runtime
