@@ -7,7 +7,7 @@ use super::regions::{Region, regions};
 use super::stream::Tile;
 use anyhow::{Context, Result, bail};
 use common::Shown;
-use common::fsutil::temp_sibling;
+use common::fsutil::{replace_folder, temp_sibling};
 use serde_json::json;
 use std::collections::HashSet;
 use std::path::Path;
@@ -137,7 +137,6 @@ pub fn write_folder(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
     std::fs::create_dir_all(parent)
         .with_context(|| format!("cannot create folder {}", parent.shown()))?;
     let tmp = temp_sibling(dir, "tmp");
-    let old = temp_sibling(dir, "old");
     let written = (|| -> Result<()> {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir(&tmp)?;
@@ -146,20 +145,12 @@ pub fn write_folder(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
             std::fs::write(&path, bytes)?;
             std::fs::File::open(&path)?.sync_all()?;
         }
-        if dir.exists() {
-            std::fs::rename(dir, &old)?;
-        }
-        std::fs::rename(&tmp, dir)?;
-        Ok(())
+        replace_folder(&tmp, dir, "slide's results")
     })();
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&tmp);
-        if old.exists() && !dir.exists() {
-            let _ = std::fs::rename(&old, dir);
-        }
         return Err(e).with_context(|| format!("cannot write {}", dir.shown()));
     }
-    let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
 
