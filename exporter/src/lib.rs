@@ -5,3 +5,4 @@
 pub mod export;
 pub mod graph;
 pub mod onnx_proto;
+pub mod verify;

@@ -192,6 +192,18 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
     small()
         .save(run.join(checkpoint::MODEL_CONFIG_FILE))
         .unwrap();
+    // An --out that is a folder is refused up front; past that check, the staged file goes too.
+    let folder = tmp.path().join("folder.onnx");
+    std::fs::create_dir(&folder).unwrap();
+    let e = err(Options::new(&run, &folder));
+    assert!(e.contains("is a folder: name the ONNX file"), "{e}");
+    let loaded = load(&run, None).unwrap();
+    let unverified = Options {
+        verify: false,
+        ..Options::new(&run, &folder)
+    };
+    let bytes = to_onnx(&loaded, true, false).unwrap();
+    assert!(write_verified(&loaded, &bytes, &unverified).is_err());
     // An unwritable output path.
     let e = err(Options::new(&run, Path::new("/proc/no/such/dir/m.onnx")));
     assert!(e.contains("/proc/no/such/dir"), "{e}");
@@ -324,7 +336,7 @@ fn test_time_augmentation_in_the_graph_matches_burn() {
 
 /// Verification runs on the given folder's patches (an undecodable one passed over), every one
 /// of them when there are fewer than the batch; a given folder with none that decodes, or none
-/// at all, is an error naming it; without one (and a run without a testing split), synthetic.
+/// at all, is an error naming it and why; without one (and a run without a testing split), synthetic.
 #[test]
 fn verification_uses_the_real_patches_it_is_given() {
     let tmp = tempfile::tempdir().unwrap();
@@ -352,7 +364,13 @@ fn verification_uses_the_real_patches_it_is_given() {
     let junk = tmp.path().join("junk");
     std::fs::create_dir_all(&junk).unwrap();
     std::fs::write(junk.join("p0_idx5_x1_y1_class0.png"), b"not a png").unwrap();
-    for dir in [junk, tmp.path().join("absent")] {
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    for (dir, why) in [
+        (junk, "p0_idx5_x1_y1_class0.png: not a decodable PNG/JPEG"),
+        (empty, "holds no patch files"),
+        (tmp.path().join("absent"), "is not a folder"),
+    ] {
         let o = Options {
             verify_data: Some(dir.clone()),
             ..Options::new(&run, &tmp.path().join("b.onnx"))
@@ -363,7 +381,8 @@ fn verification_uses_the_real_patches_it_is_given() {
         };
         assert!(
             err.contains(&format!("--verify-data {}", dir.display()))
-                && err.contains("holds no patch that decodes"),
+                && err.contains("holds no patch that decodes")
+                && err.contains(why),
             "{err}"
         );
         assert!(!tmp.path().join("b.onnx").exists());

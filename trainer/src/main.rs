@@ -126,6 +126,7 @@ fn run(args: Args) -> Result<()> {
         strict: args.strict,
         variants: false,
         device_name: String::new(),
+        config_file: Some(args.config.clone()),
     };
     let cv = args.folds.map(|folds| CvOptions {
         folds,

@@ -274,3 +274,35 @@ fn another_config_is_refused_and_force_starts_over() {
             .contains("seed: 7")
     );
 }
+
+#[test]
+fn a_config_kept_in_its_run_folder_stays_as_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mine = format!(
+        "# my experiment: the tutorial's recipe, smaller\n{}",
+        std::fs::read_to_string(setup(tmp.path())).unwrap()
+    );
+    let out = tmp.path().join("exp");
+    std::fs::create_dir(&out).unwrap();
+    let config = out.join("config.yaml");
+    std::fs::write(&config, &mine).unwrap();
+    let (cfg, o) = (config.to_str().unwrap(), out.to_str().unwrap());
+    // A flag that changes the run would replace it: refused before anything is written.
+    let changed = trainer(&["--config", cfg, "--output", o, "--quiet", "--seed", "7"]);
+    assert_eq!(changed.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        err.contains("holds config.yaml but is not a trainer's run"),
+        "{err}"
+    );
+    assert!(!out.join("run.json").exists());
+    // The same run (the device and the workers may differ) trains beside it and leaves it be,
+    // started, resumed and started over.
+    let run = ["--config", cfg, "--output", o, "--quiet", "--workers", "1"];
+    ok(&trainer(&[&run[..], &["--stop-after", "1"]].concat()));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), mine);
+    ok(&trainer(&[&run[..], &["--resume"]].concat()));
+    assert!(out.join("test_report.json").is_file());
+    ok(&trainer(&[&run[..], &["--force"]].concat()));
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), mine);
+}
