@@ -125,7 +125,8 @@ fn copy_new(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Removes leftovers of interrupted runs: siblings of `path` named `.<name>.<tag>-<pid>`.
+/// Removes leftovers of interrupted runs: siblings of `path` named `.<name>.<tag>-<pid>`, what
+/// `temp_sibling` names them (a digit more or less is someone else's, and stays).
 pub fn remove_stale_siblings(path: &Path, tag: &str) -> Result<()> {
     let dir = parent_dir(path);
     if !dir.is_dir() {
@@ -137,7 +138,9 @@ pub fn remove_stale_siblings(path: &Path, tag: &str) -> Result<()> {
     );
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if entry.file_name().to_string_lossy().starts_with(&prefix) {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix(&prefix));
+        if pid.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
             let p = entry.path();
             if p.is_dir() {
                 std::fs::remove_dir_all(&p)
@@ -226,6 +229,29 @@ mod tests {
         f.commit().unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn only_leftovers_named_as_temp_sibling_names_them_are_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("set");
+        let leftover = temp_sibling(&out, "old");
+        std::fs::create_dir_all(leftover.join("inner")).unwrap();
+        let theirs = [
+            ".set.old-backup",
+            ".set.old-",
+            ".set.old-12a",
+            ".set.older-1",
+            "set",
+        ];
+        for name in theirs {
+            std::fs::write(tmp.path().join(name), b"mine").unwrap();
+        }
+        remove_stale_siblings(&out, "old").unwrap();
+        assert!(!leftover.exists());
+        for name in theirs {
+            assert!(tmp.path().join(name).is_file(), "{name} was removed");
+        }
     }
 
     #[test]
