@@ -125,8 +125,9 @@ fn copy_new(src: &Path, dst: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Removes leftovers of interrupted runs: siblings of `path` named `.<name>.<tag>-<pid>`, what
-/// `temp_sibling` names them (a digit more or less is someone else's, and stays).
+/// Removes leftovers of interrupted runs: siblings of `path` named `.<name>.<tag>-<pid>`, as
+/// `temp_sibling` names them, the pid no larger than Linux's largest; any other name is someone
+/// else's (`.<name>.<tag>-backup`, a date `-20250101`), and stays.
 pub fn remove_stale_siblings(path: &Path, tag: &str) -> Result<()> {
     let dir = parent_dir(path);
     if !dir.is_dir() {
@@ -140,7 +141,7 @@ pub fn remove_stale_siblings(path: &Path, tag: &str) -> Result<()> {
         let entry = entry?;
         let name = entry.file_name();
         let pid = name.to_str().and_then(|n| n.strip_prefix(&prefix));
-        if pid.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+        if pid.is_some_and(is_pid) {
             let p = entry.path();
             if p.is_dir() {
                 std::fs::remove_dir_all(&p)
@@ -151,6 +152,13 @@ pub fn remove_stale_siblings(path: &Path, tag: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether `s` is a process id as `temp_sibling` writes it: digits, at most Linux's `pid_max`
+/// limit (2^22).
+fn is_pid(s: &str) -> bool {
+    let digits = !s.is_empty() && !s.starts_with('0') && s.bytes().all(|b| b.is_ascii_digit());
+    digits && s.parse::<u32>().is_ok_and(|pid| pid <= 1 << 22)
 }
 
 /// Moves the finished folder `tmp` to `out` (`what` it holds names it in errors), replacing an
@@ -241,6 +249,9 @@ mod tests {
             ".set.old-backup",
             ".set.old-",
             ".set.old-12a",
+            ".set.old-+12",
+            ".set.old-012",
+            ".set.old-20250101",
             ".set.older-1",
             "set",
         ];

@@ -27,7 +27,8 @@ enum Command {
         patients: usize,
         #[arg(long, default_value_t = 42)]
         seed: u64,
-        /// Mean patches per patient (Kaggle: 995), above 0 and at most 100000.
+        /// Mean patches per patient (Kaggle: 995), above 0 and at most 100000; times --patients,
+        /// at most 1e8.
         #[arg(long, default_value_t = 995.0, value_parser = mean_patches)]
         mean_patches: f64,
         #[arg(long, default_value = "datasets/orig")]

@@ -377,6 +377,15 @@ pub fn synth(opts: &SynthOptions, progress: &indicatif::ProgressBar) -> Result<S
     if opts.patients == 0 {
         bail!("--patients must be at least 1");
     }
+    let planned = opts.patients as f64 * opts.mean_patches;
+    if planned > MAX_PATCHES {
+        bail!(
+            "--patients {} x --mean-patches {} is {planned:.0} patches, over the {MAX_PATCHES:e} \
+             synth makes: lower one of them",
+            opts.patients,
+            opts.mean_patches
+        );
+    }
     let marker = serde_json_string(opts);
     let slides: Vec<Slide> = (0..opts.patients)
         .into_par_iter()
@@ -486,9 +495,10 @@ struct Made {
     files: HashSet<PathBuf>,
 }
 
-/// Most patches a set is planned again for, to check it (a real set this large is ~10 GB): a
-/// marker that says more is refused as one that cannot be checked, not planned for hours.
-const MAX_CHECKED_PATCHES: f64 = 1e8;
+/// Most patches a set may have (--patients x --mean-patches; a set this large is ~10 GB, its plan
+/// alone gigabytes of memory): more is refused, and a marker that says more is one that cannot
+/// be checked, not planned again for hours.
+pub const MAX_PATCHES: f64 = 1e8;
 
 /// Every path of the set `marker` records, or None when the marker is not this version's, or
 /// its settings are ones `synth` refuses or too large to plan again.
@@ -497,9 +507,9 @@ fn made_by(marker: &str) -> Option<Made> {
     let patients = v["patients"]
         .as_u64()
         .filter(|&p| (1..=MAX_PATIENTS as u64).contains(&p))?;
-    let mean = v["mean_patches"].as_f64().filter(|&m| {
-        m > 0.0 && m <= MAX_MEAN_PATCHES && patients as f64 * m <= MAX_CHECKED_PATCHES
-    })?;
+    let mean = v["mean_patches"]
+        .as_f64()
+        .filter(|&m| m > 0.0 && m <= MAX_MEAN_PATCHES && patients as f64 * m <= MAX_PATCHES)?;
     let seed = v["seed"].as_u64()?;
     if v["generator"] != GENERATOR {
         return None;

@@ -146,6 +146,9 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
     let cfg_path = dir.join(checkpoint::MODEL_CONFIG_FILE);
     let config = CancerNetConfig::load(&cfg_path)
         .with_context(|| format!("cannot read the model config {}", cfg_path.shown()))?;
+    // Checked as the trainer checks it: burn's layers panic on a dropout of 1.5 or no channels.
+    trainer::config::validate_model(&config)
+        .with_context(|| format!("invalid model config {}", cfg_path.shown()))?;
     // The run's config, when it has one (a random test run has none), gives the preprocessing
     // and the checkpoint the run stands for: a config that does not parse is an error, never a
     // silent default.
@@ -171,13 +174,15 @@ pub fn load(dir: &Path, which: Option<Checkpoint>) -> Result<Loaded> {
     let state = RunDir::read_state(&ckpt)?;
     let device = Default::default();
     let model = run.load_model(config.init::<B>(&device), &ckpt, &device)?;
-    let preprocess = train_cfg.as_ref().map_or(
-        Preprocess {
-            size: config.input_size as u32,
-            ..Preprocess::default()
-        },
-        |c| c.preprocess(),
-    );
+    // The patch side is the model's (model.json, which the weights were saved with), the rest of
+    // the preprocessing the run's: a config.yaml edited after training cannot feed the model
+    // patches of another size.
+    let preprocess = Preprocess {
+        size: config.input_size as u32,
+        ..train_cfg
+            .as_ref()
+            .map_or_else(Preprocess::default, |c| c.preprocess())
+    };
     let contract = contract_of(
         dir,
         &config,

@@ -54,7 +54,7 @@ fn verification_batch(
     if let Some(dir) = given {
         return real_patches(dir, pre, n).with_context(|| {
             format!(
-                "--verify-data {} holds no patch that decodes: give a folder of patches (a split, or a Kaggle-layout tree), or leave the flag out",
+                "--verify-data {} cannot be verified with: give a folder of patches (a split, or a Kaggle-layout tree), or leave the flag out",
                 dir.shown()
             )
         });

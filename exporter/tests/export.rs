@@ -189,6 +189,15 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
         .unwrap();
     let e = err(Options::new(&run, &out));
     assert!(e.contains("another model config"), "{e}");
+    // A model config burn's layers would panic on is refused, naming the file and the key.
+    let mut bad = small();
+    bad.conv_dropout = 1.5;
+    bad.save(run.join(checkpoint::MODEL_CONFIG_FILE)).unwrap();
+    let e = err(Options::new(&run, &out));
+    assert!(
+        e.contains("model.json") && e.contains("model.conv_dropout = 1.5 must be in [0, 1)"),
+        "{e}"
+    );
     small()
         .save(run.join(checkpoint::MODEL_CONFIG_FILE))
         .unwrap();
@@ -223,6 +232,13 @@ fn bad_input_is_a_clear_error_and_leaves_no_file() {
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
+    // A config.yaml edited after training to another patch side: the model's side is used (it
+    // fed burn's dense layer patches of the wrong size, which panicked). Last: ONNX Runtime is
+    // loaded once a process, and the broken library above must be the first.
+    let yaml = run.join(checkpoint::CONFIG_FILE);
+    std::fs::write(&yaml, "model:\n  input_size: 64\n").unwrap();
+    let edited = export(&Options::new(&run, &tmp.path().join("edited.onnx"))).unwrap();
+    assert!(edited.verification.is_some());
 }
 
 /// The mismatch branch of verification, reached for real: the ONNX file of one model checked
@@ -381,7 +397,7 @@ fn verification_uses_the_real_patches_it_is_given() {
         };
         assert!(
             err.contains(&format!("--verify-data {}", dir.display()))
-                && err.contains("holds no patch that decodes")
+                && err.contains("cannot be verified with")
                 && err.contains(why),
             "{err}"
         );

@@ -551,6 +551,11 @@ fn numeric_flags_are_checked_for_their_real_range() {
         ),
         (
             "datasets",
+            &["synth", "--patients", "100000", "--mean-patches", "100000"],
+            "over the 1e8 synth makes",
+        ),
+        (
+            "datasets",
             &["build", "--test-fraction", "1"],
             "--test-fraction",
         ),

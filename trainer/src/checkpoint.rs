@@ -48,13 +48,6 @@ const RUN_OUTPUTS: [&str; 7] = [
     THRESHOLD_FILE,
 ];
 
-/// The run's files beside `checkpoints/`, config.yaml left out with `keep_config`.
-fn outputs(keep_config: bool) -> impl Iterator<Item = &'static str> {
-    RUN_OUTPUTS
-        .into_iter()
-        .filter(move |&name| !(keep_config && name == CONFIG_FILE))
-}
-
 /// Whether an entry of `checkpoints/` named `name` is the trainer's: an epoch's folder,
 /// `best/`, `average/`, `precise-bn/`, or a leftover of writing one (`.<name>.saving-<pid>`).
 fn is_trainers(name: &str) -> bool {
@@ -412,9 +405,8 @@ impl RunDir {
 
     /// Removes what an earlier run in this folder wrote (checkpoints, metrics, plot, reports), so
     /// that nothing of it can pass for the new run's: a fresh start begins from an empty slate.
-    /// What the trainer does not write stays, in `checkpoints/` too (a copy kept there by hand),
-    /// and config.yaml with `keep_config` (the user's `--config`, saying this run).
-    pub fn clear_outputs(&self, keep_config: bool) -> Result<()> {
+    /// What the trainer does not write stays, in `checkpoints/` too (a copy kept there by hand).
+    pub fn clear_outputs(&self) -> Result<()> {
         let checkpoints = self.checkpoints();
         if let Ok(entries) = std::fs::read_dir(&checkpoints) {
             for entry in entries {
@@ -436,7 +428,7 @@ impl RunDir {
             // Gone unless something of someone else's is left in it.
             let _ = std::fs::remove_dir(&checkpoints);
         }
-        for name in outputs(keep_config) {
+        for name in RUN_OUTPUTS {
             let path = self.root.join(name);
             if path.exists() {
                 std::fs::remove_file(&path)
@@ -447,13 +439,12 @@ impl RunDir {
     }
 
     /// Refuses a folder that is not a trainer's (no `run.json`, no checkpoint) but holds what a
-    /// run would write or remove there: someone's own files, which a run must not touch (but
-    /// config.yaml with `keep_config`: the user's `--config`, saying this run, is left as it is).
-    pub fn refuse_foreign(&self, keep_config: bool) -> Result<()> {
+    /// run would write or remove there: someone's own files, which a run must not touch.
+    pub fn refuse_foreign(&self) -> Result<()> {
         if self.root.join(RUN_FILE).is_file() {
             return Ok(());
         }
-        let names = std::iter::once("checkpoints").chain(outputs(keep_config));
+        let names = std::iter::once("checkpoints").chain(RUN_OUTPUTS);
         if let Some(name) = names.into_iter().find(|n| self.root.join(n).exists()) {
             bail!(
                 "{} holds {name} but is not a trainer's run folder (no {RUN_FILE}, no checkpoint); \

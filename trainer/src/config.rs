@@ -129,7 +129,7 @@ fn fixed_shape(m: &CancerNetConfig) -> bool {
 }
 
 /// The `model:` section's ranges, and that the sizes fit together.
-fn validate_model(m: &CancerNetConfig) -> Result<()> {
+pub fn validate_model(m: &CancerNetConfig) -> Result<()> {
     check_counts(&[
         (
             "model.input_size",

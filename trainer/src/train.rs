@@ -44,7 +44,7 @@ pub struct Options {
     pub variants: bool,
     /// The device as the run header and run.json name it (e.g. the GPU's adapter).
     pub device_name: String,
-    /// The `--config` file: when it is the run folder's own config.yaml, it is kept as written.
+    /// The `--config` file, to tell a config kept in the output folder from the run's own.
     pub config_file: Option<PathBuf>,
 }
 
@@ -129,16 +129,16 @@ pub enum Start {
 /// Stage 1: what the output folder holds decides where this run starts; a different config, an
 /// unfinished run without `--resume`, and torn checkpoints are dealt with here.
 pub fn plan_start(run: &RunDir, config_yaml: &str, opts: &Options) -> Result<Start> {
-    let keep_config = keeps_config(run, opts, config_yaml);
     let Some((epoch, dir)) = run.latest() else {
-        run.refuse_foreign(keep_config)?;
+        refuse_config_in_output(run, opts)?;
+        run.refuse_foreign()?;
         if opts.resume {
             eprintln!(
                 "note: nothing to resume in {}; starting from epoch 1",
                 run.root.shown()
             );
         }
-        run.clear_outputs(keep_config)?;
+        run.clear_outputs()?;
         return Ok(Start::Fresh);
     };
     let old_config =
@@ -148,7 +148,7 @@ pub fn plan_start(run: &RunDir, config_yaml: &str, opts: &Options) -> Result<Sta
         .zip(yaml_serde::from_str::<TrainConfig>(config_yaml).ok())
         .is_some_and(|(old, new)| old.same_run(&new));
     if opts.force {
-        run.clear_outputs(keep_config)?;
+        run.clear_outputs()?;
         return Ok(Start::Fresh);
     }
     if !same_run {
@@ -173,26 +173,26 @@ pub fn plan_start(run: &RunDir, config_yaml: &str, opts: &Options) -> Result<Sta
     Ok(Start::After(epoch, dir))
 }
 
-/// Whether the run folder's config.yaml is this run's `--config` (the same file) and says this
-/// run (`TrainConfig::same_run`: flags may change the device or the workers): the user's own
-/// file, comments and all, then stays as written, neither removed nor rewritten. One the flags
-/// change is replaced by the config the run trains with, as any other.
-fn keeps_config(run: &RunDir, opts: &Options, config_yaml: &str) -> bool {
-    let path = run.root.join(checkpoint::CONFIG_FILE);
-    let same_file = |given: &PathBuf| {
-        std::fs::canonicalize(given)
-            .ok()
-            .is_some_and(|g| std::fs::canonicalize(&path).ok() == Some(g))
+/// Refuses a `--config` that is config.yaml in an output folder that is not yet a run's: a run
+/// writes the config it trains with there, resolved, which would replace the user's own file.
+/// (In a run's folder config.yaml is the trainer's, and passing it back is how a run resumes.)
+fn refuse_config_in_output(run: &RunDir, opts: &Options) -> Result<()> {
+    let ours = run.root.join(checkpoint::CONFIG_FILE);
+    let Some(given) = &opts.config_file else {
+        return Ok(());
     };
-    let says_run = || {
-        let parse = |text: &str| yaml_serde::from_str::<TrainConfig>(text).ok();
-        std::fs::read_to_string(&path)
-            .ok()
-            .and_then(|text| parse(&text))
-            .zip(parse(config_yaml))
-            .is_some_and(|(file, run)| file.same_run(&run))
-    };
-    opts.config_file.as_ref().is_some_and(same_file) && says_run()
+    let same = std::fs::canonicalize(given)
+        .ok()
+        .is_some_and(|g| std::fs::canonicalize(&ours).ok() == Some(g));
+    if same && !run.root.join(checkpoint::RUN_FILE).exists() {
+        bail!(
+            "{} is the --config, and it lies where a run writes the config it trains with: keep \
+             yours beside the run folder (e.g. {}.yaml), or choose another --output",
+            given.shown(),
+            run.root.with_extension("yaml").shown()
+        );
+    }
+    Ok(())
 }
 
 /// Trains from `start` on `data`, with every stage after the data is open.
@@ -208,13 +208,7 @@ pub fn train_on<B: AutodiffBackend>(
         root: cfg.output.clone(),
     };
     let weights = class_weights(cfg, data.train.class_counts());
-    let files = RunFiles {
-        config_yaml,
-        keep_config: keeps_config(&run, opts, config_yaml),
-        weights,
-        device: &opts.device_name,
-    };
-    files.write(cfg, &run, &data)?;
+    write_run_files(cfg, &run, config_yaml, weights, &data, &opts.device_name)?;
     let [c0, c1] = data.train.class_counts();
     println!(
         "training on {} patches ({c0} no IDC, {c1} IDC; class weights {:.3} / {:.3}), validating on {}, testing on {}; device {}",
@@ -237,7 +231,7 @@ pub fn train_on<B: AutodiffBackend>(
         }
         let trained = train_epoch(cfg, &mut session, &mut data, epoch, weights, opts, &device)?;
         let stop_early = end_epoch(cfg, &run, &mut session, &mut data, trained, &device)?;
-        files.write(cfg, &run, &data)?;
+        write_run_files(cfg, &run, config_yaml, weights, &data, &opts.device_name)?;
         epochs_run += 1;
         if stop_early {
             println!(
@@ -263,7 +257,7 @@ pub fn train_on<B: AutodiffBackend>(
         &device,
         opts.variants,
     )?;
-    files.write(cfg, &run, &data)?;
+    write_run_files(cfg, &run, config_yaml, weights, &data, &opts.device_name)?;
     Ok(Outcome {
         interrupted: false,
         epochs_run,
@@ -274,57 +268,51 @@ pub fn train_on<B: AutodiffBackend>(
 
 /// Stage 3: the resolved config, the model config and the provenance (`run.json`, with every
 /// file skipped so far), all beside the checkpoints.
-struct RunFiles<'a> {
-    config_yaml: &'a str,
-    /// The folder's config.yaml is the user's `--config` and says this run: left as written.
-    keep_config: bool,
+fn write_run_files(
+    cfg: &TrainConfig,
+    run: &RunDir,
+    config_yaml: &str,
     weights: [f64; 2],
-    device: &'a str,
-}
-
-impl RunFiles<'_> {
-    fn write(&self, cfg: &TrainConfig, run: &RunDir, data: &Data) -> Result<()> {
-        std::fs::create_dir_all(&run.root)
-            .with_context(|| format!("cannot create {}", run.root.shown()))?;
-        let manifest_path = cfg.data.root.join(manifest::FILE_NAME);
-        let manifest_sha = manifest::sha256_file(&manifest_path)
-            .unwrap_or_else(|_| "unknown (no manifest.csv)".into());
-        let file = checkpoint::RunFile {
-            trainer: env!("CARGO_PKG_VERSION").into(),
-            burn: contract::BURN_VERSION.into(),
-            config_sha256: manifest::sha256_hex(self.config_yaml.as_bytes()),
-            dataset_manifest_sha256: manifest_sha,
-            dataset_root: cfg.data.root.shown().to_string(),
-            split_sizes: checkpoint::SplitSizes {
-                training: data.train.len(),
-                validation: data.val.len(),
-                testing: data.test.len(),
-            },
-            splits: data.provenance.clone(),
-            class_weights: self.weights,
-            preprocess: cfg.preprocess(),
-            device: self.device.into(),
-            epochs: cfg.train.epochs,
-            skipped: data.skipped.to_json(),
-        };
-        // run.json first: a folder holding any other file of a run holds it too, which is how a
-        // run tells its own folder from someone else's (`RunDir::refuse_foreign`), even after a
-        // kill.
-        write_atomic(
-            &run.root.join(checkpoint::RUN_FILE),
-            serde_json::to_string_pretty(&file)?.as_bytes(),
-        )?;
-        if !self.keep_config {
-            write_atomic(
-                &run.root.join(checkpoint::CONFIG_FILE),
-                self.config_yaml.as_bytes(),
-            )?;
-        }
-        write_atomic(
-            &run.root.join(checkpoint::MODEL_CONFIG_FILE),
-            cfg.model.to_string().as_bytes(),
-        )
-    }
+    data: &Data,
+    device: &str,
+) -> Result<()> {
+    std::fs::create_dir_all(&run.root)
+        .with_context(|| format!("cannot create {}", run.root.shown()))?;
+    let manifest_path = cfg.data.root.join(manifest::FILE_NAME);
+    let manifest_sha = manifest::sha256_file(&manifest_path)
+        .unwrap_or_else(|_| "unknown (no manifest.csv)".into());
+    let file = checkpoint::RunFile {
+        trainer: env!("CARGO_PKG_VERSION").into(),
+        burn: contract::BURN_VERSION.into(),
+        config_sha256: manifest::sha256_hex(config_yaml.as_bytes()),
+        dataset_manifest_sha256: manifest_sha,
+        dataset_root: cfg.data.root.shown().to_string(),
+        split_sizes: checkpoint::SplitSizes {
+            training: data.train.len(),
+            validation: data.val.len(),
+            testing: data.test.len(),
+        },
+        splits: data.provenance.clone(),
+        class_weights: weights,
+        preprocess: cfg.preprocess(),
+        device: device.into(),
+        epochs: cfg.train.epochs,
+        skipped: data.skipped.to_json(),
+    };
+    // run.json first: a folder holding any other file of a run holds it too, which is how a
+    // run tells its own folder from someone else's (`RunDir::refuse_foreign`), even after a kill.
+    write_atomic(
+        &run.root.join(checkpoint::RUN_FILE),
+        serde_json::to_string_pretty(&file)?.as_bytes(),
+    )?;
+    write_atomic(
+        &run.root.join(checkpoint::CONFIG_FILE),
+        config_yaml.as_bytes(),
+    )?;
+    write_atomic(
+        &run.root.join(checkpoint::MODEL_CONFIG_FILE),
+        cfg.model.to_string().as_bytes(),
+    )
 }
 
 /// The model, its optimizer and where the run is: built fresh or restored from a checkpoint.

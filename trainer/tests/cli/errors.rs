@@ -276,7 +276,7 @@ fn another_config_is_refused_and_force_starts_over() {
 }
 
 #[test]
-fn a_config_kept_in_its_run_folder_stays_as_written() {
+fn a_config_in_the_output_folder_is_refused_until_the_run_is_there() {
     let tmp = tempfile::tempdir().unwrap();
     let mine = format!(
         "# my experiment: the tutorial's recipe, smaller\n{}",
@@ -287,22 +287,30 @@ fn a_config_kept_in_its_run_folder_stays_as_written() {
     let config = out.join("config.yaml");
     std::fs::write(&config, &mine).unwrap();
     let (cfg, o) = (config.to_str().unwrap(), out.to_str().unwrap());
-    // A flag that changes the run would replace it: refused before anything is written.
-    let changed = trainer(&["--config", cfg, "--output", o, "--quiet", "--seed", "7"]);
-    assert_eq!(changed.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&changed.stderr);
-    assert!(
-        err.contains("holds config.yaml but is not a trainer's run"),
-        "{err}"
-    );
-    assert!(!out.join("run.json").exists());
-    // The same run (the device and the workers may differ) trains beside it and leaves it be,
-    // started, resumed and started over.
-    let run = ["--config", cfg, "--output", o, "--quiet", "--workers", "1"];
-    ok(&trainer(&[&run[..], &["--stop-after", "1"]].concat()));
-    assert_eq!(std::fs::read_to_string(&config).unwrap(), mine);
-    ok(&trainer(&[&run[..], &["--resume"]].concat()));
-    assert!(out.join("test_report.json").is_file());
-    ok(&trainer(&[&run[..], &["--force"]].concat()));
-    assert_eq!(std::fs::read_to_string(&config).unwrap(), mine);
+    // A run would write its resolved config over the user's file: refused, --force or not,
+    // with where to keep it instead.
+    for force in [&[][..], &["--force"]] {
+        let refused = trainer(&[&["--config", cfg, "--output", o, "--quiet"][..], force].concat());
+        assert_eq!(refused.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert!(
+            err.contains("is the --config, and it lies where a run writes the config")
+                && err.contains(&format!("{}.yaml", out.display())),
+            "{err}"
+        );
+        assert_eq!(std::fs::read_to_string(&config).unwrap(), mine);
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
+    }
+    // Kept beside the run folder, as the error says, it trains; the run's own config.yaml
+    // passed back is how a run goes on.
+    let beside = tmp.path().join("exp.yaml");
+    std::fs::rename(&config, &beside).unwrap();
+    let run = ["--output", o, "--quiet", "--stop-after", "1"];
+    ok(&trainer(
+        &[&["--config", beside.to_str().unwrap()][..], &run].concat(),
+    ));
+    ok(&trainer(
+        &[&["--config", cfg, "--resume"][..], &run].concat(),
+    ));
+    assert!(out.join("checkpoints/epoch-002").is_dir());
 }
